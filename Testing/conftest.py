@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: where the real data lives, and how a missing data set is handled."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TCURLORA_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def data_folder(name: str) -> Path:
+    """The Decathlon folder `name` under ../shared/data; skip (or fail in CI) when it is absent."""
+    folder = SHARED_DATA / name
+    if not (folder / "dataset.json").is_file():
+        message = f"real data set {name!r} not found at {folder} (set TCURLORA_DATA to its parent)"
+        if os.environ.get("TCURLORA_REQUIRE_DATA") == "1":
+            pytest.fail(message + "; TCURLORA_REQUIRE_DATA=1 requires it")
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture
+def hippocampus_dir() -> Path:
+    return data_folder("hippocampus")
+
+
+@pytest.fixture
+def left_atrium_dir() -> Path:
+    return data_folder("left_atrium")
+
+
+@pytest.fixture
+def brats_dir() -> Path:
+    return data_folder("brats2013")
+
+
+@pytest.fixture
+def acdc_dir() -> Path:
+    return data_folder("acdc")

@@ -1,0 +1,1 @@
+"""Base models: architectures, the registry of named models, fingerprints, MONAI bundles."""
