@@ -1,0 +1,153 @@
+"""End to end on real hippocampus MRI: finetune -> segment -> evaluate through the CLI and the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tcurlora.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_job(path: Path, **job) -> Path:
+    path.write_text(json.dumps({"schema": "tcurlora.job/1", **job}))
+    return path
+
+
+def hippocampus_cases(folder: Path, ids: list[int]) -> list[dict]:
+    return [{"id": f"hippocampus_{i:03d}", "image": str(folder / f"imagesTr/hippocampus_{i:03d}.nii.gz"),
+             "label": str(folder / f"labelsTr/hippocampus_{i:03d}.nii.gz")} for i in ids]
+
+
+def read_events(text: str) -> list[dict]:
+    from tcurlora.jobs.schema import parse_event_line
+
+    events = [parse_event_line(line) for line in text.splitlines() if line.strip()]
+    return [e for e in events if e is not None]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """One short real fine-tuning run shared by the tests below (3 hippocampus cases, tCURLoRA)."""
+    from conftest import data_folder
+
+    folder = data_folder("hippocampus")
+    work = tmp_path_factory.mktemp("pipeline")
+    job = write_job(work / "job.json", command="finetune", base_model="preset:unetr-tiny",
+                    cases=hippocampus_cases(folder, [1, 3, 6]), label_names=["Anterior", "Posterior"],
+                    method="tcur", rank=4, iterations=30, batch_size=2, seed=0, checkpoint_every=10,
+                    output=str(work / "adapter"))
+    result = subprocess.run([sys.executable, "-m", "tcurlora", "finetune", "--job", str(job)],
+                            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    return {"folder": folder, "work": work, "result": result, "events": read_events(result.stdout)}
+
+
+def test_finetune_lowers_loss_and_writes_loadable_adapter(trained):
+    result, events = trained["result"], trained["events"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "done"
+    assert kinds.count("progress") == 30 and kinds.count("checkpoint") == 2
+    losses = [e["loss"] for e in events if e["event"] == "progress"]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    adapter = Path(events[-1]["outputs"]["adapter"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["label_names"] == ["Anterior", "Posterior"] and config["method"] == "tcur"
+    assert not (adapter.parent / "adapter.checkpoint").exists()
+
+    from tcurlora.adapters.io import load_adapter
+    from tcurlora.models.registry import load_base_model
+
+    base = load_base_model("preset:unetr-tiny")
+    adapted = load_adapter(adapter, base.model)
+    assert adapted.parameter_counts().trainable > 0
+
+
+def test_segment_held_out_case_keeps_geometry_and_evaluate_matches(trained):
+    folder, work = trained["folder"], trained["work"]
+    assert trained["result"].returncode == 0
+    image = folder / "imagesTr/hippocampus_007.nii.gz"
+    reference = folder / "labelsTr/hippocampus_007.nii.gz"
+    output = work / "seg" / "hippocampus_007_seg.nii.gz"
+    code = main(["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter",
+                 str(work / "adapter"), "--output", str(output), "--events"])
+    assert code == 0
+    source, written = sitk.ReadImage(str(image)), sitk.ReadImage(str(output))
+    assert written.GetSize() == source.GetSize()
+    assert written.GetSpacing() == source.GetSpacing()
+    assert written.GetOrigin() == source.GetOrigin()
+    assert written.GetDirection() == source.GetDirection()
+    values = set(np.unique(sitk.GetArrayFromImage(written)).tolist())
+    assert values <= {0, 1, 2}
+
+    # evaluate vs an independent Dice computed here
+    report = work / "eval.json"
+    assert main(["evaluate", str(output), str(reference), "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    pred, ref = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
+    text = json.dumps(data)
+    for label in (1, 2):
+        p, r = pred == label, ref == label
+        expected = 2 * (p & r).sum() / (p.sum() + r.sum()) if (p.sum() + r.sum()) else 1.0
+        assert f"{expected:.6f}"[:6] in text or any(
+            abs(v - expected) < 1e-6 for v in _floats(data)), (label, expected)
+
+    # no overwrite without --force, and the file is untouched
+    before = output.read_bytes()
+    assert main(["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter",
+                 str(work / "adapter"), "--output", str(output)]) == 3
+    assert output.read_bytes() == before
+
+
+def _floats(data) -> list[float]:
+    if isinstance(data, dict):
+        return [v for item in data.values() for v in _floats(item)]
+    if isinstance(data, list):
+        return [v for item in data for v in _floats(item)]
+    return [float(data)] if isinstance(data, (int, float)) and not isinstance(data, bool) else []
+
+
+def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir):
+    output = tmp_path / "adapter"
+    job = write_job(tmp_path / "job.json", command="finetune", base_model="preset:unetr-tiny",
+                    cases=hippocampus_cases(hippocampus_dir, [1, 3]), label_names=["Anterior", "Posterior"],
+                    method="tcur", rank=4, iterations=40, batch_size=1, checkpoint_every=2,
+                    output=str(output))
+    process = subprocess.Popen([sys.executable, "-m", "tcurlora", "finetune", "--job", str(job)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if '"checkpoint"' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    out, err = process.communicate(timeout=120)
+    events = read_events("".join(lines) + out)
+    assert process.returncode == 130, err[-2000:]
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
+    assert not output.exists(), "a cancelled run must not leave an adapter"
+    checkpoint = json.loads((tmp_path / "adapter.checkpoint" / "checkpoint.json").read_text())
+    stopped_at = checkpoint["iteration"]
+    assert stopped_at >= 2
+
+    resumed = subprocess.run([sys.executable, "-m", "tcurlora", "finetune", "--job", str(job), "--resume"],
+                             capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    progress = [e for e in read_events(resumed.stdout) if e["event"] == "progress"]
+    assert progress[0]["iteration"] == stopped_at + 1 and progress[-1]["iteration"] == 40
+    assert (output / "adapter.safetensors").is_file()

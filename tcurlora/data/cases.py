@@ -1,0 +1,141 @@
+"""Labeled cases: from a Decathlon folder (dataset.json) or from job-file entries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tcurlora.data.io import file_stem
+from tcurlora.errors import InputError
+
+
+@dataclass
+class Case:
+    """One labeled (or unlabeled) volume: one image file per channel, or one 4D file.
+
+    `label_map` optionally maps label values in the file to class indices (unlisted values -> 0).
+    """
+
+    id: str
+    images: list[Path]
+    label: Path | None
+    label_map: dict[int, int] | None = None
+
+
+def _resolve(base_dir: Path, value: str, where: str, source: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: expected a file path, got {value!r}", source)
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _image_list(base_dir: Path, value: Any, where: str, source: Path) -> list[Path]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise InputError(f"{where}: empty image list", source)
+    return [_resolve(base_dir, item, where, source) for item in values]
+
+
+def _case_id(images: list[Path], label: Path | None) -> str:
+    if label is not None:
+        return file_stem(label)
+    stem = file_stem(images[0])
+    return stem[:-5] if len(images) > 1 and stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
+
+
+def _select(cases: list[Case], num_cases: int | None, case_ids: Sequence[str] | None, source: Path) -> list[Case]:
+    if case_ids is not None:
+        by_id = {case.id: case for case in cases}
+        missing = [case_id for case_id in case_ids if case_id not in by_id]
+        if missing:
+            raise InputError(f"case ids not found: {', '.join(missing)}", source)
+        cases = [by_id[case_id] for case_id in case_ids]
+    if num_cases is not None:
+        if num_cases < 1:
+            raise InputError(f"num_cases must be at least 1, got {num_cases}", source)
+        cases = cases[:num_cases]
+    if not cases:
+        raise InputError("no cases found", source)
+    return cases
+
+
+def _dataset_json(folder: Path) -> dict[str, Any]:
+    path = folder / "dataset.json"
+    if not path.is_file():
+        raise InputError("not a Decathlon folder: dataset.json not found", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read dataset.json: {error}", path) from error
+    if not isinstance(data, dict):
+        raise InputError("dataset.json must hold a JSON object", path)
+    return data
+
+
+def cases_from_decathlon(
+    folder: str | Path, *, num_cases: int | None = None, case_ids: Sequence[str] | None = None
+) -> list[Case]:
+    """Labeled cases of a Decathlon folder's `training` list, in file order.
+
+    An entry's "image" is one file (3D, or 4D with channels on the last axis) or a list of
+    per-channel files (`_0000`, `_0001`, ...). Paths are relative to the folder.
+    """
+    folder = Path(folder).expanduser().resolve()
+    data = _dataset_json(folder)
+    source = folder / "dataset.json"
+    entries = data.get("training")
+    if not isinstance(entries, list):
+        raise InputError("dataset.json has no 'training' list", source)
+    cases = []
+    for index, entry in enumerate(entries):
+        where = f"training[{index}]"
+        if not isinstance(entry, Mapping) or "image" not in entry:
+            raise InputError(f"{where}: expected an object with 'image' and 'label'", source)
+        images = _image_list(folder, entry["image"], where, source)
+        label = _resolve(folder, entry["label"], where, source) if entry.get("label") else None
+        cases.append(Case(id=_case_id(images, label), images=images, label=label))
+    return _select(cases, num_cases, case_ids, source)
+
+
+def dataset_label_names(folder: str | Path) -> list[str]:
+    """Names of classes 1..N from dataset.json `labels` (background excluded)."""
+    folder = Path(folder).expanduser().resolve()
+    data = _dataset_json(folder)
+    source = folder / "dataset.json"
+    labels = data.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        raise InputError("dataset.json has no 'labels' object", source)
+    try:
+        by_value = {int(key): str(name) for key, name in labels.items()}
+    except ValueError as error:
+        raise InputError(f"dataset.json 'labels' keys must be integers: {error}", source) from error
+    values = sorted(value for value in by_value if value != 0)
+    if values != list(range(1, len(values) + 1)):
+        raise InputError(f"dataset.json label values must be 0..N without gaps, got {sorted(by_value)}", source)
+    return [by_value[value] for value in values]
+
+
+def cases_from_list(items: Iterable[Mapping[str, Any]], base_dir: str | Path) -> list[Case]:
+    """Cases from job-file entries {"id", "image": str | [str, ...], "label"}; paths relative to base_dir."""
+    base_dir = Path(base_dir).expanduser().resolve()
+    cases = []
+    for index, item in enumerate(items):
+        where = f"cases[{index}]"
+        if not isinstance(item, Mapping) or "image" not in item:
+            raise InputError(f"{where}: expected an object with 'image' and 'label'", base_dir)
+        images = _image_list(base_dir, item["image"], where, base_dir)
+        label = _resolve(base_dir, item["label"], where, base_dir) if item.get("label") else None
+        raw_map = item.get("label_map")
+        label_map = {int(k): int(v) for k, v in raw_map.items()} if isinstance(raw_map, Mapping) else None
+        case_id = str(item["id"]) if item.get("id") else _case_id(images, label)
+        cases.append(Case(id=case_id, images=images, label=label, label_map=label_map))
+    if not cases:
+        raise InputError("the case list is empty", base_dir)
+    ids = [case.id for case in cases]
+    duplicates = sorted({case_id for case_id in ids if ids.count(case_id) > 1})
+    if duplicates:
+        raise InputError(f"duplicate case ids: {', '.join(duplicates)}", base_dir)
+    return cases

@@ -1,0 +1,232 @@
+"""Read and write medical volumes with SimpleITK, keeping the geometry exactly.
+
+Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and Slicer
+segmentations (.seg.nrrd, whose segment names and label values live in the NRRD header).
+Every problem a user can fix is raised as InputError / OutputExistsError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from tcurlora.errors import InputError, OutputExistsError
+
+IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
+
+
+def file_extension(path: str | Path) -> str:
+    """The supported extension of `path` (".nii.gz", ".seg.nrrd", ...), or InputError."""
+    name = Path(path).name.lower()
+    for extension in IMAGE_EXTENSIONS:
+        if name.endswith(extension):
+            return extension
+    supported = ", ".join(IMAGE_EXTENSIONS)
+    raise InputError(f"unsupported file type {Path(path).suffix or '(none)'!r}; use one of {supported}", path)
+
+
+def file_stem(path: str | Path) -> str:
+    """The file name without its (possibly double) image extension."""
+    name = Path(path).name
+    return name[: len(name) - len(file_extension(path))]
+
+
+def _read(path: str | Path, what: str) -> sitk.Image:
+    path = Path(path)
+    file_extension(path)
+    if not path.exists():
+        raise InputError(f"{what} file not found", path)
+    if not path.is_file():
+        raise InputError(f"{what} path is not a file", path)
+    try:
+        image = sitk.ReadImage(str(path))
+        # Force the voxel data to be decoded now: a truncated file must fail here, not later.
+        sitk.GetArrayViewFromImage(image)
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()
+        reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
+        raise InputError(f"cannot read {what} (corrupt or not an image): {reason.strip()}", path) from error
+    if image.GetDimension() not in (3, 4):
+        raise InputError(f"{what} has {image.GetDimension()} dimensions; a 3D volume is required", path)
+    return image
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read an image volume (3D, 4D or multi-component) as SimpleITK read it."""
+    return _read(path, "image")
+
+
+def split_channels(image: sitk.Image) -> list[sitk.Image]:
+    """The 3D scalar channels of a 3D, 4D (channels last axis) or vector image."""
+    if image.GetDimension() == 4:
+        size = list(image.GetSize())
+        channels = []
+        for index in range(size[3]):
+            channels.append(sitk.Extract(image, size[:3] + [0], [0, 0, 0, index]))
+        return channels
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        return [
+            sitk.VectorIndexSelectionCast(image, index) for index in range(image.GetNumberOfComponentsPerPixel())
+        ]
+    return [image]
+
+
+def read_channels(paths: str | Path | Sequence[str | Path]) -> list[sitk.Image]:
+    """All channels of one case: one file per channel, or one 4D/vector file."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise InputError("no image file given")
+    channels: list[sitk.Image] = []
+    for path in paths:
+        channels.extend(split_channels(read_image(path)))
+    return channels
+
+
+def reference_image(paths: str | Path | Sequence[str | Path]) -> sitk.Image:
+    """The 3D grid of a case (its first channel): what a segmentation must be written on."""
+    return read_channels(paths)[0]
+
+
+def _segment_fields(image: sitk.Image) -> dict[int, dict[str, str]]:
+    segments: dict[int, dict[str, str]] = {}
+    for key in image.GetMetaDataKeys():
+        match = _SEGMENT_KEY.match(key)
+        if match:
+            segments.setdefault(int(match.group(1)), {})[match.group(2)] = image.GetMetaData(key)
+    return segments
+
+
+def _read_segmentation(path: Path, image: sitk.Image) -> tuple[sitk.Image, dict[int, str]]:
+    """Flatten a Slicer .seg.nrrd (one or more layers) to one labelmap and its segment names."""
+    segments = _segment_fields(image)
+    layers = split_channels(image)
+    reference = layers[0]
+    if not segments:
+        label = sitk.Cast(reference, sitk.sitkUInt16)
+        return label, {}
+    try:
+        entries = [
+            (
+                number,
+                fields.get("Name", f"Segment_{number}"),
+                int(fields.get("LabelValue", number + 1)),
+                int(fields.get("Layer", 0)),
+            )
+            for number, fields in sorted(segments.items())
+        ]
+    except ValueError as error:
+        raise InputError(f"bad segment header (LabelValue/Layer must be integers): {error}", path) from error
+    if any(layer >= len(layers) or layer < 0 for _, _, _, layer in entries):
+        raise InputError(f"a segment names a layer that the file does not have ({len(layers)} layers)", path)
+    arrays = [sitk.GetArrayViewFromImage(layer) for layer in layers]
+    if len(layers) == 1:
+        names = {value: name for _, name, value, _ in entries}
+        flat = arrays[0].astype(np.uint16)
+    else:
+        # Overlapping segments on separate layers: give each its own value, later segments on top.
+        flat = np.zeros(arrays[0].shape, dtype=np.uint16)
+        names = {}
+        for new_value, (_, name, value, layer) in enumerate(entries, start=1):
+            flat[arrays[layer] == value] = new_value
+            names[new_value] = name
+    label = sitk.GetImageFromArray(flat)
+    label.CopyInformation(reference)
+    return label, names
+
+
+def read_label(path: str | Path) -> tuple[sitk.Image, dict[int, str]]:
+    """Read a labelmap; for a Slicer .seg.nrrd also its {label value: segment name}, else {}."""
+    path = Path(path)
+    image = _read(path, "label")
+    if file_extension(path) == ".seg.nrrd" or _segment_fields(image):
+        return _read_segmentation(path, image)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("label must be a single 3D volume (one component, no 4th axis)", path)
+    return image, {}
+
+
+def check_output_free(path: str | Path, force: bool) -> Path:
+    """Raise OutputExistsError if `path` exists and `force` is false; InputError if it is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("output path is a folder; give a file name", path)
+    if path.exists() and not force:
+        raise OutputExistsError("output exists; use --force (or \"force\": true) to overwrite", path)
+    return path
+
+
+def _segment_metadata(names: Mapping[int, str], colors: Mapping[int, Sequence[float]] | None) -> dict[str, str]:
+    meta = {
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    for number, (value, name) in enumerate(sorted(names.items())):
+        color = (colors or {}).get(value)
+        prefix = f"Segment{number}_"
+        meta[prefix + "ID"] = f"Segment_{value}"
+        meta[prefix + "Name"] = str(name)
+        meta[prefix + "NameAutoGenerated"] = "0"
+        meta[prefix + "LabelValue"] = str(int(value))
+        meta[prefix + "Layer"] = "0"
+        meta[prefix + "Color"] = " ".join(f"{c:g}" for c in color) if color else "0.5 0.5 0.5"
+        meta[prefix + "ColorAutoGenerated"] = "0" if color else "1"
+        meta[prefix + "Tags"] = "|"
+    return meta
+
+
+def write_labelmap(
+    array_zyx: np.ndarray,
+    reference: sitk.Image,
+    path: str | Path,
+    *,
+    force: bool = False,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, Sequence[float]] | None = None,
+) -> Path:
+    """Write a labelmap on exactly the reference grid, atomically (temp file + os.replace).
+
+    `array_zyx` is indexed [z, y, x] like sitk.GetArrayFromImage(reference). The file type comes
+    from the extension; for .seg.nrrd, `names`/`colors` ({value: name}, {value: (r, g, b)}) become
+    Slicer segment header keys.
+    """
+    path = Path(path)
+    extension = file_extension(path)
+    if extension in (".nhdr", ".mhd"):
+        raise InputError("detached-header formats cannot be written atomically; use .nrrd, .mha or .nii.gz", path)
+    check_output_free(path, force)
+    array = np.asarray(array_zyx)
+    expected = tuple(reversed(reference.GetSize()[:3]))
+    if array.shape != expected:
+        raise ValueError(f"labelmap shape {array.shape} does not match the reference grid {expected} (z, y, x)")
+    if array.size and (array.min() < 0 or not np.array_equal(array, np.round(array))):
+        raise ValueError("labelmap values must be non-negative integers")
+    dtype = np.uint8 if array.size == 0 or array.max() < 256 else np.uint16
+    label = sitk.GetImageFromArray(array.astype(dtype))
+    label.SetSpacing(reference.GetSpacing()[:3])
+    label.SetOrigin(reference.GetOrigin()[:3])
+    direction = np.asarray(reference.GetDirection()).reshape(reference.GetDimension(), -1)[:3, :3]
+    label.SetDirection(tuple(float(v) for v in direction.ravel()))
+    if extension == ".seg.nrrd":
+        values = names or {int(v): f"Segment_{int(v)}" for v in np.unique(array) if v > 0}
+        for key, value in _segment_metadata(values, colors).items():
+            label.SetMetaData(key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=extension, dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(label, temp_name, useCompression=True)
+        os.replace(temp_name, path)
+    except RuntimeError as error:
+        raise InputError(f"cannot write labelmap: {str(error).strip().splitlines()[-1]}", path) from error
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    return path

@@ -1,0 +1,137 @@
+"""Find and load a base model by reference: a built-in name, a model folder, a MONAI bundle or a preset.
+
+A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.models.architectures import build_network, build_preset
+from tcurlora.models.fingerprint import state_dict_fingerprint
+from tcurlora.models.spec import ModelSpec
+
+MODEL_FORMAT = "tcurlora.model/1"
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def builtin_models_dir() -> Path:
+    """Resources/Models of the extension (the repository root when installed from source)."""
+    override = os.environ.get("TCURLORA_BUILTIN_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model: the network in eval mode, its spec, and what identifies its weights."""
+
+    model: nn.Module
+    spec: ModelSpec
+    model_id: str
+    fingerprint: str
+    source: str
+
+
+def list_builtin_models() -> list[str]:
+    """Names of the models shipped in Resources/Models."""
+    root = builtin_models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file())
+
+
+def load_base_model(reference: str | Path) -> BaseModel:
+    """Load `reference`: "preset:<name>", a built-in model name, a model folder or a MONAI bundle folder."""
+    text = str(reference)
+    if text.startswith("preset:"):
+        model, spec = build_preset(text.removeprefix("preset:"))
+        return _finish(model, spec, model_id=text, source=text)
+    folder = Path(text)
+    if not folder.exists() and (builtin_models_dir() / text / SPEC_FILE).is_file():
+        folder = builtin_models_dir() / text
+    if not folder.exists():
+        known = ", ".join(list_builtin_models() + ["preset:unetr-tiny", "preset:unetr-base"])
+        raise InputError(f"no such base model (not a folder, not a built-in name; built-in: {known})", text)
+    if (folder / SPEC_FILE).is_file():
+        return load_model_folder(folder)
+    if (folder / "configs").is_dir():
+        from tcurlora.models.bundle import load_bundle
+
+        return load_bundle(folder)
+    raise InputError(f"not a model folder: expected {SPEC_FILE} + {WEIGHTS_FILE}, or a MONAI bundle", folder)
+
+
+def load_model_folder(folder: Path) -> BaseModel:
+    """Load a model folder written by `save_model_folder`."""
+    spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
+    try:
+        data = json.loads(spec_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read the model spec: {error}", spec_path) from error
+    if data.get("format") != MODEL_FORMAT:
+        raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
+    spec = ModelSpec.from_dict(data["spec"])
+    model = build_network(spec)
+    if not weights_path.is_file():
+        raise InputError("missing weights file", weights_path)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InputError(f"corrupt or unreadable safetensors file: {error}", weights_path) from error
+    load_weights(model, state, weights_path)
+    return _finish(model, spec, model_id=data.get("id", spec.name), source=str(folder))
+
+
+def load_weights(model: nn.Module, state: dict, path: Path | str) -> None:
+    """Load a state dict strictly (upcasting fp16 storage), naming the file on any mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(
+            f"weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}", path
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise InputError(
+                f"weight {name} has shape {tuple(tensor.shape)}, the architecture needs {tuple(expected[name].shape)}",
+                path,
+            )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def save_model_folder(
+    folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None, half: bool = False,
+    card: dict | None = None, force: bool = False,
+) -> Path:
+    """Write `model.json` + `model.safetensors` atomically (a temp sibling folder renamed into place)."""
+    folder = Path(folder)
+    if folder.exists() and not force:
+        raise OutputExistsError("model folder exists (use force to replace it)", folder)
+    temp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    temp.mkdir(parents=True, exist_ok=False)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(temp / WEIGHTS_FILE))
+    record = {"format": MODEL_FORMAT, "id": model_id or spec.name, "spec": spec.to_dict(), "card": card or {}}
+    (temp / SPEC_FILE).write_text(json.dumps(record, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(temp, folder)
+    return folder
+
+
+def _finish(model: nn.Module, spec: ModelSpec, *, model_id: str, source: str) -> BaseModel:
+    model.eval()
+    return BaseModel(model=model, spec=spec, model_id=model_id, fingerprint=state_dict_fingerprint(model), source=source)

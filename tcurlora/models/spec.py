@@ -1,0 +1,68 @@
+"""What a base model is: its architecture, its preprocessing and its labels, as one JSON-able record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tcurlora.errors import ConfigError
+
+
+@dataclass
+class IntensitySpec:
+    """How voxel intensities are normalised before the network sees them.
+
+    kind "zscore": (x - mean) / std over the nonzero voxels of each channel (MRI default).
+    kind "percentile": clip to [lower, upper] percentiles of each channel, then scale to [0, 1].
+    kind "range": clip to [a_min, a_max] and scale to [0, 1] (CT-like fixed windows).
+    """
+
+    kind: str = "zscore"
+    lower: float = 0.5
+    upper: float = 99.5
+    a_min: float = 0.0
+    a_max: float = 1.0
+
+
+@dataclass
+class ModelSpec:
+    """A base model: `arch` and `arch_params` build the network; the rest says how to feed it."""
+
+    name: str
+    arch: str = "UNETR"
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch_size: tuple[int, int, int] = (32, 32, 32)
+    intensity: IntensitySpec = field(default_factory=IntensitySpec)
+    # Label value -> name, background (0) excluded.
+    labels: dict[int, str] = field(default_factory=dict)
+    # Full module path of the final 1x1x1 conv that maps features to classes.
+    head_module: str = "out.conv.conv"
+    description: str = ""
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.arch_params.get("in_channels", 1))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.arch_params.get("out_channels", len(self.labels) + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = {str(k): v for k, v in self.labels.items()}
+        data["spacing"] = list(self.spacing)
+        data["patch_size"] = list(self.patch_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        try:
+            values = dict(data)
+            values["intensity"] = IntensitySpec(**values.get("intensity", {}))
+            values["labels"] = {int(k): str(v) for k, v in values.get("labels", {}).items()}
+            values["spacing"] = tuple(float(s) for s in values.get("spacing", (1.0, 1.0, 1.0)))
+            values["patch_size"] = tuple(int(s) for s in values.get("patch_size", (32, 32, 32)))
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"invalid model spec: {error}") from error

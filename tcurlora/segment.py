@@ -1,0 +1,107 @@
+"""Segmenting: base model + optional adapter, merged once, applied to each input volume.
+
+`run_segment(job, sink, token)` is driven by `tcurlora segment` and the Slicer Segmenter module alike.
+Outputs are checked before any compute (no overwrite without force) and written atomically with the
+input's exact geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcurlora.errors import DeviceOutOfMemoryError, InputError, OutputExistsError
+
+LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
+
+
+def output_name(image_path: Path) -> str:
+    """`case.nii.gz` -> `case_seg.nii.gz`; `vol.nrrd` -> `vol_seg.nrrd`."""
+    name = image_path.name
+    for extension in sorted(LABEL_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(extension):
+            return name[: -len(extension)] + "_seg" + extension
+    return name + "_seg.nii.gz"
+
+
+def plan_outputs(job) -> list[Path]:
+    """One output path per input, refusing existing ones unless forced, before anything runs."""
+    inputs = [[Path(p) for p in (item if isinstance(item, (list, tuple)) else [item])] for item in job.inputs]
+    if not inputs:
+        raise InputError("no input volumes to segment")
+    if job.outputs:
+        outputs = [Path(p) for p in job.outputs]
+        if len(outputs) != len(inputs):
+            raise InputError(f"{len(inputs)} inputs but {len(outputs)} outputs")
+    elif job.output_dir:
+        outputs = [Path(job.output_dir) / output_name(channels[0]) for channels in inputs]
+    else:
+        raise InputError("no output given: set `outputs` or `output_dir` (--output)")
+    if len(set(outputs)) != len(outputs):
+        raise InputError("two inputs would write the same output file; give explicit outputs")
+    for path in outputs:
+        if path.exists() and not job.force:
+            raise OutputExistsError("output exists (use --force to overwrite it)", path)
+    return outputs
+
+
+def load_segmentation_model(base_model: str, adapter: str | None):
+    """The base model with the adapter merged in (inference then costs what the base costs)."""
+    from tcurlora.models.registry import load_base_model
+
+    base = load_base_model(base_model)
+    if not adapter:
+        names = [base.spec.labels[k] for k in sorted(base.spec.labels)]
+        return base.model, base.spec, names, None
+    from tcurlora.adapters.io import load_adapter, read_adapter_config
+
+    config = read_adapter_config(Path(adapter))
+    adapted = load_adapter(Path(adapter), base.model)
+    model = adapted.merge_and_unload()
+    model.eval()
+    return model, base.spec, list(config.get("label_names") or []), config
+
+
+def run_segment(job, sink, token) -> dict[str, Any]:
+    """Segment every input; returns {"outputs": {"segmentations": [...]}, "metrics": {...}}."""
+    from tcurlora.device import describe_device, resolve_device
+    from tcurlora.infer import segment_file
+
+    outputs = plan_outputs(job)
+    inputs = [item if isinstance(item, (list, tuple)) else [item] for item in job.inputs]
+    device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
+    model, spec, names, _ = load_segmentation_model(job.base_model, job.adapter)
+    model.to(device)
+    sink.started(command="segment", device=describe_device(device), total=len(inputs), parameters=None)
+    written, seconds = [], []
+    for index, (channels, output) in enumerate(zip(inputs, outputs), start=1):
+        token.raise_if_cancelled()
+        started = time.monotonic()
+        path = _segment_with_retry(segment_file, model, channels, output, spec, job, device, sink)
+        seconds.append(time.monotonic() - started)
+        written.append(str(path))
+        eta = sum(seconds) / len(seconds) * (len(inputs) - index)
+        sink.progress(iteration=index, total=len(inputs), loss=None, val_dice=None, eta_s=eta, lr=None,
+                      message=f"segmented {Path(channels[0]).name} -> {path}")
+    return {"outputs": {"segmentations": written},
+            "metrics": {"label_names": names, "seconds_per_volume": seconds, "device": describe_device(device)}}
+
+
+def _segment_with_retry(segment_file, model, channels, output, spec, job, device, sink):
+    """On CUDA out-of-memory, retry once with one window at a time, then say what to change."""
+    kwargs = {"device": str(device), "overlap": job.overlap, "largest_component": job.largest_component,
+              "force": job.force, "amp": device.type == "cuda"}
+    try:
+        return segment_file(model, channels, output, spec, sw_batch_size=2, **kwargs)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        sink.log("warning", "CUDA ran out of memory; retrying with one window at a time")
+    try:
+        return segment_file(model, channels, output, spec, sw_batch_size=1, **kwargs)
+    except torch.OutOfMemoryError as error:
+        raise DeviceOutOfMemoryError(
+            "CUDA out of memory even with one window at a time: run with device cpu", channels[0]
+        ) from error

@@ -1,0 +1,253 @@
+"""Fine-tuning: adapt a base model to labeled cases with one method, report events, write the adapter.
+
+The one entry point is `run_finetune(job, sink, token)`, driven by `tcurlora finetune` (CLI flags or
+`--job job.json`) and by the Slicer module through the same worker. Checkpoints go to
+`<output>.checkpoint/` and are replaced atomically; the adapter folder appears only when training ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+
+# Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
+DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3}
+WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides the weights."""
+
+    iteration: int = 0
+    losses: list[float] = field(default_factory=list)
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def learning_rate_factor(iteration: int, total: int) -> float:
+    """Linear warm-up over the first 5% of iterations, then cosine decay to zero."""
+    warmup = max(1, int(total * WARMUP_FRACTION))
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def checkpoint_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".checkpoint")
+
+
+def autocast_context(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked for (fp16 where bf16 is unsupported); a no-op elsewhere."""
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type="cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> list[float]:
+    """Dice of each foreground class between two integer label volumes (1.0 when both are empty)."""
+    scores = []
+    for label in range(1, num_classes):
+        pred, ref = prediction == label, reference == label
+        denominator = int(pred.sum()) + int(ref.sum())
+        scores.append(1.0 if denominator == 0 else 2.0 * int((pred & ref).sum()) / denominator)
+    return scores
+
+
+def save_checkpoint(folder: Path, adapted, optimizer, state: TrainingState, job_record: dict) -> Path:
+    """Write adapter weights, optimiser state and progress to `folder`, replacing the old one atomically."""
+    temp = temp_sibling_dir(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
+              str(temp / "adapter.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict()}, temp / "optimizer.pt")
+    atomic_write_json(temp / "checkpoint.json", {
+        "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
+        "elapsed_s": state.elapsed_s, "job": job_record,
+    })
+    return replace_dir(temp, folder)
+
+
+def load_checkpoint(folder: Path, adapted, optimizer, job_record: dict) -> TrainingState:
+    """Restore a checkpoint written by `save_checkpoint` for the same job settings."""
+    meta_path = folder / "checkpoint.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        weights = load_file(str(folder / "adapter.safetensors"))
+        opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"cannot resume: unreadable checkpoint ({error})", folder) from error
+    mismatched = {k for k in ("base_fingerprint", "method", "rank", "label_names", "iterations")
+                  if meta.get("job", {}).get(k) != job_record.get(k)}
+    if mismatched:
+        raise InputError(f"cannot resume: the checkpoint was made with other settings ({', '.join(sorted(mismatched))})",
+                         meta_path)
+    adapted.load_adapter_state_dict(weights)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    return TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
+                         val_history=list(meta["val_history"]), elapsed_s=float(meta.get("elapsed_s", 0.0)))
+
+
+def validate_output(output: Path, force: bool, resume: bool) -> None:
+    """Refuse to overwrite an adapter unless forced; refuse to resume without a checkpoint."""
+    if output.exists() and not force:
+        raise OutputExistsError("adapter folder exists (use --force to replace it)", output)
+    if resume and not (checkpoint_dir(output) / "checkpoint.json").is_file():
+        raise InputError("nothing to resume: no checkpoint found", checkpoint_dir(output))
+
+
+def run_finetune(job, sink, token) -> dict[str, Any]:
+    """Adapt `job.base_model` to the job's cases; returns {"outputs": {"adapter": path}, "metrics": {...}}."""
+    from tcurlora.training_setup import prepare_training
+
+    output = Path(job.output)
+    validate_output(output, job.force, job.resume)
+    setup = prepare_training(job, sink)
+    return Trainer(job, setup, sink, token).run(output)
+
+
+class Trainer:
+    """The training loop: patches in, DiceCE loss, AdamW with warm-up + cosine, periodic validation."""
+
+    def __init__(self, job, setup, sink, token):
+        from monai.losses import DiceCELoss
+
+        self.job, self.setup, self.sink, self.token = job, setup, sink, token
+        self.device = setup.device
+        self.adapted = setup.adapted.to(self.device)
+        self.learning_rate = job.learning_rate or DEFAULT_LEARNING_RATES[job.method]
+        self.optimizer = torch.optim.AdamW(self.adapted.trainable_parameters(), lr=self.learning_rate,
+                                           weight_decay=0.0 if job.method in {"tcur", "lora"} else 1e-5)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.amp = bool(job.amp) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
+        self.state = TrainingState()
+
+    def job_record(self) -> dict:
+        job = self.job
+        return {"base_fingerprint": self.setup.base.fingerprint, "method": job.method, "rank": job.rank,
+                "label_names": self.setup.label_names, "iterations": job.iterations}
+
+    def run(self, output: Path) -> dict[str, Any]:
+        job, sink = self.job, self.sink
+        ckpt = checkpoint_dir(output)
+        if job.resume:
+            self.state = load_checkpoint(ckpt, self.adapted, self.optimizer, self.job_record())
+            sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
+        batches = self.setup.batches(seed_offset=self.state.iteration)
+        total = job.iterations
+        eval_every = max(1, total // 5)
+        started = time.monotonic() - self.state.elapsed_s
+        start_iteration = self.state.iteration
+        self.adapted.train()
+        while self.state.iteration < total:
+            self.token.raise_if_cancelled()
+            loss = self.step(next(batches), total)
+            self.state.iteration += 1
+            self.state.losses.append(loss)
+            it = self.state.iteration
+            val = None
+            if self.setup.val_volumes and (it % eval_every == 0 or it == total):
+                val = self.validate()
+                self.state.val_history.append({"iteration": it, "dice": val})
+            done_now = it - start_iteration
+            elapsed = time.monotonic() - started
+            eta = (elapsed - self.state.elapsed_s) / done_now * (total - it) if done_now else None
+            sink.progress(iteration=it, total=total, loss=loss, val_dice=val, eta_s=eta,
+                          lr=self.optimizer.param_groups[0]["lr"])
+            if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total:
+                self.state.elapsed_s = elapsed
+                path = save_checkpoint(ckpt, self.adapted, self.optimizer, self.state, self.job_record())
+                sink.checkpoint(iteration=it, path=str(path))
+        self.state.elapsed_s = time.monotonic() - started
+        return self.finish(output, ckpt)
+
+    def step(self, batch: dict, total: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate * learning_rate_factor(self.state.iteration, total)
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.amp):
+            logits = self.adapted(image)
+        loss = self.loss_fn(logits.float(), label)
+        if not torch.isfinite(loss):
+            raise InputError(f"the loss became {loss.item()} at iteration {self.state.iteration + 1}: "
+                             "lower the learning rate or check the images for extreme values")
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        from monai.inferers import sliding_window_inference
+
+        self.adapted.eval()
+        names = self.setup.label_names
+        per_class: list[list[float]] = [[] for _ in names]
+        for volume in self.setup.val_volumes:
+            image = volume["image"].unsqueeze(0).to(self.device)
+            with autocast_context(self.device, self.amp):
+                logits = sliding_window_inference(image, self.setup.patch_size, 2, self.adapted,
+                                                  overlap=0.25, mode="gaussian")
+            prediction = logits.argmax(1)[0].cpu()
+            for index, score in enumerate(dice_per_class(prediction, volume["label"][0].long(), len(names) + 1)):
+                per_class[index].append(score)
+        self.adapted.train()
+        return {name: float(sum(s) / len(s)) for name, s in zip(names, per_class)}
+
+    def finish(self, output: Path, ckpt: Path) -> dict[str, Any]:
+        from tcurlora.adapters.io import save_adapter
+
+        setup, state = self.setup, self.state
+        tail = state.losses[-max(1, min(10, len(state.losses))):]
+        metrics: dict[str, Any] = {
+            "final_loss": sum(tail) / len(tail),
+            "first_loss": state.losses[0] if state.losses else None,
+            "iterations": state.iteration,
+            "train_cases": [c.id for c in setup.train_cases],
+            "val_cases": [c.id for c in setup.val_cases],
+            "train_time_s": round(state.elapsed_s, 2),
+            "device": setup.device_name,
+        }
+        if state.val_history:
+            metrics["val_dice"] = state.val_history[-1]["dice"]
+        extra = {
+            "label_colors": setup.label_colors,
+            "preprocessing": setup.base.spec.to_dict(),
+            "patch_size": list(setup.patch_size),
+            "metrics": metrics,
+            "training": {"iterations": self.job.iterations, "batch_size": self.job.batch_size,
+                         "learning_rate": self.learning_rate, "seed": self.job.seed, "amp": self.amp},
+        }
+        log_lines = [json.dumps({"iteration": i + 1, "loss": loss}) for i, loss in enumerate(state.losses)]
+        log_lines += [json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history]
+        self.adapted.eval()
+        save_adapter(output, self.adapted.to("cpu"), extra=extra, force=self.job.force,
+                     extra_files={"training_log.jsonl": "\n".join(log_lines) + "\n"})
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return {"outputs": {"adapter": str(output)}, "metrics": metrics}
+
+
+def environment_threads() -> None:
+    """Use every core for intra-op work unless the user limited it."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "dice_per_class", "DEFAULT_LEARNING_RATES",
+           "ConfigError"]
