@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from tcurlora.errors import DeviceOutOfMemoryError, InputError, OutputExistsError
+from tcurlora.errors import InputError, OutputExistsError
 
 LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
 
@@ -73,14 +71,19 @@ def run_segment(job, sink, token) -> dict[str, Any]:
     outputs = plan_outputs(job)
     inputs = [item if isinstance(item, (list, tuple)) else [item] for item in job.inputs]
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
-    model, spec, names, _ = load_segmentation_model(job.base_model, job.adapter)
+    model, spec, names, config = load_segmentation_model(job.base_model, job.adapter)
+    label_names = {index: name for index, name in enumerate(names, start=1)}
+    colors = (config or {}).get("label_colors") or []
+    label_colors = {index: tuple(color) for index, color in enumerate(colors, start=1)}
     model.to(device)
     sink.started(command="segment", device=describe_device(device), total=len(inputs), parameters=None)
     written, seconds = [], []
     for index, (channels, output) in enumerate(zip(inputs, outputs), start=1):
         token.raise_if_cancelled()
         started = time.monotonic()
-        path = _segment_with_retry(segment_file, model, channels, output, spec, job, device, sink)
+        path = segment_file(model, channels, output, spec, device=str(device), overlap=job.overlap,
+                            largest_component=job.largest_component, force=job.force,
+                            amp=device.type == "cuda", names=label_names, colors=label_colors)
         seconds.append(time.monotonic() - started)
         written.append(str(path))
         eta = sum(seconds) / len(seconds) * (len(inputs) - index)
@@ -88,20 +91,3 @@ def run_segment(job, sink, token) -> dict[str, Any]:
                       message=f"segmented {Path(channels[0]).name} -> {path}")
     return {"outputs": {"segmentations": written},
             "metrics": {"label_names": names, "seconds_per_volume": seconds, "device": describe_device(device)}}
-
-
-def _segment_with_retry(segment_file, model, channels, output, spec, job, device, sink):
-    """On CUDA out-of-memory, retry once with one window at a time, then say what to change."""
-    kwargs = {"device": str(device), "overlap": job.overlap, "largest_component": job.largest_component,
-              "force": job.force, "amp": device.type == "cuda"}
-    try:
-        return segment_file(model, channels, output, spec, sw_batch_size=2, **kwargs)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        sink.log("warning", "CUDA ran out of memory; retrying with one window at a time")
-    try:
-        return segment_file(model, channels, output, spec, sw_batch_size=1, **kwargs)
-    except torch.OutOfMemoryError as error:
-        raise DeviceOutOfMemoryError(
-            "CUDA out of memory even with one window at a time: run with device cpu", channels[0]
-        ) from error

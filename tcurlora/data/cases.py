@@ -46,7 +46,9 @@ def _case_id(images: list[Path], label: Path | None) -> str:
     return stem[:-5] if len(images) > 1 and stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
 
 
-def _select(cases: list[Case], num_cases: int | None, case_ids: Sequence[str] | None, source: Path) -> list[Case]:
+def _select(
+    cases: list[Case], num_cases: int | None, case_ids: Sequence[str] | None, source: Path
+) -> list[Case]:
     if case_ids is not None:
         by_id = {case.id: case for case in cases}
         missing = [case_id for case_id in case_ids if case_id not in by_id]
@@ -114,7 +116,9 @@ def dataset_label_names(folder: str | Path) -> list[str]:
         raise InputError(f"dataset.json 'labels' keys must be integers: {error}", source) from error
     values = sorted(value for value in by_value if value != 0)
     if values != list(range(1, len(values) + 1)):
-        raise InputError(f"dataset.json label values must be 0..N without gaps, got {sorted(by_value)}", source)
+        raise InputError(
+            f"dataset.json label values must be 0..N without gaps, got {sorted(by_value)}", source
+        )
     return [by_value[value] for value in values]
 
 

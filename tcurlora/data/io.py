@@ -7,12 +7,15 @@ Every problem a user can fix is raised as InputError / OutputExistsError naming 
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 
@@ -38,6 +41,31 @@ def file_stem(path: str | Path) -> str:
     return name[: len(name) - len(file_extension(path))]
 
 
+def _check_nifti_complete(path: Path, what: str) -> None:
+    """SimpleITK zero-fills truncated NIfTI data silently; check the byte count (and gzip CRC) first."""
+    try:
+        header = nibabel.Nifti1Image.from_filename(str(path)).header
+        expected = int(header.get_data_offset()) + int(
+            np.prod(header.get_data_shape(), dtype=np.int64) * header.get_data_dtype().itemsize
+        )
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types for a bad header
+        raise InputError(f"cannot read {what} (corrupt or not a NIfTI file): {error}", path) from error
+    try:
+        if path.name.lower().endswith(".gz"):
+            available = 0
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    available += len(chunk)
+        else:
+            available = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(
+            f"cannot read {what} (truncated or corrupt compressed data): {error}", path
+        ) from error
+    if available < expected:
+        raise InputError(f"{what} file is truncated: {available} of {expected} bytes", path)
+
+
 def _read(path: str | Path, what: str) -> sitk.Image:
     path = Path(path)
     file_extension(path)
@@ -45,17 +73,39 @@ def _read(path: str | Path, what: str) -> sitk.Image:
         raise InputError(f"{what} file not found", path)
     if not path.is_file():
         raise InputError(f"{what} path is not a file", path)
+    if file_extension(path) in (".nii", ".nii.gz"):
+        _check_nifti_complete(path, what)
     try:
         image = sitk.ReadImage(str(path))
         # Force the voxel data to be decoded now: a truncated file must fail here, not later.
         sitk.GetArrayViewFromImage(image)
     except RuntimeError as error:
-        detail = str(error).strip().splitlines()
-        reason = next((line for line in reversed(detail) if line.strip()), "unknown reader error")
-        raise InputError(f"cannot read {what} (corrupt or not an image): {reason.strip()}", path) from error
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        useful = [line for line in lines if "won't be written" not in line and not line.startswith("Reason:")]
+        reason = (useful or lines or ["unknown reader error"])[-1]
+        raise InputError(
+            f"cannot read {what} (corrupt, truncated or not an image): {reason}", path
+        ) from error
     if image.GetDimension() not in (3, 4):
         raise InputError(f"{what} has {image.GetDimension()} dimensions; a 3D volume is required", path)
     return image
+
+
+def count_nonfinite(path: str | Path) -> int:
+    """Number of NaN/inf voxels in a readable image file, as stored on disk.
+
+    SimpleITK's NIfTI reader turns NaN into 0 silently, so NIfTI files are counted with nibabel.
+    """
+    path = Path(path)
+    if file_extension(path) in (".nii", ".nii.gz"):
+        proxy = nibabel.load(str(path)).dataobj
+        if not np.issubdtype(proxy.dtype, np.floating) and not np.issubdtype(proxy.dtype, np.complexfloating):
+            return 0
+        return int(np.count_nonzero(~np.isfinite(np.asarray(proxy))))
+    values = sitk.GetArrayViewFromImage(read_image(path))
+    if not np.issubdtype(values.dtype, np.floating):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(values)))
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -73,7 +123,8 @@ def split_channels(image: sitk.Image) -> list[sitk.Image]:
         return channels
     if image.GetNumberOfComponentsPerPixel() > 1:
         return [
-            sitk.VectorIndexSelectionCast(image, index) for index in range(image.GetNumberOfComponentsPerPixel())
+            sitk.VectorIndexSelectionCast(image, index)
+            for index in range(image.GetNumberOfComponentsPerPixel())
         ]
     return [image]
 
@@ -153,16 +204,33 @@ def read_label(path: str | Path) -> tuple[sitk.Image, dict[int, str]]:
 
 
 def check_output_free(path: str | Path, force: bool) -> Path:
-    """Raise OutputExistsError if `path` exists and `force` is false; InputError if it is a folder."""
+    """Raise OutputExistsError if `path` (a file or folder) exists and `force` is false."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError("output path is a folder; give a file name", path)
     if path.exists() and not force:
-        raise OutputExistsError("output exists; use --force (or \"force\": true) to overwrite", path)
+        raise OutputExistsError('output exists; use --force (or "force": true) to overwrite', path)
     return path
 
 
-def _segment_metadata(names: Mapping[int, str], colors: Mapping[int, Sequence[float]] | None) -> dict[str, str]:
+def check_labelmap_output(path: str | Path, force: bool) -> str:
+    """Check a labelmap output path before any work: supported, writable type, not a folder, free.
+
+    Returns its extension.
+    """
+    path = Path(path)
+    extension = file_extension(path)
+    if extension in (".nhdr", ".mhd"):
+        raise InputError(
+            "detached-header formats cannot be written atomically; use .nrrd, .mha or .nii.gz", path
+        )
+    if path.is_dir():
+        raise InputError("output path is a folder; give a file name", path)
+    check_output_free(path, force)
+    return extension
+
+
+def _segment_metadata(
+    names: Mapping[int, str], colors: Mapping[int, Sequence[float]] | None
+) -> dict[str, str]:
     meta = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
@@ -198,14 +266,13 @@ def write_labelmap(
     Slicer segment header keys.
     """
     path = Path(path)
-    extension = file_extension(path)
-    if extension in (".nhdr", ".mhd"):
-        raise InputError("detached-header formats cannot be written atomically; use .nrrd, .mha or .nii.gz", path)
-    check_output_free(path, force)
+    extension = check_labelmap_output(path, force)
     array = np.asarray(array_zyx)
     expected = tuple(reversed(reference.GetSize()[:3]))
     if array.shape != expected:
-        raise ValueError(f"labelmap shape {array.shape} does not match the reference grid {expected} (z, y, x)")
+        raise ValueError(
+            f"labelmap shape {array.shape} does not match the reference grid {expected} (z, y, x)"
+        )
     if array.size and (array.min() < 0 or not np.array_equal(array, np.round(array))):
         raise ValueError("labelmap values must be non-negative integers")
     dtype = np.uint8 if array.size == 0 or array.max() < 256 else np.uint16

@@ -23,7 +23,7 @@ EVENT_SCHEMA_NAME = "tcurlora.events/1"
 
 METHODS = ("tcur", "lora", "decoder", "full", "head")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
-SELECTIONS = ("topnorm", "leverage", "inverse", "random")
+SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
@@ -54,7 +54,11 @@ def case_id_from_path(path: str | Path) -> str:
 
 
 def _looks_like_path(value: str, base_dir: Path) -> bool:
-    return any(sep in value for sep in ("/", "\\")) or value.startswith((".", "~")) or (base_dir / value).exists()
+    return (
+        any(sep in value for sep in ("/", "\\"))
+        or value.startswith((".", "~"))
+        or (base_dir / value).exists()
+    )
 
 
 class _Reader:
@@ -80,7 +84,9 @@ class _Reader:
             return default
         return self.data[key]
 
-    def typed(self, key: str, kinds: tuple[type, ...], label: str, default: Any = _MISSING, value: Any = _MISSING):
+    def typed(
+        self, key: str, kinds: tuple[type, ...], label: str, default: Any = _MISSING, value: Any = _MISSING
+    ):
         value = self.raw(key, default) if value is _MISSING else value
         if value is None and default is None:
             return None
@@ -104,13 +110,21 @@ class _Reader:
             self.fail(key, f"must be >= {minimum}, got {value}")
         return value
 
-    def number(self, key: str, default: Any = _MISSING, low: float | None = None, high: float | None = None,
-               high_open: bool = False) -> float | None:
+    def number(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        low: float | None = None,
+        high: float | None = None,
+        high_open: bool = False,
+    ) -> float | None:
         value = self.typed(key, (int, float), "a number", default)
         if value is None:
             return None
         value = float(value)
-        if (low is not None and value < low) or (high is not None and (value > high or (high_open and value == high))):
+        if (low is not None and value < low) or (
+            high is not None and (value > high or (high_open and value == high))
+        ):
             bracket = ")" if high_open else "]"
             self.fail(key, f"must be in [{low}, {high}{bracket}, got {value}")
         return value
@@ -174,7 +188,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path) from error
+        raise ConfigError(
+            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path
+        ) from error
 
 
 def _check_header(reader: _Reader, command: str) -> None:
@@ -229,7 +245,9 @@ class FinetuneJob:
     command = "finetune"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None) -> FinetuneJob:
+    def from_dict(
+        cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None
+    ) -> FinetuneJob:
         """Validate a job dict; relative paths are resolved against `base_dir`."""
         keys = {f for f in cls.__dataclass_fields__ if f != "job_file"} | {"command", "schema"}
         r = _Reader(data, Path(base_dir).resolve(), Path(source) if source else None, keys)
@@ -237,7 +255,10 @@ class FinetuneJob:
         cases = _read_cases(r) if "cases" in data and data["cases"] is not None else None
         data_dir = r.path("data", default=None)
         if (cases is None) == (data_dir is None):
-            r.fail("cases" if cases is None else "data", "give exactly one of 'cases' (a list) or 'data' (a folder)")
+            r.fail(
+                "cases" if cases is None else "data",
+                "give exactly one of 'cases' (a list) or 'data' (a folder)",
+            )
         if cases is not None:
             for key in ("num_cases", "case_ids"):
                 if data.get(key) is not None:
@@ -245,8 +266,10 @@ class FinetuneJob:
         label_names = r.string_list("label_names", None)
         label_colors = _read_colors(r, label_names)
         patch = r.typed("patch_size", (list,), "a list of 3 positive integers", None)
-        if patch is not None and (len(patch) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                              and v > 0 for v in patch)):
+        if patch is not None and (
+            len(patch) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch)
+        ):
             r.fail("patch_size", f"expected a list of 3 positive integers, got {patch!r}")
         val_fraction = r.number("val_fraction", 0.0, low=0.0, high=1.0, high_open=True)
         val_case_ids = r.string_list("val_case_ids", None)
@@ -293,17 +316,37 @@ class FinetuneJob:
         """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""
         cases = None
         if self.cases is not None:
-            cases = [{"id": c.id, "image": _channels_out(c.images), "label": str(c.label)} for c in self.cases]
+            cases = [
+                {"id": c.id, "image": _channels_out(c.images), "label": str(c.label)} for c in self.cases
+            ]
         return {
-            "schema": JOB_SCHEMA, "command": "finetune", "base_model": self.base_model,
-            "cases": cases, "data": str(self.data) if self.data else None,
-            "num_cases": self.num_cases, "case_ids": self.case_ids, "label_names": self.label_names,
-            "label_colors": self.label_colors, "method": self.method, "rank": self.rank, "alpha": self.alpha,
-            "selection": self.selection, "conv_targets": self.conv_targets, "iterations": self.iterations,
-            "batch_size": self.batch_size, "learning_rate": self.learning_rate, "patch_size": self.patch_size,
-            "seed": self.seed, "val_fraction": self.val_fraction, "val_case_ids": self.val_case_ids,
-            "checkpoint_every": self.checkpoint_every, "device": self.device, "amp": self.amp,
-            "output": str(self.output), "force": self.force, "resume": self.resume,
+            "schema": JOB_SCHEMA,
+            "command": "finetune",
+            "base_model": self.base_model,
+            "cases": cases,
+            "data": str(self.data) if self.data else None,
+            "num_cases": self.num_cases,
+            "case_ids": self.case_ids,
+            "label_names": self.label_names,
+            "label_colors": self.label_colors,
+            "method": self.method,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "selection": self.selection,
+            "conv_targets": self.conv_targets,
+            "iterations": self.iterations,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "patch_size": self.patch_size,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "val_case_ids": self.val_case_ids,
+            "checkpoint_every": self.checkpoint_every,
+            "device": self.device,
+            "amp": self.amp,
+            "output": str(self.output),
+            "force": self.force,
+            "resume": self.resume,
         }
 
 
@@ -339,8 +382,13 @@ def _read_colors(r: _Reader, label_names: list[str] | None) -> list[list[float]]
         return None
     out = []
     for index, color in enumerate(colors):
-        ok = isinstance(color, list) and len(color) == 3 and all(
-            isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 1.0 for c in color)
+        ok = (
+            isinstance(color, list)
+            and len(color) == 3
+            and all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 1.0 for c in color
+            )
+        )
         if not ok:
             r.fail(f"label_colors[{index}]", f"expected [r, g, b] with values in 0..1, got {color!r}")
         out.append([float(c) for c in color])
@@ -367,7 +415,9 @@ class SegmentJob:
     command = "segment"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None) -> SegmentJob:
+    def from_dict(
+        cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None
+    ) -> SegmentJob:
         """Validate a job dict; relative paths are resolved against `base_dir`."""
         keys = {f for f in cls.__dataclass_fields__ if f != "job_file"} | {"command", "schema"}
         r = _Reader(data, Path(base_dir).resolve(), Path(source) if source else None, keys)
@@ -377,11 +427,15 @@ class SegmentJob:
             r.fail("inputs", "needs at least one input volume")
         inputs = [r.channels(f"inputs[{i}]", item) for i, item in enumerate(items)]
         outputs_raw = r.typed("outputs", (list,), "a list of output file paths", None)
-        outputs = None if outputs_raw is None else [r.path(f"outputs[{i}]", p) for i, p in enumerate(outputs_raw)]
+        outputs = (
+            None if outputs_raw is None else [r.path(f"outputs[{i}]", p) for i, p in enumerate(outputs_raw)]
+        )
         output_dir = r.path("output_dir", default=None)
         if (outputs is None) == (output_dir is None):
-            r.fail("outputs" if outputs is None else "output_dir",
-                   "give exactly one of 'outputs' (a list of files) or 'output_dir' (a folder)")
+            r.fail(
+                "outputs" if outputs is None else "output_dir",
+                "give exactly one of 'outputs' (a list of files) or 'output_dir' (a folder)",
+            )
         if outputs is not None and len(outputs) != len(inputs):
             r.fail("outputs", f"has {len(outputs)} paths for {len(inputs)} inputs")
         job = cls(
@@ -399,8 +453,10 @@ class SegmentJob:
         paths = job.output_paths()
         duplicates = sorted({str(p) for p in paths if paths.count(p) > 1})
         if duplicates:
-            r.fail("outputs" if outputs is not None else "output_dir",
-                   f"two inputs would write the same file {duplicates[0]}")
+            r.fail(
+                "outputs" if outputs is not None else "output_dir",
+                f"two inputs would write the same file {duplicates[0]}",
+            )
         return job
 
     @classmethod
@@ -424,16 +480,25 @@ class SegmentJob:
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""
         return {
-            "schema": JOB_SCHEMA, "command": "segment", "base_model": self.base_model, "adapter": self.adapter,
+            "schema": JOB_SCHEMA,
+            "command": "segment",
+            "base_model": self.base_model,
+            "adapter": self.adapter,
             "inputs": [_channels_out(c) for c in self.inputs],
             "outputs": None if self.outputs is None else [str(p) for p in self.outputs],
-            "output_dir": str(self.output_dir) if self.output_dir else None, "overlap": self.overlap,
-            "largest_component": self.largest_component, "device": self.device, "force": self.force,
+            "output_dir": str(self.output_dir) if self.output_dir else None,
+            "overlap": self.overlap,
+            "largest_component": self.largest_component,
+            "device": self.device,
+            "force": self.force,
         }
 
 
 Job = FinetuneJob | SegmentJob
-JOB_CLASSES: dict[str, type[FinetuneJob] | type[SegmentJob]] = {"finetune": FinetuneJob, "segment": SegmentJob}
+JOB_CLASSES: dict[str, type[FinetuneJob] | type[SegmentJob]] = {
+    "finetune": FinetuneJob,
+    "segment": SegmentJob,
+}
 
 
 def load_job(path: str | Path) -> FinetuneJob | SegmentJob:
@@ -444,7 +509,7 @@ def load_job(path: str | Path) -> FinetuneJob | SegmentJob:
         raise ConfigError(f"a job must be a JSON object, not {type(data).__name__}", path)
     command = data.get("command", _MISSING)
     if command is _MISSING:
-        raise ConfigError("key 'command': missing (required; \"finetune\" or \"segment\")", path)
+        raise ConfigError('key \'command\': missing (required; "finetune" or "segment")', path)
     if command not in JOB_CLASSES:
         raise ConfigError(f"key 'command': must be one of {', '.join(JOB_CLASSES)}; got {command!r}", path)
     return JOB_CLASSES[command].from_dict(data, path.parent, path)
@@ -455,20 +520,39 @@ def load_job(path: str | Path) -> FinetuneJob | SegmentJob:
 # JSON types: "string", "integer" (no booleans), "number" (integers too), "boolean", "object",
 # "array", "null". Non-finite numbers are not JSON: sinks write them as null.
 EVENT_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
-    "started": {"command": ("string",), "device": ("string",), "total": ("integer",),
-                "parameters": ("object", "null")},
-    "progress": {"iteration": ("integer",), "total": ("integer",), "loss": ("number", "null"),
-                 "val_dice": ("object", "null"), "eta_s": ("number", "null"), "lr": ("number", "null"),
-                 "message": ("string", "null")},
+    "started": {
+        "command": ("string",),
+        "device": ("string",),
+        "total": ("integer",),
+        "parameters": ("object", "null"),
+    },
+    "progress": {
+        "iteration": ("integer",),
+        "total": ("integer",),
+        "loss": ("number", "null"),
+        "val_dice": ("object", "null"),
+        "eta_s": ("number", "null"),
+        "lr": ("number", "null"),
+        "message": ("string", "null"),
+    },
     "checkpoint": {"iteration": ("integer",), "path": ("string",)},
     "log": {"level": ("string",), "message": ("string",)},
     "done": {"outputs": ("object",), "metrics": ("object",)},
-    "error": {"kind": ("string",), "message": ("string",), "path": ("string", "null"), "exit_code": ("integer",)},
+    "error": {
+        "kind": ("string",),
+        "message": ("string",),
+        "path": ("string", "null"),
+        "exit_code": ("integer",),
+    },
 }
 # Keys an event may omit (the contract gives "parameters" only for finetune).
 EVENT_OPTIONAL: dict[str, frozenset[str]] = {"started": frozenset({"parameters"})}
-PARAMETERS_KEYS = {"total": ("integer",), "trainable": ("integer",), "trainable_percent": ("number",),
-                   "head": ("integer",)}
+PARAMETERS_KEYS = {
+    "total": ("integer",),
+    "trainable": ("integer",),
+    "trainable_percent": ("number",),
+    "head": ("integer",),
+}
 LOG_LEVELS = ("info", "warning")
 COMMANDS = ("finetune", "segment")
 

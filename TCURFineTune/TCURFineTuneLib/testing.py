@@ -1,0 +1,200 @@
+"""Bodies of TCURFineTuneTest, Qt-free: run by Slicer's self-test and headless by pytest (slicer-core)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import slicer
+
+from TCURFineTuneLib.cases import TrainingPair, class_names, export_cases, pair_by_study
+from TCURFineTuneLib.run import FineTuneRun
+from tcurlora import library
+from tcurlora.errors import InputError
+from tcurlora.fsutil import atomic_write_json
+from TCURLoRACommon import scene
+from TCURLoRACommon.jobs import FineTuneSettings, finetune_job
+from TCURLoRACommon.runs import CANCELLED, DONE
+from TCURLoRACommon.testdata import (
+    TEST_BASE_MODEL,
+    TEST_PATCH,
+    check_events,
+    decathlon_cases,
+    library_leftovers,
+    load_case,
+)
+
+
+def fast_settings(iterations: int = 3) -> FineTuneSettings:
+    """Tiny, fast, CPU-only settings for the self-tests."""
+    return FineTuneSettings(
+        base_model=TEST_BASE_MODEL,
+        iterations=iterations,
+        patch_size=TEST_PATCH,
+        batch_size=1,
+        device="cpu",
+        checkpoint_every=0,
+        amp=False,
+    )
+
+
+def load_training_scene(data_dir: Path, count: int = 3) -> tuple[list[TrainingPair], list[str]]:
+    """`count` labeled hippocampus cases, each volume + segmentation in its own study."""
+    cases, names = decathlon_cases(data_dir)
+    pairs = [TrainingPair(*load_case(image, label, names)) for image, label in cases[:count]]
+    return pairs, names
+
+
+def _expect_error(pairs: list[TrainingPair], workdir: Path, *fragments: str) -> None:
+    try:
+        FineTuneRun(pairs, fast_settings(), "bad", workdir, curves=False)
+    except InputError as error:
+        for fragment in fragments:
+            assert fragment in str(error), f"{fragment!r} not in {str(error)!r}"
+    else:
+        raise AssertionError(f"no InputError for a scene that should fail with {fragments}")
+    assert library_leftovers() == [], library_leftovers()
+
+
+def test_pair_by_study(data_dir: Path, workdir: Path) -> None:
+    pairs, names = load_training_scene(data_dir, 3)
+    cases, _ = decathlon_cases(data_dir)
+    load_case(cases[3][0], None, names)  # an unlabeled volume in its own study: not paired
+    stray = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no study")  # top level: not paired
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    pairs[1].segmentation.RemoveNodeReferenceIDs(role)  # paired by its study alone
+    assert (
+        scene.study_of(pairs[1].segmentation)
+        == scene.study_of(pairs[1].volume)
+        != scene.study_of(pairs[0].volume)
+    )
+    found = pair_by_study()
+    assert [(p.volume.GetID(), p.segmentation.GetID()) for p in found] == [
+        (p.volume.GetID(), p.segmentation.GetID()) for p in pairs
+    ]
+    assert stray.GetID() not in {p.volume.GetID() for p in found}
+    assert class_names(found) == names == ["Anterior", "Posterior"]
+
+
+def test_export_keeps_geometry_and_labels(data_dir: Path, workdir: Path) -> None:
+    pairs, names = load_training_scene(data_dir, 3)
+    cases, _ = decathlon_cases(data_dir)
+    exported, exported_names = export_cases(pairs, workdir / "cases")
+    assert exported_names == names and len(exported) == 3
+    assert len({c["id"] for c in exported}) == 3
+    for case, pair, (_, label_file) in zip(exported, pairs, cases, strict=False):
+        image = scene.read_volume(case["image"])
+        assert scene.same_geometry(image, pair.volume)
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromVolume(image), slicer.util.arrayFromVolume(pair.volume)
+        )
+        label = scene.read_volume(case["label"], "vtkMRMLLabelMapVolumeNode")
+        original = scene.read_volume(label_file, "vtkMRMLLabelMapVolumeNode")
+        assert scene.same_geometry(label, pair.volume)
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromVolume(label), slicer.util.arrayFromVolume(original)
+        )
+    job = finetune_job(fast_settings(), exported, names, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], workdir / "out")
+    from tcurlora.jobs.schema import FinetuneJob
+
+    parsed = FinetuneJob.from_file(atomic_write_json(workdir / "job.json", job))
+    assert parsed.label_names == names and parsed.method == "tcur" and parsed.iterations == 3
+    assert [c.id for c in parsed.cases] == [c["id"] for c in exported]
+    assert parsed.patch_size == list(TEST_PATCH) and parsed.device == "cpu"
+
+
+def test_bad_scene_inputs(data_dir: Path, workdir: Path) -> None:
+    pairs, names = load_training_scene(data_dir, 3)
+    _expect_error([], workdir / "a", "no training cases")
+    _expect_error(
+        [pairs[0], TrainingPair(pairs[1].volume, None)],
+        workdir / "b",
+        f"'{pairs[1].volume.GetName()}'",
+        "has no segmentation",
+    )
+    _expect_error(
+        [pairs[0], TrainingPair(pairs[0].volume, pairs[1].segmentation)], workdir / "c", "used by two"
+    )
+    renamed = pairs[2].segmentation.GetSegmentation()
+    renamed.GetSegment(renamed.GetSegmentIdBySegmentName("Posterior")).SetName("Tail")
+    _expect_error(pairs, workdir / "d", "segment names differ", "missing: Posterior", "unexpected: Tail")
+    renamed.GetSegment(renamed.GetSegmentIdBySegmentName("Tail")).SetName("Posterior")
+    segmentation = pairs[1].segmentation
+    anterior = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anterior")
+    empty = np.zeros(slicer.util.arrayFromVolume(pairs[1].volume).shape, np.uint8)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(empty, segmentation, anterior, pairs[1].volume)
+    _expect_error(pairs, workdir / "e", "segment 'Anterior'", f"'{segmentation.GetName()}' is empty")
+
+
+def test_segmentation_on_other_grid_is_resampled(data_dir: Path, workdir: Path) -> None:
+    cases, names = decathlon_cases(data_dir)
+    volume, _ = load_case(cases[0][0], None, names)
+    coarse = scene.read_volume(cases[0][1], "vtkMRMLLabelMapVolumeNode", "coarse label")
+    values = slicer.util.arrayFromVolume(coarse)[::2, ::2, ::2].copy()  # every other voxel: a 2 mm grid
+    spacing = np.array(coarse.GetSpacing()) * 2
+    slicer.util.updateVolumeFromArray(coarse, values)
+    coarse.SetSpacing(*spacing)
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "coarse segmentation")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(coarse)
+    slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(coarse, segmentation)
+    seg = segmentation.GetSegmentation()
+    for index, name in enumerate(names):
+        seg.GetNthSegment(index).SetName(name)
+    exported, _ = export_cases([TrainingPair(volume, segmentation)], workdir / "cases")
+    label = scene.read_volume(exported[0]["label"], "vtkMRMLLabelMapVolumeNode")
+    assert scene.same_geometry(label, volume), "the labelmap must be on the volume's grid"
+    resampled = slicer.util.arrayFromVolume(label)
+    assert set(np.unique(resampled)) == {0, 1, 2}
+    expected = np.repeat(np.repeat(np.repeat(values, 2, 0), 2, 1), 2, 2)[
+        tuple(slice(0, s) for s in resampled.shape)
+    ]
+    agreement = (resampled == expected).mean()
+    assert agreement > 0.97, f"resampled labels agree with the coarse ones on only {agreement:.1%} of voxels"
+
+
+def test_finetune_end_to_end(data_dir: Path, workdir: Path) -> library.AdapterEntry:
+    pairs, names = load_training_scene(data_dir, 3)
+    run = FineTuneRun(pairs, fast_settings(3), "hippocampus test", workdir).start()
+    run.wait(timeout=600)
+    assert run.state == DONE, f"run {run.state}: {run.error_text()}\n" + "\n".join(run.worker.tail)
+    check_events(run.events)
+    kinds = [e["event"] for e in run.events]
+    assert kinds[0] == "started" and kinds[-1] == "done", kinds
+    progress = [e for e in run.events if e["event"] == "progress"]
+    assert progress and progress[-1]["iteration"] == progress[-1]["total"] == 3
+    assert len(run.curves.rows()) == len(progress)
+    assert [row[0] for row in run.curves.rows()] == [float(e["iteration"]) for e in progress]
+    assert run.fraction() == 1.0
+    entries = library.list_adapters()
+    assert [e.name for e in entries] == ["hippocampus_test"], entries
+    assert run.adapter == entries[0] and entries[0].label_names == names
+    assert entries[0].method == "tcur" and entries[0].rank == 8
+    assert library_leftovers() == ["hippocampus_test"]
+    return entries[0]
+
+
+def test_cancel_leaves_nothing(data_dir: Path, workdir: Path) -> None:
+    pairs, _ = load_training_scene(data_dir, 2)
+    run = FineTuneRun(pairs, fast_settings(100000), "cancelled", workdir, curves=False).start()
+    deadline = time.monotonic() + 300
+    while not any(e["event"] in ("progress", "checkpoint") for e in run.events):
+        run.update()
+        assert not run.finished, f"run ended before it could be cancelled: {run.error_text()}"
+        assert time.monotonic() < deadline, "no progress event within 300 s"
+        time.sleep(0.1)
+    run.cancel()
+    run.wait(timeout=60)
+    assert run.state == CANCELLED
+    assert run.worker.returncode == 130, run.worker.returncode
+    assert library.list_adapters() == [] and library_leftovers() == []
+
+
+ALL_TESTS = (
+    test_pair_by_study,
+    test_export_keeps_geometry_and_labels,
+    test_bad_scene_inputs,
+    test_segmentation_on_other_grid_is_resampled,
+    test_finetune_end_to_end,
+    test_cancel_leaves_nothing,
+)

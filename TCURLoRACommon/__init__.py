@@ -1,0 +1,1 @@
+"""Qt-free code shared by the TCURFineTune and TCURSegmenter modules: scene IO, jobs, worker, curves."""

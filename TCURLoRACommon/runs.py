@@ -1,0 +1,143 @@
+"""One worker run from the GUI's point of view: job written, process started, events folded into state."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tcurlora.fsutil import atomic_write_json
+from TCURLoRACommon.worker import WorkerProcess
+
+RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+
+
+def new_workdir(prefix: str) -> Path:
+    """A fresh private folder for one run's exported inputs, job file and outputs."""
+    return Path(tempfile.mkdtemp(prefix=f"tcurlora-{prefix}-"))
+
+
+class WorkerRun:
+    """Writes `job` to `workdir/job.json`, runs the worker on it and keeps what its events say.
+
+    Subclasses react in `on_event` and `on_done`. `update()` is what the GUI timer calls.
+    """
+
+    def __init__(self, job: dict[str, Any], workdir: Path, partial_outputs: Sequence[Path] = ()) -> None:
+        self.job = job
+        self.workdir = workdir
+        self.job_path = atomic_write_json(workdir / "job.json", job)
+        self.worker = WorkerProcess(job["command"], self.job_path, job.get("device", "auto"), partial_outputs)
+        self.state = RUNNING
+        self.events: list[dict[str, Any]] = []
+        self.error: dict[str, Any] | None = None
+        self.done: dict[str, Any] | None = None
+        self.progress: dict[str, Any] | None = None
+
+    def start(self) -> WorkerRun:
+        self.worker.start()
+        return self
+
+    def update(self) -> list[dict[str, Any]]:
+        """Take the new events, fold them into the state; returns them for the log and progress bar."""
+        events = self.worker.poll()
+        for event in events:
+            self.events.append(event)
+            kind = event["event"]
+            if kind == "progress":
+                self.progress = event
+            elif kind == "done":
+                self.done = event
+            elif kind == "error":
+                self.error = event
+            self.on_event(event)
+        if self.worker.finished and self.state == RUNNING:
+            self._finish()
+        return events
+
+    def _finish(self) -> None:
+        if self.worker.cancelled or (self.error and self.error["kind"] == "cancelled"):
+            self.state = CANCELLED
+        elif self.worker.returncode == 0 and self.done is not None and self.error is None:
+            try:
+                self.on_done(self.done)
+                self.state = DONE
+            except Exception as error:  # noqa: BLE001 - shown to the user as a failed run
+                self.error = {
+                    "event": "error",
+                    "time": time.time(),
+                    "kind": "internal",
+                    "message": str(error),
+                    "path": None,
+                    "exit_code": 1,
+                }
+                self.worker.remove_partial_outputs()
+                self.state = FAILED
+        else:
+            self.state = FAILED
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Hook: one event arrived."""
+
+    def on_done(self, event: dict[str, Any]) -> None:
+        """Hook: the worker finished successfully; raise to turn the run into a failure."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state != RUNNING
+
+    def fraction(self) -> float:
+        """Progress 0..1 from the last progress event."""
+        if not self.progress or not self.progress.get("total"):
+            return 1.0 if self.state == DONE else 0.0
+        return min(1.0, self.progress["iteration"] / self.progress["total"])
+
+    def eta_text(self) -> str:
+        """'ETA 1 min 20 s' from the last progress event, or ''."""
+        eta = (self.progress or {}).get("eta_s")
+        if eta is None or self.finished:
+            return ""
+        minutes, seconds = divmod(int(round(eta)), 60)
+        return f"ETA {minutes} min {seconds:02d} s" if minutes else f"ETA {seconds} s"
+
+    def cancel(self) -> None:
+        """Stop the worker's whole process tree; the state becomes 'cancelled' at the next update."""
+        self.worker.cancel()
+        self.update()
+
+    def wait(self, timeout: float) -> WorkerRun:
+        """Block until finished (tests, batch jobs without a GUI)."""
+        deadline = time.monotonic() + timeout
+        while not self.finished:
+            self.update()
+            if self.finished:
+                break
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"worker still running after {timeout:.0f} s ({self.job_path})")
+            time.sleep(0.1)
+        return self
+
+    def cpu_fallback_reason(self) -> str | None:
+        """Why retrying on the CPU may succeed (GPU out of memory, CUDA missing), or None."""
+        if self.state != FAILED or self.error is None or self.job.get("device") == "cpu":
+            return None
+        message = self.error.get("message", "")
+        if self.error["kind"] == "out_of_memory":
+            return f"The GPU ran out of memory ({message}). Run again on the CPU (slower)?"
+        if "cuda" in message.lower() or "gpu" in message.lower():
+            return f"The GPU could not be used ({message}). Run again on the CPU (slower)?"
+        return None
+
+    def error_text(self) -> str:
+        """The error for a message box: what happened and which file, in one or two lines."""
+        if self.error is None:
+            return ""
+        where = f"\nFile: {self.error['path']}" if self.error.get("path") else ""
+        return f"{self.error['message']}{where}"
+
+    def remove_workdir(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Segment scene volumes with a base model (+ adapter) in the worker and bring the labelmaps back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import slicer
+
+from TCURLoRACommon import scene
+from TCURLoRACommon.jobs import segment_job
+from TCURLoRACommon.runs import WorkerRun, new_workdir
+
+
+class SegmentVolumesRun(WorkerRun):
+    """Exports the volumes, runs `tcurlora segment`, imports one segmentation per volume when done.
+
+    `targets[i]` is an existing segmentation node to fill for volume i, or None for a new node.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[slicer.vtkMRMLVolumeNode],
+        base_model: str,
+        adapter: str | Path | None,
+        label_names: Sequence[str],
+        label_colors: Sequence[Sequence[float]] | None = None,
+        device: str = "auto",
+        targets: Sequence[slicer.vtkMRMLSegmentationNode | None] | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        if not volumes:
+            raise ValueError("no volume to segment")
+        workdir = workdir or new_workdir("segment")
+        self.volumes = list(volumes)
+        self.label_names = list(label_names)
+        self.label_colors = label_colors
+        self.targets = list(targets) if targets is not None else [None] * len(self.volumes)
+        inputs = [
+            scene.write_volume(v, workdir / "inputs" / f"volume{i}.nrrd") for i, v in enumerate(self.volumes)
+        ]
+        self.outputs = [workdir / "outputs" / f"volume{i}_seg.nrrd" for i in range(len(self.volumes))]
+        self.segmentations: list[slicer.vtkMRMLSegmentationNode] = []
+        job = segment_job(base_model, adapter, inputs, self.outputs, device=device)
+        super().__init__(job, workdir, partial_outputs=[workdir / "outputs"])
+
+    def on_done(self, event: dict[str, Any]) -> None:
+        for volume, output, target in zip(self.volumes, self.outputs, self.targets, strict=True):
+            node = scene.import_labelmap(
+                output,
+                volume,
+                self.label_names,
+                self.label_colors,
+                target,
+                f"{volume.GetName()} segmentation",
+            )
+            self.segmentations.append(node)

@@ -1,0 +1,133 @@
+"""Scene set-up for the modules' self-tests: real Decathlon cases as volumes + segmentations in studies."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from TCURLoRACommon import scene
+
+TEST_BASE_MODEL = "preset:unetr-tiny"
+TEST_PATCH = (32, 32, 32)
+
+
+def find_data(name: str) -> Path | None:
+    """A Decathlon folder from $TCURLORA_DATA or ../shared/data next to the source tree, or None."""
+    roots = [os.environ.get("TCURLORA_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for root in roots:
+        if root and (Path(root) / name / "dataset.json").is_file():
+            return Path(root) / name
+    return None
+
+
+def decathlon_cases(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, label) paths of a Decathlon folder, and its class names (label 1..N)."""
+    info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    labels = {int(k): v for k, v in info["labels"].items() if int(k) > 0}
+    pairs = [((folder / e["image"]).resolve(), (folder / e["label"]).resolve()) for e in info["training"]]
+    return pairs, [labels[k] for k in sorted(labels)]
+
+
+def new_study(patient: str, study: str) -> int:
+    """A patient + study subject-hierarchy item pair; returns the study item."""
+    hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+    patient_item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), patient)
+    return hierarchy.CreateStudyItem(patient_item, study)
+
+
+def load_case(image: Path, label: Path | None, names: list[str], study: bool = True):
+    """Load a case as a scalar volume and (when `label`) a segmentation with segments `names`."""
+    volume = scene.read_volume(image, name=image.name.split(".")[0])
+    hierarchy = slicer.mrmlScene.GetSubjectHierarchyNode()
+    if study:
+        study_item = new_study(f"patient {volume.GetName()}", "MR study")
+        hierarchy.SetItemParent(scene.hierarchy_item(volume), study_item)
+    if label is None:
+        return volume, None
+    return volume, scene.import_labelmap(label, volume, names, None, None, f"{volume.GetName()} labels")
+
+
+def set_oblique_geometry(
+    volume: slicer.vtkMRMLVolumeNode, degrees: float = 30.0, origin=(-12.5, 40.0, 7.25)
+) -> np.ndarray:
+    """Give a volume a rotated, anisotropic IJK-to-RAS with a non-zero origin; returns the matrix."""
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    rotation = rotation @ np.diag([-1.0, 1.0, 1.0])  # a flip too: LPS-like direction
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([0.9, 1.1, 1.3])
+    matrix[:3, 3] = origin
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtk_matrix.SetElement(r, c, matrix[r, c])
+    volume.SetIJKToRASMatrix(vtk_matrix)
+    return matrix
+
+
+class isolated_library:  # noqa: N801 - used as a context manager, reads like one
+    """Point $TCURLORA_HOME at `folder` for the duration of a test, so tests never touch the user's library."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.previous: str | None = None
+
+    def __enter__(self) -> Path:
+        self.previous = os.environ.get("TCURLORA_HOME")
+        os.environ["TCURLORA_HOME"] = str(self.folder)
+        return self.folder
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous is None:
+            os.environ.pop("TCURLORA_HOME", None)
+        else:
+            os.environ["TCURLORA_HOME"] = self.previous
+
+
+def library_leftovers() -> list[str]:
+    """Everything in the library's adapters folder (complete or not): what a failed run must not leave."""
+    from tcurlora.library import adapters_dir
+
+    folder = adapters_dir()
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def check_events(events: list[dict]) -> None:
+    """Every event a run received validates against the shared schema."""
+    from tcurlora.jobs.schema import validate_event
+
+    for event in events:
+        validate_event(event)
+
+
+def train_test_adapter(data_dir: Path, workdir: Path, name: str = "segmenter test", num_cases: int = 2):
+    """A tiny adapter trained by the real worker on the first `num_cases` cases of a Decathlon folder."""
+    from tcurlora import library
+    from tcurlora.jobs.schema import JOB_SCHEMA
+    from TCURLoRACommon.runs import DONE, WorkerRun
+
+    staging = library.staging_path(name)
+    job = {
+        "schema": JOB_SCHEMA,
+        "command": "finetune",
+        "base_model": TEST_BASE_MODEL,
+        "data": str(data_dir),
+        "num_cases": num_cases,
+        "label_names": ["Anterior", "Posterior"],
+        "label_colors": [[0.2, 0.4, 0.6], [0.9, 0.1, 0.1]],
+        "iterations": 2,
+        "batch_size": 1,
+        "patch_size": list(TEST_PATCH),
+        "device": "cpu",
+        "amp": False,
+        "checkpoint_every": 0,
+        "output": str(staging),
+    }
+    run = WorkerRun(job, workdir, [staging]).start().wait(timeout=600)
+    assert run.state == DONE, f"training the test adapter {run.state}: {run.error_text()}"
+    return library.install_adapter(staging, name)

@@ -1,0 +1,1 @@
+"""Qt-free logic of the TCURSegmenter module: which volumes, which adapted model, the segmentation run."""

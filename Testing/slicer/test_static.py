@@ -1,0 +1,203 @@
+"""Static checks of the Slicer extension that fail on real packaging mistakes (no Slicer needed)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = ("TCURFineTune", "TCURSegmenter")
+PACKAGED_FOLDERS = (*MODULES, "TCURLoRACommon")
+
+
+def cmake_list(cmake: Path, variable: str) -> list[str]:
+    """Items of `set(<variable> ...)` in a CMakeLists.txt, with ${MODULE_NAME} expanded."""
+    text = cmake.read_text()
+    module = re.search(r"set\(MODULE_NAME\s+(\w+)\)", text)
+    block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert block, f"{cmake}: no set({variable} ...)"
+    items = block.group(1).split()
+    return [i.replace("${MODULE_NAME}", module.group(1)) if module else i for i in items]
+
+
+def cmake_value(text: str, name: str) -> str:
+    match = re.search(rf'set\({name}\s+"([^"]*)"\)', text)
+    assert match, f"CMakeLists.txt: {name} not set"
+    return match.group(1)
+
+
+def unlisted_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(files in the folder not listed in its CMakeLists, listed files that do not exist)."""
+    cmake = folder / "CMakeLists.txt"
+    text = cmake.read_text()
+    prefix = "MODULE" if "MODULE_PYTHON_SCRIPTS" in text else "COMMON"
+    listed = set(cmake_list(cmake, f"{prefix}_PYTHON_SCRIPTS")) | set(
+        cmake_list(cmake, f"{prefix}_PYTHON_RESOURCES")
+    )
+    present = {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != "CMakeLists.txt" and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+    return sorted(present - listed), sorted(listed - present)
+
+
+def ui_names(ui: Path) -> set[str]:
+    return {w.get("name") for w in ET.parse(ui).iter("widget")}
+
+
+def used_ui_names(script: Path) -> set[str]:
+    """Every `self.ui.<name>` in a module script."""
+    names = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
+            names.add(node.attr)
+    return names
+
+
+def parameter_fields(script: Path) -> set[str]:
+    """Annotated fields of the @parameterNodeWrapper class of a module script."""
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError(f"{script}: no @parameterNodeWrapper class")
+
+
+@pytest.mark.parametrize("folder", PACKAGED_FOLDERS)
+def test_every_file_is_listed_in_cmake(folder: str) -> None:
+    unlisted, missing = unlisted_files(ROOT / folder)
+    assert unlisted == [], f"{folder}: files not in CMakeLists.txt (not shipped): {unlisted}"
+    assert missing == [], f"{folder}: CMakeLists.txt lists missing files (build fails): {missing}"
+
+
+def test_unlisted_file_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "CMakeLists.txt").write_text(
+        "set(MODULE_NAME Foo)\nset(MODULE_PYTHON_SCRIPTS\n  ${MODULE_NAME}.py\n  Gone.py\n)\nset(MODULE_PYTHON_RESOURCES\n)\n"
+    )
+    (tmp_path / "Foo.py").write_text("")
+    (tmp_path / "FooLib").mkdir()
+    (tmp_path / "FooLib" / "extra.py").write_text("")
+    assert unlisted_files(tmp_path) == (["FooLib/extra.py"], ["Gone.py"])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_names_used_in_code_exist(module: str) -> None:
+    ui = ROOT / module / "Resources" / "UI" / f"{module}.ui"
+    script = ROOT / module / f"{module}.py"
+    used, defined = used_ui_names(script), ui_names(ui)
+    assert used, "the check found no self.ui.<name> at all"
+    assert used - defined == set(), (
+        f"{script.name} uses widgets missing from {ui.name}: {sorted(used - defined)}"
+    )
+    root = ET.parse(ui).getroot().find("widget")
+    assert root.get("class") == "qMRMLWidget" and root.get("name") == module
+    assert f'resourcePath("UI/{module}.ui")' in script.read_text()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_names_match_parameter_node(module: str) -> None:
+    ui = ROOT / module / "Resources" / "UI" / f"{module}.ui"
+    bound = {
+        p.findtext("string") for p in ET.parse(ui).iter("property") if p.get("name") == "SlicerParameterName"
+    }
+    fields = parameter_fields(ROOT / module / f"{module}.py")
+    assert bound and bound - fields == set(), f"{ui.name} binds unknown parameters: {sorted(bound - fields)}"
+
+
+def test_ui_check_can_fail(tmp_path: Path) -> None:
+    script = tmp_path / "M.py"
+    script.write_text(
+        "class W:\n    def f(self):\n        self.ui.applyButton.enabled = self.ui.typoButton\n"
+    )
+    assert used_ui_names(script) == {"applyButton", "typoButton"}
+
+
+def test_extension_metadata_is_consistent() -> None:
+    text = (ROOT / "CMakeLists.txt").read_text()
+    project = re.search(r"^project\((\w+)\)", text, re.M).group(1)
+    assert (ROOT / f"{project}.json").is_file(), f"the ExtensionsIndex entry must be named {project}.json"
+    entry = json.loads((ROOT / f"{project}.json").read_text())
+    assert cmake_value(text, "EXTENSION_DEPENDS").split() == entry["build_dependencies"] == ["PyTorch"]
+    assert cmake_value(text, "EXTENSION_CATEGORY") == entry["category"] == "Segmentation"
+    assert "slicer-extension-catalog-entry-schema-v1.0.1" in entry["$schema"]
+    assert Path(entry["scm_url"]).stem.startswith("Slicer") and entry["tier"] in (1, 3, 5)
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
+        assert cmake_value(text, key)
+    for url in cmake_value(text, "EXTENSION_SCREENSHOTURLS").split() + [
+        cmake_value(text, "EXTENSION_ICONURL")
+    ]:
+        relative = url.split("/main/", 1)[1]
+        assert (ROOT / relative).is_file(), f"{url} points to a file missing from the repository"
+    subdirs = re.findall(r"add_subdirectory\((\w+)\)", text)
+    assert sorted(subdirs) == sorted(PACKAGED_FOLDERS)
+    for line in (
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ):
+        assert line in text
+    assert (ROOT / "LICENSE").is_file()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmake_registers_its_test(module: str) -> None:
+    text = (ROOT / module / "CMakeLists.txt").read_text()
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "WITH_GENERIC_TESTS" in text
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+    classes = {
+        n.name: [b.id for b in n.bases if isinstance(b, ast.Name)]
+        for n in tree.body
+        if isinstance(n, ast.ClassDef)
+    }
+    assert classes[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    for suffix in ("", "Widget", "Logic"):
+        assert f"{module}{suffix}" in classes
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize(
+    "icon", ["Resources/Icons/TCURLoRA.png", *(f"{m}/Resources/Icons/{m}.png" for m in MODULES)]
+)
+def test_icons_are_128_png(icon: str) -> None:
+    assert png_size(ROOT / icon) == (128, 128)
+
+
+def test_modules_import_no_heavy_packages_at_import_time() -> None:
+    """torch/monai only lazily (after the dependency check): never at the top of a module file."""
+    for folder in PACKAGED_FOLDERS:
+        for script in (ROOT / folder).rglob("*.py"):
+            for node in ast.parse(script.read_text()).body:
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                heavy = [
+                    n
+                    for n in names
+                    if n.split(".")[0] in ("torch", "monai", "qt")
+                    and folder == "TCURLoRACommon"
+                    or n.split(".")[0] in ("torch", "monai")
+                ]
+                assert not heavy, f"{script.relative_to(ROOT)} imports {heavy} at import time"

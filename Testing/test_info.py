@@ -1,0 +1,107 @@
+"""Parameter counts at the paper's size (UNETR-base) and the `tcurlora info` command."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from monai.networks.nets import UNETR
+from torch import nn
+
+from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.io import save_adapter
+from tcurlora.cli import main
+
+
+@pytest.fixture(scope="module")
+def unetr_base() -> nn.Module:
+    """MONAI UNETR as in the paper: img 128^3, patch 16, hidden 768, MLP 3072, 12 heads, feature 16."""
+    torch.manual_seed(0)
+    return UNETR(in_channels=1, out_channels=2, img_size=(128, 128, 128), feature_size=16, hidden_size=768,
+                 mlp_dim=3072, num_heads=12, proj_type="conv", norm_name="instance", res_block=True)  # fmt: skip
+
+
+def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
+    plain_total = sum(p.numel() for p in unetr_base.parameters())
+    adapted = apply_adapter(
+        unetr_base, AdapterConfig(method="tcur", rank=8, base_fingerprint="not needed here")
+    )
+    groups = {k: (g.n1, g.n2, g.m) for k, g in adapted.tcur.groups.items()}
+    assert groups == {"linear_768x768": (768, 768, 48), "linear_3072x768": (3072, 768, 12),
+                      "linear_768x3072": (768, 3072, 12)}  # fmt: skip
+    counts = adapted.parameter_counts()
+    assert counts.trainable == counts.adapter == 64 * 48 + 64 * 12 + 64 * 12 == 4608
+    assert counts.head == 0
+    assert counts.total == plain_total + 4608
+    assert counts.trainable_percent == pytest.approx(100 * 4608 / (plain_total + 4608))
+    assert counts.trainable_percent < 0.1  # the paper's "under 0.1%"
+
+
+def test_info_unetr_base_json(capsys):
+    assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["method"] == "tcur" and data["rank"] == 8
+    assert data["trainable"] == data["adapter"] == 4608 and data["head"] == 0
+    assert data["trainable_percent"] == pytest.approx(100 * 4608 / data["total"])
+    assert data["total"] > 90_000_000
+
+
+def test_info_table_matches_apply_adapter(capsys):
+    assert main(["info", "unetr-tiny", "--table", "--num-classes", "4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["rank"]) for r in rows] == [
+        ("tcur", 4), ("tcur", 8), ("tcur", 16), ("lora", 4), ("lora", 8), ("lora", 16),
+        ("decoder", None), ("full", None), ("head", None),
+    ]  # fmt: skip
+    from tcurlora.models.architectures import build_preset
+
+    model, _ = build_preset("unetr-tiny")
+    for row in rows:
+        config = AdapterConfig(
+            method=row["method"], rank=row["rank"] or 8, num_classes=4, base_fingerprint="x"
+        )
+        counts = apply_adapter(copy.deepcopy(model), config).parameter_counts()
+        assert {k: row[k] for k in ("total", "trainable", "adapter", "head")} == {
+            "total": counts.total, "trainable": counts.trainable, "adapter": counts.adapter, "head": counts.head
+        }  # fmt: skip
+        assert row["head"] == 8 * 4 + 4
+    assert main(["info", "unetr-tiny", "--table"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0] == "preset:unetr-tiny" and lines[1].split() == [
+        "method", "rank", "total", "trainable", "trainable", "%", "adapter", "core", "head"
+    ]  # fmt: skip
+    tcur8 = next(line for line in lines if line.split()[:2] == ["tcur", "8"])
+    assert tcur8.split()[3] == "4,608"
+
+
+def test_info_on_an_adapter_folder(tmp_path, capsys):
+    from tcurlora.models.architectures import build_preset
+
+    model, _ = build_preset("unetr-tiny")
+    adapted = apply_adapter(
+        model, AdapterConfig(method="tcur", rank=4, num_classes=2, label_names=["hippocampus"])
+    )
+    folder = save_adapter(tmp_path / "hippo", adapted)
+    assert main(["info", str(folder), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    counts = adapted.parameter_counts()
+    assert data["method"] == "tcur" and data["rank"] == 4 and data["label_names"] == ["hippocampus"]
+    assert (data["trainable"], data["adapter"], data["head"]) == (counts.trainable, counts.adapter, 8 * 2 + 2)
+    assert data["file_size"] == (folder / "adapter.safetensors").stat().st_size
+    assert main(["info", str(folder)]) == 0
+    assert "file size" in capsys.readouterr().out
+
+
+def test_info_errors_name_the_problem(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing_model")]) == 2
+    assert "missing_model" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    (broken / "adapter.safetensors").write_bytes(b"")
+    assert main(["info", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt adapter config" in err and str(broken / "adapter_config.json") in err

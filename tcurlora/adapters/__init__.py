@@ -1,0 +1,206 @@
+"""One interface for every adaptation method: apply -> train -> merge/unmerge -> save/load.
+
+    adapted = apply_adapter(model, AdapterConfig(method="tcur", rank=8, num_classes=3))
+    optimizer = torch.optim.AdamW(adapted.trainable_parameters())
+    ...
+    plain = adapted.merge_and_unload()
+
+`apply_adapter` changes `model` in place (like PEFT): deep-copy it first to keep the original.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from tcurlora.adapters.baselines import set_baseline_trainable
+from tcurlora.adapters.config import METHODS, AdapterConfig
+from tcurlora.adapters.counts import ParameterCounts, count_parameters
+from tcurlora.adapters.lora import inject_lora, lora_merge, lora_merge_and_unload, lora_unmerge
+from tcurlora.adapters.tcur import TCURAdapter, TCURConv3d, TCURGroup, TCURLayer, TCURLinear
+from tcurlora.errors import ConfigError
+from tcurlora.models.fingerprint import state_dict_fingerprint
+
+__all__ = [
+    "METHODS",
+    "AdaptedModel",
+    "AdapterConfig",
+    "ParameterCounts",
+    "TCURConv3d",
+    "TCURGroup",
+    "TCURLayer",
+    "TCURLinear",
+    "apply_adapter",
+]
+
+
+def _replace_head(model: nn.Module, config: AdapterConfig) -> bool:
+    """Put a fresh, seeded head with `num_classes` outputs at `head_module`; True when replaced."""
+    try:
+        old = model.get_submodule(config.head_module)
+    except AttributeError as error:
+        raise ConfigError(f"head_module {config.head_module!r} is not a module of this network") from error
+    if isinstance(old, nn.Linear):
+        current = old.out_features
+    elif isinstance(old, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        current = old.out_channels
+    else:
+        raise ConfigError(
+            f"head_module {config.head_module!r} is a {type(old).__name__}, not a Linear or Conv layer"
+        )
+    if config.num_classes is None or config.num_classes == current:
+        return False
+    factory = {"device": old.weight.device, "dtype": old.weight.dtype}
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        if isinstance(old, nn.Linear):
+            new = nn.Linear(old.in_features, config.num_classes, bias=old.bias is not None, **factory)
+        else:
+            new = type(old)(
+                old.in_channels, config.num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
+                dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode, **factory,
+            )  # fmt: skip
+    parent_name, _, child = config.head_module.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return True
+
+
+class AdaptedModel(nn.Module):
+    """A base network with one adaptation method applied; forward(x) -> model(x)."""
+
+    def __init__(self, model: nn.Module, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+        if config.base_fingerprint is None:
+            config.base_fingerprint = state_dict_fingerprint(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.head_replaced = _replace_head(model, config)
+        head = model.get_submodule(config.head_module)
+        self.tcur: TCURAdapter | None = None
+        if config.method == "tcur":
+            self.tcur = TCURAdapter(model, config)
+            self.model = model
+        elif config.method == "lora":
+            self.model = inject_lora(model, config)
+        else:
+            set_baseline_trainable(model, config)
+            self.model = model
+        if self.head_replaced or config.method == "head":
+            for parameter in head.parameters():
+                parameter.requires_grad_(True)
+        self._head_ids = {id(p) for p in head.parameters()}
+        self.merged = False
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimiser should update."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _adapter_tensors(self) -> dict[str, Tensor]:
+        """Live tensors of the adapter state: trainable parameters and the buffers of their modules
+        (tCUR: dU with its row/column indices); "full": the whole state dict."""
+        if self.config.method == "full":
+            return dict(self.state_dict(keep_vars=True))
+        tensors: dict[str, Tensor] = {}
+        for module_name, module in self.named_modules():
+            own = list(module.named_parameters(recurse=False))
+            if not any(p.requires_grad for _, p in own):
+                continue
+            prefix = module_name + "." if module_name else ""
+            for name, parameter in own:
+                if parameter.requires_grad:
+                    tensors[prefix + name] = parameter
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and name not in module._non_persistent_buffers_set:
+                    tensors[prefix + name] = buffer
+        return tensors
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """What an adapter file holds: the trained core and head (full: all weights), as CPU copies."""
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self._adapter_tensors().items()}
+
+    def load_adapter_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load `adapter_state_dict` output; missing/unexpected keys or shapes -> ConfigError naming the key."""
+        live = self._adapter_tensors()
+        missing = sorted(set(live) - set(state))
+        unexpected = sorted(set(state) - set(live))
+        if missing or unexpected:
+            raise ConfigError(
+                f"adapter weights do not fit this {self.config.method} adapter: "
+                f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        for key, tensor in state.items():
+            if tuple(tensor.shape) != tuple(live[key].shape):
+                raise ConfigError(
+                    f"adapter weight {key} has shape {tuple(tensor.shape)}, this model needs {tuple(live[key].shape)}"
+                )
+            if key.endswith((".rows", ".cols")) and self.tcur is not None:
+                self._check_indices(key, tensor)
+        was_merged = self.merged
+        if was_merged:
+            self.unmerge()
+        with torch.no_grad():
+            for key, tensor in state.items():
+                live[key].copy_(tensor.to(device=live[key].device, dtype=live[key].dtype))
+        if self.tcur is not None:
+            self.tcur.rebuild_factors()
+        if was_merged:
+            self.merge()
+
+    def _check_indices(self, key: str, tensor: Tensor) -> None:
+        group = self.get_submodule(key.rpartition(".")[0])
+        limit = group.n1 if key.endswith(".rows") else group.n2
+        if tensor.is_floating_point() or (tensor.numel() and (tensor.min() < 0 or tensor.max() >= limit)):
+            raise ConfigError(f"adapter weight {key} holds indices outside 0..{limit - 1}")
+
+    def merge(self) -> None:
+        """Fold the adapter into the base weights (inference then costs what the base costs)."""
+        if self.merged:
+            warnings.warn("adapter already merged; merge skipped", stacklevel=2)
+            return
+        if self.tcur is not None:
+            self.tcur.merge()
+        elif self.config.method == "lora":
+            lora_merge(self.model)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo `merge` (base weights restored up to floating-point rounding)."""
+        if not self.merged:
+            warnings.warn("adapter is not merged; unmerge skipped", stacklevel=2)
+            return
+        if self.tcur is not None:
+            self.tcur.unmerge()
+        elif self.config.method == "lora":
+            lora_unmerge(self.model)
+        self.merged = False
+
+    def merge_and_unload(self) -> nn.Module:
+        """The plain network with the adapter merged in: no wrappers, no hooks. Consumes this object."""
+        if self.config.method == "lora":
+            if self.merged:
+                self.unmerge()
+            return lora_merge_and_unload(self.model)
+        if self.tcur is not None:
+            if not self.merged:
+                self.merge()
+            plain = self.tcur.unload(self.model)
+            self.tcur = None
+            return plain
+        return self.model
+
+    def parameter_counts(self) -> ParameterCounts:
+        """Total, trainable, adapter core and head parameter counts."""
+        return count_parameters(self, self._head_ids)
+
+
+def apply_adapter(model: nn.Module, config: AdapterConfig) -> AdaptedModel:
+    """Adapt `model` (in place) as `config` says; all base weights are frozen except as the method says."""
+    config.validate()
+    return AdaptedModel(model, config)

@@ -1,0 +1,65 @@
+"""Parameter counts of an adapted model: everything, what trains, and the adapter core vs the head."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """total: all parameters of the adapted model; trainable = adapter (core) + head."""
+
+    total: int
+    trainable: int
+    adapter: int
+    head: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["trainable_percent"] = self.trainable_percent
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParameterCounts:
+        return cls(**{k: int(data[k]) for k in ("total", "trainable", "adapter", "head")})
+
+
+def count_parameters(model: nn.Module, head_ids: set[int]) -> ParameterCounts:
+    """Count the unique parameters of `model`; those whose id is in `head_ids` count as head."""
+    total = trainable = head = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+            if id(parameter) in head_ids:
+                head += parameter.numel()
+    return ParameterCounts(total=total, trainable=trainable, adapter=trainable - head, head=head)
+
+
+def human_size(num_bytes: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def counts_for(model: nn.Module, config: Any) -> ParameterCounts:
+    """What `config` would train on `model`, counted on a deep copy (the model is left as it is)."""
+    import copy
+
+    from tcurlora.adapters import apply_adapter
+    from tcurlora.models.fingerprint import state_dict_fingerprint
+
+    if config.base_fingerprint is None:
+        config.base_fingerprint = state_dict_fingerprint(model)
+    return apply_adapter(copy.deepcopy(model), config).parameter_counts()

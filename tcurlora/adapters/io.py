@@ -1,0 +1,175 @@
+"""Adapter folders: `adapter_config.json` + `adapter.safetensors` (+ training log), written atomically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tcurlora.adapters import AdaptedModel, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
+from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.models.fingerprint import state_dict_fingerprint
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+LOG_FILE = "training_log.jsonl"
+ADAPTER_FORMAT = "tcurlora.adapter/1"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the packages that shape an adapter's numbers."""
+    import monai
+    import peft
+    import safetensors
+    import torch
+
+    import tcurlora
+
+    return {
+        "tcurlora": tcurlora.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "peft": peft.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON written as adapter_config.json: the config, counts, versions, then `extra` on top."""
+    config = adapted.config
+    record: dict[str, Any] = {"format": ADAPTER_FORMAT}
+    record.update(config.to_dict())
+    record["targets"] = _target_names(adapted)
+    record["parameter_counts"] = adapted.parameter_counts().to_dict()
+    record["versions"] = library_versions()
+    for key, value in (extra or {}).items():
+        if key in ("format", "method", "base_fingerprint"):
+            raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
+        record[key] = value
+    return record
+
+
+def _target_names(adapted: AdaptedModel) -> list[str]:
+    """The adapted layer names (tcur / lora), for people reading the config."""
+    if adapted.tcur is not None:
+        return sorted(adapted.tcur.layers)
+    if adapted.config.method == "lora":
+        return sorted(
+            name.removeprefix("model.")
+            for name, module in adapted.model.named_modules()
+            if hasattr(module, "lora_A") and name
+        )
+    return []
+
+
+def save_adapter(
+    folder: str | Path,
+    adapted: AdaptedModel,
+    *,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+    extra_files: dict[str, str | bytes] | None = None,
+) -> Path:
+    """Write an adapter folder atomically (temp sibling folder, then rename); returns its path.
+
+    `extra` keys (metrics, preprocessing, label_colors, ...) are added to the config JSON;
+    `extra_files` maps plain file names (e.g. training_log.jsonl) to their content.
+    """
+    folder = Path(folder)
+    if folder.exists() and not force:
+        raise OutputExistsError("adapter folder exists (use --force to replace it)", folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError("exists and is not a folder", folder)
+    for name in extra_files or {}:
+        if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE) or name.startswith("."):
+            raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
+    record = adapter_record(adapted, extra)
+    state = adapted.adapter_state_dict()
+    temp = temp_sibling_dir(folder)
+    try:
+        save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
+        for name, content in (extra_files or {}).items():
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            (temp / name).write_bytes(data)
+        atomic_write_json(temp / CONFIG_FILE, record)
+        return replace_dir(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def read_adapter_config(folder: str | Path) -> dict[str, Any]:
+    """The parsed adapter_config.json of an adapter folder; InputError naming the file otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("no such adapter folder", folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"not an adapter folder: {CONFIG_FILE} is missing", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"corrupt adapter config (not valid JSON: {error})", path) from error
+    if not isinstance(data, dict):
+        raise InputError("corrupt adapter config: not a JSON object", path)
+    if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
+        raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
+    return data
+
+
+def config_from_record(record: dict[str, Any], path: str | Path) -> AdapterConfig:
+    """The AdapterConfig inside an adapter_config.json record (other keys ignored)."""
+    try:
+        return AdapterConfig.from_dict(record, ignore_unknown=True)
+    except ConfigError as error:
+        raise ConfigError(error.problem, path) from error
+
+
+def read_adapter_weights(folder: str | Path) -> dict:
+    """The tensors of adapter.safetensors; InputError naming the file when missing or corrupt."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"corrupt or truncated adapter weights: {error}", path) from error
+
+
+def load_adapter(
+    folder: str | Path, base_model: nn.Module, *, check_fingerprint: bool = True
+) -> AdaptedModel:
+    """Apply the adapter in `folder` to `base_model` (changed in place) and load its weights.
+
+    The base model must be the one the adapter was trained on: FingerprintMismatchError otherwise.
+    """
+    folder = Path(folder)
+    record = read_adapter_config(folder)
+    config_path = folder / CONFIG_FILE
+    config = config_from_record(record, config_path)
+    state = read_adapter_weights(folder)
+    if check_fingerprint and config.base_fingerprint:
+        actual = state_dict_fingerprint(base_model)
+        if actual != config.base_fingerprint:
+            raise FingerprintMismatchError(
+                f"this adapter was trained on base model {config.base_model_id or '?'} with fingerprint "
+                f"{config.base_fingerprint}, but the given base model has fingerprint {actual}",
+                config_path,
+            )
+    try:
+        adapted = apply_adapter(base_model, config)
+    except ConfigError as error:
+        raise ConfigError(error.problem, config_path) from error
+    try:
+        adapted.load_adapter_state_dict(state)
+    except ConfigError as error:
+        raise ConfigError(error.problem, folder / WEIGHTS_FILE) from error
+    adapted.eval()
+    return adapted

@@ -1,0 +1,318 @@
+"""tCURLoRA: W' = W + alpha * C * dU * R (t-product) for groups of same-shaped weights, dU trainable.
+
+A group stacks m frozen weight slices into W (n1, n2, m). C = W[:, J, :] and R = W[I, :, :] are
+frozen (stored as their rfft along mode 3); only the core dU (r, r, m), zero at start, trains. The
+whole group's dW is computed once per forward pass of the model and shared by its layers.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tcurlora.adapters.config import AdapterConfig, full_match_any
+from tcurlora.errors import ConfigError
+from tcurlora.tensor_algebra import fourier_product, from_fourier, select_indices, to_fourier
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _as_complex(buffer: Tensor) -> Tensor:
+    """A (..., 2) real buffer viewed as complex (computed in float32 when stored in half precision)."""
+    if buffer.dtype in _LOW_PRECISION:
+        buffer = buffer.float()
+    return torch.view_as_complex(buffer.contiguous())
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype active for `device`, or None."""
+    kind = device.type
+    try:
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return None
+    return None
+
+
+class TCURGroup(nn.Module):
+    """One tensor W (n1, n2, m): frozen C_hat, R_hat (rfft of C and R) and the trainable core dU."""
+
+    def __init__(self, weight: Tensor, rank: int, alpha: float, selection: str = "topnorm", seed: int = 0):
+        super().__init__()
+        if weight.ndim != 3:
+            raise ConfigError(f"a tCUR group needs a (n1, n2, m) tensor, got shape {tuple(weight.shape)}")
+        self.n1, self.n2, self.m = (int(s) for s in weight.shape)
+        self.alpha = float(alpha)
+        rows, cols = select_indices(weight.detach(), rank, selection, seed)
+        self.rank = int(rows.numel())
+        self.register_buffer("rows", rows.clone())
+        self.register_buffer("cols", cols.clone())
+        self.register_buffer("c_hat", torch.empty(0), persistent=False)
+        self.register_buffer("r_hat", torch.empty(0), persistent=False)
+        self.set_factors(weight)
+        self.dU = nn.Parameter(
+            torch.zeros(self.rank, self.rank, self.m, dtype=weight.dtype, device=weight.device)
+        )
+        self._cache: Tensor | None = None
+        self._cache_key: tuple | None = None
+
+    def extra_repr(self) -> str:
+        return f"n1={self.n1}, n2={self.n2}, m={self.m}, rank={self.rank}, alpha={self.alpha}"
+
+    @torch.no_grad()
+    def set_factors(self, weight: Tensor) -> None:
+        """Recompute C_hat and R_hat from the base weights W (n1, n2, m) and the stored indices."""
+        weight = weight.detach()
+        if tuple(weight.shape) != (self.n1, self.n2, self.m):
+            raise ConfigError(
+                f"group weights have shape {tuple(weight.shape)}, expected {(self.n1, self.n2, self.m)}"
+            )
+        rows, cols = self.rows.to(weight.device), self.cols.to(weight.device)
+        self.c_hat = torch.view_as_real(to_fourier(weight[:, cols, :])).to(self.c_hat.device)
+        self.r_hat = torch.view_as_real(to_fourier(weight[rows, :, :])).to(self.r_hat.device)
+        self.clear_cache()
+
+    def clear_cache(self) -> None:
+        self._cache = None
+        self._cache_key = None
+
+    def delta(self) -> Tensor:
+        """alpha * C * dU * R as a (n1, n2, m) tensor, cached until dU, grad mode or autocast change."""
+        autocast = _autocast_dtype(self.dU.device)
+        key = (self.dU._version, torch.is_grad_enabled(), autocast, self.dU.device, self.dU.dtype)
+        if self._cache is not None and self._cache_key == key:
+            return self._cache
+        self._cache = None  # free the old one before computing the new one
+        c_hat, r_hat = _as_complex(self.c_hat), _as_complex(self.r_hat)
+        with torch.autocast(self.dU.device.type, enabled=False):
+            du_hat = to_fourier(self.dU.to(c_hat.real.dtype))
+            dw_hat = fourier_product(fourier_product(c_hat, du_hat), r_hat)
+            dw = from_fourier(dw_hat, self.m)
+            if self.alpha != 1.0:
+                dw = dw * self.alpha
+        dw = dw.to(autocast if autocast is not None else self.dU.dtype)
+        self._cache, self._cache_key = dw, key
+        return dw
+
+
+class TCURLayer(nn.Module):
+    """Wraps a frozen base layer whose weight is one or more slices of a TCURGroup."""
+
+    def __init__(self, base_layer: nn.Module, n_slices: int):
+        super().__init__()
+        self.base_layer = base_layer
+        self.n_slices = int(n_slices)
+        self.offset = 0
+        self.merged = False
+        object.__setattr__(self, "_group", None)  # not a submodule: groups live in the adapter
+
+    @property
+    def group(self) -> TCURGroup:
+        if self._group is None:
+            raise RuntimeError("tCUR layer is not bound to a group")
+        return self._group
+
+    def bind(self, group: TCURGroup, offset: int) -> None:
+        object.__setattr__(self, "_group", group)
+        self.offset = int(offset)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    def to_slices(self, weight: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_slices(self, slices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def delta_weight(self) -> Tensor:
+        """This layer's part of the group's dW, in the base weight's shape."""
+        dw = self.group.delta()[:, :, self.offset : self.offset + self.n_slices]
+        return self.from_slices(dw)
+
+    def adapted_weight(self) -> Tensor:
+        delta = self.delta_weight()
+        return self.base_layer.weight.to(delta.dtype) + delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            warnings.warn("tCUR layer already merged; merge skipped", stacklevel=2)
+            return
+        self.base_layer.weight.add_(self.delta_weight().to(self.base_layer.weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("tCUR layer is not merged; unmerge skipped", stacklevel=2)
+            return
+        self.base_layer.weight.sub_(self.delta_weight().to(self.base_layer.weight.dtype))
+        self.merged = False
+
+
+class TCURLinear(TCURLayer):
+    """nn.Linear (n_slices * n1, n2) adapted slice by slice (a fused qkv gives 3 slices)."""
+
+    def to_slices(self, weight: Tensor) -> Tensor:
+        out_features, in_features = weight.shape
+        return weight.reshape(self.n_slices, out_features // self.n_slices, in_features).permute(1, 2, 0)
+
+    def from_slices(self, slices: Tensor) -> Tensor:
+        n1, n2, k = slices.shape
+        return slices.permute(2, 0, 1).reshape(k * n1, n2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged or self._group is None:
+            return self.base_layer(x)
+        return F.linear(x, self.adapted_weight(), self.base_layer.bias)
+
+
+class TCURConv3d(TCURLayer):
+    """nn.Conv3d (out, in, k, k, k) adapted as one (out x in x k^3) tensor."""
+
+    def to_slices(self, weight: Tensor) -> Tensor:
+        return weight.reshape(weight.shape[0], weight.shape[1], -1)
+
+    def from_slices(self, slices: Tensor) -> Tensor:
+        return slices.reshape(self.base_layer.weight.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged or self._group is None:
+            return self.base_layer(x)
+        return self.base_layer._conv_forward(x, self.adapted_weight(), self.base_layer.bias)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def find_targets(model: nn.Module, config: AdapterConfig) -> tuple[list[str], list[str]]:
+    """Names of the nn.Linear and nn.Conv3d modules the config adapts (never the head)."""
+    linear, conv = [], []
+    for name, module in model.named_modules():
+        if not name or _under(name, config.head_module):
+            continue
+        if isinstance(module, nn.Linear) and full_match_any(config.target_modules, name):
+            linear.append(name)
+        elif isinstance(module, nn.Conv3d) and full_match_any(config.conv_target_modules, name):
+            conv.append(name)
+    if not linear and not conv:
+        raise ConfigError(
+            "no layer matched the adapter targets: target_modules "
+            f"{config.target_modules} (nn.Linear) and conv_target_modules {config.conv_target_modules} "
+            "(nn.Conv3d) match no module name of this network"
+        )
+    return linear, conv
+
+
+def _fused_split(name: str, module: nn.Linear, config: AdapterConfig) -> int:
+    splits = config.fused_splits.get(name.rpartition(".")[2], 1)
+    if module.out_features % splits:
+        raise ConfigError(f"fused layer {name} has {module.out_features} outputs, not divisible by {splits}")
+    return splits
+
+
+def _group_key(prefix: str, text: str) -> str:
+    return prefix + re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+class TCURAdapter(nn.Module):
+    """The groups of one adapted model, and the layers bound to them."""
+
+    def __init__(self, model: nn.Module, config: AdapterConfig):
+        super().__init__()
+        linear, conv = find_targets(model, config)
+        self.groups = nn.ModuleDict()
+        self._layers: dict[str, TCURLayer] = {}
+        members: dict[str, list[TCURLayer]] = {}
+        for name in linear:
+            base = model.get_submodule(name)
+            layer = TCURLinear(base, _fused_split(name, base, config))
+            n1, n2 = base.out_features // layer.n_slices, base.in_features
+            members.setdefault(_group_key("linear_", f"{n1}x{n2}"), []).append(layer)
+            self._install(model, name, layer)
+        for name in conv:
+            base = model.get_submodule(name)
+            layer = TCURConv3d(base, n_slices=int(base.weight[0, 0].numel()))
+            members[_group_key("conv_", name)] = [layer]
+            self._install(model, name, layer)
+        for key, layers in members.items():
+            weight = torch.cat(
+                [layer.to_slices(layer.base_layer.weight.detach()) for layer in layers], dim=-1
+            )
+            group = TCURGroup(weight, config.rank, config.resolved_alpha, config.selection, config.seed)
+            offset = 0
+            for layer in layers:
+                layer.bind(group, offset)
+                offset += layer.n_slices
+            self.groups[key] = group
+            group._members = layers  # plain list attribute, not registered
+        self._hook = model.register_forward_pre_hook(self._new_pass)
+
+    def _install(self, model: nn.Module, name: str, layer: TCURLayer) -> None:
+        for parameter in layer.base_layer.parameters():
+            parameter.requires_grad_(False)
+        _set_submodule(model, name, layer)
+        self._layers[name] = layer
+
+    def _new_pass(self, module: nn.Module, args: tuple) -> None:
+        """A new forward pass with grad needs a fresh graph for dW: drop cached deltas."""
+        if torch.is_grad_enabled():
+            for group in self.groups.values():
+                group.clear_cache()
+
+    @property
+    def layers(self) -> dict[str, TCURLayer]:
+        return dict(self._layers)
+
+    @property
+    def merged(self) -> bool:
+        return any(layer.merged for layer in self._layers.values())
+
+    def group_weight(self, group: TCURGroup) -> Tensor:
+        """The stacked current base weights (n1, n2, m) of a group's layers."""
+        return torch.cat(
+            [layer.to_slices(layer.base_layer.weight.detach()) for layer in group._members], dim=-1
+        )
+
+    def rebuild_factors(self) -> None:
+        """Recompute every group's C_hat/R_hat (after its indices were loaded)."""
+        for group in self.groups.values():
+            group.set_factors(self.group_weight(group))
+
+    def _each(self, action: Callable[[TCURLayer], None]) -> None:
+        with torch.no_grad():
+            for layer in self._layers.values():
+                action(layer)
+
+    def merge(self) -> None:
+        self._each(TCURLayer.merge)
+
+    def unmerge(self) -> None:
+        self._each(TCURLayer.unmerge)
+
+    def unload(self, model: nn.Module) -> nn.Module:
+        """Put every base layer back in place of its wrapper and remove the hook."""
+        for name, layer in self._layers.items():
+            _set_submodule(model, name, layer.base_layer)
+        self._hook.remove()
+        self._layers = {}
+        return model

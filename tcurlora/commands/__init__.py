@@ -1,0 +1,1 @@
+"""Sub-commands of the `tcurlora` CLI, one module each."""

@@ -1,0 +1,142 @@
+"""`tcurlora info`: parameter counts of an adapter folder, or of what a method would train on a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tcurlora.adapters.config import METHODS
+from tcurlora.errors import InputError
+
+RANKED_METHODS = ("tcur", "lora")
+TABLE_RANKS = (4, 8, 16)
+COLUMNS = [
+    ("method", "method"),
+    ("rank", "rank"),
+    ("total", "total"),
+    ("trainable", "trainable"),
+    ("trainable_percent", "trainable %"),
+    ("adapter", "adapter core"),
+    ("head", "head"),
+]
+
+
+def register(subparsers: Any) -> None:
+    """Add the `info` sub-command."""
+    p = subparsers.add_parser(
+        "info",
+        help="parameter counts of an adapter, or of what a method would train on a base model",
+        description="TARGET is an adapter folder, or a base model (unetr-base, unetr-tiny, a built-in "
+        "name, a model folder or a MONAI bundle) with --method/--rank or --table.",
+    )
+    p.add_argument("target", help="adapter folder or base model reference")
+    p.add_argument("--method", choices=METHODS, default="tcur", help="method to count (default tcur)")
+    p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
+    p.add_argument("--num-classes", type=int, help="classes of a new head (default: keep the base head)")
+    p.add_argument(
+        "--conv-targets", action="store_true", help="adapt the CNN encoder/decoder Conv3d layers too"
+    )
+    p.add_argument("--table", action="store_true", help="every method x ranks 4/8/16")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    target = Path(args.target)
+    if (target / "adapter_config.json").is_file() or (
+        target.is_dir() and (target / "adapter.safetensors").exists()
+    ):
+        result: Any = adapter_info(target)
+        rows = [result]
+    else:
+        if args.rank < 1:
+            raise InputError(f"--rank must be positive, got {args.rank}")
+        base = _load_base(args.target)
+        if args.table:
+            plans = [(m, r) for m in METHODS for r in (TABLE_RANKS if m in RANKED_METHODS else (None,))]
+        else:
+            plans = [(args.method, args.rank if args.method in RANKED_METHODS else None)]
+        rows = [
+            model_info(base, m, r, num_classes=args.num_classes, conv=args.conv_targets) for m, r in plans
+        ]
+        result = rows if args.table else rows[0]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(rows, extra=("file_size",) if "file_size" in rows[0] else ()))
+    return 0
+
+
+def _load_base(reference: str):
+    """A base model: bare preset names (unetr-base, unetr-tiny) or anything the registry loads."""
+    from tcurlora.models.architectures import PRESETS
+    from tcurlora.models.registry import load_base_model
+
+    if reference in PRESETS and not Path(reference).exists():
+        reference = f"preset:{reference}"
+    return load_base_model(reference)
+
+
+def model_info(base: Any, method: str, rank: int | None, *, num_classes: int | None, conv: bool) -> dict:
+    """Counts of `method` at `rank` on the base model (a deep copy is adapted)."""
+    from tcurlora.adapters.config import AdapterConfig
+    from tcurlora.adapters.counts import counts_for
+
+    config = AdapterConfig(
+        method=method, rank=rank or 8, num_classes=num_classes, base_fingerprint=base.fingerprint,
+        base_model_id=base.model_id, head_module=base.spec.head_module,
+    )  # fmt: skip
+    if conv:
+        config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+    counts = counts_for(base.model, config)
+    return {"target": base.model_id, "method": method, "rank": rank, **counts.to_dict()}
+
+
+def adapter_info(folder: Path) -> dict:
+    """What an adapter folder says about itself, plus its weight file size."""
+    from tcurlora.adapters.io import WEIGHTS_FILE, read_adapter_config
+
+    record = read_adapter_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", weights)
+    counts = dict(record.get("parameter_counts") or {})
+    return {
+        "target": str(folder),
+        "method": record.get("method"),
+        "rank": record.get("rank") if record.get("method") in RANKED_METHODS else None,
+        "base_model_id": record.get("base_model_id"),
+        "label_names": record.get("label_names"),
+        **{k: counts.get(k) for k in ("total", "trainable", "trainable_percent", "adapter", "head")},
+        "file_size": weights.stat().st_size,
+    }
+
+
+def _cell(key: str, value: Any) -> str:
+    from tcurlora.adapters.counts import human_size
+
+    if value is None:
+        return "-"
+    if key == "trainable_percent":
+        return f"{value:.4f}"
+    if key == "file_size":
+        return human_size(int(value))
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
+    """Rows of counts as an aligned text table."""
+    columns = COLUMNS + [(key, key.replace("_", " ")) for key in extra]
+    cells = [[title for _, title in columns]] + [[_cell(k, row.get(k)) for k, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        for line in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = rows[0].get("target") if rows else ""
+    return f"{title}\n" + "\n".join(line.rstrip() for line in lines)

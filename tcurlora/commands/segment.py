@@ -1,0 +1,155 @@
+"""`tcurlora segment`: segment volumes with a base model and, optionally, an adapter."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from tcurlora.errors import ConfigError, InputError
+from tcurlora.jobs.runner import Handler, run_cli
+from tcurlora.jobs.schema import SegmentJob, is_image_file, split_extension
+
+JOB_FLAGS = {
+    "base_model": "--base-model",
+    "adapter": "--adapter",
+    "output": "--output",
+    "overlap": "--overlap",
+    "largest_component": "--largest-component",
+    "device": "--device",
+    "force": "--force",
+}
+_CHANNEL = re.compile(r"^(.*)_(\d{4})$")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `segment` sub-command."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment volumes with a base model (+ adapter)",
+        description="Segment one or more volumes. Give either --job job.json or INPUTs and flags.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="volume file, channel files joined by commas, or a folder (every volume in it)",
+    )
+    p.add_argument("--job", type=Path, help="job file (tcurlora.job/1); events are printed as JSON lines")
+    p.add_argument("--base-model", help="built-in base model name, model folder or MONAI bundle folder")
+    p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="for folder inputs: channels per case, files named CASE_0000, CASE_0001, ... (default 1)",
+    )
+    p.add_argument("--output", "-o", help="output file (one input) or folder (names: INPUT_seg + extension)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument(
+        "--largest-component",
+        action="store_const",
+        const=True,
+        help="keep only the largest connected component of each class",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--force", action="store_const", const=True, help="overwrite existing outputs")
+    p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
+    p.set_defaults(func=main)
+
+
+def folder_inputs(folder: Path, channels: int) -> list[list[str]]:
+    """Every volume in `folder`, sorted; with channels > 1, CASE_0000..CASE_{n-1} files make one input."""
+    files = sorted(
+        f for f in folder.iterdir() if f.is_file() and is_image_file(f) and not f.name.startswith(".")
+    )
+    if not files:
+        raise InputError("no image volumes in this folder", folder)
+    if channels == 1:
+        return [[str(f)] for f in files]
+    groups: dict[str, dict[int, Path]] = {}
+    for f in files:
+        match = _CHANNEL.match(split_extension(f)[0])
+        if match is None:
+            raise InputError(
+                f"--channels {channels}: expected files named CASE_0000 ... CASE_{channels - 1:04d}", f
+            )
+        groups.setdefault(match.group(1), {})[int(match.group(2))] = f
+    inputs = []
+    for case, found in sorted(groups.items()):
+        if sorted(found) != list(range(channels)):
+            raise InputError(
+                f"case {case!r} has channels {sorted(found)}, expected 0..{channels - 1}", folder
+            )
+        inputs.append([str(found[i]) for i in range(channels)])
+    return inputs
+
+
+def expand_inputs(values: list[str], channels: int) -> list[list[str]]:
+    """Positional INPUTs -> one list of channel paths per volume."""
+    inputs: list[list[str]] = []
+    for value in values:
+        path = Path(value)
+        if path.is_dir():
+            inputs.extend(folder_inputs(path, channels))
+            continue
+        parts = [p for p in value.split(",") if p] if not path.exists() else [value]
+        for part in parts:
+            if not Path(part).is_file():
+                raise InputError("input volume not found", part)
+        inputs.append(parts)
+    return inputs
+
+
+def build_job(args: argparse.Namespace) -> SegmentJob:
+    """The job from --job, or from INPUTs and flags (validated by the same schema as a job file)."""
+    given = [flag for dest, flag in JOB_FLAGS.items() if getattr(args, dest, None) is not None]
+    if args.inputs:
+        given.insert(0, "INPUT")
+    if args.job is not None:
+        if given:
+            raise ConfigError(f"{given[0]} cannot be combined with --job (put it in the job file)", args.job)
+        return SegmentJob.from_file(args.job)
+    for value, flag in ((args.base_model, "--base-model"), (args.output, "--output"), (args.inputs, "INPUT")):
+        if not value:
+            raise ConfigError(f"{flag} is required (or give --job job.json)")
+    if args.channels < 1:
+        raise ConfigError(f"--channels must be >= 1, got {args.channels}")
+    inputs = expand_inputs(args.inputs, args.channels)
+    data: dict[str, Any] = {
+        "command": "segment",
+        "base_model": args.base_model,
+        "adapter": args.adapter,
+        "inputs": [c[0] if len(c) == 1 else c for c in inputs],
+    }
+    output = Path(args.output)
+    if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
+        data["outputs"] = [args.output]
+    else:
+        data["output_dir"] = args.output
+    optional = {
+        "overlap": args.overlap,
+        "largest_component": args.largest_component,
+        "device": args.device,
+        "force": args.force,
+    }
+    data.update({k: v for k, v in optional.items() if v is not None})
+    return SegmentJob.from_dict(data, Path.cwd())
+
+
+def _run_segment(job: SegmentJob, sink, token) -> dict:
+    from tcurlora.segment import run_segment  # lazy: torch and MONAI load only when the work starts
+
+    return run_segment(job, sink, token)
+
+
+def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, stdout)."""
+    return run_cli(
+        lambda: build_job(args),
+        bool(args.events or args.job is not None),
+        handler or _run_segment,
+        stream if stream is not None else sys.stdout,
+    )

@@ -1,0 +1,107 @@
+"""Run one command handler and turn its result or failure into a final event and an exit code.
+
+| outcome                                   | event              | exit code |
+|-------------------------------------------|--------------------|-----------|
+| handler returns {"outputs", "metrics"}    | done               | 0         |
+| TCURLoRAError (InputError, ConfigError...) | error, its `kind`  | its code  |
+| CancelledError, KeyboardInterrupt         | error "cancelled"  | 130       |
+| torch / CUDA out of memory, MemoryError   | error "out_of_memory" | 4      |
+| anything else (a bug)                     | error "internal", traceback on stderr | 1 |
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from tcurlora.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    CancelledError,
+    DeviceOutOfMemoryError,
+    TCURLoRAError,
+)
+from tcurlora.jobs.cancel import CancelToken, handle_signals
+from tcurlora.jobs.events import EventSink, make_sink
+
+Handler = Callable[[Any, EventSink, CancelToken], dict]
+
+CUDA_OOM_MESSAGE = "CUDA out of memory: use a smaller patch_size or batch_size, or device cpu"
+CPU_OOM_MESSAGE = "out of memory on the CPU: use a smaller patch_size or batch_size, or close other programs"
+
+
+def is_device_oom(error: BaseException) -> bool:
+    """Whether `error` is torch's out-of-memory error (any accelerator), without importing torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        classes = tuple(
+            c
+            for c in (
+                getattr(torch, "OutOfMemoryError", None),
+                getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None),
+            )
+            if c
+        )
+        if classes and isinstance(error, classes):
+            return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def as_user_error(error: BaseException) -> TCURLoRAError | None:
+    """The TCURLoRAError that `error` stands for, or None when it is a bug."""
+    if isinstance(error, TCURLoRAError):
+        return error
+    if isinstance(error, KeyboardInterrupt):
+        return CancelledError("cancelled by SIGINT: stopped before finishing")
+    if is_device_oom(error):
+        return DeviceOutOfMemoryError(CUDA_OOM_MESSAGE)
+    if isinstance(error, MemoryError):
+        return DeviceOutOfMemoryError(CPU_OOM_MESSAGE)
+    return None
+
+
+def report_error(sink: EventSink, error: BaseException) -> int:
+    """Emit the error event for `error` and return its exit code; bugs get their traceback on stderr."""
+    user_error = as_user_error(error)
+    if user_error is not None:
+        kind, message, path, code = user_error.kind, user_error.problem, user_error.path, user_error.exit_code
+    else:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        kind, message, path, code = "internal", f"{type(error).__name__}: {error}", None, EXIT_INTERNAL
+    try:
+        sink.error(kind, message, path, code)
+    except Exception:  # noqa: BLE001 - the reader may be gone (broken pipe); the exit code still tells
+        print(f"tcurlora: {kind}: {message}", file=sys.stderr)
+    return code
+
+
+def run_command(job: Any, sink: EventSink, token: CancelToken, handler: Handler) -> int:
+    """Run `handler(job, sink, token)`, then emit `done` (exit 0) or `error` (its exit code)."""
+    try:
+        result = handler(job, sink, token)
+        if not isinstance(result, dict) or not isinstance(result.get("outputs"), dict):
+            raise TypeError(f"handler returned {result!r}; expected a dict with 'outputs' and 'metrics'")
+        sink.done(result["outputs"], result.get("metrics") or {})
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - every failure becomes an event
+        return report_error(sink, error)
+    return EXIT_OK
+
+
+def run_cli(
+    build_job: Callable[[], Any], events: bool, handler: Handler, stream: TextIO | None = None
+) -> int:
+    """What `tcurlora finetune|segment` do: build the job, then run it with signals routed to a token.
+
+    Errors while building the job (bad flags, bad job file) are reported as error events too, so a
+    program reading `--events` output always gets a final `done` or `error` line.
+    """
+    sink = make_sink(events, stream if stream is not None else sys.stdout)
+    token = CancelToken()
+    try:
+        job = build_job()
+    except TCURLoRAError as error:
+        return report_error(sink, error)
+    with handle_signals(token):
+        return run_command(job, sink, token, handler)
