@@ -62,12 +62,17 @@ def set_oblique_geometry(
     matrix = np.eye(4)
     matrix[:3, :3] = rotation @ np.diag([0.9, 1.1, 1.3])
     matrix[:3, 3] = origin
-    vtk_matrix = vtk.vtkMatrix4x4()
+    volume.SetIJKToRASMatrix(vtk_matrix(matrix))
+    return matrix
+
+
+def vtk_matrix(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
+    """A 4x4 numpy array as a vtkMatrix4x4."""
+    result = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
-            vtk_matrix.SetElement(r, c, matrix[r, c])
-    volume.SetIJKToRASMatrix(vtk_matrix)
-    return matrix
+            result.SetElement(r, c, float(matrix[r, c]))
+    return result
 
 
 class isolated_library:  # noqa: N801 - used as a context manager, reads like one

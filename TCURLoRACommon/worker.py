@@ -176,21 +176,7 @@ class WorkerProcess:
             }
         ]
 
-    def wait(self, timeout: float, interval: float = 0.1) -> list[dict[str, Any]]:
-        """Poll until finished (tests and batch use); cancel and raise TimeoutError past `timeout`."""
-        deadline = time.monotonic() + timeout
-        events: list[dict[str, Any]] = []
-        while not self.finished:
-            events.extend(self.poll())
-            if self.finished:
-                break
-            if time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"worker still running after {timeout:.0f} s: {' '.join(self.args)}")
-            time.sleep(interval)
-        return events
-
-    def cancel(self, grace: float = 10.0) -> None:
+    def cancel(self, grace: float = 30.0) -> None:
         """Stop the whole process tree: SIGTERM first (the worker keeps its last checkpoint), then kill."""
         if self.process is None or self.process.poll() is not None:
             return

@@ -145,7 +145,9 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if index < 0 or index >= len(self.adapters):
             return
         entry = self.adapters[index]
-        if slicer.util.confirmOkCancelDisplay(_("Delete adapter '{name}' ({path})?").format(name=entry.name, path=entry.path)):
+        if slicer.util.confirmOkCancelDisplay(
+            _("Delete adapter '{name}' ({path})?").format(name=entry.name, path=entry.path)
+        ):
             library.remove_adapter(entry.name)
             self.refreshAdapters()
 

@@ -174,7 +174,7 @@ def test_training_dU_alone_lowers_loss_and_keeps_base_weights():
         if step == 0:
             assert all(p.grad is not None and float(p.grad.abs().max()) > 0 for p in params)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 1e-3, losses
     assert all(float(p.detach().abs().max()) > 0 for p in params)
     # Every base weight is bit-identical (wrapped layers keep theirs as .base_layer).

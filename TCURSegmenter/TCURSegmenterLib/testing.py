@@ -17,6 +17,7 @@ from TCURLoRACommon.testdata import (
     load_case,
     set_oblique_geometry,
     train_test_adapter,
+    vtk_matrix,
 )
 from TCURSegmenterLib.logic import adapter_summary, start_segmentation, volumes_to_segment
 
@@ -61,7 +62,7 @@ def test_import_keeps_oblique_geometry(data_dir: Path, workdir: Path) -> None:
     volume, _ = load_case(cases[3][0], None, names)
     matrix = set_oblique_geometry(volume)
     truth = scene.read_volume(cases[3][1], "vtkMRMLLabelMapVolumeNode", "truth")
-    truth.SetIJKToRASMatrix(_vtk(matrix))
+    truth.SetIJKToRASMatrix(vtk_matrix(matrix))
     label_file = scene.write_volume(truth, workdir / "prediction.nrrd")
     colors = [[0.1, 0.2, 0.3], [0.7, 0.6, 0.5]]
     segmentation = scene.import_labelmap(label_file, volume, names, colors)
@@ -80,16 +81,6 @@ def test_import_keeps_oblique_geometry(data_dir: Path, workdir: Path) -> None:
     assert segmentation.GetSegmentation().GetSegment(keep) is not None
     replaced = scene.labelmap_array(segmentation, volume, names)
     np.testing.assert_array_equal(replaced, (exported == 1).astype(np.uint8))
-
-
-def _vtk(matrix: np.ndarray):
-    import vtk
-
-    result = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            result.SetElement(r, c, matrix[r, c])
-    return result
 
 
 def test_rejects_unusable_adapter(data_dir: Path, workdir: Path) -> None:

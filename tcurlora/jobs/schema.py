@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 
 JOB_SCHEMA = "tcurlora.job/1"
@@ -202,13 +203,8 @@ def _check_header(reader: _Reader, command: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- jobs
-@dataclass
-class JobCase:
-    """One labeled training case; same fields as `tcurlora.data.cases.Case`."""
-
-    id: str
-    images: list[Path]
-    label: Path | None
+# One labeled training case of a job is the data layer's Case (id, images, label, label_map).
+JobCase = Case
 
 
 @dataclass
@@ -359,9 +355,9 @@ def _read_cases(r: _Reader) -> list[JobCase]:
         key = f"cases[{index}]"
         if not isinstance(item, dict):
             r.fail(key, f"expected an object with id, image and label, got {type(item).__name__}")
-        extra = sorted(set(item) - {"id", "image", "label"})
+        extra = sorted(set(item) - {"id", "image", "label", "label_map"})
         if extra:
-            r.fail(f"{key}.{extra[0]}", "unknown key (allowed keys: id, image, label)")
+            r.fail(f"{key}.{extra[0]}", "unknown key (allowed keys: id, image, label, label_map)")
         for name in ("image", "label"):
             if name not in item:
                 r.fail(f"{key}.{name}", "missing (required)")
@@ -372,8 +368,21 @@ def _read_cases(r: _Reader) -> list[JobCase]:
         if case_id in seen:
             r.fail(f"{key}.id", f"duplicate case id {case_id!r}")
         seen.add(case_id)
-        cases.append(JobCase(id=case_id, images=images, label=label))
+        cases.append(JobCase(id=case_id, images=images, label=label, label_map=_read_label_map(r, key, item)))
     return cases
+
+
+def _read_label_map(r: _Reader, key: str, item: dict) -> dict[int, int] | None:
+    """Optional {"file label value": class index} of one case (unlisted values become background)."""
+    mapping = item.get("label_map")
+    if mapping is None:
+        return None
+    r.typed(f"{key}.label_map", (dict,), "an object of label value -> class index", value=mapping)
+    try:
+        return {int(source): int(target) for source, target in mapping.items()}
+    except (TypeError, ValueError):
+        r.fail(f"{key}.label_map", f"expected integer label values and class indices, got {mapping!r}")
+        raise
 
 
 def _read_colors(r: _Reader, label_names: list[str] | None) -> list[list[float]] | None:
