@@ -22,21 +22,21 @@ def data_folder(name: str) -> Path:
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def hippocampus_dir() -> Path:
     return data_folder("hippocampus")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def left_atrium_dir() -> Path:
     return data_folder("left_atrium")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def brats_dir() -> Path:
     return data_folder("brats2013")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def acdc_dir() -> Path:
     return data_folder("acdc")

@@ -37,11 +37,9 @@ def read_events(text: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
+def trained(tmp_path_factory, hippocampus_dir) -> dict:
     """One short real fine-tuning run shared by the tests below (3 hippocampus cases, tCURLoRA)."""
-    from conftest import data_folder
-
-    folder = data_folder("hippocampus")
+    folder = hippocampus_dir
     work = tmp_path_factory.mktemp("pipeline")
     job = write_job(work / "job.json", command="finetune", base_model="preset:unetr-tiny",
                     cases=hippocampus_cases(folder, [1, 3, 6]), label_names=["Anterior", "Posterior"],
