@@ -40,3 +40,27 @@ def brats_dir() -> Path:
 @pytest.fixture(scope="session")
 def acdc_dir() -> Path:
     return data_folder("acdc")
+
+
+@pytest.fixture(scope="module")
+def base64():
+    """A small float64 UNETR (module-scoped: tests adapt deep copies of it)."""
+    import torch
+    from adapter_testing import small_unetr
+
+    return small_unetr(torch.float64)
+
+
+@pytest.fixture(scope="module")
+def batch64():
+    import torch
+
+    return torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def base_out(base64, batch64):
+    import torch
+
+    with torch.no_grad():
+        return base64(batch64)

@@ -3,13 +3,12 @@ dW against a naive circular-convolution t-product, merge/unmerge/unload, caching
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import UNETR
+from adapter_testing import CONV_TARGETS, adapted_copy, small_unetr  # noqa: E402,F401
 from torch import nn
 
 import tcurlora.adapters.tcur as tcur_module
@@ -17,35 +16,6 @@ from tcurlora.adapters import AdapterConfig, TCURConv3d, TCURLayer, TCURLinear, 
 from tcurlora.adapters.config import UNETR_TARGETS
 from tcurlora.errors import ConfigError
 from tcurlora.models.fingerprint import state_dict_fingerprint
-
-CONV_TARGETS = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
-
-
-def small_unetr(dtype: torch.dtype = torch.float64) -> nn.Module:
-    torch.manual_seed(0)
-    model = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 32), feature_size=8, hidden_size=48,
-                  mlp_dim=96, num_heads=4)  # fmt: skip
-    return model.to(dtype).eval()
-
-
-@pytest.fixture(scope="module")
-def base64() -> nn.Module:
-    return small_unetr(torch.float64)
-
-
-@pytest.fixture(scope="module")
-def batch64() -> torch.Tensor:
-    return torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def base_out(base64, batch64) -> torch.Tensor:
-    with torch.no_grad():
-        return base64(batch64)
-
-
-def adapted_copy(base: nn.Module, **kwargs):
-    return apply_adapter(copy.deepcopy(base), AdapterConfig(**kwargs))
 
 
 def randomize_cores(adapted, scale: float = 0.5, seed: int = 3) -> None:

@@ -21,17 +21,11 @@ from scipy import ndimage
 
 from tcurlora.data.io import check_labelmap_output, reference_image, write_labelmap
 from tcurlora.data.transforms import inference_transforms, ras_affine
+from tcurlora.device import resolve_device
 from tcurlora.errors import DeviceOutOfMemoryError
 from tcurlora.models.spec import ModelSpec
 
 ImagePaths = str | Path | Sequence[str | Path]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> the first CUDA device if there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _sliding_window(
@@ -107,7 +101,7 @@ def predict_volume(
     paths = [image_paths] if isinstance(image_paths, (str, Path)) else list(image_paths)
     reference = reference_image(paths)
     image = inference_transforms(spec)({"image": paths})["image"]
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(str(device))
     was_training = model.training
     model = model.to(torch_device).eval()
     try:

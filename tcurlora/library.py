@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import InputError
+from tcurlora.jsonio import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -55,12 +55,7 @@ def read_adapter(path: str | Path) -> AdapterEntry:
     for required in (config_path, folder / ADAPTER_WEIGHTS):
         if not required.is_file():
             raise InputError(f"incomplete adapter folder: {required.name} is missing", folder)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"unreadable adapter config: {error}", config_path) from error
-    if not isinstance(config, dict):
-        raise InputError("adapter config is not a JSON object", config_path)
+    config = read_json_object(config_path, "adapter config")
     rank = config.get("rank")
     return AdapterEntry(
         name=folder.name,

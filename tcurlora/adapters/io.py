@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.jsonio import read_json_object
 from tcurlora.models.fingerprint import state_dict_fingerprint
 
 CONFIG_FILE = "adapter_config.json"
@@ -113,12 +113,7 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"not an adapter folder: {CONFIG_FILE} is missing", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"corrupt adapter config (not valid JSON: {error})", path) from error
-    if not isinstance(data, dict):
-        raise InputError("corrupt adapter config: not a JSON object", path)
+    data = read_json_object(path, "adapter config")
     if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
         raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
     return data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from tcurlora.data.io import file_stem
 from tcurlora.errors import InputError
+from tcurlora.jsonio import read_json_object
 
 
 @dataclass
@@ -68,13 +68,7 @@ def _dataset_json(folder: Path) -> dict[str, Any]:
     path = folder / "dataset.json"
     if not path.is_file():
         raise InputError("not a Decathlon folder: dataset.json not found", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read dataset.json: {error}", path) from error
-    if not isinstance(data, dict):
-        raise InputError("dataset.json must hold a JSON object", path)
-    return data
+    return read_json_object(path, "dataset.json")
 
 
 def cases_from_decathlon(

@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.spec import ModelSpec
@@ -73,10 +75,7 @@ def load_base_model(reference: str | Path) -> BaseModel:
 def load_model_folder(folder: Path) -> BaseModel:
     """Load a model folder written by `save_model_folder`."""
     spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
-    try:
-        data = json.loads(spec_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read the model spec: {error}", spec_path) from error
+    data = read_json_object(spec_path, "model spec")
     if data.get("format") != MODEL_FORMAT:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
     spec = ModelSpec.from_dict(data["spec"])
@@ -117,19 +116,13 @@ def save_model_folder(
     folder = Path(folder)
     if folder.exists() and not force:
         raise OutputExistsError("model folder exists (use force to replace it)", folder)
-    temp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    temp.mkdir(parents=True, exist_ok=False)
+    temp = temp_sibling_dir(folder)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(temp / WEIGHTS_FILE))
     record = {"format": MODEL_FORMAT, "id": model_id or spec.name, "spec": spec.to_dict(), "card": card or {}}
     (temp / SPEC_FILE).write_text(json.dumps(record, indent=2))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(temp, folder)
-    return folder
+    return replace_dir(temp, folder)
 
 
 def _finish(model: nn.Module, spec: ModelSpec, *, model_id: str, source: str) -> BaseModel:
