@@ -146,3 +146,16 @@ def test_new_head_is_seeded_and_trains_for_every_method(base64, method):
     assert one.parameter_counts().head == 4 * 8 + 4
     state = one.adapter_state_dict()
     assert any(k.endswith("out.conv.conv.weight") for k in state)
+
+
+def test_new_head_with_the_same_class_count_replaces_and_trains_it(base64):
+    """Other classes with the same count (base 3 outputs, target 3): new_head gives a fresh trained head."""
+    kept = adapted_copy(base64, method="tcur", rank=2, num_classes=3)
+    fresh = adapted_copy(base64, method="tcur", rank=2, num_classes=3, new_head=True)
+    base_head = base64.get_submodule("out.conv.conv").weight
+    assert torch.equal(kept.model.get_submodule("out.conv.conv").weight, base_head)
+    new_weight = fresh.model.get_submodule("out.conv.conv").weight
+    assert new_weight.shape == base_head.shape and not torch.equal(new_weight, base_head)
+    assert kept.parameter_counts().head == 0
+    assert fresh.parameter_counts().head == base_head.numel() + 3
+    assert any(k.endswith("out.conv.conv.weight") for k in fresh.adapter_state_dict())

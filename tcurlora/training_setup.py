@@ -110,7 +110,8 @@ def prepare_training(job, sink) -> TrainingSetup:
 
     config = AdapterConfig(
         method=job.method, rank=job.rank, selection=job.selection, seed=job.seed,
-        num_classes=num_classes, label_names=label_names, base_model_id=base.model_id,
+        num_classes=num_classes, label_names=label_names,
+        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)], base_model_id=base.model_id,
         base_fingerprint=base.fingerprint, head_module=base.spec.head_module,
     )
     if job.alpha is not None:

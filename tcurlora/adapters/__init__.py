@@ -50,16 +50,17 @@ def _replace_head(model: nn.Module, config: AdapterConfig) -> bool:
         raise ConfigError(
             f"head_module {config.head_module!r} is a {type(old).__name__}, not a Linear or Conv layer"
         )
-    if config.num_classes is None or config.num_classes == current:
+    if not config.new_head and (config.num_classes is None or config.num_classes == current):
         return False
+    num_classes = config.num_classes or current
     factory = {"device": old.weight.device, "dtype": old.weight.dtype}
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         if isinstance(old, nn.Linear):
-            new = nn.Linear(old.in_features, config.num_classes, bias=old.bias is not None, **factory)
+            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
         else:
             new = type(old)(
-                old.in_channels, config.num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
+                old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
                 dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode, **factory,
             )  # fmt: skip
     parent_name, _, child = config.head_module.rpartition(".")

@@ -41,6 +41,8 @@ class AdapterConfig:
     seed: int = 0
     head_module: str = "out.conv.conv"
     num_classes: int | None = None
+    # A fresh head even when the class count matches the base's (other classes with the same count).
+    new_head: bool = False
     label_names: list[str] | None = None
     label_colors: list[list[float]] | None = None
     base_model_id: str | None = None
@@ -88,6 +90,8 @@ class AdapterConfig:
             or self.num_classes < 1
         ):
             raise ConfigError(f"num_classes must be a positive integer or null, got {self.num_classes!r}")
+        if not isinstance(self.new_head, bool):
+            raise ConfigError(f"new_head must be true or false, got {self.new_head!r}")
         if self.label_names is not None:
             if not isinstance(self.label_names, list) or not all(
                 isinstance(n, str) for n in self.label_names
