@@ -1,0 +1,117 @@
+"""One quality run, in the current process: fine-tune, then evaluate on the test split and time inference."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tcurlora.bench.measure import TimingSink, median_or_none, peak_memory, peak_rss_bytes
+from tcurlora.bench.plan import case_from_dict
+from tcurlora.data.cases import Case
+
+
+def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
+    """The FinetuneJob of a run (no validation split: the test split is evaluated afterwards)."""
+    from tcurlora.jobs.schema import FinetuneJob
+
+    method = run["method"]
+    job = {
+        "command": "finetune", "base_model": settings["base_model"], "output": str(output), "force": True,
+        "cases": [{"id": c["id"], "image": c["image"], "label": c["label"]} for c in run["train"]],
+        "label_names": settings["label_names"], "method": method["method"], "rank": method["rank"],
+        "alpha": method["alpha"], "selection": method["selection"], "conv_targets": method["conv_targets"],
+        "learning_rate": method["learning_rate"], "iterations": settings["iterations"],
+        "batch_size": settings["batch_size"], "patch_size": settings["patch_size"], "seed": run["seed"],
+        "checkpoint_every": 0, "device": settings["device"], "amp": settings["amp"],
+    }  # fmt: skip
+    return FinetuneJob.from_dict(job, output.parent)
+
+
+def _timed_predictions(model, cases: list[Case], spec, device: str, overlap: float) -> tuple[list, list[float]]:
+    from tcurlora.infer import predict_volume
+
+    outputs, seconds = [], []
+    for case in cases:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        outputs.append(predict_volume(model, case.images, spec, device=device, overlap=overlap))
+        seconds.append(time.perf_counter() - started)
+    return outputs, seconds
+
+
+def evaluate_adapter(adapter: Path, base_model: str, test: list[Case], label_names: list[str],
+                     device: str, overlap: float, latency_cases: int) -> dict[str, Any]:
+    """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights."""
+    from tcurlora.adapters.io import load_adapter
+    from tcurlora.evaluate import LabelVolume, _mean_metrics, evaluate_pair, read_labels
+    from tcurlora.models.registry import load_base_model
+
+    base = load_base_model(base_model)
+    adapted = load_adapter(adapter, base.model)
+    timing = test[: min(latency_cases, len(test))]
+    latency: dict[str, Any] = {"volumes": len(timing)}
+    agreement = None
+    if timing:
+        _timed_predictions(adapted, timing[:1], base.spec, device, overlap)  # warm-up
+        unmerged, latency["unmerged_s"] = _timed_predictions(adapted, timing, base.spec, device, overlap)
+    adapted.merge()
+    if timing:
+        merged, latency["merged_s"] = _timed_predictions(adapted, timing, base.spec, device, overlap)
+        agreement = min(float(np.mean(a[0] == b[0])) for a, b in zip(unmerged, merged))
+        for key in ("unmerged_s", "merged_s"):
+            latency[key.replace("_s", "_median_s")] = float(statistics.median(latency[key]))
+    classes = {i + 1: name for i, name in enumerate(label_names)}
+    cases = []
+    predictions, _ = _timed_predictions(adapted, test, base.spec, device, overlap)
+    for case, (labels, grid) in zip(test, predictions):
+        reference = read_labels(case.label)
+        prediction = LabelVolume(Path(f"prediction of {case.id}"), labels.astype(np.int64), grid.GetSpacing(),
+                                 grid.GetOrigin(), grid.GetDirection())
+        cases.append({"id": case.id, "classes": evaluate_pair(prediction, reference, classes)})
+    return {"cases": cases, "mean": _mean_metrics(cases, label_names), "latency": latency,
+            "merge_agreement": agreement}
+
+
+def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Fine-tune and evaluate one run; returns its result record (see docs/benchmarks.md)."""
+    from tcurlora.adapters.io import WEIGHTS_FILE
+    from tcurlora.device import resolve_device
+    from tcurlora.jobs.cancel import CancelToken
+    from tcurlora.train import run_finetune
+
+    device = resolve_device(settings["device"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    adapter = workdir / "adapter"
+    rss_start = peak_rss_bytes()
+    sink = TimingSink(device, settings["warmup_steps"])
+    started = time.perf_counter()
+    outcome = run_finetune(finetune_job(run, settings, adapter), sink, CancelToken())
+    adapt_wall = time.perf_counter() - started
+    memory = peak_memory(device)
+    memory["process_start_bytes"] = rss_start
+    parameters = sink.of_kind("started")[0].get("parameters", {})
+    steps = sink.step_times()
+    test = [case_from_dict(c) for c in run["test"]]
+    evaluation = evaluate_adapter(adapter, settings["base_model"], test, settings["label_names"],
+                                  str(device), settings["overlap"], settings["latency_cases"])
+    result = {
+        "run_id": run["run_id"], "status": "ok", "method": run["method"], "k": run["k"], "seed": run["seed"],
+        "train_cases": [c["id"] for c in run["train"]], "parameters": parameters,
+        "adapter_bytes": (adapter / WEIGHTS_FILE).stat().st_size,
+        "step_time_s": {"median": median_or_none(steps), "steps_timed": len(steps),
+                        "warmup": settings["warmup_steps"]},
+        "peak_memory": memory, "adapt_wall_s": adapt_wall,
+        "train_time_s": outcome["metrics"].get("train_time_s"), "losses": sink.losses(),
+        "test": {"cases": evaluation["cases"], "mean": evaluation["mean"]},
+        "latency": evaluation["latency"], "merge_agreement": evaluation["merge_agreement"],
+    }  # fmt: skip
+    if not settings.get("keep_adapters", False):
+        shutil.rmtree(adapter, ignore_errors=True)
+    return result
