@@ -42,9 +42,9 @@ def expect_error(case: Case, num_classes: int, path: Path, problem: str) -> None
 
 
 def test_real_case_is_valid(real_case):
-    assert validate_case(real_case, 2) == []
+    assert validate_case(real_case, 3) == []
     mapped = Case(real_case.id, real_case.images, real_case.label, label_map={2: 1})
-    assert validate_case(mapped, 1) == []  # value 1 -> background, 2 -> class 1
+    assert validate_case(mapped, 2) == []  # value 1 -> background, 2 -> class 1
 
 
 def test_label_with_other_geometry(tmp_path, real_case):
@@ -57,9 +57,9 @@ def test_label_with_other_geometry(tmp_path, real_case):
         change(moved)
         label = write(moved, tmp_path / f"label_{what}.nii.gz")
         case = Case(real_case.id, real_case.images, label)
-        expect_error(case, 2, label, f"label geometry differs from image hippocampus_001.nii.gz: {what}")
+        expect_error(case, 3, label, f"label geometry differs from image hippocampus_001.nii.gz: {what}")
     cropped = write(sitk.ReadImage(str(real_case.label))[:, :, :-1], tmp_path / "label_size.nii.gz")
-    expect_error(Case("c", real_case.images, cropped), 2, cropped, r"size \(35, 51, 35\) vs \(35, 51, 34\)")
+    expect_error(Case("c", real_case.images, cropped), 3, cropped, r"size \(35, 51, 35\) vs \(35, 51, 34\)")
 
 
 def test_tolerance_is_relative_1e_4():
@@ -76,28 +76,28 @@ def test_channels_with_other_geometry(tmp_path, real_case):
     second.SetOrigin((0.0, 0.0, 0.0))
     path = write(second, tmp_path / "t2.nii.gz")
     case = Case("c", [real_case.images[0], path], real_case.label)
-    expect_error(case, 2, path, "channels have different geometry than hippocampus_001.nii.gz: origin")
+    expect_error(case, 3, path, "channels have different geometry than hippocampus_001.nii.gz: origin")
 
 
 def test_non_integer_label(tmp_path, real_case):
     array = label_array(real_case).astype(np.float32)
     array[array == 2] = 1.5
     path = label_from(real_case, array, tmp_path / "float.nii.gz")
-    expect_error(Case("c", real_case.images, path), 2, path, r"non-integer values \(e.g. 1.5\)")
+    expect_error(Case("c", real_case.images, path), 3, path, r"non-integer values \(e.g. 1.5\)")
 
 
 def test_label_value_out_of_range(tmp_path, real_case):
     array = label_array(real_case)
     array[0, 0, 0] = 7
     path = label_from(real_case, array, tmp_path / "seven.nrrd")
-    expect_error(Case("c", real_case.images, path), 2, path, r"label values \[7\] out of range 0..2")
+    expect_error(Case("c", real_case.images, path), 3, path, r"label values \[7\] out of range 0..2")
 
 
 def test_empty_label(tmp_path, real_case):
     path = label_from(real_case, np.zeros_like(label_array(real_case)), tmp_path / "empty.nii.gz")
-    expect_error(Case("c", real_case.images, path), 2, path, "label is empty: all background")
+    expect_error(Case("c", real_case.images, path), 3, path, "label is empty: all background")
     mapped = Case("c", real_case.images, real_case.label, label_map={5: 1})
-    expect_error(mapped, 1, real_case.label, "label is empty")
+    expect_error(mapped, 2, real_case.label, "label is empty")
 
 
 def test_nan_voxel(tmp_path, real_case):
@@ -105,16 +105,16 @@ def test_nan_voxel(tmp_path, real_case):
     array = sitk.GetArrayFromImage(image)
     array[10, 20, 15] = np.nan
     path = label_from(real_case, array, tmp_path / "nan.nii.gz")
-    expect_error(Case("c", [path], real_case.label), 2, path, "image has 1 NaN or infinite voxels")
+    expect_error(Case("c", [path], real_case.label), 3, path, "image has 1 NaN or infinite voxels")
 
 
 def test_missing_and_corrupt_inputs(tmp_path, real_case):
     missing = tmp_path / "gone.nii.gz"
-    expect_error(Case("c", [missing], real_case.label), 2, missing, "image file not found")
+    expect_error(Case("c", [missing], real_case.label), 3, missing, "image file not found")
     corrupt = tmp_path / "cut.nii.gz"
     data = real_case.label.read_bytes()
     corrupt.write_bytes(data[: len(data) // 2])
-    expect_error(Case("c", real_case.images, corrupt), 2, corrupt, "cannot read label .*truncated")
+    expect_error(Case("c", real_case.images, corrupt), 3, corrupt, "cannot read label .*truncated")
 
 
 def test_output_exists(tmp_path):

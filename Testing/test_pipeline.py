@@ -149,3 +149,61 @@ def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir)
     progress = [e for e in read_events(resumed.stdout) if e["event"] == "progress"]
     assert progress[0]["iteration"] == stopped_at + 1 and progress[-1]["iteration"] == 40
     assert (output / "adapter.safetensors").is_file()
+
+
+def _bad_label_copy(folder: Path, tmp_path: Path, value: float, dtype=np.uint8) -> Path:
+    """A real hippocampus label with one voxel set to `value` (same geometry)."""
+    label = sitk.ReadImage(str(folder / "labelsTr/hippocampus_001.nii.gz"))
+    array = sitk.GetArrayFromImage(label).astype(dtype)
+    array[array.shape[0] // 2, array.shape[1] // 2, array.shape[2] // 2] = value
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(label)
+    path = tmp_path / f"bad_label_{value}.nii.gz"
+    sitk.WriteImage(bad, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("label_value", "dtype", "problem"),
+    [(7, np.uint8, "out of range"), (1.5, np.float32, "non-integer")],
+)
+def test_finetune_bad_label_fails_before_training_and_writes_nothing(
+    tmp_path, hippocampus_dir, capsys, label_value, dtype, problem
+):
+    bad = _bad_label_copy(hippocampus_dir, tmp_path, label_value, dtype)
+    output = tmp_path / "adapter"
+    code = main(["finetune", "--base-model", "preset:unetr-tiny", "--case",
+                 str(hippocampus_dir / "imagesTr/hippocampus_001.nii.gz"), str(bad),
+                 "--labels", "Anterior", "Posterior", "--iterations", "5", "-o", str(output), "--events"])
+    events = read_events(capsys.readouterr().out)
+    assert code == 2
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "input_error"
+    assert events[-1]["path"] == str(bad) and problem in events[-1]["message"].lower()
+    assert not any(e["event"] == "progress" for e in events)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [bad.name]
+
+
+def test_finetune_refuses_existing_output_and_keeps_it(tmp_path, hippocampus_dir, capsys):
+    output = tmp_path / "adapter"
+    output.mkdir()
+    (output / "keep.txt").write_text("user data")
+    code = main(["finetune", "--base-model", "preset:unetr-tiny", "--data", str(hippocampus_dir),
+                 "--num-cases", "2", "--iterations", "5", "-o", str(output), "--events"])
+    events = read_events(capsys.readouterr().out)
+    assert code == 3 and events[-1]["kind"] == "output_exists" and events[-1]["path"] == str(output)
+    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+
+
+def test_segment_missing_and_corrupt_inputs_name_the_file(tmp_path, capsys):
+    missing = tmp_path / "nope.nii.gz"
+    assert main(["segment", str(missing), "--base-model", "preset:unetr-tiny", "-o",
+                 str(tmp_path / "out.nii.gz"), "--events"]) == 2
+    error = read_events(capsys.readouterr().out)[-1]
+    assert error["event"] == "error" and error["path"].endswith("nope.nii.gz")
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00 definitely not a volume")
+    assert main(["segment", str(corrupt), "--base-model", "preset:unetr-tiny", "-o",
+                 str(tmp_path / "out.nii.gz"), "--events"]) == 2
+    error = read_events(capsys.readouterr().out)[-1]
+    assert error["path"].endswith("corrupt.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nii.gz"]

@@ -46,11 +46,23 @@ def _timed_predictions(model, cases: list[Case], spec, device: str, overlap: flo
     return outputs, seconds
 
 
+def class_means(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean Dice per class over cases; mean HD95 over the cases where it is finite, and how many were not."""
+    means = {}
+    for name in names:
+        dice = [c["classes"][name]["dice"] for c in cases]
+        hd = [c["classes"][name]["hd95"] for c in cases]
+        finite = [h for h in hd if np.isfinite(h)]
+        means[name] = {"dice": float(np.mean(dice)), "hd95": float(np.mean(finite)) if finite else None,
+                       "hd95_infinite": sum(1 for h in hd if np.isinf(h))}
+    return means
+
+
 def evaluate_adapter(adapter: Path, base_model: str, test: list[Case], label_names: list[str],
                      device: str, overlap: float, latency_cases: int) -> dict[str, Any]:
     """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights."""
     from tcurlora.adapters.io import load_adapter
-    from tcurlora.evaluate import LabelVolume, _mean_metrics, evaluate_pair, read_labels
+    from tcurlora.evaluate import LabelVolume, evaluate_pair, read_labels
     from tcurlora.models.registry import load_base_model
 
     base = load_base_model(base_model)
@@ -75,7 +87,7 @@ def evaluate_adapter(adapter: Path, base_model: str, test: list[Case], label_nam
         prediction = LabelVolume(Path(f"prediction of {case.id}"), labels.astype(np.int64), grid.GetSpacing(),
                                  grid.GetOrigin(), grid.GetDirection())
         cases.append({"id": case.id, "classes": evaluate_pair(prediction, reference, classes)})
-    return {"cases": cases, "mean": _mean_metrics(cases, label_names), "latency": latency,
+    return {"cases": cases, "mean": class_means(cases, label_names), "latency": latency,
             "merge_agreement": agreement}
 
 

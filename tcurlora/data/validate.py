@@ -59,15 +59,16 @@ def _check_whole_numbers(array: np.ndarray, path: Path) -> None:
 
 
 def _check_label_values(array: np.ndarray, num_classes: int, path: Path) -> None:
+    highest = num_classes - 1
     values = np.unique(array).astype(np.int64)
-    out_of_range = [int(v) for v in values if v < 0 or v > num_classes]
+    out_of_range = [int(v) for v in values if v < 0 or v > highest]
     if out_of_range:
         raise InputError(
-            f"label values {out_of_range} out of range 0..{num_classes} ({num_classes} classes requested)",
+            f"label values {out_of_range} out of range 0..{highest} (background + {highest} classes requested)",
             path,
         )
     if not np.any(values > 0):
-        raise InputError(f"label is empty: all background, none of classes 1..{num_classes}", path)
+        raise InputError(f"label is empty: all background, none of classes 1..{highest}", path)
 
 
 def validate_case(case: Case, num_classes: int) -> list[str]:
@@ -75,7 +76,8 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
 
     Checks: files readable; channels share one grid; no NaN/inf voxels; label on the image grid
     (size, spacing, origin, direction within 1e-4 relative); label values whole numbers in
-    0..num_classes (after `case.label_map`); at least one voxel of a requested class.
+    0..num_classes-1 (num_classes counts the background, as everywhere in tcurlora; after
+    `case.label_map`); at least one voxel of a requested class.
     """
     warnings: list[str] = []
     channels: list[tuple[Path, sitk.Image]] = []

@@ -1,0 +1,101 @@
+"""Cost on synthetic batches: step time, peak memory and inference latency of each method at a given
+architecture and image size, without data (the numbers do not depend on the voxel values)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from tcurlora.bench.measure import peak_memory, peak_rss_bytes
+
+
+def cost_network(base_model: str, img_size: int, num_classes: int):
+    """The base model's architecture, randomly initialised, rebuilt for img_size^3 patches (UNETR)."""
+    from tcurlora.models.architectures import build_network, build_preset
+    from tcurlora.models.registry import load_base_model
+    from tcurlora.models.spec import ModelSpec
+
+    if base_model.startswith("preset:"):
+        _, spec = build_preset(base_model.removeprefix("preset:"))
+    else:
+        spec = load_base_model(base_model).spec
+    data = spec.to_dict()
+    if "img_size" in data["arch_params"]:
+        data["arch_params"]["img_size"] = [img_size] * 3
+    data["patch_size"] = [img_size] * 3
+    spec = ModelSpec.from_dict(data)
+    torch.manual_seed(0)
+    return build_network(spec), spec
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Train `warmup + steps` steps on random batches; median step time after warm-up, peak memory,
+    and forward latency (no grad) with unmerged and merged weights."""
+    from monai.losses import DiceCELoss
+
+    from tcurlora.adapters import AdapterConfig, apply_adapter
+    from tcurlora.device import describe_device, resolve_device
+    from tcurlora.train import DEFAULT_LEARNING_RATES, autocast_context
+
+    device = resolve_device(settings["device"])
+    model, spec = cost_network(settings["base_model"], settings["img_size"], settings["num_classes"])
+    config = AdapterConfig(method=method["method"], rank=method["rank"], selection=method["selection"],
+                           num_classes=settings["num_classes"], head_module=spec.head_module)
+    if method["conv_targets"]:
+        config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+    adapted = apply_adapter(model, config).to(device)
+    counts = adapted.parameter_counts().to_dict()
+    optimizer = torch.optim.AdamW(adapted.trainable_parameters(),
+                                  lr=method["learning_rate"] or DEFAULT_LEARNING_RATES[method["method"]])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    amp = bool(settings["amp"]) and device.type == "cuda"
+    generator = torch.Generator().manual_seed(0)
+    shape = (settings["batch_size"], spec.in_channels, *[settings["img_size"]] * 3)
+    image = torch.randn(shape, generator=generator).to(device)
+    label = torch.randint(0, settings["num_classes"], (shape[0], 1, *shape[2:]), generator=generator).to(device)
+    adapted.train()
+    times = []
+    for step in range(settings["warmup"] + settings["steps"]):
+        if step == settings["warmup"] and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, amp):
+            logits = adapted(image)
+        loss = loss_fn(logits.float(), label)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if step >= settings["warmup"]:
+            times.append(time.perf_counter() - started)
+    memory = peak_memory(device)
+    adapted.eval()
+    latency = {}
+    with torch.no_grad():
+        for state in ("unmerged", "merged"):
+            if state == "merged":
+                adapted.merge()
+            runs = []
+            for _ in range(3):
+                _sync(device)
+                started = time.perf_counter()
+                with autocast_context(device, amp):
+                    adapted(image[:1])
+                _sync(device)
+                runs.append(time.perf_counter() - started)
+            latency[f"{state}_s"] = float(statistics.median(runs[1:]))
+    return {
+        "method": method, "device": describe_device(device), "img_size": settings["img_size"],
+        "batch_size": settings["batch_size"], "arch_params": spec.arch_params, "parameters": counts,
+        "step_time_s": {"median": float(statistics.median(times)), "all": times, "warmup": settings["warmup"]},
+        "peak_memory": memory, "forward_latency": latency, "final_rss_bytes": peak_rss_bytes(),
+    }  # fmt: skip
