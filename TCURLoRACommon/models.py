@@ -9,7 +9,7 @@ from pathlib import Path
 def builtin_models() -> list[str]:
     """Names of the models shipped with the extension (empty when the backend cannot be imported yet)."""
     try:
-        from tcurlora.models.registry import list_builtin_models
+        from tcurlora.models.builtin import list_builtin_models
     except ImportError:  # torch not installed yet: the dependency check comes first
         return []
     return list_builtin_models()

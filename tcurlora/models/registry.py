@@ -6,7 +6,6 @@ A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,18 +17,12 @@ from tcurlora.errors import InputError, OutputExistsError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
+from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.spec import ModelSpec
 
 MODEL_FORMAT = "tcurlora.model/1"
-SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def builtin_models_dir() -> Path:
-    """Resources/Models of the extension (the repository root when installed from source)."""
-    override = os.environ.get("TCURLORA_BUILTIN_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 @dataclass
@@ -41,14 +34,6 @@ class BaseModel:
     model_id: str
     fingerprint: str
     source: str
-
-
-def list_builtin_models() -> list[str]:
-    """Names of the models shipped in Resources/Models."""
-    root = builtin_models_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file())
 
 
 def load_base_model(reference: str | Path) -> BaseModel:
