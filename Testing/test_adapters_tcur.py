@@ -157,8 +157,8 @@ def test_training_dU_alone_lowers_loss_and_keeps_base_weights():
 def test_one_delta_per_group_per_pass_and_gradient_accumulation(base64, batch64, monkeypatch):
     adapted = adapted_copy(base64, method="tcur", rank=4)
     calls = []
-    real = tcur_module.from_fourier
-    monkeypatch.setattr(tcur_module, "from_fourier", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tcur_module.to_fourier  # called once per dW computation (for dU)
+    monkeypatch.setattr(tcur_module, "to_fourier", lambda *a, **k: calls.append(1) or real(*a, **k))
     adapted.train()
     for _ in range(2):  # two passes without an optimiser step: each needs its own graph
         adapted(batch64).square().mean().backward()
@@ -260,3 +260,11 @@ def test_targets_matching_nothing_is_a_clear_error(base64):
         adapted_copy(base64, method="tcur", target_modules=[r"encoder\.nothing"])
     with pytest.raises(ConfigError, match="head_module 'out.missing'"):
         adapted_copy(base64, method="tcur", head_module="out.missing", num_classes=2)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 48])
+def test_inverse_rdft_matrix_equals_irfft(m):
+    spectrum = torch.randn(m // 2 + 1, 7, dtype=torch.complex128)
+    expected = torch.fft.irfft(spectrum, n=m, dim=0)
+    stacked = torch.cat([spectrum.real, spectrum.imag], dim=0)
+    torch.testing.assert_close(tcur_module.inverse_rdft_matrix(m) @ stacked, expected)

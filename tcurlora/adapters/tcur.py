@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from tcurlora.adapters.config import AdapterConfig, full_match_any
 from tcurlora.errors import ConfigError
-from tcurlora.tensor_algebra import fourier_product, from_fourier, select_indices, to_fourier
+from tcurlora.tensor_algebra import select_indices, to_fourier
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -53,14 +53,19 @@ class TCURGroup(nn.Module):
         self.rank = int(rows.numel())
         self.register_buffer("rows", rows.clone())
         self.register_buffer("cols", cols.clone())
-        self.register_buffer("c_hat", torch.empty(0), persistent=False)
-        self.register_buffer("r_hat", torch.empty(0), persistent=False)
+        # Derived from W and the indices, so never saved: C in the Fourier domain, frequency first
+        # (f, n1, r, re/im); R as the real block matrices [[Rr; -Ri], [Ri; Rr]] (2, f, 2r, n2); and
+        # alpha times the inverse real DFT along mode 3 as a (m, 2f) matrix.
+        self.register_buffer("c_freq", torch.empty(0), persistent=False)
+        self.register_buffer("r_blocks", torch.empty(0), persistent=False)
+        self.register_buffer("inverse_dft", torch.empty(0), persistent=False)
         self.set_factors(weight)
         self.dU = nn.Parameter(
             torch.zeros(self.rank, self.rank, self.m, dtype=weight.dtype, device=weight.device)
         )
-        self._cache: Tensor | None = None
+        self._cache: tuple[Tensor, tuple[Tensor, ...]] | None = None
         self._cache_key: tuple | None = None
+        self._members: list[TCURLayer] = []  # bound layers in slice order (a plain list: not submodules)
 
     def extra_repr(self) -> str:
         return f"n1={self.n1}, n2={self.n2}, m={self.m}, rank={self.rank}, alpha={self.alpha}"
@@ -74,8 +79,13 @@ class TCURGroup(nn.Module):
                 f"group weights have shape {tuple(weight.shape)}, expected {(self.n1, self.n2, self.m)}"
             )
         rows, cols = self.rows.to(weight.device), self.cols.to(weight.device)
-        self.c_hat = torch.view_as_real(to_fourier(weight[:, cols, :])).to(self.c_hat.device)
-        self.r_hat = torch.view_as_real(to_fourier(weight[rows, :, :])).to(self.r_hat.device)
+        device = self.c_freq.device if self.c_freq.numel() else weight.device
+        c_hat = to_fourier(weight[:, cols, :]).permute(2, 0, 1)  # (f, n1, r) complex
+        r_hat = to_fourier(weight[rows, :, :]).permute(2, 0, 1)  # (f, r, n2) complex
+        self.c_freq = torch.view_as_real(c_hat.contiguous()).to(device)
+        real, imag = r_hat.real, r_hat.imag
+        self.r_blocks = torch.stack([torch.cat([real, -imag], 1), torch.cat([imag, real], 1)]).contiguous().to(device)
+        self.inverse_dft = (self.alpha * inverse_rdft_matrix(self.m, dtype=weight.dtype)).to(device)
         self.clear_cache()
 
     def clear_cache(self) -> None:
@@ -83,22 +93,58 @@ class TCURGroup(nn.Module):
         self._cache_key = None
 
     def delta(self) -> Tensor:
-        """alpha * C * dU * R as a (n1, n2, m) tensor, cached until dU, grad mode or autocast change."""
+        """alpha * C * dU * R as a (n1, n2, m) tensor (a view of `delta_slices`)."""
+        return self.delta_slices().permute(1, 2, 0)
+
+    def delta_slices(self) -> Tensor:
+        """alpha * C * dU * R with the slice index first, (m, n1, n2), cached until dU, grad mode or
+        autocast change (for inspection; layers use `member_delta`)."""
+        return self._compute()[0]
+
+    def member_delta(self, index: int) -> Tensor:
+        """The (k, n1, n2) part of dW that belongs to bound layer number `index`: one `split` for all
+        members, not a slice per layer (whose backward would zero-fill a full-size gradient each)."""
+        return self._compute()[1][index]
+
+    def _compute(self) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """All of dW with real GEMMs: P_k = C_k dU_k per frequency (small, complex), then
+        [Re; Im](P_k R_k) as one real batched GEMM against the R blocks, then the inverse DFT along
+        mode 3 as one (m, 2f) x (2f, n1 n2) GEMM (faster than an FFT along a strided axis), split
+        into the members' parts once (so backward assembles dW's gradient once per group)."""
         autocast = _autocast_dtype(self.dU.device)
         key = (self.dU._version, torch.is_grad_enabled(), autocast, self.dU.device, self.dU.dtype)
         if self._cache is not None and self._cache_key == key:
             return self._cache
         self._cache = None  # free the old one before computing the new one
-        c_hat, r_hat = _as_complex(self.c_hat), _as_complex(self.r_hat)
+        out_dtype = autocast if autocast is not None else self.dU.dtype
         with torch.autocast(self.dU.device.type, enabled=False):
-            du_hat = to_fourier(self.dU.to(c_hat.real.dtype))
-            dw_hat = fourier_product(fourier_product(c_hat, du_hat), r_hat)
-            dw = from_fourier(dw_hat, self.m)
-            if self.alpha != 1.0:
-                dw = dw * self.alpha
-        dw = dw.to(autocast if autocast is not None else self.dU.dtype)
-        self._cache, self._cache_key = dw, key
-        return dw
+            compute = self.r_blocks.dtype
+            du_hat = to_fourier(self.dU.to(compute)).permute(2, 0, 1)  # (f, r, r)
+            p = torch.bmm(torch.view_as_complex(self.c_freq), du_hat)  # (f, n1, r)
+            p_real = torch.cat([p.real, p.imag], dim=-1)  # (f, n1, 2r): [Pr, Pi]
+            f = p.shape[0]
+            spectrum = torch.bmm(p_real.expand(2, -1, -1, -1).reshape(2 * f, self.n1, 2 * self.rank),
+                                 self.r_blocks.reshape(2 * f, 2 * self.rank, self.n2))  # fmt: skip
+            spectrum = spectrum.reshape(2 * f, self.n1 * self.n2)  # rows: Re of each frequency, then Im
+            whole = (self.inverse_dft @ spectrum).reshape(self.m, self.n1, self.n2).to(out_dtype)
+        sizes = [layer.n_slices for layer in self._members] or [self.m]
+        parts_tuple = whole.split(sizes, dim=0)
+        self._cache, self._cache_key = (whole, parts_tuple), key
+        return self._cache
+
+
+def inverse_rdft_matrix(m: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """(m, 2f) real matrix M with x = M @ [Re X; Im X] for X = rfft(x) of length m (f = m//2 + 1)."""
+    f = m // 2 + 1
+    j = torch.arange(m, dtype=torch.float64)[:, None]
+    k = torch.arange(f, dtype=torch.float64)[None, :]
+    weight = torch.full((f,), 2.0, dtype=torch.float64)
+    weight[0] = 1.0
+    if m % 2 == 0:
+        weight[-1] = 1.0
+    angle = 2 * torch.pi * j * k / m
+    matrix = torch.cat([weight * torch.cos(angle), -weight * torch.sin(angle)], dim=1) / m
+    return matrix.to(dtype)
 
 
 class TCURLayer(nn.Module):
@@ -111,6 +157,7 @@ class TCURLayer(nn.Module):
         self.offset = 0
         self.merged = False
         object.__setattr__(self, "_group", None)  # not a submodule: groups live in the adapter
+        self.member_index = 0
 
     @property
     def group(self) -> TCURGroup:
@@ -119,8 +166,12 @@ class TCURLayer(nn.Module):
         return self._group
 
     def bind(self, group: TCURGroup, offset: int) -> None:
+        """Attach to `group` as its next member, owning slices offset .. offset + n_slices."""
         object.__setattr__(self, "_group", group)
         self.offset = int(offset)
+        self.member_index = len(group._members)
+        group._members.append(self)
+        group.clear_cache()
 
     @property
     def weight(self) -> Tensor:
@@ -138,8 +189,7 @@ class TCURLayer(nn.Module):
 
     def delta_weight(self) -> Tensor:
         """This layer's part of the group's dW, in the base weight's shape."""
-        dw = self.group.delta()[:, :, self.offset : self.offset + self.n_slices]
-        return self.from_slices(dw)
+        return self.from_slices(self.group.member_delta(self.member_index))
 
     def adapted_weight(self) -> Tensor:
         delta = self.delta_weight()
@@ -170,8 +220,9 @@ class TCURLinear(TCURLayer):
         return weight.reshape(self.n_slices, out_features // self.n_slices, in_features).permute(1, 2, 0)
 
     def from_slices(self, slices: Tensor) -> Tensor:
-        n1, n2, k = slices.shape
-        return slices.permute(2, 0, 1).reshape(k * n1, n2)
+        """(k, n1, n2) slice-first part of dW -> the (k * n1, n2) weight (a view)."""
+        k, n1, n2 = slices.shape
+        return slices.reshape(k * n1, n2)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged or self._group is None:
@@ -186,7 +237,8 @@ class TCURConv3d(TCURLayer):
         return weight.reshape(weight.shape[0], weight.shape[1], -1)
 
     def from_slices(self, slices: Tensor) -> Tensor:
-        return slices.reshape(self.base_layer.weight.shape)
+        """(k^3, out, in) slice-first part of dW -> the (out, in, k, k, k) kernel."""
+        return slices.permute(1, 2, 0).reshape(self.base_layer.weight.shape)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged or self._group is None:
@@ -264,7 +316,6 @@ class TCURAdapter(nn.Module):
                 layer.bind(group, offset)
                 offset += layer.n_slices
             self.groups[key] = group
-            group._members = layers  # plain list attribute, not registered
         self._hook = model.register_forward_pre_hook(self._new_pass)
 
     def _install(self, model: nn.Module, name: str, layer: TCURLayer) -> None:

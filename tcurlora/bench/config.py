@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class BenchConfig:
     latency_cases: int = 2
     warmup_steps: int = 3
     isolate: bool = True
+    threads: int | None = None
     methods: list[MethodSpec] = field(default_factory=list)
     cost: CostConfig | None = None
     source: Path | None = None
@@ -132,7 +134,9 @@ class _Keys:
         values = self.get(key, (list,), "a list of integers", default)
         if values is None:
             return None
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        if not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+        ):
             self.fail(key, f"expected a non-empty list of integers >= {minimum}, got {values!r}")
         return list(values)
 
@@ -164,9 +168,14 @@ def expand_methods(entries: Any, where: str, source: Path | None) -> list[Method
         if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks) or not ranks:
             keys.fail("rank", f"expected a positive integer or a list of them, got {entry.get('rank')!r}")
         if not selections or any(s not in SELECTIONS for s in selections):
-            keys.fail("selection", f"expected one or a list of {', '.join(SELECTIONS)}; got {entry.get('selection')!r}")
+            keys.fail(
+                "selection",
+                f"expected one or a list of {', '.join(SELECTIONS)}; got {entry.get('selection')!r}",
+            )
         if not convs or not all(isinstance(c, bool) for c in convs):
-            keys.fail("conv_targets", f"expected true/false or a list of them, got {entry.get('conv_targets')!r}")
+            keys.fail(
+                "conv_targets", f"expected true/false or a list of them, got {entry.get('conv_targets')!r}"
+            )
         lr = keys.get("learning_rate", (int, float), "a positive number or null", None)
         if lr is not None and lr <= 0:
             keys.fail("learning_rate", f"must be > 0, got {lr}")
@@ -176,8 +185,14 @@ def expand_methods(entries: Any, where: str, source: Path | None) -> list[Method
         if method not in ("tcur", "lora"):
             ranks = ranks[:1]
         for rank, selection, conv in itertools.product(ranks, selections, convs):
-            spec = MethodSpec(method, rank, selection, conv, None if lr is None else float(lr),
-                              None if alpha is None else float(alpha))
+            spec = MethodSpec(
+                method,
+                rank,
+                selection,
+                conv,
+                None if lr is None else float(lr),
+                None if alpha is None else float(alpha),
+            )
             if spec.label in {s.label for s in specs}:
                 keys.fail("method", f"the setting {spec.label!r} appears twice")
             specs.append(spec)
@@ -185,7 +200,17 @@ def expand_methods(entries: Any, where: str, source: Path | None) -> list[Method
 
 
 def _cost(data: Any, source: Path | None) -> CostConfig:
-    allowed = {"base_model", "img_size", "batch_size", "num_classes", "warmup", "steps", "device", "amp", "methods"}
+    allowed = {
+        "base_model",
+        "img_size",
+        "batch_size",
+        "num_classes",
+        "warmup",
+        "steps",
+        "device",
+        "amp",
+        "methods",
+    }
     keys = _Keys(data, "cost", source, allowed)
     return CostConfig(
         base_model=keys.get("base_model", (str,), "a base model reference", "preset:unetr-base"),
@@ -205,7 +230,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
     allowed = {
         "schema", "name", "description", "base_model", "fallback_base_model", "data", "label_names", "k",
         "seeds", "test_cases", "test_case_ids", "iterations", "batch_size", "patch_size", "device", "amp",
-        "overlap", "latency_cases", "warmup_steps", "isolate", "methods", "cost",
+        "overlap", "latency_cases", "warmup_steps", "isolate", "threads", "methods", "cost",
     }  # fmt: skip
     keys = _Keys(data, "", source, allowed)
     if data.get("schema", BENCH_SCHEMA) != BENCH_SCHEMA:
@@ -230,12 +255,15 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
     if data_dir is not None:
         resolved = Path(data_dir).expanduser()
         resolved = resolved if resolved.is_absolute() else (base_dir / resolved).resolve()
+        if not resolved.exists() and os.environ.get("TCURLORA_DATA"):  # the data sets live elsewhere here
+            resolved = Path(os.environ["TCURLORA_DATA"]).expanduser() / resolved.name
     return BenchConfig(
         name=name,
         description=keys.get("description", (str,), "a string", ""),
         base_model=keys.get("base_model", (str,), "a base model reference", BUILTIN),
-        fallback_base_model=keys.get("fallback_base_model", (str,), "a base model reference or null",
-                                     "preset:unetr-tiny"),
+        fallback_base_model=keys.get(
+            "fallback_base_model", (str,), "a base model reference or null", "preset:unetr-tiny"
+        ),
         data=resolved,
         label_names=keys.str_list("label_names"),
         k=keys.int_list("k", [5], minimum=1),
@@ -251,6 +279,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
         latency_cases=keys.positive_int("latency_cases", 2, minimum=0),
         warmup_steps=keys.positive_int("warmup_steps", 3, minimum=1),
         isolate=keys.get("isolate", (bool,), "true or false", True),
+        threads=keys.positive_int("threads", None),
         methods=methods,
         cost=cost,
         source=source,
@@ -269,5 +298,7 @@ def load_config(path: str | Path) -> BenchConfig:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path) from error
+        raise ConfigError(
+            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path
+        ) from error
     return config_from_dict(data, path.parent.resolve(), path.resolve())

@@ -47,20 +47,28 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
 
     device = resolve_device(settings["device"])
     model, spec = cost_network(settings["base_model"], settings["img_size"], settings["num_classes"])
-    config = AdapterConfig(method=method["method"], rank=method["rank"], selection=method["selection"],
-                           num_classes=settings["num_classes"], head_module=spec.head_module)
+    config = AdapterConfig(
+        method=method["method"],
+        rank=method["rank"],
+        selection=method["selection"],
+        num_classes=settings["num_classes"],
+        head_module=spec.head_module,
+    )
     if method["conv_targets"]:
         config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
     adapted = apply_adapter(model, config).to(device)
     counts = adapted.parameter_counts().to_dict()
-    optimizer = torch.optim.AdamW(adapted.trainable_parameters(),
-                                  lr=method["learning_rate"] or DEFAULT_LEARNING_RATES[method["method"]])
+    optimizer = torch.optim.AdamW(
+        adapted.trainable_parameters(), lr=method["learning_rate"] or DEFAULT_LEARNING_RATES[method["method"]]
+    )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     amp = bool(settings["amp"]) and device.type == "cuda"
     generator = torch.Generator().manual_seed(0)
     shape = (settings["batch_size"], spec.in_channels, *[settings["img_size"]] * 3)
     image = torch.randn(shape, generator=generator).to(device)
-    label = torch.randint(0, settings["num_classes"], (shape[0], 1, *shape[2:]), generator=generator).to(device)
+    label = torch.randint(0, settings["num_classes"], (shape[0], 1, *shape[2:]), generator=generator).to(
+        device
+    )
     adapted.train()
     times = []
     for step in range(settings["warmup"] + settings["steps"]):
@@ -85,7 +93,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
             if state == "merged":
                 adapted.merge()
             runs = []
-            for _ in range(3):
+            for _ in range(settings.get("latency_repeats", 5)):
                 _sync(device)
                 started = time.perf_counter()
                 with autocast_context(device, amp):
@@ -96,6 +104,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     return {
         "method": method, "device": describe_device(device), "img_size": settings["img_size"],
         "batch_size": settings["batch_size"], "arch_params": spec.arch_params, "parameters": counts,
-        "step_time_s": {"median": float(statistics.median(times)), "all": times, "warmup": settings["warmup"]},
+        "step_time_s": {"median": float(statistics.median(times)), "min": min(times), "all": times,
+                        "warmup": settings["warmup"]},
         "peak_memory": memory, "forward_latency": latency, "final_rss_bytes": peak_rss_bytes(),
     }  # fmt: skip

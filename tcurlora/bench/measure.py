@@ -42,7 +42,7 @@ class TimingSink(RecordingSink):
 
     def step_times(self) -> list[float]:
         """Seconds per step after the warm-up (empty when there were too few steps)."""
-        stamps = self.stamps[max(0, self.warmup - 1):]
+        stamps = self.stamps[max(0, self.warmup - 1) :]
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
     def losses(self) -> list[float | None]:
@@ -82,7 +82,10 @@ def current_rss_bytes() -> int | None:
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """{"kind", "bytes"}: CUDA max allocated since the last reset, or the process's peak RSS."""
     if device.type == "cuda":
-        return {"kind": "cuda_max_allocated_after_warmup", "bytes": int(torch.cuda.max_memory_allocated(device))}
+        return {
+            "kind": "cuda_max_allocated_after_warmup",
+            "bytes": int(torch.cuda.max_memory_allocated(device)),
+        }
     return {"kind": "cpu_peak_rss", "bytes": peak_rss_bytes()}
 
 
@@ -113,7 +116,7 @@ def git_commit(start: Path | None = None) -> str | None:
     return None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, threads: int | None = None) -> dict[str, Any]:
     """Device, host, library versions and git commit, for the report header."""
     from tcurlora.adapters.io import library_versions
     from tcurlora.device import describe_device
@@ -122,7 +125,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": describe_device(device),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads or torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": library_versions(),

@@ -60,8 +60,11 @@ def resolve_base_model(config: BenchConfig) -> tuple[str, str | None]:
     if names:
         return names[0], None
     if not config.fallback_base_model:
-        raise InputError("the config asks for the built-in base model, but Resources/Models holds none "
-                         "and no fallback_base_model is set", config.source)
+        raise InputError(
+            "the config asks for the built-in base model, but Resources/Models holds none "
+            "and no fallback_base_model is set",
+            config.source,
+        )
     return config.fallback_base_model, (
         f"no built-in base model in Resources/Models: used {config.fallback_base_model} instead "
         "(randomly initialised, not pretrained: these numbers measure training from scratch, not adaptation)"
@@ -80,12 +83,15 @@ def fixed_split(cases: list[Case], config: BenchConfig) -> Split:
         pool = [c for c in cases if c.id not in wanted]
     else:
         if config.test_cases >= len(cases):
-            raise ConfigError(f"test_cases {config.test_cases} leaves no training case out of {len(cases)}",
-                              config.source)
-        test, pool = cases[-config.test_cases:], cases[: -config.test_cases]
+            raise ConfigError(
+                f"test_cases {config.test_cases} leaves no training case out of {len(cases)}", config.source
+            )
+        test, pool = cases[-config.test_cases :], cases[: -config.test_cases]
     if max(config.k) > len(pool):
-        raise ConfigError(f"k = {max(config.k)} needs more training cases than the {len(pool)} outside the "
-                          "test split", config.source)
+        raise ConfigError(
+            f"k = {max(config.k)} needs more training cases than the {len(pool)} outside the test split",
+            config.source,
+        )
     return Split(test=test, pool=pool)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tcurlora.bench.config import BenchConfig
 from tcurlora.bench.plan import fixed_split, plan_runs, resolve_base_model
-from tcurlora.errors import OutputExistsError
+from tcurlora.errors import ConfigError, OutputExistsError
 from tcurlora.fsutil import atomic_write_json
 
 REPORT_SCHEMA = "tcurlora.bench-report/1"
@@ -42,11 +42,19 @@ def execute(kind: str, spec: dict[str, Any], workdir: Path, isolate: bool) -> di
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     result_path.unlink(missing_ok=True)
     with open(workdir / "worker.log", "w", encoding="utf-8") as log:
-        process = subprocess.run([sys.executable, "-m", "tcurlora.bench.worker", kind, str(spec_path),
-                                  str(result_path)], stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        process = subprocess.run(
+            [sys.executable, "-m", "tcurlora.bench.worker", kind, str(spec_path), str(result_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        )
     if not result_path.is_file():
-        return {"status": "failed", "kind": "internal",
-                "error": f"worker exited with code {process.returncode} without a result (see {workdir / 'worker.log'})"}
+        return {
+            "status": "failed",
+            "kind": "internal",
+            "error": f"worker exited with code {process.returncode} without a result (see {workdir / 'worker.log'})",
+        }
     result = json.loads(result_path.read_text(encoding="utf-8"))
     result.setdefault("peak_memory", {})["isolated"] = True
     return result
@@ -65,11 +73,13 @@ def quality_settings(config: BenchConfig, base_model: str, label_names: list[str
         "base_model": base_model, "label_names": label_names, "iterations": config.iterations,
         "batch_size": config.batch_size, "patch_size": config.patch_size, "device": config.device,
         "amp": config.amp, "overlap": config.overlap, "latency_cases": config.latency_cases,
-        "warmup_steps": config.warmup_steps,
+        "warmup_steps": config.warmup_steps, "threads": config.threads,
     }  # fmt: skip
 
 
-def run_quality(config: BenchConfig, output: Path, resume: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run_quality(
+    config: BenchConfig, output: Path, resume: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
     """All quality runs; returns the report's quality section."""
     from tcurlora.data.cases import cases_from_decathlon, dataset_label_names
     from tcurlora.models.registry import load_base_model
@@ -105,11 +115,16 @@ def run_quality(config: BenchConfig, output: Path, resume: bool, log: Callable[[
     }  # fmt: skip
 
 
-def run_cost(config: BenchConfig, output: Path, resume: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_cost(
+    config: BenchConfig, output: Path, resume: bool, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """All synthetic-batch cost runs."""
     cost = config.cost
-    settings = {k: getattr(cost, k) for k in ("base_model", "img_size", "batch_size", "num_classes", "warmup",
-                                              "steps", "device", "amp")}
+    settings = {
+        k: getattr(cost, k)
+        for k in ("base_model", "img_size", "batch_size", "num_classes", "warmup", "steps", "device", "amp")
+    }
+    settings["threads"] = config.threads
     results = []
     for index, method in enumerate(cost.methods, start=1):
         workdir = output / "cost" / method.label
@@ -136,28 +151,70 @@ def _brief(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def run_benchmark(config: BenchConfig, output: Path, *, force: bool = False, resume: bool = False,
-                  only: str | None = None, command: str | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run what `config` asks (`only`: "quality" or "cost"), write the report files; returns the report."""
-    from tcurlora.bench.report import write_report
+def check_devices(config: BenchConfig, only: str | None) -> None:
+    """A benchmark that asks for CUDA must not quietly measure the CPU instead."""
+    import torch
+
+    wanted = []
+    if config.methods and only in (None, "quality"):
+        wanted.append(("device", config.device))
+    if config.cost is not None and only in (None, "cost"):
+        wanted.append(("cost.device", config.cost.device))
+    for key, device in wanted:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"key {key!r}: this benchmark asks for {device}, but CUDA is not available here "
+                "(run it on a GPU machine, or pass --device cpu to measure the CPU instead)",
+                config.source,
+            )
+
+
+def _earlier_report(output: Path) -> dict[str, Any]:
+    """The report.json of an earlier call into the same folder ({} when there is none)."""
+    path = output / REPORT_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def run_benchmark(
+    config: BenchConfig,
+    output: Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    only: str | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run what `config` asks (`only`: "quality" or "cost"), write the report files; returns the report.
+
+    With `resume`, finished runs in `output` are reused, and a section not run now (`only`) is kept
+    from the earlier report.json.
+    """
     from tcurlora.bench.measure import environment
+    from tcurlora.bench.report import write_report
     from tcurlora.device import resolve_device
 
+    check_devices(config, only)
     output = Path(output)
     if (output / REPORT_JSON).exists() and not (force or resume):
-        raise OutputExistsError("benchmark output exists (use --force to replace it or --resume to continue)",
-                                output)
+        raise OutputExistsError(
+            "benchmark output exists (use --force to replace it or --resume to continue)", output
+        )
     output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA, "name": config.name, "description": config.description,
         "command": command or " ".join(["tcurlora", *sys.argv[1:]]), "config": config.to_dict(),
-        "environment": environment(resolve_device(config.device)), "started": time.time(),
+        "environment": environment(resolve_device(config.device), config.threads), "started": time.time(),
     }  # fmt: skip
+    earlier = _earlier_report(output) if resume else {}
     if config.methods and only in (None, "quality"):
         report["quality"] = run_quality(config, output, resume, log)
+    elif "quality" in earlier:
+        report["quality"] = earlier["quality"]
     if config.cost is not None and only in (None, "cost"):
         report["cost"] = run_cost(config, output, resume, log)
+    elif "cost" in earlier:
+        report["cost"] = earlier["cost"]
     report["finished"] = time.time()
     write_report(report, output)
     return report

@@ -33,7 +33,9 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
     return FinetuneJob.from_dict(job, output.parent)
 
 
-def _timed_predictions(model, cases: list[Case], spec, device: str, overlap: float) -> tuple[list, list[float]]:
+def _timed_predictions(
+    model, cases: list[Case], spec, device: str, overlap: float
+) -> tuple[list, list[float]]:
     from tcurlora.infer import predict_volume
 
     outputs, seconds = [], []
@@ -53,13 +55,23 @@ def class_means(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict
         dice = [c["classes"][name]["dice"] for c in cases]
         hd = [c["classes"][name]["hd95"] for c in cases]
         finite = [h for h in hd if np.isfinite(h)]
-        means[name] = {"dice": float(np.mean(dice)), "hd95": float(np.mean(finite)) if finite else None,
-                       "hd95_infinite": sum(1 for h in hd if np.isinf(h))}
+        means[name] = {
+            "dice": float(np.mean(dice)),
+            "hd95": float(np.mean(finite)) if finite else None,
+            "hd95_infinite": sum(1 for h in hd if np.isinf(h)),
+        }
     return means
 
 
-def evaluate_adapter(adapter: Path, base_model: str, test: list[Case], label_names: list[str],
-                     device: str, overlap: float, latency_cases: int) -> dict[str, Any]:
+def evaluate_adapter(
+    adapter: Path,
+    base_model: str,
+    test: list[Case],
+    label_names: list[str],
+    device: str,
+    overlap: float,
+    latency_cases: int,
+) -> dict[str, Any]:
     """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights."""
     from tcurlora.adapters.io import load_adapter
     from tcurlora.evaluate import LabelVolume, evaluate_pair, read_labels
@@ -84,11 +96,20 @@ def evaluate_adapter(adapter: Path, base_model: str, test: list[Case], label_nam
     predictions, _ = _timed_predictions(adapted, test, base.spec, device, overlap)
     for case, (labels, grid) in zip(test, predictions):
         reference = read_labels(case.label)
-        prediction = LabelVolume(Path(f"prediction of {case.id}"), labels.astype(np.int64), grid.GetSpacing(),
-                                 grid.GetOrigin(), grid.GetDirection())
+        prediction = LabelVolume(
+            Path(f"prediction of {case.id}"),
+            labels.astype(np.int64),
+            grid.GetSpacing(),
+            grid.GetOrigin(),
+            grid.GetDirection(),
+        )
         cases.append({"id": case.id, "classes": evaluate_pair(prediction, reference, classes)})
-    return {"cases": cases, "mean": class_means(cases, label_names), "latency": latency,
-            "merge_agreement": agreement}
+    return {
+        "cases": cases,
+        "mean": class_means(cases, label_names),
+        "latency": latency,
+        "merge_agreement": agreement,
+    }
 
 
 def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -111,8 +132,15 @@ def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) ->
     parameters = sink.of_kind("started")[0].get("parameters", {})
     steps = sink.step_times()
     test = [case_from_dict(c) for c in run["test"]]
-    evaluation = evaluate_adapter(adapter, settings["base_model"], test, settings["label_names"],
-                                  str(device), settings["overlap"], settings["latency_cases"])
+    evaluation = evaluate_adapter(
+        adapter,
+        settings["base_model"],
+        test,
+        settings["label_names"],
+        str(device),
+        settings["overlap"],
+        settings["latency_cases"],
+    )
     result = {
         "run_id": run["run_id"], "status": "ok", "method": run["method"], "k": run["k"], "seed": run["seed"],
         "train_cases": [c["id"] for c in run["train"]], "parameters": parameters,

@@ -30,7 +30,9 @@ def run_mean_dice(run: dict[str, Any]) -> float:
 
 def case_dice(run: dict[str, Any]) -> list[float]:
     """Each test case's Dice averaged over classes."""
-    return [float(statistics.fmean(c["dice"] for c in case["classes"].values())) for case in run["test"]["cases"]]
+    return [
+        float(statistics.fmean(c["dice"] for c in case["classes"].values())) for case in run["test"]["cases"]
+    ]
 
 
 def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
@@ -41,8 +43,13 @@ def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for (k, label), runs in groups.items():
         ok = [r for r in runs if r.get("status") == "ok"]
-        row: dict[str, Any] = {"k": k, "label": label, "method": runs[0]["method"], "runs": len(runs),
-                               "failed": len(runs) - len(ok)}
+        row: dict[str, Any] = {
+            "k": k,
+            "label": label,
+            "method": runs[0]["method"],
+            "runs": len(runs),
+            "failed": len(runs) - len(ok),
+        }
         if ok:
             names = quality["label_names"]
             latency = [r.get("latency", {}) for r in ok]
@@ -50,6 +57,8 @@ def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
                 "parameters": ok[0]["parameters"],
                 "dice": {n: _mean([r["test"]["mean"][n]["dice"] for r in ok]) for n in names},
                 "hd95": {n: _mean([r["test"]["mean"][n]["hd95"] for r in ok]) for n in names},
+                "hd95_infinite": {n: sum(r["test"]["mean"][n]["hd95_infinite"] for r in ok) for n in names},
+                "test_cases": sum(len(r["test"]["cases"]) for r in ok),
                 "mean_dice": _mean([run_mean_dice(r) for r in ok]),
                 "mean_dice_sd": _sd([run_mean_dice(r) for r in ok]),
                 "adapter_bytes": ok[0]["adapter_bytes"],
@@ -63,9 +72,12 @@ def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
             })  # fmt: skip
         rows.append(row)
     for row in rows:
-        full = next((r for r in rows if r["k"] == row["k"] and r["label"] == "full" and r.get("mean_dice")), None)
-        row["ratio_to_full"] = (row["mean_dice"] / full["mean_dice"]
-                                if full and row.get("mean_dice") is not None else None)
+        full = next(
+            (r for r in rows if r["k"] == row["k"] and r["label"] == "full" and r.get("mean_dice")), None
+        )
+        row["ratio_to_full"] = (
+            row["mean_dice"] / full["mean_dice"] if full and row.get("mean_dice") is not None else None
+        )
     return rows
 
 
@@ -75,13 +87,20 @@ def cost_rows(cost: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for result in cost:
         row = {"label": result["method"]["label"], "method": result["method"], "status": result.get("status")}
         if result.get("status") == "ok":
-            row.update({"parameters": result["parameters"], "step_time_s": result["step_time_s"]["median"],
-                        "peak_memory_bytes": result["peak_memory"].get("bytes"),
-                        "peak_memory_kind": result["peak_memory"].get("kind"),
-                        "latency_unmerged_s": result["forward_latency"]["unmerged_s"],
-                        "latency_merged_s": result["forward_latency"]["merged_s"],
-                        "img_size": result["img_size"], "batch_size": result["batch_size"],
-                        "device": result["device"]})
+            row.update(
+                {
+                    "parameters": result["parameters"],
+                    "step_time_s": result["step_time_s"]["median"],
+                    "step_time_min_s": result["step_time_s"].get("min"),
+                    "peak_memory_bytes": result["peak_memory"].get("bytes"),
+                    "peak_memory_kind": result["peak_memory"].get("kind"),
+                    "latency_unmerged_s": result["forward_latency"]["unmerged_s"],
+                    "latency_merged_s": result["forward_latency"]["merged_s"],
+                    "img_size": result["img_size"],
+                    "batch_size": result["batch_size"],
+                    "device": result["device"],
+                }
+            )
         else:
             row["error"] = result.get("error")
         rows.append(row)
@@ -97,7 +116,13 @@ def _times(a: float, b: float) -> str:
     if not a or not b:
         return "n/a"
     ratio = a / b
-    return f"{ratio:.2f}x ({'lower' if ratio < 1 else 'higher'})"
+    text = f"{ratio:.2f}x" if ratio >= 0.1 else f"1/{1 / ratio:,.0f}"
+    return f"{text} ({'same' if abs(ratio - 1) < 0.005 else 'lower' if ratio < 1 else 'higher'})"
+
+
+def _verdict(diff: float) -> str:
+    """WIN/LOSS for tCURLoRA; differences below the third decimal of Dice are a TIE."""
+    return "TIE" if abs(diff) < 5e-4 else "WIN" if diff > 0 else "LOSS"
 
 
 def _quality_findings(rows: list[dict[str, Any]]) -> list[str]:
@@ -109,26 +134,42 @@ def _quality_findings(rows: list[dict[str, Any]]) -> list[str]:
         if not tcur:
             continue
         best = max(tcur, key=lambda r: r["mean_dice"])
-        if "full" in by_label:
+        if (
+            best["ratio_to_full"] is not None
+            and "tcur-r8-topnorm" in by_label
+            and best["label"] != "tcur-r8-topnorm"
+        ):
+            default = by_label["tcur-r8-topnorm"]
+            lines.append(
+                f"k={k}: the default setting tcur-r8-topnorm reaches {_pct(default['ratio_to_full'])} of full "
+                f"fine-tuning's mean Dice ({default['mean_dice']:.3f})."
+            )
+        if best["ratio_to_full"] is not None:
             ratio = best["ratio_to_full"]
             verdict = "WIN (reaches the paper's >= 98%)" if ratio >= 0.98 else "LOSS (below the paper's 98%)"
-            lines.append(f"k={k}: best tCURLoRA ({best['label']}, {best['parameters']['trainable']:,} trainable) "
-                         f"reaches {_pct(ratio)} of full fine-tuning's mean Dice "
-                         f"({best['mean_dice']:.3f} vs {by_label['full']['mean_dice']:.3f}): {verdict}.")
+            lines.append(
+                f"k={k}: best tCURLoRA ({best['label']}, {best['parameters']['trainable']:,} trainable) "
+                f"reaches {_pct(ratio)} of full fine-tuning's mean Dice "
+                f"({best['mean_dice']:.3f} vs {by_label['full']['mean_dice']:.3f}): {verdict}."
+            )
         for peer in ("decoder", "head"):
             if peer in by_label:
                 diff = best["mean_dice"] - by_label[peer]["mean_dice"]
-                lines.append(f"k={k}: best tCURLoRA vs {peer}-only: {diff:+.3f} mean Dice "
-                             f"({'WIN' if diff > 0 else 'LOSS'}; {peer} trains "
-                             f"{by_label[peer]['parameters']['trainable']:,} parameters).")
+                lines.append(
+                    f"k={k}: best tCURLoRA vs {peer}-only: {diff:+.3f} mean Dice "
+                    f"({_verdict(diff)}; {peer} trains "
+                    f"{by_label[peer]['parameters']['trainable']:,} parameters)."
+                )
         for lora in (r for r in at_k if r["method"]["method"] == "lora"):
             size = max(1, lora["parameters"]["adapter"])
             near = min(tcur, key=lambda r: abs(math.log(max(1, r["parameters"]["adapter"]) / size)))
             diff = near["mean_dice"] - lora["mean_dice"]
-            lines.append(f"k={k}: {near['label']} ({near['parameters']['adapter']:,} adapter parameters) vs "
-                         f"{lora['label']} ({lora['parameters']['adapter']:,}): {diff:+.3f} mean Dice "
-                         f"({'WIN' if diff > 0 else 'LOSS'} for tCURLoRA at "
-                         f"{near['parameters']['adapter'] / size:.2g}x LoRA's adapter parameters).")
+            lines.append(
+                f"k={k}: {near['label']} ({near['parameters']['adapter']:,} adapter parameters) vs "
+                f"{lora['label']} ({lora['parameters']['adapter']:,}): {diff:+.3f} mean Dice "
+                f"({_verdict(diff)} for tCURLoRA at "
+                f"{near['parameters']['adapter'] / size:.2g}x LoRA's adapter parameters)."
+            )
     return lines
 
 

@@ -18,7 +18,20 @@ from tcurlora.fsutil import atomic_write_text
 
 
 def run_spec(kind: str, spec: dict) -> dict:
-    """Execute one spec in this process and return its result record."""
+    """Execute one spec in this process (with settings["threads"] torch threads) and return its result."""
+    import torch
+
+    threads = spec["settings"].get("threads")
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run(kind, spec)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(kind: str, spec: dict) -> dict:
     if kind == "quality":
         from tcurlora.bench.single import execute_run
 

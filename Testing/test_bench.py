@@ -1,0 +1,353 @@
+"""`tcurlora bench`: config validation, the fixed split, and one tiny real benchmark on hippocampus MRI.
+
+The end-to-end benchmark runs tCURLoRA, LoRA and full fine-tuning (each in its own worker process)
+on 2 real cases for 4 iterations, evaluates on a fixed 2-case test split, measures synthetic-batch
+cost, and the tests check the report's values, their consistency and the written files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tcurlora.bench.config import load_config
+from tcurlora.bench.plan import fixed_split, plan_runs, training_cases
+from tcurlora.data.cases import cases_from_decathlon
+from tcurlora.errors import ConfigError, InputError, OutputExistsError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs" / "bench"
+ITERATIONS, WARMUP = 4, 2
+
+
+def write_config(folder: Path, **values) -> Path:
+    path = folder / "bench.json"
+    path.write_text(json.dumps({"schema": "tcurlora.bench/1", "name": "t", **values}))
+    return path
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    """A parser with only the bench sub-command, registered the way cli.py registers every command."""
+    from tcurlora.commands import bench
+
+    parser = argparse.ArgumentParser(prog="tcurlora")
+    bench.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def run_cli(argv: list[str]) -> int:
+    args = bench_parser().parse_args(["bench", *argv])
+    return args.func(args)
+
+
+# ------------------------------------------------------------------------------------------- configs
+def test_repository_configs_load_and_expand_the_issue_grid():
+    names = sorted(p.stem for p in CONFIGS.glob("*.json"))
+    assert names == ["hippocampus", "left_atrium", "paper-size-gpu", "quick-cpu"]
+    hippocampus = load_config(CONFIGS / "hippocampus.json")
+    labels = [m.label for m in hippocampus.methods]
+    tcur = [m for m in hippocampus.methods if m.method == "tcur"]
+    # ranks 4/8/16 x 4 selection strategies x with/without Conv3d targets
+    assert len(tcur) == 24 and {m.rank for m in tcur} == {4, 8, 16}
+    assert {m.selection for m in tcur} == {"topnorm", "leverage", "inverse", "uniform"}
+    assert sum(m.conv_targets for m in tcur) == 12
+    assert {"lora-r4", "lora-r8", "lora-r16", "decoder", "full", "head"} <= set(labels)
+    assert len(labels) == len(set(labels)) == 30
+    assert hippocampus.k == [5, 10] and hippocampus.data.name == "hippocampus"
+    atrium = load_config(CONFIGS / "left_atrium.json")
+    assert atrium.k == [4, 8, 16] and len(atrium.seeds) == 3 and atrium.test_cases == 24
+    paper = load_config(CONFIGS / "paper-size-gpu.json")
+    assert paper.cost.base_model == "preset:unetr-base" and paper.cost.img_size == 128
+    assert not paper.methods
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"methods": [{"method": "dora"}], "data": "x"}, "'methods[0].method': must be one of"),
+        ({"methods": [{"method": "tcur", "rank": [4, 0]}], "data": "x"}, "'methods[0].rank'"),
+        ({"methods": [{"method": "tcur", "selection": "best"}], "data": "x"}, "'methods[0].selection'"),
+        ({"methods": [{"method": "lora"}, {"method": "lora"}], "data": "x"}, "'lora-r8' appears twice"),
+        ({"methods": [{"method": "full"}]}, "'data': quality runs need a Decathlon folder"),
+        ({"methods": [{"method": "full"}], "data": "x", "iterations": 0}, "'iterations': must be >= 1"),
+        ({"methods": [{"method": "full"}], "data": "x", "seed": 1}, "'seed': unknown key"),
+        (
+            {"cost": {"img_size": 64, "methods": [{"method": "full"}], "stepz": 3}},
+            "'cost.stepz': unknown key",
+        ),
+        ({}, "give `methods`"),
+    ],
+)
+def test_bad_config_is_a_config_error_naming_file_and_key(tmp_path, values, message):
+    path = write_config(tmp_path, **values)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value) and str(path.resolve()) in str(caught.value)
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(InputError, match="benchmark config not found"):
+        load_config(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------------------------- split
+def test_fixed_split_and_nested_training_sets_on_real_cases(tmp_path, hippocampus_dir):
+    config = load_config(
+        write_config(
+            tmp_path,
+            data=str(hippocampus_dir),
+            k=[3, 6],
+            seeds=[0, 1],
+            test_cases=5,
+            methods=[{"method": "full"}, {"method": "head"}],
+        )
+    )
+    cases = cases_from_decathlon(hippocampus_dir)
+    split = fixed_split(cases, config)
+    assert [c.id for c in split.test] == [c.id for c in cases[-5:]]
+    assert not {c.id for c in split.test} & {c.id for c in split.pool}
+    assert len(split.pool) == len(cases) - 5
+    small, large = training_cases(split.pool, 3, 0), training_cases(split.pool, 6, 0)
+    assert [c.id for c in small] == [c.id for c in large[:3]]  # k=3 is a subset of k=6 for one seed
+    assert [c.id for c in training_cases(split.pool, 6, 0)] == [c.id for c in large]  # deterministic
+    assert [c.id for c in training_cases(split.pool, 6, 1)] != [c.id for c in large]
+    runs = plan_runs(config, split)
+    assert [r.run_id for r in runs][:3] == ["k3-s0-full", "k3-s0-head", "k3-s1-full"] and len(runs) == 8
+
+    too_many = load_config(
+        write_config(
+            tmp_path, data=str(hippocampus_dir), k=[len(cases)], test_cases=5, methods=[{"method": "full"}]
+        )
+    )
+    with pytest.raises(ConfigError, match=f"k = {len(cases)} needs more training cases"):
+        fixed_split(cases, too_many)
+    named = load_config(
+        write_config(
+            tmp_path,
+            data=str(hippocampus_dir),
+            test_case_ids=["hippocampus_999"],
+            methods=[{"method": "full"}],
+        )
+    )
+    with pytest.raises(ConfigError, match="test_case_ids not in the data set: hippocampus_999"):
+        fixed_split(cases, named)
+
+
+# ------------------------------------------------------------------------------ tiny real benchmark
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory, hippocampus_dir) -> dict:
+    work = tmp_path_factory.mktemp("bench")
+    config = write_config(
+        work,
+        data=str(hippocampus_dir),
+        base_model="preset:unetr-tiny",
+        k=[2],
+        seeds=[0],
+        test_cases=2,
+        iterations=ITERATIONS,
+        batch_size=1,
+        device="cpu",
+        latency_cases=1,
+        warmup_steps=WARMUP,
+        isolate=False,
+        threads=1,
+        methods=[{"method": "tcur", "rank": 2}, {"method": "lora", "rank": 2}, {"method": "full"}],
+        cost={
+            "base_model": "preset:unetr-tiny",
+            "img_size": 32,
+            "warmup": 1,
+            "steps": 2,
+            "device": "cpu",
+            "methods": [{"method": "tcur", "rank": 2}, {"method": "full"}],
+        },
+    )
+    output = work / "out"
+    # quality runs in this process (saves a torch import per run); cost runs each in a worker process
+    code = run_cli([str(config), "--output", str(output), "--only", "quality"])
+    assert code == 0
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({**settings, "isolate": True}))
+    code = run_cli([str(config), "--output", str(output), "--only", "cost", "--resume"])
+    report = json.loads((output / "report.json").read_text())
+    return {"code": code, "output": output, "config": config, "report": report, "data": hippocampus_dir}
+
+
+def test_report_records_environment_base_and_split(tiny_bench):
+    assert tiny_bench["code"] == 0
+    report = tiny_bench["report"]
+    assert report["schema"] == "tcurlora.bench-report/1"
+    env = report["environment"]
+    assert env["device"] == "cpu" and {"torch", "monai", "peft", "tcurlora"} <= set(env["versions"])
+    assert env["git_commit"] is None or len(env["git_commit"]) == 40
+    quality = report["quality"]
+    assert (
+        quality["base_model"]["reference"] == "preset:unetr-tiny"
+        and quality["base_model"]["pretrained"] is False
+    )
+    assert quality["label_names"] == ["Anterior", "Posterior"]
+    all_ids = [c.id for c in cases_from_decathlon(tiny_bench["data"])]
+    assert quality["test_case_ids"] == all_ids[-2:]
+    for run in quality["runs"]:
+        assert run["status"] == "ok", run
+        assert len(run["train_cases"]) == 2 and not set(run["train_cases"]) & set(quality["test_case_ids"])
+        assert [c["id"] for c in run["test"]["cases"]] == quality["test_case_ids"]
+
+
+def test_runs_measure_parameters_sizes_times_memory(tiny_bench):
+    runs = {r["method"]["label"]: r for r in tiny_bench["report"]["quality"]["runs"]}
+    assert set(runs) == {"tcur-r2-topnorm", "lora-r2", "full"}
+    tcur, lora, full = runs["tcur-r2-topnorm"], runs["lora-r2"], runs["full"]
+    assert full["parameters"]["trainable"] == full["parameters"]["total"]
+    assert tcur["parameters"]["trainable"] < lora["parameters"]["trainable"] < full["parameters"]["trainable"]
+    # the replaced 3-class head (8 features -> 3 classes, 1x1x1 conv) trains in every method
+    assert tcur["parameters"]["head"] == lora["parameters"]["head"] == 8 * 3 + 3
+    assert tcur["adapter_bytes"] < lora["adapter_bytes"] < full["adapter_bytes"]
+    assert full["adapter_bytes"] >= 4 * full["parameters"]["total"]  # fp32 weights of the whole network
+    for run in runs.values():
+        assert len(run["losses"]) == ITERATIONS and all(math.isfinite(v) for v in run["losses"])
+        assert run["step_time_s"]["steps_timed"] == ITERATIONS - WARMUP  # intervals after the warm-up steps
+        assert run["step_time_s"]["median"] > 0 and run["adapt_wall_s"] > 0
+        memory = run["peak_memory"]
+        assert memory["kind"] == "cpu_peak_rss" and memory["isolated"] is False
+        assert memory["bytes"] >= memory["process_start_bytes"] > 50 * 2**20
+        assert run["latency"]["volumes"] == 1
+        assert run["latency"]["unmerged_median_s"] > 0 and run["latency"]["merged_median_s"] > 0
+        assert run["merge_agreement"] > 0.99  # merged and unmerged weights segment the same voxels
+        for name, mean in run["test"]["mean"].items():
+            per_case = [c["classes"][name]["dice"] for c in run["test"]["cases"]]
+            assert all(0.0 <= d <= 1.0 for d in per_case)
+            assert mean["dice"] == pytest.approx(sum(per_case) / len(per_case))
+
+
+def test_markdown_tables_findings_and_plots(tiny_bench):
+    from tcurlora.bench.summary import quality_rows
+
+    output, report = tiny_bench["output"], tiny_bench["report"]
+    text = (output / "report.md").read_text()
+    rows = {r["label"]: r for r in quality_rows(report["quality"])}
+    assert rows["full"]["ratio_to_full"] == pytest.approx(1.0)
+    assert rows["tcur-r2-topnorm"]["ratio_to_full"] == pytest.approx(
+        rows["tcur-r2-topnorm"]["mean_dice"] / rows["full"]["mean_dice"]
+    )
+    for label, row in rows.items():
+        line = next(li for li in text.splitlines() if li.startswith(f"| {label} |"))
+        assert f"{row['mean_dice']:.3f}" in line and f"{row['ratio_to_full']:.3f}" in line
+    assert "RANDOM INIT, not pretrained" in text and "- device: cpu" in text
+    assert (
+        f"- command: `tcurlora bench {tiny_bench['config']} --output {output} --only cost --resume`" in text
+    )
+    assert "## Where tCURLoRA wins and loses" in text
+    ratio = rows["tcur-r2-topnorm"]["ratio_to_full"]
+    assert f"reaches {100 * ratio:.1f}% of full fine-tuning's mean Dice" in text
+    assert ("WIN (reaches" if ratio >= 0.98 else "LOSS (below") in text
+    assert "tcur-r2-topnorm (" in text and "vs lora-r2 (" in text
+    assert "synthetic 32^3 batches: tcur-r2-topnorm vs full: step time" in text
+    import matplotlib.image
+
+    for name in ("dice_vs_parameters.png", "dice_per_case_k2.png", "loss_curves_k2.png"):
+        assert f"]({name})" in text
+        pixels = matplotlib.image.imread(output / name)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 0.01  # not blank
+
+
+def test_cost_runs_on_synthetic_batches(tiny_bench):
+    cost = {r["method"]["label"]: r for r in tiny_bench["report"]["cost"]}
+    assert set(cost) == {"tcur-r2-topnorm", "full"}
+    tcur, full = cost["tcur-r2-topnorm"], cost["full"]
+    assert tcur["status"] == full["status"] == "ok"
+    assert tcur["img_size"] == 32 and tcur["arch_params"]["img_size"] == [32, 32, 32]
+    assert tcur["parameters"]["trainable"] < full["parameters"]["trainable"] == full["parameters"]["total"]
+    assert (
+        len(tcur["step_time_s"]["all"]) == 2 and tcur["step_time_s"]["min"] <= tcur["step_time_s"]["median"]
+    )
+    assert tcur["peak_memory"]["isolated"] is True and tcur["peak_memory"]["bytes"] > 50 * 2**20
+
+
+def test_existing_output_needs_force_and_report_only_rewrites(tiny_bench):
+    output = tiny_bench["output"]
+    with pytest.raises(OutputExistsError, match="use --force"):
+        run_cli([str(tiny_bench["config"]), "--output", str(output)])
+    before = (output / "report.md").read_text()
+    (output / "report.md").unlink()
+    assert run_cli(["--report-only", str(output)]) == 0
+    assert (output / "report.md").read_text() == before
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU refusal")
+def test_gpu_benchmark_refuses_to_measure_the_cpu_quietly(tmp_path):
+    with pytest.raises(
+        ConfigError, match="'cost.device': this benchmark asks for cuda, but CUDA is not available"
+    ):
+        run_cli([str(CONFIGS / "paper-size-gpu.json"), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_run_is_recorded_not_fatal(tmp_path, hippocampus_dir):
+    from tcurlora.bench.config import MethodSpec
+    from tcurlora.bench.plan import RunSpec
+    from tcurlora.bench.runner import execute, quality_settings
+    from tcurlora.data.cases import Case
+
+    config = load_config(write_config(tmp_path, data=str(hippocampus_dir), methods=[{"method": "full"}]))
+    missing = Case("ghost", [tmp_path / "ghost.nii.gz"], tmp_path / "ghost_label.nii.gz")
+    run = RunSpec("k1-s0-full", MethodSpec("full"), 1, 0, [missing], [missing])
+    spec = {
+        "run": run.to_dict(),
+        "settings": quality_settings(config, "preset:unetr-tiny", ["a", "b"]),
+        "workdir": str(tmp_path / "run"),
+    }
+    result = execute("quality", spec, tmp_path / "run", isolate=False)
+    assert result["status"] == "failed" and result["kind"] == "input_error"
+    assert "ghost.nii.gz" in result["error"]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+
+
+def _fake_run(label: str, method: str, rank: int, dice: float, adapter: int, step: float) -> dict:
+    """A minimal ok run record (one class, one test case) for the summary logic."""
+    return {
+        "status": "ok", "k": 5, "seed": 0, "adapter_bytes": 4 * adapter, "adapt_wall_s": 1.0, "latency": {},
+        "method": {"label": label, "method": method, "rank": rank, "selection": "topnorm", "conv_targets": False},
+        "parameters": {"total": 10**6, "trainable": adapter + 10, "adapter": adapter, "head": 10,
+                       "trainable_percent": (adapter + 10) / 10**4},
+        "step_time_s": {"median": step}, "peak_memory": {"kind": "cpu_peak_rss", "bytes": 100},
+        "test": {"cases": [{"id": "c", "classes": {"A": {"dice": dice, "hd95": 1.0}}}],
+                 "mean": {"A": {"dice": dice, "hd95": 1.0, "hd95_infinite": 0}}},
+    }  # fmt: skip
+
+
+def test_findings_compare_at_equal_parameters_and_say_win_loss_or_tie():
+    from tcurlora.bench.summary import findings
+
+    runs = [
+        _fake_run("tcur-r4-topnorm", "tcur", 4, 0.80, 1_000, 2.0),
+        _fake_run("tcur-r16-topnorm", "tcur", 16, 0.90, 16_000, 3.0),
+        _fake_run("lora-r4", "lora", 4, 0.85, 1_200, 1.0),
+        _fake_run("lora-r16", "lora", 16, 0.90, 20_000, 1.5),
+        _fake_run("full", "full", 8, 0.95, 10**6, 6.0),
+    ]
+    lines = findings({"quality": {"runs": runs, "label_names": ["A"]}})
+    assert "k=5: best tCURLoRA (tcur-r16-topnorm, 16,010 trainable) reaches 94.7% of full" in lines[0]
+    assert lines[0].endswith("LOSS (below the paper's 98%).")
+    # each LoRA is compared with the tCURLoRA setting nearest in adapter parameters
+    assert any(
+        li.startswith("k=5: tcur-r4-topnorm (1,000 adapter parameters) vs lora-r4 (1,200): -0.050")
+        and "LOSS" in li
+        for li in lines
+    )
+    assert any(
+        li.startswith("k=5: tcur-r16-topnorm (16,000 adapter parameters) vs lora-r16 (20,000): +0.000")
+        and "(TIE" in li
+        for li in lines
+    )
+    assert "training at k=5: tcur-r16-topnorm vs lora-r16: step time 2.00x (higher)" in " ".join(lines)
+    assert (
+        "tcur-r4-topnorm vs full: step time 0.33x (lower), peak memory 1.00x (same), adapter file 1/1,000"
+        in " ".join(lines)
+    )
