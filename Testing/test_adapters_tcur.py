@@ -268,3 +268,21 @@ def test_inverse_rdft_matrix_equals_irfft(m):
     expected = torch.fft.irfft(spectrum, n=m, dim=0)
     stacked = torch.cat([spectrum.real, spectrum.imag], dim=0)
     torch.testing.assert_close(tcur_module.inverse_rdft_matrix(m) @ stacked, expected)
+
+
+def test_adapted_linear_matches_autograd_of_the_plain_form():
+    """The memory-lean linear gives the same outputs and gradients as F.linear(x, W + dW) + autograd."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(4, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    delta = torch.randn(4, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(tcur_module.AdaptedLinear.apply, (x, weight, delta, bias))
+    lean = tcur_module.AdaptedLinear.apply(x, weight, delta, bias)
+    plain = F.linear(x, weight + delta, bias)
+    torch.testing.assert_close(lean, plain)
+    upstream = torch.randn_like(plain)
+    grads_lean = torch.autograd.grad(lean, (x, weight, delta, bias), upstream)
+    grads_plain = torch.autograd.grad(plain, (x, weight, delta, bias), upstream)
+    for got, expected in zip(grads_lean, grads_plain, strict=True):
+        torch.testing.assert_close(got, expected)

@@ -212,6 +212,40 @@ class TCURLayer(nn.Module):
         self.merged = False
 
 
+class AdaptedLinear(torch.autograd.Function):
+    """y = x (W + dW)^T + b that keeps no (W + dW) copy for backward: it is rebuilt there.
+
+    The straightforward F.linear(x, W + dW) saves one full weight-sized tensor per layer; here
+    backward recomputes it from W (frozen, alive anyway) and dW (a view of the group's cached dW), so
+    training holds no more than the frozen model plus one dW per group. Runs in dW's dtype (the
+    autocast dtype under autocast), returning the input gradient in the input's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, delta: Tensor, bias: Tensor | None) -> Tensor:
+        dtype = delta.dtype
+        x_cast = x.to(dtype)
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(x_cast, weight, delta, bias)
+        return F.linear(x_cast, weight.to(dtype) + delta, None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x_cast, weight, delta, bias = ctx.saved_tensors
+        grad = grad.to(delta.dtype)
+        grad_x = grad_weight = grad_delta = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ (weight.to(delta.dtype) + delta)).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            flat_grad = grad.reshape(-1, grad.shape[-1])
+            grad_w = flat_grad.transpose(0, 1) @ x_cast.reshape(-1, x_cast.shape[-1])
+            grad_delta = grad_w if ctx.needs_input_grad[2] else None
+            grad_weight = grad_w.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        if bias is not None and ctx.needs_input_grad[3]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(bias.dtype)
+        return grad_x, grad_weight, grad_delta, grad_bias
+
+
 class TCURLinear(TCURLayer):
     """nn.Linear (n_slices * n1, n2) adapted slice by slice (a fused qkv gives 3 slices)."""
 
@@ -227,7 +261,7 @@ class TCURLinear(TCURLayer):
     def forward(self, x: Tensor) -> Tensor:
         if self.merged or self._group is None:
             return self.base_layer(x)
-        return F.linear(x, self.adapted_weight(), self.base_layer.bias)
+        return AdaptedLinear.apply(x, self.base_layer.weight, self.delta_weight(), self.base_layer.bias)
 
 
 class TCURConv3d(TCURLayer):
