@@ -25,8 +25,14 @@ def write_job(path: Path, **job) -> Path:
 
 
 def hippocampus_cases(folder: Path, ids: list[int]) -> list[dict]:
-    return [{"id": f"hippocampus_{i:03d}", "image": str(folder / f"imagesTr/hippocampus_{i:03d}.nii.gz"),
-             "label": str(folder / f"labelsTr/hippocampus_{i:03d}.nii.gz")} for i in ids]
+    return [
+        {
+            "id": f"hippocampus_{i:03d}",
+            "image": str(folder / f"imagesTr/hippocampus_{i:03d}.nii.gz"),
+            "label": str(folder / f"labelsTr/hippocampus_{i:03d}.nii.gz"),
+        }
+        for i in ids
+    ]
 
 
 def read_events(text: str) -> list[dict]:
@@ -41,12 +47,27 @@ def trained(tmp_path_factory, hippocampus_dir) -> dict:
     """One short real fine-tuning run shared by the tests below (3 hippocampus cases, tCURLoRA)."""
     folder = hippocampus_dir
     work = tmp_path_factory.mktemp("pipeline")
-    job = write_job(work / "job.json", command="finetune", base_model="preset:unetr-tiny",
-                    cases=hippocampus_cases(folder, [1, 3, 6]), label_names=["Anterior", "Posterior"],
-                    method="tcur", rank=4, iterations=30, batch_size=2, seed=0, checkpoint_every=10,
-                    output=str(work / "adapter"))
-    result = subprocess.run([sys.executable, "-m", "tcurlora", "finetune", "--job", str(job)],
-                            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    job = write_job(
+        work / "job.json",
+        command="finetune",
+        base_model="preset:unetr-tiny",
+        cases=hippocampus_cases(folder, [1, 3, 6]),
+        label_names=["Anterior", "Posterior"],
+        method="tcur",
+        rank=4,
+        iterations=30,
+        batch_size=2,
+        seed=0,
+        checkpoint_every=10,
+        output=str(work / "adapter"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tcurlora", "finetune", "--job", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
     return {"folder": folder, "work": work, "result": result, "events": read_events(result.stdout)}
 
 
@@ -77,8 +98,19 @@ def test_segment_held_out_case_keeps_geometry_and_evaluate_matches(trained):
     image = folder / "imagesTr/hippocampus_007.nii.gz"
     reference = folder / "labelsTr/hippocampus_007.nii.gz"
     output = work / "seg" / "hippocampus_007_seg.nii.gz"
-    code = main(["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter",
-                 str(work / "adapter"), "--output", str(output), "--events"])
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--base-model",
+            "preset:unetr-tiny",
+            "--adapter",
+            str(work / "adapter"),
+            "--output",
+            str(output),
+            "--events",
+        ]
+    )
     assert code == 0
     source, written = sitk.ReadImage(str(image)), sitk.ReadImage(str(output))
     assert written.GetSize() == source.GetSize()
@@ -97,13 +129,28 @@ def test_segment_held_out_case_keeps_geometry_and_evaluate_matches(trained):
     for label in (1, 2):
         p, r = pred == label, ref == label
         expected = 2 * (p & r).sum() / (p.sum() + r.sum()) if (p.sum() + r.sum()) else 1.0
-        assert f"{expected:.6f}"[:6] in text or any(
-            abs(v - expected) < 1e-6 for v in _floats(data)), (label, expected)
+        assert f"{expected:.6f}"[:6] in text or any(abs(v - expected) < 1e-6 for v in _floats(data)), (
+            label,
+            expected,
+        )
 
     # no overwrite without --force, and the file is untouched
     before = output.read_bytes()
-    assert main(["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter",
-                 str(work / "adapter"), "--output", str(output)]) == 3
+    assert (
+        main(
+            [
+                "segment",
+                str(image),
+                "--base-model",
+                "preset:unetr-tiny",
+                "--adapter",
+                str(work / "adapter"),
+                "--output",
+                str(output),
+            ]
+        )
+        == 3
+    )
     assert output.read_bytes() == before
 
 
@@ -117,13 +164,27 @@ def _floats(data) -> list[float]:
 
 def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir):
     output = tmp_path / "adapter"
-    job = write_job(tmp_path / "job.json", command="finetune", base_model="preset:unetr-tiny",
-                    cases=hippocampus_cases(hippocampus_dir, [1, 3]), label_names=["Anterior", "Posterior"],
-                    method="tcur", rank=4, iterations=40, batch_size=1, checkpoint_every=2,
-                    output=str(output))
-    process = subprocess.Popen([sys.executable, "-m", "tcurlora", "finetune", "--job", str(job)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    job = write_job(
+        tmp_path / "job.json",
+        command="finetune",
+        base_model="preset:unetr-tiny",
+        cases=hippocampus_cases(hippocampus_dir, [1, 3]),
+        label_names=["Anterior", "Posterior"],
+        method="tcur",
+        rank=4,
+        iterations=40,
+        batch_size=1,
+        checkpoint_every=2,
+        output=str(output),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tcurlora", "finetune", "--job", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -143,8 +204,13 @@ def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir)
     stopped_at = checkpoint["iteration"]
     assert stopped_at >= 2
 
-    resumed = subprocess.run([sys.executable, "-m", "tcurlora", "finetune", "--job", str(job), "--resume"],
-                             capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tcurlora", "finetune", "--job", str(job), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     progress = [e for e in read_events(resumed.stdout) if e["event"] == "progress"]
     assert progress[0]["iteration"] == stopped_at + 1 and progress[-1]["iteration"] == 40
@@ -172,9 +238,24 @@ def test_finetune_bad_label_fails_before_training_and_writes_nothing(
 ):
     bad = _bad_label_copy(hippocampus_dir, tmp_path, label_value, dtype)
     output = tmp_path / "adapter"
-    code = main(["finetune", "--base-model", "preset:unetr-tiny", "--case",
-                 str(hippocampus_dir / "imagesTr/hippocampus_001.nii.gz"), str(bad),
-                 "--labels", "Anterior", "Posterior", "--iterations", "5", "-o", str(output), "--events"])
+    code = main(
+        [
+            "finetune",
+            "--base-model",
+            "preset:unetr-tiny",
+            "--case",
+            str(hippocampus_dir / "imagesTr/hippocampus_001.nii.gz"),
+            str(bad),
+            "--labels",
+            "Anterior",
+            "Posterior",
+            "--iterations",
+            "5",
+            "-o",
+            str(output),
+            "--events",
+        ]
+    )
     events = read_events(capsys.readouterr().out)
     assert code == 2
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "input_error"
@@ -187,8 +268,22 @@ def test_finetune_refuses_existing_output_and_keeps_it(tmp_path, hippocampus_dir
     output = tmp_path / "adapter"
     output.mkdir()
     (output / "keep.txt").write_text("user data")
-    code = main(["finetune", "--base-model", "preset:unetr-tiny", "--data", str(hippocampus_dir),
-                 "--num-cases", "2", "--iterations", "5", "-o", str(output), "--events"])
+    code = main(
+        [
+            "finetune",
+            "--base-model",
+            "preset:unetr-tiny",
+            "--data",
+            str(hippocampus_dir),
+            "--num-cases",
+            "2",
+            "--iterations",
+            "5",
+            "-o",
+            str(output),
+            "--events",
+        ]
+    )
     events = read_events(capsys.readouterr().out)
     assert code == 3 and events[-1]["kind"] == "output_exists" and events[-1]["path"] == str(output)
     assert [p.name for p in output.iterdir()] == ["keep.txt"]
@@ -196,14 +291,38 @@ def test_finetune_refuses_existing_output_and_keeps_it(tmp_path, hippocampus_dir
 
 def test_segment_missing_and_corrupt_inputs_name_the_file(tmp_path, capsys):
     missing = tmp_path / "nope.nii.gz"
-    assert main(["segment", str(missing), "--base-model", "preset:unetr-tiny", "-o",
-                 str(tmp_path / "out.nii.gz"), "--events"]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(missing),
+                "--base-model",
+                "preset:unetr-tiny",
+                "-o",
+                str(tmp_path / "out.nii.gz"),
+                "--events",
+            ]
+        )
+        == 2
+    )
     error = read_events(capsys.readouterr().out)[-1]
     assert error["event"] == "error" and error["path"].endswith("nope.nii.gz")
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(b"\x1f\x8b\x08\x00 definitely not a volume")
-    assert main(["segment", str(corrupt), "--base-model", "preset:unetr-tiny", "-o",
-                 str(tmp_path / "out.nii.gz"), "--events"]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(corrupt),
+                "--base-model",
+                "preset:unetr-tiny",
+                "-o",
+                str(tmp_path / "out.nii.gz"),
+                "--events",
+            ]
+        )
+        == 2
+    )
     error = read_events(capsys.readouterr().out)[-1]
     assert error["path"].endswith("corrupt.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nii.gz"]

@@ -113,8 +113,11 @@ JOB_OVERRIDES = ("resume", "force", "device")
 def build_job(args: argparse.Namespace) -> FinetuneJob:
     """The job from --job, or from the flags (validated by the same schema as a job file)."""
     overrides = {dest: getattr(args, dest) for dest in JOB_OVERRIDES if getattr(args, dest, None) is not None}
-    given = [flag for dest, flag in JOB_FLAGS.items()
-             if getattr(args, dest, None) is not None and dest not in JOB_OVERRIDES]
+    given = [
+        flag
+        for dest, flag in JOB_FLAGS.items()
+        if getattr(args, dest, None) is not None and dest not in JOB_OVERRIDES
+    ]
     if args.job is not None:
         if given:
             raise ConfigError(f"{given[0]} cannot be combined with --job (put it in the job file)", args.job)

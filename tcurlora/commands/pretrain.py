@@ -1,0 +1,65 @@
+"""`tcurlora pretrain`: train a base model from scratch with a recipe from configs/pretrain/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "unetr-small-cpu.json"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def register(subparsers: Any) -> None:
+    """Add the `pretrain` sub-command."""
+    p = subparsers.add_parser(
+        "pretrain",
+        help="train a base model from scratch on several labeled Decathlon datasets (seeded recipe)",
+        description="Train the recipe's UNETR on its source datasets (one head over the union of their "
+        "labels) and write a model folder (model.json with the model card, model.safetensors fp16, "
+        "MODEL_CARD.md, training_log.jsonl). Checkpoints go to OUTPUT.checkpoint.",
+    )
+    p.add_argument(
+        "--config", type=Path, default=DEFAULT_RECIPE, help="recipe JSON (configs/pretrain/*.json)"
+    )
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder holding the sources' folders")
+    p.add_argument("--output", type=Path, required=True, help="model folder to write")
+    p.add_argument("--iterations", type=int, help="override the recipe's iterations")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="FOLDER",
+        help="continue from the checkpoint FOLDER of an interrupted run",
+    )
+    p.add_argument("--checkpoint-every", type=int, help="override the recipe's checkpoint interval")
+    p.add_argument(
+        "--finish-checkpoint",
+        type=Path,
+        metavar="FOLDER",
+        help="do not train: evaluate the checkpoint FOLDER of an interrupted run and write it as OUTPUT",
+    )
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tcurlora.errors import ConfigError
+    from tcurlora.pretrain import PretrainConfig, finish_from_checkpoint, main_log, run_pretrain
+
+    config = PretrainConfig.from_file(args.config)
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise ConfigError(f"--iterations must be positive, got {args.iterations}")
+        config.iterations = args.iterations
+    if args.checkpoint_every is not None:
+        config.checkpoint_every = max(1, args.checkpoint_every)
+    data_root = args.data_root.expanduser().resolve()
+    if args.finish_checkpoint is not None:
+        finish_from_checkpoint(
+            config, data_root, args.finish_checkpoint, args.output, force=args.force, log=main_log
+        )
+        return 0
+    run_pretrain(config, data_root, args.output, device_name=args.device,
+                 force=args.force, log=main_log, resume_from=args.resume)  # fmt: skip
+    return 0

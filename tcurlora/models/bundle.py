@@ -1,0 +1,277 @@
+"""MONAI bundles as base models: load a bundle folder offline, and export a base model as a bundle.
+
+A bundle is `configs/metadata.json` + `configs/inference.json` (MONAI config syntax; the network is
+the `network_def` item) + `models/model.safetensors` or `models/model.pt`. The network is built with
+MONAI's own `ConfigParser`; only weights are read from disk (safetensors, or `torch.load` with
+`weights_only=True`): a `model.pt` holding anything but tensors is refused, never unpickled.
+Config expressions (`$...`) are never evaluated for the network either.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.models.fingerprint import state_dict_fingerprint
+from tcurlora.models.registry import BaseModel, load_weights
+from tcurlora.models.spec import IntensitySpec, ModelSpec
+
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml")
+WEIGHT_NAMES = ("model.safetensors", "model.pt")
+SPEC_KEY = "tcurlora_spec"
+
+
+def _config_file(folder: Path) -> Path:
+    for name in CONFIG_NAMES:
+        if (folder / "configs" / name).is_file():
+            return folder / "configs" / name
+    raise InputError(
+        f"MONAI bundle without a network config (looked for {', '.join(CONFIG_NAMES)})", folder / "configs"
+    )
+
+
+def _expressions(value: Any, raw: Mapping[str, Any], seen: set[str]) -> list[str]:
+    """Config expressions ("$...") reachable from `value`, following "@id" references."""
+    if isinstance(value, str):
+        if value.startswith("$"):
+            return [value]
+        if value.startswith("@"):
+            ref = value[1:]
+            if ref in seen:
+                return []
+            seen.add(ref)
+            target: Any = raw
+            for part in ref.split("::"):
+                target = target.get(part) if isinstance(target, Mapping) else None
+            return _expressions(target, raw, seen)
+        return []
+    if isinstance(value, Mapping):
+        return [e for v in value.values() for e in _expressions(v, raw, seen)]
+    if isinstance(value, list):
+        return [e for v in value for e in _expressions(v, raw, seen)]
+    return []
+
+
+def read_bundle_configs(folder: Path) -> tuple[Any, dict[str, Any], Path]:
+    """MONAI ConfigParser with the bundle's network config and metadata read; the config path."""
+    from monai.bundle import ConfigParser
+
+    config_path = _config_file(folder)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config_path))
+        meta_path = folder / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (ValueError, OSError) as error:
+        raise InputError(f"unreadable bundle config: {error}", config_path) from error
+    if not isinstance(meta, dict):
+        raise InputError("metadata.json is not a JSON object", folder / "configs" / "metadata.json")
+    if "network_def" not in parser.config:
+        raise InputError("the bundle config has no 'network_def' item", config_path)
+    return parser, meta, config_path
+
+
+def build_bundle_network(parser: Any, config_path: Path) -> nn.Module:
+    """Instantiate `network_def` with MONAI's parser, refusing config expressions (they would run code)."""
+    found = _expressions(parser.config["network_def"], parser.config, set())
+    if found:
+        raise InputError(
+            f"network_def uses config expressions ({found[0][:60]!r}); they are not evaluated for safety",
+            config_path,
+        )
+    try:
+        network = parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as error:  # noqa: BLE001 - MONAI raises many types for a bad config
+        raise InputError(f"cannot build the bundle network: {error}", config_path) from error
+    if not isinstance(network, nn.Module):
+        raise InputError(f"network_def is not a torch module but {type(network).__name__}", config_path)
+    return network
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a weights-only torch file (nested "model"/"state_dict" allowed)."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise InputError(f"corrupt or unreadable safetensors file: {error}", path) from error
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as error:
+        raise InputError(
+            "refused: the file is not a plain weights file (it pickles other objects, which are never "
+            "loaded for safety); save a state dict or safetensors instead",
+            path,
+        ) from error
+    except (OSError, EOFError, ValueError) as error:
+        raise InputError(f"corrupt or unreadable weights file: {error}", path) from error
+    for key in ("model", "state_dict", "network"):
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise InputError("the weights file does not hold a state dict of tensors", path)
+    return {str(k).removeprefix("module."): v for k, v in data.items()}
+
+
+def _numbers(value: Any, count: int) -> tuple | None:
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == count
+        and all(isinstance(v, (int, float)) for v in value)
+    ):
+        return tuple(value)
+    return None
+
+
+def _find_targets(value: Any, suffix: str) -> list[Mapping[str, Any]]:
+    if isinstance(value, Mapping):
+        own = [value] if str(value.get("_target_", "")).endswith(suffix) else []
+        return own + [m for v in value.values() for m in _find_targets(v, suffix)]
+    if isinstance(value, list):
+        return [m for v in value for m in _find_targets(v, suffix)]
+    return []
+
+
+def head_module_name(model: nn.Module, out_channels: int) -> str:
+    """Name of the last Conv3d that maps to `out_channels` (the segmentation head)."""
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Conv3d) and m.out_channels == out_channels
+    ]
+    return names[-1] if names else ""
+
+
+def spec_from_bundle(parser: Any, meta: dict[str, Any], model: nn.Module, name: str) -> ModelSpec:
+    """Our spec from the bundle: exact when we exported it, else read from metadata and config."""
+    if isinstance(meta.get(SPEC_KEY), dict):
+        return ModelSpec.from_dict(meta[SPEC_KEY])
+    network_def = dict(parser.config["network_def"])
+    arch = str(network_def.pop("_target_", "")).rsplit(".", 1)[-1]
+    fmt = meta.get("network_data_format", {})
+    image = fmt.get("inputs", {}).get("image", {})
+    outputs = fmt.get("outputs", {}).get("pred", {})
+    channel_def = outputs.get("channel_def", {})
+    labels = {int(k): str(v) for k, v in channel_def.items() if str(k).isdigit() and int(k) > 0}
+    spacing = next(
+        (s for t in _find_targets(parser.config, "Spacingd") if (s := _numbers(t.get("pixdim"), 3))), None
+    )
+    roi = next(
+        (s for t in _find_targets(parser.config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
+    )
+    patch = _numbers(image.get("spatial_shape"), 3) or roi or (96, 96, 96)
+    out_channels = int(outputs.get("num_channels", len(labels) + 1))
+    if not labels:
+        labels = {c: f"class {c}" for c in range(1, out_channels)}
+    return ModelSpec(
+        name=name, arch=arch,
+        arch_params={k: v for k, v in network_def.items() if not str(k).startswith("_")},
+        spacing=spacing or (1.0, 1.0, 1.0), patch_size=tuple(int(p) for p in patch),
+        intensity=IntensitySpec(kind="zscore"), labels=labels,
+        head_module=head_module_name(model, out_channels), description=str(meta.get("description", "")),
+    )  # fmt: skip
+
+
+def load_bundle(folder: str | Path) -> BaseModel:
+    """Load a MONAI bundle folder offline as a base model."""
+    folder = Path(folder)
+    parser, meta, config_path = read_bundle_configs(folder)
+    model = build_bundle_network(parser, config_path)
+    weights = next((folder / "models" / n for n in WEIGHT_NAMES if (folder / "models" / n).is_file()), None)
+    if weights is None:
+        raise InputError(
+            f"MONAI bundle without weights (looked for models/{' or models/'.join(WEIGHT_NAMES)})", folder
+        )
+    load_weights(model, read_weights(weights), weights)
+    name = str(meta.get("name") or folder.name)
+    spec = spec_from_bundle(parser, meta, model, name)
+    version = meta.get("version")
+    model.eval()
+    return BaseModel(
+        model=model, spec=spec, model_id=str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name)),
+        fingerprint=state_dict_fingerprint(model), source=str(folder),
+    )  # fmt: skip
+
+
+def network_def(spec: ModelSpec) -> dict[str, Any]:
+    """The MONAI config item that builds the spec's network."""
+    return {"_target_": f"monai.networks.nets.{spec.arch}", **spec.arch_params}
+
+
+def export_bundle(
+    base: BaseModel,
+    folder: str | Path,
+    *,
+    weights_format: str = "safetensors",
+    version: str = "0.1.0",
+    force: bool = False,
+) -> Path:
+    """Write `base` as a MONAI bundle folder (atomically); the spec rides along in metadata.json."""
+    import monai
+
+    folder = Path(folder)
+    if weights_format not in ("safetensors", "pt"):
+        raise ConfigError(f"unknown weights format {weights_format!r}: use safetensors or pt")
+    if folder.exists() and not force:
+        raise OutputExistsError("bundle folder exists (use force to replace it)", folder)
+    spec = base.spec
+    temp = temp_sibling_dir(folder)
+    (temp / "configs").mkdir()
+    (temp / "models").mkdir()
+    channel_def = {"0": "background", **{str(k): v for k, v in spec.labels.items()}}
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": version,
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "name": spec.name,
+        "description": spec.description,
+        "task": "3D segmentation",
+        "tcurlora_model_id": base.model_id,
+        "tcurlora_fingerprint": base.fingerprint,
+        SPEC_KEY: spec.to_dict(),
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "MR",
+                                 "num_channels": spec.in_channels, "spatial_shape": list(spec.patch_size),
+                                 "dtype": "float32", "value_range": [], "is_patch_data": True}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": spec.out_channels,
+                                 "spatial_shape": list(spec.patch_size), "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": True, "channel_def": channel_def}},
+        },
+    }  # fmt: skip
+    inference = {
+        "imports": [],
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": network_def(spec),
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image"},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {"_target_": "Spacingd", "keys": "image", "pixdim": list(spec.spacing), "mode": "bilinear"},
+                {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True},
+            ],
+        },
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(spec.patch_size), "sw_batch_size": 4,
+                    "overlap": 0.5, "mode": "gaussian"},
+    }  # fmt: skip
+    (temp / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (temp / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in base.model.state_dict().items()}
+    if weights_format == "safetensors":
+        save_file(state, str(temp / "models" / "model.safetensors"))
+    else:
+        torch.save(state, str(temp / "models" / "model.pt"))
+    (temp / "LICENSE").write_text("See the TCURLoRA model card (MODEL_CARD.md) for data licences.\n")
+    return replace_dir(temp, folder)

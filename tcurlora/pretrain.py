@@ -1,0 +1,574 @@
+"""Pretrain a base model from scratch on several labeled datasets with different label sets.
+
+Design (one head over the union of labels): every source dataset's classes get their own global
+indices (acdc 1-3, brats2013 4-7 in the shipped recipe). Each training batch is drawn from one
+source (round robin). The loss is cross-entropy over the whole union softmax plus a soft Dice over
+background and that source's own classes. Cross-entropy over the whole union is correct here
+because the sources' label sets are anatomically exclusive (a voxel of a cardiac MRI is never a
+brain tumour), so "not one of this dataset's classes" means background; the Dice term, which is
+undefined for classes a batch can never contain, is restricted to the source's own classes.
+
+The recipe is a JSON file (configs/pretrain/*.json), seeded; the result is a model folder
+(model.json with the model card inside "card", model.safetensors) plus training_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tcurlora.data.cases import Case, cases_from_decathlon
+from tcurlora.data.transforms import validation_transforms
+from tcurlora.errors import ConfigError, InputError
+from tcurlora.fsutil import atomic_write_text
+from tcurlora.jsonio import read_json_object
+from tcurlora.models.architectures import build_network
+from tcurlora.models.fingerprint import state_dict_fingerprint
+from tcurlora.models.registry import save_model_folder
+from tcurlora.models.spec import IntensitySpec, ModelSpec
+
+RECIPE_FORMAT = "tcurlora.pretrain/1"
+
+
+@dataclass
+class SourceConfig:
+    """One pretraining dataset: a Decathlon folder, which channels to use, and the held-out cases."""
+
+    name: str
+    folder: str
+    channels: list[int] = field(default_factory=lambda: [0])
+    num_cases: int | None = None
+    val_case_ids: list[str] = field(default_factory=list)
+    licence: str = ""
+    reference: str = ""
+
+
+@dataclass
+class PretrainConfig:
+    """A pretraining recipe; `arch_params` are MONAI UNETR arguments (out_channels is set from the labels)."""
+
+    name: str
+    sources: list[SourceConfig]
+    arch_params: dict[str, Any]
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    patch_size: tuple[int, int, int] = (48, 48, 48)
+    iterations: int = 1800
+    batch_size: int = 2
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-5
+    warmup: int = 50
+    foreground_fraction: float = 0.67
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 200
+    description: str = ""
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PretrainConfig:
+        """Read and check a recipe JSON file."""
+        data = read_json_object(path, "pretrain recipe")
+        if data.get("format") != RECIPE_FORMAT:
+            raise ConfigError(
+                f"unknown recipe format {data.get('format')!r}, expected {RECIPE_FORMAT!r}", path
+            )
+        values = {k: v for k, v in data.items() if k != "format"}
+        try:
+            values["sources"] = [SourceConfig(**s) for s in values.get("sources", [])]
+            values["spacing"] = tuple(float(s) for s in values.get("spacing", (1.5, 1.5, 1.5)))
+            values["patch_size"] = tuple(int(s) for s in values.get("patch_size", (48, 48, 48)))
+            config = cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"invalid pretrain recipe: {error}", path) from error
+        if not config.sources:
+            raise ConfigError("a pretrain recipe needs at least one source", path)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spacing"], data["patch_size"] = list(self.spacing), list(self.patch_size)
+        return {"format": RECIPE_FORMAT, **data}
+
+
+@dataclass
+class Volume:
+    """A preprocessed single-channel volume (1, X, Y, Z) with its label in global class indices."""
+
+    case_id: str
+    source: int
+    image: torch.Tensor
+    label: torch.Tensor
+    foreground: torch.Tensor  # flat indices of labeled voxels
+
+
+@dataclass
+class SourceData:
+    """The loaded volumes of one source and its global class indices."""
+
+    config: SourceConfig
+    classes: list[int]
+    names: list[str]
+    train: list[Volume]
+    val: list[Volume]
+    train_ids: list[str] = field(default_factory=list)
+
+
+def union_labels(config: PretrainConfig, data_root: Path) -> list[tuple[str, list[int], list[str]]]:
+    """(source name, global class indices, class names) per source, classes numbered 1.. in order."""
+    from tcurlora.data.cases import dataset_label_names
+
+    result, offset = [], 0
+    for source in config.sources:
+        names = dataset_label_names(data_root / source.folder)
+        result.append((source.name, list(range(offset + 1, offset + 1 + len(names))), names))
+        offset += len(names)
+    return result
+
+
+def model_spec(config: PretrainConfig, labels: dict[int, str]) -> ModelSpec:
+    """The ModelSpec of the network the recipe trains."""
+    params = dict(config.arch_params)
+    params["in_channels"] = 1
+    params["out_channels"] = len(labels) + 1
+    params["img_size"] = list(config.patch_size)
+    return ModelSpec(
+        name=config.name,
+        arch="UNETR",
+        arch_params=params,
+        spacing=config.spacing,
+        patch_size=config.patch_size,
+        intensity=IntensitySpec(kind="zscore"),
+        labels=labels,
+        description=config.description,
+    )
+
+
+def _load_volume(case: Case, channel: int, source: int, offset: int, spec: ModelSpec) -> Volume:
+    if channel >= len(case.images):
+        raise InputError(f"case {case.id} has no channel {channel}", case.images[0])
+    item = validation_transforms(spec)({"image": [str(case.images[channel])], "label": str(case.label)})
+    label = item["label"].as_tensor()[0] if hasattr(item["label"], "as_tensor") else item["label"][0]
+    label = torch.where(label > 0, label + offset, torch.zeros_like(label)).to(torch.uint8)
+    image = torch.as_tensor(item["image"]).float()
+    image, label = _pad_to(image, label, spec.patch_size)
+    return Volume(
+        case_id=f"{case.id}_{channel:04d}", source=source, image=image.half(), label=label,
+        foreground=torch.nonzero(label.flatten() > 0).flatten(),
+    )  # fmt: skip
+
+
+def _pad_to(
+    image: torch.Tensor, label: torch.Tensor, size: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pads = []
+    for dim, target in reversed(list(zip(label.shape, size))):
+        extra = max(0, target - dim)
+        pads += [extra // 2, extra - extra // 2]
+    if not any(pads):
+        return image, label
+    return F.pad(image, pads), F.pad(label[None], pads)[0]
+
+
+def load_sources(
+    config: PretrainConfig,
+    data_root: Path,
+    spec: ModelSpec,
+    log: Callable[[str], None] = print,
+    *,
+    val_only: bool = False,
+) -> list[SourceData]:
+    """Preprocess every train (unless val_only) and held-out volume of every source into memory."""
+    sources = []
+    for index, ((name, classes, names), source) in enumerate(
+        zip(union_labels(config, data_root), config.sources)
+    ):
+        cases = cases_from_decathlon(data_root / source.folder)
+        val_ids = set(source.val_case_ids)
+        missing = val_ids - {c.id for c in cases}
+        if missing:
+            raise ConfigError(f"source {name}: held-out case ids not found: {sorted(missing)}")
+        train_cases = [c for c in cases if c.id not in val_ids][: source.num_cases]
+        val_cases = [c for c in cases if c.id in val_ids]
+        offset = classes[0] - 1
+        train_ids = [f"{c.id}_{ch:04d}" for c in train_cases for ch in source.channels]
+        train = (
+            []
+            if val_only
+            else [_load_volume(c, ch, index, offset, spec) for c in train_cases for ch in source.channels]
+        )
+        val = [_load_volume(c, ch, index, offset, spec) for c in val_cases for ch in source.channels]
+        log(f"{name}: {len(train_ids)} training and {len(val)} held-out volumes, classes {classes}")
+        sources.append(
+            SourceData(config=source, classes=classes, names=names, train=train, val=val, train_ids=train_ids)
+        )
+    return sources
+
+
+def sample_batch(
+    source: SourceData,
+    batch_size: int,
+    patch: tuple[int, int, int],
+    fg_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random patches of one source: centred on a labeled voxel with probability fg_fraction, flipped, rescaled."""
+    images, labels = [], []
+    for _ in range(batch_size):
+        volume = source.train[int(rng.integers(len(source.train)))]
+        shape = volume.label.shape
+        if len(volume.foreground) and rng.random() < fg_fraction:
+            flat = int(volume.foreground[int(rng.integers(len(volume.foreground)))])
+            centre = np.unravel_index(flat, shape)
+        else:
+            centre = [int(rng.integers(s)) for s in shape]
+        start = [min(max(0, int(c) - p // 2), s - p) for c, p, s in zip(centre, patch, shape)]
+        window = tuple(slice(b, b + p) for b, p in zip(start, patch))
+        image = volume.image[(slice(None), *window)].float()
+        label = volume.label[window].long()
+        for axis in range(3):
+            if rng.random() < 0.5:
+                image, label = image.flip(axis + 1), label.flip(axis)
+        image = image * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.1, 0.1))
+        images.append(image)
+        labels.append(label)
+    return torch.stack(images), torch.stack(labels)
+
+
+def union_loss(logits: torch.Tensor, label: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Cross-entropy over the union softmax + soft Dice over background and the source's classes."""
+    ce = F.cross_entropy(logits, label)
+    probs = logits.softmax(1)
+    channels = [0, *classes]
+    onehot = F.one_hot(label, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    p, g = probs[:, channels], onehot[:, channels]
+    dims = (0, 2, 3, 4)
+    dice = (2 * (p * g).sum(dims) + 1e-5) / (p.sum(dims) + g.sum(dims) + 1e-5)
+    return ce + (1 - dice.mean())
+
+
+def learning_rate(config: PretrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to 2% of the peak."""
+    if step < config.warmup:
+        return config.learning_rate * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
+    return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) -> dict[int, float]:
+    """Hard Dice of every class present in the reference (classes absent from both are skipped)."""
+    scores = {}
+    for c in classes:
+        p, g = pred == c, label == c
+        total = int(p.sum() + g.sum())
+        if int(g.sum()) == 0:
+            continue
+        scores[c] = 2.0 * float((p & g).sum()) / total
+    return scores
+
+
+@torch.no_grad()
+def evaluate_sources(
+    model: torch.nn.Module, sources: list[SourceData], spec: ModelSpec, device: torch.device
+) -> dict[str, Any]:
+    """Mean held-out Dice per class (on the network's 1.5 mm grid) and per volume."""
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    per_class: dict[str, list[float]] = {}
+    per_volume = {}
+    for source in sources:
+        for volume in source.val:
+            image = volume.image.float()[None].to(device)
+            logits = sliding_window_inference(
+                image, spec.patch_size, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
+            )
+            pred = logits.argmax(1)[0].cpu()
+            scores = dice_per_class(pred, volume.label.long(), source.classes)
+            per_volume[volume.case_id] = {spec.labels[c]: round(s, 4) for c, s in scores.items()}
+            for c, s in scores.items():
+                per_class.setdefault(spec.labels[c], []).append(s)
+    model.train()
+    return {
+        "val_dice": {name: round(float(np.mean(v)), 4) for name, v in per_class.items()},
+        "val_dice_per_volume": per_volume,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import monai
+
+    return {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version()}
+
+
+def build_card(
+    config: PretrainConfig,
+    spec: ModelSpec,
+    sources: list[SourceData],
+    *,
+    iterations_done: int,
+    device: str,
+    wall_s: float,
+    metrics: dict[str, Any],
+    final: bool,
+) -> dict[str, Any]:
+    """The model card stored in model.json "card" (and rendered to MODEL_CARD.md)."""
+    data = []
+    for source in sources:
+        data.append({
+            "name": source.config.name, "folder": source.config.folder, "licence": source.config.licence,
+            "reference": source.config.reference, "channels": source.config.channels,
+            "train_volumes": source.train_ids, "val_volumes": [v.case_id for v in source.val],
+            "classes": {str(c): n for c, n in zip(source.classes, source.names)},
+        })  # fmt: skip
+    return {
+        "architecture": {"arch": spec.arch, **spec.arch_params},
+        "preprocessing": {
+            "spacing_mm": list(spec.spacing),
+            "orientation": "RAS",
+            "intensity": "z-score over the nonzero voxels of each channel",
+            "patch_size": list(spec.patch_size),
+        },
+        "training_data": data,
+        "label_design": "one softmax head over the union of the sources' labels; CE over the union "
+        "(sources are anatomically exclusive) + soft Dice over background and each batch's own classes",
+        "recipe": config.to_dict(),
+        "iterations": iterations_done,
+        "complete": final,
+        "device": device,
+        "wall_time_s": round(wall_s, 1),
+        "metrics": metrics,
+        "versions": _versions(),
+    }
+
+
+def write_training_log(folder: Path, records: list[dict[str, Any]]) -> None:
+    """Write training_log.jsonl beside the model (atomically)."""
+    atomic_write_text(folder / "training_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def run_pretrain(
+    config: PretrainConfig,
+    data_root: Path,
+    output: Path,
+    *,
+    device_name: str = "auto",
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    resume_from: Path | None = None,
+) -> dict[str, Any]:
+    """Train the recipe's network, checkpointing to <output>.checkpoint; write the final model folder to output.
+
+    `resume_from` (a checkpoint folder) continues an interrupted run from its weights, iteration and
+    loss log; the optimizer state and the patch sampler restart (seeded with seed + iteration).
+    """
+    from tcurlora.device import describe_device, resolve_device
+    from tcurlora.errors import OutputExistsError
+
+    output = Path(output)
+    if output.exists() and not force:
+        raise OutputExistsError("output model folder exists (use --force to replace it)", output)
+    torch.set_num_threads(config.threads)
+    device = resolve_device(device_name, warn=log)
+    labels: dict[int, str] = {}
+    for _, classes, names in union_labels(config, data_root):
+        labels.update(dict(zip(classes, names)))
+    spec = model_spec(config, labels)
+    sources = load_sources(config, data_root, spec, log)
+    torch.manual_seed(config.seed)
+    model = build_network(spec).to(device)
+    records: list[dict[str, Any]] = []
+    first = 0
+    if resume_from is not None:
+        from tcurlora.models.registry import load_model_folder
+
+        model.load_state_dict(load_model_folder(Path(resume_from)).model.state_dict())
+        first = int(
+            read_json_object(Path(resume_from) / "model.json", "checkpoint")
+            .get("card", {})
+            .get("iterations", 0)
+        )
+        log_path = Path(resume_from) / "training_log.jsonl"
+        records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()][:first]
+        log(f"resuming from {resume_from} at iteration {first}")
+    rng = np.random.default_rng(config.seed + first)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    checkpoint_dir = output.parent / f"{output.name}.checkpoint"
+    started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
+    log(f"pretraining {spec.name} on {described}: {config.iterations} iterations")
+    model.train()
+    for step in range(first, config.iterations):
+        source = sources[step % len(sources)]
+        image, label = sample_batch(
+            source, config.batch_size, config.patch_size, config.foreground_fraction, rng
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(image.to(device))
+        loss = union_loss(logits.float(), label.to(device), source.classes)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        elapsed = time.time() - started
+        record = {"iteration": step + 1, "source": source.config.name, "loss": round(float(loss.detach()), 5),
+                  "lr": learning_rate(config, step), "time_s": round(elapsed, 2)}  # fmt: skip
+        records.append(record)
+        if (step + 1) % 20 == 0:
+            eta = elapsed / (step + 1) * (config.iterations - step - 1)
+            recent = np.mean([r["loss"] for r in records[-20:]])
+            log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} eta {eta / 60:.1f} min")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.iterations:
+            card = build_card(config, spec, sources, iterations_done=step + 1, device=described,
+                              wall_s=elapsed, metrics={}, final=False)  # fmt: skip
+            save_model_folder(checkpoint_dir, model.cpu(), spec, model_id=spec.name, card=card, force=True)
+            model.to(device)
+            write_training_log(checkpoint_dir, records)
+            log(f"checkpoint {step + 1} -> {checkpoint_dir}")
+    notes = (
+        []
+        if resume_from is None
+        else [
+            f"Resumed at iteration {first} from a checkpoint (the optimizer state and the patch sampler restarted, "
+            f"seeded with seed + {first}), after the first run was stopped."
+        ]
+    )
+    return finish_model(
+        config,
+        spec,
+        sources,
+        model,
+        output,
+        notes=notes,
+        iterations_done=config.iterations,
+        device=described,
+        wall_s=time.time() - started,
+        records=records,
+        force=force,
+        log=log,
+    )
+
+
+def finish_model(
+    config: PretrainConfig,
+    spec: ModelSpec,
+    sources: list[SourceData],
+    model: torch.nn.Module,
+    output: Path,
+    *,
+    iterations_done: int,
+    device: str,
+    wall_s: float,
+    records: list[dict[str, Any]],
+    force: bool,
+    log: Callable[[str], None] = print,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Round the weights to fp16, measure the held-out Dice with them, write the model folder and its card."""
+    model = model.cpu().half().float()
+    metrics = evaluate_sources(model, sources, spec, torch.device("cpu"))
+    log(f"held-out Dice: {json.dumps(metrics['val_dice'])}")
+    card = build_card(config, spec, sources, iterations_done=iterations_done, device=device,
+                      wall_s=wall_s, metrics=metrics, final=iterations_done >= config.iterations)  # fmt: skip
+    card["notes"] = list(notes or [])
+    save_model_folder(output, model, spec, model_id=spec.name, half=True, card=card, force=force)
+    write_training_log(output, records)
+    atomic_write_text(output / "MODEL_CARD.md", render_card(spec, card, state_dict_fingerprint(model)))
+    return card
+
+
+def finish_from_checkpoint(
+    config: PretrainConfig,
+    data_root: Path,
+    checkpoint: Path,
+    output: Path,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Turn a checkpoint of an interrupted run into the final model folder (the card says where it stopped)."""
+    from tcurlora.models.registry import load_model_folder
+
+    torch.set_num_threads(config.threads)
+    base = load_model_folder(Path(checkpoint))
+    record = read_json_object(Path(checkpoint) / "model.json", "checkpoint model.json")
+    card = record.get("card", {})
+    log_path = Path(checkpoint) / "training_log.jsonl"
+    records = (
+        [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        if log_path.is_file()
+        else []
+    )
+    sources = load_sources(config, data_root, base.spec, log, val_only=True)
+    return finish_model(config, base.spec, sources, base.model, output, iterations_done=int(card.get("iterations", 0)),
+                        device=str(card.get("device", "cpu")), wall_s=float(card.get("wall_time_s", 0.0)),
+                        records=records, force=force, log=log)  # fmt: skip
+
+
+def _config_values(recipe: dict[str, Any]) -> dict[str, Any]:
+    values = {k: v for k, v in recipe.items() if k != "format"}
+    values["sources"] = [SourceConfig(**x) if isinstance(x, dict) else x for x in values.get("sources", [])]
+    return values
+
+
+def render_card(spec: ModelSpec, card: dict[str, Any], fingerprint: str) -> str:
+    """MODEL_CARD.md text from the card record."""
+    arch = card["architecture"]
+    lines = [
+        f"# {spec.name}", "", spec.description, "",
+        "## Architecture",
+        f"MONAI {arch['arch']}: img_size {arch['img_size']}, hidden_size {arch['hidden_size']}, mlp_dim "
+        f"{arch['mlp_dim']}, num_heads {arch['num_heads']}, feature_size {arch['feature_size']}, "
+        f"{arch['in_channels']} input channel, {arch['out_channels']} output classes (background + union).",
+        f"Weights: model.safetensors (fp16). SHA-256 fingerprint of the fp32 weights: `{fingerprint}`.", "",
+        "## Preprocessing",
+        f"Orientation RAS, resampled to {card['preprocessing']['spacing_mm']} mm (bilinear; labels nearest), "
+        f"intensity {card['preprocessing']['intensity']}. Patch / sliding window {spec.patch_size}.", "",
+        "## Labels", *[f"- {k}: {v}" for k, v in spec.labels.items()], "",
+        "## Training data",
+    ]  # fmt: skip
+    for source in card["training_data"]:
+        lines.append(
+            f"- **{source['name']}** (`{source['folder']}`), channels {source['channels']}: "
+            f"{len(source['train_volumes'])} training volumes, held out {', '.join(source['val_volumes'])}. "
+            f"Licence: {source['licence']}. Reference: {source['reference']}."
+        )
+    recipe = card["recipe"]
+    lines += [
+        "", "## Recipe", f"Label design: {card['label_design']}.",
+        f"AdamW lr {recipe['learning_rate']} (warm-up {recipe['warmup']}, cosine), weight decay "
+        f"{recipe['weight_decay']}, batch {recipe['batch_size']}, {recipe['foreground_fraction']:.0%} of patches "
+        f"centred on a labeled voxel, random flips on all axes, intensity scale/shift; seed {recipe['seed']}.",
+        f"Iterations: {card['iterations']} on {card['device']} ({recipe['threads']} threads), "
+        f"wall time {card['wall_time_s'] / 60:.1f} min. Versions: {card['versions']}.",
+        *card.get("notes", []),
+        *([] if card.get("complete", True) else [
+            f"**Stopped early**: these weights are the checkpoint at iteration {card['iterations']} of the "
+            f"recipe's {recipe['iterations']} (learning rate still at "
+            f"{learning_rate(PretrainConfig(**_config_values(recipe)), card['iterations']):.2e}); the run was cut "
+            "for time on a shared 2-core CPU. Re-running the recipe to the end gives a stronger base."]),
+        "", "## Held-out validation Dice (per class, 1.5 mm grid, sliding window)",
+        *[f"- {k}: {v:.3f}" for k, v in card["metrics"].get("val_dice", {}).items()],
+        "", "Per volume: " + json.dumps(card["metrics"].get("val_dice_per_volume", {})), "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main_log(message: str) -> None:
+    """Timestamped log line on stdout."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    sys.stdout.flush()
