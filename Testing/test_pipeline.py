@@ -289,40 +289,17 @@ def test_finetune_refuses_existing_output_and_keeps_it(tmp_path, hippocampus_dir
     assert [p.name for p in output.iterdir()] == ["keep.txt"]
 
 
+def _segment_error(volume: Path, output: Path, capsys) -> tuple[int, dict]:
+    """Run `tcurlora segment` on `volume`; its exit code and last event."""
+    code = main(["segment", str(volume), "--base-model", "preset:unetr-tiny", "-o", str(output), "--events"])
+    return code, read_events(capsys.readouterr().out)[-1]
+
+
 def test_segment_missing_and_corrupt_inputs_name_the_file(tmp_path, capsys):
-    missing = tmp_path / "nope.nii.gz"
-    assert (
-        main(
-            [
-                "segment",
-                str(missing),
-                "--base-model",
-                "preset:unetr-tiny",
-                "-o",
-                str(tmp_path / "out.nii.gz"),
-                "--events",
-            ]
-        )
-        == 2
-    )
-    error = read_events(capsys.readouterr().out)[-1]
-    assert error["event"] == "error" and error["path"].endswith("nope.nii.gz")
+    code, error = _segment_error(tmp_path / "nope.nii.gz", tmp_path / "out.nii.gz", capsys)
+    assert code == 2 and error["event"] == "error" and error["path"].endswith("nope.nii.gz")
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(b"\x1f\x8b\x08\x00 definitely not a volume")
-    assert (
-        main(
-            [
-                "segment",
-                str(corrupt),
-                "--base-model",
-                "preset:unetr-tiny",
-                "-o",
-                str(tmp_path / "out.nii.gz"),
-                "--events",
-            ]
-        )
-        == 2
-    )
-    error = read_events(capsys.readouterr().out)[-1]
-    assert error["path"].endswith("corrupt.nii.gz")
+    code, error = _segment_error(corrupt, tmp_path / "out.nii.gz", capsys)
+    assert code == 2 and error["path"].endswith("corrupt.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nii.gz"]
