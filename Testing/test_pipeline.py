@@ -303,3 +303,14 @@ def test_segment_missing_and_corrupt_inputs_name_the_file(tmp_path, capsys):
     code, error = _segment_error(corrupt, tmp_path / "out.nii.gz", capsys)
     assert code == 2 and error["path"].endswith("corrupt.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nii.gz"]
+
+
+def test_eta_counts_only_this_run_and_shrinks(trained):
+    """ETA = time per iteration of this run x iterations left: non-increasing within noise, 0 at the end."""
+    progress = [e for e in trained["events"] if e["event"] == "progress"]
+    etas = [e["eta_s"] for e in progress]
+    assert etas[-1] == 0.0
+    # just after the checkpoint at iteration 20 the estimate must not collapse towards zero
+    per_iteration_before = etas[8] / (30 - 9)
+    per_iteration_after = etas[20] / (30 - 21)
+    assert per_iteration_after > 0.5 * per_iteration_before

@@ -150,7 +150,8 @@ class Trainer:
         batches = self.setup.batches(seed_offset=self.state.iteration)
         total = job.iterations
         eval_every = max(1, total // 5)
-        started = time.monotonic() - self.state.elapsed_s
+        previous_elapsed = self.state.elapsed_s  # time spent before a resume
+        started = time.monotonic() - previous_elapsed
         start_iteration = self.state.iteration
         self.adapted.train()
         while self.state.iteration < total:
@@ -165,7 +166,7 @@ class Trainer:
                 self.state.val_history.append({"iteration": it, "dice": val})
             done_now = it - start_iteration
             elapsed = time.monotonic() - started
-            eta = (elapsed - self.state.elapsed_s) / done_now * (total - it) if done_now else None
+            eta = (elapsed - previous_elapsed) / done_now * (total - it) if done_now else None
             sink.progress(iteration=it, total=total, loss=loss, val_dice=val, eta_s=eta,
                           lr=self.optimizer.param_groups[0]["lr"])
             if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total:
