@@ -184,23 +184,23 @@ class WorkerProcess:
         import psutil
 
         try:
-            root = psutil.Process(self.process.pid)
-            tree = [*root.children(recursive=True), root]
+            children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            tree = []
-        for proc in tree:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace)
+            children = []
+        for proc in children:
+            _signal(proc, "terminate")
+        self.process.terminate()
+        # The root is our child: only Popen may reap it (a psutil wait would reap it first and
+        # Popen would then report exit code 0 instead of the worker's own 130).
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=grace)
+        _, alive = psutil.wait_procs(children, timeout=grace)
         for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+            _signal(proc, "kill")
         psutil.wait_procs(alive, timeout=grace)
-        self.process.wait(timeout=grace)
         self.remove_partial_outputs()
 
     def remove_partial_outputs(self) -> None:
@@ -210,3 +210,13 @@ class WorkerProcess:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def _signal(proc, action: str) -> None:
+    """terminate() or kill() a psutil process that may already be gone."""
+    import psutil
+
+    try:
+        getattr(proc, action)()
+    except psutil.NoSuchProcess:
+        pass
