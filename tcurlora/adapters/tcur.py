@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -147,7 +148,7 @@ def inverse_rdft_matrix(m: int, dtype: torch.dtype = torch.float64) -> Tensor:
     return matrix.to(dtype)
 
 
-class TCURLayer(nn.Module):
+class TCURLayer(nn.Module, ABC):
     """Wraps a frozen base layer whose weight is one or more slices of a TCURGroup."""
 
     def __init__(self, base_layer: nn.Module, n_slices: int):
@@ -181,11 +182,13 @@ class TCURLayer(nn.Module):
     def bias(self) -> Tensor | None:
         return self.base_layer.bias
 
-    def to_slices(self, weight: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def to_slices(self, weight: Tensor) -> Tensor:
+        """The base weight as (n1, n2, k) slices of its group."""
 
-    def from_slices(self, slices: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def from_slices(self, slices: Tensor) -> Tensor:
+        """A (k, n1, n2) slice-first part of dW in the base weight's shape."""
 
     def delta_weight(self) -> Tensor:
         """This layer's part of the group's dW, in the base weight's shape."""

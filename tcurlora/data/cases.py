@@ -87,13 +87,20 @@ def cases_from_decathlon(
         raise InputError("dataset.json has no 'training' list", source)
     cases = []
     for index, entry in enumerate(entries):
-        where = f"training[{index}]"
-        if not isinstance(entry, Mapping) or "image" not in entry:
-            raise InputError(f"{where}: expected an object with 'image' and 'label'", source)
-        images = _image_list(folder, entry["image"], where, source)
-        label = _resolve(folder, entry["label"], where, source) if entry.get("label") else None
-        cases.append(Case(id=_case_id(images, label), images=images, label=label))
+        cases.append(_case_from_entry(entry, folder, f"training[{index}]", source))
     return _select(cases, num_cases, case_ids, source)
+
+
+def _case_from_entry(entry: Any, base_dir: Path, where: str, source: Path) -> Case:
+    """One {"image", "label", optional "id" and "label_map"} entry, paths relative to base_dir."""
+    if not isinstance(entry, Mapping) or "image" not in entry:
+        raise InputError(f"{where}: expected an object with 'image' and 'label'", source)
+    images = _image_list(base_dir, entry["image"], where, source)
+    label = _resolve(base_dir, entry["label"], where, source) if entry.get("label") else None
+    raw_map = entry.get("label_map")
+    label_map = {int(k): int(v) for k, v in raw_map.items()} if isinstance(raw_map, Mapping) else None
+    case_id = str(entry["id"]) if entry.get("id") else _case_id(images, label)
+    return Case(id=case_id, images=images, label=label, label_map=label_map)
 
 
 def dataset_label_names(folder: str | Path) -> list[str]:
@@ -121,15 +128,7 @@ def cases_from_list(items: Iterable[Mapping[str, Any]], base_dir: str | Path) ->
     base_dir = Path(base_dir).expanduser().resolve()
     cases = []
     for index, item in enumerate(items):
-        where = f"cases[{index}]"
-        if not isinstance(item, Mapping) or "image" not in item:
-            raise InputError(f"{where}: expected an object with 'image' and 'label'", base_dir)
-        images = _image_list(base_dir, item["image"], where, base_dir)
-        label = _resolve(base_dir, item["label"], where, base_dir) if item.get("label") else None
-        raw_map = item.get("label_map")
-        label_map = {int(k): int(v) for k, v in raw_map.items()} if isinstance(raw_map, Mapping) else None
-        case_id = str(item["id"]) if item.get("id") else _case_id(images, label)
-        cases.append(Case(id=case_id, images=images, label=label, label_map=label_map))
+        cases.append(_case_from_entry(item, base_dir, f"cases[{index}]", base_dir))
     if not cases:
         raise InputError("the case list is empty", base_dir)
     ids = [case.id for case in cases]

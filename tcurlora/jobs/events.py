@@ -11,6 +11,7 @@ import json
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
@@ -59,11 +60,12 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-class BaseSink:
+class BaseSink(ABC):
     """Builds, cleans and validates each event, then hands it to `emit`."""
 
+    @abstractmethod
     def emit(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Deliver one validated event."""
 
     def _send(self, event_kind: str, /, **fields: Any) -> None:
         event = json_safe({"event": event_kind, "time": time.time(), **fields})
