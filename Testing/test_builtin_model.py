@@ -14,13 +14,13 @@ from tcurlora.models.registry import builtin_models_dir, list_builtin_models, lo
 
 NAME = "unetr-small-acdc-brats"
 # SHA-256 fingerprint of the committed weights (fp16 file, loaded as fp32), as written in MODEL_CARD.md.
-FINGERPRINT = "a70b988e47a38b80a03bfcf8e996bef442d0591656cc89c2d5b478585ee6e493"
+FINGERPRINT = "428a73cd0fc94d1400ec2aec8bd513282fe1c1e10391a3a4df675763d18d7c63"
 # Held-out pretraining-source case (never trained on). The committed (small, CPU-trained, far from
-# converged) model reached a mean Dice over RV/Myocardium/LV of 0.069 on it (0.0/0.112/0.095) when
+# converged) model reached a mean Dice over RV/Myocardium/LV of 0.183 on it (0.135/0.236/0.177) when
 # this test was written; the test also checks it against the Dice of a chance prediction with the
-# same label counts (the prediction's voxels shuffled), which is about 0.01 here.
+# same label counts (the prediction's voxels shuffled), which is 0.010 here.
 HELD_OUT_CASE = "acdc_patient100_frame01"
-DICE_THRESHOLD = 0.05
+DICE_THRESHOLD = 0.12
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_builtin_model_segments_a_held_out_acdc_case(base, acdc_dir):
 
     dice = mean_dice(prediction)
     assert dice > DICE_THRESHOLD, dice
-    assert dice > 3 * mean_dice(chance), (dice, mean_dice(chance))
+    assert dice > 10 * mean_dice(chance), (dice, mean_dice(chance))
     assert not np.isin(prediction, [4, 5, 6, 7]).any() or np.isin(prediction, [4, 5, 6, 7]).mean() < 0.01
 
 
