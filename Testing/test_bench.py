@@ -47,7 +47,9 @@ def run_cli(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------------- configs
 def test_repository_configs_load_and_expand_the_issue_grid():
     names = sorted(p.stem for p in CONFIGS.glob("*.json"))
-    assert names == ["hippocampus", "left_atrium", "paper-size-gpu", "quick-cpu"]
+    assert names == [
+        "hippocampus", "hippocampus-cpu", "left_atrium", "left_atrium-cpu", "paper-size-gpu", "quick-cpu"
+    ]
     hippocampus = load_config(CONFIGS / "hippocampus.json")
     labels = [m.label for m in hippocampus.methods]
     tcur = [m for m in hippocampus.methods if m.method == "tcur"]
@@ -63,6 +65,17 @@ def test_repository_configs_load_and_expand_the_issue_grid():
     paper = load_config(CONFIGS / "paper-size-gpu.json")
     assert paper.cost.base_model == "preset:unetr-base" and paper.cost.img_size == 128
     assert not paper.methods
+    for name, full in (("hippocampus-cpu", hippocampus), ("left_atrium-cpu", atrium)):
+        cut = load_config(CONFIGS / f"{name}.json")  # the CPU cut keeps the full grid's test split
+        assert cut.test_cases == full.test_cases and cut.data == full.data and set(cut.k) <= set(full.k)
+        assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {m.label for m in cut.methods}
+
+
+def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
+    entries = [{"method": "tcur", "conv_targets": True}, {"method": "tcur", "conv_targets": True, "learning_rate": 0.002}]
+    config = load_config(write_config(tmp_path, methods=entries, data="x"))
+    assert [m.label for m in config.methods] == ["tcur-r8-topnorm+conv", "tcur-r8-topnorm+conv-lr0.002"]
+    assert config.methods[1].learning_rate == 0.002
 
 
 @pytest.mark.parametrize(

@@ -36,12 +36,14 @@ class MethodSpec:
 
     @property
     def label(self) -> str:
+        """E.g. `tcur-r8-topnorm+conv`, `lora-r8`, `full`; `-lr0.002` is added when the entry sets one."""
         if self.method == "tcur":
-            text = f"tcur-r{self.rank}-{self.selection}"
-            return text + "+conv" if self.conv_targets else text
-        if self.method == "lora":
-            return f"lora-r{self.rank}"
-        return self.method
+            text = f"tcur-r{self.rank}-{self.selection}" + ("+conv" if self.conv_targets else "")
+        elif self.method == "lora":
+            text = f"lora-r{self.rank}"
+        else:
+            text = self.method
+        return text if self.learning_rate is None else f"{text}-lr{self.learning_rate:g}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, **asdict(self)}
