@@ -401,6 +401,14 @@ def test_finetune_flags_build_the_same_job_as_a_job_file(tmp_path, monkeypatch):
     assert job == expected
 
 
+@pytest.mark.parametrize(("flag", "expected"), [([], None), (["--conv-targets"], True), (["--no-conv-targets"], False)])
+def test_finetune_conv_target_flags(tmp_path, monkeypatch, flag, expected):
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", "--base-model", "b", "--data", "dec", "-o", "out", *flag]
+    job = finetune_cmd.build_job(parse(finetune_cmd, argv))
+    assert job.conv_targets is expected and job.uses_conv_targets is (expected is not False)
+
+
 def test_finetune_command_runs_handler_and_reports_flag_errors(tmp_path):
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps({"command": "finetune", "base_model": "b", "data": "dec", "output": "ad"}))

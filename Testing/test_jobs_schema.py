@@ -66,8 +66,9 @@ def test_finetune_defaults_and_relative_paths(tmp_path):
         8,
         None,
         "topnorm",
-        False,
+        None,
     )
+    assert job.uses_conv_targets  # tcur adapts the Conv3d kernels too unless told not to
     assert (job.iterations, job.batch_size, job.learning_rate, job.patch_size, job.seed) == (
         200,
         2,
@@ -333,3 +334,15 @@ def test_parse_event_line_skips_stray_output_but_not_bad_events():
         parse_event_line('{"event": "nope", "time": 1}')
     with pytest.raises(ValueError, match="loss"):
         parse_event_line(json.dumps(event("progress", loss=float("nan"))))
+
+
+@pytest.mark.parametrize(
+    ("method", "conv_targets", "expected"),
+    [("tcur", None, True), ("tcur", False, False), ("lora", None, False), ("full", None, False), ("tcur", True, True)],
+)
+def test_conv_targets_default_is_per_method_and_survives_a_round_trip(tmp_path, method, conv_targets, expected):
+    overrides = {"method": method} if conv_targets is None else {"method": method, "conv_targets": conv_targets}
+    job = load_job(write_job(tmp_path, finetune_data(**overrides)))
+    assert job.conv_targets is conv_targets and job.uses_conv_targets is expected
+    again = FinetuneJob.from_dict(job.to_dict(), tmp_path, None)
+    assert again.conv_targets is conv_targets and again.uses_conv_targets is expected

@@ -82,6 +82,7 @@ def class_dice(prediction: np.ndarray, reference: np.ndarray, names: list[str]) 
 def unadapted_predictions(options: DemoOptions, names: list[str], test: list) -> list[np.ndarray]:
     """Held-out predictions of the model the adaptation starts from (base + new seeded head, step 0)."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
+    from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.infer import predict_volume
     from tcurlora.models.registry import load_base_model
     from tcurlora.training_setup import seed_everything
@@ -94,7 +95,7 @@ def unadapted_predictions(options: DemoOptions, names: list[str], test: list) ->
         head_module=base.spec.head_module,
     )  # fmt: skip
     if options.conv_targets:
-        config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+        config.conv_target_modules = list(CONV_TARGETS)
     model = apply_adapter(copy.deepcopy(base.model), config).merge_and_unload()
     return [predict_volume(model, case.images, base.spec, device=options.device)[0] for case in test]
 

@@ -85,6 +85,7 @@ def split_validation(cases: list, job) -> tuple[list, list]:
 def prepare_training(job, sink) -> TrainingSetup:
     """Load and check everything before the first step, so bad input fails before any compute."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
+    from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.data.loader import training_batches, validation_volumes
     from tcurlora.data.validate import validate_case
     from tcurlora.device import describe_device, resolve_device
@@ -116,8 +117,8 @@ def prepare_training(job, sink) -> TrainingSetup:
     )
     if job.alpha is not None:
         config.alpha = float(job.alpha)
-    if job.conv_targets:
-        config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+    if job.uses_conv_targets:
+        config.conv_target_modules = list(CONV_TARGETS)
     adapted = apply_adapter(base.model, config)
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,

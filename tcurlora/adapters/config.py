@@ -18,6 +18,8 @@ SWIN_TARGETS = r"swinViT\.layers\d+\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.li
 DEFAULT_TARGETS = [UNETR_TARGETS, SWIN_TARGETS]
 # "decoder": every top-level child except the transformer encoder (UNETR `vit`, SwinUNETR `swinViT`).
 DEFAULT_DECODER_MODULES = [r"(?!(vit|swinViT)$)[^.]+"]
+# "Conv3d targets": every convolution of the UNETR / SwinUNETR encoder and decoder blocks.
+CONV_TARGETS = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
 
 
 @dataclass

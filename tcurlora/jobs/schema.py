@@ -223,7 +223,7 @@ class FinetuneJob:
     rank: int = 8
     alpha: float | None = None
     selection: str = "topnorm"
-    conv_targets: bool = False
+    conv_targets: bool | None = None  # None: the method's default (on for tcur, see uses_conv_targets)
     iterations: int = 200
     batch_size: int = 2
     learning_rate: float | None = None
@@ -287,7 +287,7 @@ class FinetuneJob:
             rank=r.integer("rank", 8, minimum=1),
             alpha=r.number("alpha", None),
             selection=r.choice("selection", SELECTIONS, "topnorm"),
-            conv_targets=r.boolean("conv_targets", False),
+            conv_targets=r.boolean("conv_targets", None),
             iterations=r.integer("iterations", 200, minimum=1),
             batch_size=r.integer("batch_size", 2, minimum=1),
             learning_rate=learning_rate,
@@ -302,6 +302,11 @@ class FinetuneJob:
             resume=r.boolean("resume", False),
             job_file=Path(source) if source else None,
         )
+
+    @property
+    def uses_conv_targets(self) -> bool:
+        """Conv3d kernels adapted too: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
+        return self.conv_targets if self.conv_targets is not None else self.method == "tcur"
 
     @classmethod
     def from_file(cls, path: str | Path) -> FinetuneJob:
