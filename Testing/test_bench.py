@@ -364,3 +364,17 @@ def test_findings_compare_at_equal_parameters_and_say_win_loss_or_tie():
         "tcur-r4-topnorm vs full: step time 0.33x (lower), peak memory 1.00x (same), adapter file 1/1,000"
         in " ".join(lines)
     )
+
+
+def test_findings_name_the_finetune_default_when_another_tcur_setting_is_best():
+    from tcurlora.bench.summary import DEFAULT_SETTING, findings
+
+    runs = [
+        _fake_run(DEFAULT_SETTING, "tcur", 8, 0.57, 30_000, 1.0),
+        _fake_run("tcur-r16-topnorm", "tcur", 16, 0.60, 16_000, 1.0),
+        _fake_run("full", "full", 8, 0.60, 10**6, 2.0),
+    ]
+    lines = findings({"quality": {"runs": runs, "label_names": ["A"]}})
+    assert DEFAULT_SETTING == "tcur-r8-topnorm+conv"
+    assert lines[0] == "k=5: the default setting tcur-r8-topnorm+conv reaches 95.0% of full fine-tuning's mean Dice (0.570)."
+    assert lines[1].startswith("k=5: best tCURLoRA (tcur-r16-topnorm, 16,010 trainable) reaches 100.0%")

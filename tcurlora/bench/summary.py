@@ -7,6 +7,9 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+# What `tcurlora finetune --method tcur` does by default (rank 8, top-norm selection, Conv3d targets).
+DEFAULT_SETTING = "tcur-r8-topnorm+conv"
+
 
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
@@ -134,14 +137,10 @@ def _quality_findings(rows: list[dict[str, Any]]) -> list[str]:
         if not tcur:
             continue
         best = max(tcur, key=lambda r: r["mean_dice"])
-        if (
-            best["ratio_to_full"] is not None
-            and "tcur-r8-topnorm" in by_label
-            and best["label"] != "tcur-r8-topnorm"
-        ):
-            default = by_label["tcur-r8-topnorm"]
+        if best["ratio_to_full"] is not None and DEFAULT_SETTING in by_label and best["label"] != DEFAULT_SETTING:
+            default = by_label[DEFAULT_SETTING]
             lines.append(
-                f"k={k}: the default setting tcur-r8-topnorm reaches {_pct(default['ratio_to_full'])} of full "
+                f"k={k}: the default setting {DEFAULT_SETTING} reaches {_pct(default['ratio_to_full'])} of full "
                 f"fine-tuning's mean Dice ({default['mean_dice']:.3f})."
             )
         if best["ratio_to_full"] is not None:
