@@ -11,6 +11,7 @@ from monai.networks.nets import UNETR
 from torch import nn
 
 from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import CONV_TARGETS
 from tcurlora.adapters.io import save_adapter
 from tcurlora.cli import main
 
@@ -40,7 +41,7 @@ def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
 
 
 def test_info_unetr_base_json(capsys):
-    assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--json"]) == 0
+    assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--no-conv-targets", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["method"] == "tcur" and data["rank"] == 8
     assert data["trainable"] == data["adapter"] == 4608 and data["head"] == 0
@@ -62,12 +63,14 @@ def test_info_table_matches_apply_adapter(capsys):
         config = AdapterConfig(
             method=row["method"], rank=row["rank"] or 8, num_classes=4, base_fingerprint="x"
         )
+        if row["method"] == "tcur":  # finetune's default for tcur: the Conv3d kernels too
+            config.conv_target_modules = list(CONV_TARGETS)
         counts = apply_adapter(copy.deepcopy(model), config).parameter_counts()
         assert {k: row[k] for k in ("total", "trainable", "adapter", "head")} == {
             "total": counts.total, "trainable": counts.trainable, "adapter": counts.adapter, "head": counts.head
         }  # fmt: skip
         assert row["head"] == 8 * 4 + 4
-    assert main(["info", "unetr-tiny", "--table"]) == 0
+    assert main(["info", "unetr-tiny", "--table", "--no-conv-targets"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert lines[0] == "preset:unetr-tiny" and lines[1].split() == [

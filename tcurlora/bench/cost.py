@@ -42,6 +42,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     from monai.losses import DiceCELoss
 
     from tcurlora.adapters import AdapterConfig, apply_adapter
+    from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.train import DEFAULT_LEARNING_RATES, autocast_context
 
@@ -55,7 +56,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
         head_module=spec.head_module,
     )
     if method["conv_targets"]:
-        config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+        config.conv_target_modules = list(CONV_TARGETS)
     adapted = apply_adapter(model, config).to(device)
     counts = adapted.parameter_counts().to_dict()
     optimizer = torch.optim.AdamW(

@@ -35,9 +35,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--method", choices=METHODS, default="tcur", help="method to count (default tcur)")
     p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
     p.add_argument("--num-classes", type=int, help="classes of a new head (default: keep the base head)")
-    p.add_argument(
-        "--conv-targets", action="store_true", help="adapt the CNN encoder/decoder Conv3d layers too"
-    )
+    p.add_argument("--conv-targets", action="store_const", const=True,
+                   help="tcur: adapt the encoder/decoder Conv3d kernels too (the default, as in finetune)")
+    p.add_argument("--no-conv-targets", dest="conv_targets", action="store_const", const=False,
+                   help="tcur: only the transformer's linear layers (the paper's setting)")
     p.add_argument("--table", action="store_true", help="every method x ranks 4/8/16")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=main)
@@ -79,17 +80,17 @@ def _load_base(reference: str):
     return load_base_model(reference)
 
 
-def model_info(base: Any, method: str, rank: int | None, *, num_classes: int | None, conv: bool) -> dict:
-    """Counts of `method` at `rank` on the base model (a deep copy is adapted)."""
-    from tcurlora.adapters.config import AdapterConfig
+def model_info(base: Any, method: str, rank: int | None, *, num_classes: int | None, conv: bool | None) -> dict:
+    """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
+    from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
     from tcurlora.adapters.counts import counts_for
 
     config = AdapterConfig(
         method=method, rank=rank or 8, num_classes=num_classes, base_fingerprint=base.fingerprint,
         base_model_id=base.model_id, head_module=base.spec.head_module,
     )  # fmt: skip
-    if conv:
-        config.conv_target_modules = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+    if method == "tcur" and (conv if conv is not None else True):
+        config.conv_target_modules = list(CONV_TARGETS)
     counts = counts_for(base.model, config)
     return {"target": base.model_id, "method": method, "rank": rank, **counts.to_dict()}
 
