@@ -108,3 +108,14 @@ def test_info_errors_name_the_problem(tmp_path, capsys):
     assert main(["info", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "corrupt adapter config" in err and str(broken / "adapter_config.json") in err
+
+
+def test_info_conv_flags_follow_finetune_for_every_method(capsys):
+    def trainable(*flags: str) -> int:
+        assert main(["info", "unetr-tiny", "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out)["trainable"]
+
+    assert trainable("--method", "tcur") == trainable("--method", "tcur", "--conv-targets")
+    assert trainable("--method", "tcur") > trainable("--method", "tcur", "--no-conv-targets")
+    assert trainable("--method", "lora") == trainable("--method", "lora", "--no-conv-targets")
+    assert trainable("--method", "lora", "--conv-targets") > trainable("--method", "lora")

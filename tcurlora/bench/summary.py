@@ -7,8 +7,10 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from tcurlora.bench.config import MethodSpec
+
 # What `tcurlora finetune --method tcur` does by default (rank 8, top-norm selection, Conv3d targets).
-DEFAULT_SETTING = "tcur-r8-topnorm+conv"
+DEFAULT_SETTING = MethodSpec("tcur", conv_targets=True).label
 
 
 def _mean(values: list[float]) -> float | None:

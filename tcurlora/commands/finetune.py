@@ -79,9 +79,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--alpha", type=float, help="adapter scale (default: the method's)")
     p.add_argument("--selection", choices=SELECTIONS, help="tCUR index selection (default topnorm)")
     p.add_argument("--conv-targets", action="store_const", const=True,
-                   help="tcur: adapt the Conv3d kernels too (the default for tcur)")
+                   help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur)")
     p.add_argument("--no-conv-targets", dest="conv_targets", action="store_const", const=False,
-                   help="tcur: adapt only the transformer's linear layers, as in the paper")
+                   help="adapt only the transformer's linear layers (tCURLoRA as in the paper)")
     p.add_argument("--iterations", type=int, help="training steps (default 200)")
     p.add_argument("--batch-size", type=int, help="patches per step (default 2)")
     p.add_argument("--lr", type=float, help="learning rate (default: the method's)")

@@ -36,9 +36,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
     p.add_argument("--num-classes", type=int, help="classes of a new head (default: keep the base head)")
     p.add_argument("--conv-targets", action="store_const", const=True,
-                   help="tcur: adapt the encoder/decoder Conv3d kernels too (the default, as in finetune)")
+                   help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur, as in finetune)")
     p.add_argument("--no-conv-targets", dest="conv_targets", action="store_const", const=False,
-                   help="tcur: only the transformer's linear layers (the paper's setting)")
+                   help="only the transformer's linear layers (tCURLoRA as in the paper)")
     p.add_argument("--table", action="store_true", help="every method x ranks 4/8/16")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=main)
@@ -84,12 +84,13 @@ def model_info(base: Any, method: str, rank: int | None, *, num_classes: int | N
     """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
     from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
     from tcurlora.adapters.counts import counts_for
+    from tcurlora.jobs.schema import conv_targets_on
 
     config = AdapterConfig(
         method=method, rank=rank or 8, num_classes=num_classes, base_fingerprint=base.fingerprint,
         base_model_id=base.model_id, head_module=base.spec.head_module,
     )  # fmt: skip
-    if method == "tcur" and (conv if conv is not None else True):
+    if conv_targets_on(method, conv):
         config.conv_target_modules = list(CONV_TARGETS)
     counts = counts_for(base.model, config)
     return {"target": base.model_id, "method": method, "rank": rank, **counts.to_dict()}

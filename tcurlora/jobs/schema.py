@@ -32,6 +32,11 @@ _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 _MISSING = object()
 
 
+def conv_targets_on(method: str, asked: bool | None) -> bool:
+    """Whether Conv3d kernels are adapted: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
+    return asked if asked is not None else method == "tcur"
+
+
 # ----------------------------------------------------------------------------------------- helpers
 def split_extension(path: str | Path) -> tuple[str, str]:
     """("case_01", ".nii.gz") for "dir/case_01.nii.gz"; known image extensions first, else the suffix."""
@@ -305,8 +310,8 @@ class FinetuneJob:
 
     @property
     def uses_conv_targets(self) -> bool:
-        """Conv3d kernels adapted too: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
-        return self.conv_targets if self.conv_targets is not None else self.method == "tcur"
+        """Conv3d kernels adapted too (see conv_targets_on)."""
+        return conv_targets_on(self.method, self.conv_targets)
 
     @classmethod
     def from_file(cls, path: str | Path) -> FinetuneJob:
