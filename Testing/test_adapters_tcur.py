@@ -162,30 +162,25 @@ def test_one_delta_per_group_per_pass_and_gradient_accumulation(base64, batch64,
     adapted.train()
     for _ in range(2):  # two passes without an optimiser step: each needs its own graph
         adapted(batch64).square().mean().backward()
-    assert len(calls) == 2 * len(adapted.tcur.groups)
+    assert len(calls) == 2 * len(adapted.tcur.groups)  # once per group per pass, shared by its 12-48 layers
     grads = [g.dU.grad.clone() for g in adapted.tcur.groups.values()]
     assert all(float(g.abs().max()) > 0 for g in grads)
     calls.clear()
-    with torch.no_grad():  # no grad and unchanged dU: the cached delta is reused across passes
+    with torch.no_grad():  # every pass recomputes (an in-place optimiser write may not bump dU's version)
         adapted(batch64)
         adapted(batch64)
-    assert len(calls) == len(adapted.tcur.groups)
-    with torch.no_grad():
-        next(iter(adapted.tcur.groups.values())).dU.add_(0.1)
-        adapted(batch64)
-    assert len(calls) == len(adapted.tcur.groups) + 1  # only the changed group recomputes
+    assert len(calls) == 2 * len(adapted.tcur.groups)
 
 
-def test_autocast_computes_delta_in_autocast_dtype():
+def test_autocast_keeps_delta_in_float32_and_runs_in_the_autocast_dtype():
     adapted = apply_adapter(small_unetr(torch.float32), AdapterConfig(method="tcur", rank=4))
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = adapted(x)
     assert out.dtype == torch.bfloat16
     group = adapted.tcur.groups["linear_48x48"]
-    assert group.delta().dtype == torch.float32  # outside autocast: the weight dtype again
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert group.delta().dtype == torch.bfloat16
+        assert group.delta().dtype == torch.float32  # added to W in float32, cast once
         adapted(x).float().mean().backward()
     assert group.dU.grad is not None and group.dU.grad.dtype == torch.float32
     assert float(group.dU.grad.abs().max()) > 0
@@ -277,8 +272,8 @@ def test_adapted_linear_matches_autograd_of_the_plain_form():
     weight = torch.randn(4, 6, dtype=torch.float64, generator=generator, requires_grad=True)
     delta = torch.randn(4, 6, dtype=torch.float64, generator=generator, requires_grad=True)
     bias = torch.randn(4, dtype=torch.float64, generator=generator, requires_grad=True)
-    assert torch.autograd.gradcheck(tcur_module.AdaptedLinear.apply, (x, weight, delta, bias))
-    lean = tcur_module.AdaptedLinear.apply(x, weight, delta, bias)
+    assert torch.autograd.gradcheck(tcur_module.AdaptedLinear.apply, (x, weight, delta, bias, torch.float64))
+    lean = tcur_module.AdaptedLinear.apply(x, weight, delta, bias, torch.float64)
     plain = F.linear(x, weight + delta, bias)
     torch.testing.assert_close(lean, plain)
     upstream = torch.randn_like(plain)

@@ -60,7 +60,12 @@ def load_segmentation_model(base_model: str, adapter: str | None):
     adapted = load_adapter(Path(adapter), base.model)
     model = adapted.merge_and_unload()
     model.eval()
-    return model, base.spec, list(config.get("label_names") or []), config
+    return model, adapter_spec(base.spec, config), list(config.get("label_names") or []), config
+
+
+def adapter_spec(base_spec, config: dict):
+    """The base model's preprocessing at the working spacing the adapter was trained at (if recorded)."""
+    return base_spec.at_spacing((config.get("preprocessing") or {}).get("spacing"))
 
 
 def run_segment(job, sink, token) -> dict[str, Any]:

@@ -24,6 +24,10 @@ from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 
 # Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
 DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3}
+# The new segmentation head and the extra `train_modules` learn at these rates whatever the method,
+# so methods are compared on what they adapt, not on how fast their head learns (docs/benchmarks.md).
+DEFAULT_HEAD_LEARNING_RATE = 5e-3
+DEFAULT_MODULES_LEARNING_RATE = 1e-3
 WARMUP_FRACTION = 0.05
 
 
@@ -44,6 +48,30 @@ def learning_rate_factor(iteration: int, total: int) -> float:
         return (iteration + 1) / warmup
     progress = (iteration - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def learning_rates(job) -> dict[str, float]:
+    """Peak learning rate of each parameter role: the method's adapter, the train_modules, the head."""
+    head = getattr(job, "head_learning_rate", None)
+    modules = getattr(job, "modules_learning_rate", None)
+    return {
+        "adapter": job.learning_rate or DEFAULT_LEARNING_RATES[job.method],
+        "modules": modules or DEFAULT_MODULES_LEARNING_RATE,
+        "head": head or (job.learning_rate if job.method == "head" and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
+    }
+
+
+def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.optim.Optimizer:
+    """AdamW with one parameter group per role (adapter / modules / head), each at its own rate.
+
+    Low-rank cores (tcur, lora) get no weight decay: decaying them pulls the update towards zero."""
+    groups = []
+    for role, parameters in adapted.parameter_groups().items():
+        if parameters:
+            decay = 0.0 if role == "adapter" and method in {"tcur", "lora"} else 1e-5
+            groups.append({"params": parameters, "lr": rates[role], "initial_lr": rates[role],
+                           "weight_decay": decay, "role": role})
+    return torch.optim.AdamW(groups)
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -128,9 +156,9 @@ class Trainer:
         self.job, self.setup, self.sink, self.token = job, setup, sink, token
         self.device = setup.device
         self.adapted = setup.adapted.to(self.device)
-        self.learning_rate = job.learning_rate or DEFAULT_LEARNING_RATES[job.method]
-        self.optimizer = torch.optim.AdamW(self.adapted.trainable_parameters(), lr=self.learning_rate,
-                                           weight_decay=0.0 if job.method in {"tcur", "lora"} else 1e-5)
+        self.learning_rates = learning_rates(job)
+        self.learning_rate = self.learning_rates["adapter"]
+        self.optimizer = build_optimizer(self.adapted, self.learning_rates, job.method)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
@@ -177,8 +205,9 @@ class Trainer:
         return self.finish(output, ckpt)
 
     def step(self, batch: dict, total: int) -> float:
+        factor = learning_rate_factor(self.state.iteration, total)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate * learning_rate_factor(self.state.iteration, total)
+            group["lr"] = group["initial_lr"] * factor
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,11 +258,12 @@ class Trainer:
             metrics["val_dice"] = state.val_history[-1]["dice"]
         extra = {
             "label_colors": setup.label_colors,
-            "preprocessing": setup.base.spec.to_dict(),
+            "preprocessing": setup.spec.to_dict(),
             "patch_size": list(setup.patch_size),
             "metrics": metrics,
             "training": {"iterations": self.job.iterations, "batch_size": self.job.batch_size,
-                         "learning_rate": self.learning_rate, "seed": self.job.seed, "amp": self.amp},
+                         "learning_rate": self.learning_rate, "learning_rates": self.learning_rates,
+                         "seed": self.job.seed, "amp": self.amp},
         }
         log_lines = [json.dumps({"iteration": i + 1, "loss": loss}) for i, loss in enumerate(state.losses)]
         log_lines += [json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history]

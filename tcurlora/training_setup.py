@@ -31,6 +31,7 @@ class TrainingSetup:
     label_names: list[str]
     label_colors: list[list[float]]
     patch_size: tuple[int, int, int]
+    spec: Any
     batches: Callable[..., Iterator[dict]]
     val_volumes: list[dict]
 
@@ -85,7 +86,7 @@ def split_validation(cases: list, job) -> tuple[list, list]:
 def prepare_training(job, sink) -> TrainingSetup:
     """Load and check everything before the first step, so bad input fails before any compute."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import CONV_TARGETS
+    from tcurlora.adapters.config import CONV_TARGETS, expand_train_modules
     from tcurlora.data.loader import training_batches, validation_volumes
     from tcurlora.data.validate import validate_case
     from tcurlora.device import describe_device, resolve_device
@@ -119,11 +120,13 @@ def prepare_training(job, sink) -> TrainingSetup:
         config.alpha = float(job.alpha)
     if job.uses_conv_targets:
         config.conv_target_modules = list(CONV_TARGETS)
+    if getattr(job, "train_modules", None):
+        config.train_modules = expand_train_modules(job.train_modules)
     adapted = apply_adapter(base.model, config)
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
-    spec = base.spec
+    spec = base.spec.at_spacing(job.spacing)
 
     def batches(seed_offset: int = 0) -> Iterator[dict]:
         return training_batches(train_cases, spec, patch_size=patch_size, num_classes=num_classes,
@@ -132,4 +135,5 @@ def prepare_training(job, sink) -> TrainingSetup:
     val_volumes = validation_volumes(val_cases, spec) if val_cases else []
     return TrainingSetup(base=base, adapted=adapted, device=device, device_name=describe_device(device),
                          train_cases=train_cases, val_cases=val_cases, label_names=label_names,
-                         label_colors=colors, patch_size=patch_size, batches=batches, val_volumes=val_volumes)
+                         label_colors=colors, patch_size=patch_size, spec=spec, batches=batches,
+                         val_volumes=val_volumes)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tcurlora.adapters.baselines import set_baseline_trainable
-from tcurlora.adapters.config import METHODS, AdapterConfig
+from tcurlora.adapters.config import METHODS, AdapterConfig, expand_train_modules, full_match_any
 from tcurlora.adapters.counts import ParameterCounts, count_parameters
 from tcurlora.adapters.lora import inject_lora, lora_merge, lora_merge_and_unload, lora_unmerge
 from tcurlora.adapters.tcur import TCURAdapter, TCURConv3d, TCURGroup, TCURLayer, TCURLinear
@@ -34,6 +34,23 @@ __all__ = [
     "TCURLinear",
     "apply_adapter",
 ]
+
+
+def train_module_parameters(model: nn.Module, config: AdapterConfig) -> list[nn.Parameter]:
+    """The parameters of the modules named by `config.train_modules` (full match; never the head's,
+    which trains on its own terms); ConfigError when a pattern matches no module."""
+    patterns = expand_train_modules(config.train_modules)
+    found: dict[int, nn.Parameter] = {}
+    for pattern in patterns:
+        matched = [
+            module for name, module in model.named_modules() if name and full_match_any([pattern], name)
+        ]
+        if not matched:
+            raise ConfigError(f"train_modules pattern {pattern!r} matches no module of this network")
+        for module in matched:
+            for parameter in module.parameters():
+                found[id(parameter)] = parameter
+    return list(found.values())
 
 
 def _replace_head(model: nn.Module, config: AdapterConfig) -> bool:
@@ -80,6 +97,8 @@ class AdaptedModel(nn.Module):
             parameter.requires_grad_(False)
         self.head_replaced = _replace_head(model, config)
         head = model.get_submodule(config.head_module)
+        # Found before the method wraps layers (names change then); the Parameter objects stay the same.
+        extra = train_module_parameters(model, config)
         self.tcur: TCURAdapter | None = None
         if config.method == "tcur":
             self.tcur = TCURAdapter(model, config)
@@ -93,6 +112,9 @@ class AdaptedModel(nn.Module):
             for parameter in head.parameters():
                 parameter.requires_grad_(True)
         self._head_ids = {id(p) for p in head.parameters()}
+        for parameter in extra:
+            parameter.requires_grad_(True)
+        self._module_ids = frozenset(id(p) for p in extra) - self._head_ids
         self.merged = False
 
     def forward(self, *args, **kwargs):
@@ -146,11 +168,22 @@ class AdaptedModel(nn.Module):
         was_merged = self.merged
         if was_merged:
             self.unmerge()
+        indices = [key for key in state if self.tcur is not None and key.endswith((".rows", ".cols"))]
         with torch.no_grad():
+            # C and R come from the base weights: indices first, factors rebuilt where they changed,
+            # and only then the trained tensors (a train_modules layer may also be a tCUR target).
+            changed = {
+                key.rpartition(".")[0]
+                for key in indices
+                if not torch.equal(live[key].cpu(), state[key].cpu())
+            }
+            for key in indices:
+                live[key].copy_(state[key].to(live[key].device))
+            if changed and self.tcur is not None:
+                self.tcur.rebuild_factors()
             for key, tensor in state.items():
-                live[key].copy_(tensor.to(device=live[key].device, dtype=live[key].dtype))
-        if self.tcur is not None:
-            self.tcur.rebuild_factors()
+                if key not in indices:
+                    live[key].copy_(tensor.to(device=live[key].device, dtype=live[key].dtype))
         if was_merged:
             self.merge()
 
@@ -198,7 +231,19 @@ class AdaptedModel(nn.Module):
 
     def parameter_counts(self) -> ParameterCounts:
         """Total, trainable, adapter core and head parameter counts."""
-        return count_parameters(self, self._head_ids)
+        return count_parameters(self, self._head_ids, self._module_ids)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by role: "adapter" (the method's own), "modules" (train_modules), "head"."""
+        groups: dict[str, list[nn.Parameter]] = {"adapter": [], "modules": [], "head": []}
+        for parameter in self.trainable_parameters():
+            if id(parameter) in self._head_ids:
+                groups["head"].append(parameter)
+            elif id(parameter) in self._module_ids:
+                groups["modules"].append(parameter)
+            else:
+                groups["adapter"].append(parameter)
+        return groups
 
 
 def apply_adapter(model: nn.Module, config: AdapterConfig) -> AdaptedModel:

@@ -20,6 +20,19 @@ DEFAULT_TARGETS = [UNETR_TARGETS, SWIN_TARGETS]
 DEFAULT_DECODER_MODULES = [r"(?!(vit|swinViT)$)[^.]+"]
 # "Conv3d targets": every convolution of the UNETR / SwinUNETR encoder and decoder blocks.
 CONV_TARGETS = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
+# Shorthands accepted in `train_modules`. "decoder" is the rule of the tCURLoRA authors' public code
+# (every module whose name contains "decoder" trains): UNETR decoder2-5, SwinUNETR decoder1-5.
+TRAIN_MODULE_SHORTHANDS = {"decoder": [r"decoder\d+"]}
+
+
+def expand_train_modules(patterns: list[str]) -> list[str]:
+    """`train_modules` with shorthands ("decoder") replaced by their regexes, duplicates dropped."""
+    out: list[str] = []
+    for pattern in patterns:
+        for item in TRAIN_MODULE_SHORTHANDS.get(pattern, [pattern]):
+            if item not in out:
+                out.append(item)
+    return out
 
 
 @dataclass
@@ -50,6 +63,8 @@ class AdapterConfig:
     base_model_id: str | None = None
     base_fingerprint: str | None = None
     decoder_modules: list[str] = field(default_factory=lambda: list(DEFAULT_DECODER_MODULES))
+    # Extra modules trained in full by any method (like PEFT's modules_to_save), saved in the adapter.
+    train_modules: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,7 +92,7 @@ class AdapterConfig:
             raise ConfigError(f"unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("target_modules", "conv_target_modules", "decoder_modules"):
+        for name in ("target_modules", "conv_target_modules", "decoder_modules", "train_modules"):
             _check_regexes(name, getattr(self, name))
         if not isinstance(self.fused_splits, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1

@@ -10,12 +10,15 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ParameterCounts:
-    """total: all parameters of the adapted model; trainable = adapter (core) + head."""
+    """total: all parameters of the adapted model; trainable = adapter (core) + modules + head.
+
+    `modules` counts the extra modules trained in full (`train_modules`), apart from the head."""
 
     total: int
     trainable: int
     adapter: int
     head: int
+    modules: int = 0
 
     @property
     def trainable_percent(self) -> float:
@@ -28,19 +31,26 @@ class ParameterCounts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParameterCounts:
-        return cls(**{k: int(data[k]) for k in ("total", "trainable", "adapter", "head")})
+        counts = {k: int(data[k]) for k in ("total", "trainable", "adapter", "head")}
+        return cls(**counts, modules=int(data.get("modules", 0)))
 
 
-def count_parameters(model: nn.Module, head_ids: set[int]) -> ParameterCounts:
-    """Count the unique parameters of `model`; those whose id is in `head_ids` count as head."""
-    total = trainable = head = 0
+def count_parameters(
+    model: nn.Module, head_ids: set[int], module_ids: frozenset[int] = frozenset()
+) -> ParameterCounts:
+    """Count the unique parameters of `model`; ids in `head_ids` count as head, in `module_ids` as modules."""
+    total = trainable = head = modules = 0
     for parameter in model.parameters():
         total += parameter.numel()
         if parameter.requires_grad:
             trainable += parameter.numel()
             if id(parameter) in head_ids:
                 head += parameter.numel()
-    return ParameterCounts(total=total, trainable=trainable, adapter=trainable - head, head=head)
+            elif id(parameter) in module_ids:
+                modules += parameter.numel()
+    return ParameterCounts(
+        total=total, trainable=trainable, adapter=trainable - head - modules, head=head, modules=modules
+    )
 
 
 def human_size(num_bytes: int) -> str:

@@ -111,27 +111,45 @@ class TCURGroup(nn.Module):
         """All of dW with real GEMMs: P_k = C_k dU_k per frequency (small, complex), then
         [Re; Im](P_k R_k) as one real batched GEMM against the R blocks, then the inverse DFT along
         mode 3 as one (m, 2f) x (2f, n1 n2) GEMM (faster than an FFT along a strided axis), split
-        into the members' parts once (so backward assembles dW's gradient once per group)."""
-        autocast = _autocast_dtype(self.dU.device)
-        key = (self.dU._version, torch.is_grad_enabled(), autocast, self.dU.device, self.dU.dtype)
+        into the members' parts once (so backward assembles dW's gradient once per group).
+
+        Always computed and returned in at least float32, whatever the autocast state or the dtype the
+        module was cast to: the layers add it to W in float32 and cast once (small updates would
+        vanish in a bf16 sum)."""
+        key = (self.dU._version, torch.is_grad_enabled(), self.dU.device, self.dU.dtype)
         if self._cache is not None and self._cache_key == key:
             return self._cache
         self._cache = None  # free the old one before computing the new one
-        out_dtype = autocast if autocast is not None else self.dU.dtype
+        compute = accumulation_dtype(self.r_blocks.dtype)
         with torch.autocast(self.dU.device.type, enabled=False):
-            compute = self.r_blocks.dtype
             du_hat = to_fourier(self.dU.to(compute)).permute(2, 0, 1)  # (f, r, r)
-            p = torch.bmm(torch.view_as_complex(self.c_freq), du_hat)  # (f, n1, r)
+            p = torch.bmm(_as_complex(self.c_freq.to(compute)), du_hat)  # (f, n1, r)
             p_real = torch.cat([p.real, p.imag], dim=-1)  # (f, n1, 2r): [Pr, Pi]
             f = p.shape[0]
             spectrum = torch.bmm(p_real.expand(2, -1, -1, -1).reshape(2 * f, self.n1, 2 * self.rank),
-                                 self.r_blocks.reshape(2 * f, 2 * self.rank, self.n2))  # fmt: skip
+                                 self.r_blocks.to(compute).reshape(2 * f, 2 * self.rank, self.n2))  # fmt: skip
             spectrum = spectrum.reshape(2 * f, self.n1 * self.n2)  # rows: Re of each frequency, then Im
-            whole = (self.inverse_dft @ spectrum).reshape(self.m, self.n1, self.n2).to(out_dtype)
+            whole = (self.inverse_dft.to(compute) @ spectrum).reshape(self.m, self.n1, self.n2)
         sizes = [layer.n_slices for layer in self._members] or [self.m]
         parts_tuple = whole.split(sizes, dim=0)
         self._cache, self._cache_key = (whole, parts_tuple), key
         return self._cache
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half/bfloat16/float32 tensors, float64 for float64: where W + dW is summed."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype a layer runs in: the active autocast dtype on the weight's device, else the weight's."""
+    return _autocast_dtype(weight.device) or weight.dtype
+
+
+def sum_weight(weight: Tensor, delta: Tensor, dtype: torch.dtype) -> Tensor:
+    """W + dW added in (at least) float32, then cast once to `dtype`."""
+    total = accumulation_dtype(weight.dtype)
+    return (weight.to(total) + delta.to(total)).to(dtype)
 
 
 def inverse_rdft_matrix(m: int, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -195,15 +213,17 @@ class TCURLayer(nn.Module, ABC):
         return self.from_slices(self.group.member_delta(self.member_index))
 
     def adapted_weight(self) -> Tensor:
-        delta = self.delta_weight()
-        return self.base_layer.weight.to(delta.dtype) + delta
+        """W + dW, summed in float32 and cast once to the dtype the layer runs in."""
+        weight = self.base_layer.weight
+        return sum_weight(weight, self.delta_weight(), compute_dtype(weight))
 
     @torch.no_grad()
     def merge(self) -> None:
         if self.merged:
             warnings.warn("tCUR layer already merged; merge skipped", stacklevel=2)
             return
-        self.base_layer.weight.add_(self.delta_weight().to(self.base_layer.weight.dtype))
+        weight = self.base_layer.weight
+        weight.copy_(sum_weight(weight, self.delta_weight(), weight.dtype))
         self.merged = True
 
     @torch.no_grad()
@@ -211,7 +231,8 @@ class TCURLayer(nn.Module, ABC):
         if not self.merged:
             warnings.warn("tCUR layer is not merged; unmerge skipped", stacklevel=2)
             return
-        self.base_layer.weight.sub_(self.delta_weight().to(self.base_layer.weight.dtype))
+        weight = self.base_layer.weight
+        weight.copy_(sum_weight(weight, -self.delta_weight(), weight.dtype))
         self.merged = False
 
 
@@ -220,33 +241,33 @@ class AdaptedLinear(torch.autograd.Function):
 
     The straightforward F.linear(x, W + dW) saves one full weight-sized tensor per layer; here
     backward recomputes it from W (frozen, alive anyway) and dW (a view of the group's cached dW), so
-    training holds no more than the frozen model plus one dW per group. Runs in dW's dtype (the
-    autocast dtype under autocast), returning the input gradient in the input's dtype.
+    training holds no more than the frozen model plus one dW per group. W + dW is summed in float32
+    and cast once to `dtype` (the autocast dtype under autocast); the input gradient comes back in
+    the input's dtype, dW's gradient in dW's dtype (float32).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, delta: Tensor, bias: Tensor | None) -> Tensor:
-        dtype = delta.dtype
+    def forward(ctx, x: Tensor, weight: Tensor, delta: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
         x_cast = x.to(dtype)
-        ctx.x_dtype = x.dtype
+        ctx.x_dtype, ctx.dtype = x.dtype, dtype
         ctx.save_for_backward(x_cast, weight, delta, bias)
-        return F.linear(x_cast, weight.to(dtype) + delta, None if bias is None else bias.to(dtype))
+        return F.linear(x_cast, sum_weight(weight, delta, dtype), None if bias is None else bias.to(dtype))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x_cast, weight, delta, bias = ctx.saved_tensors
-        grad = grad.to(delta.dtype)
+        grad = grad.to(ctx.dtype)
         grad_x = grad_weight = grad_delta = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad @ (weight.to(delta.dtype) + delta)).to(ctx.x_dtype)
+            grad_x = (grad @ sum_weight(weight, delta, ctx.dtype)).to(ctx.x_dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             flat_grad = grad.reshape(-1, grad.shape[-1])
             grad_w = flat_grad.transpose(0, 1) @ x_cast.reshape(-1, x_cast.shape[-1])
-            grad_delta = grad_w if ctx.needs_input_grad[2] else None
+            grad_delta = grad_w.to(delta.dtype) if ctx.needs_input_grad[2] else None
             grad_weight = grad_w.to(weight.dtype) if ctx.needs_input_grad[1] else None
         if bias is not None and ctx.needs_input_grad[3]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(bias.dtype)
-        return grad_x, grad_weight, grad_delta, grad_bias
+        return grad_x, grad_weight, grad_delta, grad_bias, None
 
 
 class TCURLinear(TCURLayer):
@@ -264,7 +285,8 @@ class TCURLinear(TCURLayer):
     def forward(self, x: Tensor) -> Tensor:
         if self.merged or self._group is None:
             return self.base_layer(x)
-        return AdaptedLinear.apply(x, self.base_layer.weight, self.delta_weight(), self.base_layer.bias)
+        weight = self.base_layer.weight
+        return AdaptedLinear.apply(x, weight, self.delta_weight(), self.base_layer.bias, compute_dtype(weight))
 
 
 class TCURConv3d(TCURLayer):
@@ -362,10 +384,11 @@ class TCURAdapter(nn.Module):
         self._layers[name] = layer
 
     def _new_pass(self, module: nn.Module, args: tuple) -> None:
-        """A new forward pass with grad needs a fresh graph for dW: drop cached deltas."""
-        if torch.is_grad_enabled():
-            for group in self.groups.values():
-                group.clear_cache()
+        """Each forward pass computes dW afresh (once per group, shared by its layers): a pass with grad
+        needs a new graph, and an optimiser that writes dU in place without bumping its version
+        (fused/foreach Adam, `.data` writes) must still be seen by the next pass."""
+        for group in self.groups.values():
+            group.clear_cache()
 
     @property
     def layers(self) -> dict[str, TCURLayer]:

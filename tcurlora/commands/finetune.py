@@ -26,6 +26,10 @@ JOB_FLAGS = {
     "iterations": "--iterations",
     "batch_size": "--batch-size",
     "lr": "--lr",
+    "head_lr": "--head-lr",
+    "modules_lr": "--modules-lr",
+    "train_modules": "--train-modules",
+    "spacing": "--spacing",
     "patch_size": "--patch-size",
     "seed": "--seed",
     "val_fraction": "--val-fraction",
@@ -50,6 +54,20 @@ def patch_size_arg(text: str) -> list[int]:
     if len(sizes) != 3 or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"patch size needs 1 or 3 positive integers, got {text!r}")
     return sizes
+
+
+def spacing_arg(text: str) -> list[float]:
+    """ "1" -> [1.0, 1.0, 1.0]; "1,1,1.5" or "1x1x1.5" -> [1.0, 1.0, 1.5]."""
+    parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"spacing must be numbers in mm, got {text!r}") from error
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"spacing needs 1 or 3 positive numbers, got {text!r}")
+    return values
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +102,18 @@ def register(subparsers: Any) -> None:
                    help="adapt only the transformer's linear layers (tCURLoRA as in the paper)")
     p.add_argument("--iterations", type=int, help="training steps (default 200)")
     p.add_argument("--batch-size", type=int, help="patches per step (default 2)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    p.add_argument("--lr", type=float, help="learning rate of the adapter (default: the method's)")
+    p.add_argument("--head-lr", type=float, help="learning rate of a new segmentation head (default 5e-3)")
+    p.add_argument("--modules-lr", type=float, help="learning rate of the --train-modules (default 1e-3)")
+    p.add_argument(
+        "--train-modules", nargs="+", metavar="REGEX",
+        help="extra modules trained in full (full-matched module names; 'decoder' = every decoderN block, "
+        "the tCURLoRA authors' setting), saved in the adapter",
+    )
+    p.add_argument(
+        "--spacing", type=spacing_arg,
+        help="working spacing in mm, e.g. 1 or 1,1,1.5 (default: the base model's); saved in the adapter",
+    )
     p.add_argument(
         "--patch-size", type=patch_size_arg, help="e.g. 96 or 96,96,64 (default: the base model's)"
     )
@@ -155,6 +184,10 @@ def build_job(args: argparse.Namespace) -> FinetuneJob:
         "iterations": args.iterations,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
+        "head_learning_rate": args.head_lr,
+        "modules_learning_rate": args.modules_lr,
+        "train_modules": args.train_modules,
+        "spacing": args.spacing,
         "patch_size": args.patch_size,
         "seed": args.seed,
         "val_fraction": args.val_fraction,

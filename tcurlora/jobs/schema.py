@@ -232,6 +232,10 @@ class FinetuneJob:
     iterations: int = 200
     batch_size: int = 2
     learning_rate: float | None = None
+    head_learning_rate: float | None = None
+    modules_learning_rate: float | None = None
+    train_modules: list[str] | None = None
+    spacing: list[float] | None = None
     patch_size: list[int] | None = None
     seed: int = 0
     val_fraction: float = 0.0
@@ -276,9 +280,20 @@ class FinetuneJob:
         val_case_ids = r.string_list("val_case_ids", None)
         if val_case_ids is not None and val_fraction > 0:
             r.fail("val_case_ids", "give either 'val_fraction' or 'val_case_ids', not both")
-        learning_rate = r.number("learning_rate", None, low=0.0)
-        if learning_rate == 0.0:
-            r.fail("learning_rate", "must be > 0")
+        learning_rate = _positive_rate(r, "learning_rate")
+        spacing = r.typed("spacing", (list,), "a list of 3 positive numbers (mm)", None)
+        if spacing is not None and (
+            len(spacing) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                       for v in spacing)
+        ):
+            r.fail("spacing", f"expected a list of 3 positive numbers (mm), got {spacing!r}")
+        train_modules = r.string_list("train_modules", None)
+        for index, pattern in enumerate(train_modules or []):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                r.fail(f"train_modules[{index}]", f"invalid regular expression {pattern!r}: {error}")
         return cls(
             base_model=r.reference("base_model"),
             output=r.path("output"),
@@ -296,6 +311,10 @@ class FinetuneJob:
             iterations=r.integer("iterations", 200, minimum=1),
             batch_size=r.integer("batch_size", 2, minimum=1),
             learning_rate=learning_rate,
+            head_learning_rate=_positive_rate(r, "head_learning_rate"),
+            modules_learning_rate=_positive_rate(r, "modules_learning_rate"),
+            train_modules=train_modules,
+            spacing=[float(v) for v in spacing] if spacing is not None else None,
             patch_size=list(patch) if patch is not None else None,
             seed=r.integer("seed", 0, minimum=0),
             val_fraction=val_fraction,
@@ -343,6 +362,10 @@ class FinetuneJob:
             "iterations": self.iterations,
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
+            "head_learning_rate": self.head_learning_rate,
+            "modules_learning_rate": self.modules_learning_rate,
+            "train_modules": self.train_modules,
+            "spacing": self.spacing,
             "patch_size": self.patch_size,
             "seed": self.seed,
             "val_fraction": self.val_fraction,
@@ -354,6 +377,14 @@ class FinetuneJob:
             "force": self.force,
             "resume": self.resume,
         }
+
+
+def _positive_rate(r: _Reader, key: str) -> float | None:
+    """An optional learning rate: null, or a number > 0."""
+    value = r.number(key, None, low=0.0)
+    if value == 0.0:
+        r.fail(key, "must be > 0")
+    return value
 
 
 def _read_cases(r: _Reader) -> list[JobCase]:

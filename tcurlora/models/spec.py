@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tcurlora.errors import ConfigError
@@ -47,6 +47,15 @@ class ModelSpec:
     @property
     def out_channels(self) -> int:
         return int(self.arch_params.get("out_channels", len(self.labels) + 1))
+
+    def at_spacing(self, spacing: Any | None) -> ModelSpec:
+        """This spec with another working spacing in mm (a fine-tune's `spacing`); itself when None."""
+        if spacing is None:
+            return self
+        values = tuple(float(s) for s in spacing)
+        if len(values) != 3 or min(values) <= 0:
+            raise ConfigError(f"spacing must be 3 positive numbers in mm, got {list(spacing)!r}")
+        return replace(self, spacing=values)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
