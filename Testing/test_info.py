@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
 
 
 def test_info_unetr_base_json(capsys):
-    assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--no-conv-targets", "--json"]) == 0
+    assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--no-conv-targets", "--no-train-modules",
+                 "--json"]) == 0  # fmt: skip
     data = json.loads(capsys.readouterr().out)
     assert data["method"] == "tcur" and data["rank"] == 8
     assert data["trainable"] == data["adapter"] == 4608 and data["head"] == 0
@@ -63,21 +65,36 @@ def test_info_table_matches_apply_adapter(capsys):
         config = AdapterConfig(
             method=row["method"], rank=row["rank"] or 8, num_classes=4, base_fingerprint="x"
         )
-        if row["method"] == "tcur":  # finetune's default for tcur: the Conv3d kernels too
+        if row["method"] == "tcur":  # finetune's default for tcur: the Conv3d kernels and full-res blocks too
             config.conv_target_modules = list(CONV_TARGETS)
+            config.train_modules = ["encoder1", "decoder2"]
         counts = apply_adapter(copy.deepcopy(model), config).parameter_counts()
         assert {k: row[k] for k in ("total", "trainable", "adapter", "head")} == {
             "total": counts.total, "trainable": counts.trainable, "adapter": counts.adapter, "head": counts.head
         }  # fmt: skip
         assert row["head"] == 8 * 4 + 4
-    assert main(["info", "unetr-tiny", "--table", "--no-conv-targets"]) == 0
+    assert main(["info", "unetr-tiny", "--table", "--no-conv-targets", "--no-train-modules"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert lines[0] == "preset:unetr-tiny" and lines[1].split() == [
-        "method", "rank", "total", "trainable", "trainable", "%", "adapter", "core", "head"
+        "method", "rank", "total", "trainable", "trainable", "%", "adapter", "core", "train", "modules", "head"
     ]  # fmt: skip
     tcur8 = next(line for line in lines if line.split()[:2] == ["tcur", "8"])
     assert tcur8.split()[3] == "4,608"
+
+
+def test_info_counts_train_modules(capsys):
+    """--train-modules adds the named blocks, counted apart from the adapter core and the head."""
+    from tcurlora.models.architectures import build_preset
+
+    model, _ = build_preset("unetr-tiny")
+    decoder_blocks = sum(p.numel() for n, p in model.named_parameters() if re.match(r"decoder\d+\.", n))
+    assert main(["info", "unetr-tiny", "--method", "tcur", "--no-conv-targets", "--train-modules", "decoder",
+                 "--json"]) == 0  # fmt: skip
+    row = json.loads(capsys.readouterr().out)
+    assert row["modules"] == decoder_blocks > 0
+    assert row["trainable"] == row["adapter"] + row["modules"] + row["head"]
+    assert row["adapter"] == 4608
 
 
 def test_info_on_an_adapter_folder(tmp_path, capsys):

@@ -70,7 +70,7 @@ def test_finetune_defaults_and_relative_paths(tmp_path):
     )
     assert job.uses_conv_targets  # tcur adapts the Conv3d kernels too unless told not to
     assert (job.iterations, job.batch_size, job.learning_rate, job.patch_size, job.seed) == (
-        200,
+        500,
         2,
         None,
         None,
@@ -153,6 +153,14 @@ BAD_FINETUNE = [
     ({"amp": "yes"}, "key 'amp': expected true or false, got str 'yes'"),
     ({"alpha": "big"}, "key 'alpha': expected a number, got str 'big'"),
     ({"learning_rate": 0}, "key 'learning_rate': must be > 0"),
+    ({"head_learning_rate": 0}, "key 'head_learning_rate': must be > 0"),
+    ({"modules_learning_rate": -1}, "key 'modules_learning_rate': must be in [0.0, None], got -1.0"),
+    ({"train_modules": "decoder"}, "key 'train_modules': expected a list of strings, got str 'decoder'"),
+    ({"train_modules": ["decoder(["]}, "key 'train_modules[0]': invalid regular expression 'decoder(['"),
+    ({"spacing": [1, 1]}, "key 'spacing': expected a list of 3 positive numbers (mm), got [1, 1]"),
+    ({"spacing": [1, 0, 1]}, "key 'spacing': expected a list of 3 positive numbers (mm)"),
+    ({"spacing": "native"}, "key 'spacing': expected a list of 3 positive numbers (mm), \"auto\" or \"base\", got 'native'"),
+    ({"early_stopping": -1}, "key 'early_stopping': must be >= 0, got -1"),
     ({"val_fraction": 1.0}, "key 'val_fraction': must be in [0.0, 1.0), got 1.0"),
     ({"val_fraction": 0.2, "val_case_ids": ["a"]}, "key 'val_case_ids': give either 'val_fraction'"),
     ({"patch_size": [32, 32]}, "key 'patch_size': expected a list of 3 positive integers, got [32, 32]"),
@@ -346,3 +354,15 @@ def test_conv_targets_default_is_per_method_and_survives_a_round_trip(tmp_path, 
     assert job.conv_targets is conv_targets and job.uses_conv_targets is expected
     again = FinetuneJob.from_dict(job.to_dict(), tmp_path, None)
     assert again.conv_targets is conv_targets and again.uses_conv_targets is expected
+
+
+@pytest.mark.parametrize("spacing", [[1, 1, 1.5], "auto", "base", None])
+def test_new_finetune_settings_round_trip(tmp_path, spacing):
+    data = finetune_data(spacing=spacing, train_modules=["decoder", r"encoder1"], head_learning_rate=0.05,
+                         modules_learning_rate=1e-3, early_stopping=2)  # fmt: skip
+    job = FinetuneJob.from_file(write_job(tmp_path, data))
+    assert job.spacing == ([1.0, 1.0, 1.5] if isinstance(spacing, list) else spacing)
+    assert (job.train_modules, job.head_learning_rate, job.modules_learning_rate, job.early_stopping) == (
+        ["decoder", "encoder1"], 0.05, 1e-3, 2)  # fmt: skip
+    again = FinetuneJob.from_dict(job.to_dict(), tmp_path)
+    assert again == job

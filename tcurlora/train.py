@@ -26,9 +26,12 @@ from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3}
 # The new segmentation head and the extra `train_modules` learn at these rates whatever the method,
 # so methods are compared on what they adapt, not on how fast their head learns (docs/benchmarks.md).
-DEFAULT_HEAD_LEARNING_RATE = 5e-3
+DEFAULT_HEAD_LEARNING_RATE = 5e-2
 DEFAULT_MODULES_LEARNING_RATE = 1e-3
 WARMUP_FRACTION = 0.05
+# With a validation split: validations per run, and how many without improvement end it early.
+VALIDATIONS_PER_RUN = 10
+DEFAULT_PATIENCE = 4
 
 
 @dataclass
@@ -39,6 +42,21 @@ class TrainingState:
     losses: list[float] = field(default_factory=list)
     val_history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    stopped_early: bool = False
+
+    def best_validation(self) -> dict[str, Any] | None:
+        """The validation with the highest mean Dice (the earliest of equals), or None."""
+        if not self.val_history:
+            return None
+        return max(self.val_history, key=lambda v: (mean_dice(v["dice"]), -v["iteration"]))
+
+    def validations_since_best(self) -> int:
+        best = self.best_validation()
+        return 0 if best is None else sum(1 for v in self.val_history if v["iteration"] > best["iteration"])
+
+
+def mean_dice(per_class: dict[str, float]) -> float:
+    return sum(per_class.values()) / len(per_class) if per_class else 0.0
 
 
 def learning_rate_factor(iteration: int, total: int) -> float:
@@ -163,6 +181,7 @@ class Trainer:
         self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
         self.state = TrainingState()
+        self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
 
     def job_record(self) -> dict:
         job = self.job
@@ -177,7 +196,8 @@ class Trainer:
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
         batches = self.setup.batches(seed_offset=self.state.iteration)
         total = job.iterations
-        eval_every = max(1, total // 5)
+        eval_every = max(1, total // VALIDATIONS_PER_RUN)
+        patience = getattr(job, "early_stopping", DEFAULT_PATIENCE)
         previous_elapsed = self.state.elapsed_s  # time spent before a resume
         started = time.monotonic() - previous_elapsed
         start_iteration = self.state.iteration
@@ -192,6 +212,8 @@ class Trainer:
             if self.setup.val_volumes and (it % eval_every == 0 or it == total):
                 val = self.validate()
                 self.state.val_history.append({"iteration": it, "dice": val})
+                if self.state.best_validation()["iteration"] == it:
+                    self.best_state = self.adapted.adapter_state_dict()
             done_now = it - start_iteration
             elapsed = time.monotonic() - started
             eta = (elapsed - previous_elapsed) / done_now * (total - it) if done_now else None
@@ -201,6 +223,12 @@ class Trainer:
                 self.state.elapsed_s = elapsed
                 path = save_checkpoint(ckpt, self.adapted, self.optimizer, self.state, self.job_record())
                 sink.checkpoint(iteration=it, path=str(path))
+            if patience and self.state.validations_since_best() >= patience and it < total:
+                self.state.stopped_early = True
+                sink.log("info", f"early stop at iteration {it}: validation Dice has not improved for "
+                                 f"{patience} validations; keeping the adapter of iteration "
+                                 f"{self.state.best_validation()['iteration']}")
+                break
         self.state.elapsed_s = time.monotonic() - started
         return self.finish(output, ckpt)
 
@@ -254,8 +282,13 @@ class Trainer:
             "train_time_s": round(state.elapsed_s, 2),
             "device": setup.device_name,
         }
-        if state.val_history:
-            metrics["val_dice"] = state.val_history[-1]["dice"]
+        best = state.best_validation()
+        if best is not None:
+            metrics["val_dice"] = best["dice"]
+            metrics["best_iteration"] = best["iteration"]
+            metrics["stopped_early"] = state.stopped_early
+            if self.best_state is not None and best["iteration"] != state.iteration:
+                self.adapted.load_adapter_state_dict(self.best_state)  # the best validated adapter is kept
         extra = {
             "label_colors": setup.label_colors,
             "preprocessing": setup.spec.to_dict(),

@@ -86,8 +86,9 @@ def split_validation(cases: list, job) -> tuple[list, list]:
 def prepare_training(job, sink) -> TrainingSetup:
     """Load and check everything before the first step, so bad input fails before any compute."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import CONV_TARGETS, expand_train_modules
+    from tcurlora.adapters.config import CONV_TARGETS, default_train_modules, expand_train_modules
     from tcurlora.data.loader import training_batches, validation_volumes
+    from tcurlora.data.spacing import resolve_working_spacing
     from tcurlora.data.validate import validate_case
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.models.registry import load_base_model
@@ -120,13 +121,17 @@ def prepare_training(job, sink) -> TrainingSetup:
         config.alpha = float(job.alpha)
     if job.uses_conv_targets:
         config.conv_target_modules = list(CONV_TARGETS)
-    if getattr(job, "train_modules", None):
-        config.train_modules = expand_train_modules(job.train_modules)
+    requested = job.train_modules
+    if requested is None:
+        requested = default_train_modules(job.method, type(base.model).__name__)
+    config.train_modules = expand_train_modules(requested)
     adapted = apply_adapter(base.model, config)
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
-    spec = base.spec.at_spacing(job.spacing)
+    spacing = resolve_working_spacing(job.spacing, [c.images[0] for c in train_cases], base.spec.spacing)
+    spec = base.spec.at_spacing(spacing)
+    sink.log("info", f"working spacing {list(spacing)} mm (base model: {list(base.spec.spacing)} mm)")
 
     def batches(seed_offset: int = 0) -> Iterator[dict]:
         return training_batches(train_cases, spec, patch_size=patch_size, num_classes=num_classes,

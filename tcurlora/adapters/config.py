@@ -23,6 +23,15 @@ CONV_TARGETS = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
 # Shorthands accepted in `train_modules`. "decoder" is the rule of the tCURLoRA authors' public code
 # (every module whose name contains "decoder" trains): UNETR decoder2-5, SwinUNETR decoder1-5.
 TRAIN_MODULE_SHORTHANDS = {"decoder": [r"decoder\d+"]}
+# The blocks that work at the input's full resolution (the encoder's first conv block and the last
+# decoder block). A small target structure needs them: fine-tune's default for tcur trains them in full
+# (about 33k parameters, 0.4%, in the built-in base; docs/benchmarks.md).
+FULL_RESOLUTION_BLOCKS = {"UNETR": ["encoder1", "decoder2"], "SwinUNETR": ["encoder1", "decoder1"]}
+
+
+def default_train_modules(method: str, arch: str) -> list[str]:
+    """What `train_modules` is when a job does not say: the full-resolution blocks for tcur, else none."""
+    return list(FULL_RESOLUTION_BLOCKS.get(arch, [])) if method == "tcur" else []
 
 
 def expand_train_modules(patterns: list[str]) -> list[str]:

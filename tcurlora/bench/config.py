@@ -33,20 +33,31 @@ class MethodSpec:
     conv_targets: bool = False
     learning_rate: float | None = None
     alpha: float | None = None
+    head_learning_rate: float | None = None
+    train_modules: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        """E.g. `tcur-r8-topnorm+conv`, `lora-r8`, `full`; `-lr0.002` is added when the entry sets one."""
+        """E.g. `tcur-r8-topnorm+conv`, `lora-r8`, `full`; `+decoder2,encoder1` names train_modules,
+        `-lr0.002` / `-hlr0.05` are added when the entry sets the adapter's / the head's rate."""
         if self.method == "tcur":
             text = f"tcur-r{self.rank}-{self.selection}" + ("+conv" if self.conv_targets else "")
         elif self.method == "lora":
             text = f"lora-r{self.rank}"
         else:
             text = self.method
-        return text if self.learning_rate is None else f"{text}-lr{self.learning_rate:g}"
+        if self.train_modules:
+            text += "+" + ",".join(self.train_modules)
+        if self.learning_rate is not None:
+            text += f"-lr{self.learning_rate:g}"
+        if self.head_learning_rate is not None:
+            text += f"-hlr{self.head_learning_rate:g}"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, **asdict(self)}
+        data = {"label": self.label, **asdict(self)}
+        data["train_modules"] = list(self.train_modules)
+        return data
 
 
 @dataclass
@@ -78,9 +89,11 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     test_cases: int = 10
     test_case_ids: list[str] | None = None
+    held_out_cases: int = 0  # the last N cases of dataset.json are never used (see plan.fixed_split)
     iterations: int = 100
     batch_size: int = 2
     patch_size: list[int] | None = None
+    spacing: list[float] | str | None = None  # the fine-tunes' working spacing: mm, "auto" (None) or "base"
     device: str = "auto"
     amp: bool = True
     overlap: float = 0.25
@@ -157,7 +170,8 @@ def expand_methods(entries: Any, where: str, source: Path | None) -> list[Method
     """Method entries -> MethodSpecs; list-valued rank/selection/conv_targets expand to all combinations."""
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"key {where!r}: expected a non-empty list of method entries", source)
-    allowed = {"method", "rank", "selection", "conv_targets", "learning_rate", "alpha"}
+    allowed = {"method", "rank", "selection", "conv_targets", "learning_rate", "alpha", "head_learning_rate",
+               "train_modules"}
     specs: list[MethodSpec] = []
     for index, entry in enumerate(entries):
         keys = _Keys(entry, f"{where}[{index}]", source, allowed)
@@ -182,6 +196,10 @@ def expand_methods(entries: Any, where: str, source: Path | None) -> list[Method
         if lr is not None and lr <= 0:
             keys.fail("learning_rate", f"must be > 0, got {lr}")
         alpha = keys.get("alpha", (int, float), "a number or null", None)
+        head_lr = keys.get("head_learning_rate", (int, float), "a positive number or null", None)
+        if head_lr is not None and head_lr <= 0:
+            keys.fail("head_learning_rate", f"must be > 0, got {head_lr}")
+        modules = tuple(keys.str_list("train_modules") or ())
         if method != "tcur":  # selection and conv targets only mean something for tCURLoRA
             selections, convs = selections[:1], [False]
         if method not in ("tcur", "lora"):
@@ -194,6 +212,8 @@ def expand_methods(entries: Any, where: str, source: Path | None) -> list[Method
                 conv,
                 None if lr is None else float(lr),
                 None if alpha is None else float(alpha),
+                None if head_lr is None else float(head_lr),
+                modules,
             )
             if spec.label in {s.label for s in specs}:
                 keys.fail("method", f"the setting {spec.label!r} appears twice")
@@ -231,7 +251,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
     """Validate a config dict; relative paths are resolved against `base_dir`."""
     allowed = {
         "schema", "name", "description", "base_model", "fallback_base_model", "data", "label_names", "k",
-        "seeds", "test_cases", "test_case_ids", "iterations", "batch_size", "patch_size", "device", "amp",
+        "seeds", "test_cases", "test_case_ids", "held_out_cases", "iterations", "batch_size", "patch_size", "spacing", "device", "amp",
         "overlap", "latency_cases", "warmup_steps", "isolate", "threads", "methods", "cost",
     }  # fmt: skip
     keys = _Keys(data, "", source, allowed)
@@ -244,6 +264,13 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
     patch = keys.int_list("patch_size", None, minimum=1)
     if patch is not None and len(patch) != 3:
         keys.fail("patch_size", f"expected 3 integers, got {patch!r}")
+    spacing = keys.get("spacing", (list, str), 'a list of 3 numbers (mm), "auto" or "base"', None)
+    if isinstance(spacing, str) and spacing not in ("auto", "base"):
+        keys.fail("spacing", f'expected a list of 3 numbers (mm), "auto" or "base", got {spacing!r}')
+    if isinstance(spacing, list) and (
+        len(spacing) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in spacing)
+    ):
+        keys.fail("spacing", f"expected 3 positive numbers (mm), got {spacing!r}")
     overlap = keys.get("overlap", (int, float), "a number in [0, 1)", 0.25)
     if not 0 <= overlap < 1:
         keys.fail("overlap", f"must be in [0, 1), got {overlap}")
@@ -272,9 +299,11 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
         seeds=keys.int_list("seeds", [0], minimum=0),
         test_cases=keys.positive_int("test_cases", 10),
         test_case_ids=keys.str_list("test_case_ids"),
+        held_out_cases=keys.positive_int("held_out_cases", 0, minimum=0),
         iterations=keys.positive_int("iterations", 100),
         batch_size=keys.positive_int("batch_size", 2),
         patch_size=patch,
+        spacing=spacing,
         device=keys.get("device", (str,), "auto, cpu or cuda", "auto"),
         amp=keys.get("amp", (bool,), "true or false", True),
         overlap=float(overlap),

@@ -72,7 +72,15 @@ def resolve_base_model(config: BenchConfig) -> tuple[str, str | None]:
 
 
 def fixed_split(cases: list[Case], config: BenchConfig) -> Split:
-    """Test = the cases named in test_case_ids, else the last `test_cases` in file order; pool = the rest."""
+    """Test = the cases named in test_case_ids, else the last `test_cases` in file order; pool = the rest.
+
+    `held_out_cases` first sets the last N cases aside, unused: a tuning benchmark (learning-rate
+    sweeps) then validates on cases before them and never sees the real test split."""
+    if config.held_out_cases:
+        if config.held_out_cases >= len(cases):
+            raise ConfigError(f"held_out_cases {config.held_out_cases} leaves no case out of {len(cases)}",
+                              config.source)
+        cases = cases[: -config.held_out_cases]
     if config.test_case_ids:
         by_id = {c.id: c for c in cases}
         missing = [i for i in config.test_case_ids if i not in by_id]

@@ -71,7 +71,8 @@ def _reuse(workdir: Path) -> dict[str, Any] | None:
 def quality_settings(config: BenchConfig, base_model: str, label_names: list[str]) -> dict[str, Any]:
     return {
         "base_model": base_model, "label_names": label_names, "iterations": config.iterations,
-        "batch_size": config.batch_size, "patch_size": config.patch_size, "device": config.device,
+        "batch_size": config.batch_size, "patch_size": config.patch_size, "spacing": config.spacing,
+        "device": config.device,
         "amp": config.amp, "overlap": config.overlap, "latency_cases": config.latency_cases,
         "warmup_steps": config.warmup_steps, "threads": config.threads,
     }  # fmt: skip

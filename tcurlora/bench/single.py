@@ -27,6 +27,8 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
         "label_names": settings["label_names"], "method": method["method"], "rank": method["rank"],
         "alpha": method["alpha"], "selection": method["selection"], "conv_targets": method["conv_targets"],
         "learning_rate": method["learning_rate"], "iterations": settings["iterations"],
+        "head_learning_rate": method.get("head_learning_rate"), "train_modules": method.get("train_modules") or None,
+        "spacing": settings.get("spacing"),
         "batch_size": settings["batch_size"], "patch_size": settings["patch_size"], "seed": run["seed"],
         "checkpoint_every": 0, "device": settings["device"], "amp": settings["amp"],
     }  # fmt: skip
@@ -73,27 +75,29 @@ def evaluate_adapter(
     latency_cases: int,
 ) -> dict[str, Any]:
     """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights."""
-    from tcurlora.adapters.io import load_adapter
+    from tcurlora.adapters.io import load_adapter, read_adapter_config
     from tcurlora.evaluate import LabelVolume, evaluate_pair, read_labels
     from tcurlora.models.registry import load_base_model
+    from tcurlora.segment import adapter_spec
 
     base = load_base_model(base_model)
     adapted = load_adapter(adapter, base.model)
+    spec = adapter_spec(base.spec, read_adapter_config(adapter))  # the working spacing it was trained at
     timing = test[: min(latency_cases, len(test))]
     latency: dict[str, Any] = {"volumes": len(timing)}
     agreement = None
     if timing:
-        _timed_predictions(adapted, timing[:1], base.spec, device, overlap)  # warm-up
-        unmerged, latency["unmerged_s"] = _timed_predictions(adapted, timing, base.spec, device, overlap)
+        _timed_predictions(adapted, timing[:1], spec, device, overlap)  # warm-up
+        unmerged, latency["unmerged_s"] = _timed_predictions(adapted, timing, spec, device, overlap)
     adapted.merge()
     if timing:
-        merged, latency["merged_s"] = _timed_predictions(adapted, timing, base.spec, device, overlap)
+        merged, latency["merged_s"] = _timed_predictions(adapted, timing, spec, device, overlap)
         agreement = min(float(np.mean(a[0] == b[0])) for a, b in zip(unmerged, merged))
         for key in ("unmerged_s", "merged_s"):
             latency[key.replace("_s", "_median_s")] = float(statistics.median(latency[key]))
     classes = {i + 1: name for i, name in enumerate(label_names)}
     cases = []
-    predictions, _ = _timed_predictions(adapted, test, base.spec, device, overlap)
+    predictions, _ = _timed_predictions(adapted, test, spec, device, overlap)
     for case, (labels, grid) in zip(test, predictions):
         reference = read_labels(case.label)
         prediction = LabelVolume(

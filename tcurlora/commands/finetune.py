@@ -33,6 +33,7 @@ JOB_FLAGS = {
     "patch_size": "--patch-size",
     "seed": "--seed",
     "val_fraction": "--val-fraction",
+    "early_stopping": "--early-stopping",
     "checkpoint_every": "--checkpoint-every",
     "device": "--device",
     "amp": "--no-amp",
@@ -56,8 +57,10 @@ def patch_size_arg(text: str) -> list[int]:
     return sizes
 
 
-def spacing_arg(text: str) -> list[float]:
-    """ "1" -> [1.0, 1.0, 1.0]; "1,1,1.5" or "1x1x1.5" -> [1.0, 1.0, 1.5]."""
+def spacing_arg(text: str) -> list[float] | str:
+    """ "1" -> [1.0, 1.0, 1.0]; "1,1,1.5" or "1x1x1.5" -> [1.0, 1.0, 1.5]; "auto" and "base" as they are."""
+    if text in ("auto", "base"):
+        return text
     parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
     try:
         values = [float(p) for p in parts]
@@ -100,7 +103,7 @@ def register(subparsers: Any) -> None:
                    help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur)")
     p.add_argument("--no-conv-targets", dest="conv_targets", action="store_const", const=False,
                    help="adapt only the transformer's linear layers (tCURLoRA as in the paper)")
-    p.add_argument("--iterations", type=int, help="training steps (default 200)")
+    p.add_argument("--iterations", type=int, help="training steps (default 500)")
     p.add_argument("--batch-size", type=int, help="patches per step (default 2)")
     p.add_argument("--lr", type=float, help="learning rate of the adapter (default: the method's)")
     p.add_argument("--head-lr", type=float, help="learning rate of a new segmentation head (default 5e-3)")
@@ -108,17 +111,26 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--train-modules", nargs="+", metavar="REGEX",
         help="extra modules trained in full (full-matched module names; 'decoder' = every decoderN block, "
-        "the tCURLoRA authors' setting), saved in the adapter",
+        "the tCURLoRA authors' setting), saved in the adapter (default for tcur: the full-resolution blocks, "
+        "UNETR encoder1 + decoder2; for other methods none)",
     )
+    p.add_argument("--no-train-modules", dest="train_modules", action="store_const", const=[],
+                   help="no extra trained modules (tCURLoRA alone, as in the paper)")
     p.add_argument(
         "--spacing", type=spacing_arg,
-        help="working spacing in mm, e.g. 1 or 1,1,1.5 (default: the base model's); saved in the adapter",
+        help="working spacing in mm (e.g. 1 or 1,1,1.5), 'base' (the base model's) or 'auto' (default: the "
+        "cases' median spacing, kept within 2/3..1 x the base's); saved in the adapter, used by segment",
     )
     p.add_argument(
         "--patch-size", type=patch_size_arg, help="e.g. 96 or 96,96,64 (default: the base model's)"
     )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation (default 0)")
+    p.add_argument(
+        "--early-stopping", type=int, metavar="N",
+        help="with a validation split: stop after N validations without a better Dice and keep the best "
+        "adapter (default 4; 0 = train all iterations, still keeping the best)",
+    )
     p.add_argument(
         "--checkpoint-every", type=int, help="iterations between checkpoints (default 50; 0 = none)"
     )
@@ -191,6 +203,7 @@ def build_job(args: argparse.Namespace) -> FinetuneJob:
         "patch_size": args.patch_size,
         "seed": args.seed,
         "val_fraction": args.val_fraction,
+        "early_stopping": args.early_stopping,
         "checkpoint_every": args.checkpoint_every,
         "device": args.device,
         "amp": args.amp,

@@ -19,6 +19,7 @@ COLUMNS = [
     ("trainable", "trainable"),
     ("trainable_percent", "trainable %"),
     ("adapter", "adapter core"),
+    ("modules", "train modules"),
     ("head", "head"),
 ]
 
@@ -39,6 +40,10 @@ def register(subparsers: Any) -> None:
                    help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur, as in finetune)")
     p.add_argument("--no-conv-targets", dest="conv_targets", action="store_const", const=False,
                    help="only the transformer's linear layers (tCURLoRA as in the paper)")
+    p.add_argument("--train-modules", nargs="+", metavar="REGEX",
+                   help="extra modules trained in full, as in finetune ('decoder' = every decoderN block)")
+    p.add_argument("--no-train-modules", dest="train_modules", action="store_const", const=[],
+                   help="no extra modules (tcur's default trains the full-resolution blocks)")
     p.add_argument("--table", action="store_true", help="every method x ranks 4/8/16")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=main)
@@ -60,7 +65,9 @@ def main(args: argparse.Namespace) -> int:
         else:
             plans = [(args.method, args.rank if args.method in RANKED_METHODS else None)]
         rows = [
-            model_info(base, m, r, num_classes=args.num_classes, conv=args.conv_targets) for m, r in plans
+            model_info(base, m, r, num_classes=args.num_classes, conv=args.conv_targets,
+                       train_modules=args.train_modules)
+            for m, r in plans
         ]
         result = rows if args.table else rows[0]
     if args.json:
@@ -80,9 +87,17 @@ def _load_base(reference: str):
     return load_base_model(reference)
 
 
-def model_info(base: Any, method: str, rank: int | None, *, num_classes: int | None, conv: bool | None) -> dict:
+def model_info(
+    base: Any, method: str, rank: int | None, *, num_classes: int | None, conv: bool | None,
+    train_modules: list[str] | None = None,
+) -> dict:
     """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
-    from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
+    from tcurlora.adapters.config import (
+        CONV_TARGETS,
+        AdapterConfig,
+        default_train_modules,
+        expand_train_modules,
+    )
     from tcurlora.adapters.counts import counts_for
     from tcurlora.jobs.schema import conv_targets_on
 
@@ -92,6 +107,9 @@ def model_info(base: Any, method: str, rank: int | None, *, num_classes: int | N
     )  # fmt: skip
     if conv_targets_on(method, conv):
         config.conv_target_modules = list(CONV_TARGETS)
+    if train_modules is None:  # as finetune: the method's default
+        train_modules = default_train_modules(method, type(base.model).__name__)
+    config.train_modules = expand_train_modules(train_modules)
     counts = counts_for(base.model, config)
     return {"target": base.model_id, "method": method, "rank": rank, **counts.to_dict()}
 
@@ -111,7 +129,8 @@ def adapter_info(folder: Path) -> dict:
         "rank": record.get("rank") if record.get("method") in RANKED_METHODS else None,
         "base_model_id": record.get("base_model_id"),
         "label_names": record.get("label_names"),
-        **{k: counts.get(k) for k in ("total", "trainable", "trainable_percent", "adapter", "head")},
+        "train_modules": record.get("train_modules") or [],
+        **{k: counts.get(k) for k in ("total", "trainable", "trainable_percent", "adapter", "modules", "head")},
         "file_size": weights.stat().st_size,
     }
 

@@ -229,17 +229,18 @@ class FinetuneJob:
     alpha: float | None = None
     selection: str = "topnorm"
     conv_targets: bool | None = None  # None: the method's default (on for tcur, see uses_conv_targets)
-    iterations: int = 200
+    iterations: int = 500
     batch_size: int = 2
     learning_rate: float | None = None
     head_learning_rate: float | None = None
     modules_learning_rate: float | None = None
-    train_modules: list[str] | None = None
-    spacing: list[float] | None = None
+    train_modules: list[str] | None = None  # None: the method's default (adapters.config.default_train_modules)
+    spacing: list[float] | str | None = None  # mm, "auto" (None) or "base": see tcurlora.data.spacing
     patch_size: list[int] | None = None
     seed: int = 0
     val_fraction: float = 0.0
     val_case_ids: list[str] | None = None
+    early_stopping: int = 4  # validations without improvement that end a run (0 = never); needs a val split
     checkpoint_every: int = 50
     device: str = "auto"
     amp: bool = True
@@ -281,8 +282,10 @@ class FinetuneJob:
         if val_case_ids is not None and val_fraction > 0:
             r.fail("val_case_ids", "give either 'val_fraction' or 'val_case_ids', not both")
         learning_rate = _positive_rate(r, "learning_rate")
-        spacing = r.typed("spacing", (list,), "a list of 3 positive numbers (mm)", None)
-        if spacing is not None and (
+        spacing = r.typed("spacing", (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"', None)
+        if isinstance(spacing, str) and spacing not in ("auto", "base"):
+            r.fail("spacing", f'expected a list of 3 positive numbers (mm), "auto" or "base", got {spacing!r}')
+        if isinstance(spacing, list) and (
             len(spacing) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
                        for v in spacing)
@@ -308,17 +311,18 @@ class FinetuneJob:
             alpha=r.number("alpha", None),
             selection=r.choice("selection", SELECTIONS, "topnorm"),
             conv_targets=r.boolean("conv_targets", None),
-            iterations=r.integer("iterations", 200, minimum=1),
+            iterations=r.integer("iterations", 500, minimum=1),
             batch_size=r.integer("batch_size", 2, minimum=1),
             learning_rate=learning_rate,
             head_learning_rate=_positive_rate(r, "head_learning_rate"),
             modules_learning_rate=_positive_rate(r, "modules_learning_rate"),
             train_modules=train_modules,
-            spacing=[float(v) for v in spacing] if spacing is not None else None,
+            spacing=[float(v) for v in spacing] if isinstance(spacing, list) else spacing,
             patch_size=list(patch) if patch is not None else None,
             seed=r.integer("seed", 0, minimum=0),
             val_fraction=val_fraction,
             val_case_ids=val_case_ids,
+            early_stopping=r.integer("early_stopping", 4, minimum=0),
             checkpoint_every=r.integer("checkpoint_every", 50, minimum=0),
             device=r.device("device"),
             amp=r.boolean("amp", True),
@@ -370,6 +374,7 @@ class FinetuneJob:
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "val_case_ids": self.val_case_ids,
+            "early_stopping": self.early_stopping,
             "checkpoint_every": self.checkpoint_every,
             "device": self.device,
             "amp": self.amp,
