@@ -20,6 +20,7 @@ from tcurlora.models.architectures import build_network, build_preset
 from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.spec import ModelSpec
+from tcurlora.models.weight_files import check_weight_file
 
 MODEL_FORMAT = "tcurlora.model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -65,8 +66,9 @@ def load_model_folder(folder: Path) -> BaseModel:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
     spec = ModelSpec.from_dict(data["spec"])
     model = build_network(spec)
-    if not weights_path.is_file():
+    if not weights_path.is_file() and not weights_path.is_symlink():
         raise InputError("missing weights file", weights_path)
+    check_weight_file(weights_path, folder)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
