@@ -97,9 +97,17 @@ def stale_siblings(final: str | Path) -> list[Path]:
 
 
 def sweep_stale(final: str | Path) -> list[Path]:
-    """Remove the stale temporary siblings of `final` (call only while holding its lock); the removed."""
+    """Remove the stale temporary siblings of `final` (call only while holding its lock); the removed.
+
+    A run killed between the two renames of `replace_dir` left `final` missing and the previous
+    content at `.NAME.old-PID`: that is moved back to `final`, not deleted.
+    """
+    final = Path(final)
     removed = []
     for path in stale_siblings(final):
+        if path.name.startswith(f".{final.name}.old-") and not final.exists() and not final.is_symlink():
+            os.replace(path, final)
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -111,6 +119,9 @@ def sweep_stale(final: str | Path) -> list[Path]:
 def replace_dir(temp: str | Path, final: str | Path) -> Path:
     """Move the completed folder `temp` to `final`, replacing any folder there with one rename."""
     temp, final = Path(temp), Path(final)
+    for path in temp.rglob("*"):  # some writers (safetensors) create private 0600 files
+        if not path.is_symlink():
+            apply_umask(path, directory=path.is_dir())
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -55,6 +55,10 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
     record.update(config.to_dict())
     record["targets"] = _target_names(adapted)
     record["parameter_counts"] = adapted.parameter_counts().to_dict()
+    if config.method in ("tcur", "lora"):
+        from tcurlora.adapters.rank_check import effective_ranks
+
+        record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
     record["versions"] = library_versions()
     for key, value in (extra or {}).items():
         if key in ("format", "method", "base_fingerprint", SHA256_KEY):

@@ -59,6 +59,25 @@ def case_id_from_path(path: str | Path) -> str:
     return _CHANNEL_SUFFIX.sub("", stem)
 
 
+# Detached-header formats cannot be replaced atomically: their segmentations get the one-file kind.
+_ONE_FILE_EXTENSION = {".nhdr": ".nrrd", ".mhd": ".mha"}
+
+
+def segmentation_output_name(channels: list[Path] | list[str]) -> str:
+    """The file name of the segmentation of one input: case name + "_seg" + the input's extension.
+
+    "case1.nrrd" -> "case1_seg.nrrd"; channel files ["c2_0000.nii.gz", "c2_0001.nii.gz"] ->
+    "c2_seg.nii.gz" (the case name, without the channel suffix); "vol.mhd" -> "vol_seg.mha";
+    an unknown extension -> ".nii.gz".
+    """
+    first = Path(channels[0])
+    stem, ext = split_extension(first)
+    if len(channels) > 1:
+        stem = _CHANNEL_SUFFIX.sub("", stem)
+    ext = _ONE_FILE_EXTENSION.get(ext.lower(), ext) if is_image_file(first) else ".nii.gz"
+    return f"{stem}_seg{ext}"
+
+
 def _looks_like_path(value: str, base_dir: Path) -> bool:
     return (
         any(sep in value for sep in ("/", "\\"))
@@ -523,17 +542,14 @@ class SegmentJob:
         return cls.from_dict(_read_json(path), path.parent, path)
 
     def output_paths(self) -> list[Path]:
-        """One output file per input: `outputs`, or `output_dir / (case name + "_seg" + extension)`."""
+        """One output file per input: `outputs`, or `output_dir / segmentation_output_name(channels)`.
+
+        `tcurlora segment` writes exactly these paths (segment.plan_outputs calls this method).
+        """
         if self.outputs is not None:
             return list(self.outputs)
         assert self.output_dir is not None
-        paths = []
-        for channels in self.inputs:
-            stem, ext = split_extension(channels[0])
-            if len(channels) > 1:
-                stem = _CHANNEL_SUFFIX.sub("", stem)
-            paths.append(self.output_dir / f"{stem}_seg{ext if is_image_file(channels[0]) else '.nii.gz'}")
-        return paths
+        return [self.output_dir / segmentation_output_name(channels) for channels in self.inputs]
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""
