@@ -444,7 +444,7 @@ def _read_label_map(r: _Reader, key: str, item: dict) -> dict[int, int] | None:
     r.typed(f"{key}.label_map", (dict,), "an object of label value -> class index", value=mapping)
     out: dict[int, int] = {}
     for source, target in mapping.items():
-        where = f"{key}.label_map[{source!r}]"
+        where = f"{key}.label_map[{source}]"
         if not isinstance(source, str) or not re.fullmatch(r"\d+", source.strip()):
             r.fail(where, f"label values must be whole numbers >= 0 (as JSON keys: \"1\"), got {source!r}")
         if isinstance(target, bool) or not isinstance(target, int) or target < 0:
