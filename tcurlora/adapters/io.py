@@ -21,6 +21,7 @@ from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.fingerprint import state_dict_fingerprint
+from tcurlora.models.weight_files import check_weight_file
 from tcurlora.outputs import check_adapter_output
 
 CONFIG_FILE = "adapter_config.json"
@@ -144,7 +145,7 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     if not path.is_file():
         raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
     record = read_adapter_config(folder) if record is None else record
-    data = path.read_bytes()
+    data = check_weight_file(path, folder).read_bytes()
     check_weights_digest(data, record, path)
     try:
         return load(data)

@@ -1,10 +1,9 @@
 """MONAI bundles as base models: load a bundle folder offline, and export a base model as a bundle.
 
 A bundle is `configs/metadata.json` + `configs/inference.json` (MONAI config syntax; the network is
-the `network_def` item) + `models/model.safetensors` or `models/model.pt`. The network is built with
-MONAI's own `ConfigParser`; only weights are read from disk (safetensors, or `torch.load` with
-`weights_only=True`): a `model.pt` holding anything but tensors is refused, never unpickled.
-The network is built from `network_def` only, with every `_target_` checked against an allow-list
+the `network_def` item) + `models/model.safetensors` or `models/model.pt`. Only weights are read
+from disk (safetensors, or `torch.load` with `weights_only=True`): a `model.pt` holding anything but
+tensors is refused, never unpickled. The network is built from `network_def` only, with every `_target_` checked against an allow-list
 (MONAI network classes, torch.nn) before anything is imported or instantiated; config expressions
 (`$...`), macros (`%...`) and the bundle's own code (`scripts/`) are never run (models/safe_config.py).
 Weight files must be regular files inside the bundle (no symlinks) under a size limit.
