@@ -24,7 +24,9 @@ def finetune_args(folder: Path, output: Path, *extra: str) -> list[str]:
             "-o", str(output), *extra]  # fmt: skip
 
 
-def assert_refused_before_work(code: int, events: list[dict], exit_code: int, kind: str, message: str) -> None:
+def assert_refused_before_work(
+    code: int, events: list[dict], exit_code: int, kind: str, message: str
+) -> None:
     assert code == exit_code, events
     assert kinds(events) == ["error"], "the problem must be found before the model is even loaded"
     assert events[0]["kind"] == kind and message in events[0]["message"], events[0]
@@ -81,9 +83,13 @@ def test_an_existing_file_as_adapter_output_is_refused_before_training(tmp_path,
     target = tmp_path / "adapter"
     target.write_text("user data")
     code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, target))
-    assert_refused_before_work(code, events, 3, "output_exists", "exists and is a file, not an adapter folder")
+    assert_refused_before_work(
+        code, events, 3, "output_exists", "exists and is a file, not an adapter folder"
+    )
     code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, target, "--force"))
-    assert_refused_before_work(code, events, 3, "output_exists", "exists and is a file, not an adapter folder")
+    assert_refused_before_work(
+        code, events, 3, "output_exists", "exists and is a file, not an adapter folder"
+    )
     assert target.read_text() == "user data"
 
 
@@ -110,7 +116,9 @@ def test_segment_and_evaluate_check_their_outputs_before_work(
 
     users = tmp_path / "user_seg.nii.gz"
     shutil.copy(label, users)
-    code, events, _, _ = run(capsys, "segment", image, "--base-model", TINY, "-o", users, "--force", "--events")
+    code, events, _, _ = run(
+        capsys, "segment", image, "--base-model", TINY, "-o", users, "--force", "--events"
+    )
     assert_refused_before_work(code, events, 3, "output_exists", "not a segmentation written by tcurlora")
     assert users.read_bytes() == Path(label).read_bytes()
     ours = tmp_path / "ours.nii.gz"
@@ -132,11 +140,15 @@ def test_segment_and_evaluate_check_their_outputs_before_work(
     assert run(capsys, "evaluate", label, label, "--json", report, "--force")[0] == 0
 
 
-def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path, capsys, hippocampus_dir):
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(
+    tmp_path, capsys, hippocampus_dir
+):
     output = tmp_path / "adapter"
     with OutputLock(output):
         code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, output))
-        assert_refused_before_work(code, events, 3, "output_locked", "another tcurlora run is writing this output")
+        assert_refused_before_work(
+            code, events, 3, "output_locked", "another tcurlora run is writing this output"
+        )
         assert lock_path(output).is_file()
     assert not lock_path(output).exists(), "the lock file is removed on release"
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "the refused run left nothing"
@@ -148,15 +160,27 @@ def test_a_run_sweeps_its_own_stale_temporaries_only_and_modes_follow_the_umask(
     output = tmp_path / "adapter"
     stale = [tmp_path / ".adapter.k3j2h1g0.tmp", tmp_path / ".adapter.checkpoint.a1b2c3d4.tmp",
              tmp_path / ".adapter.checkpoint.old-4242"]  # fmt: skip
-    others = [tmp_path / ".adapter.b.k3j2h1g0.tmp", tmp_path / ".other.k3j2h1g0.tmp", tmp_path / "adapter.tmp"]
+    others = [
+        tmp_path / ".adapter.b.k3j2h1g0.tmp",
+        tmp_path / ".other.k3j2h1g0.tmp",
+        tmp_path / "adapter.tmp",
+    ]
     for folder in stale + others:
         folder.mkdir()
         (folder / "adapter.safetensors").write_bytes(b"half")
     old_mask = os.umask(0o027)
     try:
         code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, output))
+        segmentation = tmp_path / "seg" / "s.nii.gz"
+        image = hippo_case(hippocampus_dir)["image"]
+        assert (
+            run(capsys, "segment", image, "--base-model", TINY, "--adapter", output, "-o", segmentation)[0]
+            == 0
+        )
     finally:
         os.umask(old_mask)
+    assert stat.S_IMODE(segmentation.stat().st_mode) == 0o640
+    assert stat.S_IMODE(segmentation.parent.stat().st_mode) == 0o750
     assert code == 0, events
     assert not any(p.exists() for p in stale)
     assert all((p / "adapter.safetensors").read_bytes() == b"half" for p in others), "not ours to remove"
@@ -164,6 +188,11 @@ def test_a_run_sweeps_its_own_stale_temporaries_only_and_modes_follow_the_umask(
     for name in ("adapter.safetensors", "adapter_config.json", "training_log.jsonl"):
         assert stat.S_IMODE((output / name).stat().st_mode) == 0o640, name
     assert not lock_path(output).exists() and not (tmp_path / "adapter.checkpoint").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "adapter",
+        "adapter.tmp",
+        "seg",
+    ]
 
 
 def test_an_interrupted_folder_swap_is_restored_not_deleted(tmp_path):
