@@ -215,3 +215,23 @@ def test_job_file_output_checks_reach_the_worker_protocol(tmp_path, capsys, hipp
     code, events, _, _ = run(capsys, "finetune", "--job", job)
     assert_refused_before_work(code, events, 3, "output_exists", "not an adapter written by tcurlora")
     assert events[0]["path"] == str(folder) and (folder / "keep.txt").read_text() == "k"
+
+
+def test_a_model_folder_is_replaced_only_when_tcurlora_wrote_it(tmp_path):
+    from tcurlora.errors import OutputExistsError
+    from tcurlora.models.registry import load_base_model, save_model_folder
+
+    base = load_base_model(TINY)
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputExistsError, match="not a model folder written by tcurlora"):
+        save_model_folder(users, base.model, base.spec, force=True)
+    assert (users / "thesis.tex").read_text() == "years of work"
+    ours = save_model_folder(tmp_path / "ours", base.model, base.spec)
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="also holds 'notes.txt'"):
+        save_model_folder(ours, base.model, base.spec, force=True)
+    (ours / "notes.txt").unlink()
+    assert save_model_folder(ours, base.model, base.spec, force=True) == ours
+    assert load_base_model(ours).fingerprint == base.fingerprint

@@ -82,6 +82,34 @@ def check_adapter_output(folder: str | Path, force: bool) -> Path:
     return folder
 
 
+MODEL_FILES = frozenset({"model.json", "model.safetensors", "training_log.jsonl", "MODEL_CARD.md"})
+MODEL_FORMAT = "tcurlora.model/1"
+
+
+def check_model_output(folder: str | Path, force: bool) -> Path:
+    """A model folder output (`pretrain`) is free, or (with force) a model folder tcurlora wrote, or empty."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        check_writable_folder(folder.parent)
+        return folder
+    if not force:
+        raise OutputExistsError("output model folder exists (use --force to replace it)", folder)
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputExistsError(f"exists and is not a model folder; {NOT_OURS}", folder)
+    entries = sorted(p.name for p in folder.iterdir())
+    try:
+        record = json.loads((folder / "model.json").read_text(encoding="utf-8")) if entries else {}
+    except (OSError, ValueError):
+        record = None
+    ours = not entries or (isinstance(record, dict) and record.get("format") == MODEL_FORMAT)
+    foreign = [name for name in entries if name not in MODEL_FILES]
+    if not ours or foreign:
+        what = f"also holds {foreign[0]!r}" if ours else "is not a model folder written by tcurlora"
+        raise OutputExistsError(f"this folder {what}; {NOT_OURS}", folder)
+    check_writable_folder(folder.parent)
+    return folder
+
+
 def is_tcurlora_segmentation(path: Path) -> bool:
     """A regular file whose image header carries the tcurlora segmentation mark."""
     import SimpleITK as sitk
