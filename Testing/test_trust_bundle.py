@@ -204,3 +204,18 @@ def test_bundle_code_in_scripts_is_never_imported(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "InputError" in result.stdout and "'scripts.networks.unest_base_patch_4.UNesT'" in result.stdout
     assert result.stdout.strip().endswith("not imported")
+
+
+def test_export_force_replaces_only_a_bundle_tcurlora_exported(tmp_path):
+    from tcurlora.errors import OutputExistsError
+    from tcurlora.models.bundle import export_bundle
+
+    base = load_base_model("preset:unetr-tiny")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "data.csv").write_text("1,2")
+    with pytest.raises(OutputExistsError, match="not a bundle exported by tcurlora"):
+        export_bundle(base, users, force=True)
+    assert (users / "data.csv").read_text() == "1,2"
+    ours = export_bundle(base, tmp_path / "ours")
+    assert export_bundle(base, ours, force=True) == ours

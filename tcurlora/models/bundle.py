@@ -187,6 +187,19 @@ def load_bundle(folder: str | Path) -> BaseModel:
     )  # fmt: skip
 
 
+def _is_our_bundle(folder: Path) -> bool:
+    """A folder holding only what export_bundle writes, with our spec in its metadata."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if not {p.name for p in folder.iterdir()} <= {"configs", "models", "LICENSE"}:
+        return False
+    try:
+        meta = json.loads((folder / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and SPEC_KEY in meta
+
+
 def network_def(spec: ModelSpec) -> dict[str, Any]:
     """The MONAI config item that builds the spec's network."""
     return {"_target_": f"monai.networks.nets.{spec.arch}", **spec.arch_params}
@@ -208,6 +221,8 @@ def export_bundle(
         raise ConfigError(f"unknown weights format {weights_format!r}: use safetensors or pt")
     if folder.exists() and not force:
         raise OutputExistsError("bundle folder exists (use force to replace it)", folder)
+    if folder.exists() and not _is_our_bundle(folder):
+        raise OutputExistsError("not a bundle exported by tcurlora; force replaces only those", folder)
     spec = base.spec
     temp = temp_sibling_dir(folder)
     (temp / "configs").mkdir()
