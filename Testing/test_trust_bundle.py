@@ -81,6 +81,18 @@ def test_expressions_macros_requires_and_cycles_are_refused(tmp_path):
         "mode": ({"network_def": {**UNET, "_mode_": "callable"}}, "_mode_ 'callable'"),
         "cycle": ({"network_def": {**UNET, "act": "@a"}, "a": {"x": "@b"}, "b": "@a"}, "circular reference"),
         "dangling": ({"network_def": {**UNET, "act": "@nowhere"}}, "points to no config item"),
+        "download": (
+            {
+                "network_def": {
+                    "_target_": "DenseNet121",
+                    "spatial_dims": 3,
+                    "in_channels": 1,
+                    "out_channels": 2,
+                    "pretrained": True,
+                }
+            },
+            r"argument 'pretrained' = True \(it would download",
+        ),
     }
     for name, (config, message) in cases.items():
         folder = _bundle(tmp_path / name, config, _unet_weights())

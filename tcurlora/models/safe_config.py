@@ -9,7 +9,8 @@ anything instantiated:
   `monai.networks.layers` or `torch.nn` (not `torch.nn.parallel`); a short name ("UNet") is looked up
   in those MONAI packages only. Anything else is refused before it is imported.
 - `@id` references are followed (cycles refused) and checked the same way.
-- `$` expressions, `%` macros, `_requires_` and a `_mode_` other than "default" are refused.
+- `$` expressions, `%` macros, `_requires_` and a `_mode_` other than "default" are refused, and so
+  are arguments that make a network fetch weights (`pretrained`, `weights`, `*_url`, `*_path`, `*_file`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ SHORT_NAME_MODULES = ("monai.networks.nets", "monai.networks.blocks", "monai.net
 REMOVED_ARGUMENTS = {"SwinUNETR": ("img_size",)}
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _RESERVED = {"_target_", "_desc_", "_disabled_", "_mode_", "_requires_"}
+# Network arguments that make a MONAI / torchvision class download or read weights when set.
+_FETCHING = re.compile(r"^(pretrained\w*|weights|\w+_(url|path|file))$")
 
 
 @dataclass
@@ -138,6 +141,13 @@ class PlanBuilder:
         name = item["_target_"]
         cls = resolve_target(name, where, self.config_path)
         kwargs = {k: self.plan(v, f"{where}::{k}", stack) for k, v in item.items() if k not in _RESERVED}
+        for key, value in kwargs.items():
+            if _FETCHING.match(str(key)) and value not in (None, False, "", 0):
+                self.fail(
+                    f"{where}::{key}",
+                    f"argument {key!r} = {value!r} (it would download or read weights from elsewhere; "
+                    "a bundle's weights come from its models/ folder)",
+                )
         if disabled in (True, "true", "True"):
             return None
         return Component(cls=cls, name=str(name), kwargs=_drop_removed_arguments(cls, kwargs))
