@@ -235,3 +235,14 @@ def test_a_model_folder_is_replaced_only_when_tcurlora_wrote_it(tmp_path):
     (ours / "notes.txt").unlink()
     assert save_model_folder(ours, base.model, base.spec, force=True) == ours
     assert load_base_model(ours).fingerprint == base.fingerprint
+
+
+def test_an_adapter_left_aside_by_a_killed_swap_is_restored_before_the_output_check(
+    tmp_path, capsys, hippocampus_dir, tiny_adapter
+):
+    aside = shutil.copytree(tiny_adapter, tmp_path / ".adapter.old-999")
+    shutil.copytree(tiny_adapter, tmp_path / ".adapter.x1y2z3w4.tmp")  # the new one, half-renamed
+    code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, tmp_path / "adapter"))
+    assert_refused_before_work(code, events, 3, "output_exists", "adapter folder exists")
+    assert not aside.exists() and (tmp_path / "adapter" / "adapter.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]

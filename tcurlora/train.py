@@ -106,8 +106,8 @@ def run_finetune(job, sink, token) -> dict[str, Any]:
 
     output = Path(job.output)
     with OutputLock(output) as lock:  # one run per output; every output problem is found here
+        lock.sweep(checkpoint_dir(output))  # first: it may restore an adapter a killed swap left aside
         validate_output(output, job.force, job.resume)
-        lock.sweep(checkpoint_dir(output))
         setup = prepare_training(job, sink)
         return Trainer(job, setup, sink, token).run(output)
 
