@@ -64,3 +64,17 @@ def base_out(base64, batch64):
 
     with torch.no_grad():
         return base64(batch64)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, hippocampus_dir) -> Path:
+    """A real adapter of the tiny preset trained for 2 iterations on one hippocampus case (read-only:
+    tests copy it before changing it)."""
+    from trust_testing import tiny_job, write_job
+
+    from tcurlora.cli import main
+
+    work = tmp_path_factory.mktemp("tiny_adapter")
+    output = work / "adapter"
+    assert main(["finetune", "--job", str(write_job(work / "job.json", tiny_job(hippocampus_dir, output)))]) == 0
+    return output

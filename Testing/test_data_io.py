@@ -186,10 +186,15 @@ def test_existing_output_is_kept_without_force(tmp_path, hippocampus_dir):
     assert target.read_bytes() == b"keep me" and len(list(tmp_path.iterdir())) == 1
     with pytest.raises(OutputExistsError):
         check_output_free(target, force=False)
-    write_labelmap(sitk.GetArrayFromImage(label), image, target, force=True)
+    # --force replaces only a segmentation tcurlora wrote: the user's file is refused and kept.
+    with pytest.raises(OutputExistsError, match="not a segmentation written by tcurlora"):
+        write_labelmap(sitk.GetArrayFromImage(label), image, target, force=True)
+    assert target.read_bytes() == b"keep me"
+    ours = write_labelmap(np.zeros_like(sitk.GetArrayFromImage(label)), image, tmp_path / "ours.nii.gz")
+    write_labelmap(sitk.GetArrayFromImage(label), image, ours, force=True)
     np.testing.assert_array_equal(
-        sitk.GetArrayFromImage(read_label(target)[0]), sitk.GetArrayFromImage(label)
+        sitk.GetArrayFromImage(read_label(ours)[0]), sitk.GetArrayFromImage(label)
     )
     with pytest.raises(InputError, match="detached-header"):
         write_labelmap(sitk.GetArrayFromImage(label), image, tmp_path / "seg.nhdr")
-    assert len(list(tmp_path.iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.nii.gz", "seg.nii.gz"]

@@ -159,6 +159,11 @@ def test_existing_or_bad_output_is_refused_before_work(tmp_path, hippo_image):
         segment_file(threshold_model(), tmp_path / "nothing.nii.gz", tmp_path / "new.nii.gz", RANGE_SPEC)
     assert "nothing.nii.gz" in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz"]
+    with pytest.raises(OutputExistsError, match="not a segmentation written by tcurlora"):
+        segment_file(threshold_model(), hippo_image, target, RANGE_SPEC, force=True)
+    assert target.read_bytes() == b"keep"
+    target.unlink()
+    segment_file(threshold_model(), hippo_image, target, RANGE_SPEC)
     out = segment_file(
         threshold_model(), hippo_image, target, RANGE_SPEC, force=True, names={1: "bright"}, colors=None
     )

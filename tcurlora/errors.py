@@ -8,7 +8,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: unexpected exception
 EXIT_USAGE = 2  # bad command line, bad job file or bad input data
-EXIT_OUTPUT_EXISTS = 3  # output exists and --force was not given
+EXIT_OUTPUT_EXISTS = 3  # output exists (no --force), is not ours to replace, or another run holds it
 EXIT_OUT_OF_MEMORY = 4  # the device ran out of memory even after retrying smaller
 EXIT_CANCELLED = 130  # SIGINT or SIGTERM: stopped cleanly, last good checkpoint kept
 
@@ -48,6 +48,19 @@ class OutputExistsError(TCURLoRAError):
 
     kind = "output_exists"
     exit_code = EXIT_OUTPUT_EXISTS
+
+
+class OutputLockedError(TCURLoRAError):
+    """Another run is writing the same output right now (its lock file is held)."""
+
+    kind = "output_locked"
+    exit_code = EXIT_OUTPUT_EXISTS
+
+
+class OutputNotWritableError(TCURLoRAError):
+    """The output cannot be created where it was asked for (permissions, a file in the way, read-only)."""
+
+    kind = "output_not_writable"
 
 
 class DeviceOutOfMemoryError(TCURLoRAError):

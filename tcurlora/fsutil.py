@@ -1,13 +1,51 @@
-"""Atomic file and folder writes: a reader sees the old content or the new, never half of one."""
+"""Atomic file and folder writes: a reader sees the old content or the new, never half of one.
+
+Temporary siblings are named `.NAME.XXXXXXXX.tmp` (and `.NAME.old-PID` while a folder is swapped);
+`sweep_stale` removes those a killed run left behind. Final files and folders get the modes the
+user's umask gives (not tempfile's private 0600 / 0700).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | Path, directory: bool) -> None:
+    """Give `path` the mode a plain mkdir / open would have given it (0777 / 0666 minus the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def temp_sibling_file(final: str | Path, suffix: str = ".tmp") -> Path:
+    """A new empty file `.NAME.XXXXXXXX<suffix>` beside `final` (umask mode), to fill then os.replace."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    apply_umask(temp, directory=False)
+    return Path(temp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -16,6 +54,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        apply_umask(temp, directory=False)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -39,12 +78,50 @@ def temp_sibling_dir(final: str | Path) -> Path:
     """A new empty folder beside `final`, to fill and then hand to `replace_dir`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    apply_umask(temp, directory=True)
+    return temp
+
+
+def stale_siblings(final: str | Path) -> list[Path]:
+    """Temporary siblings of `final` that a killed writer left: `.NAME.XXXXXXXX*.tmp`, `.NAME.old-PID`.
+
+    Only exact matches for this NAME (the output "a" never matches the temporaries of "a.b").
+    """
+    final = Path(final)
+    name = re.escape(final.name)
+    pattern = re.compile(rf"^\.{name}\.([a-z0-9_]{{8}}(\.tmp|\.nii\.gz|\.nii|\.nrrd|\.seg\.nrrd|\.mha)|old-\d+)$")
+    if not final.parent.is_dir():
+        return []
+    return sorted(p for p in final.parent.iterdir() if pattern.match(p.name))
+
+
+def sweep_stale(final: str | Path) -> list[Path]:
+    """Remove the stale temporary siblings of `final` (call only while holding its lock); the removed.
+
+    A run killed between the two renames of `replace_dir` left `final` missing and the previous
+    content at `.NAME.old-PID`: that is moved back to `final`, not deleted.
+    """
+    final = Path(final)
+    removed = []
+    for path in stale_siblings(final):
+        if path.name.startswith(f".{final.name}.old-") and not final.exists() and not final.is_symlink():
+            os.replace(path, final)
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def replace_dir(temp: str | Path, final: str | Path) -> Path:
     """Move the completed folder `temp` to `final`, replacing any folder there with one rename."""
     temp, final = Path(temp), Path(final)
+    for path in temp.rglob("*"):  # some writers (safetensors) create private 0600 files
+        if not path.is_symlink():
+            apply_umask(path, directory=path.is_dir())
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -372,11 +372,10 @@ def run_pretrain(
     loss log; the optimizer state and the patch sampler restart (seeded with seed + iteration).
     """
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.errors import OutputExistsError
+    from tcurlora.outputs import check_model_output
 
     output = Path(output)
-    if output.exists() and not force:
-        raise OutputExistsError("output model folder exists (use --force to replace it)", output)
+    check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
     torch.set_num_threads(config.threads)
     device = resolve_device(device_name, warn=log)
     labels: dict[int, str] = {}

@@ -11,38 +11,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcurlora.errors import InputError, OutputExistsError
-
-LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
-
-
-def output_name(image_path: Path) -> str:
-    """`case.nii.gz` -> `case_seg.nii.gz`; `vol.nrrd` -> `vol_seg.nrrd`."""
-    name = image_path.name
-    for extension in sorted(LABEL_EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(extension):
-            return name[: -len(extension)] + "_seg" + extension
-    return name + "_seg.nii.gz"
+from tcurlora.errors import InputError
 
 
 def plan_outputs(job) -> list[Path]:
-    """One output path per input, refusing existing ones unless forced, before anything runs."""
-    inputs = [[Path(p) for p in (item if isinstance(item, (list, tuple)) else [item])] for item in job.inputs]
-    if not inputs:
+    """The job's output paths (SegmentJob.output_paths, the names the schema promises), each checked
+    before anything runs: free, or (with force) a segmentation tcurlora wrote; writable; every input
+    readable and without NaN / infinite voxels."""
+    from tcurlora.data.io import check_labelmap_output, count_nonfinite, read_image
+
+    outputs = list(job.output_paths())
+    if not outputs:
         raise InputError("no input volumes to segment")
-    if job.outputs:
-        outputs = [Path(p) for p in job.outputs]
-        if len(outputs) != len(inputs):
-            raise InputError(f"{len(inputs)} inputs but {len(outputs)} outputs")
-    elif job.output_dir:
-        outputs = [Path(job.output_dir) / output_name(channels[0]) for channels in inputs]
-    else:
-        raise InputError("no output given: set `outputs` or `output_dir` (--output)")
     if len(set(outputs)) != len(outputs):
         raise InputError("two inputs would write the same output file; give explicit outputs")
+    for channels in job.inputs:
+        for path in channels if isinstance(channels, (list, tuple)) else [channels]:
+            read_image(path)  # InputError naming the file when missing or unreadable
+            count = count_nonfinite(path)
+            if count:
+                raise InputError(f"image has {count} NaN or infinite voxels", path)
     for path in outputs:
-        if path.exists() and not job.force:
-            raise OutputExistsError("output exists (use --force to overwrite it)", path)
+        check_labelmap_output(path, job.force)
     return outputs
 
 

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
+from tcurlora.errors import ConfigError, InputError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.output_lock import OutputLock
+from tcurlora.outputs import check_adapter_output
 
 # Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
 DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3}
@@ -128,29 +131,17 @@ def save_checkpoint(folder: Path, adapted, optimizer, state: TrainingState, job_
 
 
 def load_checkpoint(folder: Path, adapted, optimizer, job_record: dict) -> TrainingState:
-    """Restore a checkpoint written by `save_checkpoint` for the same job settings."""
-    meta_path = folder / "checkpoint.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        weights = load_file(str(folder / "adapter.safetensors"))
-        opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise InputError(f"cannot resume: unreadable checkpoint ({error})", folder) from error
-    mismatched = {k for k in ("base_fingerprint", "method", "rank", "label_names", "iterations")
-                  if meta.get("job", {}).get(k) != job_record.get(k)}
-    if mismatched:
-        raise InputError(f"cannot resume: the checkpoint was made with other settings ({', '.join(sorted(mismatched))})",
-                         meta_path)
-    adapted.load_adapter_state_dict(weights)
-    optimizer.load_state_dict(opt_state["optimizer"])
+    """Restore a checkpoint written by `save_checkpoint` for the same job (checkpoint_check.py)."""
+    meta, weights, opt_state = read_checkpoint(folder)
+    check_resume(meta, job_record, job_record["iterations"], folder / "checkpoint.json")
+    restore(adapted, optimizer, weights, opt_state, folder)
     return TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
-                         val_history=list(meta["val_history"]), elapsed_s=float(meta.get("elapsed_s", 0.0)))
+                         val_history=list(meta.get("val_history", [])), elapsed_s=float(meta.get("elapsed_s", 0.0)))
 
 
 def validate_output(output: Path, force: bool, resume: bool) -> None:
-    """Refuse to overwrite an adapter unless forced; refuse to resume without a checkpoint."""
-    if output.exists() and not force:
-        raise OutputExistsError("adapter folder exists (use --force to replace it)", output)
+    """Refuse an output that exists (without force) or is not an adapter; refuse to resume without a checkpoint."""
+    check_adapter_output(output, force)
     if resume and not (checkpoint_dir(output) / "checkpoint.json").is_file():
         raise InputError("nothing to resume: no checkpoint found", checkpoint_dir(output))
 
@@ -160,9 +151,11 @@ def run_finetune(job, sink, token) -> dict[str, Any]:
     from tcurlora.training_setup import prepare_training
 
     output = Path(job.output)
-    validate_output(output, job.force, job.resume)
-    setup = prepare_training(job, sink)
-    return Trainer(job, setup, sink, token).run(output)
+    with OutputLock(output) as lock:  # one run per output; every output problem is found here
+        lock.sweep(checkpoint_dir(output))  # first: it may restore an adapter a killed swap left aside
+        validate_output(output, job.force, job.resume)
+        setup = prepare_training(job, sink)
+        return Trainer(job, setup, sink, token).run(output)
 
 
 class Trainer:
@@ -184,9 +177,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
 
     def job_record(self) -> dict:
-        job = self.job
-        return {"base_fingerprint": self.setup.base.fingerprint, "method": job.method, "rank": job.rank,
-                "label_names": self.setup.label_names, "iterations": job.iterations}
+        return {**resume_record(self.job, self.setup.base.fingerprint, self.setup.label_names),
+                "iterations": self.job.iterations}
 
     def run(self, output: Path) -> dict[str, Any]:
         job, sink = self.job, self.sink
@@ -194,7 +186,9 @@ class Trainer:
         if job.resume:
             self.state = load_checkpoint(ckpt, self.adapted, self.optimizer, self.job_record())
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
-        batches = self.setup.batches(seed_offset=self.state.iteration)
+        batches = self.setup.batches(seed_offset=0)
+        for _ in range(self.state.iteration):  # a resumed run sees the batches an uninterrupted one would
+            next(batches)
         total = job.iterations
         eval_every = max(1, total // VALIDATIONS_PER_RUN)
         patience = getattr(job, "early_stopping", DEFAULT_PATIENCE)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tcurlora.adapters.rank_check import check_rank_fits
+from tcurlora.data.validate import validation_count
 from tcurlora.errors import ConfigError, InputError
 
 # Colors for classes 1..N when neither the job nor the data set gives any (Slicer's generic anatomy tints).
@@ -72,7 +74,7 @@ def split_validation(cases: list, job) -> tuple[list, list]:
         if unknown:
             raise ConfigError(f"val_case_ids not among the cases: {sorted(unknown)}")
         return [c for c in cases if c.id not in wanted], [c for c in cases if c.id in wanted]
-    count = int(round(len(cases) * float(job.val_fraction or 0.0)))
+    count = validation_count(len(cases), float(job.val_fraction or 0.0), getattr(job, "job_file", None))
     if count <= 0:
         return list(cases), []
     if count >= len(cases):
@@ -126,6 +128,7 @@ def prepare_training(job, sink) -> TrainingSetup:
         requested = default_train_modules(job.method, type(base.model).__name__)
     config.train_modules = expand_train_modules(requested)
     adapted = apply_adapter(base.model, config)
+    check_rank_fits(adapted, job.rank, getattr(job, "job_file", None))
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))

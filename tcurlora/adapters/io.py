@@ -1,26 +1,34 @@
-"""Adapter folders: `adapter_config.json` + `adapter.safetensors` (+ training log), written atomically."""
+"""Adapter folders: `adapter_config.json` + `adapter.safetensors` (+ training log), written atomically.
+
+adapter_config.json records the SHA-256 of adapter.safetensors (`weights_sha256`); loading and
+`tcurlora info` refuse weights that do not match it (tampered or damaged).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
-from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
+from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.fingerprint import state_dict_fingerprint
+from tcurlora.models.weight_files import check_weight_file
+from tcurlora.outputs import check_adapter_output
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 LOG_FILE = "training_log.jsonl"
 ADAPTER_FORMAT = "tcurlora.adapter/1"
+SHA256_KEY = "weights_sha256"
 
 
 def library_versions() -> dict[str, str]:
@@ -48,9 +56,13 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
     record.update(config.to_dict())
     record["targets"] = _target_names(adapted)
     record["parameter_counts"] = adapted.parameter_counts().to_dict()
+    if config.method in ("tcur", "lora"):
+        from tcurlora.adapters.rank_check import effective_ranks
+
+        record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
     record["versions"] = library_versions()
     for key, value in (extra or {}).items():
-        if key in ("format", "method", "base_fingerprint"):
+        if key in ("format", "method", "base_fingerprint", SHA256_KEY):
             raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
         record[key] = value
     return record
@@ -83,10 +95,7 @@ def save_adapter(
     `extra_files` maps plain file names (e.g. training_log.jsonl) to their content.
     """
     folder = Path(folder)
-    if folder.exists() and not force:
-        raise OutputExistsError("adapter folder exists (use --force to replace it)", folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputExistsError("exists and is not a folder", folder)
+    check_adapter_output(folder, force)  # with force: only an adapter folder tcurlora wrote is replaced
     for name in extra_files or {}:
         if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE) or name.startswith("."):
             raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
@@ -95,6 +104,7 @@ def save_adapter(
     temp = temp_sibling_dir(folder)
     try:
         save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
+        record[SHA256_KEY] = hashlib.sha256((temp / WEIGHTS_FILE).read_bytes()).hexdigest()
         for name, content in (extra_files or {}).items():
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             (temp / name).write_bytes(data)
@@ -127,15 +137,37 @@ def config_from_record(record: dict[str, Any], path: str | Path) -> AdapterConfi
         raise ConfigError(error.problem, path) from error
 
 
-def read_adapter_weights(folder: str | Path) -> dict:
-    """The tensors of adapter.safetensors; InputError naming the file when missing or corrupt."""
-    path = Path(folder) / WEIGHTS_FILE
+def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = None) -> dict:
+    """The tensors of adapter.safetensors, checked against the SHA-256 in `record` (read from the folder
+    when not given); InputError naming the file when missing, corrupt or not the recorded content."""
+    folder = Path(folder)
+    path = folder / WEIGHTS_FILE
     if not path.is_file():
         raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
+    record = read_adapter_config(folder) if record is None else record
+    data = check_weight_file(path, folder).read_bytes()
+    check_weights_digest(data, record, path)
     try:
-        return load_file(str(path))
+        return load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"corrupt or truncated adapter weights: {error}", path) from error
+
+
+def check_weights_digest(data: bytes, record: dict[str, Any], path: Path) -> None:
+    """InputError unless `data` has the SHA-256 recorded in adapter_config.json (adapters written
+    before the digest was recorded have none and are checked only by parsing)."""
+    expected = record.get(SHA256_KEY)
+    if not data:
+        raise InputError("the adapter weights file is empty", path)
+    if expected is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise InputError(
+            f"corrupt or truncated adapter weights: SHA-256 {actual[:16]}... differs from the "
+            f"{expected[:16]}... recorded in adapter_config.json (the file was changed after training)",
+            path,
+        )
 
 
 def load_adapter(
@@ -149,7 +181,7 @@ def load_adapter(
     record = read_adapter_config(folder)
     config_path = folder / CONFIG_FILE
     config = config_from_record(record, config_path)
-    state = read_adapter_weights(folder)
+    state = read_adapter_weights(folder, record)
     if check_fingerprint and config.base_fingerprint:
         actual = state_dict_fingerprint(base_model)
         if actual != config.base_fingerprint:

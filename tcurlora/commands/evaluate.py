@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.errors import InputError
+from tcurlora.outputs import check_report_output
 
 
 def register(subparsers: Any) -> None:
@@ -36,8 +37,8 @@ def main(args: argparse.Namespace) -> int:
     from tcurlora.evaluate import evaluate_pairs, match_folders, to_markdown, write_json, write_markdown
 
     for output in (args.json, args.markdown):
-        if output is not None and output.exists() and not args.force:
-            raise OutputExistsError("output exists (use --force to replace it)", output)
+        if output is not None:  # free, or (--force) a report tcurlora wrote; writable: before any work
+            check_report_output(output, args.force)
     pred, ref = args.prediction, args.reference
     if pred.is_dir() != ref.is_dir():
         kinds = f"{pred} is {'a folder' if pred.is_dir() else 'a file'}, {ref} is {'a folder' if ref.is_dir() else 'a file'}"

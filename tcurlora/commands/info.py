@@ -115,13 +115,12 @@ def model_info(
 
 
 def adapter_info(folder: Path) -> dict:
-    """What an adapter folder says about itself, plus its weight file size."""
-    from tcurlora.adapters.io import WEIGHTS_FILE, read_adapter_config
+    """What an adapter folder says about itself, plus its weight file size (weights verified first)."""
+    from tcurlora.adapters.io import WEIGHTS_FILE, read_adapter_config, read_adapter_weights
 
     record = read_adapter_config(folder)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", weights)
+    read_adapter_weights(folder, record)  # InputError when missing, empty, corrupt or not the recorded SHA-256
     counts = dict(record.get("parameter_counts") or {})
     return {
         "target": str(folder),

@@ -103,6 +103,24 @@ def expand_inputs(values: list[str], channels: int) -> list[list[str]]:
     return inputs
 
 
+def check_output_folder_name(output: Path, count: int) -> None:
+    """ConfigError when -o, which must be a folder here, names a file (existing, or by its extension)."""
+    if output.is_dir():
+        return
+    if output.exists():
+        raise ConfigError("--output exists and is a file; give a folder for the segmentations", output)
+    if is_image_file(output):
+        raise ConfigError(
+            f"--output names one image file but there are {count} inputs; give a folder", output
+        )
+    if output.suffix:
+        raise ConfigError(
+            f"--output ends in {output.suffix!r}, which is not a label format: give a file ending in "
+            ".nii.gz, .nii, .nrrd, .seg.nrrd or .mha, or a folder name without an extension",
+            output,
+        )
+
+
 def build_job(args: argparse.Namespace) -> SegmentJob:
     """The job from --job, or from INPUTs and flags (validated by the same schema as a job file)."""
     given = [flag for dest, flag in JOB_FLAGS.items() if getattr(args, dest, None) is not None]
@@ -128,6 +146,7 @@ def build_job(args: argparse.Namespace) -> SegmentJob:
     if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
         data["outputs"] = [args.output]
     else:
+        check_output_folder_name(output, len(inputs))
         data["output_dir"] = args.output
     optional = {
         "overlap": args.overlap,

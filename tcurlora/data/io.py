@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.fsutil import temp_sibling_file
+from tcurlora.outputs import SEGMENTATION_MARK, SEGMENTATION_MARK_KEYS, check_segmentation_output
 
 IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
@@ -224,7 +225,7 @@ def check_labelmap_output(path: str | Path, force: bool) -> str:
         )
     if path.is_dir():
         raise InputError("output path is a folder; give a file name", path)
-    check_output_free(path, force)
+    check_segmentation_output(path, force)  # free, or (force) a segmentation tcurlora wrote; writable
     return extension
 
 
@@ -281,13 +282,13 @@ def write_labelmap(
     label.SetOrigin(reference.GetOrigin()[:3])
     direction = np.asarray(reference.GetDirection()).reshape(reference.GetDimension(), -1)[:3, :3]
     label.SetDirection(tuple(float(v) for v in direction.ravel()))
+    for key in SEGMENTATION_MARK_KEYS[:2]:  # recognised later by --force (outputs.py)
+        label.SetMetaData(key, SEGMENTATION_MARK)
     if extension == ".seg.nrrd":
         values = names or {int(v): f"Segment_{int(v)}" for v in np.unique(array) if v > 0}
         for key, value in _segment_metadata(values, colors).items():
             label.SetMetaData(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=extension, dir=path.parent)
-    os.close(handle)
+    temp_name = str(temp_sibling_file(path, suffix=extension))
     try:
         sitk.WriteImage(label, temp_name, useCompression=True)
         os.replace(temp_name, path)

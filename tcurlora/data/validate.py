@@ -10,9 +10,9 @@ import SimpleITK as sitk
 
 from tcurlora.data.cases import Case
 from tcurlora.data.io import check_output_free, count_nonfinite, read_image, read_label, split_channels
-from tcurlora.errors import InputError
+from tcurlora.errors import ConfigError, InputError
 
-__all__ = ["check_output_free", "geometry_difference", "remap_labels", "validate_case"]
+__all__ = ["check_output_free", "geometry_difference", "remap_labels", "validate_case", "validation_count"]
 
 RELATIVE_TOLERANCE = 1e-4
 
@@ -24,19 +24,30 @@ def _close(a: tuple[float, ...], b: tuple[float, ...], scale: float) -> bool:
     return bool(np.all(np.abs(a_arr - b_arr) <= RELATIVE_TOLERANCE * max(scale, 1.0)))
 
 
-def geometry_difference(first: sitk.Image, second: sitk.Image) -> str | None:
-    """A short description of how two grids differ (size/spacing/origin/direction), or None."""
+def geometry_difference(
+    first: sitk.Image, second: sitk.Image, names: tuple[str, str] | None = None
+) -> str | None:
+    """How two grids differ (size/spacing/origin/direction), `first` value first, or None.
+
+    With `names`, each value is labelled: "size (35, 51, 35) in the image vs (36, 51, 35) in the label".
+    """
+
+    def differ(what: str, a: object, b: object) -> str:
+        if names is None:
+            return f"{what} {a} vs {b}"
+        return f"{what} {a} in the {names[0]} vs {b} in the {names[1]}"
+
     if first.GetSize()[:3] != second.GetSize()[:3]:
-        return f"size {first.GetSize()[:3]} vs {second.GetSize()[:3]}"
+        return differ("size", first.GetSize()[:3], second.GetSize()[:3])
     spacing_scale = float(np.max(np.abs(first.GetSpacing()[:3])))
     if not _close(first.GetSpacing()[:3], second.GetSpacing()[:3], spacing_scale):
-        return f"spacing {first.GetSpacing()[:3]} vs {second.GetSpacing()[:3]}"
+        return differ("spacing", first.GetSpacing()[:3], second.GetSpacing()[:3])
     extent = spacing_scale * float(max(first.GetSize()[:3]))
     origin_scale = max(float(np.max(np.abs(first.GetOrigin()[:3]))), extent)
     if not _close(first.GetOrigin()[:3], second.GetOrigin()[:3], origin_scale):
-        return f"origin {first.GetOrigin()[:3]} vs {second.GetOrigin()[:3]}"
+        return differ("origin", first.GetOrigin()[:3], second.GetOrigin()[:3])
     if not _close(first.GetDirection(), second.GetDirection(), 1.0):
-        return f"direction {first.GetDirection()} vs {second.GetDirection()}"
+        return differ("direction", first.GetDirection(), second.GetDirection())
     return None
 
 
@@ -85,7 +96,7 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
         channels.extend((path, channel) for channel in split_channels(read_image(path)))
     first_path, first = channels[0]
     for path, channel in channels[1:]:
-        difference = geometry_difference(first, channel)
+        difference = geometry_difference(first, channel, (f"first channel {first_path.name}", "channel"))
         if difference:
             raise InputError(f"channels have different geometry than {first_path.name}: {difference}", path)
     for path in case.images:
@@ -98,13 +109,46 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
             warnings.append(f"{path}: image is constant ({float(values.min()):g})")
     if case.label is None:
         return warnings
+    check_label_map(case, num_classes)
     label, _ = read_label(case.label)
-    difference = geometry_difference(first, label)
+    difference = geometry_difference(first, label, ("image", "label"))
     if difference:
         raise InputError(f"label geometry differs from image {first_path.name}: {difference}", case.label)
     array = sitk.GetArrayFromImage(label)
     _check_whole_numbers(array, case.label)
     if case.label_map is not None:
         array = remap_labels(array.astype(np.int64), case.label_map)
+        if not np.any(array > 0):
+            raise InputError(
+                f"case {case.id!r}: after its label_map {case.label_map} the label is all background "
+                "(no voxel has a mapped value)",
+                case.label,
+            )
     _check_label_values(array, num_classes, case.label)
     return warnings
+
+
+def check_label_map(case: Case, num_classes: int) -> None:
+    """InputError blaming the case's label_map (not the label file) when it maps outside 0..N."""
+    if case.label_map is None:
+        return
+    highest = num_classes - 1
+    bad = sorted({t for t in case.label_map.values() if not 0 <= t <= highest})
+    if bad:
+        raise InputError(
+            f"case {case.id!r}: label_map {case.label_map} maps to class {bad[0]}, but the classes are "
+            f"0..{highest} (background + {highest} named); fix the label_map in the job"
+        )
+
+
+def validation_count(cases: int, val_fraction: float, source: Path | None = None) -> int:
+    """Cases held out for `val_fraction`; ConfigError when a positive fraction holds out none."""
+    count = int(round(cases * val_fraction))
+    if val_fraction > 0 and count == 0:
+        raise ConfigError(
+            f"key 'val_fraction': {val_fraction:g} of {cases} case(s) holds out no case for validation "
+            f"(a fraction above {0.5 / cases:.3g} is needed, and one case must stay for training); "
+            "give more cases, val_case_ids, or 0 for no validation",
+            source,
+        )
+    return count

@@ -225,23 +225,26 @@ def describe_event(event: dict[str, Any]) -> str:
 
 
 class PlainTextSink(BaseSink):
-    """One plain line per event (logs, pipes that are not a terminal)."""
+    """One plain line per event (logs, pipes that are not a terminal); errors to `error_stream` if given."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, error_stream: TextIO | None = None):
         self.stream = stream
+        self.error_stream = error_stream
         self._lock = threading.Lock()
 
     def emit(self, event: dict[str, Any]) -> None:
+        stream = self.error_stream if event["event"] == "error" and self.error_stream else self.stream
         with self._lock:
-            self.stream.write(describe_event(event) + "\n")
-            self.stream.flush()
+            stream.write(describe_event(event) + "\n")
+            stream.flush()
 
 
 class ProgressBarSink(BaseSink):
     """A terminal progress bar rewritten in place; other events print as plain lines above it."""
 
-    def __init__(self, stream: TextIO, bar_width: int = 24):
+    def __init__(self, stream: TextIO, bar_width: int = 24, error_stream: TextIO | None = None):
         self.stream = stream
+        self.error_stream = error_stream
         self.bar_width = bar_width
         self._lock = threading.Lock()
         self._bar_length = 0  # characters of the bar line currently on screen, 0 when none
@@ -256,18 +259,22 @@ class ProgressBarSink(BaseSink):
                 if self._bar_length:
                     self.stream.write("\n")
                     self._bar_length = 0
-                self.stream.write(describe_event(event) + "\n")
+                    self.stream.flush()
+                stream = self.error_stream if event["event"] == "error" and self.error_stream else self.stream
+                stream.write(describe_event(event) + "\n")
+                stream.flush()
             self.stream.flush()
 
 
-def make_sink(events_flag: bool, stream: TextIO) -> BaseSink:
-    """JSON lines when --events or --job is given, a progress bar on a terminal, else plain lines."""
+def make_sink(events_flag: bool, stream: TextIO, error_stream: TextIO | None = None) -> BaseSink:
+    """JSON lines when --events or --job is given (errors too: the protocol), a progress bar on a
+    terminal, else plain lines; for people, error lines go to `error_stream` when given (stderr)."""
     if events_flag:
         return JsonLinesSink(stream)
     isatty = getattr(stream, "isatty", None)
     if callable(isatty) and isatty():
-        return ProgressBarSink(stream)
-    return PlainTextSink(stream)
+        return ProgressBarSink(stream, error_stream=error_stream)
+    return PlainTextSink(stream, error_stream)
 
 
 class EtaEstimator:

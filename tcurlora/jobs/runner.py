@@ -97,11 +97,12 @@ def run_cli(
     Errors while building the job (bad flags, bad job file) are reported as error events too, so a
     program reading `--events` output always gets a final `done` or `error` line.
     """
-    sink = make_sink(events, stream if stream is not None else sys.stdout)
+    stream = stream if stream is not None else sys.stdout
+    sink = make_sink(events, stream, sys.stderr if stream is sys.stdout else None)
     token = CancelToken()
     try:
         job = build_job()
-    except TCURLoRAError as error:
+    except Exception as error:  # noqa: BLE001 - a reader of --events always gets a final event
         return report_error(sink, error)
     with handle_signals(token):
         return run_command(job, sink, token, handler)

@@ -59,6 +59,25 @@ def case_id_from_path(path: str | Path) -> str:
     return _CHANNEL_SUFFIX.sub("", stem)
 
 
+# Detached-header formats cannot be replaced atomically: their segmentations get the one-file kind.
+_ONE_FILE_EXTENSION = {".nhdr": ".nrrd", ".mhd": ".mha"}
+
+
+def segmentation_output_name(channels: list[Path] | list[str]) -> str:
+    """The file name of the segmentation of one input: case name + "_seg" + the input's extension.
+
+    "case1.nrrd" -> "case1_seg.nrrd"; channel files ["c2_0000.nii.gz", "c2_0001.nii.gz"] ->
+    "c2_seg.nii.gz" (the case name, without the channel suffix); "vol.mhd" -> "vol_seg.mha";
+    an unknown extension -> ".nii.gz".
+    """
+    first = Path(channels[0])
+    stem, ext = split_extension(first)
+    if len(channels) > 1:
+        stem = _CHANNEL_SUFFIX.sub("", stem)
+    ext = _ONE_FILE_EXTENSION.get(ext.lower(), ext) if is_image_file(first) else ".nii.gz"
+    return f"{stem}_seg{ext}"
+
+
 def _looks_like_path(value: str, base_dir: Path) -> bool:
     return (
         any(sep in value for sep in ("/", "\\"))
@@ -187,6 +206,10 @@ def _channels_out(paths: list[Path]) -> str | list[str]:
 def _read_json(path: Path) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"not UTF-8 text (byte {error.start}: {error.reason}); save the job file as UTF-8 JSON", path
+        ) from error
     except FileNotFoundError as error:
         raise InputError("job file not found", path) from error
     except OSError as error:
@@ -205,6 +228,37 @@ def _check_header(reader: _Reader, command: str) -> None:
     schema = reader.string("schema", JOB_SCHEMA)
     if schema != JOB_SCHEMA:
         reader.fail("schema", f"unsupported job schema {schema!r}; this version reads {JOB_SCHEMA!r}")
+
+
+MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
+MAX_ALPHA = 1e4
+
+
+def check_seed(r: _Reader, seed: int) -> int:
+    if seed > MAX_SEED:
+        r.fail("seed", f"must be at most 2^63 - 1 = {MAX_SEED}, got {seed}")
+    return seed
+
+
+def check_alpha(r: _Reader, alpha: float | None) -> float | None:
+    if alpha is not None and not 0.0 < alpha <= MAX_ALPHA:
+        r.fail("alpha", f"must be > 0 and <= {MAX_ALPHA:g} (the adapter's scale), got {alpha:g}")
+    return alpha
+
+
+def check_label_names(r: _Reader, names: list[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    if not names:
+        r.fail("label_names", "needs at least one class name")
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if not name.strip():
+            r.fail(f"label_names[{index}]", "must not be empty")
+        if name in seen:
+            r.fail(f"label_names[{index}]", f"duplicate class name {name!r} (each class needs its own name)")
+        seen.add(name)
+    return names
 
 
 # ------------------------------------------------------------------------------------------- jobs
@@ -269,7 +323,7 @@ class FinetuneJob:
             for key in ("num_cases", "case_ids"):
                 if data.get(key) is not None:
                     r.fail(key, "only applies with 'data' (a Decathlon folder), not with 'cases'")
-        label_names = r.string_list("label_names", None)
+        label_names = check_label_names(r, r.string_list("label_names", None))
         label_colors = _read_colors(r, label_names)
         patch = r.typed("patch_size", (list,), "a list of 3 positive integers", None)
         if patch is not None and (
@@ -308,7 +362,7 @@ class FinetuneJob:
             label_colors=label_colors,
             method=r.choice("method", METHODS, "tcur"),
             rank=r.integer("rank", 8, minimum=1),
-            alpha=r.number("alpha", None),
+            alpha=check_alpha(r, r.number("alpha", None)),
             selection=r.choice("selection", SELECTIONS, "topnorm"),
             conv_targets=r.boolean("conv_targets", None),
             iterations=r.integer("iterations", 500, minimum=1),
@@ -319,7 +373,7 @@ class FinetuneJob:
             train_modules=train_modules,
             spacing=[float(v) for v in spacing] if isinstance(spacing, list) else spacing,
             patch_size=list(patch) if patch is not None else None,
-            seed=r.integer("seed", 0, minimum=0),
+            seed=check_seed(r, r.integer("seed", 0, minimum=0)),
             val_fraction=val_fraction,
             val_case_ids=val_case_ids,
             early_stopping=r.integer("early_stopping", 4, minimum=0),
@@ -424,11 +478,15 @@ def _read_label_map(r: _Reader, key: str, item: dict) -> dict[int, int] | None:
     if mapping is None:
         return None
     r.typed(f"{key}.label_map", (dict,), "an object of label value -> class index", value=mapping)
-    try:
-        return {int(source): int(target) for source, target in mapping.items()}
-    except (TypeError, ValueError):
-        r.fail(f"{key}.label_map", f"expected integer label values and class indices, got {mapping!r}")
-        raise
+    out: dict[int, int] = {}
+    for source, target in mapping.items():
+        where = f"{key}.label_map[{source}]"
+        if not isinstance(source, str) or not re.fullmatch(r"\d+", source.strip()):
+            r.fail(where, f"label values must be whole numbers >= 0 (as JSON keys: \"1\"), got {source!r}")
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+            r.fail(where, f"class index must be a whole number >= 0, got {type(target).__name__} {target!r}")
+        out[int(source)] = target
+    return out
 
 
 def _read_colors(r: _Reader, label_names: list[str] | None) -> list[list[float]] | None:
@@ -520,17 +578,14 @@ class SegmentJob:
         return cls.from_dict(_read_json(path), path.parent, path)
 
     def output_paths(self) -> list[Path]:
-        """One output file per input: `outputs`, or `output_dir / (case name + "_seg" + extension)`."""
+        """One output file per input: `outputs`, or `output_dir / segmentation_output_name(channels)`.
+
+        `tcurlora segment` writes exactly these paths (segment.plan_outputs calls this method).
+        """
         if self.outputs is not None:
             return list(self.outputs)
         assert self.output_dir is not None
-        paths = []
-        for channels in self.inputs:
-            stem, ext = split_extension(channels[0])
-            if len(channels) > 1:
-                stem = _CHANNEL_SUFFIX.sub("", stem)
-            paths.append(self.output_dir / f"{stem}_seg{ext if is_image_file(channels[0]) else '.nii.gz'}")
-        return paths
+        return [self.output_dir / segmentation_output_name(channels) for channels in self.inputs]
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""

@@ -1,10 +1,12 @@
 """MONAI bundles as base models: load a bundle folder offline, and export a base model as a bundle.
 
 A bundle is `configs/metadata.json` + `configs/inference.json` (MONAI config syntax; the network is
-the `network_def` item) + `models/model.safetensors` or `models/model.pt`. The network is built with
-MONAI's own `ConfigParser`; only weights are read from disk (safetensors, or `torch.load` with
-`weights_only=True`): a `model.pt` holding anything but tensors is refused, never unpickled.
-Config expressions (`$...`) are never evaluated for the network either.
+the `network_def` item) + `models/model.safetensors` or `models/model.pt`. Only weights are read
+from disk (safetensors, or `torch.load` with `weights_only=True`): a `model.pt` holding anything but
+tensors is refused, never unpickled. The network is built from `network_def` only, with every `_target_` checked against an allow-list
+(MONAI network classes, torch.nn) before anything is imported or instantiated; config expressions
+(`$...`), macros (`%...`) and the bundle's own code (`scripts/`) are never run (models/safe_config.py).
+Weight files must be regular files inside the bundle (no symlinks) under a size limit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tcurlora.errors import ConfigError, InputError, OutputExistsError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import BaseModel, load_weights
+from tcurlora.models.safe_config import build_item, literal_arguments, plan_item
 from tcurlora.models.spec import IntensitySpec, ModelSpec
+from tcurlora.models.weight_files import check_weight_file
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml")
 WEIGHT_NAMES = ("model.safetensors", "model.pt")
@@ -40,62 +44,39 @@ def _config_file(folder: Path) -> Path:
     )
 
 
-def _expressions(value: Any, raw: Mapping[str, Any], seen: set[str]) -> list[str]:
-    """Config expressions ("$...") reachable from `value`, following "@id" references."""
-    if isinstance(value, str):
-        if value.startswith("$"):
-            return [value]
-        if value.startswith("@"):
-            ref = value[1:]
-            if ref in seen:
-                return []
-            seen.add(ref)
-            target: Any = raw
-            for part in ref.split("::"):
-                target = target.get(part) if isinstance(target, Mapping) else None
-            return _expressions(target, raw, seen)
-        return []
-    if isinstance(value, Mapping):
-        return [e for v in value.values() for e in _expressions(v, raw, seen)]
-    if isinstance(value, list):
-        return [e for v in value for e in _expressions(v, raw, seen)]
-    return []
+def _read_config_file(path: Path) -> Any:
+    """The raw content of a JSON or YAML config file (nothing in it is evaluated)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
 
 
-def read_bundle_configs(folder: Path) -> tuple[Any, dict[str, Any], Path]:
-    """MONAI ConfigParser with the bundle's network config and metadata read; the config path."""
-    from monai.bundle import ConfigParser
-
+def read_bundle_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The bundle's raw network config and metadata (nothing evaluated); the config path."""
     config_path = _config_file(folder)
-    parser = ConfigParser()
+    meta_path = folder / "configs" / "metadata.json"
     try:
-        parser.read_config(str(config_path))
-        meta_path = folder / "configs" / "metadata.json"
+        config = _read_config_file(config_path)
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     except (ValueError, OSError) as error:
         raise InputError(f"unreadable bundle config: {error}", config_path) from error
+    except Exception as error:  # noqa: BLE001 - yaml raises its own error types
+        raise InputError(f"unreadable bundle config: {type(error).__name__}: {error}", config_path) from error
+    if not isinstance(config, dict):
+        raise InputError("the bundle config is not a JSON/YAML object", config_path)
     if not isinstance(meta, dict):
-        raise InputError("metadata.json is not a JSON object", folder / "configs" / "metadata.json")
-    if "network_def" not in parser.config:
+        raise InputError("metadata.json is not a JSON object", meta_path)
+    if "network_def" not in config:
         raise InputError("the bundle config has no 'network_def' item", config_path)
-    return parser, meta, config_path
+    return config, meta, config_path
 
 
-def build_bundle_network(parser: Any, config_path: Path) -> nn.Module:
-    """Instantiate `network_def` with MONAI's parser, refusing config expressions (they would run code)."""
-    found = _expressions(parser.config["network_def"], parser.config, set())
-    if found:
-        raise InputError(
-            f"network_def uses config expressions ({found[0][:60]!r}); they are not evaluated for safety",
-            config_path,
-        )
-    try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
-    except Exception as error:  # noqa: BLE001 - MONAI raises many types for a bad config
-        raise InputError(f"cannot build the bundle network: {error}", config_path) from error
-    if not isinstance(network, nn.Module):
-        raise InputError(f"network_def is not a torch module but {type(network).__name__}", config_path)
-    return network
+def build_bundle_network(config: dict[str, Any], config_path: Path) -> nn.Module:
+    """Instantiate `network_def` after checking every `_target_` it reaches (see models/safe_config.py)."""
+    return build_item(config, "network_def", config_path)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -151,22 +132,25 @@ def head_module_name(model: nn.Module, out_channels: int) -> str:
     return names[-1] if names else ""
 
 
-def spec_from_bundle(parser: Any, meta: dict[str, Any], model: nn.Module, name: str) -> ModelSpec:
+def spec_from_bundle(
+    config: dict[str, Any], meta: dict[str, Any], model: nn.Module, name: str, config_path: Path
+) -> ModelSpec:
     """Our spec from the bundle: exact when we exported it, else read from metadata and config."""
     if isinstance(meta.get(SPEC_KEY), dict):
         return ModelSpec.from_dict(meta[SPEC_KEY])
-    network_def = dict(parser.config["network_def"])
-    arch = str(network_def.pop("_target_", "")).rsplit(".", 1)[-1]
+    plan = plan_item(config, "network_def", config_path)
+    arch = plan.cls.__name__
+    network_def = literal_arguments(plan)
     fmt = meta.get("network_data_format", {})
     image = fmt.get("inputs", {}).get("image", {})
     outputs = fmt.get("outputs", {}).get("pred", {})
     channel_def = outputs.get("channel_def", {})
     labels = {int(k): str(v) for k, v in channel_def.items() if str(k).isdigit() and int(k) > 0}
     spacing = next(
-        (s for t in _find_targets(parser.config, "Spacingd") if (s := _numbers(t.get("pixdim"), 3))), None
+        (s for t in _find_targets(config, "Spacingd") if (s := _numbers(t.get("pixdim"), 3))), None
     )
     roi = next(
-        (s for t in _find_targets(parser.config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
+        (s for t in _find_targets(config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
     )
     patch = _numbers(image.get("spatial_shape"), 3) or roi or (96, 96, 96)
     out_channels = int(outputs.get("num_channels", len(labels) + 1))
@@ -184,22 +168,36 @@ def spec_from_bundle(parser: Any, meta: dict[str, Any], model: nn.Module, name: 
 def load_bundle(folder: str | Path) -> BaseModel:
     """Load a MONAI bundle folder offline as a base model."""
     folder = Path(folder)
-    parser, meta, config_path = read_bundle_configs(folder)
-    model = build_bundle_network(parser, config_path)
-    weights = next((folder / "models" / n for n in WEIGHT_NAMES if (folder / "models" / n).is_file()), None)
+    config, meta, config_path = read_bundle_configs(folder)
+    model = build_bundle_network(config, config_path)
+    weights = next((folder / "models" / n for n in WEIGHT_NAMES if (folder / "models" / n).exists()
+                    or (folder / "models" / n).is_symlink()), None)
     if weights is None:
         raise InputError(
             f"MONAI bundle without weights (looked for models/{' or models/'.join(WEIGHT_NAMES)})", folder
         )
-    load_weights(model, read_weights(weights), weights)
+    load_weights(model, read_weights(check_weight_file(weights, folder)), weights)
     name = str(meta.get("name") or folder.name)
-    spec = spec_from_bundle(parser, meta, model, name)
+    spec = spec_from_bundle(config, meta, model, name, config_path)
     version = meta.get("version")
     model.eval()
     return BaseModel(
         model=model, spec=spec, model_id=str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name)),
         fingerprint=state_dict_fingerprint(model), source=str(folder),
     )  # fmt: skip
+
+
+def _is_our_bundle(folder: Path) -> bool:
+    """A folder holding only what export_bundle writes, with our spec in its metadata."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if not {p.name for p in folder.iterdir()} <= {"configs", "models", "LICENSE"}:
+        return False
+    try:
+        meta = json.loads((folder / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and SPEC_KEY in meta
 
 
 def network_def(spec: ModelSpec) -> dict[str, Any]:
@@ -223,6 +221,8 @@ def export_bundle(
         raise ConfigError(f"unknown weights format {weights_format!r}: use safetensors or pt")
     if folder.exists() and not force:
         raise OutputExistsError("bundle folder exists (use force to replace it)", folder)
+    if folder.exists() and not _is_our_bundle(folder):
+        raise OutputExistsError("not a bundle exported by tcurlora; force replaces only those", folder)
     spec = base.spec
     temp = temp_sibling_dir(folder)
     (temp / "configs").mkdir()

@@ -13,13 +13,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.errors import InputError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
 from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.spec import ModelSpec
+from tcurlora.models.weight_files import check_weight_file
+from tcurlora.outputs import check_model_output
 
 MODEL_FORMAT = "tcurlora.model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -65,8 +67,9 @@ def load_model_folder(folder: Path) -> BaseModel:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
     spec = ModelSpec.from_dict(data["spec"])
     model = build_network(spec)
-    if not weights_path.is_file():
+    if not weights_path.is_file() and not weights_path.is_symlink():
         raise InputError("missing weights file", weights_path)
+    check_weight_file(weights_path, folder)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -99,8 +102,7 @@ def save_model_folder(
 ) -> Path:
     """Write `model.json` + `model.safetensors` atomically (a temp sibling folder renamed into place)."""
     folder = Path(folder)
-    if folder.exists() and not force:
-        raise OutputExistsError("model folder exists (use force to replace it)", folder)
+    check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
     temp = temp_sibling_dir(folder)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}

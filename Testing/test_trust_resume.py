@@ -1,0 +1,158 @@
+"""--resume continues only the same job, ends where an uninterrupted run ends, and reads checkpoints
+safely: damage or a pickle is a user error (exit 2) naming the file, never an internal one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trust_testing import hippo_case, kinds, run, tiny_job, write_job
+
+from tcurlora.errors import CancelledError
+from tcurlora.jobs import CancelToken, RecordingSink
+from tcurlora.jobs.schema import FinetuneJob
+from tcurlora.train import run_finetune
+
+SEED = 2**63 - 1  # the largest seed the schema takes must also train
+
+
+class StopAtFirstCheckpoint(RecordingSink):
+    """Cancels the run right after its first checkpoint, as a user pressing Stop would."""
+
+    def __init__(self, token: CancelToken):
+        super().__init__()
+        self.token = token
+
+    def checkpoint(self, iteration: int, path: str) -> None:
+        super().checkpoint(iteration, path)
+        self.token.cancel()
+
+
+def base_job(folder: Path, output: Path, **changes) -> dict:
+    return tiny_job(folder, output, iterations=4, checkpoint_every=2, seed=SEED, **changes)
+
+
+def interrupted(job: dict, where: Path) -> Path:
+    """Run `job` until its first checkpoint (iteration 2) and stop; the checkpoint folder."""
+    token = CancelToken()
+    with pytest.raises(CancelledError):
+        run_finetune(FinetuneJob.from_dict(job, where), StopAtFirstCheckpoint(token), token)
+    checkpoint = Path(job["output"] + ".checkpoint")
+    assert json.loads((checkpoint / "checkpoint.json").read_text())["iteration"] == 2
+    assert not Path(job["output"]).exists()
+    return checkpoint
+
+
+def losses(adapter: Path) -> list[float]:
+    lines = (adapter / "training_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, hippocampus_dir) -> tuple[dict, Path]:
+    """A job stopped at its first checkpoint (tests copy the checkpoint before using it)."""
+    work = tmp_path_factory.mktemp("resume")
+    job = base_job(hippocampus_dir, work / "adapter")
+    return job, interrupted(job, work)
+
+
+def resume_copy(job: dict, checkpoint: Path, tmp_path: Path, name: str, **changes) -> tuple[Path, Path]:
+    """A copy of the checkpoint under a new output, and the job file that resumes it (with `changes`)."""
+    output = tmp_path / name
+    shutil.copytree(checkpoint, tmp_path / f"{name}.checkpoint")
+    return write_job(tmp_path / f"{name}.json", {**job, "output": str(output), **changes}), output
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
+    tmp_path, capsys, hippocampus_dir, checkpoint
+):
+    job, saved = checkpoint
+    straight = tmp_path / "straight"
+    assert (
+        run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))[0]
+        == 0
+    )
+    job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 0, events[-1]
+    assert [e["iteration"] for e in events if e["event"] == "progress"] == [3, 4]
+    assert losses(resumed) == losses(straight)
+    a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((resumed / "adapter_config.json").read_text())
+    assert record["seed"] == SEED and record["training"]["seed"] == SEED
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"learning_rate": 0.05}, "learning_rate: None in the checkpoint, 0.05 now"),
+        ({"seed": 1}, f"seed: {SEED} in the checkpoint, 1 now"),
+        ({"selection": "leverage"}, "selection: 'topnorm' in the checkpoint, 'leverage' now"),
+        ("other cases", "cases:"),
+    ],
+    ids=["lr", "seed", "selection", "cases"],
+)
+def test_resume_refuses_a_checkpoint_of_another_job(
+    tmp_path, capsys, hippocampus_dir, checkpoint, change, named
+):
+    job, saved = checkpoint
+    if change == "other cases":
+        change = {"cases": [hippo_case(hippocampus_dir, 1), hippo_case(hippocampus_dir, 3)]}
+    job_file, output = resume_copy(job, saved, tmp_path, "other", **change)
+    before = (tmp_path / "other.checkpoint" / "checkpoint.json").read_bytes()
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 2 and events[-1]["kind"] == "input_error", events[-1]
+    assert "cannot resume: the checkpoint was made for another job" in events[-1]["message"]
+    assert named in events[-1]["message"]
+    assert "progress" not in kinds(events) and not output.exists()
+    assert (tmp_path / "other.checkpoint" / "checkpoint.json").read_bytes() == before, "checkpoint kept"
+
+
+def test_resume_may_change_the_iteration_count(tmp_path, capsys, checkpoint):
+    job, saved = checkpoint
+    job_file, output = resume_copy(job, saved, tmp_path, "longer", iterations=5)
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 0 and [e["iteration"] for e in events if e["event"] == "progress"] == [3, 4, 5]
+    job_file, output = resume_copy(job, saved, tmp_path, "shorter", iterations=1)
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 2 and "beyond iterations=1" in events[-1]["message"]
+
+
+class Payload:
+    def __init__(self, mark: Path):
+        self.mark = str(mark)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.mark,))
+
+
+def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, checkpoint):
+    job, saved = checkpoint
+    mark = tmp_path / "pwned"
+    damage = {
+        "json": ("checkpoint.json", b"{not json", "unreadable checkpoint"),
+        "fields": ("checkpoint.json", b'{"job": {}}', "corrupt checkpoint"),
+        "weights": ("adapter.safetensors", b"\x00" * 7, "corrupt checkpoint weights"),
+        "pickle": ("optimizer.pt", None, "holds pickled objects other than tensors"),
+        "optimizer": ("optimizer.pt", b"PK\x03\x04 truncated", "corrupt optimizer state"),
+    }
+    for name, (file, content, message) in damage.items():
+        job_file, output = resume_copy(job, saved, tmp_path, name)
+        target = tmp_path / f"{name}.checkpoint" / file
+        if content is None:
+            torch.save({"optimizer": {"state": {}, "param_groups": []}, "x": Payload(mark)}, str(target))
+        else:
+            target.write_bytes(content)
+        code, events, _, err = run(capsys, "finetune", "--job", job_file, "--resume")
+        assert code == 2, (name, events[-1])
+        assert events[-1]["kind"] == "input_error" and message in events[-1]["message"], (name, events[-1])
+        assert events[-1]["path"] == str(target), name
+        assert "weights_only=False" not in events[-1]["message"] and "Traceback" not in err
+        assert "progress" not in kinds(events) and not output.exists()
+    assert not mark.exists(), "the pickle payload ran"

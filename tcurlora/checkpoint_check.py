@@ -1,0 +1,114 @@
+"""Reading a training checkpoint safely, and refusing to resume it for a different job.
+
+A checkpoint records the whole job except what may change on resume: the iteration count (to
+train longer) and how the run is driven (output, force, resume, checkpoint_every). Anything else
+that differs (cases, learning rate, seed, selection, ...) would mix two runs in one adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+from tcurlora.errors import InputError
+
+CHECKPOINT_FILE = "checkpoint.json"
+WEIGHTS_FILE = "adapter.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+# Job keys that may differ between the run that wrote a checkpoint and the run resuming it.
+RUN_KEYS = frozenset({"iterations", "output", "force", "resume", "checkpoint_every"})
+
+
+def resume_record(job: Any, base_fingerprint: str, label_names: list[str]) -> dict[str, Any]:
+    """What a checkpoint stores about its job, to compare on resume."""
+    settings = {k: v for k, v in job.to_dict().items() if k not in RUN_KEYS}
+    record = {"base_fingerprint": base_fingerprint, "label_names": list(label_names), "settings": settings}
+    # Through JSON, as the checkpoint will store it (tuples become lists, paths strings).
+    return json.loads(json.dumps(record, default=str))
+
+
+def check_resume(meta: dict[str, Any], current: dict[str, Any], iterations: int, path: Path) -> None:
+    """InputError naming each difference between the checkpoint's job and the current one."""
+    saved = meta.get("job")
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+        raise InputError(
+            "cannot resume: the checkpoint does not record its job (written by an older tcurlora); "
+            "start again without --resume",
+            path,
+        )
+    differences = [
+        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in ("base_fingerprint", "label_names")
+        if saved.get(key) != current.get(key)
+    ]
+    old, new = saved["settings"], current["settings"]
+    differences += [
+        f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if differences:
+        raise InputError(
+            "cannot resume: the checkpoint was made for another job (only iterations may change); "
+            + "; ".join(differences),
+            path,
+        )
+    if int(meta["iteration"]) > iterations:
+        raise InputError(
+            f"cannot resume: the checkpoint is at iteration {meta['iteration']}, beyond iterations={iterations}",
+            path,
+        )
+
+
+def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(checkpoint.json, adapter weights, optimizer state); InputError naming the file for any damage."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta_path, weights_path, optimizer_path = (folder / n for n in (CHECKPOINT_FILE, WEIGHTS_FILE, OPTIMIZER_FILE))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot resume: unreadable checkpoint ({error})", meta_path) from error
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("iteration"), int)
+        or not isinstance(meta.get("losses"), list)
+        or not isinstance(meta.get("val_history", []), list)
+    ):
+        raise InputError("cannot resume: corrupt checkpoint (iteration / losses missing)", meta_path)
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"cannot resume: corrupt checkpoint weights ({error})", weights_path) from error
+    try:
+        optimizer = torch.load(str(optimizer_path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            "cannot resume: the optimizer file holds pickled objects other than tensors; it is refused "
+            "for safety (tcurlora never unpickles them). Delete the checkpoint folder and start again",
+            optimizer_path,
+        ) from error
+    except (OSError, EOFError, ValueError, RuntimeError, AttributeError, TypeError) as error:
+        raise InputError(f"cannot resume: corrupt optimizer state ({error})", optimizer_path) from error
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("optimizer"), dict):
+        raise InputError("cannot resume: corrupt optimizer state (no 'optimizer' entry)", optimizer_path)
+    return meta, weights, optimizer
+
+
+def restore(adapted: Any, optimizer: Any, weights: dict, optimizer_state: dict, folder: Path) -> None:
+    """Load the checkpoint's tensors into the adapter and optimizer; InputError when they do not fit."""
+    from tcurlora.errors import ConfigError
+
+    try:
+        adapted.load_adapter_state_dict(weights)
+    except (ConfigError, RuntimeError, KeyError, ValueError) as error:
+        raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / WEIGHTS_FILE) from error
+    try:
+        optimizer.load_state_dict(optimizer_state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise InputError(f"cannot resume: optimizer state does not fit ({error})", folder / OPTIMIZER_FILE) from error
