@@ -202,7 +202,7 @@ def _color_table(names: Sequence[str], colors: Sequence[Sequence[float]]) -> sli
     table.SetTypeToUser()
     table.SetNumberOfColors(len(names) + 1)
     table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-    for value, (name, color) in enumerate(zip(names, colors, strict=True), start=1):
+    for value, (name, color) in enumerate(zip(names, colors), start=1):
         table.SetColor(value, name, color[0], color[1], color[2], 1.0)
     return table
 
@@ -265,7 +265,7 @@ def _name_segments(
 ) -> None:
     """One segment per class in class order, named, coloured and tagged; absent classes become empty segments."""
     seg = node.GetSegmentation()
-    for index, (name, color) in enumerate(zip(names, colors, strict=True)):
+    for index, (name, color) in enumerate(zip(names, colors)):
         segment_id = seg.GetSegmentIdBySegmentName(name) or seg.AddEmptySegment(name, name)
         segment = seg.GetSegment(segment_id)
         segment.SetColor(*color)
