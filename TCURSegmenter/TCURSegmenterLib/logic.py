@@ -57,7 +57,21 @@ def start_segmentation(
     largest_component: bool = False,
     extra_models: Sequence[str] = (),
 ) -> SegmentVolumesRun:
-    """Export the volumes and start the worker; the run imports one segmentation per volume when done.
+    """Export the volumes and start the worker; the run imports one segmentation per volume when done."""
+    run = segmentation_run(volumes, adapter, device, targets, overlap, largest_component, extra_models)
+    return run.start()
+
+
+def segmentation_run(
+    volumes: Sequence[slicer.vtkMRMLScalarVolumeNode],
+    adapter: AdapterEntry,
+    device: str = "auto",
+    targets: Sequence[slicer.vtkMRMLSegmentationNode | None] | None = None,
+    overlap: float = 0.5,
+    largest_component: bool = False,
+    extra_models: Sequence[str] = (),
+) -> SegmentVolumesRun:
+    """The run `start_segmentation` starts: inputs checked and exported, job written.
 
     The adapter's base model is found by its id (built-in, model library, or one of `extra_models`).
     """
@@ -79,7 +93,7 @@ def start_segmentation(
         targets,
         overlap=overlap,
         largest_component=largest_component,
-    ).start()
+    )
 
 
 def volumes_and_targets(
