@@ -55,7 +55,11 @@ def parse_version(text: str) -> tuple:
 
 
 def _release(text: str) -> tuple[int, ...]:
-    return parse_version(text)[0]
+    """The release numbers as written (1.4.0 -> (1, 4, 0)), for the prefix match of `~=`."""
+    match = _VERSION.match(text.strip())
+    if not match:
+        raise ValueError(f"not a version: {text!r}")
+    return tuple(int(p) for p in match["release"].split("."))
 
 
 def satisfies(version: str, operator: str, wanted: str) -> bool:
@@ -75,7 +79,7 @@ def satisfies(version: str, operator: str, wanted: str) -> bool:
         return have < want
     if operator == "~=":  # ~=1.4.2 means >=1.4.2 and ==1.4.*
         prefix = _release(wanted)[:-1] or _release(wanted)
-        padded = _release(version) + (0,) * len(prefix)
+        padded = _release(version) + (0,) * len(prefix)  # 1.4 counts as 1.4.0
         return have >= want and padded[: len(prefix)] == prefix
     raise ValueError(f"unsupported version operator {operator!r}")
 
