@@ -104,6 +104,17 @@ class WorkerRun:
                 self.worker.remove_partial_outputs()
                 self.state = FAILED
         else:
+            if self.error is None:  # exit 0 without a "done" event: say so rather than fail silently
+                tail = "\n".join(self.worker.tail[-5:])
+                self.error = {
+                    "event": "error",
+                    "time": time.time(),
+                    "kind": "internal",
+                    "message": f"the worker ended without a result (exit code {self.worker.returncode})"
+                    + (f":\n{tail}" if tail else ""),
+                    "path": None,
+                    "exit_code": self.worker.returncode if self.worker.returncode is not None else 1,
+                }
             self.state = FAILED
 
     def on_event(self, event: dict[str, Any]) -> None:

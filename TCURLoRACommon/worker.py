@@ -222,6 +222,10 @@ class WorkerProcess:
             pass
         self._kill_at = time.monotonic()
         self._escalate()
+        try:
+            self.process.wait(timeout=1.0)  # reap it; a kill takes effect at once
+        except subprocess.TimeoutExpired:
+            pass
         self.remove_partial_outputs()
 
     @staticmethod
