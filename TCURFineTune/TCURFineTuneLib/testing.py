@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import slicer
 
 from TCURFineTuneLib.cases import TrainingPair, class_names, export_cases, pair_by_study
-from TCURFineTuneLib.run import FineTuneRun
+from TCURFineTuneLib.run import FineTuneRun, can_resume, discard_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
 from tcurlora.fsutil import atomic_write_json
@@ -191,6 +192,40 @@ def test_cancel_leaves_nothing(data_dir: Path, workdir: Path) -> None:
     assert library.list_adapters() == [] and library_leftovers() == []
 
 
+def _run_until(run: FineTuneRun, kind: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(e["event"] == kind for e in run.events):
+        run.update()
+        assert not run.finished, f"run ended before a {kind} event: {run.error_text()}"
+        assert time.monotonic() < deadline, f"no {kind} event within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
+    pairs, _ = load_training_scene(data_dir, 2)
+    settings = fast_settings(100000)
+    settings.checkpoint_every = 2
+    run = FineTuneRun(pairs, settings, "resumed", workdir, curves=False).start()
+    _run_until(run, "checkpoint")
+    run.cancel()
+    run.wait(timeout=60)
+    assert run.state == CANCELLED and run.resumable() and can_resume(run.job_path)
+    assert library.list_adapters() == [], "a cancelled run must not add an adapter"
+    saved = json.loads((run.checkpoint / "checkpoint.json").read_text())["iteration"]
+    assert saved >= 2 and saved % 2 == 0
+    resumed = FineTuneRun.resume(run.job_path, curves=False).start()
+    assert resumed.job["resume"] is True and resumed.staging == run.staging
+    _run_until(resumed, "progress")
+    first = next(e for e in resumed.events if e["event"] == "progress")
+    assert first["iteration"] == saved + 1, (first["iteration"], saved)
+    assert any("resumed from" in (e.get("message") or "") for e in resumed.events)
+    resumed.cancel()
+    resumed.wait(timeout=60)
+    discard_interrupted(resumed.job_path)
+    assert not can_resume(resumed.job_path) and not resumed.workdir.exists()
+    assert library.list_adapters() == [] and library_leftovers() == []
+
+
 ALL_TESTS = (
     test_pair_by_study,
     test_export_keeps_geometry_and_labels,
@@ -198,4 +233,5 @@ ALL_TESTS = (
     test_segmentation_on_other_grid_is_resampled,
     test_finetune_end_to_end,
     test_cancel_leaves_nothing,
+    test_resume_after_cancel,
 )
