@@ -5,6 +5,7 @@ Qt widgets and wiring only; the work lives in TCURFineTuneLib and TCURLoRACommon
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import qt
@@ -35,6 +36,18 @@ class TCURFineTune(ScriptedLoadableModule):
             "low-rank adapters) or LoRA. The adapter is saved in the model library for TCUR Segmenter."
         )
         self.parent.acknowledgementText = _("Method: He et al., tCURLoRA, MICCAI 2025 (arXiv 2501.02227).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Generated labeled cases in the Sample Data module (made on click: no download)."""
+    from TCURLoRACommon.compat import unsupported_message
+
+    if unsupported_message():
+        return
+    from TCURLoRACommon.sampledata import register_sample_data
+
+    register_sample_data(os.path.join(os.path.dirname(__file__), "Resources", "Icons", "TCURFineTune.png"))
 
 
 @parameterNodeWrapper
