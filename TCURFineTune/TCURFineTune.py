@@ -192,14 +192,13 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.baseModel = self.ui.baseModelComboBox.itemData(index) or ""
 
     def onAddBundle(self) -> None:
-        from TCURLoRACommon.models import check_model_folder
+        from TCURLoRACommon.models import remember_model_folder
 
         folder = qt.QFileDialog.getExistingDirectory(self.parent, _("MONAI bundle or model folder"))
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Not a usable base model folder.")):
-            check_model_folder(folder)
-            self._parameterNode.baseModel = folder
+            self._parameterNode.baseModel = str(remember_model_folder(folder))  # Segmenter finds it too
             self.refreshModels()
 
     # --- training cases ----------------------------------------------------------------------

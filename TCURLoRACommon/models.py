@@ -29,12 +29,40 @@ def library_models() -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC).is_file() or (p / "configs").is_dir()]
 
 
+FOLDERS_FILE = "model_folders.json"  # in the library: base-model folders added from the panel
+
+
+def added_model_folders() -> list[Path]:
+    """Base-model folders the user added with "Add MONAI bundle folder..." that still hold a model."""
+    from tcurlora.library import library_root
+
+    data = _read_json(library_root() / FOLDERS_FILE)
+    folders = [Path(p) for p in data.get("folders", []) if isinstance(p, str)]
+    return [p for p in folders if model_id_of_folder(p) is not None]
+
+
+def remember_model_folder(folder: str | Path) -> Path:
+    """Check a base-model folder and remember it in the library, so both panels find it later."""
+    from tcurlora.fsutil import atomic_write_json
+    from tcurlora.library import library_root
+
+    path = check_model_folder(folder).resolve()
+    known = [str(p) for p in added_model_folders()]
+    if str(path) not in known:
+        library_root().mkdir(parents=True, exist_ok=True)
+        atomic_write_json(library_root() / FOLDERS_FILE, {"folders": [*known, str(path)]})
+    return path
+
+
 def base_model_choices(extra: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(label, reference) pairs for the base-model combo box, built-in first."""
     choices = [(f"{name} (built-in)", name) for name in builtin_models()]
     choices += [(f"{p.name} (library)", str(p)) for p in library_models()]
+    folders = [str(p) for p in added_model_folders()] + [r for r in extra if r]
     known = {reference for _, reference in choices}
-    choices += [(f"{Path(r).name} (folder)", r) for r in extra if r and r not in known]
+    for reference in dict.fromkeys(folders):
+        if reference not in known:
+            choices.append((f"{Path(reference).name} (folder)", reference))
     return choices
 
 
@@ -98,7 +126,7 @@ def resolve_base_model(model_id: str | None, extra: Sequence[str] = ()) -> str:
     from tcurlora.models.builtin import builtin_models_dir
 
     candidates = [builtin_models_dir() / name for name in builtin_models()]
-    candidates += library_models() + [Path(e) for e in extra if e]
+    candidates += library_models() + added_model_folders() + [Path(e) for e in extra if e]
     for folder in candidates:
         if model_id_of_folder(folder) == model_id:
             return folder.name if folder.parent == builtin_models_dir() else str(folder)
@@ -108,5 +136,6 @@ def resolve_base_model(model_id: str | None, extra: Sequence[str] = ()) -> str:
 
     raise InputError(
         f"the adapter was trained on base model '{model_id}', which is neither built in nor in the model "
-        f"library. Copy that model's folder (or MONAI bundle) into {library_root() / 'models'} and try again."
+        f"library. Add its folder in TCUR Fine-Tune (Add MONAI bundle folder...), or copy it into "
+        f"{library_root() / 'models'}, and try again."
     )

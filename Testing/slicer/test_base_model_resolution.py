@@ -10,7 +10,13 @@ import pytest
 
 from tcurlora.errors import InputError
 from tcurlora.library import library_root
-from TCURLoRACommon.models import check_model_folder, model_id_of_folder, resolve_base_model
+from TCURLoRACommon.models import (
+    base_model_choices,
+    check_model_folder,
+    model_id_of_folder,
+    remember_model_folder,
+    resolve_base_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,15 @@ def test_bundle_and_model_folder_ids_agree_with_the_backend(tiny_base, tmp_path:
     assert other_id == "Other@3"
     with pytest.raises(InputError, match="neither built in nor in the model library"):
         resolve_base_model(other_id)
-    assert resolve_base_model(other_id, extra=[str(elsewhere)]) == str(elsewhere)  # a folder the user added
+    assert resolve_base_model(other_id, extra=[str(elsewhere)]) == str(elsewhere)
+    # "Add MONAI bundle folder..." remembers the folder in the library: the Segmenter finds it later
+    assert remember_model_folder(elsewhere) == elsewhere.resolve()
+    assert remember_model_folder(elsewhere) == elsewhere.resolve()  # once only
+    assert resolve_base_model(other_id) == str(elsewhere.resolve())
+    assert [r for _, r in base_model_choices()].count(str(elsewhere.resolve())) == 1
+    assert ("other (folder)", str(elsewhere.resolve())) in base_model_choices()
+    with pytest.raises(InputError, match="not a base model folder"):
+        remember_model_folder(tmp_path)
 
 
 def test_builtin_and_errors(tmp_path: Path, monkeypatch) -> None:
