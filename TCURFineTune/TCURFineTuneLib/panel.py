@@ -28,6 +28,8 @@ def settings_from_parameters(node: Any) -> FineTuneSettings:
     """The FineTuneSettings a TCURFineTuneParameterNode (or anything with its fields) stands for."""
     if not (node.baseModel or "").strip():
         raise InputError("choose a base model (none is selected)")
+    if not (node.adapterName or "").strip():
+        raise InputError("give the adapter a name")
     return FineTuneSettings(
         base_model=node.baseModel,
         method=node.method,

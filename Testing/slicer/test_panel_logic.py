@@ -77,6 +77,9 @@ def test_empty_base_model_is_an_input_error(mrml) -> None:
     node = parameter_defaults(ROOT / "TCURFineTune" / "TCURFineTune.py")
     with pytest.raises(InputError, match="choose a base model"):
         settings_from_parameters(node)
+    node.baseModel, node.adapterName = BUILTIN, "  "
+    with pytest.raises(InputError, match="give the adapter a name"):
+        settings_from_parameters(node)
 
 
 def test_chosen_base_model_is_kept_when_offered() -> None:
