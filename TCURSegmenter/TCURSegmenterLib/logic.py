@@ -100,7 +100,8 @@ def volumes_and_targets(
     node: Any,
 ) -> tuple[list[slicer.vtkMRMLScalarVolumeNode], list[slicer.vtkMRMLSegmentationNode | None] | None]:
     """What a TCURSegmenterParameterNode asks to segment: every volume, or the input volume into the
-    chosen output segmentation (None: a new one)."""
-    if node.allVolumes:
-        return volumes_to_segment(), None
-    return ([node.inputVolume] if node.inputVolume else []), [node.outputSegmentation]
+    chosen output segmentation (None: a new one); InputError when there is nothing to segment."""
+    volumes = volumes_to_segment() if node.allVolumes else [v for v in [node.inputVolume] if v]
+    if not volumes:
+        raise InputError("no input volume: choose one, or load a volume into the scene")
+    return volumes, (None if node.allVolumes else [node.outputSegmentation])

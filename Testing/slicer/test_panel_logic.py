@@ -153,7 +153,8 @@ def test_what_to_segment(mrml) -> None:
     node.allVolumes = True
     assert volumes_and_targets(node) == ([v1, v2], None) and labels not in volumes_and_targets(node)[0]
     node.allVolumes, node.inputVolume = False, None
-    assert volumes_and_targets(node) == ([], [out])
+    with pytest.raises(InputError, match="no input volume"):
+        volumes_and_targets(node)
 
 
 def test_segmenter_job_carries_overlap_largest_component_and_a_loadable_base(mrml, tmp_path: Path) -> None:
