@@ -33,15 +33,3 @@ def test_cancel_leaves_nothing(mrml, hippocampus_dir: Path, tmp_path: Path) -> N
 
 def test_resume_after_cancel(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     bodies.test_resume_after_cancel(hippocampus_dir, tmp_path)
-
-
-def test_self_test_bodies_run_on_generated_data(mrml, tmp_path: Path, monkeypatch) -> None:
-    """Item 8: without $TCURLORA_DATA the self-tests use generated cases instead of skipping."""
-    from TCURLoRACommon.testdata import decathlon_cases, self_test_data
-
-    monkeypatch.delenv("TCURLORA_DATA", raising=False)
-    data = self_test_data("hippocampus", tmp_path / "cache")
-    cases, names = decathlon_cases(data)
-    assert data == tmp_path / "cache" / "generated-data" and len(cases) == 5 and names == ["organ", "lesion"]
-    bodies.test_pair_by_study(data, tmp_path / "a")
-    bodies.test_bad_scene_inputs(data, tmp_path / "b")
