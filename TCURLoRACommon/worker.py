@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 TAIL_LINES = 40
-CANCEL_GRACE_S = 15.0  # after SIGTERM the worker saves its checkpoint; then the tree is killed
+CANCEL_GRACE_S = 15.0  # after SIGTERM the worker exits at its next step (last checkpoint kept)
 EXIT_GRACE_S = 2.0  # what closing Slicer waits for the worker before killing it
 EXIT_CANCELLED = 130  # tcurlora.errors.EXIT_CANCELLED: the worker stopped on SIGTERM
 # What a cancelled run may exit with: the worker's own 130, or, when PythonSlicer (CTKAppLauncher) is the
