@@ -386,7 +386,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = event_text(event)
             if text:
                 self.ui.logTextEdit.appendPlainText(text)
-        self.ui.progressBar.value = int(100 * self.run.fraction())
+        self.ui.progressBar.maximum, self.ui.progressBar.value = self.run.progress_bar()
         self.ui.etaLabel.text = self.run.eta_text()
         if self.run.finished:
             self.timer.stop()

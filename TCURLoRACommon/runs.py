@@ -133,6 +133,13 @@ class WorkerRun:
             return 1.0 if self.state == DONE else 0.0
         return min(1.0, self.progress["iteration"] / self.progress["total"])
 
+    def progress_bar(self) -> tuple[int, int]:
+        """(maximum, value) for a QProgressBar: percent done, or (0, 0), Qt's busy indicator, while the
+        worker has started but not yet reported progress (loading the model, a long first volume)."""
+        if not self.finished and self.progress is None and self.first_event is not None:
+            return 0, 0
+        return 100, int(round(100 * self.fraction()))
+
     def eta_text(self) -> str:
         """'ETA 1 min 20 s' from the last progress event, or ''."""
         eta = (self.progress or {}).get("eta_s")

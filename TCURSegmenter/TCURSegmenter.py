@@ -266,7 +266,7 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = event_text(event)
             if text:
                 self.ui.logTextEdit.appendPlainText(text)
-        self.ui.progressBar.value = int(100 * self.run.fraction())
+        self.ui.progressBar.maximum, self.ui.progressBar.value = self.run.progress_bar()
         if not self.run.finished:
             return
         self.timer.stop()

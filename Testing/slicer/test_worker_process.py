@@ -150,3 +150,31 @@ def test_cancelled_state(tmp_path: Path) -> None:
     run.worker.shutdown(timeout=0.5)
     run.wait(timeout=30)
     assert run.state == CANCELLED
+
+
+def test_progress_bar_is_busy_until_the_first_progress(tmp_path: Path) -> None:
+    started = json.dumps({"event": "started", "time": 1.0, "command": "segment", "device": "cpu", "total": 2})
+    progress = json.dumps(
+        {"event": "progress", "time": 2.0, "iteration": 1, "total": 2, "loss": None, "val_dice": None,
+         "eta_s": None, "lr": None, "message": None}
+    )  # fmt: skip
+    flag = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        f"print({started!r}, flush=True)\n"
+        f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"  # until the test has looked
+        f"print({progress!r}, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = WorkerRun({"command": "segment", "device": "cpu"}, tmp_path)
+    assert run.progress_bar() == (100, 0)  # not started
+    run.worker = child(code)
+    run.start()
+    wait_until(lambda: run.first_event is not None, 30, run.update)
+    assert run.progress_bar() == (0, 0), "started, no progress yet: busy indicator"
+    flag.touch()
+    wait_until(lambda: run.progress is not None, 30, run.update)
+    assert run.progress_bar() == (100, 50)
+    run.worker.shutdown(timeout=0.5)
+    run.wait(timeout=30)
+    assert run.state == CANCELLED and run.progress_bar() == (100, 50)
