@@ -36,6 +36,18 @@ class TCURFineTune(ScriptedLoadableModule):
             "low-rank adapters) or LoRA. The adapter is saved in the model library for TCUR Segmenter."
         )
         self.parent.acknowledgementText = _("Method: He et al., tCURLoRA, MICCAI 2025 (arXiv 2501.02227).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Generated labeled cases in the Sample Data module (made on click: no download)."""
+    from TCURLoRACommon.compat import unsupported_message
+
+    if unsupported_message():
+        return
+    from TCURLoRACommon.sampledata import register_sample_data
+
+    register_sample_data(os.path.join(os.path.dirname(__file__), "Resources", "Icons", "TCURFineTune.png"))
 
 
 @parameterNodeWrapper
@@ -53,6 +65,7 @@ class TCURFineTuneParameterNode:
     patchSize: str = ""
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     adapterName: str = "my-adapter"
+    resumeJob: str = ""
     batchSize: Annotated[int, WithinRange(1, 64)] = 2
     learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     valFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.0
@@ -60,10 +73,13 @@ class TCURFineTuneParameterNode:
 
 
 class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Qt wiring only: every decision is a tested function of TCURFineTuneLib / TCURLoRACommon."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.ui = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.run = None
@@ -73,11 +89,23 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from TCURLoRACommon.compat import unsupported_message
+
+        problem = unsupported_message()
+        if problem:  # Slicer 5.8 (Python 3.9): say what to do instead of failing further down
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
+        from TCURLoRACommon.runs import LOG_MAX_LINES
+
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TCURFineTune.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TCURFineTuneLogic()
+        self.ui.logTextEdit.setMaximumBlockCount(LOG_MAX_LINES)
         self.ui.casesTable.setHorizontalHeaderLabels([_("Volume"), _("Segmentation")])
         self.ui.casesTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
         self.ui.addBundleButton.clicked.connect(self.onAddBundle)
@@ -86,19 +114,29 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.removePairButton.clicked.connect(self.onRemovePair)
         self.ui.labelNewCaseButton.clicked.connect(self.onLabelNewCase)
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
+        self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.baseModelComboBox.currentIndexChanged.connect(self.onBaseModelChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()  # first: refreshModels writes the default base model into it
         self.refreshModels()
-        self.initializeParameterNode()
 
     def cleanup(self) -> None:
         if self.run is not None and not self.run.finished:
-            self.run.cancel()
+            self.run.shutdown()  # Slicer is closing: a couple of seconds at most
         self.timer.stop()
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Reload the module and the packages it imports lazily (TCURFineTuneLib, TCURLoRACommon, tcurlora)."""
+        from TCURLoRACommon.reloading import forget_packages
+
+        forget_packages()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self) -> None:
+        if self.ui is None:
+            return
         self.initializeParameterNode()
         self.refreshModels()
 
@@ -113,6 +151,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.refreshModels()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -124,21 +163,25 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.updateCasesTable()
+            self.updateResumeButton()
 
     # --- base models and library -------------------------------------------------------------
     def refreshModels(self) -> None:
         from tcurlora import library
-        from TCURLoRACommon.models import base_model_choices
+        from TCURLoRACommon.models import base_model_choices, choose_base_model
 
         combo = self.ui.baseModelComboBox
         wanted = self._parameterNode.baseModel if self._parameterNode else ""
+        choices = base_model_choices(extra=[wanted] if wanted else [])
+        chosen = choose_base_model(choices, wanted)
         combo.blockSignals(True)
         combo.clear()
-        for label, reference in base_model_choices(extra=[wanted] if wanted else []):
+        for label, reference in choices:
             combo.addItem(label, reference)
-        index = combo.findData(wanted)
-        combo.setCurrentIndex(max(index, 0))
+        combo.setCurrentIndex(combo.findData(chosen))
         combo.blockSignals(False)
+        if self._parameterNode and self._parameterNode.baseModel != chosen:
+            self._parameterNode.baseModel = chosen  # the signals were blocked: store what is shown
         self.ui.prefillAdapterComboBox.clear()
         for entry in library.list_adapters():
             self.ui.prefillAdapterComboBox.addItem(entry.name, str(entry.path))
@@ -149,25 +192,21 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.baseModel = self.ui.baseModelComboBox.itemData(index) or ""
 
     def onAddBundle(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("MONAI bundle folder"))
+        from TCURLoRACommon.models import remember_model_folder
+
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("MONAI bundle or model folder"))
         if not folder:
             return
-        if not os.path.isdir(os.path.join(folder, "configs")):
-            slicer.util.errorDisplay(
-                _("{folder} is not a MONAI bundle: it has no configs/ folder").format(folder=folder)
-            )
-            return
-        self._parameterNode.baseModel = folder
-        self.refreshModels()
+        with slicer.util.tryWithErrorDisplay(_("Not a usable base model folder.")):
+            self._parameterNode.baseModel = str(remember_model_folder(folder))  # Segmenter finds it too
+            self.refreshModels()
 
     # --- training cases ----------------------------------------------------------------------
     def pairs(self):
-        from TCURFineTuneLib.cases import TrainingPair
+        from TCURFineTuneLib.cases import pairs_from_lists
 
         node = self._parameterNode
-        return [
-            TrainingPair(v, s) for v, s in zip(node.trainingVolumes, node.trainingSegmentations, strict=False)
-        ]
+        return pairs_from_lists(node.trainingVolumes, node.trainingSegmentations)
 
     def setPairs(self, pairs) -> None:
         self._parameterNode.trainingVolumes = [p.volume for p in pairs]
@@ -175,9 +214,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateCasesTable()
 
     def updateCasesTable(self) -> None:
-        from TCURFineTuneLib.cases import class_names
-
-        from tcurlora.errors import InputError
+        from TCURFineTuneLib.cases import classes_text
 
         pairs = self.pairs()
         table = self.ui.casesTable
@@ -185,42 +222,28 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for row, pair in enumerate(pairs):
             for column, node in enumerate((pair.volume, pair.segmentation)):
                 table.setItem(row, column, qt.QTableWidgetItem(node.GetName() if node else _("(none)")))
-        try:
-            text = (
-                _("Classes: {names}").format(names=", ".join(class_names(pairs)))
-                if pairs
-                else _("Classes: none")
-            )
-        except InputError as error:
-            text = _("Problem: {error}").format(error=error)
-        self.ui.classesLabel.text = text
+        self.ui.classesLabel.text = classes_text(pairs)
 
     def onAddPair(self) -> None:
-        from TCURFineTuneLib.cases import TrainingPair
+        from TCURFineTuneLib.cases import add_pair
 
-        volume, segmentation = (
-            self.ui.volumeSelector.currentNode(),
-            self.ui.segmentationSelector.currentNode(),
-        )
-        if volume is None:
-            slicer.util.errorDisplay(_("Choose a volume first."))
-            return
-        if segmentation is None:
-            slicer.util.errorDisplay(
-                _(
-                    "Volume '{name}' has no segmentation: choose one, or create it with 'Label a new case'."
-                ).format(name=volume.GetName())
+        with slicer.util.tryWithErrorDisplay(_("Cannot add this case.")):
+            self.setPairs(
+                add_pair(
+                    self.pairs(),
+                    self.ui.volumeSelector.currentNode(),
+                    self.ui.segmentationSelector.currentNode(),
+                )
             )
-            return
-        self.setPairs([*self.pairs(), TrainingPair(volume, segmentation)])
 
     def onPairByStudy(self) -> None:
-        from TCURFineTuneLib.cases import pair_by_study
+        from TCURFineTuneLib.cases import merge_pairs, pair_by_study
 
         found = pair_by_study()
-        if not found:
+        if not found:  # keep the table as it is
             slicer.util.infoDisplay(_("No volume has a segmentation in its study."))
-        self.setPairs(found)
+            return
+        self.setPairs(merge_pairs(self.pairs(), found))
 
     def onRemovePair(self) -> None:
         rows = {index.row() for index in self.ui.casesTable.selectedIndexes()}
@@ -229,36 +252,35 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLabelNewCase(self) -> None:
         from TCURFineTuneLib.cases import class_colors, class_names
 
-        from tcurlora.errors import InputError
         from TCURLoRACommon import scene
 
         volume = self._parameterNode.labelVolume
         if volume is None:
             slicer.util.errorDisplay(_("Choose the volume to label."))
             return
-        pairs = self.pairs()
-        try:
+        with slicer.util.tryWithErrorDisplay(_("Add labeled cases first, they define the classes.")):
+            pairs = self.pairs()
             names = class_names(pairs)
             colors = class_colors(pairs, names)
-        except InputError as error:
-            slicer.util.errorDisplay(
-                _("Add labeled cases first, they define the classes: {error}").format(error=error)
-            )
-            return
-        segmentation = scene.new_label_segmentation(volume, names, colors)
+            segmentation = scene.new_label_segmentation(volume, names, colors)
         if self._parameterNode.prefill and self.ui.prefillAdapterComboBox.currentIndex >= 0:
-            self.prefill(volume, segmentation)
+            with slicer.util.tryWithErrorDisplay(_("Pre-fill failed.")):
+                self.prefill(volume, segmentation)
         self.openSegmentEditor(volume, segmentation)
 
     def prefill(self, volume, segmentation) -> None:
         """Fill the new segmentation with the adapter's prediction (blocking, with a progress dialog)."""
         from tcurlora.library import read_adapter
+        from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.models import resolve_base_model
         from TCURLoRACommon.segmenting import SegmentVolumesRun
 
+        if not ensure_dependencies("TCURLoRA"):
+            return
         entry = read_adapter(self.ui.prefillAdapterComboBox.currentData)
         run = SegmentVolumesRun(
             [volume],
-            entry.base_model_id,
+            resolve_base_model(entry.base_model_id, [self._parameterNode.baseModel]),
             entry.path,
             entry.label_names,
             entry.label_colors,
@@ -268,16 +290,19 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         dialog = slicer.util.createProgressDialog(
             labelText=_("Pre-filling with {name}...").format(name=entry.name)
         )
-        while not run.finished:
-            run.update()
-            slicer.app.processEvents()
-            if dialog.wasCanceled:
-                run.cancel()
-            qt.QThread.msleep(100)
-        dialog.close()
+        try:
+            while not run.finished:
+                run.update()
+                dialog.value = int(100 * run.fraction())
+                slicer.app.processEvents()
+                if dialog.wasCanceled and not run.worker.cancelled:
+                    run.cancel()
+                qt.QThread.msleep(100)
+        finally:
+            dialog.close()
+            run.remove_workdir()
         if run.state == "failed":
-            slicer.util.errorDisplay(_("Pre-fill failed: {error}").format(error=run.error_text()))
-        run.remove_workdir()
+            raise RuntimeError(run.error_text())
 
     @staticmethod
     def openSegmentEditor(volume, segmentation) -> None:
@@ -287,52 +312,55 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor.setSourceVolumeNode(volume)
 
     # --- run -----------------------------------------------------------------------------------
-    def settings(self):
-        from TCURLoRACommon.jobs import FineTuneSettings
-
-        node = self._parameterNode
-        patch = [int(v) for v in node.patchSize.replace("x", ",").split(",") if v.strip()] or None
-        if patch is not None and len(patch) != 3:
-            raise ValueError(_("Patch size needs three numbers, e.g. 96,96,96."))
-        return FineTuneSettings(
-            base_model=node.baseModel,
-            method=node.method,
-            rank=node.rank,
-            iterations=node.iterations,
-            patch_size=tuple(patch) if patch else None,
-            device=node.device,
-            batch_size=node.batchSize,
-            learning_rate=node.learningRate or None,
-            seed=node.seed,
-            val_fraction=node.valFraction,
-        )
-
     def onStartOrCancel(self) -> None:
         if self.run is not None and not self.run.finished:
             self.run.cancel()
+            self.ui.logTextEdit.appendPlainText(_("Stopping (the last checkpoint is kept)..."))
             return
-        self.start()
+        with slicer.util.tryWithErrorDisplay(_("Fine-tuning could not start."), waitCursor=True):
+            self.start()
 
     def start(self, device: str | None = None) -> None:
+        from TCURFineTuneLib.panel import settings_from_parameters
+        from TCURFineTuneLib.run import discard_interrupted
+
         from TCURLoRACommon.dependencies import ensure_dependencies
 
-        if not ensure_dependencies("TCURLoRA"):
-            return
-        from tcurlora.errors import TCURLoRAError
-
-        settings = self.settings()
+        settings = settings_from_parameters(self._parameterNode)  # input errors before any install
         if device:
             settings.device = device
-        self.ui.logTextEdit.clear()
-        try:
-            with slicer.util.WaitCursor():
-                self.run = self.logic.start(self.pairs(), settings, self._parameterNode.adapterName)
-        except TCURLoRAError as error:
-            slicer.util.errorDisplay(str(error))
+        if not ensure_dependencies("TCURLoRA"):
             return
+        self.ui.logTextEdit.clear()
+        run = self.logic.start(self.pairs(), settings, self._parameterNode.adapterName)
+        discard_interrupted(self._parameterNode.resumeJob)  # a new run replaces the one left to resume
+        self.startRun(run)
+
+    def onResume(self) -> None:
+        from TCURFineTuneLib.run import FineTuneRun
+
+        from TCURLoRACommon.dependencies import ensure_dependencies
+
+        with slicer.util.tryWithErrorDisplay(_("Could not resume the training."), waitCursor=True):
+            if not ensure_dependencies("TCURLoRA"):
+                return
+            self.startRun(FineTuneRun.resume(self._parameterNode.resumeJob).start())
+            self.ui.logTextEdit.appendPlainText(_("Resuming from the last checkpoint..."))
+
+    def startRun(self, run) -> None:
+        self.run = run
+        self._parameterNode.resumeJob = ""
+        self.updateResumeButton()
         self.showChart()
         self.ui.startButton.text = _("Cancel")
         self.timer.start()
+
+    def updateResumeButton(self) -> None:
+        from TCURFineTuneLib.run import can_resume
+
+        job = self._parameterNode.resumeJob if self._parameterNode else ""
+        running = self.run is not None and not self.run.finished
+        self.ui.resumeButton.visible = bool(job) and not running and can_resume(job)
 
     def showChart(self) -> None:
         if self.run.curves is None:
@@ -343,32 +371,27 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         plotWidget.mrmlPlotViewNode().SetPlotChartNodeID(self.run.curves.chart.GetID())
 
     def onTimer(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Fine-tuning failed.")):
+            try:
+                self.pollRun()
+            except Exception:
+                self.timer.stop()  # a raising timer would raise again every tick
+                self.ui.startButton.text = _("Start")
+                raise
+
+    def pollRun(self) -> None:
+        from TCURLoRACommon.runs import event_text
+
         for event in self.run.update():
-            self.showEvent(event)
-        self.ui.progressBar.value = int(100 * self.run.fraction())
+            text = event_text(event)
+            if text:
+                self.ui.logTextEdit.appendPlainText(text)
+        self.ui.progressBar.maximum, self.ui.progressBar.value = self.run.progress_bar()
         self.ui.etaLabel.text = self.run.eta_text()
         if self.run.finished:
             self.timer.stop()
             self.ui.startButton.text = _("Start")
             self.finishRun()
-
-    def showEvent(self, event: dict) -> None:
-        kind = event["event"]
-        if kind == "log":
-            self.ui.logTextEdit.appendPlainText(event["message"])
-        elif kind == "started":
-            params = event.get("parameters") or {}
-            self.ui.logTextEdit.appendPlainText(
-                _("Training on {device}: {trainable} trainable parameters ({percent:.3f}%)").format(
-                    device=event["device"],
-                    trainable=params.get("trainable", "?"),
-                    percent=params.get("trainable_percent", 0.0),
-                )
-            )
-        elif kind == "progress" and event.get("message"):
-            self.ui.logTextEdit.appendPlainText(event["message"])
-        elif kind == "checkpoint":
-            self.ui.logTextEdit.appendPlainText(_("Checkpoint at iteration {i}").format(i=event["iteration"]))
 
     def finishRun(self) -> None:
         run = self.run
@@ -378,16 +401,22 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.infoDisplay(
                 _("Adapter '{name}' is in the model library.").format(name=run.adapter.name)
             )
-        elif run.state == "cancelled":
+            run.remove_workdir()
+            return
+        if run.resumable():  # keep the exported cases, job and checkpoint for "Resume"
+            self._parameterNode.resumeJob = str(run.job_path)
+            self.updateResumeButton()
+        if run.state == "cancelled":
             self.ui.logTextEdit.appendPlainText(_("Cancelled; nothing was added to the model library."))
         else:
             reason = run.cpu_fallback_reason()
             if reason and slicer.util.confirmYesNoDisplay(reason):
-                run.remove_workdir()
-                self.start(device="cpu")
+                with slicer.util.tryWithErrorDisplay(_("Fine-tuning could not start.")):
+                    self.start(device="cpu")
                 return
             slicer.util.errorDisplay(_("Fine-tuning failed: {error}").format(error=run.error_text()))
-        run.remove_workdir()
+        if not run.resumable():
+            run.remove_workdir()
 
 
 class TCURFineTuneLogic(ScriptedLoadableModuleLogic):
@@ -414,15 +443,13 @@ class TCURFineTuneTest(ScriptedLoadableModuleTest):
 
         from TCURFineTuneLib import testing
 
-        from TCURLoRACommon.testdata import find_data, isolated_library
+        from TCURLoRACommon.testdata import isolated_library, self_test_data
 
-        data = find_data("hippocampus")
-        if data is None:
-            self.delayDisplay("Skipped: hippocampus data not found (set TCURLORA_DATA)")
-            return
-        for body in testing.ALL_TESTS:
-            self.setUp()
-            self.delayDisplay(body.__name__)
-            with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
-                body(data, Path(folder) / "work")
+        with tempfile.TemporaryDirectory() as cache:
+            data = self_test_data("hippocampus", Path(cache))  # generated cases when TCURLORA_DATA is unset
+            for body in testing.ALL_TESTS:
+                self.setUp()
+                self.delayDisplay(body.__name__)
+                with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
+                    body(data, Path(folder) / "work")
         self.delayDisplay("TCURFineTune tests passed")

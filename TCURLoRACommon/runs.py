@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,28 @@ from tcurlora.fsutil import atomic_write_json
 from TCURLoRACommon.worker import WorkerProcess
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+EVENT_HISTORY = 2000  # events kept per run (a long training sends one per logged iteration)
+LOG_MAX_LINES = 5000  # lines the panels' log views keep
+
+
+def event_text(event: dict[str, Any]) -> str | None:
+    """The log line an event shows in a panel, or None for events the progress bar alone shows."""
+    kind = event.get("event")
+    if kind == "log" or (kind == "progress" and event.get("message")):
+        return str(event.get("message") or "")
+    if kind == "started":
+        params = event.get("parameters") or {}
+        if not params:
+            return f"Running on {event.get('device', '?')}"
+        return (
+            f"Training on {event.get('device', '?')}: {params.get('trainable', '?')} trainable parameters "
+            f"({float(params.get('trainable_percent') or 0.0):.3f}%)"
+        )
+    if kind == "checkpoint":
+        return f"Checkpoint at iteration {event.get('iteration')}"
+    if kind == "error":
+        return f"Error: {event.get('message')}"
+    return None
 
 
 def new_workdir(prefix: str) -> Path:
@@ -32,7 +55,9 @@ class WorkerRun:
         self.job_path = atomic_write_json(workdir / "job.json", job)
         self.worker = WorkerProcess(job["command"], self.job_path, job.get("device", "auto"), partial_outputs)
         self.state = RUNNING
-        self.events: list[dict[str, Any]] = []
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        self.event_count = 0
+        self.first_event: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.done: dict[str, Any] | None = None
         self.progress: dict[str, Any] | None = None
@@ -46,6 +71,8 @@ class WorkerRun:
         events = self.worker.poll()
         for event in events:
             self.events.append(event)
+            self.event_count += 1
+            self.first_event = self.first_event or event
             kind = event["event"]
             if kind == "progress":
                 self.progress = event
@@ -77,6 +104,17 @@ class WorkerRun:
                 self.worker.remove_partial_outputs()
                 self.state = FAILED
         else:
+            if self.error is None:  # exit 0 without a "done" event: say so rather than fail silently
+                tail = "\n".join(self.worker.tail[-5:])
+                self.error = {
+                    "event": "error",
+                    "time": time.time(),
+                    "kind": "internal",
+                    "message": f"the worker ended without a result (exit code {self.worker.returncode})"
+                    + (f":\n{tail}" if tail else ""),
+                    "path": None,
+                    "exit_code": self.worker.returncode if self.worker.returncode is not None else 1,
+                }
             self.state = FAILED
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -95,6 +133,13 @@ class WorkerRun:
             return 1.0 if self.state == DONE else 0.0
         return min(1.0, self.progress["iteration"] / self.progress["total"])
 
+    def progress_bar(self) -> tuple[int, int]:
+        """(maximum, value) for a QProgressBar: percent done, or (0, 0), Qt's busy indicator, while the
+        worker has started but not yet reported progress (loading the model, a long first volume)."""
+        if not self.finished and self.progress is None and self.first_event is not None:
+            return 0, 0
+        return 100, int(round(100 * self.fraction()))
+
     def eta_text(self) -> str:
         """'ETA 1 min 20 s' from the last progress event, or ''."""
         eta = (self.progress or {}).get("eta_s")
@@ -104,9 +149,15 @@ class WorkerRun:
         return f"ETA {minutes} min {seconds:02d} s" if minutes else f"ETA {seconds} s"
 
     def cancel(self) -> None:
-        """Stop the worker's whole process tree; the state becomes 'cancelled' at the next update."""
+        """Ask the worker's process tree to stop, without waiting; the state becomes 'cancelled' once it
+        has exited (the timer's `update()` sees it; the tree is killed if it outlives the grace time)."""
         self.worker.cancel()
         self.update()
+
+    def shutdown(self) -> None:
+        """Stop the worker within a couple of seconds (Slicer is closing) and forget the run's files."""
+        self.worker.shutdown()
+        self.remove_workdir()
 
     def wait(self, timeout: float) -> WorkerRun:
         """Block until finished (tests, batch jobs without a GUI)."""
@@ -116,7 +167,7 @@ class WorkerRun:
             if self.finished:
                 break
             if time.monotonic() > deadline:
-                self.cancel()
+                self.worker.shutdown()
                 raise TimeoutError(f"worker still running after {timeout:.0f} s ({self.job_path})")
             time.sleep(0.1)
         return self

@@ -12,6 +12,7 @@ import slicer
 import vtk
 
 from tcurlora.errors import InputError
+from TCURLoRACommon.terminology import slicer_lookup, terminology_for
 
 # A distinct, colour-blind friendly palette for classes without colours of their own.
 PALETTE = (
@@ -24,7 +25,6 @@ PALETTE = (
     (0.80, 0.47, 0.65),
     (0.60, 0.60, 0.60),
 )
-TISSUE_TERMINOLOGY = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^Tissue~SCT^85756007^Tissue~^^~~^^~^^"
 
 
 def class_colors(names: Sequence[str], colors: Sequence[Sequence[float]] | None) -> list[list[float]]:
@@ -202,7 +202,7 @@ def _color_table(names: Sequence[str], colors: Sequence[Sequence[float]]) -> sli
     table.SetTypeToUser()
     table.SetNumberOfColors(len(names) + 1)
     table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-    for value, (name, color) in enumerate(zip(names, colors, strict=True), start=1):
+    for value, (name, color) in enumerate(zip(names, colors), start=1):
         table.SetColor(value, name, color[0], color[1], color[2], 1.0)
     return table
 
@@ -263,13 +263,15 @@ def import_labelmap(
 def _name_segments(
     node: slicer.vtkMRMLSegmentationNode, names: Sequence[str], colors: Sequence[Sequence[float]]
 ) -> None:
-    """One segment per class in class order, named, coloured and tagged; absent classes become empty segments."""
+    """One segment per class in class order, named, coloured and coded (Slicer's terminology for the name);
+    absent classes become empty segments."""
     seg = node.GetSegmentation()
-    for index, (name, color) in enumerate(zip(names, colors, strict=True)):
+    lookup = slicer_lookup()
+    for index, (name, color) in enumerate(zip(names, colors)):
         segment_id = seg.GetSegmentIdBySegmentName(name) or seg.AddEmptySegment(name, name)
         segment = seg.GetSegment(segment_id)
         segment.SetColor(*color)
-        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), TISSUE_TERMINOLOGY)
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology_for(name, lookup))
         seg.SetSegmentIndex(segment_id, index)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import slicer
 
+from tcurlora.errors import InputError
 from TCURLoRACommon import scene
 from TCURLoRACommon.jobs import segment_job
 from TCURLoRACommon.runs import WorkerRun, new_workdir
@@ -29,6 +30,8 @@ class SegmentVolumesRun(WorkerRun):
         device: str = "auto",
         targets: Sequence[slicer.vtkMRMLSegmentationNode | None] | None = None,
         workdir: Path | None = None,
+        overlap: float = 0.5,
+        largest_component: bool = False,
     ) -> None:
         if not volumes:
             raise ValueError("no volume to segment")
@@ -42,11 +45,25 @@ class SegmentVolumesRun(WorkerRun):
         ]
         self.outputs = [workdir / "outputs" / f"volume{i}_seg.nrrd" for i in range(len(self.volumes))]
         self.segmentations: list[slicer.vtkMRMLSegmentationNode] = []
-        job = segment_job(base_model, adapter, inputs, self.outputs, device=device)
+        job = segment_job(
+            base_model,
+            adapter,
+            inputs,
+            self.outputs,
+            device=device,
+            overlap=overlap,
+            largest_component=largest_component,
+        )
         super().__init__(job, workdir, partial_outputs=[workdir / "outputs"])
 
     def on_done(self, event: dict[str, Any]) -> None:
-        for volume, output, target in zip(self.volumes, self.outputs, self.targets, strict=True):
+        gone = [v for v in self.volumes if v.GetScene() is not slicer.mrmlScene]
+        if gone:  # the scene was closed (or the volume deleted) while the worker ran
+            raise InputError(
+                f"volume '{gone[0].GetName()}' was removed from the scene before its segmentation was "
+                "ready; nothing was imported"
+            )
+        for volume, output, target in zip(self.volumes, self.outputs, self.targets):
             node = scene.import_labelmap(
                 output,
                 volume,

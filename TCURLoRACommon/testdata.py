@@ -17,12 +17,27 @@ TEST_PATCH = (32, 32, 32)
 
 
 def find_data(name: str) -> Path | None:
-    """A Decathlon folder from $TCURLORA_DATA or ../shared/data next to the source tree, or None."""
-    roots = [os.environ.get("TCURLORA_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for root in roots:
-        if root and (Path(root) / name / "dataset.json").is_file():
-            return Path(root) / name
+    """The real Decathlon folder `name` under $TCURLORA_DATA, or None (no guessing at other folders)."""
+    root = os.environ.get("TCURLORA_DATA")
+    if root and (Path(root) / name / "dataset.json").is_file():
+        return Path(root) / name
     return None
+
+
+def generated_data(folder: Path, num_cases: int = 5, seed: int = 7) -> Path:
+    """Small generated MRI-like cases (tcurlora.synthetic: an "organ" and a "lesion" class, 32x40x40
+    voxels of 1.5 mm) in a Decathlon folder: what the self-tests use where the real data is absent."""
+    from tcurlora.synthetic import write_dataset
+
+    folder = Path(folder)
+    if (folder / "dataset.json").is_file():
+        return folder
+    return write_dataset(folder, num_cases, seed=seed, shape=(32, 40, 40), spacing=1.5)
+
+
+def self_test_data(name: str, workdir: Path) -> Path:
+    """The real data set when $TCURLORA_DATA has it, else generated cases: the self-tests never skip."""
+    return find_data(name) or generated_data(Path(workdir) / "generated-data")
 
 
 def decathlon_cases(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -123,7 +138,7 @@ def train_test_adapter(data_dir: Path, workdir: Path, name: str = "segmenter tes
         "base_model": TEST_BASE_MODEL,
         "data": str(data_dir),
         "num_cases": num_cases,
-        "label_names": ["Anterior", "Posterior"],
+        "label_names": decathlon_cases(data_dir)[1],
         "label_colors": [[0.2, 0.4, 0.6], [0.9, 0.1, 0.1]],
         "iterations": 2,
         "batch_size": 1,

@@ -11,7 +11,7 @@ import qt
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -44,13 +44,18 @@ class TCURSegmenterParameterNode:
     adapterPath: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    largestComponent: bool = False
 
 
 class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Qt wiring only: every decision is a tested function of TCURSegmenterLib / TCURLoRACommon."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.ui = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.run = None
@@ -61,14 +66,28 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from TCURLoRACommon.compat import unsupported_message
+
+        problem = unsupported_message()
+        if problem:  # Slicer 5.8 (Python 3.9): say what to do instead of failing further down
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
+        from TCURLoRACommon.runs import LOG_MAX_LINES
+
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TCURSegmenter.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TCURSegmenterLogic()
+        self.ui.logTextEdit.setMaximumBlockCount(LOG_MAX_LINES)
         self.ui.adapterComboBox.currentIndexChanged.connect(self.onAdapterChanged)
         self.ui.refreshButton.clicked.connect(self.refreshAdapters)
         self.ui.removeAdapterButton.clicked.connect(self.onRemoveAdapter)
+        self.ui.importAdapterButton.clicked.connect(self.onImportAdapter)
+        self.ui.exportAdapterButton.clicked.connect(self.onExportAdapter)
         self.ui.applyButton.clicked.connect(self.onApplyOrCancel)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -77,11 +96,20 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         if self.run is not None and not self.run.finished:
-            self.run.cancel()
+            self.run.shutdown()  # Slicer is closing: a couple of seconds at most
         self.timer.stop()
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Reload the module and the packages it imports lazily (TCURSegmenterLib, TCURLoRACommon, tcurlora)."""
+        from TCURLoRACommon.reloading import forget_packages
+
+        forget_packages()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self) -> None:
+        if self.ui is None:
+            return
         self.initializeParameterNode()
         self.refreshAdapters()
 
@@ -91,6 +119,9 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self.run is not None and not self.run.finished:  # its volumes are about to go
+            self.run.cancel()
+            self.ui.logTextEdit.appendPlainText(_("The scene was closed: segmentation cancelled."))
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -110,6 +141,8 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
     def refreshAdapters(self) -> None:
+        from TCURSegmenterLib.logic import choose_adapter
+
         from tcurlora import library
 
         self.adapters = library.list_adapters()
@@ -119,79 +152,128 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.clear()
         for entry in self.adapters:
             combo.addItem(entry.name, str(entry.path))
-        combo.setCurrentIndex(max(combo.findData(wanted), 0) if self.adapters else -1)
+        combo.setCurrentIndex(choose_adapter(self.adapters, wanted))
         combo.blockSignals(False)
         self.onAdapterChanged(combo.currentIndex)
+
+    def selectedAdapter(self):
+        index = self.ui.adapterComboBox.currentIndex
+        return self.adapters[index] if 0 <= index < len(self.adapters) else None
 
     def onAdapterChanged(self, index: int) -> None:
         from TCURSegmenterLib.logic import adapter_summary
 
-        if index < 0 or index >= len(self.adapters):
-            self.ui.adapterInfoLabel.text = _(
-                "No adapter in the model library yet: train one in TCUR Fine-Tune."
-            )
-            self.ui.applyButton.enabled = False
-            return
-        entry = self.adapters[index]
-        self.ui.adapterInfoLabel.text = adapter_summary(entry)
-        self.ui.applyButton.enabled = True
-        if self._parameterNode:
+        entry = self.adapters[index] if 0 <= index < len(self.adapters) else None
+        self.ui.adapterInfoLabel.text = (
+            adapter_summary(entry)
+            if entry
+            else _("No adapter in the model library yet: train one in TCUR Fine-Tune, or import one.")
+        )
+        self.ui.applyButton.enabled = entry is not None
+        self.ui.exportAdapterButton.enabled = entry is not None
+        self.ui.removeAdapterButton.enabled = entry is not None
+        if self._parameterNode and entry is not None:
             self._parameterNode.adapterPath = str(entry.path)
 
     def onRemoveAdapter(self) -> None:
         from tcurlora import library
 
-        index = self.ui.adapterComboBox.currentIndex
-        if index < 0 or index >= len(self.adapters):
+        entry = self.selectedAdapter()
+        if entry is None:
             return
-        entry = self.adapters[index]
         if slicer.util.confirmOkCancelDisplay(
             _("Delete adapter '{name}' ({path})?").format(name=entry.name, path=entry.path)
         ):
-            library.remove_adapter(entry.name)
+            with slicer.util.tryWithErrorDisplay(_("Could not remove the adapter.")):
+                library.remove_adapter(entry.name)
             self.refreshAdapters()
+
+    def onImportAdapter(self) -> None:
+        from TCURLoRACommon.adapters import SUFFIX, import_adapter
+
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent,
+            _("Import adapter"),
+            "",
+            _("TCURLoRA adapter (*{suffix} *.zip)").format(suffix=SUFFIX),
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the adapter."), waitCursor=True):
+            entry = import_adapter(path)
+            if self._parameterNode:
+                self._parameterNode.adapterPath = str(entry.path)
+            self.refreshAdapters()
+            self.ui.logTextEdit.appendPlainText(_("Imported adapter '{name}'.").format(name=entry.name))
+
+    def onExportAdapter(self) -> None:
+        from TCURLoRACommon.adapters import SUFFIX, export_adapter
+
+        entry = self.selectedAdapter()
+        if entry is None:
+            return
+        path = qt.QFileDialog.getSaveFileName(
+            self.parent,
+            _("Export adapter"),
+            entry.name + SUFFIX,
+            _("TCURLoRA adapter (*{suffix})").format(suffix=SUFFIX),
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not export the adapter."), waitCursor=True):
+            written = export_adapter(entry, path)
+            self.ui.logTextEdit.appendPlainText(_("Adapter saved as {path}").format(path=written))
 
     def onApplyOrCancel(self) -> None:
         if self.run is not None and not self.run.finished:
             self.run.cancel()
             return
-        self.start()
+        with slicer.util.tryWithErrorDisplay(_("Segmentation could not start."), waitCursor=True):
+            self.start()
 
     def start(self, device: str | None = None) -> None:
+        from TCURSegmenterLib.logic import volumes_and_targets
+
         from TCURLoRACommon.dependencies import ensure_dependencies
 
+        entry = self.selectedAdapter()
+        if entry is None:
+            raise ValueError(_("Choose an adapter first."))
+        node = self._parameterNode
+        volumes, targets = volumes_and_targets(node)
         if not ensure_dependencies("TCURLoRA"):
             return
-        from TCURSegmenterLib.logic import volumes_to_segment
-
-        from tcurlora.errors import TCURLoRAError
-
-        node = self._parameterNode
-        entry = self.adapters[self.ui.adapterComboBox.currentIndex]
-        volumes = volumes_to_segment() if node.allVolumes else [v for v in [node.inputVolume] if v]
-        targets = None if node.allVolumes else [node.outputSegmentation]
         self.ui.logTextEdit.clear()
-        try:
-            with slicer.util.WaitCursor():
-                self.run = self.logic.start(volumes, entry, device or node.device, targets)
-        except TCURLoRAError as error:
-            slicer.util.errorDisplay(str(error))
-            return
+        self.run = self.logic.start(
+            volumes, entry, device or node.device, targets, node.overlap, node.largestComponent
+        )
         self.ui.applyButton.text = _("Cancel")
         self.timer.start()
 
     def onTimer(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Segmentation failed.")):
+            try:
+                self.pollRun()
+            except Exception:
+                self.timer.stop()  # a raising timer would raise again every tick
+                self.ui.applyButton.text = _("Apply")
+                raise
+
+    def pollRun(self) -> None:
+        from TCURLoRACommon.runs import event_text
+
         for event in self.run.update():
-            if event["event"] == "log" or (event["event"] == "progress" and event.get("message")):
-                self.ui.logTextEdit.appendPlainText(event.get("message") or "")
-        self.ui.progressBar.value = int(100 * self.run.fraction())
+            text = event_text(event)
+            if text:
+                self.ui.logTextEdit.appendPlainText(text)
+        self.ui.progressBar.maximum, self.ui.progressBar.value = self.run.progress_bar()
         if not self.run.finished:
             return
         self.timer.stop()
         self.ui.applyButton.text = _("Apply")
         run = self.run
         if run.state == "done":
-            if not self._parameterNode.allVolumes:
+            if self._parameterNode and not self._parameterNode.allVolumes:
                 self._parameterNode.outputSegmentation = run.segmentations[0]
             slicer.util.setSliceViewerLayers(background=run.volumes[0], fit=True)
             self.ui.logTextEdit.appendPlainText(
@@ -203,7 +285,8 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             reason = run.cpu_fallback_reason()
             if reason and slicer.util.confirmYesNoDisplay(reason):
                 run.remove_workdir()
-                self.start(device="cpu")
+                with slicer.util.tryWithErrorDisplay(_("Segmentation could not start.")):
+                    self.start(device="cpu")
                 return
             slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=run.error_text()))
         run.remove_workdir()
@@ -215,10 +298,10 @@ class TCURSegmenterLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return TCURSegmenterParameterNode(super().getParameterNode())
 
-    def start(self, volumes, adapter, device: str, targets=None):
+    def start(self, volumes, adapter, device: str, targets=None, overlap=0.5, largestComponent=False):
         from TCURSegmenterLib.logic import start_segmentation
 
-        return start_segmentation(volumes, adapter, device, targets)
+        return start_segmentation(volumes, adapter, device, targets, overlap, largestComponent)
 
 
 class TCURSegmenterTest(ScriptedLoadableModuleTest):
@@ -233,15 +316,13 @@ class TCURSegmenterTest(ScriptedLoadableModuleTest):
 
         from TCURSegmenterLib import testing
 
-        from TCURLoRACommon.testdata import find_data, isolated_library
+        from TCURLoRACommon.testdata import isolated_library, self_test_data
 
-        data = find_data("hippocampus")
-        if data is None:
-            self.delayDisplay("Skipped: hippocampus data not found (set TCURLORA_DATA)")
-            return
-        for body in testing.ALL_TESTS:
-            self.setUp()
-            self.delayDisplay(body.__name__)
-            with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
-                body(data, Path(folder) / "work")
+        with tempfile.TemporaryDirectory() as cache:
+            data = self_test_data("hippocampus", Path(cache))  # generated cases when TCURLORA_DATA is unset
+            for body in testing.ALL_TESTS:
+                self.setUp()
+                self.delayDisplay(body.__name__)
+                with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
+                    body(data, Path(folder) / "work")
         self.delayDisplay("TCURSegmenter tests passed")

@@ -65,7 +65,7 @@ def read_adapter(path: str | Path) -> AdapterEntry:
         metrics=dict(config.get("metrics") or {}),
         base_model_id=config.get("base_model_id"),
         method=config.get("method"),
-        rank=int(rank) if isinstance(rank, int | float) else None,
+        rank=int(rank) if isinstance(rank, (int, float)) else None,
     )
 
 

@@ -53,6 +53,53 @@ def pair_by_study() -> list[TrainingPair]:
     return pairs
 
 
+def pairs_from_lists(volumes: Sequence[Any], segmentations: Sequence[Any]) -> list[TrainingPair]:
+    """The table rows the parameter node's two lists stand for (a missing partner shows as None)."""
+    count = max(len(volumes), len(segmentations))
+    padded = [
+        list(volumes) + [None] * (count - len(volumes)),
+        list(segmentations) + [None] * (count - len(segmentations)),
+    ]
+    return [TrainingPair(v, s) for v, s in zip(*padded)]
+
+
+def add_pair(pairs: Sequence[TrainingPair], volume: Any, segmentation: Any) -> list[TrainingPair]:
+    """`pairs` plus (volume, segmentation); InputError naming what is missing or already used."""
+    if volume is None:
+        raise InputError("choose a volume first")
+    if segmentation is None:
+        raise InputError(
+            f"volume {_name(volume)} has no segmentation: choose one, or create it with 'Label a new case'"
+        )
+    for pair in pairs:
+        if pair.volume is volume or pair.segmentation is segmentation:
+            used = volume if pair.volume is volume else segmentation
+            raise InputError(f"{_name(used)} is already in the table")
+    return [*pairs, TrainingPair(volume, segmentation)]
+
+
+def merge_pairs(pairs: Sequence[TrainingPair], found: Sequence[TrainingPair]) -> list[TrainingPair]:
+    """The table after "Pair by study": its rows kept, found pairs added unless a node is already used."""
+    used = {n.GetID() for p in pairs for n in (p.volume, p.segmentation) if n is not None}
+    merged = list(pairs)
+    for pair in found:
+        ids = {pair.volume.GetID(), pair.segmentation.GetID()}
+        if not ids & used:
+            merged.append(pair)
+            used |= ids
+    return merged
+
+
+def classes_text(pairs: Sequence[TrainingPair]) -> str:
+    """The line under the table: the classes, or the problem that stops training."""
+    if not pairs:
+        return "Classes: none"
+    try:
+        return f"Classes: {', '.join(class_names(pairs))}"
+    except InputError as error:
+        return f"Problem: {error}"
+
+
 def class_names(pairs: Sequence[TrainingPair]) -> list[str]:
     """The classes: the segment names, which every case must share (order from the first case)."""
     if not pairs:
@@ -117,11 +164,11 @@ def export_cases(pairs: Sequence[TrainingPair], folder: Path) -> tuple[list[dict
     """
     names = class_names(pairs)
     cases = []
-    for case_id, pair in zip(_case_ids(pairs), pairs, strict=True):
+    for case_id, pair in zip(_case_ids(pairs), pairs):
         image = scene.write_volume(pair.volume, folder / "images" / f"{case_id}.nrrd")
         label = folder / "labels" / f"{case_id}.nrrd"
         counts = scene.export_labelmap(pair.segmentation, pair.volume, names, label)
-        empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
+        empty = [n for n, c in zip(names, counts) if c == 0]
         if empty:
             raise InputError(
                 f"segment '{empty[0]}' of {_name(pair.segmentation)} is empty on the grid of volume "

@@ -1,7 +1,9 @@
-"""A fine-tuning run: cases exported, job written, worker running, adapter installed into the library."""
+"""A fine-tuning run: cases exported, job written, worker running, adapter installed into the library;
+an interrupted run can be resumed from its last checkpoint."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,9 +11,49 @@ from typing import Any
 from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.fsutil import atomic_write_json
+from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.curves import TrainingCurves
 from TCURLoRACommon.jobs import FineTuneSettings, finetune_job
-from TCURLoRACommon.runs import WorkerRun, new_workdir
+from TCURLoRACommon.runs import CANCELLED, FAILED, WorkerRun, new_workdir
+
+RUN_INFO = "run.json"  # next to job.json: what the panel needs to resume (the adapter's name)
+
+
+def checkpoint_of(output: str | Path) -> Path:
+    """The checkpoint folder the worker keeps next to the adapter it writes (tcurlora.train.checkpoint_dir)."""
+    output = Path(output)
+    return output.with_name(output.name + ".checkpoint")
+
+
+def _read_job(job_path: str | Path) -> dict[str, Any]:
+    return read_json_object(Path(job_path), "fine-tuning job")
+
+
+def can_resume(job_path: str | Path) -> bool:
+    """True when an interrupted run's job and its checkpoint are still there."""
+    path = Path(job_path)
+    if not path.is_file() or not (path.parent / RUN_INFO).is_file():
+        return False
+    try:
+        output = _read_job(path)["output"]
+    except (InputError, KeyError):
+        return False
+    return (checkpoint_of(output) / "checkpoint.json").is_file()
+
+
+def discard_interrupted(job_path: str | Path) -> None:
+    """Delete what an interrupted run kept for resuming: its checkpoint and its work folder."""
+    path = Path(job_path)
+    if not path.is_file():
+        return
+    try:
+        output = _read_job(path).get("output")
+    except InputError:
+        output = None
+    if output:
+        shutil.rmtree(checkpoint_of(output), ignore_errors=True)
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 class FineTuneRun(WorkerRun):
@@ -19,6 +61,7 @@ class FineTuneRun(WorkerRun):
 
     The worker writes into a hidden staging folder of the library, which is renamed into place only after
     the `done` event; a failed or cancelled run deletes it, so the library never lists a partial adapter.
+    Its checkpoint (a hidden sibling) stays until the run is resumed or discarded.
     """
 
     def __init__(
@@ -33,13 +76,39 @@ class FineTuneRun(WorkerRun):
             raise InputError("give the adapter a name")
         workdir = workdir or new_workdir("finetune")
         cases, names = export_cases(pairs, workdir / "cases")
-        self.label_names = names
+        job = finetune_job(
+            settings, cases, names, class_colors(pairs, names), library.staging_path(adapter_name)
+        )
+        atomic_write_json(workdir / RUN_INFO, {"adapter_name": adapter_name})
+        self._setup(job, workdir, adapter_name, curves)
+
+    def _setup(self, job: dict[str, Any], workdir: Path, adapter_name: str, curves: bool) -> None:
+        self.label_names = list(job["label_names"])
         self.adapter_name = adapter_name
-        self.staging = library.staging_path(adapter_name)
+        self.staging = Path(job["output"])
         self.adapter: library.AdapterEntry | None = None
-        job = finetune_job(settings, cases, names, class_colors(pairs, names), self.staging)
-        self.curves = TrainingCurves(names, f"TCURLoRA {adapter_name}") if curves else None
-        super().__init__(job, workdir, partial_outputs=[self.staging])
+        self.curves = TrainingCurves(self.label_names, f"TCURLoRA {adapter_name}") if curves else None
+        WorkerRun.__init__(self, job, workdir, partial_outputs=[self.staging])
+
+    @classmethod
+    def resume(cls, job_path: str | Path, curves: bool = True) -> FineTuneRun:
+        """A run that continues an interrupted one from its checkpoint (same cases, settings and name)."""
+        if not can_resume(job_path):
+            raise InputError("nothing to resume: the interrupted run's checkpoint is gone", job_path)
+        path = Path(job_path)
+        job = {**_read_job(path), "resume": True}
+        info = read_json_object(path.parent / RUN_INFO, "run info")
+        run = cls.__new__(cls)
+        run._setup(job, path.parent, str(info.get("adapter_name") or "adapter"), curves)
+        return run
+
+    @property
+    def checkpoint(self) -> Path:
+        return checkpoint_of(self.staging)
+
+    def resumable(self) -> bool:
+        """True for a cancelled or failed run that left a checkpoint to continue from."""
+        return self.state in (CANCELLED, FAILED) and (self.checkpoint / "checkpoint.json").is_file()
 
     def on_event(self, event: dict[str, Any]) -> None:
         if self.curves is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import slicer
 
 from TCURFineTuneLib.cases import TrainingPair, class_names, export_cases, pair_by_study
-from TCURFineTuneLib.run import FineTuneRun
+from TCURFineTuneLib.run import FineTuneRun, can_resume, discard_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
 from tcurlora.fsutil import atomic_write_json
@@ -24,6 +25,7 @@ from TCURLoRACommon.testdata import (
     library_leftovers,
     load_case,
 )
+from TCURLoRACommon.worker import CANCEL_EXIT_CODES
 
 
 def fast_settings(iterations: int = 3) -> FineTuneSettings:
@@ -40,7 +42,7 @@ def fast_settings(iterations: int = 3) -> FineTuneSettings:
 
 
 def load_training_scene(data_dir: Path, count: int = 3) -> tuple[list[TrainingPair], list[str]]:
-    """`count` labeled hippocampus cases, each volume + segmentation in its own study."""
+    """`count` labeled cases of a Decathlon folder, each volume + segmentation in its own study."""
     cases, names = decathlon_cases(data_dir)
     pairs = [TrainingPair(*load_case(image, label, names)) for image, label in cases[:count]]
     return pairs, names
@@ -74,7 +76,7 @@ def test_pair_by_study(data_dir: Path, workdir: Path) -> None:
         (p.volume.GetID(), p.segmentation.GetID()) for p in pairs
     ]
     assert stray.GetID() not in {p.volume.GetID() for p in found}
-    assert class_names(found) == names == ["Anterior", "Posterior"]
+    assert class_names(found) == names and len(names) == 2
 
 
 def test_export_keeps_geometry_and_labels(data_dir: Path, workdir: Path) -> None:
@@ -83,7 +85,7 @@ def test_export_keeps_geometry_and_labels(data_dir: Path, workdir: Path) -> None
     exported, exported_names = export_cases(pairs, workdir / "cases")
     assert exported_names == names and len(exported) == 3
     assert len({c["id"] for c in exported}) == 3
-    for case, pair, (_, label_file) in zip(exported, pairs, cases, strict=False):
+    for case, pair, (_, label_file) in zip(exported, pairs, cases):
         image = scene.read_volume(case["image"])
         assert scene.same_geometry(image, pair.volume)
         np.testing.assert_array_equal(
@@ -117,14 +119,14 @@ def test_bad_scene_inputs(data_dir: Path, workdir: Path) -> None:
         [pairs[0], TrainingPair(pairs[0].volume, pairs[1].segmentation)], workdir / "c", "used by two"
     )
     renamed = pairs[2].segmentation.GetSegmentation()
-    renamed.GetSegment(renamed.GetSegmentIdBySegmentName("Posterior")).SetName("Tail")
-    _expect_error(pairs, workdir / "d", "segment names differ", "missing: Posterior", "unexpected: Tail")
-    renamed.GetSegment(renamed.GetSegmentIdBySegmentName("Tail")).SetName("Posterior")
+    renamed.GetSegment(renamed.GetSegmentIdBySegmentName(names[1])).SetName("Tail")
+    _expect_error(pairs, workdir / "d", "segment names differ", f"missing: {names[1]}", "unexpected: Tail")
+    renamed.GetSegment(renamed.GetSegmentIdBySegmentName("Tail")).SetName(names[1])
     segmentation = pairs[1].segmentation
-    anterior = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anterior")
+    first = segmentation.GetSegmentation().GetSegmentIdBySegmentName(names[0])
     empty = np.zeros(slicer.util.arrayFromVolume(pairs[1].volume).shape, np.uint8)
-    slicer.util.updateSegmentBinaryLabelmapFromArray(empty, segmentation, anterior, pairs[1].volume)
-    _expect_error(pairs, workdir / "e", "segment 'Anterior'", f"'{segmentation.GetName()}' is empty")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(empty, segmentation, first, pairs[1].volume)
+    _expect_error(pairs, workdir / "e", f"segment '{names[0]}'", f"'{segmentation.GetName()}' is empty")
 
 
 def test_segmentation_on_other_grid_is_resampled(data_dir: Path, workdir: Path) -> None:
@@ -186,7 +188,41 @@ def test_cancel_leaves_nothing(data_dir: Path, workdir: Path) -> None:
     run.cancel()
     run.wait(timeout=60)
     assert run.state == CANCELLED
-    assert run.worker.returncode == 130, run.worker.returncode
+    assert run.worker.returncode in CANCEL_EXIT_CODES, run.worker.returncode
+    assert library.list_adapters() == [] and library_leftovers() == []
+
+
+def _run_until(run: FineTuneRun, kind: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(e["event"] == kind for e in run.events):
+        run.update()
+        assert not run.finished, f"run ended before a {kind} event: {run.error_text()}"
+        assert time.monotonic() < deadline, f"no {kind} event within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
+    pairs, _ = load_training_scene(data_dir, 2)
+    settings = fast_settings(100000)
+    settings.checkpoint_every = 2
+    run = FineTuneRun(pairs, settings, "resumed", workdir, curves=False).start()
+    _run_until(run, "checkpoint")
+    run.cancel()
+    run.wait(timeout=60)
+    assert run.state == CANCELLED and run.resumable() and can_resume(run.job_path)
+    assert library.list_adapters() == [], "a cancelled run must not add an adapter"
+    saved = json.loads((run.checkpoint / "checkpoint.json").read_text())["iteration"]
+    assert saved >= 2 and saved % 2 == 0
+    resumed = FineTuneRun.resume(run.job_path, curves=False).start()
+    assert resumed.job["resume"] is True and resumed.staging == run.staging
+    _run_until(resumed, "progress")
+    first = next(e for e in resumed.events if e["event"] == "progress")
+    assert first["iteration"] == saved + 1, (first["iteration"], saved)
+    assert any("resumed from" in (e.get("message") or "") for e in resumed.events)
+    resumed.cancel()
+    resumed.wait(timeout=60)
+    discard_interrupted(resumed.job_path)
+    assert not can_resume(resumed.job_path) and not resumed.workdir.exists()
     assert library.list_adapters() == [] and library_leftovers() == []
 
 
@@ -197,4 +233,5 @@ ALL_TESTS = (
     test_segmentation_on_other_grid_is_resampled,
     test_finetune_end_to_end,
     test_cancel_leaves_nothing,
+    test_resume_after_cancel,
 )

@@ -29,3 +29,7 @@ def test_finetune_end_to_end(mrml, hippocampus_dir: Path, tmp_path: Path) -> Non
 
 def test_cancel_leaves_nothing(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     bodies.test_cancel_leaves_nothing(hippocampus_dir, tmp_path)
+
+
+def test_resume_after_cancel(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
+    bodies.test_resume_after_cancel(hippocampus_dir, tmp_path)

@@ -201,3 +201,31 @@ def test_modules_import_no_heavy_packages_at_import_time() -> None:
                     or n.split(".")[0] in ("torch", "monai")
                 ]
                 assert not heavy, f"{script.relative_to(ROOT)} imports {heavy} at import time"
+
+
+def _methods(script: Path) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(script.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Widget"))
+    return {n.name: n for n in widget.body if isinstance(n, ast.FunctionDef)}
+
+
+def _calls(function: ast.FunctionDef) -> list[str]:
+    """Names of the functions and methods a function calls, in source order."""
+    calls = sorted(
+        (c for c in ast.walk(function) if isinstance(c, ast.Call)), key=lambda c: (c.lineno, c.col_offset)
+    )
+    return [c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "") for c in calls]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_wiring_rules(module: str) -> None:
+    """Version check before anything else, bounded log, errors of Start/Apply and of the timer shown."""
+    methods = _methods(ROOT / module / f"{module}.py")
+    setup = _calls(methods["setup"])
+    assert "unsupported_message" in setup and setup.index("unsupported_message") < setup.index("loadUI")
+    assert "setMaximumBlockCount" in setup
+    start_slot = "onStartOrCancel" if module == "TCURFineTune" else "onApplyOrCancel"
+    for slot in (start_slot, "onTimer"):
+        assert "tryWithErrorDisplay" in _calls(methods[slot]), f"{slot} must show its errors"
+    assert "onReload" in methods and "forget_packages" in _calls(methods["onReload"])
+    assert "shutdown" in _calls(methods["cleanup"]), "closing Slicer must not wait for the worker"

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcurlora.data.io import file_stem
 from tcurlora.errors import InputError
 from tcurlora.jsonio import read_json_object
 
@@ -40,6 +39,8 @@ def _image_list(base_dir: Path, value: Any, where: str, source: Path) -> list[Pa
 
 
 def _case_id(images: list[Path], label: Path | None) -> str:
+    from tcurlora.data.io import file_stem  # lazily: io needs nibabel, the Slicer panels import this module
+
     if label is not None:
         return file_stem(label)
     stem = file_stem(images[0])

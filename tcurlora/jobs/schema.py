@@ -604,7 +604,6 @@ class SegmentJob:
         }
 
 
-Job = FinetuneJob | SegmentJob
 JOB_CLASSES: dict[str, type[FinetuneJob] | type[SegmentJob]] = {
     "finetune": FinetuneJob,
     "segment": SegmentJob,

@@ -1,0 +1,145 @@
+"""Items 6, 7, 10: requirements parsed and compared correctly (PEP 440 order), requirements.txt in step
+with pyproject.toml, installs pinned to the installed torch, and every install failure turned into a
+message (a declined install is not an error)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+from TCURLoRACommon import dependencies as deps
+
+ROOT = Path(__file__).resolve().parents[2]
+# pyproject dependencies that Slicer does not install from requirements.txt, and why
+NOT_PIP_INSTALLED_IN_SLICER = {
+    "torch": "comes from the PyTorch extension (the right CUDA build)",
+    "matplotlib": "only `tcurlora bench` and `tcurlora demo` draw plots; the worker never imports it",
+}
+
+
+@pytest.mark.parametrize(
+    "ordered",
+    [
+        ["1.4.dev0", "1.4a1", "1.4b2", "1.4rc1", "1.4", "1.4.post1", "1.4.1", "1.10"],
+        ["2.1.0+cu121", "2.2.0", "2.10.0"],
+        ["0.9", "0.13.0", "0.13.2"],
+    ],
+)
+def test_version_order(ordered: list[str]) -> None:
+    keys = [deps.parse_version(v) for v in ordered]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert deps.parse_version("1.4") == deps.parse_version("1.4.0") == deps.parse_version("v1.4.0+local")
+
+
+@pytest.mark.parametrize(
+    ("version", "requirement", "ok"),
+    [
+        ("1.4rc1", ">=1.4", False),  # the old parser said yes
+        ("1.4.0", ">=1.4", True),
+        ("1.3.9", ">=1.4", False),
+        ("2.5.1+cu121", ">=2.1", True),
+        ("1.5.2", ">=1.4,<1.6", True),
+        ("1.6.0", ">=1.4,<1.6", False),
+        ("1.4.2", "~=1.4.0", True),
+        ("1.5.0", "~=1.4.0", False),
+        ("2.0", "==2.0.0", True),
+        ("2.0.1", "!=2.0.1", False),
+        ("0.13", ">0.12", True),
+        ("0.12", "<=0.12", True),
+    ],
+)
+def test_requirement_checks(version: str, requirement: str, ok: bool) -> None:
+    name, specifiers = deps.parse_requirement(f"pkg{requirement}")
+    assert name == "pkg" and specifiers
+    assert deps.missing_requirements([f"pkg{requirement}"], lambda _: version) == (
+        [] if ok else [f"pkg{requirement}"]
+    )
+
+
+def test_missing_and_unreadable() -> None:
+    assert deps.missing_requirements(["absent>=1", "plain"], lambda _: None) == ["absent>=1", "plain"]
+    assert deps.missing_requirements(["weird>=1"], lambda _: "not-a-version") == ["weird>=1"]
+    for bad in ("pkg>>1", "pkg[extra]>=1", "pkg>=1 ; python_version<'3.10'", "pkg>=abc", ">=1"):
+        with pytest.raises(ValueError, match="unsupported requirement syntax|not a version"):
+            deps.parse_requirement(bad)
+
+
+def test_requirements_file_follows_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in project}
+    shipped = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.requirements()}
+    for name in NOT_PIP_INSTALLED_IN_SLICER:
+        assert name in wanted, f"{name} is no longer a dependency: drop it from the exceptions"
+        assert name not in shipped
+        wanted.pop(name)
+    assert shipped == wanted
+    assert (
+        deps.TORCH_REQUIREMENT == project[[deps.parse_requirement(r)[0] for r in project].index("torch")][5:]
+    )
+
+
+def test_torch_is_checked_and_pinned(tmp_path: Path) -> None:
+    assert deps.torch_problem("2.5.1+cu121") is None
+    problem = deps.torch_problem("1.13.1")
+    assert (
+        problem
+        and "needs PyTorch >=2.1" in problem
+        and "torch 1.13.1" in problem
+        and "PyTorch Utils" in problem
+    )
+    assert "not installed" in deps.torch_problem(None)
+    path = deps.write_constraints("2.5.1+cu121", tmp_path)
+    assert path.read_text() == "torch==2.5.1+cu121\n"
+    assert deps.write_constraints(None, tmp_path / "x") is None
+
+
+class Recorder:
+    """Stands in for slicer.util / slicer.packaging, which need the Slicer application."""
+
+    def __init__(self, answer: bool = True, error: BaseException | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.answer, self.error = answer, error
+
+    def confirm(self, message: str) -> bool:
+        self.calls.append(("confirm", message))
+        return self.answer
+
+    def install(self, *args, **kwargs):
+        self.calls.append(("install", args, kwargs))
+        if self.error:
+            raise self.error
+
+
+def test_install_on_slicer_510_asks_then_pins_torch(tmp_path: Path) -> None:
+    constraints = deps.write_constraints("2.4.0", tmp_path)
+    recorder = Recorder()
+    assert deps.install_requirements(["monai>=1.4"], constraints, None, recorder.install, recorder.confirm)
+    assert recorder.calls[0][0] == "confirm" and "monai>=1.4" in recorder.calls[0][1]
+    assert recorder.calls[1] == ("install", (["-c", str(constraints), "monai>=1.4"],), {})
+    declined = Recorder(answer=False)
+    assert not deps.install_requirements(["monai>=1.4"], None, None, declined.install, declined.confirm)
+    assert [c[0] for c in declined.calls] == ["confirm"]
+
+
+def test_install_on_slicer_512_uses_pip_ensure_and_maps_errors(tmp_path: Path) -> None:
+    constraints = deps.write_constraints("2.4.0", tmp_path)
+    recorder = Recorder()
+    assert deps.install_requirements(["peft>=0.13"], constraints, recorder.install, None, recorder.confirm)
+    assert recorder.calls == [
+        ("install", (["peft>=0.13"],), {"constraints": str(constraints), "requester": "TCURLoRA"})
+    ]
+    declined = Recorder(error=RuntimeError("User declined package installation"))
+    assert not deps.install_requirements(["peft>=0.13"], None, declined.install, None, declined.confirm)
+    failing = Recorder(error=subprocess.CalledProcessError(1, "pip install"))
+    with pytest.raises(deps.DependencyError, match=r"failed \(pip exited with code 1\).*peft>=0.13"):
+        deps.install_requirements(["peft>=0.13"], None, failing.install, None, failing.confirm)
+    offline = Recorder(error=OSError("network unreachable"))
+    with pytest.raises(deps.DependencyError, match="network unreachable"):
+        deps.install_requirements(["peft>=0.13"], None, None, offline.install, offline.confirm)
