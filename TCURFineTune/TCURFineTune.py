@@ -61,7 +61,7 @@ class TCURFineTuneParameterNode:
     prefill: bool = False
     method: Annotated[str, Choice(["tcur", "lora"])] = "tcur"
     rank: Annotated[int, WithinRange(1, 64)] = 8
-    iterations: Annotated[int, WithinRange(1, 100000)] = 200
+    iterations: Annotated[int, WithinRange(1, 100000)] = 500
     patchSize: str = ""
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     adapterName: str = "my-adapter"
@@ -70,6 +70,9 @@ class TCURFineTuneParameterNode:
     learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     valFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.0
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
+    headLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    trainModules: str = ""
+    spacing: str = "auto"
 
 
 class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -19,7 +19,7 @@ class FineTuneSettings:
     base_model: str
     method: str = "tcur"
     rank: int = 8
-    iterations: int = 200
+    iterations: int = 500
     patch_size: tuple[int, int, int] | None = None
     device: str = "auto"
     batch_size: int = 2
@@ -28,6 +28,9 @@ class FineTuneSettings:
     val_fraction: float = 0.0
     checkpoint_every: int = 50
     amp: bool = True
+    head_learning_rate: float | None = None
+    train_modules: list[str] | None = None  # None: the method's default; []: none
+    spacing: list[float] | str = "auto"
 
     def to_job(self) -> dict[str, Any]:
         """The job keys these settings stand for."""

@@ -69,8 +69,31 @@ def test_default_parameter_node_makes_a_valid_finetune_job(mrml, tmp_path: Path)
     )
     parsed = FinetuneJob.from_dict(json.loads(json.dumps(job)), tmp_path)
     assert parsed.base_model == BUILTIN and parsed.method == "tcur" and parsed.rank == 8
-    assert parsed.iterations == 200 and parsed.patch_size is None and parsed.device == "auto"
+    assert parsed.iterations == 500 and parsed.patch_size is None and parsed.device == "auto"
     assert parsed.learning_rate is None and parsed.batch_size == 2
+    # the measured default recipe: working spacing from the cases, the method's extra modules, head rate
+    assert parsed.spacing == "auto" and parsed.train_modules is None and parsed.head_learning_rate is None
+
+
+def test_advanced_recipe_fields_reach_the_job(mrml, tmp_path: Path) -> None:
+    node = parameter_defaults(ROOT / "TCURFineTune" / "TCURFineTune.py")
+    node.baseModel = BUILTIN
+    node.headLearningRate, node.trainModules, node.spacing = 0.02, "decoder, encoder1", "1"
+    settings = settings_from_parameters(node)
+    job = finetune_job(settings, [{"id": "c1", "image": "i.nrrd", "label": "l.nrrd"}], ["a"], None, tmp_path / "o")
+    parsed = FinetuneJob.from_dict(json.loads(json.dumps(job)), tmp_path)
+    assert (parsed.head_learning_rate, parsed.train_modules, parsed.spacing) == (0.02, ["decoder", "encoder1"],
+                                                                                  [1.0, 1.0, 1.0])
+    node.trainModules, node.spacing = "none", "base"
+    settings = settings_from_parameters(node)
+    assert settings.train_modules == [] and settings.spacing == "base"
+    for field, value, message in (("trainModules", "decoder([", "not a regular expression"),
+                                  ("spacing", "1,2", "one or three positive numbers"),
+                                  ("spacing", "fine", "use auto, base or numbers")):
+        setattr(node, field, value)
+        with pytest.raises(InputError, match=message):
+            settings_from_parameters(node)
+        node.trainModules, node.spacing = "", "auto"
 
 
 def test_empty_base_model_is_an_input_error(mrml) -> None:
