@@ -132,7 +132,7 @@ def prepare_training(job, sink) -> TrainingSetup:
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
-    spacing = resolve_working_spacing(job.spacing, [c.images[0] for c in train_cases], base.spec.spacing)
+    spacing = resolve_working_spacing(job.spacing, train_cases, base.spec.spacing, patch_size)
     spec = base.spec.at_spacing(spacing)
     sink.log("info", f"working spacing {list(spacing)} mm (base model: {list(base.spec.spacing)} mm)")
 

@@ -119,7 +119,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--spacing", type=spacing_arg,
         help="working spacing in mm (e.g. 1 or 1,1,1.5), 'base' (the base model's) or 'auto' (default: the "
-        "cases' median spacing, kept within 2/3..1 x the base's); saved in the adapter, used by segment",
+        "cases' median spacing, coarsened until the labeled structure fits in a patch, within 2/3..1 x the base's); "
+        "saved in the adapter, used by segment",
     )
     p.add_argument(
         "--patch-size", type=patch_size_arg, help="e.g. 96 or 96,96,64 (default: the base model's)"
