@@ -43,34 +43,28 @@ JOB_FLAGS = {
 }
 
 
-def patch_size_arg(text: str) -> list[int]:
-    """ "96" -> [96, 96, 96]; "96,96,64" or "96x96x64" -> [96, 96, 64]."""
+def _triple(text: str, cast: type, what: str, kind: str) -> list:
+    """ "v" -> [v, v, v]; "a,b,c" or "axbxc" -> [a, b, c], each cast and positive; else an argparse error."""
     parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
     try:
-        sizes = [int(p) for p in parts]
+        values = [cast(p) for p in parts]
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"patch size must be integers, got {text!r}") from error
-    if len(sizes) == 1:
-        sizes *= 3
-    if len(sizes) != 3 or min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"patch size needs 1 or 3 positive integers, got {text!r}")
-    return sizes
+        raise argparse.ArgumentTypeError(f"{what} must be {kind}s, got {text!r}") from error
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{what} needs 1 or 3 positive {kind}s, got {text!r}")
+    return values
+
+
+def patch_size_arg(text: str) -> list[int]:
+    """ "96" -> [96, 96, 96]; "96,96,64" or "96x96x64" -> [96, 96, 64]."""
+    return _triple(text, int, "patch size", "integer")
 
 
 def spacing_arg(text: str) -> list[float] | str:
     """ "1" -> [1.0, 1.0, 1.0]; "1,1,1.5" or "1x1x1.5" -> [1.0, 1.0, 1.5]; "auto" and "base" as they are."""
-    if text in ("auto", "base"):
-        return text
-    parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"spacing must be numbers in mm, got {text!r}") from error
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"spacing needs 1 or 3 positive numbers, got {text!r}")
-    return values
+    return text if text in ("auto", "base") else _triple(text, float, "spacing", "number")
 
 
 def register(subparsers: Any) -> None:
