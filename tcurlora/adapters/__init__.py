@@ -120,6 +120,21 @@ class AdaptedModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
+    def train(self, mode: bool = True) -> AdaptedModel:
+        """Train mode, except for frozen normalisation layers with running statistics (batch norm of a
+        CNN or SwinUNETR base): they stay in eval mode, so their statistics, which the adapter does not
+        save, do not drift; the trained model and the saved-and-loaded one then compute the same."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if (
+                    isinstance(module, nn.modules.batchnorm._NormBase)
+                    and module.track_running_stats
+                    and not any(p.requires_grad for p in module.parameters(recurse=False))
+                ):
+                    module.eval()
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should update."""
         return [p for p in self.parameters() if p.requires_grad]
