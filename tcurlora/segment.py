@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcurlora.errors import InputError
+from tcurlora.errors import ConfigError, InputError
 
 
 def plan_outputs(job) -> list[Path]:
@@ -41,6 +41,11 @@ def load_segmentation_model(base_model: str, adapter: str | None):
     from tcurlora.models.registry import load_base_model
 
     base = load_base_model(base_model)
+    if not adapter and base.spec.output != "softmax":
+        raise ConfigError(
+            f"base model {base.model_id} has {base.spec.output} (multi-label) outputs, which segment does not "
+            "decode; fine-tune an adapter on it (it trains a softmax head) and segment with --adapter"
+        )
     if not adapter:
         names = [base.spec.labels[k] for k in sorted(base.spec.labels)]
         return base.model, base.spec, names, None
