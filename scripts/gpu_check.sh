@@ -28,6 +28,7 @@ Options:
   --data DIR              folder holding hippocampus/, acdc/, brats2013/ (default: $TCURLORA_DATA,
                           else ../shared/data next to the repository)
   --python PY             python with torch and peft (default: python3)
+  --base-model REF        base model of the fine-tuning steps (default: unetr-small-acdc-brats)
   --iterations N          fine-tuning iterations per method (default 10)
   --pretrain-minutes N    minutes of pretraining (default 2)
   --oom-fraction F        share of GPU memory allowed in the oom step (default 0.02)
@@ -57,6 +58,7 @@ WHEELS="${TCURLORA_WHEELS:-}"
 OUT_DIR="${OUT:-}"
 DATA="${TCURLORA_DATA:-$ROOT/../shared/data}"
 PY="python3"
+BASE="unetr-small-acdc-brats"
 ITERATIONS=10
 PRETRAIN_MINUTES=2
 OOM_FRACTION=0.02
@@ -66,13 +68,14 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    --wheels|--out|--data|--python|--iterations|--pretrain-minutes|--oom-fraction)
+    --wheels|--out|--data|--python|--base-model|--iterations|--pretrain-minutes|--oom-fraction)
       [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value (see --help)"
       case "$1" in
         --wheels) WHEELS="$2" ;;
         --out) OUT_DIR="$2" ;;
         --data) DATA="$2" ;;
         --python) PY="$2" ;;
+        --base-model) BASE="$2" ;;
         --iterations) positive_int "$1" "$2"; ITERATIONS="$2" ;;
         --pretrain-minutes) positive_number "$1" "$2"; PRETRAIN_MINUTES="$2" ;;
         --oom-fraction) positive_number "$1" "$2"; OOM_FRACTION="$2" ;;
@@ -137,12 +140,13 @@ fi
 step cuda-tests 0 180 "$PY" -m pytest -q -m cuda -p no:cacheprovider "$ROOT/Testing/test_cuda.py"
 
 for method in tcur lora decoder head full; do
-  step "finetune-$method" 0 120 "${TCUR[@]}" finetune --data "$HIPPO" --num-cases 4 --method "$method" \
+  step "finetune-$method" 0 120 "${TCUR[@]}" finetune --base-model "$BASE" --data "$HIPPO" --num-cases 4 \
+    --method "$method" \
     --iterations "$ITERATIONS" --batch-size 2 --device cuda --seed 0 --output "$OUT_DIR/finetune/$method"
 done
 
 step segment 0 90 "${TCUR[@]}" segment "$HIPPO/imagesTr/hippocampus_001.nii.gz" \
-  "$HIPPO/imagesTr/hippocampus_003.nii.gz" --adapter "$OUT_DIR/finetune/tcur" --device cuda \
+  "$HIPPO/imagesTr/hippocampus_003.nii.gz" --base-model "$BASE" --adapter "$OUT_DIR/finetune/tcur" --device cuda \
   --output "$OUT_DIR/segment"
 
 CHECK_TEXT="CUDA out of memory" step oom 4 120 env TCURLORA_CUDA_MEMORY_FRACTION="$OOM_FRACTION" \
