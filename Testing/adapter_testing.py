@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from monai.networks.nets import UNETR
+from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
 from tcurlora.adapters import AdapterConfig, apply_adapter
@@ -24,3 +24,23 @@ def small_unetr(dtype: torch.dtype = torch.float64) -> nn.Module:
 def adapted_copy(base: nn.Module, **kwargs):
     """`apply_adapter` on a deep copy, so a module-scoped base stays untouched."""
     return apply_adapter(copy.deepcopy(base), AdapterConfig(**kwargs))
+
+
+def small_swin(dtype: torch.dtype = torch.float64, norm_name: str = "batch") -> nn.Module:
+    """MONAI SwinUNETR v2, feature_size 12 (stages of 12/24/48/96 channels, 2 blocks each), for 32^3
+    inputs. Batch norm: MONAI's default instance norm cannot normalise the 1^3 bottleneck of a 32^3
+    input, and 64^3 in float64 costs seconds per forward on CPU; the attention layers are the same."""
+    torch.manual_seed(0)
+    model = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, use_v2=True, spatial_dims=3,
+                      norm_name=norm_name)  # fmt: skip
+    return model.to(dtype).eval()
+
+
+def naive_t_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(a * b)_j = sum_i a_i @ b_{(j - i) mod m}, straight from the definition."""
+    m = a.shape[-1]
+    out = torch.zeros(a.shape[0], b.shape[1], m, dtype=a.dtype)
+    for j in range(m):
+        for i in range(m):
+            out[:, :, j] += a[:, :, i] @ b[:, :, (j - i) % m]
+    return out

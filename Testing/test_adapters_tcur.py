@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from adapter_testing import CONV_TARGETS, adapted_copy, small_unetr  # noqa: E402,F401
+from adapter_testing import CONV_TARGETS, adapted_copy, naive_t_product, small_unetr  # noqa: E402,F401
 from torch import nn
 
 import tcurlora.adapters.tcur as tcur_module
@@ -62,16 +62,6 @@ def test_rank_is_clamped_and_conv_groups_are_per_layer(base64):
     conv1 = groups["conv_encoder1_layer_conv1_conv"]  # Conv3d(1 -> 8, k=3): an 8 x 1 x 27 tensor
     assert (conv1.n1, conv1.n2, conv1.m, conv1.rank) == (8, 1, 27, 1)
     assert not any(name.startswith("out.") for name in adapted.tcur.layers)  # the head is never a target
-
-
-def naive_t_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(a * b)_j = sum_i a_i @ b_{(j - i) mod m}, straight from the definition."""
-    m = a.shape[-1]
-    out = torch.zeros(a.shape[0], b.shape[1], m, dtype=a.dtype)
-    for j in range(m):
-        for i in range(m):
-            out[:, :, j] += a[:, :, i] @ b[:, :, (j - i) % m]
-    return out
 
 
 def test_delta_matches_naive_t_product(base64):

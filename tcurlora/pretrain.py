@@ -365,8 +365,13 @@ def run_pretrain(
     force: bool = False,
     log: Callable[[str], None] = print,
     resume_from: Path | None = None,
+    max_minutes: float | None = None,
+    checkpoint_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train the recipe's network, checkpointing to <output>.checkpoint; write the final model folder to output.
+
+    `max_minutes` stops training after that much wall time (the model is finished at the iteration
+    reached); `checkpoint_minutes` checkpoints by wall time too, besides every `checkpoint_every` steps.
 
     `resume_from` (a checkpoint folder) continues an interrupted run from its weights, iteration and
     loss log; the optimizer state and the patch sampler restart (seeded with seed + iteration).
@@ -408,6 +413,10 @@ def run_pretrain(
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
     log(f"pretraining {spec.name} on {described}: {config.iterations} iterations")
+    clock = time.monotonic()
+    deadline = clock + 60 * max_minutes if max_minutes else None
+    next_checkpoint = clock + 60 * checkpoint_minutes if checkpoint_minutes else None
+    iterations_done = config.iterations
     model.train()
     for step in range(first, config.iterations):
         source = sources[step % len(sources)]
@@ -431,7 +440,15 @@ def run_pretrain(
             eta = elapsed / (step + 1) * (config.iterations - step - 1)
             recent = np.mean([r["loss"] for r in records[-20:]])
             log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} eta {eta / 60:.1f} min")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.iterations:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            iterations_done = step + 1
+            log(f"stopping at iteration {iterations_done}: {max_minutes} minutes reached")
+            break
+        timed = next_checkpoint is not None and now >= next_checkpoint
+        if timed:
+            next_checkpoint = now + 60 * checkpoint_minutes
+        if (timed or (step + 1) % config.checkpoint_every == 0) and step + 1 < config.iterations:
             card = build_card(config, spec, sources, iterations_done=step + 1, device=described,
                               wall_s=elapsed, metrics={}, final=False)  # fmt: skip
             save_model_folder(checkpoint_dir, model.cpu(), spec, model_id=spec.name, card=card, force=True)
@@ -453,7 +470,7 @@ def run_pretrain(
         model,
         output,
         notes=notes,
-        iterations_done=config.iterations,
+        iterations_done=iterations_done,
         device=described,
         wall_s=time.time() - started,
         records=records,

@@ -8,10 +8,11 @@ input's exact geometry.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tcurlora.errors import InputError
+from tcurlora.errors import ConfigError, InputError
 
 
 def plan_outputs(job) -> list[Path]:
@@ -41,6 +42,11 @@ def load_segmentation_model(base_model: str, adapter: str | None):
     from tcurlora.models.registry import load_base_model
 
     base = load_base_model(base_model)
+    if not adapter and base.spec.output != "softmax":
+        raise ConfigError(
+            f"base model {base.model_id} has {base.spec.output} (multi-label) outputs, which segment does not "
+            "decode; fine-tune an adapter on it (it trains a softmax head) and segment with --adapter"
+        )
     if not adapter:
         names = [base.spec.labels[k] for k in sorted(base.spec.labels)]
         return base.model, base.spec, names, None
@@ -54,8 +60,13 @@ def load_segmentation_model(base_model: str, adapter: str | None):
 
 
 def adapter_spec(base_spec, config: dict):
-    """The base model's preprocessing at the working spacing the adapter was trained at (if recorded)."""
-    return base_spec.at_spacing((config.get("preprocessing") or {}).get("spacing"))
+    """The base model's preprocessing at the working spacing and with the sliding-window patch the
+    adapter was trained at (where recorded; a zoo bundle's own window may be far larger)."""
+    spec = base_spec.at_spacing((config.get("preprocessing") or {}).get("spacing"))
+    patch = config.get("patch_size")
+    if isinstance(patch, list) and len(patch) == 3 and all(isinstance(p, int) and p > 0 for p in patch):
+        spec = replace(spec, patch_size=tuple(patch))
+    return spec
 
 
 def run_segment(job, sink, token) -> dict[str, Any]:

@@ -88,7 +88,8 @@ def split_validation(cases: list, job) -> tuple[list, list]:
 def prepare_training(job, sink) -> TrainingSetup:
     """Load and check everything before the first step, so bad input fails before any compute."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import CONV_TARGETS, default_train_modules, expand_train_modules
+    from tcurlora.adapters.config import default_train_modules, expand_train_modules
+    from tcurlora.adapters.targets import configure_targets
     from tcurlora.data.loader import training_batches, validation_volumes
     from tcurlora.data.spacing import resolve_working_spacing
     from tcurlora.data.validate import validate_case
@@ -98,6 +99,8 @@ def prepare_training(job, sink) -> TrainingSetup:
     seed_everything(job.seed)
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
     base = load_base_model(job.base_model)
+    for note in base.notes:
+        sink.log("warning", f"base model: {note}")
     cases = resolve_cases(job)
     if not cases:
         raise InputError("the case list is empty: give at least one (image, label) pair")
@@ -116,13 +119,13 @@ def prepare_training(job, sink) -> TrainingSetup:
     config = AdapterConfig(
         method=job.method, rank=job.rank, selection=job.selection, seed=job.seed,
         num_classes=num_classes, label_names=label_names,
-        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)], base_model_id=base.model_id,
+        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)] or base.spec.output != "softmax",
+        base_model_id=base.model_id,
         base_fingerprint=base.fingerprint, head_module=base.spec.head_module,
     )
     if job.alpha is not None:
         config.alpha = float(job.alpha)
-    if job.uses_conv_targets:
-        config.conv_target_modules = list(CONV_TARGETS)
+    configure_targets(config, base.model, job.conv_targets)  # transformer layers, else a CNN's Conv3d
     requested = job.train_modules
     if requested is None:
         requested = default_train_modules(job.method, type(base.model).__name__)

@@ -53,6 +53,22 @@ def train_module_parameters(model: nn.Module, config: AdapterConfig) -> list[nn.
     return list(found.values())
 
 
+def _check_head_can_resize(model: nn.Module, head_module: str, current: int) -> None:
+    """ConfigError when the head sits inside a residual unit (MONAI UNet with res units: its skip
+    connection adds the unit's input, which keeps `current` channels, to the head's output)."""
+    from monai.networks.blocks import ResidualUnit
+
+    parts = head_module.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:depth])
+        if isinstance(model.get_submodule(owner), ResidualUnit):
+            raise ConfigError(
+                f"the head {head_module} sits inside the residual unit {owner}, whose skip connection keeps "
+                f"{current} channels: this base can be fine-tuned for {current} classes (background "
+                f"included) only; merge labels with a case's label_map, or use a base with a plain output conv"
+            )
+
+
 def _replace_head(model: nn.Module, config: AdapterConfig) -> bool:
     """Put a fresh, seeded head with `num_classes` outputs at `head_module`; True when replaced."""
     try:
@@ -70,6 +86,8 @@ def _replace_head(model: nn.Module, config: AdapterConfig) -> bool:
     if not config.new_head and (config.num_classes is None or config.num_classes == current):
         return False
     num_classes = config.num_classes or current
+    if num_classes != current:
+        _check_head_can_resize(model, config.head_module, current)
     factory = {"device": old.weight.device, "dtype": old.weight.dtype}
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -119,6 +137,21 @@ class AdaptedModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> AdaptedModel:
+        """Train mode, except for frozen normalisation layers with running statistics (batch norm of a
+        CNN or SwinUNETR base): they stay in eval mode, so their statistics, which the adapter does not
+        save, do not drift; the trained model and the saved-and-loaded one then compute the same."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if (
+                    isinstance(module, nn.modules.batchnorm._NormBase)
+                    and module.track_running_stats
+                    and not any(p.requires_grad for p in module.parameters(recurse=False))
+                ):
+                    module.eval()
+        return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should update."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from tcurlora.adapters.config import METHODS
-from tcurlora.errors import InputError
+from tcurlora.errors import ConfigError, InputError
 
 RANKED_METHODS = ("tcur", "lora")
 TABLE_RANKS = (4, 8, 16)
@@ -60,15 +61,21 @@ def main(args: argparse.Namespace) -> int:
         if args.rank < 1:
             raise InputError(f"--rank must be positive, got {args.rank}")
         base = _load_base(args.target)
+        for note in base.notes:  # e.g. an argument a newer MONAI removed, dropped from a zoo bundle
+            print(f"note: {note}", file=sys.stderr)
         if args.table:
             plans = [(m, r) for m in METHODS for r in (TABLE_RANKS if m in RANKED_METHODS else (None,))]
         else:
             plans = [(args.method, args.rank if args.method in RANKED_METHODS else None)]
-        rows = [
-            model_info(base, m, r, num_classes=args.num_classes, conv=args.conv_targets,
-                       train_modules=args.train_modules)
-            for m, r in plans
-        ]
+        rows = []
+        for m, r in plans:
+            try:
+                rows.append(model_info(base, m, r, num_classes=args.num_classes, conv=args.conv_targets,
+                                       train_modules=args.train_modules))  # fmt: skip
+            except ConfigError as error:
+                if not args.table:
+                    raise
+                print(f"note: {m} does not apply: {error}", file=sys.stderr)  # e.g. decoder on a UNet
         result = rows if args.table else rows[0]
     if args.json:
         print(json.dumps(result, indent=2))
@@ -92,26 +99,21 @@ def model_info(
     train_modules: list[str] | None = None,
 ) -> dict:
     """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
-    from tcurlora.adapters.config import (
-        CONV_TARGETS,
-        AdapterConfig,
-        default_train_modules,
-        expand_train_modules,
-    )
+    from tcurlora.adapters.config import AdapterConfig, default_train_modules, expand_train_modules
     from tcurlora.adapters.counts import counts_for
-    from tcurlora.jobs.schema import conv_targets_on
+    from tcurlora.adapters.targets import configure_targets
 
     config = AdapterConfig(
         method=method, rank=rank or 8, num_classes=num_classes, base_fingerprint=base.fingerprint,
         base_model_id=base.model_id, head_module=base.spec.head_module,
     )  # fmt: skip
-    if conv_targets_on(method, conv):
-        config.conv_target_modules = list(CONV_TARGETS)
+    configure_targets(config, base.model, conv)
     if train_modules is None:  # as finetune: the method's default
         train_modules = default_train_modules(method, type(base.model).__name__)
     config.train_modules = expand_train_modules(train_modules)
     counts = counts_for(base.model, config)
-    return {"target": base.model_id, "method": method, "rank": rank, **counts.to_dict()}
+    notes = {"notes": list(base.notes)} if base.notes else {}
+    return {"target": base.model_id, "method": method, "rank": rank, **counts.to_dict(), **notes}
 
 
 def adapter_info(folder: Path) -> dict:

@@ -34,6 +34,8 @@ def register(subparsers: Any) -> None:
         help="continue from the checkpoint FOLDER of an interrupted run",
     )
     p.add_argument("--checkpoint-every", type=int, help="override the recipe's checkpoint interval")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training and finish the model")
+    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint every this many minutes")
     p.add_argument(
         "--finish-checkpoint",
         type=Path,
@@ -54,6 +56,9 @@ def main(args: argparse.Namespace) -> int:
         config.iterations = args.iterations
     if args.checkpoint_every is not None:
         config.checkpoint_every = max(1, args.checkpoint_every)
+    for flag, value in (("--max-minutes", args.max_minutes), ("--checkpoint-minutes", args.checkpoint_minutes)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{flag} must be a positive number of minutes, got {value}")
     data_root = args.data_root.expanduser().resolve()
     if args.finish_checkpoint is not None:
         finish_from_checkpoint(
@@ -61,5 +66,6 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     run_pretrain(config, data_root, args.output, device_name=args.device,
-                 force=args.force, log=main_log, resume_from=args.resume)  # fmt: skip
+                 force=args.force, log=main_log, resume_from=args.resume,
+                 max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes)  # fmt: skip
     return 0

@@ -49,17 +49,34 @@ def is_device_oom(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def is_cpu_oom(error: BaseException) -> bool:
+    """Whether `error` is the host running out of memory: MemoryError, or torch's CPU allocator failing
+    (a RuntimeError "DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error).lower()
+    )
+
+
 def as_user_error(error: BaseException) -> TCURLoRAError | None:
     """The TCURLoRAError that `error` stands for, or None when it is a bug."""
     if isinstance(error, TCURLoRAError):
         return error
     if isinstance(error, KeyboardInterrupt):
         return CancelledError("cancelled by SIGINT: stopped before finishing")
-    if is_device_oom(error):
-        return DeviceOutOfMemoryError(CUDA_OOM_MESSAGE)
-    if isinstance(error, MemoryError):
-        return DeviceOutOfMemoryError(CPU_OOM_MESSAGE)
+    for cause in _causes(error):  # MONAI wraps a transform's failure: "applying transform ..."
+        if is_cpu_oom(cause):
+            return DeviceOutOfMemoryError(CPU_OOM_MESSAGE)
+        if is_device_oom(cause):
+            return DeviceOutOfMemoryError(CUDA_OOM_MESSAGE)
     return None
+
+
+def _causes(error: BaseException, limit: int = 8) -> list[BaseException]:
+    """`error` and the errors it was raised from (explicit causes), outermost first."""
+    chain = [error]
+    while chain[-1].__cause__ is not None and len(chain) < limit:
+        chain.append(chain[-1].__cause__)
+    return chain
 
 
 def report_error(sink: EventSink, error: BaseException) -> int:

@@ -12,6 +12,7 @@ Weight files must be regular files inside the bundle (no symlinks) under a size 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,13 +27,21 @@ from tcurlora.errors import ConfigError, InputError, OutputExistsError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import BaseModel, load_weights
-from tcurlora.models.safe_config import build_item, literal_arguments, plan_item
+from tcurlora.models.safe_config import (
+    Component,
+    build_item,
+    dropped_argument_notes,
+    instantiate,
+    literal_arguments,
+    plan_item,
+)
 from tcurlora.models.spec import IntensitySpec, ModelSpec
 from tcurlora.models.weight_files import check_weight_file
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml")
 WEIGHT_NAMES = ("model.safetensors", "model.pt")
 SPEC_KEY = "tcurlora_spec"
+log = logging.getLogger(__name__)
 
 
 def _config_file(folder: Path) -> Path:
@@ -132,44 +141,114 @@ def head_module_name(model: nn.Module, out_channels: int) -> str:
     return names[-1] if names else ""
 
 
+def _preprocessing(config: dict[str, Any]) -> Any:
+    """The config part that describes the input pipeline (the whole config when it has none)."""
+    return config.get("preprocessing", config)
+
+
+def intensity_from_bundle(config: dict[str, Any]) -> tuple[IntensitySpec, list[str]]:
+    """The bundle's intensity normalisation as an IntensitySpec, and notes on what is read differently."""
+    pre = _preprocessing(config)
+    for item in _find_targets(pre, "ScaleIntensityRanged"):
+        window = _numbers([item.get("a_min"), item.get("a_max")], 2)
+        if window is None:
+            continue
+        notes = []
+        if _numbers([item.get("b_min", 0), item.get("b_max", 1)], 2) != (0, 1) or item.get("clip") is not True:
+            notes.append(
+                f"ScaleIntensityRanged to [{item.get('b_min')}, {item.get('b_max')}] with clip={item.get('clip')} "
+                "is read as a clipped window scaled to [0, 1]"
+            )
+        return IntensitySpec(kind="range", a_min=float(window[0]), a_max=float(window[1])), notes
+    if _find_targets(pre, "NormalizeIntensityd"):
+        return IntensitySpec(kind="zscore"), []
+    return IntensitySpec(kind="zscore"), [
+        "no intensity normalisation tcurlora knows (ScaleIntensityRanged, NormalizeIntensityd) in the "
+        "bundle's preprocessing: z-score over the nonzero voxels is used"
+    ]
+
+
+def _is_sigmoid(config: dict[str, Any]) -> bool:
+    """True when the bundle's postprocessing applies a sigmoid (multi-label outputs)."""
+    return any(t.get("sigmoid") is True for t in _find_targets(config.get("postprocessing", {}), "Activationsd"))
+
+
 def spec_from_bundle(
-    config: dict[str, Any], meta: dict[str, Any], model: nn.Module, name: str, config_path: Path
+    config: dict[str, Any], meta: dict[str, Any], model: nn.Module, name: str, config_path: Path,
+    plan: Component | None = None, notes: list[str] | None = None,
 ) -> ModelSpec:
-    """Our spec from the bundle: exact when we exported it, else read from metadata and config."""
+    """Our spec from the bundle: exact when we exported it, else read from metadata and config (what
+    is assumed is appended to `notes`)."""
     if isinstance(meta.get(SPEC_KEY), dict):
         return ModelSpec.from_dict(meta[SPEC_KEY])
-    plan = plan_item(config, "network_def", config_path)
+    notes = [] if notes is None else notes
+    plan = plan or plan_item(config, "network_def", config_path)
     arch = plan.cls.__name__
     network_def = literal_arguments(plan)
     fmt = meta.get("network_data_format", {})
     image = fmt.get("inputs", {}).get("image", {})
     outputs = fmt.get("outputs", {}).get("pred", {})
     channel_def = outputs.get("channel_def", {})
-    labels = {int(k): str(v) for k, v in channel_def.items() if str(k).isdigit() and int(k) > 0}
-    spacing = next(
-        (s for t in _find_targets(config, "Spacingd") if (s := _numbers(t.get("pixdim"), 3))), None
-    )
+    output = "sigmoid" if _is_sigmoid(config) else "softmax"
+    if output == "sigmoid":  # every channel is a region of its own: channel i is label i + 1
+        labels = {int(k) + 1: str(v) for k, v in channel_def.items() if str(k).isdigit()}
+        notes.append(
+            "sigmoid (multi-label) outputs: fine-tuning trains a fresh softmax head; the base alone "
+            "cannot segment with tcurlora"
+        )
+    else:
+        labels = {int(k): str(v) for k, v in channel_def.items() if str(k).isdigit() and int(k) > 0}
+    pre = _preprocessing(config)
+    spacing = next((s for t in _find_targets(pre, "Spacingd") if (s := _numbers(t.get("pixdim"), 3))), None)
+    if spacing is None:
+        notes.append("no Spacingd in the bundle's preprocessing: images are resampled to 1 mm")
+    intensity, intensity_notes = intensity_from_bundle(config)
+    notes += intensity_notes
     roi = next(
         (s for t in _find_targets(config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
     )
     patch = _numbers(image.get("spatial_shape"), 3) or roi or (96, 96, 96)
-    out_channels = int(outputs.get("num_channels", len(labels) + 1))
+    out_channels = int(outputs.get("num_channels", len(labels) + (0 if output == "sigmoid" else 1)))
     if not labels:
         labels = {c: f"class {c}" for c in range(1, out_channels)}
     return ModelSpec(
         name=name, arch=arch,
         arch_params={k: v for k, v in network_def.items() if not str(k).startswith("_")},
         spacing=spacing or (1.0, 1.0, 1.0), patch_size=tuple(int(p) for p in patch),
-        intensity=IntensitySpec(kind="zscore"), labels=labels,
+        intensity=intensity, labels=labels,
         head_module=head_module_name(model, out_channels), description=str(meta.get("description", "")),
+        output=output,
     )  # fmt: skip
+
+
+def _build(config: dict[str, Any], meta: dict[str, Any], config_path: Path) -> tuple[Component, nn.Module]:
+    """The checked plan of `network_def` and the network; a build failure names the MONAI versions."""
+    import monai
+
+    plan = plan_item(config, "network_def", config_path)
+    try:
+        model = instantiate(plan, config_path)
+    except InputError as error:
+        written = meta.get("monai_version")
+        if written and written != monai.__version__ and "argument" in error.problem:
+            raise InputError(
+                f"{error.problem}. This bundle was written for MONAI {written}; this is MONAI "
+                f"{monai.__version__}, whose {plan.name} takes other arguments: use a bundle version "
+                f"made for MONAI {monai.__version__.rsplit('.', 1)[0]}, or edit network_def",
+                config_path,
+            ) from error
+        raise
+    if not isinstance(model, nn.Module):
+        raise InputError(f"network_def is not a torch module but {type(model).__name__}", config_path)
+    return plan, model
 
 
 def load_bundle(folder: str | Path) -> BaseModel:
     """Load a MONAI bundle folder offline as a base model."""
     folder = Path(folder)
     config, meta, config_path = read_bundle_configs(folder)
-    model = build_bundle_network(config, config_path)
+    plan, model = _build(config, meta, config_path)
+    notes = dropped_argument_notes(plan)
     weights = next((folder / "models" / n for n in WEIGHT_NAMES if (folder / "models" / n).exists()
                     or (folder / "models" / n).is_symlink()), None)
     if weights is None:
@@ -178,12 +257,14 @@ def load_bundle(folder: str | Path) -> BaseModel:
         )
     load_weights(model, read_weights(check_weight_file(weights, folder)), weights)
     name = str(meta.get("name") or folder.name)
-    spec = spec_from_bundle(config, meta, model, name, config_path)
+    spec = spec_from_bundle(config, meta, model, name, config_path, plan, notes)
     version = meta.get("version")
     model.eval()
+    for note in notes:
+        log.info("%s: %s", folder, note)
     return BaseModel(
         model=model, spec=spec, model_id=str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name)),
-        fingerprint=state_dict_fingerprint(model), source=str(folder),
+        fingerprint=state_dict_fingerprint(model), source=str(folder), notes=notes,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -36,6 +36,9 @@ class BaseModel:
     model_id: str
     fingerprint: str
     source: str
+    # What was changed or assumed to load it (an argument a newer MONAI removed, a preprocessing step
+    # read differently): logged when loaded, printed by `info`, logged by finetune.
+    notes: list[str] = field(default_factory=list)
 
 
 def load_base_model(reference: str | Path) -> BaseModel:

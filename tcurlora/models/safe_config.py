@@ -44,6 +44,8 @@ class Component:
     cls: type
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Arguments the config passes that this MONAI version's class no longer accepts (REMOVED_ARGUMENTS).
+    dropped: dict[str, Any] = field(default_factory=dict)
 
 
 def _allowed_module(module: str) -> bool:
@@ -150,15 +152,40 @@ class PlanBuilder:
                 )
         if disabled in (True, "true", "True"):
             return None
-        return Component(cls=cls, name=str(name), kwargs=_drop_removed_arguments(cls, kwargs))
+        kept, dropped = _drop_removed_arguments(cls, kwargs)
+        return Component(cls=cls, name=str(name), kwargs=kept, dropped=dropped)
 
 
-def _drop_removed_arguments(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _drop_removed_arguments(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(kept, dropped): arguments a newer MONAI removed from `cls` are dropped when it rejects them."""
     removed = REMOVED_ARGUMENTS.get(cls.__name__, ())
     if not removed:
-        return kwargs
+        return kwargs, {}
     accepted = inspect.signature(cls).parameters
-    return {k: v for k, v in kwargs.items() if k not in removed or k in accepted}
+    dropped = {k: v for k, v in kwargs.items() if k in removed and k not in accepted}
+    return {k: v for k, v in kwargs.items() if k not in dropped}, dropped
+
+
+def dropped_argument_notes(plan: Any) -> list[str]:
+    """One sentence per argument dropped anywhere in a plan, naming the class and this MONAI version."""
+    import monai
+
+    notes: list[str] = []
+    if isinstance(plan, Component):
+        for key, value in plan.dropped.items():
+            notes.append(
+                f"{plan.name}: argument {key}={value!r} dropped: MONAI {monai.__version__} no longer accepts "
+                f"it (removed in MONAI 1.5; the network it builds does not depend on it)"
+            )
+        for value in plan.kwargs.values():
+            notes += dropped_argument_notes(value)
+    elif isinstance(plan, dict):
+        for value in plan.values():
+            notes += dropped_argument_notes(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            notes += dropped_argument_notes(value)
+    return notes
 
 
 def instantiate(plan: Any, config_path: Path, built: dict[int, Any] | None = None) -> Any:

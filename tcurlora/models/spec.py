@@ -39,6 +39,10 @@ class ModelSpec:
     # Full module path of the final 1x1x1 conv that maps features to classes.
     head_module: str = "out.conv.conv"
     description: str = ""
+    # How the outputs are read: "softmax" (one class per voxel, channel 0 background) or "sigmoid"
+    # (independent, possibly overlapping regions, one per channel: MONAI's BraTS bundles). Adapters
+    # always train a fresh softmax head on a sigmoid base; segment decodes softmax outputs only.
+    output: str = "softmax"
 
     @property
     def in_channels(self) -> int:
