@@ -142,6 +142,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_const", const=True, help="replace an existing adapter folder")
     p.add_argument("--resume", action="store_const", const=True, help="continue from the last checkpoint")
     p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
+    add_remote_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -220,8 +221,31 @@ def _run_finetune(job: FinetuneJob, sink, token) -> dict:
     return run_finetune(job, sink, token)
 
 
+def add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    """--remote and its companions (docs/scaling.md)."""
+    p.add_argument("--remote", metavar="USER@HOST[:PORT]",
+                   help="run on this host over SSH (key-based login, known host key); outputs come back here")
+    p.add_argument("--remote-command", metavar="CMD",
+                   help="the tcurlora command on the remote host (default: tcurlora)")
+    p.add_argument("--remote-folder", metavar="DIR",
+                   help="where per-run folders go on the remote host (default: ~/.cache/tcurlora/remote-runs)")
+    p.add_argument("--ssh-config", type=Path, metavar="FILE", help="ssh client config file (ssh -F)")
+
+
+def _remote_handler(args: argparse.Namespace) -> Handler:
+    def handler(job: FinetuneJob, sink, token) -> dict:
+        from tcurlora.remote import RemoteFinetune, RemoteHost
+
+        host = RemoteHost.parse(args.remote, args.remote_command, args.remote_folder, args.ssh_config)
+        return RemoteFinetune(job, host).run(sink, token)
+
+    return handler
+
+
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, or --remote, stdout)."""
+    if handler is None and getattr(args, "remote", None):
+        handler = _remote_handler(args)
     return run_cli(
         lambda: build_job(args),
         bool(args.events or args.job is not None),
