@@ -60,6 +60,20 @@ def tcurlora(*argv: str) -> subprocess.Popen:
     )
 
 
+def in_process(*argv: str) -> int:
+    """`tcurlora ARGV` in this process on one thread, as the remote worker computes (no process start-up)."""
+    import torch
+
+    from tcurlora.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(list(argv))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -107,13 +121,12 @@ def test_parse_targets() -> None:
 def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "local").mkdir()
     (tmp_path / "remote").mkdir()
-    local = tcurlora("finetune", "--job", str(job_file(tmp_path / "local", hippocampus_dir, tmp_path / "a_local")))
     remote_folder = tmp_path / "remote-runs"
     job = job_file(tmp_path / "remote", hippocampus_dir, tmp_path / "a_remote")
     remote = tcurlora("finetune", "--job", str(job), *sshd.remote_args(remote_folder))
-    out_local, err_local = local.communicate(timeout=300)
+    local_job = job_file(tmp_path / "local", hippocampus_dir, tmp_path / "a_local")
+    assert in_process("finetune", "--job", str(local_job)) == 0
     out, err = remote.communicate(timeout=300)
-    assert local.returncode == 0, err_local
     assert remote.returncode == 0, err
     seen = events(out)
     kinds = [e["event"] for e in seen]
@@ -186,3 +199,21 @@ def test_host_key_mismatch_is_refused(sshd, hippocampus_dir: Path, tmp_path: Pat
     final = events(out)[-1]
     assert final["kind"] == "connection" and "host key" in final["message"], final
     assert not remote_folder.exists() and not (tmp_path / "a").exists()
+
+
+def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    common = ["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+              "--device", "cpu", "--events"]
+    remote_folder = tmp_path / "remote-runs"
+    remote = tcurlora(*common, "--output", str(tmp_path / "remote"), *sshd.remote_args(remote_folder))
+    assert in_process(*common, "--output", str(tmp_path / "local")) == 0
+    out, err = remote.communicate(timeout=300)
+    assert remote.returncode == 0, err
+    written = events(out)[-1]["outputs"]["segmentations"]
+    assert written == [str(tmp_path / "remote" / "hippocampus_001_seg.nii.gz")], written
+    a, b = (nib.load(str(tmp_path / name / "hippocampus_001_seg.nii.gz")) for name in ("local", "remote"))
+    assert (a.get_fdata() == b.get_fdata()).all() and (a.affine == b.affine).all()
+    assert list(remote_folder.iterdir()) == []

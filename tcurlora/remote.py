@@ -1,9 +1,9 @@
-"""Run a finetune job on another machine over SSH, as if it ran here.
+"""Run a finetune or segment job on another machine over SSH, as if it ran here.
 
 One OpenSSH connection (ControlMaster, multiplexed) carries everything: the job's inputs are staged
 into a per-run folder on the host (tar over the connection), the paths in the job are rewritten to that
-folder, the remote `tcurlora finetune --job job.json --events` runs under a shell that records its PID,
-its events are re-emitted here with the remote paths turned into local ones, the adapter comes back
+folder, the remote `tcurlora finetune|segment --job job.json --events` runs under a shell that records its PID,
+its events are re-emitted here with the remote paths turned into local ones, the outputs come back
 and the remote folder is removed. Cancel (SIGTERM/SIGINT here) sends SIGTERM to the remote PID over a
 second channel, brings the last checkpoint back and cleans up, so the run can be resumed here.
 
@@ -13,6 +13,7 @@ Security: host keys are verified by ssh as configured (known_hosts; never turned
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -32,7 +33,7 @@ from typing import Any
 from tcurlora.errors import CancelledError, OutputExistsError, TCURLoRAError
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import EventSink
-from tcurlora.jobs.schema import FinetuneJob, validate_event
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob, validate_event
 
 EXIT_CONNECTION = 5  # the SSH connection could not be made or was lost
 DEFAULT_REMOTE_FOLDER = ".cache/tcurlora/remote-runs"  # relative to the remote home
@@ -250,33 +251,54 @@ def checkpoint_name(output_name: str) -> str:
     return output_name + ".checkpoint"  # tcurlora.train.checkpoint_dir's naming
 
 
+class _Stager:
+    """Links local inputs into a staging folder's `inputs/<slot>/` and returns their remote relative paths."""
+
+    def __init__(self, stage: Path) -> None:
+        self.stage = stage
+
+    def link(self, path: str | Path, slot: str) -> str:
+        source = Path(path)
+        target = self.stage / "inputs" / slot / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source.resolve())
+        return str(target.relative_to(self.stage))
+
+    def channels(self, value: str | list[str], slot: str) -> str | list[str]:
+        return self.link(value, slot) if isinstance(value, str) else [self.link(p, slot) for p in value]
+
+    def reference(self, value: str | None, slot: str) -> str | None:
+        """A model or adapter: a local path is staged, a name (built-in, preset) is passed as it is."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return self.link(path, slot) if path.is_absolute() and path.exists() else value
+
+
 def stage_finetune(job: FinetuneJob, stage: Path) -> dict[str, Any]:
     """Link the job's inputs into `stage/inputs` and return the remote job (paths relative to its folder)."""
     data = job.to_dict()
-    inputs = stage / "inputs"
-    inputs.mkdir(parents=True)
-
-    def link(path: str, slot: str) -> str:
-        source = Path(path)
-        target = inputs / slot / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source.resolve())
-        return str(target.relative_to(stage))
-
-    if data["cases"] is not None:
-        for index, case in enumerate(data["cases"]):
-            image = case["image"]
-            case["image"] = (
-                link(image, f"case{index}") if isinstance(image, str)
-                else [link(p, f"case{index}") for p in image]
-            )
-            case["label"] = link(case["label"], f"case{index}/label")
+    stager = _Stager(stage)
+    for index, case in enumerate(data["cases"] or []):
+        case["image"] = stager.channels(case["image"], f"case{index}")
+        case["label"] = stager.link(case["label"], f"case{index}/label")
     if data["data"] is not None:
-        data["data"] = link(data["data"], "data")
-    base = Path(data["base_model"]).expanduser()
-    if base.is_absolute() and base.exists():
-        data["base_model"] = link(str(base), "base")
+        data["data"] = stager.link(data["data"], "data")
+    data["base_model"] = stager.reference(data["base_model"], "base")
     data["output"] = f"out/{job.output.name}"
+    data["force"] = False
+    return data
+
+
+def stage_segment(job: SegmentJob, stage: Path) -> dict[str, Any]:
+    """The same for a segment job: one remote output per input, `out/<index>/<local file name>`."""
+    data = job.to_dict()
+    stager = _Stager(stage)
+    data["inputs"] = [stager.channels(item, f"input{i}") for i, item in enumerate(data["inputs"])]
+    data["base_model"] = stager.reference(data["base_model"], "base")
+    data["adapter"] = stager.reference(data["adapter"], "adapter")
+    data["outputs"] = [f"out/{i}/{path.name}" for i, path in enumerate(job.output_paths())]
+    data["output_dir"] = None
     data["force"] = False
     return data
 
@@ -295,24 +317,42 @@ def _rewrite(value: Any, mapping: Sequence[tuple[str, str]]) -> Any:
     return value
 
 
-class RemoteFinetune:
-    """One finetune job run on `host`; `run(sink, token)` returns the handler result or raises."""
+class RemoteRun:
+    """One job run on `host`; `run(sink, token)` returns the handler result or raises a TCURLoRAError.
 
-    def __init__(self, job: FinetuneJob, host: RemoteHost) -> None:
+    Subclasses say how the job is staged (`remote_job`), which remote paths stand for which local ones
+    (`path_mapping`), what comes back after `done` (`collect`) and what a stopped run keeps (`keep`).
+    """
+
+    command = ""
+
+    def __init__(self, job: Any, host: RemoteHost, key: Path) -> None:
         self.job = job
         self.host = host
-        self.output = job.output
-        self.local_checkpoint = self.output.with_name(checkpoint_name(self.output.name))
-        self.remote_dir = f"{host.folder}/{run_id(self.output, host)}"
+        self.remote_dir = f"{host.folder}/{run_id(key, host)}"
         self.remote_pid: int | None = None
         self.connection: SshConnection | None = None
-        self.on_started: Callable[[RemoteFinetune], None] | None = None  # tests: the remote PID is known
 
+    # ---- per command
+    def check_outputs(self) -> None:
+        """Refuse before connecting when an output exists and may not be replaced."""
+
+    def remote_job(self, stage: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
+        return []
+
+    def collect(self, connection: SshConnection) -> None:
+        """Bring the outputs back after `done`."""
+
+    def keep(self, connection: SshConnection) -> bool:
+        """Bring back what a stopped run keeps (a checkpoint); True when something came back."""
+        return False
+
+    # ---- shared
     def run(self, sink: EventSink, token: CancelToken) -> dict:
-        if self.output.exists() and not self.job.force:
-            raise OutputExistsError("the adapter folder exists (use --force to replace it)", self.output)
-        if self.job.resume and not (self.local_checkpoint / "checkpoint.json").is_file():
-            sink.log("info", f"no local checkpoint next to {self.output}: resuming from the one on {self.host}")
+        self.check_outputs()
         with connected(self.host) as connection:
             self.connection = connection
             absolute = self._stage(connection)
@@ -322,19 +362,17 @@ class RemoteFinetune:
     def _stage(self, connection: SshConnection) -> str:
         with tempfile.TemporaryDirectory(prefix="tcurlora-stage-") as temp:
             stage = Path(temp)
-            remote_job = stage_finetune(self.job, stage)
-            (stage / "job.json").write_text(json.dumps(remote_job, indent=1), encoding="utf-8")
-            if self.job.resume and (self.local_checkpoint / "checkpoint.json").is_file():
-                (stage / "out").mkdir()
-                (stage / "out" / self.local_checkpoint.name).symlink_to(self.local_checkpoint.resolve())
+            (stage / "job.json").write_text(json.dumps(self.remote_job(stage), indent=1), encoding="utf-8")
             connection.run(f"mkdir -p {q(self.remote_dir)} && rm -rf {q(self.remote_dir)}/inputs")
             connection.upload_tree(stage, self.remote_dir)
         return connection.run(f"cd {q(self.remote_dir)} && pwd").strip()
 
     def _execute(self, connection: SshConnection, absolute: str, sink: EventSink, token: CancelToken) -> dict:
-        remote_out = f"{absolute}/out/{self.output.name}"
-        mapping = [(remote_out + ".checkpoint", str(self.local_checkpoint)), (remote_out, str(self.output))]
-        script = f"cd {q(self.remote_dir)} && echo $$ > pid && exec {self.host.command} finetune --job job.json --events"
+        mapping = self.path_mapping(absolute)
+        script = (
+            f"cd {q(self.remote_dir)} && echo $$ > pid && "
+            f"exec {self.host.command} {self.command} --job job.json --events"
+        )
         process = subprocess.Popen(
             connection.command(script), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -352,8 +390,6 @@ class RemoteFinetune:
                 continue
             if self.remote_pid is None:
                 self.remote_pid = self._read_pid(connection)
-                if self.on_started is not None:
-                    self.on_started(self)
             event = _rewrite(event, mapping)
             if event["event"] in ("done", "error"):
                 final = event
@@ -361,22 +397,24 @@ class RemoteFinetune:
             sink.emit(event)  # type: ignore[attr-defined] - every sink here is a BaseSink
         code = process.wait()
         pump.join(timeout=5)
-        self._finished = True
         if final is not None and final["event"] == "done" and code == 0:
-            connection.download(f"{self.remote_dir}/out", self.output.name, self.output.parent)
+            self.collect(connection)
             self._cleanup(connection)
             return {"outputs": final["outputs"], "metrics": final["metrics"]}
         if token.cancelled or code < 0:
             self._stop_remote(connection)
-            saved = self._bring_back_checkpoint(connection)
+            kept = self.keep(connection)
             self._cleanup(connection)
             raise CancelledError(f"{token.reason or 'cancelled'}: the remote run on {self.host} was stopped"
-                                 + (f"; its last checkpoint is in {self.local_checkpoint}" if saved else ""))
+                                 + (f"; {self.kept_text()}" if kept else ""))
         if final is not None:  # the remote worker reported its own error
-            self._bring_back_checkpoint(connection)
+            self.keep(connection)
             self._cleanup(connection)
             raise RemoteWorkerError(final)
         return self._connection_lost(code, stderr_tail)
+
+    def kept_text(self) -> str:
+        return "its last checkpoint was brought back: resume the run to continue"
 
     def _connection_lost(self, code: int, stderr_tail: list[str]) -> dict:
         """The session ended without a final event: reconnect once to stop the remote run and keep its checkpoint."""
@@ -385,19 +423,18 @@ class RemoteFinetune:
         try:
             with connected(self.host) as again:
                 self._stop_remote(again)
-                saved = self._bring_back_checkpoint(again)
+                kept = self.keep(again)
                 self._cleanup(again)
         except RemoteError as error:
             raise ConnectionLostError(
                 f"lost the SSH connection to {self.host} during the run ({reason}); reconnecting failed "
-                f"({error.problem}): the remote run folder {where} is kept with its last checkpoint - "
-                "resume the run to continue from it"
+                f"({error.problem}): the remote run folder {where} is kept with what it wrote - "
+                "run the same job again (resume) to continue from it"
             ) from None
-        kept = (
-            f"its last checkpoint was brought back to {self.local_checkpoint}: resume the run to continue"
-            if saved else "no checkpoint had been written yet"
+        raise ConnectionLostError(
+            f"lost the SSH connection to {self.host} during the run ({reason}); the remote run was stopped"
+            + (f" and {self.kept_text()}" if kept else "")
         )
-        raise ConnectionLostError(f"lost the SSH connection to {self.host} during the run ({reason}); {kept}")
 
     def _read_pid(self, connection: SshConnection) -> int | None:
         try:
@@ -427,11 +464,70 @@ class RemoteFinetune:
             timeout=CANCEL_WAIT_S + 30,
         )
 
-    def _bring_back_checkpoint(self, connection: SshConnection) -> bool:
-        return connection.download(f"{self.remote_dir}/out", self.local_checkpoint.name, self.output.parent)
-
     def _cleanup(self, connection: SshConnection) -> None:
         connection.run(f"rm -rf {q(self.remote_dir)}")
+
+
+class RemoteFinetune(RemoteRun):
+    """`tcurlora finetune --remote`: the adapter comes back; a stopped run brings its checkpoint back, and a
+    resumed one takes the local checkpoint along (or finds the one a lost connection left on the host)."""
+
+    command = "finetune"
+
+    def __init__(self, job: FinetuneJob, host: RemoteHost) -> None:
+        super().__init__(job, host, job.output)
+        self.output = job.output
+        self.local_checkpoint = self.output.with_name(checkpoint_name(self.output.name))
+
+    def check_outputs(self) -> None:
+        if self.output.exists() and not self.job.force:
+            raise OutputExistsError("the adapter folder exists (use --force to replace it)", self.output)
+
+    def remote_job(self, stage: Path) -> dict[str, Any]:
+        data = stage_finetune(self.job, stage)
+        if self.job.resume and (self.local_checkpoint / "checkpoint.json").is_file():
+            (stage / "out").mkdir()
+            (stage / "out" / self.local_checkpoint.name).symlink_to(self.local_checkpoint.resolve())
+        return data
+
+    def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
+        remote_out = f"{absolute}/out/{self.output.name}"
+        return [(remote_out + ".checkpoint", str(self.local_checkpoint)), (remote_out, str(self.output))]
+
+    def collect(self, connection: SshConnection) -> None:
+        connection.download(f"{self.remote_dir}/out", self.output.name, self.output.parent)
+
+    def keep(self, connection: SshConnection) -> bool:
+        return connection.download(f"{self.remote_dir}/out", self.local_checkpoint.name, self.output.parent)
+
+    def kept_text(self) -> str:
+        return f"its last checkpoint was brought back to {self.local_checkpoint}: resume the run to continue"
+
+
+class RemoteSegment(RemoteRun):
+    """`tcurlora segment --remote`: each segmentation comes back to the path a local run would write."""
+
+    command = "segment"
+
+    def __init__(self, job: SegmentJob, host: RemoteHost) -> None:
+        self.outputs = job.output_paths()
+        super().__init__(job, host, self.outputs[0])
+
+    def check_outputs(self) -> None:
+        for path in self.outputs:
+            if path.exists() and not self.job.force:
+                raise OutputExistsError("the output exists (use --force to replace it)", path)
+
+    def remote_job(self, stage: Path) -> dict[str, Any]:
+        return stage_segment(self.job, stage)
+
+    def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
+        return [(f"{absolute}/out/{i}/{p.name}", str(p)) for i, p in enumerate(self.outputs)]
+
+    def collect(self, connection: SshConnection) -> None:
+        for index, path in enumerate(self.outputs):
+            if not connection.download(f"{self.remote_dir}/out/{index}", path.name, path.parent):
+                raise RemoteError(f"{self.host}: the remote run reported success but wrote no {path.name}")
 
 
 def _kill_script(remote_dir: str, signal_name: str) -> str:
@@ -465,3 +561,25 @@ def _forward_stderr(stream: Any, tail: list[str]) -> None:
         tail[:] = (tail + [line])[-20:]
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------ command line
+def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    """--remote and its companions, for `finetune` and `segment` (docs/scaling.md)."""
+    parser.add_argument("--remote", metavar="USER@HOST[:PORT]",
+                        help="run on this host over SSH (key login, known host key); outputs come back here")
+    parser.add_argument("--remote-command", metavar="CMD",
+                        help="the tcurlora command on the remote host (default: tcurlora)")
+    parser.add_argument("--remote-folder", metavar="DIR",
+                        help=f"where per-run folders go on the remote host (default: ~/{DEFAULT_REMOTE_FOLDER})")
+    parser.add_argument("--ssh-config", type=Path, metavar="FILE", help="ssh client config file (ssh -F)")
+
+
+def remote_handler(args: argparse.Namespace, kind: type[RemoteRun]) -> Callable[[Any, EventSink, CancelToken], dict]:
+    """The command handler that runs the job on `args.remote` (a bad host is reported as an error event)."""
+
+    def handler(job: Any, sink: EventSink, token: CancelToken) -> dict:
+        host = RemoteHost.parse(args.remote, args.remote_command, args.remote_folder, args.ssh_config)
+        return kind(job, host).run(sink, token)
+
+    return handler

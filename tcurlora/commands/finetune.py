@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import METHODS, SELECTIONS, FinetuneJob, case_id_from_path
+from tcurlora.remote import RemoteFinetune, add_remote_arguments, remote_handler
 
 # Flags that describe the job; none of them may be combined with --job.
 JOB_FLAGS = {
@@ -221,31 +222,10 @@ def _run_finetune(job: FinetuneJob, sink, token) -> dict:
     return run_finetune(job, sink, token)
 
 
-def add_remote_arguments(p: argparse.ArgumentParser) -> None:
-    """--remote and its companions (docs/scaling.md)."""
-    p.add_argument("--remote", metavar="USER@HOST[:PORT]",
-                   help="run on this host over SSH (key-based login, known host key); outputs come back here")
-    p.add_argument("--remote-command", metavar="CMD",
-                   help="the tcurlora command on the remote host (default: tcurlora)")
-    p.add_argument("--remote-folder", metavar="DIR",
-                   help="where per-run folders go on the remote host (default: ~/.cache/tcurlora/remote-runs)")
-    p.add_argument("--ssh-config", type=Path, metavar="FILE", help="ssh client config file (ssh -F)")
-
-
-def _remote_handler(args: argparse.Namespace) -> Handler:
-    def handler(job: FinetuneJob, sink, token) -> dict:
-        from tcurlora.remote import RemoteFinetune, RemoteHost
-
-        host = RemoteHost.parse(args.remote, args.remote_command, args.remote_folder, args.ssh_config)
-        return RemoteFinetune(job, host).run(sink, token)
-
-    return handler
-
-
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
     """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, or --remote, stdout)."""
     if handler is None and getattr(args, "remote", None):
-        handler = _remote_handler(args)
+        handler = remote_handler(args, RemoteFinetune)
     return run_cli(
         lambda: build_job(args),
         bool(args.events or args.job is not None),

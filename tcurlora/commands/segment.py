@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SegmentJob, is_image_file, split_extension
+from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
 
 JOB_FLAGS = {
     "base_model": "--base-model",
@@ -57,6 +58,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--force", action="store_const", const=True, help="overwrite existing outputs")
     p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
+    add_remote_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -165,7 +167,9 @@ def _run_segment(job: SegmentJob, sink, token) -> dict:
 
 
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, or --remote, stdout)."""
+    if handler is None and getattr(args, "remote", None):
+        handler = remote_handler(args, RemoteSegment)
     return run_cli(
         lambda: build_job(args),
         bool(args.events or args.job is not None),
