@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -222,13 +223,25 @@ def _run_finetune(job: FinetuneJob, sink, token) -> dict:
     return run_finetune(job, sink, token)
 
 
+def _under_torchrun() -> bool:
+    """Started by torchrun with more than one process (tcurlora.distributed, without importing torch)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
     """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, or --remote, stdout)."""
+    events = bool(args.events or args.job is not None)
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteFinetune)
+    elif handler is None and _under_torchrun():
+        from tcurlora.distributed import run_finetune
+
+        handler = run_finetune
+        if os.environ.get("RANK", "0") != "0":  # rank 0 alone reports; the others only errors, on stderr
+            events, stream = False, sys.stderr
     return run_cli(
         lambda: build_job(args),
-        bool(args.events or args.job is not None),
+        events,
         handler or _run_finetune,
         stream if stream is not None else sys.stdout,
     )
