@@ -99,3 +99,23 @@ def test_batch_must_split_over_processes(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="batch_size 3 does not split over 2 processes"):
         distributed.init(SimpleNamespace(device="cpu", batch_size=3))
     assert not distributed.active()
+
+
+def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    images = [str(hippocampus_dir / "imagesTr" / f"hippocampus_{n:03d}.nii.gz") for n in (1, 3, 6)]
+    common = ["segment", *images, "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+              "--device", "cpu", "--events"]
+    two = start(*common, "--output", str(tmp_path / "two"), nproc=2)
+    one = start(*common, "--output", str(tmp_path / "one"))
+    for process in (one, two):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    done = [e for e in events(out) if e["event"] == "done"]
+    names = [Path(p).name.replace(".nii.gz", "_seg.nii.gz") for p in images]
+    assert len(done) == 1 and done[0]["outputs"]["segmentations"] == [str(tmp_path / "two" / n) for n in names]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(names)
+    for name in names:
+        a, b = (nib.load(str(tmp_path / folder / name)).get_fdata() for folder in ("one", "two"))
+        assert (a == b).all(), name

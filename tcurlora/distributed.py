@@ -1,4 +1,4 @@
-"""`torchrun --nproc-per-node N -m tcurlora finetune ...`: data-parallel fine-tuning with torch.distributed.
+"""`torchrun --nproc-per-node N -m tcurlora finetune|segment ...`: data-parallel fine-tuning and segmentation.
 
 Under torchrun (RANK/WORLD_SIZE set, WORLD_SIZE > 1) every process builds the same model and draws the
 same stream of global batches (`batch_size` patches, seeded by the job); process r trains on patches
@@ -6,7 +6,9 @@ r, r+N, ... of each batch, DistributedDataParallel averages the gradients (gloo 
 so N processes follow the 1-process run up to floating-point rounding. Only rank 0 reports events and
 writes checkpoints and the adapter; a checkpoint resumes with any number of processes (it counts global
 batches). Cancel is agreed on by all ranks at each step, and a rank that dies ends the others with a
-clear error and no adapter. Without torchrun every function here is a no-op pass-through.
+clear error and no adapter. `segment` gives rank r the volumes r, r+N, ... of its list; each output is
+written once, by the rank that segmented it, and rank 0 reports the whole list. Without torchrun every
+function here is a no-op pass-through.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def init(job: Any) -> None:
         torch.cuda.set_device(local_rank)
         job.device = f"cuda:{local_rank}"
     size = int(os.environ["WORLD_SIZE"])
-    if job.batch_size % size:
+    if getattr(job, "batch_size", 0) % size:
         raise ConfigError(f"batch_size {job.batch_size} does not split over {size} processes: use a multiple "
                           f"of {size} (batch_size is the effective batch, shared by the processes)")
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
@@ -152,3 +154,44 @@ def run_finetune(job: Any, sink: Any, token: Any) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
+    """`tcurlora segment` on one rank of a torchrun run: this rank's share of the volumes."""
+    import dataclasses
+
+    from tcurlora.segment import run_segment as segment_all
+
+    init(job)
+    outputs = job.output_paths()
+    mine = list(range(rank(), len(job.inputs), world()))
+    try:
+        result: dict[str, Any] = {"outputs": {"segmentations": []}, "metrics": {"seconds_per_volume": []}}
+        if mine:
+            part = dataclasses.replace(job, inputs=[job.inputs[i] for i in mine],
+                                       outputs=[outputs[i] for i in mine], output_dir=None)
+            if is_writer():
+                sink.log("info", f"{world()} processes: rank 0 segments {len(mine)} of {len(job.inputs)} volumes")
+            result = segment_all(part, sink if is_writer() else RankSink(), token)
+        shares: list[Any] = [None] * world()
+        dist.all_gather_object(shares, (mine, result["outputs"]["segmentations"],
+                                        result["metrics"].get("seconds_per_volume", [])))
+    except (RuntimeError, dist.DistBackendError) as error:
+        if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
+            raise
+        raise DistributedError(
+            f"process {rank()} of {world()} lost its peers ({type(error).__name__}: {str(error)[:200]}): another "
+            "process of the run failed or was killed (see its output)"
+        ) from error
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    if not is_writer():
+        return {"outputs": {}, "metrics": {}}
+    written: list[str | None] = [None] * len(job.inputs)
+    seconds: list[float | None] = [None] * len(job.inputs)
+    for indices, paths, times in shares:
+        for index, path, spent in zip(indices, paths, times):
+            written[index], seconds[index] = path, spent
+    return {"outputs": {"segmentations": written},
+            "metrics": {**result["metrics"], "seconds_per_volume": seconds, "processes": world()}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -168,11 +169,18 @@ def _run_segment(job: SegmentJob, sink, token) -> dict:
 
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
     """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, or --remote, stdout)."""
+    events = bool(args.events or args.job is not None)
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteSegment)
+    elif handler is None and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from tcurlora.distributed import run_segment  # under torchrun: the volumes split across ranks
+
+        handler = run_segment
+        if os.environ.get("RANK", "0") != "0":  # rank 0 alone reports; the others only errors, on stderr
+            events, stream = False, sys.stderr
     return run_cli(
         lambda: build_job(args),
-        bool(args.events or args.job is not None),
+        events,
         handler or _run_segment,
         stream if stream is not None else sys.stdout,
     )
