@@ -141,16 +141,30 @@ def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path
 
 
 def test_cancel_stops_remote_keeps_checkpoint(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
+    """Cancel as the Slicer panels do it: WorkerProcess.cancel() terminates the local worker's whole tree."""
+    from TCURLoRACommon.worker import CANCEL_EXIT_CODES, WorkerProcess
+
     remote_folder = tmp_path / "remote-runs"
     output = tmp_path / "adapter"
     job = job_file(tmp_path, hippocampus_dir, output, iterations=100000, checkpoint_every=2)
-    run = tcurlora("finetune", "--job", str(job), *sshd.remote_args(remote_folder))
-    read_until(run, "checkpoint")
+    argv = [sys.executable, "-m", "tcurlora", "finetune", "--job", str(job), *sshd.remote_args(remote_folder)]
+    worker = WorkerProcess("finetune", job, device="cpu", args=argv)
+    worker.start()
+    seen: list[dict] = []
+    deadline = time.monotonic() + 120
+    while not any(e["event"] == "checkpoint" for e in seen):
+        seen += worker.poll()
+        assert not worker.finished and time.monotonic() < deadline, (seen, worker.tail)
+        time.sleep(0.05)
     pid = remote_pid(remote_folder)
-    run.send_signal(signal.SIGTERM)
-    out, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
-    final = events(out)[-1]
+    worker.cancel()
+    deadline = time.monotonic() + 60
+    while not worker.finished:
+        seen += worker.poll()
+        assert time.monotonic() < deadline, "the cancelled remote run did not end within 60 s"
+        time.sleep(0.05)
+    assert worker.returncode in CANCEL_EXIT_CODES, (worker.returncode, worker.tail)
+    final = seen[-1]
     assert final["event"] == "error" and final["kind"] == "cancelled", final
     assert gone(pid), f"remote worker {pid} still runs after Cancel"
     assert list(remote_folder.iterdir()) == [], "the remote run folder was not removed"

@@ -549,8 +549,12 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
         if text:
             sys.stderr.write(text + "\n")
         return None
-    event = json.loads(text)
-    validate_event(event)
+    try:
+        event = json.loads(text)
+        validate_event(event)
+    except ValueError as error:  # not an event of this protocol version: show it, do not crash the run
+        sys.stderr.write(f"remote output that is not an event ({error}): {text}\n")
+        return None
     return event
 
 
