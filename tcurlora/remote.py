@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -143,6 +144,11 @@ class SshConnection:
 
     def open(self) -> None:
         """Connect (the master runs in the background until `close`); RemoteError when ssh fails."""
+        if os.name == "nt":
+            raise RemoteError("running on a remote host needs OpenSSH connection sharing (ControlMaster), "
+                              "which the Windows OpenSSH client does not have: use Linux or macOS here")
+        if shutil.which("ssh") is None:
+            raise RemoteError("the OpenSSH client (ssh) is not installed here")
         with tempfile.TemporaryFile() as err:
             result = subprocess.run(
                 self.ssh_args("-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-f", "-N",
