@@ -73,6 +73,10 @@ class TCURFineTuneParameterNode:
     headLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     trainModules: str = ""
     spacing: str = "auto"
+    runOn: Annotated[str, Choice(["this computer", "remote host"])] = "this computer"
+    remoteHost: str = ""
+    remoteCommand: str = "tcurlora"
+    sshConfig: str = ""
 
 
 class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -324,18 +328,19 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.start()
 
     def start(self, device: str | None = None) -> None:
-        from TCURFineTuneLib.panel import settings_from_parameters
+        from TCURFineTuneLib.panel import remote_from_parameters, settings_from_parameters
         from TCURFineTuneLib.run import discard_interrupted
 
         from TCURLoRACommon.dependencies import ensure_dependencies
 
         settings = settings_from_parameters(self._parameterNode)  # input errors before any install
+        remote = remote_from_parameters(self._parameterNode)
         if device:
             settings.device = device
         if not ensure_dependencies("TCURLoRA"):
             return
         self.ui.logTextEdit.clear()
-        run = self.logic.start(self.pairs(), settings, self._parameterNode.adapterName)
+        run = self.logic.start(self.pairs(), settings, self._parameterNode.adapterName, remote)
         discard_interrupted(self._parameterNode.resumeJob)  # a new run replaces the one left to resume
         self.startRun(run)
 
@@ -428,10 +433,10 @@ class TCURFineTuneLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return TCURFineTuneParameterNode(super().getParameterNode())
 
-    def start(self, pairs, settings, adapterName: str):
+    def start(self, pairs, settings, adapterName: str, remote=None):
         from TCURFineTuneLib.run import FineTuneRun
 
-        return FineTuneRun(pairs, settings, adapterName).start()
+        return FineTuneRun(pairs, settings, adapterName, remote=remote).start()
 
 
 class TCURFineTuneTest(ScriptedLoadableModuleTest):

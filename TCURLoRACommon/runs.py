@@ -49,11 +49,19 @@ class WorkerRun:
     Subclasses react in `on_event` and `on_done`. `update()` is what the GUI timer calls.
     """
 
-    def __init__(self, job: dict[str, Any], workdir: Path, partial_outputs: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        job: dict[str, Any],
+        workdir: Path,
+        partial_outputs: Sequence[Path] = (),
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.job = job
         self.workdir = workdir
         self.job_path = atomic_write_json(workdir / "job.json", job)
-        self.worker = WorkerProcess(job["command"], self.job_path, job.get("device", "auto"), partial_outputs)
+        self.worker = WorkerProcess(
+            job["command"], self.job_path, job.get("device", "auto"), partial_outputs, extra_args=extra_args
+        )
         self.state = RUNNING
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self.event_count = 0

@@ -83,8 +83,8 @@ class WorkerProcess:
     """`python -m tcurlora <command> --job <job>` in the background; `poll()` hands over its events.
 
     Output is read on a thread into a queue so the GUI thread never blocks; the GUI drains `poll()`
-    from a timer. `partial_outputs` are deleted when the run is cancelled or fails. `args` replaces the
-    command line (tests).
+    from a timer. `partial_outputs` are deleted when the run is cancelled or fails. `extra_args` follow
+    `--job` (e.g. `--remote user@host`: TCURLoRACommon.remote). `args` replaces the command line (tests).
     """
 
     def __init__(
@@ -94,9 +94,12 @@ class WorkerProcess:
         device: str = "auto",
         partial_outputs: Sequence[str | Path] = (),
         args: Sequence[str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.args = (
-            list(args) if args else [python_executable(), "-m", "tcurlora", command, "--job", str(job_path)]
+            list(args)
+            if args
+            else [python_executable(), "-m", "tcurlora", command, "--job", str(job_path), *extra_args]
         )
         self.device = device
         self.partial_outputs = [Path(p) for p in partial_outputs]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from tcurlora import distributed  # torchrun (issue 13): no-ops without it
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
@@ -170,6 +171,7 @@ class Trainer:
         self.learning_rates = learning_rates(job)
         self.learning_rate = self.learning_rates["adapter"]
         self.optimizer = build_optimizer(self.adapted, self.learning_rates, job.method)
+        self.forward = distributed.wrap(self.adapted, self.device)  # torchrun: DDP (tcurlora.distributed)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
@@ -186,7 +188,7 @@ class Trainer:
         if job.resume:
             self.state = load_checkpoint(ckpt, self.adapted, self.optimizer, self.job_record())
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
-        batches = self.setup.batches(seed_offset=0)
+        batches = distributed.shard(self.setup.batches(seed_offset=0))  # torchrun: this rank's patches
         for _ in range(self.state.iteration):  # a resumed run sees the batches an uninterrupted one would
             next(batches)
         total = job.iterations
@@ -197,7 +199,7 @@ class Trainer:
         start_iteration = self.state.iteration
         self.adapted.train()
         while self.state.iteration < total:
-            self.token.raise_if_cancelled()
+            distributed.raise_if_cancelled(self.token)  # torchrun: all ranks stop at the same step
             loss = self.step(next(batches), total)
             self.state.iteration += 1
             self.state.losses.append(loss)
@@ -213,7 +215,7 @@ class Trainer:
             eta = (elapsed - previous_elapsed) / done_now * (total - it) if done_now else None
             sink.progress(iteration=it, total=total, loss=loss, val_dice=val, eta_s=eta,
                           lr=self.optimizer.param_groups[0]["lr"])
-            if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total:
+            if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total and distributed.is_writer():
                 self.state.elapsed_s = elapsed
                 path = save_checkpoint(ckpt, self.adapted, self.optimizer, self.state, self.job_record())
                 sink.checkpoint(iteration=it, path=str(path))
@@ -234,7 +236,7 @@ class Trainer:
         label = batch["label"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
-            logits = self.adapted(image)
+            logits = self.forward(image)
         loss = self.loss_fn(logits.float(), label)
         if not torch.isfinite(loss):
             raise InputError(f"the loss became {loss.item()} at iteration {self.state.iteration + 1}: "
@@ -242,7 +244,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach())
+        return distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -266,6 +268,8 @@ class Trainer:
         from tcurlora.adapters.io import save_adapter
 
         setup, state = self.setup, self.state
+        if not distributed.is_writer():  # torchrun: rank 0 alone writes the adapter
+            return {"outputs": {}, "metrics": {}}
         tail = state.losses[-max(1, min(10, len(state.losses))):]
         metrics: dict[str, Any] = {
             "final_loss": sum(tail) / len(tail),

@@ -15,6 +15,7 @@ from tcurlora.fsutil import atomic_write_json
 from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.curves import TrainingCurves
 from TCURLoRACommon.jobs import FineTuneSettings, finetune_job
+from TCURLoRACommon.remote import RemoteSettings
 from TCURLoRACommon.runs import CANCELLED, FAILED, WorkerRun, new_workdir
 
 RUN_INFO = "run.json"  # next to job.json: what the panel needs to resume (the adapter's name)
@@ -59,6 +60,9 @@ def discard_interrupted(job_path: str | Path) -> None:
 class FineTuneRun(WorkerRun):
     """Trains an adapter on scene cases; on success it lands in the model library as `adapter_name`.
 
+    With `remote` the worker runs on that host over SSH (tcurlora.remote); events, Cancel, outputs and the
+    checkpoint to resume from behave as for a local run.
+
     The worker writes into a hidden staging folder of the library, which is renamed into place only after
     the `done` event; a failed or cancelled run deletes it, so the library never lists a partial adapter.
     Its checkpoint (a hidden sibling) stays until the run is resumed or discarded.
@@ -71,6 +75,7 @@ class FineTuneRun(WorkerRun):
         adapter_name: str,
         workdir: Path | None = None,
         curves: bool = True,
+        remote: RemoteSettings | None = None,
     ) -> None:
         if not adapter_name.strip():
             raise InputError("give the adapter a name")
@@ -79,16 +84,21 @@ class FineTuneRun(WorkerRun):
         job = finetune_job(
             settings, cases, names, class_colors(pairs, names), library.staging_path(adapter_name)
         )
-        atomic_write_json(workdir / RUN_INFO, {"adapter_name": adapter_name})
-        self._setup(job, workdir, adapter_name, curves)
+        info = {"adapter_name": adapter_name, "remote": remote.to_dict() if remote else None}
+        atomic_write_json(workdir / RUN_INFO, info)
+        self._setup(job, workdir, adapter_name, curves, remote)
 
-    def _setup(self, job: dict[str, Any], workdir: Path, adapter_name: str, curves: bool) -> None:
+    def _setup(
+        self, job: dict[str, Any], workdir: Path, adapter_name: str, curves: bool, remote: RemoteSettings | None
+    ) -> None:
+        self.remote = remote  # None: on this computer
         self.label_names = list(job["label_names"])
         self.adapter_name = adapter_name
         self.staging = Path(job["output"])
         self.adapter: library.AdapterEntry | None = None
         self.curves = TrainingCurves(self.label_names, f"TCURLoRA {adapter_name}") if curves else None
-        WorkerRun.__init__(self, job, workdir, partial_outputs=[self.staging])
+        extra_args = remote.worker_args() if remote else ()
+        WorkerRun.__init__(self, job, workdir, partial_outputs=[self.staging], extra_args=extra_args)
 
     @classmethod
     def resume(cls, job_path: str | Path, curves: bool = True) -> FineTuneRun:
@@ -99,7 +109,8 @@ class FineTuneRun(WorkerRun):
         job = {**_read_job(path), "resume": True}
         info = read_json_object(path.parent / RUN_INFO, "run info")
         run = cls.__new__(cls)
-        run._setup(job, path.parent, str(info.get("adapter_name") or "adapter"), curves)
+        remote = RemoteSettings.from_dict(info.get("remote"))  # resumed where it ran
+        run._setup(job, path.parent, str(info.get("adapter_name") or "adapter"), curves, remote)
         return run
 
     @property

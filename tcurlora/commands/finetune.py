@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -10,6 +11,7 @@ from typing import Any, TextIO
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import METHODS, SELECTIONS, FinetuneJob, case_id_from_path
+from tcurlora.remote import RemoteFinetune, add_remote_arguments, remote_handler
 
 # Flags that describe the job; none of them may be combined with --job.
 JOB_FLAGS = {
@@ -137,6 +139,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_const", const=True, help="replace an existing adapter folder")
     p.add_argument("--resume", action="store_const", const=True, help="continue from the last checkpoint")
     p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
+    add_remote_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -215,11 +218,25 @@ def _run_finetune(job: FinetuneJob, sink, token) -> dict:
     return run_finetune(job, sink, token)
 
 
+def _under_torchrun() -> bool:
+    """Started by torchrun with more than one process (tcurlora.distributed, without importing torch)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, or --remote, stdout)."""
+    events = bool(args.events or args.job is not None)
+    if handler is None and getattr(args, "remote", None):
+        handler = remote_handler(args, RemoteFinetune)
+    elif handler is None and _under_torchrun():
+        from tcurlora.distributed import run_finetune
+
+        handler = run_finetune
+        if os.environ.get("RANK", "0") != "0":  # rank 0 alone reports; the others only errors, on stderr
+            events, stream = False, sys.stderr
     return run_cli(
         lambda: build_job(args),
-        bool(args.events or args.job is not None),
+        events,
         handler or _run_finetune,
         stream if stream is not None else sys.stdout,
     )

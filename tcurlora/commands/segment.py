@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, TextIO
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SegmentJob, is_image_file, split_extension
+from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
 
 JOB_FLAGS = {
     "base_model": "--base-model",
@@ -57,6 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--force", action="store_const", const=True, help="overwrite existing outputs")
     p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
+    add_remote_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -165,10 +168,19 @@ def _run_segment(job: SegmentJob, sink, token) -> dict:
 
 
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, or --remote, stdout)."""
+    events = bool(args.events or args.job is not None)
+    if handler is None and getattr(args, "remote", None):
+        handler = remote_handler(args, RemoteSegment)
+    elif handler is None and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from tcurlora.distributed import run_segment  # under torchrun: the volumes split across ranks
+
+        handler = run_segment
+        if os.environ.get("RANK", "0") != "0":  # rank 0 alone reports; the others only errors, on stderr
+            events, stream = False, sys.stderr
     return run_cli(
         lambda: build_job(args),
-        bool(args.events or args.job is not None),
+        events,
         handler or _run_segment,
         stream if stream is not None else sys.stdout,
     )

@@ -1,0 +1,65 @@
+"""Run on: this computer | remote host. What the panels need to run their worker on a GPU server over SSH:
+the settings, checked, and the worker arguments they stand for (`tcurlora ... --remote`, see
+tcurlora.remote and docs/scaling.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+THIS_COMPUTER, REMOTE_HOST = "this computer", "remote host"
+RUN_ON = (THIS_COMPUTER, REMOTE_HOST)
+
+
+@dataclass
+class RemoteSettings:
+    """Where the worker runs: `user@host[:port]`, the remote tcurlora command, an optional ssh config file
+    and remote run folder (empty: ssh's own config, the default folder)."""
+
+    host: str
+    command: str = "tcurlora"
+    ssh_config: str = ""
+    folder: str = ""
+
+    def worker_args(self) -> list[str]:
+        """The flags added to the local `tcurlora <command> --job job.json` worker."""
+        args = ["--remote", self.host, "--remote-command", self.command]
+        if self.ssh_config:
+            args += ["--ssh-config", self.ssh_config]
+        if self.folder:
+            args += ["--remote-folder", self.folder]
+        return args
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RemoteSettings | None:
+        """The settings a run.json saved, or None for a local run."""
+        if not isinstance(data, dict) or not data.get("host"):
+            return None
+        return remote_settings(
+            REMOTE_HOST, str(data["host"]), str(data.get("command") or "tcurlora"),
+            str(data.get("ssh_config") or ""), str(data.get("folder") or ""),
+        )
+
+
+def remote_settings(
+    run_on: str, host: str, command: str = "tcurlora", ssh_config: str = "", folder: str = ""
+) -> RemoteSettings | None:
+    """None for "this computer"; for "remote host" the checked settings (InputError naming the problem)."""
+    from tcurlora.errors import InputError
+
+    if run_on not in RUN_ON:
+        raise InputError(f"run on {run_on!r}: choose {' or '.join(RUN_ON)}")
+    if run_on == THIS_COMPUTER:
+        return None
+    if not host.strip():
+        raise InputError("give the remote host as user@host or user@host:port")
+    from tcurlora.remote import RemoteError, RemoteHost
+
+    try:
+        RemoteHost.parse(host, command.strip() or "tcurlora", folder or None, ssh_config or None)
+    except RemoteError as error:
+        raise InputError(error.problem) from None
+    return RemoteSettings(host.strip(), command.strip() or "tcurlora", ssh_config.strip(), folder.strip())

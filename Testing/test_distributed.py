@@ -1,0 +1,121 @@
+"""`torchrun --nproc-per-node 2 -m tcurlora finetune` on the CPU (gloo), real processes: the same effective
+batch gives the 1-process result, rank 0 alone reports and writes, and a killed rank ends the run with a
+clear error and no adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from safetensors.numpy import load_file
+from trust_testing import hippo_case
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
+
+
+def job_file(path: Path, folder: Path, output: Path, **changes) -> Path:
+    job = {
+        "command": "finetune", "base_model": "preset:unetr-tiny",
+        "cases": [hippo_case(folder, 1), hippo_case(folder, 3)], "label_names": ["anterior", "posterior"],
+        "rank": 4, "iterations": 3, "batch_size": 2, "patch_size": [32, 32, 32], "seed": 3,
+        "device": "cpu", "amp": False, "checkpoint_every": 0, "output": str(output), **changes,
+    }
+    path.write_text(json.dumps(job))
+    return path
+
+
+def start(*argv: str, nproc: int = 0) -> subprocess.Popen:
+    assert TORCHRUN, "torchrun is part of torch"
+    prefix = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"] if nproc else [sys.executable]
+    return subprocess.Popen([*prefix, "-m", "tcurlora", *argv], env=ENV, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
+    one = start("finetune", "--job", str(job_file(tmp_path / "one.json", hippocampus_dir, tmp_path / "one")))
+    two = start("finetune", "--job", str(job_file(tmp_path / "two.json", hippocampus_dir, tmp_path / "two")), nproc=2)
+    out_one, err_one = one.communicate(timeout=300)
+    out_two, err_two = two.communicate(timeout=300)
+    assert one.returncode == 0, err_one
+    assert two.returncode == 0, err_two
+    e1, e2 = events(out_one), events(out_two)
+    kinds = [e["event"] for e in e2]
+    assert kinds.count("started") == 1 and kinds.count("done") == 1 and kinds[-1] == "done", kinds
+    assert len([e for e in e2 if e["event"] == "progress"]) == 3, "rank 1 must not report progress"
+    losses = [[e["loss"] for e in ev if e["event"] == "progress"] for ev in (e1, e2)]
+    assert np.allclose(losses[0], losses[1], rtol=1e-5), losses
+    a, b = load_file(str(tmp_path / "one" / "adapter.safetensors")), load_file(str(tmp_path / "two" / "adapter.safetensors"))
+    assert sorted(a) == sorted(b) and a
+    for key in a:
+        assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-4), (key, np.abs(a[key] - b[key]).max())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.json", "two", "two.json"]
+
+
+def test_killed_rank_ends_the_run(hippocampus_dir: Path, tmp_path: Path) -> None:
+    job = job_file(tmp_path / "job.json", hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2)
+    run = start("finetune", "--job", str(job), nproc=2)
+    deadline = time.monotonic() + 180
+    for line in run.stdout:
+        if line.startswith("{") and json.loads(line)["event"] == "checkpoint":
+            break
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+    workers = [p for p in psutil.Process(run.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert workers, "rank 1 not found"
+    workers[0].kill()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode != 0
+    final = events(out)[-1]
+    assert final["event"] == "error" and final["kind"] in ("distributed", "cancelled"), final
+    if final["kind"] == "distributed":
+        assert "another process of the run failed or was killed" in final["message"], final
+    assert not (tmp_path / "adapter").exists(), "no adapter may be written when a rank dies"
+    assert (tmp_path / "adapter.checkpoint" / "checkpoint.json").is_file(), "the last checkpoint is kept"
+
+
+def test_batch_must_split_over_processes(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from tcurlora import distributed
+    from tcurlora.errors import ConfigError
+
+    assert not distributed.launched(), "plain pytest is not a torchrun worker"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched()
+    with pytest.raises(ConfigError, match="batch_size 3 does not split over 2 processes"):
+        distributed.init(SimpleNamespace(device="cpu", batch_size=3))
+    assert not distributed.active()
+
+
+def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    images = [str(hippocampus_dir / "imagesTr" / f"hippocampus_{n:03d}.nii.gz") for n in (1, 3, 6)]
+    common = ["segment", *images, "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+              "--device", "cpu", "--events"]
+    two = start(*common, "--output", str(tmp_path / "two"), nproc=2)
+    one = start(*common, "--output", str(tmp_path / "one"))
+    for process in (one, two):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    done = [e for e in events(out) if e["event"] == "done"]
+    names = [Path(p).name.replace(".nii.gz", "_seg.nii.gz") for p in images]
+    assert len(done) == 1 and done[0]["outputs"]["segmentations"] == [str(tmp_path / "two" / n) for n in names]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(names)
+    for name in names:
+        a, b = (nib.load(str(tmp_path / folder / name)).get_fdata() for folder in ("one", "two"))
+        assert (a == b).all(), name

@@ -1,0 +1,233 @@
+"""`tcurlora finetune --remote` against a real OpenSSH server on 127.0.0.1 (see sshd_testing): the adapter
+equals a local run's, Cancel stops the remote process and brings the checkpoint back, a cut connection
+and a wrong host key end the run with a clear error, and the remote run folder is always removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from safetensors.numpy import load_file
+from sshd_testing import REPO_ROOT, LoopbackSshd, start_sshd
+from trust_testing import hippo_case
+
+from tcurlora.remote import RemoteError, RemoteHost
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory) -> Iterator[LoopbackSshd]:
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def job_file(folder: Path, hippocampus_dir: Path, output: Path, **changes) -> Path:
+    job = {
+        "command": "finetune",
+        "base_model": "preset:unetr-tiny",
+        "cases": [hippo_case(hippocampus_dir, 1), hippo_case(hippocampus_dir, 3)],
+        "label_names": ["anterior", "posterior"],
+        "rank": 4,
+        "iterations": 3,
+        "batch_size": 1,
+        "patch_size": [32, 32, 32],
+        "seed": 7,
+        "device": "cpu",
+        "amp": False,
+        "checkpoint_every": 0,
+        "output": str(output),
+        **changes,
+    }
+    path = folder / "job.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+def tcurlora(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tcurlora", *argv], env=ENV, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def in_process(*argv: str) -> int:
+    """`tcurlora ARGV` in this process on one thread, as the remote worker computes (no process start-up)."""
+    import torch
+
+    from tcurlora.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(list(argv))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def read_until(process: subprocess.Popen, kind: str, timeout: float = 120) -> list[dict]:
+    """Events up to and including the first of `kind` (the process keeps running)."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if line.startswith("{"):
+            seen.append(json.loads(line))
+            if seen[-1]["event"] == kind:
+                return seen
+            assert seen[-1]["event"] not in ("done", "error"), seen[-1]
+        assert time.monotonic() < deadline, f"no {kind} event within {timeout} s"
+    raise AssertionError(f"output ended before a {kind} event: {seen}; {process.stderr.read()}")
+
+
+def remote_pid(remote_folder: Path) -> int:
+    (run,) = remote_folder.iterdir()
+    return int((run / "pid").read_text())
+
+
+def gone(pid: int, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_parse_targets() -> None:
+    host = RemoteHost.parse("ana@gpu.lab.org:2222", "/opt/venv/bin/tcurlora")
+    assert (host.user, host.host, host.port, host.command) == ("ana", "gpu.lab.org", 2222, "/opt/venv/bin/tcurlora")
+    assert str(RemoteHost.parse("gpu")) == "gpu" and RemoteHost.parse("gpu").command == "tcurlora"
+    for bad in ("", "a@b@c", "host:99999", "host:port", "user@"):
+        with pytest.raises(RemoteError, match="remote host"):
+            RemoteHost.parse(bad)
+
+
+def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "local").mkdir()
+    (tmp_path / "remote").mkdir()
+    remote_folder = tmp_path / "remote-runs"
+    job = job_file(tmp_path / "remote", hippocampus_dir, tmp_path / "a_remote")
+    remote = tcurlora("finetune", "--job", str(job), *sshd.remote_args(remote_folder))
+    local_job = job_file(tmp_path / "local", hippocampus_dir, tmp_path / "a_local")
+    assert in_process("finetune", "--job", str(local_job)) == 0
+    out, err = remote.communicate(timeout=300)
+    assert remote.returncode == 0, err
+    seen = events(out)
+    kinds = [e["event"] for e in seen]
+    assert kinds[0] == "log" and "started" in kinds and kinds[-1] == "done", kinds
+    assert [e["iteration"] for e in seen if e["event"] == "progress"][-1] == 3
+    assert seen[-1]["outputs"]["adapter"] == str(tmp_path / "a_remote"), seen[-1]
+    a, b = (load_file(str(tmp_path / name / "adapter.safetensors")) for name in ("a_local", "a_remote"))
+    assert sorted(a) == sorted(b) and a
+    for key in a:
+        assert (a[key] == b[key]).all(), key
+    assert list(remote_folder.iterdir()) == [], "the remote run folder was not removed"
+
+
+def test_cancel_stops_remote_keeps_checkpoint(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
+    """Cancel as the Slicer panels do it: WorkerProcess.cancel() terminates the local worker's whole tree."""
+    from TCURLoRACommon.worker import CANCEL_EXIT_CODES, WorkerProcess
+
+    remote_folder = tmp_path / "remote-runs"
+    output = tmp_path / "adapter"
+    job = job_file(tmp_path, hippocampus_dir, output, iterations=100000, checkpoint_every=2)
+    argv = [sys.executable, "-m", "tcurlora", "finetune", "--job", str(job), *sshd.remote_args(remote_folder)]
+    worker = WorkerProcess("finetune", job, device="cpu", args=argv)
+    worker.start()
+    seen: list[dict] = []
+    deadline = time.monotonic() + 120
+    while not any(e["event"] == "checkpoint" for e in seen):
+        seen += worker.poll()
+        assert not worker.finished and time.monotonic() < deadline, (seen, worker.tail)
+        time.sleep(0.05)
+    pid = remote_pid(remote_folder)
+    worker.cancel()
+    deadline = time.monotonic() + 60
+    while not worker.finished:
+        seen += worker.poll()
+        assert time.monotonic() < deadline, "the cancelled remote run did not end within 60 s"
+        time.sleep(0.05)
+    assert worker.returncode in CANCEL_EXIT_CODES, (worker.returncode, worker.tail)
+    final = seen[-1]
+    assert final["event"] == "error" and final["kind"] == "cancelled", final
+    assert gone(pid), f"remote worker {pid} still runs after Cancel"
+    assert list(remote_folder.iterdir()) == [], "the remote run folder was not removed"
+    assert not output.exists(), "a cancelled run must not leave an adapter"
+    assert (tmp_path / "adapter.checkpoint" / "checkpoint.json").is_file(), "the checkpoint did not come back"
+
+
+def test_lost_connection_is_reported_and_resumable(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
+    remote_folder = tmp_path / "remote-runs"
+    job = job_file(tmp_path, hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2)
+    run = tcurlora("finetune", "--job", str(job), *sshd.remote_args(remote_folder))
+    read_until(run, "checkpoint")
+    pid = remote_pid(remote_folder)
+    for session in sshd.session_processes():  # the server side of the connection dies
+        session.kill()
+    out, err = run.communicate(timeout=90)
+    assert run.returncode == 5, (out, err)
+    final = events(out)[-1]
+    assert final["event"] == "error" and final["kind"] == "connection_lost", final
+    assert "lost the SSH connection" in final["message"] and "resume" in final["message"], final
+    assert gone(pid), f"remote worker {pid} still runs after the connection was lost"
+    assert list(remote_folder.iterdir()) == []
+    saved = json.loads((tmp_path / "adapter.checkpoint" / "checkpoint.json").read_text())["iteration"]
+    assert saved >= 2
+    resumed = tcurlora("finetune", "--job", str(job), "--resume", *sshd.remote_args(remote_folder))
+    first = next(e for e in read_until(resumed, "progress") if e["event"] == "progress")
+    assert first["iteration"] == saved + 1, (first, saved)
+    resumed.send_signal(signal.SIGTERM)
+    resumed.communicate(timeout=60)
+    assert resumed.returncode == 130
+
+
+def test_host_key_mismatch_is_refused(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {' '.join(other)}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(sshd.ssh_config.read_text().replace(str(sshd.known_hosts), str(known)))
+    remote_folder = tmp_path / "remote-runs"
+    args = sshd.remote_args(remote_folder)
+    args[args.index("--ssh-config") + 1] = str(config)
+    run = tcurlora("finetune", "--job", str(job_file(tmp_path, hippocampus_dir, tmp_path / "a")), *args)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 5, (out, err)
+    final = events(out)[-1]
+    assert final["kind"] == "connection" and "host key" in final["message"], final
+    assert not remote_folder.exists() and not (tmp_path / "a").exists()
+
+
+def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    common = ["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+              "--device", "cpu", "--events"]
+    remote_folder = tmp_path / "remote-runs"
+    remote = tcurlora(*common, "--output", str(tmp_path / "remote"), *sshd.remote_args(remote_folder))
+    assert in_process(*common, "--output", str(tmp_path / "local")) == 0
+    out, err = remote.communicate(timeout=300)
+    assert remote.returncode == 0, err
+    written = events(out)[-1]["outputs"]["segmentations"]
+    assert written == [str(tmp_path / "remote" / "hippocampus_001_seg.nii.gz")], written
+    a, b = (nib.load(str(tmp_path / name / "hippocampus_001_seg.nii.gz")) for name in ("local", "remote"))
+    assert (a.get_fdata() == b.get_fdata()).all() and (a.affine == b.affine).all()
+    assert list(remote_folder.iterdir()) == []

@@ -1,0 +1,197 @@
+"""`torchrun --nproc-per-node N -m tcurlora finetune|segment ...`: data-parallel fine-tuning and segmentation.
+
+Under torchrun (RANK/WORLD_SIZE set, WORLD_SIZE > 1) every process builds the same model and draws the
+same stream of global batches (`batch_size` patches, seeded by the job); process r trains on patches
+r, r+N, ... of each batch, DistributedDataParallel averages the gradients (gloo on the CPU, NCCL on GPUs),
+so N processes follow the 1-process run up to floating-point rounding. Only rank 0 reports events and
+writes checkpoints and the adapter; a checkpoint resumes with any number of processes (it counts global
+batches). Cancel is agreed on by all ranks at each step, and a rank that dies ends the others with a
+clear error and no adapter. `segment` gives rank r the volumes r, r+N, ... of its list; each output is
+written once, by the rank that segmented it, and rank 0 reports the whole list. Without torchrun every
+function here is a no-op pass-through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tcurlora.errors import EXIT_INTERNAL, CancelledError, ConfigError, TCURLoRAError
+from tcurlora.jobs.events import BaseSink, describe_event
+
+# How long a collective waits for a rank that stopped answering (a rank that dies is noticed at once).
+TIMEOUT_S = float(os.environ.get("TCURLORA_DIST_TIMEOUT_S", "600"))
+
+
+class DistributedError(TCURLoRAError):
+    """Another process of a torchrun run failed or vanished."""
+
+    kind = "distributed"
+    exit_code = EXIT_INTERNAL
+
+
+def launched() -> bool:
+    """True when this process is one of several started by torchrun."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes outputs, checkpoints and events (rank 0, or no torchrun)."""
+    return rank() == 0
+
+
+def init(job: Any) -> None:
+    """Join the process group: NCCL with one GPU per local rank when CUDA is used, else gloo."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and job.device in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        job.device = f"cuda:{local_rank}"
+    size = int(os.environ["WORLD_SIZE"])
+    if getattr(job, "batch_size", 0) % size:
+        raise ConfigError(f"batch_size {job.batch_size} does not split over {size} processes: use a multiple "
+                          f"of {size} (batch_size is the effective batch, shared by the processes)")
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+
+
+def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module to call in training steps: DistributedDataParallel over `module` under torchrun."""
+    if not active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard(batches: Iterator[dict]) -> Iterator[dict]:
+    """This rank's part (patches r, r+N, ...) of every global batch; the batches themselves unchanged alone."""
+    if not active():
+        yield from batches
+        return
+    r, n = rank(), world()
+    for batch in batches:
+        yield {k: v[r::n] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in batch.items()}
+
+
+def mean(value: float) -> float:
+    """The mean of `value` over the ranks (the loss of the whole effective batch)."""
+    if not active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / world()
+
+
+def raise_if_cancelled(token: Any) -> None:
+    """Stop every rank at the same step when any of them was asked to stop (SIGTERM reaches them apart)."""
+    if not active():
+        token.raise_if_cancelled()
+        return
+    flag = torch.tensor([1.0 if token.cancelled else 0.0], device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        raise CancelledError(f"{token.reason or 'cancelled on another process'}: stopped before finishing; "
+                             "the last checkpoint is kept")
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+class RankSink(BaseSink):
+    """What ranks other than 0 report: only errors and warnings, on stderr, marked with the rank."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if event["event"] == "error" or (event["event"] == "log" and event.get("level") == "warning"):
+            sys.stderr.write(f"tcurlora rank {rank()}: {describe_event(event)}\n")
+            sys.stderr.flush()
+
+
+def run_finetune(job: Any, sink: Any, token: Any) -> dict[str, Any]:
+    """`tcurlora finetune` on one rank of a torchrun run (see the module docstring)."""
+    from tcurlora.output_lock import OutputLock
+    from tcurlora.train import Trainer, checkpoint_dir, validate_output
+    from tcurlora.training_setup import prepare_training
+
+    init(job)
+    output = Path(job.output)
+    try:
+        lock = OutputLock(output) if is_writer() else contextlib.nullcontext()
+        with lock as held:
+            if held is not None:
+                held.sweep(checkpoint_dir(output))
+            validate_output(output, job.force, job.resume)
+            setup = prepare_training(job, sink if is_writer() else RankSink())
+            return Trainer(job, setup, sink if is_writer() else RankSink(), token).run(output)
+    except (RuntimeError, dist.DistBackendError) as error:
+        if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
+            raise
+        raise DistributedError(
+            f"process {rank()} of {world()} lost its peers ({type(error).__name__}: {str(error)[:200]}): another "
+            "process of the run failed or was killed (see its output); no adapter was written, the last "
+            "checkpoint is kept"
+        ) from error
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
+    """`tcurlora segment` on one rank of a torchrun run: this rank's share of the volumes."""
+    import dataclasses
+
+    from tcurlora.segment import run_segment as segment_all
+
+    init(job)
+    outputs = job.output_paths()
+    mine = list(range(rank(), len(job.inputs), world()))
+    try:
+        result: dict[str, Any] = {"outputs": {"segmentations": []}, "metrics": {"seconds_per_volume": []}}
+        if mine:
+            part = dataclasses.replace(job, inputs=[job.inputs[i] for i in mine],
+                                       outputs=[outputs[i] for i in mine], output_dir=None)
+            if is_writer():
+                sink.log("info", f"{world()} processes: rank 0 segments {len(mine)} of {len(job.inputs)} volumes")
+            result = segment_all(part, sink if is_writer() else RankSink(), token)
+        shares: list[Any] = [None] * world()
+        dist.all_gather_object(shares, (mine, result["outputs"]["segmentations"],
+                                        result["metrics"].get("seconds_per_volume", [])))
+    except (RuntimeError, dist.DistBackendError) as error:
+        if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
+            raise
+        raise DistributedError(
+            f"process {rank()} of {world()} lost its peers ({type(error).__name__}: {str(error)[:200]}): another "
+            "process of the run failed or was killed (see its output)"
+        ) from error
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    if not is_writer():
+        return {"outputs": {}, "metrics": {}}
+    written: list[str | None] = [None] * len(job.inputs)
+    seconds: list[float | None] = [None] * len(job.inputs)
+    for indices, paths, times in shares:
+        for index, path, spent in zip(indices, paths, times):
+            written[index], seconds[index] = path, spent
+    return {"outputs": {"segmentations": written},
+            "metrics": {**result["metrics"], "seconds_per_volume": seconds, "processes": world()}}
