@@ -48,7 +48,8 @@ def run_cli(argv: list[str]) -> int:
 def test_repository_configs_load_and_expand_the_issue_grid():
     names = sorted(p.stem for p in CONFIGS.glob("*.json"))
     assert names == [
-        "hippocampus", "hippocampus-cpu", "left_atrium", "left_atrium-cpu", "paper-size-gpu", "quick-cpu"
+        "hippocampus", "hippocampus-cpu", "hippocampus-default", "left_atrium", "left_atrium-cpu",
+        "left_atrium-default", "paper-size-gpu", "quick-cpu",
     ]
     hippocampus = load_config(CONFIGS / "hippocampus.json")
     labels = [m.label for m in hippocampus.methods]
@@ -69,6 +70,12 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         cut = load_config(CONFIGS / f"{name}.json")  # the CPU cut keeps the full grid's test split
         assert cut.test_cases == full.test_cases and cut.data == full.data and set(cut.k) <= set(full.k)
         assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {m.label for m in cut.methods}
+    for name, full, k in (("hippocampus-default", hippocampus, 10), ("left_atrium-default", atrium, 8)):
+        acceptance = load_config(CONFIGS / f"{name}.json")  # issue 10: the default recipe vs its peers
+        assert acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
+        assert acceptance.iterations == 500 and acceptance.spacing == "auto"
+        assert [m.label for m in acceptance.methods] == [
+            "tcur-r8-topnorm+conv+encoder1,decoder2", "decoder", "full", "lora-r8", "head"]
 
 
 def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
