@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.transforms import validation_transforms
+from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.fsutil import atomic_write_text
+from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
@@ -264,18 +266,6 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
     return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) -> dict[int, float]:
-    """Hard Dice of every class present in the reference (classes absent from both are skipped)."""
-    scores = {}
-    for c in classes:
-        p, g = pred == c, label == c
-        total = int(p.sum() + g.sum())
-        if int(g.sum()) == 0:
-            continue
-        scores[c] = 2.0 * float((p & g).sum()) / total
-    return scores
-
-
 @torch.no_grad()
 def evaluate_sources(
     model: torch.nn.Module, sources: list[SourceData], spec: ModelSpec, device: torch.device
@@ -293,7 +283,7 @@ def evaluate_sources(
                 image, spec.patch_size, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
             )
             pred = logits.argmax(1)[0].cpu()
-            scores = dice_per_class(pred, volume.label.long(), source.classes)
+            scores = dice_by_class(pred, volume.label.long(), source.classes, skip_absent=True)
             per_volume[volume.case_id] = {spec.labels[c]: round(s, 4) for c, s in scores.items()}
             for c, s in scores.items():
                 per_class.setdefault(spec.labels[c], []).append(s)
@@ -428,9 +418,9 @@ def run_pretrain(
                   "lr": learning_rate(config, step), "time_s": round(elapsed, 2)}  # fmt: skip
         records.append(record)
         if (step + 1) % 20 == 0:
-            eta = elapsed / (step + 1) * (config.iterations - step - 1)
+            eta = eta_seconds(elapsed, step + 1, config.iterations - step - 1)
             recent = np.mean([r["loss"] for r in records[-20:]])
-            log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} eta {eta / 60:.1f} min")
+            log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.iterations:
             card = build_card(config, spec, sources, iterations_done=step + 1, device=described,
                               wall_s=elapsed, metrics={}, final=False)  # fmt: skip

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,8 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
+from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.jobs.events import eta_seconds
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 
@@ -105,16 +106,6 @@ def autocast_context(device: torch.device, enabled: bool):
         return torch.autocast(device_type="cpu", enabled=False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> list[float]:
-    """Dice of each foreground class between two integer label volumes (1.0 when both are empty)."""
-    scores = []
-    for label in range(1, num_classes):
-        pred, ref = prediction == label, reference == label
-        denominator = int(pred.sum()) + int(ref.sum())
-        scores.append(1.0 if denominator == 0 else 2.0 * int((pred & ref).sum()) / denominator)
-    return scores
 
 
 def save_checkpoint(folder: Path, adapted, optimizer, state: TrainingState, job_record: dict) -> Path:
@@ -210,8 +201,8 @@ class Trainer:
                     self.best_state = self.adapted.adapter_state_dict()
             done_now = it - start_iteration
             elapsed = time.monotonic() - started
-            eta = (elapsed - previous_elapsed) / done_now * (total - it) if done_now else None
-            sink.progress(iteration=it, total=total, loss=loss, val_dice=val, eta_s=eta,
+            sink.progress(iteration=it, total=total, loss=loss, val_dice=val,
+                          eta_s=eta_seconds(elapsed - previous_elapsed, done_now, total - it),
                           lr=self.optimizer.param_groups[0]["lr"])
             if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total:
                 self.state.elapsed_s = elapsed
@@ -257,7 +248,8 @@ class Trainer:
                 logits = sliding_window_inference(image, self.setup.patch_size, 2, self.adapted,
                                                   overlap=0.25, mode="gaussian")
             prediction = logits.argmax(1)[0].cpu()
-            for index, score in enumerate(dice_per_class(prediction, volume["label"][0].long(), len(names) + 1)):
+            scores = dice_by_class(prediction, volume["label"][0].long(), range(1, len(names) + 1))
+            for index, score in enumerate(scores.values()):
                 per_class[index].append(score)
         self.adapted.train()
         return {name: float(sum(s) / len(s)) for name, s in zip(names, per_class)}
@@ -301,11 +293,5 @@ class Trainer:
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 
 
-def environment_threads() -> None:
-    """Use every core for intra-op work unless the user limited it."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-
-__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "dice_per_class", "DEFAULT_LEARNING_RATES",
+__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "DEFAULT_LEARNING_RATES",
            "ConfigError"]

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import case_id_from_path
 from tcurlora.jobs.runner import Handler, run_cli
-from tcurlora.jobs.schema import METHODS, SELECTIONS, FinetuneJob, case_id_from_path
+from tcurlora.jobs.schema import METHODS, SELECTIONS, FinetuneJob
 
 # Flags that describe the job; none of them may be combined with --job.
 JOB_FLAGS = {

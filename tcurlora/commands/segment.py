@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import is_image_file, split_extension
 from tcurlora.jobs.runner import Handler, run_cli
-from tcurlora.jobs.schema import SegmentJob, is_image_file, split_extension
+from tcurlora.jobs.schema import SegmentJob
 
 JOB_FLAGS = {
     "base_model": "--base-model",
