@@ -110,7 +110,7 @@ def read_array(path: str | Path) -> np.ndarray:
 def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also written to <output>/summary.json)."""
     from tcurlora.jobs import CancelToken, FinetuneJob, RecordingSink, SegmentJob, TeeSink
-    from tcurlora.segment import run_segment
+    from tcurlora.segmentation import run_segment
     from tcurlora.train import run_finetune
 
     output = Path(options.output)
@@ -135,9 +135,9 @@ def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
                       checkpoint_every=0, device=options.device, force=True)  # fmt: skip
     trained = run_finetune(job, TeeSink(record, sink), token)
     seg_dir = output / "segmentations"
-    outputs = [seg_dir / f"{case.id}_seg.nii.gz" for case in test]
     segment = SegmentJob(base_model=options.base_model, inputs=[list(case.images) for case in test],
-                         adapter=str(output / "adapter"), outputs=outputs, device=options.device, force=True)  # fmt: skip
+                         adapter=str(output / "adapter"), output_dir=seg_dir, device=options.device, force=True)  # fmt: skip
+    outputs = segment.output_paths()  # the names `tcurlora segment` gives (filenames.segmentation_output_name)
     run_segment(segment, sink, token)
     after = [class_dice(read_array(p), r, names) for p, r in zip(outputs, references)]
     sink.log("info", f"Dice after adaptation: {_fmt(_mean(after))}")

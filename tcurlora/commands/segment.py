@@ -160,13 +160,13 @@ def build_job(args: argparse.Namespace) -> SegmentJob:
 
 
 def _run_segment(job: SegmentJob, sink, token) -> dict:
-    from tcurlora.segment import run_segment  # lazy: torch and MONAI load only when the work starts
+    from tcurlora.segmentation import run_segment  # lazy: torch and MONAI load only when the work starts
 
     return run_segment(job, sink, token)
 
 
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segmentation, stdout)."""
     return run_cli(
         lambda: build_job(args),
         bool(args.events or args.job is not None),

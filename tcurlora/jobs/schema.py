@@ -539,7 +539,7 @@ class SegmentJob:
     def output_paths(self) -> list[Path]:
         """One output file per input: `outputs`, or `output_dir / segmentation_output_name(channels)`.
 
-        `tcurlora segment` writes exactly these paths (segment.plan_outputs calls this method).
+        `tcurlora segment` writes exactly these paths (segmentation.plan_outputs calls this method).
         """
         if self.outputs is not None:
             return list(self.outputs)
