@@ -143,7 +143,9 @@ def evaluate_pair(prediction: LabelVolume, reference: LabelVolume, classes: dict
     return result
 
 
-def _mean_metrics(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+def class_means(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean Dice per class over cases; mean HD95 over the cases where it is finite (NaN when none),
+    with how many were finite and how many infinite."""
     means = {}
     for name in names:
         dice = [c["classes"][name]["dice"] for c in cases]
@@ -190,7 +192,7 @@ def evaluate_pairs(
         "hd95_definition": HD95_DEFINITION,
         "classes": {str(k): v for k, v in classes.items()},
         "cases": cases,
-        "mean": _mean_metrics(cases, list(classes.values())),
+        "mean": class_means(cases, list(classes.values())),
     }
 
 
