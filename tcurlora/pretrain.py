@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,7 @@ def run_pretrain(
     """
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.outputs import check_model_output
+    from tcurlora.train import grad_scaler, training_step
 
     output = Path(output)
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
@@ -394,7 +396,7 @@ def run_pretrain(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = grad_scaler(device, use_amp)
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
     log(f"pretraining {spec.name} on {described}: {config.iterations} iterations")
@@ -406,13 +408,8 @@ def run_pretrain(
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(image.to(device))
-        loss = union_loss(logits.float(), label.to(device), source.classes)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss_fn = partial(union_loss, classes=source.classes)
+        loss = training_step(model, optimizer, scaler, image.to(device), label.to(device), loss_fn, use_amp, step + 1)
         elapsed = time.time() - started
         record = {"iteration": step + 1, "source": source.config.name, "loss": round(float(loss.detach()), 5),
                   "lr": learning_rate(config, step), "time_s": round(elapsed, 2)}  # fmt: skip

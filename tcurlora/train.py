@@ -108,6 +108,28 @@ def autocast_context(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """A GradScaler that scales only under fp16 autocast (CUDA without bf16); a pass-through otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+
+def training_step(model, optimizer, scaler, image, label, loss_fn, amp: bool, iteration: int) -> torch.Tensor:
+    """The one optimisation step of fine-tuning, pretraining and the bench cost runs: autocast forward
+    (`autocast_context`), loss on float32 logits, InputError on a non-finite loss, scaled backward and
+    step (`grad_scaler`). Learning-rate schedules stay with the callers; there is no gradient clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(image.device, amp):
+        logits = model(image)
+    loss = loss_fn(logits.float(), label)
+    if not torch.isfinite(loss):
+        raise InputError(f"the loss became {loss.item()} at iteration {iteration}: "
+                         "lower the learning rate or check the images for extreme values")
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def save_checkpoint(folder: Path, adapted, optimizer, state: TrainingState, job_record: dict) -> Path:
     """Write adapter weights, optimiser state and progress to `folder`, replacing the old one atomically."""
     temp = temp_sibling_dir(folder)
@@ -163,7 +185,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.adapted, self.learning_rates, job.method)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
+        self.scaler = grad_scaler(self.device, self.amp)
         self.state = TrainingState()
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
 
@@ -223,16 +245,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.amp):
-            logits = self.adapted(image)
-        loss = self.loss_fn(logits.float(), label)
-        if not torch.isfinite(loss):
-            raise InputError(f"the loss became {loss.item()} at iteration {self.state.iteration + 1}: "
-                             "lower the learning rate or check the images for extreme values")
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss = training_step(self.adapted, self.optimizer, self.scaler, image, label, self.loss_fn, self.amp,
+                             self.state.iteration + 1)  # fmt: skip
         return float(loss.detach())
 
     @torch.no_grad()
