@@ -280,7 +280,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from tcurlora.library import read_adapter
         from TCURLoRACommon.dependencies import ensure_dependencies
         from TCURLoRACommon.models import resolve_base_model
-        from TCURLoRACommon.segmenting import SegmentVolumesRun
+        from TCURLoRACommon.segment_run import SegmentVolumesRun
 
         if not ensure_dependencies("TCURLoRA"):
             return

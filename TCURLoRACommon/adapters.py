@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.fsutil import atomic_file
 
 SUFFIX = ".tcuradapter.zip"
 MAX_UNPACKED_BYTES = 4 * 1024**3  # refuse zip bombs
@@ -22,12 +23,10 @@ def export_adapter(entry: library.AdapterEntry, path: str | Path) -> Path:
         path = path.with_name(path.name.removesuffix(".zip") + SUFFIX)
     folder = Path(entry.path)
     library.read_adapter(folder)  # complete and readable, or InputError
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            archive.write(file, file.relative_to(folder).as_posix())
-    temp.replace(path)
+    with atomic_file(path, suffix=".partial") as temp:
+        with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                archive.write(file, file.relative_to(folder).as_posix())
     return path
 
 

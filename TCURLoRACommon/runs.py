@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.fsutil import atomic_write_json
+from tcurlora.jobs.events import format_duration
 from TCURLoRACommon.worker import WorkerProcess
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -149,12 +150,11 @@ class WorkerRun:
         return 100, int(round(100 * self.fraction()))
 
     def eta_text(self) -> str:
-        """'ETA 1 min 20 s' from the last progress event, or ''."""
+        """'ETA 1m20s' (jobs.events.format_duration) from the last progress event, or ''."""
         eta = (self.progress or {}).get("eta_s")
         if eta is None or self.finished:
             return ""
-        minutes, seconds = divmod(int(round(eta)), 60)
-        return f"ETA {minutes} min {seconds:02d} s" if minutes else f"ETA {seconds} s"
+        return f"ETA {format_duration(eta)}"
 
     def cancel(self) -> None:
         """Ask the worker's process tree to stop, without waiting; the state becomes 'cancelled' once it

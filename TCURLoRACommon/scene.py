@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import slicer
 import vtk
 
 from tcurlora.errors import InputError
+from tcurlora.fsutil import atomic_file
 from TCURLoRACommon.terminology import slicer_lookup, terminology_for
 
 # A distinct, colour-blind friendly palette for classes without colours of their own.
@@ -54,28 +53,18 @@ def require_untransformed(node: slicer.vtkMRMLNode) -> None:
         raise InputError(f"'{node.GetName()}' is under a transform; harden the transform first (Data module)")
 
 
-def _temp_sibling(path: Path) -> Path:
-    """A temporary file next to `path`, with the same extension(s), so writers pick the same format."""
-    suffix = "".join(path.suffixes) or ".nrrd"
-    return path.with_name(f".{path.name.split('.')[0]}-{uuid.uuid4().hex[:8]}{suffix}")
-
-
 def write_volume(volume: slicer.vtkMRMLVolumeNode, path: str | Path) -> Path:
     """Write a volume (scalar or labelmap) with a storage node, atomically; the format follows the extension."""
     path = Path(path)
     require_untransformed(volume)
     if volume.GetImageData() is None:
         raise InputError(f"volume '{volume.GetName()}' has no voxels")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_sibling(path)
-    writer = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    writer.SetFileName(str(temp))
-    try:
+    # the temporary file keeps the extension(s), so the writer picks the same format
+    with atomic_file(path, suffix="".join(path.suffixes) or ".nrrd") as temp:
+        writer = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        writer.SetFileName(str(temp))
         if not writer.WriteData(volume):
             raise InputError(f"could not write volume '{volume.GetName()}'", path)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
     return path
 
 

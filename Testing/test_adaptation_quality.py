@@ -28,7 +28,7 @@ def adapt_and_predict(cases, tmp_path: Path, name: str, **settings) -> tuple[lis
     """Fine-tune the built-in base on the training cases; predictions and adapter record on held-out ones."""
     from tcurlora.adapters.io import read_adapter_config
     from tcurlora.infer import predict_volume
-    from tcurlora.segment import load_segmentation_model
+    from tcurlora.segmentation import load_segmentation_model
     from tcurlora.train import run_finetune
 
     job = FinetuneJob(base_model="unetr-small-acdc-brats", output=tmp_path / name, cases=cases[TRAIN],

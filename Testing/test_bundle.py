@@ -12,7 +12,7 @@ import torch
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
 from tcurlora.models.bundle import export_bundle, load_bundle
-from tcurlora.models.download import download_bundle, file_digest, resolve_release
+from tcurlora.models.download import download_bundle, resolve_release
 from tcurlora.models.registry import list_builtin_models, load_base_model
 
 BUILTIN = "unetr-small-acdc-brats"
@@ -137,9 +137,3 @@ def test_download_offline_fails_fast_with_a_clear_message(tmp_path):
         )
     assert "offline" in str(info.value) and time.monotonic() - started < 30
     assert not (tmp_path / "toy").exists()
-
-
-def test_file_digest(tmp_path):
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"abc")
-    assert file_digest(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

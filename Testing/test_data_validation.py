@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from tcurlora.data.cases import Case, cases_from_decathlon
-from tcurlora.data.validate import check_output_free, geometry_difference, validate_case
+from tcurlora.data.geometry import geometry_difference
+from tcurlora.data.validate import check_output_free, validate_case
 from tcurlora.errors import InputError, OutputExistsError
 
 

@@ -12,7 +12,15 @@ import SimpleITK as sitk
 from scipy.spatial.distance import cdist
 
 from tcurlora.errors import InputError
-from tcurlora.evaluate import evaluate_pairs, match_folders, to_json_text, to_markdown
+from tcurlora.evaluate import (
+    directed_surface_distances,
+    evaluate_pairs,
+    hd95,
+    match_folders,
+    surface,
+    to_json_text,
+    to_markdown,
+)
 
 SPACING = (0.7, 1.3, 2.5)  # (x, y, z) mm: strongly anisotropic on purpose
 
@@ -81,6 +89,26 @@ def test_dice_and_hd95_match_brute_force(hippo_pair):
         assert 0.3 < got["dice"] < 0.95  # the shift is visible
         assert got["hd95"] >= 1.3  # at least one shifted voxel in y, in mm
         assert result["mean"][name]["dice"] == got["dice"]
+
+
+def uncropped_hd95(pred: np.ndarray, ref: np.ndarray, spacing_zyx) -> float:
+    """HD95 with the distance transforms over the whole volume (before the foreground-box crop)."""
+    sp, sr = surface(pred), surface(ref)
+    pooled = np.concatenate(
+        [directed_surface_distances(sp, sr, spacing_zyx), directed_surface_distances(sr, sp, spacing_zyx)]
+    )
+    return float(np.percentile(pooled, 95))
+
+
+def test_hd95_cropped_to_the_foreground_box_is_identical(hippo_pair):
+    _, _, pred, ref = hippo_pair
+    spacing_zyx = SPACING[::-1]
+    edge = np.zeros_like(ref)
+    edge[0, :4, -3:] = 1  # touches three faces of the volume
+    edge[-2:, -1, 0] = 1
+    cases = [(pred == 1, ref == 1), (pred == 2, ref == 2), (pred > 0, ref == 2), (edge == 1, ref == 1)]
+    for p, r in cases:
+        assert hd95(p, r, spacing_zyx) == uncropped_hd95(p, r, spacing_zyx)  # bit for bit
 
 
 def test_identical_and_empty_masks(hippo_pair, tmp_path):

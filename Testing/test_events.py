@@ -27,7 +27,6 @@ from tcurlora.errors import (
 )
 from tcurlora.jobs import (
     CancelToken,
-    EtaEstimator,
     FinetuneJob,
     JsonLinesSink,
     PlainTextSink,
@@ -40,6 +39,7 @@ from tcurlora.jobs import (
     parse_event_line,
     run_command,
 )
+from tcurlora.jobs.events import eta_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,15 +155,11 @@ def test_make_sink_choice():
     assert isinstance(make_sink(False, io.StringIO()), PlainTextSink)
 
 
-def test_eta_estimator_uses_mean_step_time():
-    now = [100.0]
-    eta = EtaEstimator(total=10, clock=lambda: now[0])
-    assert eta.update(0) is None  # starts the clock
-    now[0] = 104.0
-    assert eta.update(2) == pytest.approx(16.0)  # 2 s per step, 8 steps left
-    now[0] = 110.0
-    assert eta.update(5) == pytest.approx(10.0)
-    assert eta.update(10) == 0.0
+def test_eta_uses_mean_step_time():
+    assert eta_seconds(0.0, 0, 10) is None  # no step finished yet
+    assert eta_seconds(4.0, 2, 8) == pytest.approx(16.0)  # 2 s per step, 8 steps left
+    assert eta_seconds(10.0, 5, 5) == pytest.approx(10.0)
+    assert eta_seconds(20.0, 10, 0) == 0.0
 
 
 # -------------------------------------------------------------------------------------- cancellation

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
-from tcurlora.fsutil import atomic_write_json
+from tcurlora.fsutil import atomic_file, atomic_write_json
 
 DEFAULT_BASE = "unetr-small-acdc-brats"
 
@@ -74,9 +75,8 @@ def prepare_cases(options: DemoOptions) -> tuple[list, list, list[str], Path]:
 
 def class_dice(prediction: np.ndarray, reference: np.ndarray, names: list[str]) -> dict[str, float]:
     """Dice of classes 1..N by name."""
-    from tcurlora.evaluate import dice_score
-
-    return {name: dice_score(prediction == c, reference == c) for c, name in enumerate(names, start=1)}
+    scores = dice_by_class(prediction, reference, range(1, len(names) + 1))
+    return {name: scores[c] for c, name in enumerate(names, start=1)}
 
 
 def unadapted_predictions(options: DemoOptions, names: list[str], test: list) -> list[np.ndarray]:
@@ -110,7 +110,7 @@ def read_array(path: str | Path) -> np.ndarray:
 def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also written to <output>/summary.json)."""
     from tcurlora.jobs import CancelToken, FinetuneJob, RecordingSink, SegmentJob, TeeSink
-    from tcurlora.segment import run_segment
+    from tcurlora.segmentation import run_segment
     from tcurlora.train import run_finetune
 
     output = Path(options.output)
@@ -135,9 +135,9 @@ def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
                       checkpoint_every=0, device=options.device, force=True)  # fmt: skip
     trained = run_finetune(job, TeeSink(record, sink), token)
     seg_dir = output / "segmentations"
-    outputs = [seg_dir / f"{case.id}_seg.nii.gz" for case in test]
     segment = SegmentJob(base_model=options.base_model, inputs=[list(case.images) for case in test],
-                         adapter=str(output / "adapter"), outputs=outputs, device=options.device, force=True)  # fmt: skip
+                         adapter=str(output / "adapter"), output_dir=seg_dir, device=options.device, force=True)  # fmt: skip
+    outputs = segment.output_paths()  # the names `tcurlora segment` gives (filenames.segmentation_output_name)
     run_segment(segment, sink, token)
     after = [class_dice(read_array(p), r, names) for p, r in zip(outputs, references)]
     sink.log("info", f"Dice after adaptation: {_fmt(_mean(after))}")
@@ -209,10 +209,9 @@ def write_figure(
     loss_ax.set_title("training loss", fontsize=9)
     axes[-1][1].axis("off")
     fig.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(temp, dpi=90)
+    with atomic_file(path, suffix=".png") as temp:
+        fig.savefig(temp, dpi=90)
     plt.close(fig)
-    temp.replace(path)
     return path
 
 

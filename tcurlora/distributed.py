@@ -160,7 +160,7 @@ def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
     """`tcurlora segment` on one rank of a torchrun run: this rank's share of the volumes."""
     import dataclasses
 
-    from tcurlora.segment import run_segment as segment_all
+    from tcurlora.segmentation import run_segment as segment_all
 
     init(job)
     outputs = job.output_paths()

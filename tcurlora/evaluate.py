@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from tcurlora.data.geometry import Grid, geometry_difference
+from tcurlora.dice import dice_score
 from tcurlora.errors import InputError
+from tcurlora.filenames import SEGMENTATION_SUFFIX, is_image_file, split_extension
 from tcurlora.fsutil import atomic_write_text
-from tcurlora.jobs.schema import is_image_file, split_extension
 
 EVALUATION_SCHEMA = "tcurlora.evaluation/1"
 HD95_DEFINITION = (
@@ -47,6 +49,10 @@ class LabelVolume:
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.array.shape[::-1], tuple(self.spacing), tuple(self.origin), tuple(self.direction))
 
 
 def read_labels(path: str | Path) -> LabelVolume:
@@ -73,20 +79,11 @@ def read_labels(path: str | Path) -> LabelVolume:
 
 
 def check_same_geometry(prediction: LabelVolume, reference: LabelVolume) -> None:
-    """InputError naming both files when size, spacing, origin or direction differ."""
-    problems = []
-    if prediction.array.shape != reference.array.shape:
-        problems.append(f"size {prediction.array.shape[::-1]} vs {reference.array.shape[::-1]}")
-    else:
-        for name, tol in (("spacing", 1e-3), ("origin", 1e-2), ("direction", 1e-4)):
-            a, b = getattr(prediction, name), getattr(reference, name)
-            if not np.allclose(a, b, rtol=0.0, atol=tol):
-                problems.append(f"{name} {tuple(round(v, 4) for v in a)} vs {tuple(round(v, 4) for v in b)}")
-    if problems:
-        raise InputError(
-            f"prediction and reference {reference.path} have different geometry: {'; '.join(problems)}",
-            prediction.path,
-        )
+    """InputError naming both files when size, spacing, origin or direction differ (data/geometry.py)."""
+    difference = geometry_difference(prediction.grid, reference.grid)
+    if difference:
+        raise InputError(f"prediction and reference {reference.path} have different geometry: {difference}",
+                         prediction.path)  # fmt: skip
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -104,9 +101,12 @@ def directed_surface_distances(
     return distance_map[from_surface]
 
 
-def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(reference.sum())
-    return 1.0 if total == 0 else 2.0 * int((prediction & reference).sum()) / total
+def foreground_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box holding every True voxel of a non-empty mask.
+
+    HD95 works inside this box of P | R: exact (every voxel outside is background, as outside the
+    volume is, and every surface voxel lies inside), and the distance transforms cover only the box."""
+    return tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(mask))
 
 
 def hd95(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[float, float, float]) -> float:
@@ -116,7 +116,8 @@ def hd95(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[float
         return math.nan
     if not has_p or not has_r:
         return math.inf
-    surf_p, surf_r = surface(prediction), surface(reference)
+    box = foreground_box(prediction | reference)
+    surf_p, surf_r = surface(prediction[box]), surface(reference[box])
     pooled = np.concatenate(
         [
             directed_surface_distances(surf_p, surf_r, spacing_zyx),
@@ -142,7 +143,9 @@ def evaluate_pair(prediction: LabelVolume, reference: LabelVolume, classes: dict
     return result
 
 
-def _mean_metrics(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+def class_means(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean Dice per class over cases; mean HD95 over the cases where it is finite (NaN when none),
+    with how many were finite and how many infinite."""
     means = {}
     for name in names:
         dice = [c["classes"][name]["dice"] for c in cases]
@@ -189,7 +192,7 @@ def evaluate_pairs(
         "hd95_definition": HD95_DEFINITION,
         "classes": {str(k): v for k, v in classes.items()},
         "cases": cases,
-        "mean": _mean_metrics(cases, list(classes.values())),
+        "mean": class_means(cases, list(classes.values())),
     }
 
 
@@ -212,7 +215,7 @@ def match_folders(predictions: str | Path, references: str | Path) -> list[tuple
             continue
         stem = split_extension(pred)[0]
         reference = by_stem.get(stem) or (
-            by_stem.get(stem[: -len("_seg")]) if stem.endswith("_seg") else None
+            by_stem.get(stem[: -len(SEGMENTATION_SUFFIX)]) if stem.endswith(SEGMENTATION_SUFFIX) else None
         )
         if reference is None:
             raise InputError(f"no reference with the same name in {references}", pred)

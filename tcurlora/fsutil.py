@@ -13,8 +13,12 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tcurlora.filenames import IMAGE_EXTENSIONS
 
 _UMASK_LOCK = threading.Lock()
 
@@ -48,22 +52,25 @@ def temp_sibling_file(final: str | Path, suffix: str = ".tmp") -> Path:
     return Path(temp)
 
 
+@contextmanager
+def atomic_file(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temp sibling of `path` (umask mode) to write; renamed onto `path` when the block ends without
+    an exception, removed when it raises. The one atomic-file helper: JSON, labelmaps, figures."""
+    temp = temp_sibling_file(path, suffix)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to a temp file beside `path`, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        apply_umask(temp, directory=False)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as temp, open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -90,7 +97,8 @@ def stale_siblings(final: str | Path) -> list[Path]:
     """
     final = Path(final)
     name = re.escape(final.name)
-    pattern = re.compile(rf"^\.{name}\.([a-z0-9_]{{8}}(\.tmp|\.nii\.gz|\.nii|\.nrrd|\.seg\.nrrd|\.mha)|old-\d+)$")
+    suffixes = "|".join(re.escape(suffix) for suffix in (".tmp", *IMAGE_EXTENSIONS))
+    pattern = re.compile(rf"^\.{name}\.([a-z0-9_]{{8}}({suffixes})|old-\d+)$")
     if not final.parent.is_dir():
         return []
     return sorted(p for p in final.parent.iterdir() if pattern.match(p.name))

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ import torch.nn.functional as F
 
 from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.transforms import validation_transforms
+from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.fsutil import atomic_write_text
+from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
@@ -264,18 +267,6 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
     return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) -> dict[int, float]:
-    """Hard Dice of every class present in the reference (classes absent from both are skipped)."""
-    scores = {}
-    for c in classes:
-        p, g = pred == c, label == c
-        total = int(p.sum() + g.sum())
-        if int(g.sum()) == 0:
-            continue
-        scores[c] = 2.0 * float((p & g).sum()) / total
-    return scores
-
-
 @torch.no_grad()
 def evaluate_sources(
     model: torch.nn.Module, sources: list[SourceData], spec: ModelSpec, device: torch.device
@@ -293,7 +284,7 @@ def evaluate_sources(
                 image, spec.patch_size, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
             )
             pred = logits.argmax(1)[0].cpu()
-            scores = dice_per_class(pred, volume.label.long(), source.classes)
+            scores = dice_by_class(pred, volume.label.long(), source.classes, skip_absent=True)
             per_volume[volume.case_id] = {spec.labels[c]: round(s, 4) for c, s in scores.items()}
             for c, s in scores.items():
                 per_class.setdefault(spec.labels[c], []).append(s)
@@ -378,6 +369,7 @@ def run_pretrain(
     """
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.outputs import check_model_output
+    from tcurlora.train import grad_scaler, training_step
 
     output = Path(output)
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
@@ -409,7 +401,7 @@ def run_pretrain(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = grad_scaler(device, use_amp)
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
     log(f"pretraining {spec.name} on {described}: {config.iterations} iterations")
@@ -425,21 +417,16 @@ def run_pretrain(
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(image.to(device))
-        loss = union_loss(logits.float(), label.to(device), source.classes)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss_fn = partial(union_loss, classes=source.classes)
+        loss = training_step(model, optimizer, scaler, image.to(device), label.to(device), loss_fn, use_amp, step + 1)
         elapsed = time.time() - started
         record = {"iteration": step + 1, "source": source.config.name, "loss": round(float(loss.detach()), 5),
                   "lr": learning_rate(config, step), "time_s": round(elapsed, 2)}  # fmt: skip
         records.append(record)
         if (step + 1) % 20 == 0:
-            eta = elapsed / (step + 1) * (config.iterations - step - 1)
+            eta = eta_seconds(elapsed, step + 1, config.iterations - step - 1)
             recent = np.mean([r["loss"] for r in records[-20:]])
-            log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} eta {eta / 60:.1f} min")
+            log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             iterations_done = step + 1

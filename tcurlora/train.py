@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,10 @@ from safetensors.torch import save_file
 
 from tcurlora import distributed  # torchrun (issue 13): no-ops without it
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
+from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.jobs.events import eta_seconds
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 
@@ -108,14 +109,26 @@ def autocast_context(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> list[float]:
-    """Dice of each foreground class between two integer label volumes (1.0 when both are empty)."""
-    scores = []
-    for label in range(1, num_classes):
-        pred, ref = prediction == label, reference == label
-        denominator = int(pred.sum()) + int(ref.sum())
-        scores.append(1.0 if denominator == 0 else 2.0 * int((pred & ref).sum()) / denominator)
-    return scores
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """A GradScaler that scales only under fp16 autocast (CUDA without bf16); a pass-through otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+
+def training_step(model, optimizer, scaler, image, label, loss_fn, amp: bool, iteration: int) -> torch.Tensor:
+    """The one optimisation step of fine-tuning, pretraining and the bench cost runs: autocast forward
+    (`autocast_context`), loss on float32 logits, InputError on a non-finite loss, scaled backward and
+    step (`grad_scaler`). Learning-rate schedules stay with the callers; there is no gradient clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(image.device, amp):
+        logits = model(image)
+    loss = loss_fn(logits.float(), label)
+    if not torch.isfinite(loss):
+        raise InputError(f"the loss became {loss.item()} at iteration {iteration}: "
+                         "lower the learning rate or check the images for extreme values")
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
 
 def save_checkpoint(folder: Path, adapted, optimizer, state: TrainingState, job_record: dict) -> Path:
@@ -174,7 +187,7 @@ class Trainer:
         self.forward = distributed.wrap(self.adapted, self.device)  # torchrun: DDP (tcurlora.distributed)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported())
+        self.scaler = grad_scaler(self.device, self.amp)
         self.state = TrainingState()
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
 
@@ -212,8 +225,8 @@ class Trainer:
                     self.best_state = self.adapted.adapter_state_dict()
             done_now = it - start_iteration
             elapsed = time.monotonic() - started
-            eta = (elapsed - previous_elapsed) / done_now * (total - it) if done_now else None
-            sink.progress(iteration=it, total=total, loss=loss, val_dice=val, eta_s=eta,
+            sink.progress(iteration=it, total=total, loss=loss, val_dice=val,
+                          eta_s=eta_seconds(elapsed - previous_elapsed, done_now, total - it),
                           lr=self.optimizer.param_groups[0]["lr"])
             if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total and distributed.is_writer():
                 self.state.elapsed_s = elapsed
@@ -234,16 +247,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.amp):
-            logits = self.forward(image)
-        loss = self.loss_fn(logits.float(), label)
-        if not torch.isfinite(loss):
-            raise InputError(f"the loss became {loss.item()} at iteration {self.state.iteration + 1}: "
-                             "lower the learning rate or check the images for extreme values")
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss = training_step(self.forward, self.optimizer, self.scaler, image, label, self.loss_fn, self.amp,
+                             self.state.iteration + 1)  # fmt: skip
         return distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
 
     @torch.no_grad()
@@ -259,7 +264,8 @@ class Trainer:
                 logits = sliding_window_inference(image, self.setup.patch_size, 2, self.adapted,
                                                   overlap=0.25, mode="gaussian")
             prediction = logits.argmax(1)[0].cpu()
-            for index, score in enumerate(dice_per_class(prediction, volume["label"][0].long(), len(names) + 1)):
+            scores = dice_by_class(prediction, volume["label"][0].long(), range(1, len(names) + 1))
+            for index, score in enumerate(scores.values()):
                 per_class[index].append(score)
         self.adapted.train()
         return {name: float(sum(s) / len(s)) for name, s in zip(names, per_class)}
@@ -305,11 +311,5 @@ class Trainer:
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 
 
-def environment_threads() -> None:
-    """Use every core for intra-op work unless the user limited it."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-
-__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "dice_per_class", "DEFAULT_LEARNING_RATES",
+__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "DEFAULT_LEARNING_RATES",
            "ConfigError"]

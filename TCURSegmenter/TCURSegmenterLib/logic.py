@@ -10,7 +10,7 @@ import slicer
 from tcurlora.errors import InputError
 from tcurlora.library import AdapterEntry
 from TCURLoRACommon.models import resolve_base_model
-from TCURLoRACommon.segmenting import SegmentVolumesRun
+from TCURLoRACommon.segment_run import SegmentVolumesRun
 
 
 def volumes_to_segment() -> list[slicer.vtkMRMLScalarVolumeNode]:

@@ -120,7 +120,7 @@ def test_the_check_covers_the_panels_imports(fresh_slicer: dict) -> None:
     for expected in (
         "TCURLoRACommon.dependencies",
         "TCURLoRACommon.jobs",
-        "TCURLoRACommon.segmenting",
+        "TCURLoRACommon.segment_run",
         "TCURFineTuneLib.run",
         "TCURFineTuneLib.panel",
         "TCURSegmenterLib.logic",

@@ -18,7 +18,7 @@ import slicer
 from tcurlora.errors import InputError
 from TCURLoRACommon import scene
 from TCURLoRACommon.runs import CANCELLED, EVENT_HISTORY, FAILED, WorkerRun
-from TCURLoRACommon.segmenting import SegmentVolumesRun
+from TCURLoRACommon.segment_run import SegmentVolumesRun
 from TCURLoRACommon.worker import CANCEL_EXIT_CODES, EXIT_CANCELLED, WorkerProcess
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")

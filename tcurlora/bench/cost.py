@@ -44,7 +44,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     from tcurlora.adapters import AdapterConfig, apply_adapter
     from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.train import DEFAULT_LEARNING_RATES, autocast_context
+    from tcurlora.train import DEFAULT_LEARNING_RATES, autocast_context, grad_scaler, training_step
 
     device = resolve_device(settings["device"])
     model, spec = cost_network(settings["base_model"], settings["img_size"], settings["num_classes"])
@@ -64,6 +64,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     amp = bool(settings["amp"]) and device.type == "cuda"
+    scaler = grad_scaler(device, amp)
     generator = torch.Generator().manual_seed(0)
     shape = (settings["batch_size"], spec.in_channels, *[settings["img_size"]] * 3)
     image = torch.randn(shape, generator=generator).to(device)
@@ -77,12 +78,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device, amp):
-            logits = adapted(image)
-        loss = loss_fn(logits.float(), label)
-        loss.backward()
-        optimizer.step()
+        training_step(adapted, optimizer, scaler, image, label, loss_fn, amp, step + 1)
         _sync(device)
         if step >= settings["warmup"]:
             times.append(time.perf_counter() - started)

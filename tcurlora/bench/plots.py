@@ -3,20 +3,19 @@ training loss curves. Written with matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from tcurlora.bench.summary import quality_rows
+from tcurlora.fsutil import atomic_file
 
 COLORS = {"tcur": "tab:red", "lora": "tab:blue", "decoder": "tab:green", "full": "black", "head": "tab:gray"}
 
 
 def _save(figure, path: Path) -> Path:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.savefig(temp, dpi=110, bbox_inches="tight")
-    os.replace(temp, path)
+    with atomic_file(path, suffix=".png") as temp:
+        figure.savefig(temp, dpi=110, bbox_inches="tight")
     return path
 
 

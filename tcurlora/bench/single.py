@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import time
@@ -50,21 +51,6 @@ def _timed_predictions(
     return outputs, seconds
 
 
-def class_means(cases: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Mean Dice per class over cases; mean HD95 over the cases where it is finite, and how many were not."""
-    means = {}
-    for name in names:
-        dice = [c["classes"][name]["dice"] for c in cases]
-        hd = [c["classes"][name]["hd95"] for c in cases]
-        finite = [h for h in hd if np.isfinite(h)]
-        means[name] = {
-            "dice": float(np.mean(dice)),
-            "hd95": float(np.mean(finite)) if finite else None,
-            "hd95_infinite": sum(1 for h in hd if np.isinf(h)),
-        }
-    return means
-
-
 def evaluate_adapter(
     adapter: Path,
     base_model: str,
@@ -76,9 +62,9 @@ def evaluate_adapter(
 ) -> dict[str, Any]:
     """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights."""
     from tcurlora.adapters.io import load_adapter, read_adapter_config
-    from tcurlora.evaluate import LabelVolume, evaluate_pair, read_labels
+    from tcurlora.evaluate import LabelVolume, class_means, evaluate_pair, read_labels
     from tcurlora.models.registry import load_base_model
-    from tcurlora.segment import adapter_spec
+    from tcurlora.segmentation import adapter_spec
 
     base = load_base_model(base_model)
     adapted = load_adapter(adapter, base.model)
@@ -110,7 +96,8 @@ def evaluate_adapter(
         cases.append({"id": case.id, "classes": evaluate_pair(prediction, reference, classes)})
     return {
         "cases": cases,
-        "mean": class_means(cases, label_names),
+        "mean": {name: {**m, "hd95": None if math.isnan(m["hd95"]) else m["hd95"]}  # JSON: no NaN
+                 for name, m in class_means(cases, label_names).items()},  # fmt: skip
         "latency": latency,
         "merge_agreement": agreement,
     }

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import case_id_from_path
 from tcurlora.jobs.runner import Handler, run_cli
-from tcurlora.jobs.schema import METHODS, SELECTIONS, FinetuneJob, case_id_from_path
+from tcurlora.jobs.schema import METHODS, SELECTIONS, FinetuneJob
 from tcurlora.remote import RemoteFinetune, add_remote_arguments, remote_handler
 
 # Flags that describe the job; none of them may be combined with --job.

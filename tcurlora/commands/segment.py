@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import is_image_file, split_extension
 from tcurlora.jobs.runner import Handler, run_cli
-from tcurlora.jobs.schema import SegmentJob, is_image_file, split_extension
+from tcurlora.jobs.schema import SegmentJob
 from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
 
 JOB_FLAGS = {
@@ -162,13 +163,13 @@ def build_job(args: argparse.Namespace) -> SegmentJob:
 
 
 def _run_segment(job: SegmentJob, sink, token) -> dict:
-    from tcurlora.segment import run_segment  # lazy: torch and MONAI load only when the work starts
+    from tcurlora.segmentation import run_segment  # lazy: torch and MONAI load only when the work starts
 
     return run_segment(job, sink, token)
 
 
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segment, or --remote, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.segmentation, or --remote, stdout)."""
     events = bool(args.events or args.job is not None)
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteSegment)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import InputError
+from tcurlora.filenames import case_id_from_path
 from tcurlora.jsonio import read_json_object
 
 
@@ -43,8 +44,8 @@ def _case_id(images: list[Path], label: Path | None) -> str:
 
     if label is not None:
         return file_stem(label)
-    stem = file_stem(images[0])
-    return stem[:-5] if len(images) > 1 and stem[-5:-4] == "_" and stem[-4:].isdigit() else stem
+    stem = file_stem(images[0])  # InputError for an unsupported file type
+    return case_id_from_path(images[0]) if len(images) > 1 else stem
 
 
 def _select(

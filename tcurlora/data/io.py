@@ -8,7 +8,6 @@ Every problem a user can fix is raised as InputError / OutputExistsError naming 
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -19,27 +18,25 @@ import numpy as np
 import SimpleITK as sitk
 
 from tcurlora.errors import InputError, OutputExistsError
-from tcurlora.fsutil import temp_sibling_file
+from tcurlora.filenames import IMAGE_EXTENSIONS, is_image_file, split_extension
+from tcurlora.fsutil import atomic_file
 from tcurlora.outputs import SEGMENTATION_MARK, SEGMENTATION_MARK_KEYS, check_segmentation_output
 
-IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
 
 
 def file_extension(path: str | Path) -> str:
-    """The supported extension of `path` (".nii.gz", ".seg.nrrd", ...), or InputError."""
-    name = Path(path).name.lower()
-    for extension in IMAGE_EXTENSIONS:
-        if name.endswith(extension):
-            return extension
-    supported = ", ".join(IMAGE_EXTENSIONS)
-    raise InputError(f"unsupported file type {Path(path).suffix or '(none)'!r}; use one of {supported}", path)
+    """The supported extension of `path` in lower case (".nii.gz", ".seg.nrrd", ...), or InputError."""
+    if not is_image_file(path):
+        supported = ", ".join(IMAGE_EXTENSIONS)
+        raise InputError(f"unsupported file type {Path(path).suffix or '(none)'!r}; use one of {supported}", path)
+    return split_extension(path)[1].lower()
 
 
 def file_stem(path: str | Path) -> str:
-    """The file name without its (possibly double) image extension."""
-    name = Path(path).name
-    return name[: len(name) - len(file_extension(path))]
+    """The file name without its (possibly double) image extension; InputError for other files."""
+    file_extension(path)
+    return split_extension(path)[0]
 
 
 def _check_nifti_complete(path: Path, what: str) -> None:
@@ -260,7 +257,7 @@ def write_labelmap(
     names: Mapping[int, str] | None = None,
     colors: Mapping[int, Sequence[float]] | None = None,
 ) -> Path:
-    """Write a labelmap on exactly the reference grid, atomically (temp file + os.replace).
+    """Write a labelmap on exactly the reference grid, atomically (fsutil.atomic_file).
 
     `array_zyx` is indexed [z, y, x] like sitk.GetArrayFromImage(reference). The file type comes
     from the extension; for .seg.nrrd, `names`/`colors` ({value: name}, {value: (r, g, b)}) become
@@ -288,13 +285,9 @@ def write_labelmap(
         values = names or {int(v): f"Segment_{int(v)}" for v in np.unique(array) if v > 0}
         for key, value in _segment_metadata(values, colors).items():
             label.SetMetaData(key, value)
-    temp_name = str(temp_sibling_file(path, suffix=extension))
     try:
-        sitk.WriteImage(label, temp_name, useCompression=True)
-        os.replace(temp_name, path)
+        with atomic_file(path, suffix=extension) as temp:
+            sitk.WriteImage(label, str(temp), useCompression=True)
     except RuntimeError as error:
         raise InputError(f"cannot write labelmap: {str(error).strip().splitlines()[-1]}", path) from error
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
     return path

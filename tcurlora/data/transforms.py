@@ -35,8 +35,9 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from tcurlora.data.geometry import geometry_difference
 from tcurlora.data.io import read_channels, read_label
-from tcurlora.data.validate import geometry_difference, remap_labels
+from tcurlora.data.validate import remap_labels
 from tcurlora.errors import ConfigError, InputError, TCURLoRAError
 from tcurlora.models.spec import ModelSpec
 

@@ -9,46 +9,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from tcurlora.data.cases import Case
+from tcurlora.data.geometry import geometry_difference
 from tcurlora.data.io import check_output_free, count_nonfinite, read_image, read_label, split_channels
 from tcurlora.errors import ConfigError, InputError
 
-__all__ = ["check_output_free", "geometry_difference", "remap_labels", "validate_case", "validation_count"]
-
-RELATIVE_TOLERANCE = 1e-4
-
-
-def _close(a: tuple[float, ...], b: tuple[float, ...], scale: float) -> bool:
-    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a_arr.shape != b_arr.shape:
-        return False
-    return bool(np.all(np.abs(a_arr - b_arr) <= RELATIVE_TOLERANCE * max(scale, 1.0)))
-
-
-def geometry_difference(
-    first: sitk.Image, second: sitk.Image, names: tuple[str, str] | None = None
-) -> str | None:
-    """How two grids differ (size/spacing/origin/direction), `first` value first, or None.
-
-    With `names`, each value is labelled: "size (35, 51, 35) in the image vs (36, 51, 35) in the label".
-    """
-
-    def differ(what: str, a: object, b: object) -> str:
-        if names is None:
-            return f"{what} {a} vs {b}"
-        return f"{what} {a} in the {names[0]} vs {b} in the {names[1]}"
-
-    if first.GetSize()[:3] != second.GetSize()[:3]:
-        return differ("size", first.GetSize()[:3], second.GetSize()[:3])
-    spacing_scale = float(np.max(np.abs(first.GetSpacing()[:3])))
-    if not _close(first.GetSpacing()[:3], second.GetSpacing()[:3], spacing_scale):
-        return differ("spacing", first.GetSpacing()[:3], second.GetSpacing()[:3])
-    extent = spacing_scale * float(max(first.GetSize()[:3]))
-    origin_scale = max(float(np.max(np.abs(first.GetOrigin()[:3]))), extent)
-    if not _close(first.GetOrigin()[:3], second.GetOrigin()[:3], origin_scale):
-        return differ("origin", first.GetOrigin()[:3], second.GetOrigin()[:3])
-    if not _close(first.GetDirection(), second.GetDirection(), 1.0):
-        return differ("direction", first.GetDirection(), second.GetDirection())
-    return None
+__all__ = ["check_output_free", "remap_labels", "validate_case", "validation_count"]
 
 
 def remap_labels(array: np.ndarray, label_map: Mapping[int, int] | None) -> np.ndarray:

@@ -6,7 +6,6 @@ Light on purpose (no torch import): the Slicer modules import it to write jobs a
 from tcurlora.jobs.cancel import CancelToken, handle_signals
 from tcurlora.jobs.events import (
     BaseSink,
-    EtaEstimator,
     EventSink,
     JsonLinesSink,
     PlainTextSink,
@@ -34,7 +33,6 @@ __all__ = [
     "JOB_SCHEMA",
     "BaseSink",
     "CancelToken",
-    "EtaEstimator",
     "EventSink",
     "FinetuneJob",
     "JobCase",

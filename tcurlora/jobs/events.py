@@ -12,7 +12,6 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
@@ -277,22 +276,6 @@ def make_sink(events_flag: bool, stream: TextIO, error_stream: TextIO | None = N
     return PlainTextSink(stream, error_stream)
 
 
-class EtaEstimator:
-    """Seconds left from the mean time per step since the first update (which only starts the clock)."""
-
-    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
-        self.total = total
-        self.clock = clock
-        self._start: tuple[int, float] | None = None
-
-    def update(self, iteration: int) -> float | None:
-        """Call after finishing step `iteration`; None until two updates have been seen."""
-        now = self.clock()
-        if self._start is None:
-            self._start = (iteration, now)
-            return None
-        first_iteration, first_time = self._start
-        steps = iteration - first_iteration
-        if steps <= 0:
-            return None
-        return max(0.0, (now - first_time) / steps * (self.total - iteration))
+def eta_seconds(elapsed_s: float, done: int, remaining: int) -> float | None:
+    """Seconds left at the mean time per step so far (`done` steps in `elapsed_s`); None before any."""
+    return max(0.0, elapsed_s / done * remaining) if done > 0 else None

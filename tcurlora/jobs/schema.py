@@ -18,6 +18,7 @@ from typing import Any
 
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import case_id_from_path, segmentation_output_name
 
 JOB_SCHEMA = "tcurlora.job/1"
 EVENT_SCHEMA_NAME = "tcurlora.events/1"
@@ -25,9 +26,7 @@ EVENT_SCHEMA_NAME = "tcurlora.events/1"
 METHODS = ("tcur", "lora", "decoder", "full", "head")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 
 _MISSING = object()
 
@@ -38,46 +37,6 @@ def conv_targets_on(method: str, asked: bool | None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def split_extension(path: str | Path) -> tuple[str, str]:
-    """("case_01", ".nii.gz") for "dir/case_01.nii.gz"; known image extensions first, else the suffix."""
-    name = Path(path).name
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], name[-len(ext) :]
-    suffix = Path(name).suffix
-    return (name[: -len(suffix)] if suffix else name), suffix
-
-
-def is_image_file(path: str | Path) -> bool:
-    """True when the file name ends in a known volume extension."""
-    return Path(path).name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def case_id_from_path(path: str | Path) -> str:
-    """The case name of an image file: its stem without a `_0000` channel suffix."""
-    stem, _ = split_extension(path)
-    return _CHANNEL_SUFFIX.sub("", stem)
-
-
-# Detached-header formats cannot be replaced atomically: their segmentations get the one-file kind.
-_ONE_FILE_EXTENSION = {".nhdr": ".nrrd", ".mhd": ".mha"}
-
-
-def segmentation_output_name(channels: list[Path] | list[str]) -> str:
-    """The file name of the segmentation of one input: case name + "_seg" + the input's extension.
-
-    "case1.nrrd" -> "case1_seg.nrrd"; channel files ["c2_0000.nii.gz", "c2_0001.nii.gz"] ->
-    "c2_seg.nii.gz" (the case name, without the channel suffix); "vol.mhd" -> "vol_seg.mha";
-    an unknown extension -> ".nii.gz".
-    """
-    first = Path(channels[0])
-    stem, ext = split_extension(first)
-    if len(channels) > 1:
-        stem = _CHANNEL_SUFFIX.sub("", stem)
-    ext = _ONE_FILE_EXTENSION.get(ext.lower(), ext) if is_image_file(first) else ".nii.gz"
-    return f"{stem}_seg{ext}"
-
-
 def _looks_like_path(value: str, base_dir: Path) -> bool:
     return (
         any(sep in value for sep in ("/", "\\"))
@@ -580,7 +539,7 @@ class SegmentJob:
     def output_paths(self) -> list[Path]:
         """One output file per input: `outputs`, or `output_dir / segmentation_output_name(channels)`.
 
-        `tcurlora segment` writes exactly these paths (segment.plan_outputs calls this method).
+        `tcurlora segment` writes exactly these paths (segmentation.plan_outputs calls this method).
         """
         if self.outputs is not None:
             return list(self.outputs)

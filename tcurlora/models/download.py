@@ -7,8 +7,6 @@ network the call fails quickly with a clear InputError instead of hanging.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -37,15 +35,6 @@ KNOWN_BUNDLES: dict[str, KnownBundle] = {
     "spleen_ct_segmentation": KnownBundle("0.3.3", "97daba75d2372ec5ca9a0d16087248d5de6bc671", "sha1"),
     "brats_mri_segmentation": KnownBundle("0.3.1", "36c14ba59084ca344dd7dfec6d2e8f1026fa3249", "sha1"),
 }
-
-
-def file_digest(path: str | Path, hash_type: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks."""
-    digest = hashlib.new(hash_type)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_reachable(url: str, timeout: float) -> None:
@@ -128,9 +117,3 @@ def download_bundle(
 
     shutil.rmtree(temp, ignore_errors=True)
     return final
-
-
-def read_download_record(folder: str | Path) -> dict | None:
-    """The provenance written next to a downloaded bundle, if any."""
-    path = Path(folder) / DOWNLOAD_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None

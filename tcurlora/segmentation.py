@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.jobs.events import eta_seconds
 
 
 def plan_outputs(job) -> list[Path]:
@@ -92,7 +93,7 @@ def run_segment(job, sink, token) -> dict[str, Any]:
                             amp=device.type == "cuda", names=label_names, colors=label_colors)
         seconds.append(time.monotonic() - started)
         written.append(str(path))
-        eta = sum(seconds) / len(seconds) * (len(inputs) - index)
+        eta = eta_seconds(sum(seconds), len(seconds), len(inputs) - index)
         sink.progress(iteration=index, total=len(inputs), loss=None, val_dice=None, eta_s=eta, lr=None,
                       message=f"segmented {Path(channels[0]).name} -> {path}")
     return {"outputs": {"segmentations": written},
