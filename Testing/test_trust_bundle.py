@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_bundle
 from safetensors.torch import save_file
 
 from tcurlora.errors import InputError
 from tcurlora.models.bundle import build_bundle_network, load_bundle, read_bundle_configs
 from tcurlora.models.registry import load_base_model
 
-ZOO = Path(__file__).resolve().parents[1].parent / "shared" / "bundles"
 UNET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
         "channels": [4, 8], "strides": [2], "num_res_units": 0}  # fmt: skip
 
@@ -155,11 +155,7 @@ def test_symlinked_and_oversized_weight_files_are_refused(tmp_path, monkeypatch)
 
 
 def _zoo(name: str, tmp_path: Path) -> Path:
-    source = ZOO / name
-    if not (source / "configs" / "inference.json").is_file():
-        if os.environ.get("TCURLORA_REQUIRE_DATA") == "1":
-            pytest.fail(f"real zoo bundle {source} not found")
-        pytest.skip(f"real zoo bundle {source} not found")
+    source = shared_bundle(name)
     copy = tmp_path / name
     shutil.copytree(source, copy)
     return copy

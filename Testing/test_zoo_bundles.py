@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import shared_bundle
 from safetensors.torch import save_file
 from trust_testing import hippo_case, run, write_job
 
@@ -24,16 +24,10 @@ from tcurlora.errors import ConfigError
 from tcurlora.models.bundle import build_bundle_network, read_bundle_configs
 from tcurlora.models.registry import load_base_model
 
-ZOO = Path(__file__).resolve().parents[1].parent / "shared" / "bundles"
-
 
 def zoo_copy(name: str, tmp_path: Path, weights: str = "safetensors", **network_changes) -> Path:
     """A copy of a zoo bundle with random weights in models/ (network_def changed as asked)."""
-    source = ZOO / name
-    if not (source / "configs" / "inference.json").is_file():
-        if os.environ.get("TCURLORA_REQUIRE_DATA") == "1":
-            pytest.fail(f"real zoo bundle {source} not found")
-        pytest.skip(f"real zoo bundle {source} not found")
+    source = shared_bundle(name)
     folder = tmp_path / name
     shutil.copytree(source, folder)
     if network_changes:
