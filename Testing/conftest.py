@@ -34,17 +34,6 @@ def data_folder(name: str) -> Path:
     return folder
 
 
-def shared_bundle(name: str) -> Path:
-    """The real MONAI Model Zoo config folder `name` under ../shared/bundles; skip (or fail in CI) when absent."""
-    folder = REPO_ROOT.parent / "shared" / "bundles" / name
-    if not (folder / "configs" / "inference.json").is_file():
-        message = f"real zoo bundle {folder} not found"
-        if os.environ.get("TCURLORA_REQUIRE_DATA") == "1":
-            pytest.fail(message + "; TCURLORA_REQUIRE_DATA=1 requires it")
-        pytest.skip(message)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def hippocampus_dir() -> Path:
     return data_folder("hippocampus")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_bundle
 from safetensors.torch import save_file
+from zoo_testing import shared_bundle
 
 from tcurlora.errors import InputError
 from tcurlora.models.bundle import build_bundle_network, load_bundle, read_bundle_configs

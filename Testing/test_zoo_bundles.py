@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import shared_bundle
 from safetensors.torch import save_file
 from trust_testing import hippo_case, run, write_job
+from zoo_testing import shared_bundle
 
 from tcurlora.adapters import AdapterConfig, apply_adapter
 from tcurlora.adapters.targets import configure_targets
