@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -323,7 +324,7 @@ def _rewrite(value: Any, mapping: Sequence[tuple[str, str]]) -> Any:
     return value
 
 
-class RemoteRun:
+class RemoteRun(ABC):
     """One job run on `host`; `run(sink, token)` returns the handler result or raises a TCURLoRAError.
 
     Subclasses say how the job is staged (`remote_job`), which remote paths stand for which local ones
@@ -343,8 +344,9 @@ class RemoteRun:
     def check_outputs(self) -> None:
         """Refuse before connecting when an output exists and may not be replaced."""
 
+    @abstractmethod
     def remote_job(self, stage: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """The job dict the remote worker runs, its inputs copied into `stage` (per command)."""
 
     def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
         return []
