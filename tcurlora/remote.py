@@ -341,7 +341,7 @@ class RemoteRun(ABC):
         self.connection: SshConnection | None = None
 
     # ---- per command
-    def check_outputs(self) -> None:
+    def check_outputs(self) -> None:  # noqa: B027 - optional hook
         """Refuse before connecting when an output exists and may not be replaced."""
 
     @abstractmethod
@@ -351,7 +351,7 @@ class RemoteRun(ABC):
     def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
         return []
 
-    def collect(self, connection: SshConnection) -> None:
+    def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
         """Bring the outputs back after `done`."""
 
     def keep(self, connection: SshConnection) -> bool:
@@ -487,7 +487,7 @@ class RemoteFinetune(RemoteRun):
         self.output = job.output
         self.local_checkpoint = self.output.with_name(checkpoint_name(self.output.name))
 
-    def check_outputs(self) -> None:
+    def check_outputs(self) -> None:  # noqa: B027 - optional hook
         if self.output.exists() and not self.job.force:
             raise OutputExistsError("the adapter folder exists (use --force to replace it)", self.output)
 
@@ -502,7 +502,7 @@ class RemoteFinetune(RemoteRun):
         remote_out = f"{absolute}/out/{self.output.name}"
         return [(remote_out + ".checkpoint", str(self.local_checkpoint)), (remote_out, str(self.output))]
 
-    def collect(self, connection: SshConnection) -> None:
+    def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
         connection.download(f"{self.remote_dir}/out", self.output.name, self.output.parent)
 
     def keep(self, connection: SshConnection) -> bool:
@@ -521,7 +521,7 @@ class RemoteSegment(RemoteRun):
         self.outputs = job.output_paths()
         super().__init__(job, host, self.outputs[0])
 
-    def check_outputs(self) -> None:
+    def check_outputs(self) -> None:  # noqa: B027 - optional hook
         for path in self.outputs:
             if path.exists() and not self.job.force:
                 raise OutputExistsError("the output exists (use --force to replace it)", path)
@@ -532,7 +532,7 @@ class RemoteSegment(RemoteRun):
     def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
         return [(f"{absolute}/out/{i}/{p.name}", str(p)) for i, p in enumerate(self.outputs)]
 
-    def collect(self, connection: SshConnection) -> None:
+    def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
         for index, path in enumerate(self.outputs):
             if not connection.download(f"{self.remote_dir}/out/{index}", path.name, path.parent):
                 raise RemoteError(f"{self.host}: the remote run reported success but wrote no {path.name}")
