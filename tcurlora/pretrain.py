@@ -42,6 +42,8 @@ from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
+PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -59,11 +61,15 @@ class SourceConfig:
 
 @dataclass
 class PretrainConfig:
-    """A pretraining recipe; `arch_params` are MONAI UNETR arguments (out_channels is set from the labels)."""
+    """A pretraining recipe; `arch_params` are the MONAI `arch` network's arguments (in/out channels are set
+    from the sources and labels; UNETR also gets img_size = patch_size). `precision` "bf16" autocasts the
+    forward pass to bfloat16 (CPUs with AVX512-BF16/AMX and CUDA); "auto" does so where it is supported.
+    `eval_every` > 0 measures the held-out Dice every that many iterations into the training log."""
 
     name: str
     sources: list[SourceConfig]
     arch_params: dict[str, Any]
+    arch: str = "UNETR"
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     patch_size: tuple[int, int, int] = (48, 48, 48)
     iterations: int = 1800
@@ -76,6 +82,8 @@ class PretrainConfig:
     threads: int = 2
     checkpoint_every: int = 200
     description: str = ""
+    precision: str = "fp32"
+    eval_every: int = 0
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
@@ -95,6 +103,10 @@ class PretrainConfig:
             raise ConfigError(f"invalid pretrain recipe: {error}", path) from error
         if not config.sources:
             raise ConfigError("a pretrain recipe needs at least one source", path)
+        if config.arch not in PRETRAIN_ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(PRETRAIN_ARCHS)}, got {config.arch!r}", path)
+        if config.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}", path)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,10 +155,11 @@ def model_spec(config: PretrainConfig, labels: dict[int, str]) -> ModelSpec:
     params = dict(config.arch_params)
     params["in_channels"] = 1
     params["out_channels"] = len(labels) + 1
-    params["img_size"] = list(config.patch_size)
+    if config.arch == "UNETR":
+        params["img_size"] = list(config.patch_size)
     return ModelSpec(
         name=config.name,
-        arch="UNETR",
+        arch=config.arch,
         arch_params=params,
         spacing=config.spacing,
         patch_size=config.patch_size,
@@ -369,7 +382,7 @@ def run_pretrain(
     """
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.outputs import check_model_output
-    from tcurlora.train import grad_scaler, training_step
+    from tcurlora.train import cpu_supports_bf16, grad_scaler, training_step
 
     output = Path(output)
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
@@ -400,12 +413,14 @@ def run_pretrain(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    use_amp = device.type == "cuda"
+    use_amp = config.precision == "bf16" or (config.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
     scaler = grad_scaler(device, use_amp)
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
-    log(f"pretraining {spec.name} on {described}: {config.iterations} iterations")
+    log(f"pretraining {spec.name} on {described}{' with bf16 autocast' if use_amp else ''}: "
+        f"{config.iterations} iterations")
     clock = time.monotonic()
+    cpu_started, cpu_before = time.process_time(), (records[-1].get("cpu_s", 0.0) if records else 0.0)
     deadline = clock + 60 * max_minutes if max_minutes else None
     next_checkpoint = clock + 60 * checkpoint_minutes if checkpoint_minutes else None
     iterations_done = config.iterations
@@ -421,7 +436,11 @@ def run_pretrain(
         loss = training_step(model, optimizer, scaler, image.to(device), label.to(device), loss_fn, use_amp, step + 1)
         elapsed = time.time() - started
         record = {"iteration": step + 1, "source": source.config.name, "loss": round(float(loss.detach()), 5),
-                  "lr": learning_rate(config, step), "time_s": round(elapsed, 2)}  # fmt: skip
+                  "lr": learning_rate(config, step), "time_s": round(elapsed, 2),
+                  "cpu_s": round(cpu_before + time.process_time() - cpu_started, 2)}  # fmt: skip
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.iterations:
+            record["val_dice"] = evaluate_sources(model, sources, spec, device)["val_dice"]
+            log(f"iteration {step + 1}: held-out Dice {json.dumps(record['val_dice'])}")
         records.append(record)
         if (step + 1) % 20 == 0:
             eta = eta_seconds(elapsed, step + 1, config.iterations - step - 1)
@@ -534,8 +553,8 @@ def render_card(spec: ModelSpec, card: dict[str, Any], fingerprint: str) -> str:
     lines = [
         f"# {spec.name}", "", spec.description, "",
         "## Architecture",
-        f"MONAI {arch['arch']}: img_size {arch['img_size']}, hidden_size {arch['hidden_size']}, mlp_dim "
-        f"{arch['mlp_dim']}, num_heads {arch['num_heads']}, feature_size {arch['feature_size']}, "
+        f"MONAI {arch['arch']}: " + ", ".join(f"{k} {v}" for k, v in arch.items()
+                                           if k not in ("arch", "in_channels", "out_channels")) + ", "
         f"{arch['in_channels']} input channel, {arch['out_channels']} output classes (background + union).",
         f"Weights: model.safetensors (fp16). SHA-256 fingerprint of the fp32 weights: `{fingerprint}`.", "",
         "## Preprocessing",

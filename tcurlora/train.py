@@ -101,10 +101,21 @@ def checkpoint_dir(output: Path) -> Path:
     return output.with_name(output.name + ".checkpoint")
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 kernels natively (AVX512-BF16 or AMX): there bf16 autocast is faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when asked for (fp16 where bf16 is unsupported); a no-op elsewhere."""
-    if device.type != "cuda" or not enabled:
+    """bf16 autocast when asked for: on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16
+    (`cpu_supports_bf16`); a no-op elsewhere. Callers decide when to ask (fine-tuning asks only on CUDA)."""
+    if not enabled or device.type not in ("cuda", "cpu"):
         return torch.autocast(device_type="cpu", enabled=False)
+    if device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cpu_supports_bf16())
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
 
