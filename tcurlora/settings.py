@@ -30,6 +30,7 @@ NONBLANK = r"\S"  # what "must not be empty" means for a string (not only whites
 # Per kind: the JSON type checked first and how a wrong type is named in the error.
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "string": ((str,), "a string"),
+    "text": ((str,), "a string"),  # a string that may be empty
     "choice": ((str,), "a string"),
     "device": ((str,), "a string"),
     "reference": ((str,), "a string"),
@@ -228,6 +229,8 @@ def _base_schema(s: Setting) -> dict[str, Any]:
     nonblank = {"type": "string", "minLength": 1, "pattern": NONBLANK}
     if s.kind in ("string", "reference", "path"):
         schema: dict[str, Any] = dict(nonblank)
+    elif s.kind == "text":
+        schema = {"type": "string"}
     elif s.kind == "choice":
         schema = {"enum": list(s.choices)}
     elif s.kind == "device":
@@ -263,17 +266,18 @@ def field_schema(f: dataclasses.Field, s: Setting) -> dict[str, Any]:
     return schema
 
 
-def object_schema(cls: Any, extra: dict[str, Any] | None = None, title: str = "") -> dict[str, Any]:
-    """The JSON Schema of a dataclass's declared fields as a closed object (`extra`: more properties)."""
+def object_schema(
+    cls: Any, extra: dict[str, Any] | None = None, extra_required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The JSON Schema of a dataclass's declared fields as a closed object; `extra`: more properties
+    (`extra_required` of them required), the description: the class's first docstring paragraph."""
     properties = dict(extra or {})
-    required = [name for name, schema in properties.items() if "default" not in schema and "const" in schema]
+    required = list(extra_required)
     for f, s in settings_of(cls):
         properties[f.name] = field_schema(f, s)
         if default_of(f) is REQUIRED:
             required.append(f.name)
     schema: dict[str, Any] = {"type": "object"}
-    if title:
-        schema["title"] = title
     doc = (cls.__doc__ or "").strip().split("\n\n")[0]
     if doc:
         schema["description"] = " ".join(doc.split())
