@@ -14,7 +14,6 @@ The recipe is a JSON file (configs/pretrain/*.json), seeded; the result is a mod
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
@@ -41,7 +40,7 @@ from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
-from tcurlora.settings import SettingError, check_keys, dump_fields, expect, read_fields, setting
+from tcurlora.settings import SettingError, dump_fields, expect, read_object, setting
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
@@ -72,12 +71,7 @@ def _sources(key: str, value: Any, base_dir: Path | None) -> list[SourceConfig]:
         raise SettingError(key, "a pretrain recipe needs at least one source")
     sources = []
     for index, item in enumerate(value):
-        where = f"{key}[{index}]"
-        try:
-            check_keys(item, {f.name for f in dataclasses.fields(SourceConfig)}, "a source")
-            sources.append(SourceConfig(**read_fields(SourceConfig, item)))
-        except SettingError as error:
-            raise SettingError(f"{where}.{error.key}" if error.key else where, error.problem) from None
+        sources.append(SourceConfig(**read_object(SourceConfig, item, "a source", f"{key}[{index}]")))
     return sources
 
 
@@ -135,8 +129,7 @@ class PretrainConfig:
                 f"unknown recipe format {data.get('format')!r}, expected {RECIPE_FORMAT!r}", path
             )
         try:
-            check_keys(data, {f.name for f in dataclasses.fields(cls)} | {"format"}, "a pretrain recipe")
-            return cls(**read_fields(cls, data))
+            return cls(**read_object(cls, data, "a pretrain recipe", extra=("format",)))
         except SettingError as error:
             raise ConfigError(str(error), path) from None
 

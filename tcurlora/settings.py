@@ -65,6 +65,7 @@ class Setting:
     exclusive_minimum: bool = False  # minimum itself refused ("must be > minimum")
     exclusive_maximum: bool = False
     label: str = ""  # how the expected type is named in errors (default: the kind's)
+    nullable: bool = False  # null allowed although the default is not None (always when it is)
     check: Callable[[str, Any], Any] | None = None  # after the kind's checks: (key, value) -> value
     parse: Callable[[str, Any, Any], Any] | None = None  # custom kinds: (key, value, context) -> value
     dump: Callable[[Any], Any] | None = None  # value -> JSON (default: paths to str, tuples to lists)
@@ -192,7 +193,7 @@ def read_field(f: dataclasses.Field, s: Setting, data: dict, base_dir: Path | No
             raise SettingError(f.name, "missing (required)")
         return default
     value = data[f.name]
-    if value is None and default is None:
+    if value is None and (default is None or s.nullable):
         return None
     return check_value(f.name, value, s, base_dir)
 
@@ -200,6 +201,20 @@ def read_field(f: dataclasses.Field, s: Setting, data: dict, base_dir: Path | No
 def read_fields(cls: Any, data: dict, base_dir: Path | None = None) -> dict[str, Any]:
     """Every declared field of `cls` read out of `data` (unknown keys are the caller's to refuse)."""
     return {f.name: read_field(f, s, data, base_dir) for f, s in settings_of(cls)}
+
+
+def read_object(
+    cls: Any, data: Any, what: str, where: str = "", extra: tuple[str, ...] = (), base_dir: Path | None = None
+) -> dict[str, Any]:
+    """The declared fields of `cls` out of the JSON object `data` (`what` names it in errors), refusing
+    unknown keys (`extra`: other allowed keys); errors name the key under `where` ("cost.steps")."""
+    try:
+        check_keys(data, {f.name for f, _ in settings_of(cls)} | set(extra), what)
+        return read_fields(cls, data, base_dir)
+    except SettingError as error:
+        if not where:
+            raise
+        raise SettingError(f"{where}.{error.key}" if error.key else where, error.problem) from None
 
 
 def to_json(value: Any) -> Any:
@@ -257,7 +272,7 @@ def field_schema(f: dataclasses.Field, s: Setting) -> dict[str, Any]:
     """The JSON Schema of one field: its kind's, `null` allowed when the default is None."""
     schema = _base_schema(s)
     default = default_of(f)
-    if default is None:
+    if default is None or s.nullable:
         schema = {"anyOf": [schema, {"type": "null"}]}
     if s.help:
         schema["description"] = s.help
