@@ -163,3 +163,25 @@ def test_a_recipe_round_trips_through_to_dict(tmp_path):
     path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
     assert PretrainConfig.from_file(path) == config
     assert config.to_dict()["spacing"] == list(config.spacing)
+
+
+# -------------------------------------------------------------------------------------- model spec
+def test_the_builtin_model_spec_round_trips_and_bad_specs_name_the_key():
+    from tcurlora.models.spec import IntensitySpec, ModelSpec
+
+    record = json.loads((REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / "model.json").read_text())
+    spec = ModelSpec.from_dict(record["spec"])
+    assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (48, 48, 48) and spec.labels[1] == "RightVentricle"
+    assert isinstance(spec.intensity, IntensitySpec) and ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec("x").intensity is not ModelSpec("y").intensity  # a fresh default per spec
+    for change, message in [
+        ({"patch_size": "96"}, "key 'patch_size': expected a list of 3 positive integers, got str '96'"),
+        ({"intensity": {"kind": "minmax"}}, "key 'intensity.kind': must be one of zscore, percentile, range"),
+        ({"intensity": {"lower": "1"}}, "key 'intensity.lower': expected a number, got str '1'"),
+        ({"labels": {"one": "a"}}, "key 'labels[one]': label values must be whole numbers"),
+        ({"output": "logits"}, "key 'output': must be one of softmax, sigmoid"),
+        ({"spec": 1}, "key 'spec': unknown key"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            ModelSpec.from_dict({**record["spec"], **change}, "model.json")
+        assert info.value.path == "model.json" and message in info.value.problem, info.value.problem

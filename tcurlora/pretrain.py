@@ -40,22 +40,19 @@ from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
-from tcurlora.settings import SettingError, dump_fields, expect, read_object, setting
+from tcurlora.settings import (
+    SettingError,
+    dump_fields,
+    expect,
+    positive_triple,
+    read_object,
+    setting,
+    triple_schema,
+)
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
 PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def _positive_triple(key: str, value: Any, cast: type) -> tuple:
-    kind = "integers" if cast is int else "numbers"
-    ok = isinstance(value, list) and len(value) == 3 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-        and (cast is float or isinstance(v, int)) for v in value
-    )  # fmt: skip
-    if not ok:
-        raise SettingError(key, f"expected a list of 3 positive {kind}, got {type(value).__name__} {value!r}")
-    return tuple(cast(v) for v in value)
 
 
 def _channels(key: str, value: Any, base_dir: Path | None) -> list[int]:
@@ -100,10 +97,10 @@ class PretrainConfig:
     arch_params: dict[str, Any] = setting(kind="object", help="arguments of the MONAI network")
     arch: str = setting("UNETR", "choice", choices=PRETRAIN_ARCHS, help="the MONAI network")
     spacing: tuple[float, float, float] = setting(
-        (1.5, 1.5, 1.5), "custom", parse=lambda k, v, _: _positive_triple(k, v, float), help="mm"
+        (1.5, 1.5, 1.5), "custom", parse=positive_triple(float), schema=triple_schema("number"), help="mm"
     )
     patch_size: tuple[int, int, int] = setting(
-        (48, 48, 48), "custom", parse=lambda k, v, _: _positive_triple(k, v, int), help="voxels"
+        (48, 48, 48), "custom", parse=positive_triple(int), schema=triple_schema("integer"), help="voxels"
     )
     iterations: int = setting(1800, "integer", minimum=1, help="training steps")
     batch_size: int = setting(2, "integer", minimum=1, help="patches per step")

@@ -80,9 +80,13 @@ class Setting:
     slicer: bool = False  # one of the settings of the Slicer FineTune panel
 
 
-def setting(default: Any = REQUIRED, kind: str = "string", **options: Any) -> Any:
-    """A dataclass field declaring one setting; list and dict defaults are copied per instance."""
+def setting(default: Any = REQUIRED, kind: str = "string", factory: Callable[[], Any] | None = None,
+            **options: Any) -> Any:  # fmt: skip
+    """A dataclass field declaring one setting; list and dict defaults are copied per instance, `factory`
+    makes the default of each instance (a nested declared dataclass)."""
     meta = {"setting": Setting(kind=kind, **options)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -173,6 +177,27 @@ def check_value(key: str, value: Any, s: Setting, base_dir: Path | None = None) 
         if s.kind == "strings":
             value = [expect(f"{key}[{i}]", item, (str,), "a string") for i, item in enumerate(value)]
     return s.check(key, value) if s.check is not None else value
+
+
+def positive_triple(cast: type) -> Callable[[str, Any, Any], tuple]:
+    """A custom-kind parser: a list of 3 positive integers (cast int) or numbers (cast float) -> tuple."""
+    kind = "integers" if cast is int else "numbers"
+
+    def parse(key: str, value: Any, base_dir: Any = None) -> tuple:
+        ok = isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            and (cast is float or isinstance(v, int)) for v in value
+        )  # fmt: skip
+        if not ok:
+            raise SettingError(key, f"expected a list of 3 positive {kind}, got {type(value).__name__} {value!r}")
+        return tuple(cast(v) for v in value)
+
+    return parse
+
+
+def triple_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of `positive_triple`: 3 positive integers or numbers."""
+    return {"type": "array", "items": {"type": kind, "exclusiveMinimum": 0}, "minItems": 3, "maxItems": 3}
 
 
 def check_keys(data: Any, allowed: set, what: str = "a job") -> dict:
