@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tcurlora.jobs.schema import JOB_SCHEMA
+from tcurlora.jobs.schema import JOB_SCHEMA, FinetuneJob
+from tcurlora.settings import REQUIRED, default_of, settings_of, to_json
 
 DEVICES = ("auto", "cuda", "cpu")
 
 
-@dataclass
-class FineTuneSettings:
-    """What the user chose in the FineTune module; everything else takes the job defaults."""
-
-    base_model: str
-    method: str = "tcur"
-    rank: int = 8
-    iterations: int = 500
-    patch_size: tuple[int, int, int] | None = None
-    device: str = "auto"
-    batch_size: int = 2
-    learning_rate: float | None = None
-    seed: int = 0
-    val_fraction: float = 0.0
-    checkpoint_every: int = 50
-    amp: bool = True
-    head_learning_rate: float | None = None
-    train_modules: list[str] | None = None  # None: the method's default; []: none
-    spacing: list[float] | str = "auto"
+def _settings_class() -> type:
+    """FineTuneSettings: the FinetuneJob settings the FineTune panel offers (declared `slicer=True` there),
+    with their job defaults, types and order; derived, so that a default is written once."""
+    fields = []
+    for f, s in settings_of(FinetuneJob):
+        if s.slicer:
+            default = default_of(f)
+            fields.append((f.name, f.type) if default is REQUIRED else (f.name, f.type, dataclasses.field(default=default)))
 
     def to_job(self) -> dict[str, Any]:
         """The job keys these settings stand for."""
-        job = asdict(self)
-        job["patch_size"] = list(self.patch_size) if self.patch_size else None
-        return job
+        return {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    doc = "What the user chose in the FineTune module; everything else takes the job defaults."
+    return dataclasses.make_dataclass(
+        "FineTuneSettings", fields, namespace={"to_job": to_job, "__doc__": doc, "__module__": __name__}
+    )
+
+
+FineTuneSettings = _settings_class()
 
 
 def finetune_job(

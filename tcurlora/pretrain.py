@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,23 +40,49 @@ from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
+from tcurlora.settings import (
+    SettingError,
+    dump_fields,
+    expect,
+    positive_triple,
+    read_object,
+    setting,
+    triple_schema,
+)
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+def _channels(key: str, value: Any, base_dir: Path | None) -> list[int]:
+    ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok:
+        raise SettingError(key, f"expected a non-empty list of channel indices >= 0, got {type(value).__name__} {value!r}")
+    return list(value)
+
+
+def _sources(key: str, value: Any, base_dir: Path | None) -> list[SourceConfig]:
+    expect(key, value, (list,), "a list of source objects")
+    if not value:
+        raise SettingError(key, "a pretrain recipe needs at least one source")
+    sources = []
+    for index, item in enumerate(value):
+        sources.append(SourceConfig(**read_object(SourceConfig, item, "a source", f"{key}[{index}]")))
+    return sources
+
+
 @dataclass
 class SourceConfig:
     """One pretraining dataset: a Decathlon folder, which channels to use, and the held-out cases."""
 
-    name: str
-    folder: str
-    channels: list[int] = field(default_factory=lambda: [0])
-    num_cases: int | None = None
-    val_case_ids: list[str] = field(default_factory=list)
-    licence: str = ""
-    reference: str = ""
+    name: str = setting(kind="string", help="the source's name (prefixes its class names in the union)")
+    folder: str = setting(kind="string", help="its Decathlon folder, relative to --data-root")
+    channels: list[int] = setting([0], "custom", parse=_channels, help="the image channels used")
+    num_cases: int | None = setting(None, "integer", minimum=1, help="use only the first N cases")
+    val_case_ids: list[str] = setting([], "strings", help="case ids held out for the evaluation")
+    licence: str = setting("", "text", help="the data licence")
+    reference: str = setting("", "text", help="where the data comes from")
 
 
 @dataclass
@@ -66,53 +92,46 @@ class PretrainConfig:
     forward pass to bfloat16 (CPUs with AVX512-BF16/AMX and CUDA); "auto" does so where it is supported.
     `eval_every` > 0 measures the held-out Dice every that many iterations into the training log."""
 
-    name: str
-    sources: list[SourceConfig]
-    arch_params: dict[str, Any]
-    arch: str = "UNETR"
-    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
-    patch_size: tuple[int, int, int] = (48, 48, 48)
-    iterations: int = 1800
-    batch_size: int = 2
-    learning_rate: float = 3e-4
-    weight_decay: float = 1e-5
-    warmup: int = 50
-    foreground_fraction: float = 0.67
-    seed: int = 0
-    threads: int = 2
-    checkpoint_every: int = 200
-    description: str = ""
-    precision: str = "fp32"
-    eval_every: int = 0
+    name: str = setting(kind="string", help="the base model's name")
+    sources: list[SourceConfig] = setting(kind="custom", parse=_sources, help="the labeled datasets")
+    arch_params: dict[str, Any] = setting(kind="object", help="arguments of the MONAI network")
+    arch: str = setting("UNETR", "choice", choices=PRETRAIN_ARCHS, help="the MONAI network")
+    spacing: tuple[float, float, float] = setting(
+        (1.5, 1.5, 1.5), "custom", parse=positive_triple(float), schema=triple_schema("number"), help="mm"
+    )
+    patch_size: tuple[int, int, int] = setting(
+        (48, 48, 48), "custom", parse=positive_triple(int), schema=triple_schema("integer"), help="voxels"
+    )
+    iterations: int = setting(1800, "integer", minimum=1, help="training steps")
+    batch_size: int = setting(2, "integer", minimum=1, help="patches per step")
+    learning_rate: float = setting(3e-4, "number", minimum=0.0, exclusive_minimum=True, help="AdamW peak rate")
+    weight_decay: float = setting(1e-5, "number", minimum=0.0, help="AdamW weight decay")
+    warmup: int = setting(50, "integer", minimum=0, help="linear warm-up steps before the cosine decay")
+    foreground_fraction: float = setting(
+        0.67, "number", minimum=0.0, maximum=1.0, help="share of patches centred on a labeled voxel"
+    )
+    seed: int = setting(0, "integer", minimum=0, help="random seed")
+    threads: int = setting(2, "integer", minimum=1, help="torch CPU threads")
+    checkpoint_every: int = setting(200, "integer", minimum=1, help="steps between checkpoints")
+    description: str = setting("", "text", help="what the recipe is for")
+    precision: str = setting("fp32", "choice", choices=PRECISIONS, help="fp32, bf16 or auto")
+    eval_every: int = setting(0, "integer", minimum=0, help="steps between held-out evaluations (0: none)")
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
-        """Read and check a recipe JSON file."""
+        """Read and check a recipe JSON file: ConfigError naming the file and the key."""
         data = read_json_object(path, "pretrain recipe")
         if data.get("format") != RECIPE_FORMAT:
             raise ConfigError(
                 f"unknown recipe format {data.get('format')!r}, expected {RECIPE_FORMAT!r}", path
             )
-        values = {k: v for k, v in data.items() if k != "format"}
         try:
-            values["sources"] = [SourceConfig(**s) for s in values.get("sources", [])]
-            values["spacing"] = tuple(float(s) for s in values.get("spacing", (1.5, 1.5, 1.5)))
-            values["patch_size"] = tuple(int(s) for s in values.get("patch_size", (48, 48, 48)))
-            config = cls(**values)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"invalid pretrain recipe: {error}", path) from error
-        if not config.sources:
-            raise ConfigError("a pretrain recipe needs at least one source", path)
-        if config.arch not in PRETRAIN_ARCHS:
-            raise ConfigError(f"arch must be one of {', '.join(PRETRAIN_ARCHS)}, got {config.arch!r}", path)
-        if config.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}", path)
-        return config
+            return cls(**read_object(cls, data, "a pretrain recipe", extra=("format",)))
+        except SettingError as error:
+            raise ConfigError(str(error), path) from None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["spacing"], data["patch_size"] = list(self.spacing), list(self.patch_size)
-        return {"format": RECIPE_FORMAT, **data}
+        return {"format": RECIPE_FORMAT, **dump_fields(self)}
 
 
 @dataclass

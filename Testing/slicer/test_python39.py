@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# ... and the settings declaration they derive their defaults from (tcurlora.settings, standard library only)
 PANEL_FILES = sorted(
     p for folder in ("TCURFineTune", "TCURSegmenter", "TCURLoRACommon") for p in (ROOT / folder).rglob("*.py")
-)
+) + [ROOT / "tcurlora" / "settings.py"]
 
 
 def _is_union(node: ast.AST) -> bool:

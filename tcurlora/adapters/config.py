@@ -8,9 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tcurlora.errors import ConfigError
-
-METHODS = ("tcur", "lora", "decoder", "full", "head")
-SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
+from tcurlora.jobs.schema import METHODS, SELECTIONS  # declared once, with the job settings
 
 # Transformer projections adapted by default: MONAI UNETR/ViT and MONAI SwinUNETR module names.
 UNETR_TARGETS = r"vit\.blocks\.\d+\.(attn\.(qkv|out_proj)|mlp\.linear[12])"

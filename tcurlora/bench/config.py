@@ -11,15 +11,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.jobs.schema import METHODS, SELECTIONS, parse_patch_size, parse_spacing
+from tcurlora.settings import SettingError, expect, read_object, setting
 
 BENCH_SCHEMA = "tcurlora.bench/1"
-METHODS = ("tcur", "lora", "decoder", "full", "head")
-SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 BUILTIN = "builtin"
 
 
@@ -60,49 +60,84 @@ class MethodSpec:
         return data
 
 
+def _int_list(minimum: int):
+    def parse(key: str, value: Any, base_dir: Path | None) -> list[int]:
+        expect(key, value, (list,), "a list of integers")
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value):
+            raise SettingError(key, f"expected a non-empty list of integers >= {minimum}, got {value!r}")
+        return list(value)
+
+    return parse
+
+
+def _names(key: str, values: list[str]) -> list[str]:
+    if not all(values):
+        raise SettingError(key, f"expected a list of non-empty strings, got {values!r}")
+    return values
+
+
+def _methods(key: str, value: Any, base_dir: Path | None) -> list[MethodSpec]:
+    return expand_methods(value, key)
+
+
+def _cost(key: str, value: Any, base_dir: Path | None) -> CostConfig:
+    values = read_object(CostConfig, value, "cost", key)
+    if not values["methods"]:
+        raise SettingError(f"{key}.methods", "expected a non-empty list of method entries")
+    return CostConfig(**values)
+
+
 @dataclass
 class CostConfig:
     """Synthetic-batch cost measurement: architecture `base_model` rebuilt at `img_size`^3."""
 
-    base_model: str = "preset:unetr-base"
-    img_size: int = 64
-    batch_size: int = 1
-    num_classes: int = 3
-    warmup: int = 2
-    steps: int = 5
-    device: str = "auto"
-    amp: bool = True
-    methods: list[MethodSpec] = field(default_factory=list)
+    base_model: str = setting("preset:unetr-base", "string", help="the architecture measured")
+    img_size: int = setting(64, "integer", minimum=16, help="image edge in voxels")
+    batch_size: int = setting(1, "integer", minimum=1, help="images per step")
+    num_classes: int = setting(3, "integer", minimum=2, help="classes of the head")
+    warmup: int = setting(2, "integer", minimum=1, help="steps not measured")
+    steps: int = setting(5, "integer", minimum=1, help="steps measured")
+    device: str = setting("auto", "device", help="auto, cpu, cuda or cuda:N")
+    amp: bool = setting(True, "boolean", help="mixed precision on CUDA")
+    methods: list[MethodSpec] = setting([], "custom", parse=_methods, help="the method entries measured")
 
 
 @dataclass
 class BenchConfig:
     """A whole benchmark; paths are absolute once loaded."""
 
-    name: str
-    base_model: str = BUILTIN
-    fallback_base_model: str | None = "preset:unetr-tiny"
-    data: Path | None = None
-    description: str = ""
-    label_names: list[str] | None = None
-    k: list[int] = field(default_factory=lambda: [5])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    test_cases: int = 10
-    test_case_ids: list[str] | None = None
-    held_out_cases: int = 0  # the last N cases of dataset.json are never used (see plan.fixed_split)
-    iterations: int = 100
-    batch_size: int = 2
-    patch_size: list[int] | None = None
-    spacing: list[float] | str | None = None  # the fine-tunes' working spacing: mm, "auto" (None) or "base"
-    device: str = "auto"
-    amp: bool = True
-    overlap: float = 0.25
-    latency_cases: int = 2
-    warmup_steps: int = 3
-    isolate: bool = True
-    threads: int | None = None
-    methods: list[MethodSpec] = field(default_factory=list)
-    cost: CostConfig | None = None
+    name: str = setting(kind="string", help="the benchmark's name")
+    base_model: str = setting(BUILTIN, "string", help="the base model adapted")
+    fallback_base_model: str | None = setting(
+        "preset:unetr-tiny", "string", nullable=True, help="used when the base model is unavailable (null: none)"
+    )
+    data: Path | None = setting(None, "string", help="the Decathlon folder (needed by quality runs)")
+    description: str = setting("", "text", help="what the benchmark measures")
+    label_names: list[str] | None = setting(None, "strings", check=_names, help="class names")
+    k: list[int] = setting([5], "custom", parse=_int_list(1), help="numbers of labeled training cases")
+    seeds: list[int] = setting([0], "custom", parse=_int_list(0), help="seeds of each setting")
+    test_cases: int = setting(10, "integer", minimum=1, help="the last N cases are the test split")
+    test_case_ids: list[str] | None = setting(None, "strings", check=_names, help="the test split, by id")
+    held_out_cases: int = setting(  # the last N cases of dataset.json are never used (see plan.fixed_split)
+        0, "integer", minimum=0, help="cases of dataset.json never used"
+    )
+    iterations: int = setting(100, "integer", minimum=1, help="training steps per run")
+    batch_size: int = setting(2, "integer", minimum=1, help="patches per step")
+    patch_size: list[int] | None = setting(None, "custom", parse=parse_patch_size, help="voxels")
+    spacing: list[float] | str | None = setting(  # the fine-tunes' working spacing: mm, "auto" (None) or "base"
+        None, "custom", parse=parse_spacing, help="the fine-tunes' working spacing"
+    )
+    device: str = setting("auto", "device", help="auto, cpu, cuda or cuda:N")
+    amp: bool = setting(True, "boolean", help="mixed precision on CUDA")
+    overlap: float = setting(
+        0.25, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, help="sliding-window overlap"
+    )
+    latency_cases: int = setting(2, "integer", minimum=0, help="cases timed for the inference latency")
+    warmup_steps: int = setting(3, "integer", minimum=1, help="training steps not timed")
+    isolate: bool = setting(True, "boolean", help="one worker process per run")
+    threads: int | None = setting(None, "integer", minimum=1, help="torch CPU threads (default: torch's)")
+    methods: list[MethodSpec] = setting([], "custom", parse=_methods, help="the method entries compared")
+    cost: CostConfig | None = setting(None, "custom", parse=_cost, help="the synthetic cost measurement")
     source: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,206 +150,84 @@ class BenchConfig:
         return data
 
 
-class _Keys:
-    """Typed access to a JSON object, raising ConfigError that names the file and the key."""
-
-    def __init__(self, data: Any, where: str, source: Path | None, allowed: set[str]):
-        self.where, self.source = where, source
-        if not isinstance(data, dict):
-            self.fail("", f"expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            self.fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        self.data = data
-
-    def fail(self, key: str, problem: str):
-        name = f"{self.where}.{key}" if self.where and key else (key or self.where)
-        raise ConfigError(f"key {name!r}: {problem}" if name else problem, self.source)
-
-    def get(self, key: str, kinds: tuple[type, ...], label: str, default: Any) -> Any:
-        value = self.data.get(key, default)
-        if value is None and default is None:
-            return None
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            self.fail(key, f"expected {label}, got {value!r}")
-        return value
-
-    def positive_int(self, key: str, default: Any, minimum: int = 1) -> int:
-        value = self.get(key, (int,), "an integer", default)
-        if value is not None and value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def int_list(self, key: str, default: Any, minimum: int = 0) -> list[int]:
-        values = self.get(key, (list,), "a list of integers", default)
-        if values is None:
-            return None
-        if not values or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
-        ):
-            self.fail(key, f"expected a non-empty list of integers >= {minimum}, got {values!r}")
-        return list(values)
-
-    def str_list(self, key: str) -> list[str] | None:
-        values = self.get(key, (list,), "a list of strings", None)
-        if values is not None and not all(isinstance(v, str) and v for v in values):
-            self.fail(key, f"expected a list of non-empty strings, got {values!r}")
-        return values
-
-
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def expand_methods(entries: Any, where: str, source: Path | None) -> list[MethodSpec]:
+def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
     """Method entries -> MethodSpecs; list-valued rank/selection/conv_targets expand to all combinations."""
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"key {where!r}: expected a non-empty list of method entries", source)
+        raise SettingError(where, "expected a non-empty list of method entries")
     allowed = {"method", "rank", "selection", "conv_targets", "learning_rate", "alpha", "head_learning_rate",
                "train_modules"}
     specs: list[MethodSpec] = []
     for index, entry in enumerate(entries):
-        keys = _Keys(entry, f"{where}[{index}]", source, allowed)
-        method = keys.get("method", (str,), "a method name", "")
+        at = f"{where}[{index}]"
+        if not isinstance(entry, dict):
+            raise SettingError(at, f"expected a JSON object, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise SettingError(f"{at}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        method = entry.get("method", "")
         if method not in METHODS:
-            keys.fail("method", f"must be one of {', '.join(METHODS)}; got {method!r}")
+            raise SettingError(f"{at}.method", f"must be one of {', '.join(METHODS)}; got {method!r}")
         ranks = _as_list(entry.get("rank", 8))
         selections = _as_list(entry.get("selection", "topnorm"))
         convs = _as_list(entry.get("conv_targets", False))
         if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks) or not ranks:
-            keys.fail("rank", f"expected a positive integer or a list of them, got {entry.get('rank')!r}")
+            raise SettingError(f"{at}.rank", f"expected a positive integer or a list of them, got {entry.get('rank')!r}")
         if not selections or any(s not in SELECTIONS for s in selections):
-            keys.fail(
-                "selection",
-                f"expected one or a list of {', '.join(SELECTIONS)}; got {entry.get('selection')!r}",
+            raise SettingError(
+                f"{at}.selection", f"expected one or a list of {', '.join(SELECTIONS)}; got {entry.get('selection')!r}"
             )
         if not convs or not all(isinstance(c, bool) for c in convs):
-            keys.fail(
-                "conv_targets", f"expected true/false or a list of them, got {entry.get('conv_targets')!r}"
+            raise SettingError(
+                f"{at}.conv_targets", f"expected true/false or a list of them, got {entry.get('conv_targets')!r}"
             )
-        lr = keys.get("learning_rate", (int, float), "a positive number or null", None)
-        if lr is not None and lr <= 0:
-            keys.fail("learning_rate", f"must be > 0, got {lr}")
-        alpha = keys.get("alpha", (int, float), "a number or null", None)
-        head_lr = keys.get("head_learning_rate", (int, float), "a positive number or null", None)
-        if head_lr is not None and head_lr <= 0:
-            keys.fail("head_learning_rate", f"must be > 0, got {head_lr}")
-        modules = tuple(keys.str_list("train_modules") or ())
+        rates = {}
+        for key in ("learning_rate", "alpha", "head_learning_rate"):
+            value = entry.get(key)
+            if value is not None:
+                expect(f"{at}.{key}", value, (int, float), "a positive number or null")
+                if value <= 0:
+                    raise SettingError(f"{at}.{key}", f"must be > 0, got {value}")
+            rates[key] = None if value is None else float(value)
+        modules = entry.get("train_modules") or []
+        expect(f"{at}.train_modules", modules, (list,), "a list of strings")
+        if not all(isinstance(m, str) and m for m in modules):
+            raise SettingError(f"{at}.train_modules", f"expected a list of non-empty strings, got {modules!r}")
         if method != "tcur":  # selection and conv targets only mean something for tCURLoRA
             selections, convs = selections[:1], [False]
         if method not in ("tcur", "lora"):
             ranks = ranks[:1]
         for rank, selection, conv in itertools.product(ranks, selections, convs):
-            spec = MethodSpec(
-                method,
-                rank,
-                selection,
-                conv,
-                None if lr is None else float(lr),
-                None if alpha is None else float(alpha),
-                None if head_lr is None else float(head_lr),
-                modules,
-            )
+            spec = MethodSpec(method, rank, selection, conv, rates["learning_rate"], rates["alpha"],
+                              rates["head_learning_rate"], tuple(modules))  # fmt: skip
             if spec.label in {s.label for s in specs}:
-                keys.fail("method", f"the setting {spec.label!r} appears twice")
+                raise SettingError(f"{at}.method", f"the setting {spec.label!r} appears twice")
             specs.append(spec)
     return specs
 
 
-def _cost(data: Any, source: Path | None) -> CostConfig:
-    allowed = {
-        "base_model",
-        "img_size",
-        "batch_size",
-        "num_classes",
-        "warmup",
-        "steps",
-        "device",
-        "amp",
-        "methods",
-    }
-    keys = _Keys(data, "cost", source, allowed)
-    return CostConfig(
-        base_model=keys.get("base_model", (str,), "a base model reference", "preset:unetr-base"),
-        img_size=keys.positive_int("img_size", 64, minimum=16),
-        batch_size=keys.positive_int("batch_size", 1),
-        num_classes=keys.positive_int("num_classes", 3, minimum=2),
-        warmup=keys.positive_int("warmup", 2, minimum=1),
-        steps=keys.positive_int("steps", 5),
-        device=keys.get("device", (str,), "auto, cpu or cuda", "auto"),
-        amp=keys.get("amp", (bool,), "true or false", True),
-        methods=expand_methods(data.get("methods"), "cost.methods", source),
-    )
-
-
 def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> BenchConfig:
     """Validate a config dict; relative paths are resolved against `base_dir`."""
-    allowed = {
-        "schema", "name", "description", "base_model", "fallback_base_model", "data", "label_names", "k",
-        "seeds", "test_cases", "test_case_ids", "held_out_cases", "iterations", "batch_size", "patch_size", "spacing", "device", "amp",
-        "overlap", "latency_cases", "warmup_steps", "isolate", "threads", "methods", "cost",
-    }  # fmt: skip
-    keys = _Keys(data, "", source, allowed)
-    if data.get("schema", BENCH_SCHEMA) != BENCH_SCHEMA:
-        keys.fail("schema", f"expected {BENCH_SCHEMA!r}, got {data.get('schema')!r}")
-    name = keys.get("name", (str,), "a name", "")
-    if not name.strip():
-        keys.fail("name", "missing (required)")
-    data_dir = keys.get("data", (str,), "a Decathlon folder path", None)
-    patch = keys.int_list("patch_size", None, minimum=1)
-    if patch is not None and len(patch) != 3:
-        keys.fail("patch_size", f"expected 3 integers, got {patch!r}")
-    spacing = keys.get("spacing", (list, str), 'a list of 3 numbers (mm), "auto" or "base"', None)
-    if isinstance(spacing, str) and spacing not in ("auto", "base"):
-        keys.fail("spacing", f'expected a list of 3 numbers (mm), "auto" or "base", got {spacing!r}')
-    if isinstance(spacing, list) and (
-        len(spacing) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in spacing)
-    ):
-        keys.fail("spacing", f"expected 3 positive numbers (mm), got {spacing!r}")
-    overlap = keys.get("overlap", (int, float), "a number in [0, 1)", 0.25)
-    if not 0 <= overlap < 1:
-        keys.fail("overlap", f"must be in [0, 1), got {overlap}")
-    methods = expand_methods(data["methods"], "methods", source) if data.get("methods") is not None else []
-    cost = _cost(data["cost"], source) if data.get("cost") is not None else None
-    if not methods and cost is None:
-        keys.fail("methods", "give `methods` (quality runs), `cost` (synthetic cost runs) or both")
-    if methods and data_dir is None:
-        keys.fail("data", "quality runs need a Decathlon folder")
-    resolved = None
-    if data_dir is not None:
-        resolved = Path(data_dir).expanduser()
+    try:
+        values = read_object(BenchConfig, data, "a benchmark config", extra=("schema",))
+        if data.get("schema", BENCH_SCHEMA) != BENCH_SCHEMA:
+            raise SettingError("schema", f"expected {BENCH_SCHEMA!r}, got {data.get('schema')!r}")
+        if not values["methods"] and values["cost"] is None:
+            raise SettingError("methods", "give `methods` (quality runs), `cost` (synthetic cost runs) or both")
+        if values["methods"] and values["data"] is None:
+            raise SettingError("data", "quality runs need a Decathlon folder")
+    except SettingError as error:
+        raise ConfigError(str(error), source) from None
+    if values["data"] is not None:
+        resolved = Path(values["data"]).expanduser()
         resolved = resolved if resolved.is_absolute() else (base_dir / resolved).resolve()
         if not resolved.exists() and os.environ.get("TCURLORA_DATA"):  # the data sets live elsewhere here
             resolved = Path(os.environ["TCURLORA_DATA"]).expanduser() / resolved.name
-    return BenchConfig(
-        name=name,
-        description=keys.get("description", (str,), "a string", ""),
-        base_model=keys.get("base_model", (str,), "a base model reference", BUILTIN),
-        fallback_base_model=keys.get(
-            "fallback_base_model", (str,), "a base model reference or null", "preset:unetr-tiny"
-        ),
-        data=resolved,
-        label_names=keys.str_list("label_names"),
-        k=keys.int_list("k", [5], minimum=1),
-        seeds=keys.int_list("seeds", [0], minimum=0),
-        test_cases=keys.positive_int("test_cases", 10),
-        test_case_ids=keys.str_list("test_case_ids"),
-        held_out_cases=keys.positive_int("held_out_cases", 0, minimum=0),
-        iterations=keys.positive_int("iterations", 100),
-        batch_size=keys.positive_int("batch_size", 2),
-        patch_size=patch,
-        spacing=spacing,
-        device=keys.get("device", (str,), "auto, cpu or cuda", "auto"),
-        amp=keys.get("amp", (bool,), "true or false", True),
-        overlap=float(overlap),
-        latency_cases=keys.positive_int("latency_cases", 2, minimum=0),
-        warmup_steps=keys.positive_int("warmup_steps", 3, minimum=1),
-        isolate=keys.get("isolate", (bool,), "true or false", True),
-        threads=keys.positive_int("threads", None),
-        methods=methods,
-        cost=cost,
-        source=source,
-    )
+        values["data"] = resolved
+    return BenchConfig(**values, source=source)
 
 
 def load_config(path: str | Path) -> BenchConfig:

@@ -14,16 +14,10 @@ from tcurlora.filenames import is_image_file, split_extension
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SegmentJob
 from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
+from tcurlora.settings import add_arguments, flag_values, job_flags
 
-JOB_FLAGS = {
-    "base_model": "--base-model",
-    "adapter": "--adapter",
-    "output": "--output",
-    "overlap": "--overlap",
-    "largest_component": "--largest-component",
-    "device": "--device",
-    "force": "--force",
-}
+# Flags that describe the job: SegmentJob's declared ones and -o (which becomes outputs or output_dir).
+JOB_FLAGS = {**job_flags(SegmentJob), "output": "--output"}
 _CHANNEL = re.compile(r"^(.*)_(\d{4})$")
 
 
@@ -41,8 +35,7 @@ def register(subparsers: Any) -> None:
         help="volume file, channel files joined by commas, or a folder (every volume in it)",
     )
     p.add_argument("--job", type=Path, help="job file (tcurlora.job/1); events are printed as JSON lines")
-    p.add_argument("--base-model", help="built-in base model name, model folder or MONAI bundle folder")
-    p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
+    add_arguments(p, SegmentJob)
     p.add_argument(
         "--channels",
         type=int,
@@ -50,15 +43,6 @@ def register(subparsers: Any) -> None:
         help="for folder inputs: channels per case, files named CASE_0000, CASE_0001, ... (default 1)",
     )
     p.add_argument("--output", "-o", help="output file (one input) or folder (names: INPUT_seg + extension)")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
-    p.add_argument(
-        "--largest-component",
-        action="store_const",
-        const=True,
-        help="keep only the largest connected component of each class",
-    )
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--force", action="store_const", const=True, help="overwrite existing outputs")
     p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
     add_remote_arguments(p)
     p.set_defaults(func=main)
@@ -142,8 +126,7 @@ def build_job(args: argparse.Namespace) -> SegmentJob:
     inputs = expand_inputs(args.inputs, args.channels)
     data: dict[str, Any] = {
         "command": "segment",
-        "base_model": args.base_model,
-        "adapter": args.adapter,
+        **flag_values(args, SegmentJob),
         "inputs": [c[0] if len(c) == 1 else c for c in inputs],
     }
     output = Path(args.output)
@@ -152,13 +135,6 @@ def build_job(args: argparse.Namespace) -> SegmentJob:
     else:
         check_output_folder_name(output, len(inputs))
         data["output_dir"] = args.output
-    optional = {
-        "overlap": args.overlap,
-        "largest_component": args.largest_component,
-        "device": args.device,
-        "force": args.force,
-    }
-    data.update({k: v for k, v in optional.items() if v is not None})
     return SegmentJob.from_dict(data, Path.cwd())
 
 

@@ -2,13 +2,16 @@
 ("tcurlora.events/1").
 
 A job file is a JSON object with `"command"` ("finetune" or "segment") and optional
-`"schema": "tcurlora.job/1"`; the other keys and their defaults are the fields of `FinetuneJob` and
-`SegmentJob`. Relative paths are resolved against the job file's folder. Every problem (unknown key,
-wrong type, missing key, bad value) is a `ConfigError` naming the job file and the key.
+`"schema": "tcurlora.job/1"`; every other key is a field of `FinetuneJob` or `SegmentJob`, declared
+once with its kind, bounds, default, help text and command-line flag (tcurlora.settings): the CLI
+flags, the Slicer FineTune settings and the JSON Schema (`tcurlora schema job`) are derived from
+these declarations. Relative paths are resolved against the job file's folder. Every problem
+(unknown key, wrong type, missing key, bad value) is a `ConfigError` naming the job file and the key.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -19,6 +22,15 @@ from typing import Any
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import case_id_from_path, segmentation_output_name
+from tcurlora.settings import (
+    SettingError,
+    check_keys,
+    expect,
+    read_fields,
+    resolve_path,
+    setting,
+)
+from tcurlora.settings import dump_fields as _dump_fields
 
 JOB_SCHEMA = "tcurlora.job/1"
 EVENT_SCHEMA_NAME = "tcurlora.events/1"
@@ -26,7 +38,8 @@ EVENT_SCHEMA_NAME = "tcurlora.events/1"
 METHODS = ("tcur", "lora", "decoder", "full", "head")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
+MAX_ALPHA = 1e4
 
 _MISSING = object()
 
@@ -36,188 +49,223 @@ def conv_targets_on(method: str, asked: bool | None) -> bool:
     return asked if asked is not None else method == "tcur"
 
 
-# ----------------------------------------------------------------------------------------- helpers
-def _looks_like_path(value: str, base_dir: Path) -> bool:
-    return (
-        any(sep in value for sep in ("/", "\\"))
-        or value.startswith((".", "~"))
-        or (base_dir / value).exists()
-    )
-
-
-class _Reader:
-    """Reads typed values out of a job dict, raising ConfigError naming the job file and the key."""
-
-    def __init__(self, data: Any, base_dir: Path, source: Path | None, allowed: set[str]):
-        self.source = source
-        self.base_dir = base_dir
-        if not isinstance(data, dict):
-            self.fail("", f"a job must be a JSON object, not {type(data).__name__}")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            self.fail(unknown[0], f"unknown key (allowed keys: {', '.join(sorted(allowed))})")
-        self.data = data
-
-    def fail(self, key: str, problem: str):
-        raise ConfigError(f"key {key!r}: {problem}" if key else problem, self.source)
-
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
-        if key not in self.data:
-            if default is _MISSING:
-                self.fail(key, "missing (required)")
-            return default
-        return self.data[key]
-
-    def typed(
-        self, key: str, kinds: tuple[type, ...], label: str, default: Any = _MISSING, value: Any = _MISSING
-    ):
-        value = self.raw(key, default) if value is _MISSING else value
-        if value is None and default is None:
-            return None
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):
-            self.fail(key, f"expected {label}, got {type(value).__name__} {value!r}")
-        return value
-
-    def string(self, key: str, default: Any = _MISSING) -> str | None:
-        value = self.typed(key, (str,), "a string", default)
-        if value is not None and not value.strip():
-            self.fail(key, "must not be empty")
-        return value
-
-    def boolean(self, key: str, default: Any = _MISSING) -> bool:
-        return self.typed(key, (bool,), "true or false", default)
-
-    def integer(self, key: str, default: Any = _MISSING, minimum: int | None = None) -> int | None:
-        value = self.typed(key, (int,), "an integer", default)
-        if value is not None and minimum is not None and value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(
-        self,
-        key: str,
-        default: Any = _MISSING,
-        low: float | None = None,
-        high: float | None = None,
-        high_open: bool = False,
-    ) -> float | None:
-        value = self.typed(key, (int, float), "a number", default)
-        if value is None:
-            return None
-        value = float(value)
-        if (low is not None and value < low) or (
-            high is not None and (value > high or (high_open and value == high))
-        ):
-            bracket = ")" if high_open else "]"
-            self.fail(key, f"must be in [{low}, {high}{bracket}, got {value}")
-        return value
-
-    def choice(self, key: str, options: tuple[str, ...], default: Any = _MISSING) -> str:
-        value = self.string(key, default)
-        if value not in options:
-            self.fail(key, f"must be one of {', '.join(options)}; got {value!r}")
-        return value
-
-    def device(self, key: str) -> str:
-        value = self.string(key, "auto")
-        if not _DEVICE.match(value):
-            self.fail(key, f"must be auto, cpu, cuda or cuda:N; got {value!r}")
-        return value
-
-    def path(self, key: str, value: Any = _MISSING, default: Any = _MISSING) -> Path | None:
-        value = self.typed(key, (str,), "a path string", default, value)
-        if value is None:
-            return None
-        if not value.strip():
-            self.fail(key, "must not be empty")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path).resolve()
-
-    def reference(self, key: str, default: Any = _MISSING) -> str | None:
-        """A built-in/library name stays a name; anything that looks like a path is resolved."""
-        value = self.string(key, default)
-        if value is None or not _looks_like_path(value, self.base_dir):
-            return value
-        return str(self.path(key, value))
-
-    def string_list(self, key: str, default: Any = _MISSING) -> list[str] | None:
-        values = self.typed(key, (list,), "a list of strings", default)
-        if values is None:
-            return None
-        for index, item in enumerate(values):
-            self.typed(f"{key}[{index}]", (str,), "a string", value=item)
-        return list(values)
-
-    def channels(self, key: str, value: Any) -> list[Path]:
-        """One path or a non-empty list of channel paths -> list of resolved paths."""
-        if isinstance(value, list):
-            if not value:
-                self.fail(key, "needs at least one image path")
-            return [self.path(f"{key}[{i}]", item) for i, item in enumerate(value)]
-        return [self.path(key, value)]
-
-
-def _channels_out(paths: list[Path]) -> str | list[str]:
-    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"not UTF-8 text (byte {error.start}: {error.reason}); save the job file as UTF-8 JSON", path
-        ) from error
-    except FileNotFoundError as error:
-        raise InputError("job file not found", path) from error
-    except OSError as error:
-        raise InputError(f"cannot read job file: {error.strerror or error}", path) from error
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path
-        ) from error
-
-
-def _check_header(reader: _Reader, command: str) -> None:
-    if reader.string("command") != command:
-        reader.fail("command", f"expected {command!r}, got {reader.data['command']!r}")
-    schema = reader.string("schema", JOB_SCHEMA)
-    if schema != JOB_SCHEMA:
-        reader.fail("schema", f"unsupported job schema {schema!r}; this version reads {JOB_SCHEMA!r}")
-
-
-MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
-MAX_ALPHA = 1e4
-
-
-def check_seed(r: _Reader, seed: int) -> int:
+# ------------------------------------------------------------------------- value checks and parsers
+def check_seed(key: str, seed: int) -> int:
     if seed > MAX_SEED:
-        r.fail("seed", f"must be at most 2^63 - 1 = {MAX_SEED}, got {seed}")
+        raise SettingError(key, f"must be at most 2^63 - 1 = {MAX_SEED}, got {seed}")
     return seed
 
 
-def check_alpha(r: _Reader, alpha: float | None) -> float | None:
-    if alpha is not None and not 0.0 < alpha <= MAX_ALPHA:
-        r.fail("alpha", f"must be > 0 and <= {MAX_ALPHA:g} (the adapter's scale), got {alpha:g}")
+def check_alpha(key: str, alpha: float) -> float:
+    if not 0.0 < alpha <= MAX_ALPHA:
+        raise SettingError(key, f"must be > 0 and <= {MAX_ALPHA:g} (the adapter's scale), got {alpha:g}")
     return alpha
 
 
-def check_label_names(r: _Reader, names: list[str] | None) -> list[str] | None:
-    if names is None:
-        return None
+def check_label_names(key: str, names: list[str]) -> list[str]:
     if not names:
-        r.fail("label_names", "needs at least one class name")
+        raise SettingError(key, "needs at least one class name")
     seen: set[str] = set()
     for index, name in enumerate(names):
         if not name.strip():
-            r.fail(f"label_names[{index}]", "must not be empty")
+            raise SettingError(f"{key}[{index}]", "must not be empty")
         if name in seen:
-            r.fail(f"label_names[{index}]", f"duplicate class name {name!r} (each class needs its own name)")
+            raise SettingError(f"{key}[{index}]", f"duplicate class name {name!r} (each class needs its own name)")
         seen.add(name)
     return names
+
+
+def check_regexes(key: str, patterns: list[str]) -> list[str]:
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise SettingError(f"{key}[{index}]", f"invalid regular expression {pattern!r}: {error}") from None
+    return patterns
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_patch_size(key: str, value: Any, base_dir: Path | None) -> list[int]:
+    label = "a list of 3 positive integers"
+    expect(key, value, (list,), label)
+    if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise SettingError(key, f"expected {label}, got {value!r}")
+    return list(value)
+
+
+def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | str:
+    expect(key, value, (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"')
+    if isinstance(value, str) and value not in ("auto", "base"):
+        raise SettingError(key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}')
+    if isinstance(value, list):
+        if len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
+            raise SettingError(key, f"expected a list of 3 positive numbers (mm), got {value!r}")
+        return [float(v) for v in value]
+    return value
+
+
+def parse_colors(key: str, value: Any, base_dir: Path | None) -> list[list[float]]:
+    expect(key, value, (list,), "a list of [r, g, b] values in 0..1")
+    out = []
+    for index, color in enumerate(value):
+        if not (isinstance(color, list) and len(color) == 3 and all(_is_number(c) and 0.0 <= c <= 1.0 for c in color)):
+            raise SettingError(f"{key}[{index}]", f"expected [r, g, b] with values in 0..1, got {color!r}")
+        out.append([float(c) for c in color])
+    return out
+
+
+def parse_channels(key: str, value: Any, base_dir: Path | None) -> list[Path]:
+    """One path or a non-empty list of channel paths -> list of resolved paths."""
+    if isinstance(value, list):
+        if not value:
+            raise SettingError(key, "needs at least one image path")
+        return [resolve_path(f"{key}[{i}]", item, base_dir) for i, item in enumerate(value)]
+    return [resolve_path(key, value, base_dir)]
+
+
+def channels_out(paths: list[Path]) -> str | list[str]:
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+
+
+def _parse_label_map(key: str, mapping: Any) -> dict[int, int]:
+    """{"file label value": class index} of one case (unlisted values become background)."""
+    expect(key, mapping, (dict,), "an object of label value -> class index")
+    out: dict[int, int] = {}
+    for source, target in mapping.items():
+        where = f"{key}[{source}]"
+        if not isinstance(source, str) or not re.fullmatch(r"\d+", source.strip()):
+            raise SettingError(where, f"label values must be whole numbers >= 0 (as JSON keys: \"1\"), got {source!r}")
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+            raise SettingError(where, f"class index must be a whole number >= 0, got {type(target).__name__} {target!r}")
+        out[int(source)] = target
+    return out
+
+
+CASE_KEYS = ("id", "image", "label", "label_map")
+
+
+def parse_cases(key: str, items: Any, base_dir: Path | None) -> list[Case]:
+    expect(key, items, (list,), "a list of {id, image, label} objects")
+    if not items:
+        raise SettingError(key, "needs at least one case")
+    cases, seen = [], set()
+    for index, item in enumerate(items):
+        where = f"{key}[{index}]"
+        if not isinstance(item, dict):
+            raise SettingError(where, f"expected an object with id, image and label, got {type(item).__name__}")
+        extra = sorted(set(item) - set(CASE_KEYS))
+        if extra:
+            raise SettingError(f"{where}.{extra[0]}", f"unknown key (allowed keys: {', '.join(CASE_KEYS)})")
+        for name in ("image", "label"):
+            if name not in item:
+                raise SettingError(f"{where}.{name}", "missing (required)")
+        images = parse_channels(f"{where}.image", item["image"], base_dir)
+        label = resolve_path(f"{where}.label", item["label"], base_dir)
+        case_id = expect(f"{where}.id", item.get("id", case_id_from_path(images[0])), (str,), "a string")
+        if case_id in seen:
+            raise SettingError(f"{where}.id", f"duplicate case id {case_id!r}")
+        seen.add(case_id)
+        mapping = item.get("label_map")
+        label_map = None if mapping is None else _parse_label_map(f"{where}.label_map", mapping)
+        cases.append(Case(id=case_id, images=images, label=label, label_map=label_map))
+    return cases
+
+
+def dump_cases(cases: list[Case]) -> list[dict[str, Any]]:
+    out = []
+    for c in cases:
+        item: dict[str, Any] = {"id": c.id, "image": channels_out(c.images), "label": str(c.label)}
+        if c.label_map is not None:
+            item["label_map"] = {str(k): v for k, v in c.label_map.items()}
+        out.append(item)
+    return out
+
+
+def parse_inputs(key: str, items: Any, base_dir: Path | None) -> list[list[Path]]:
+    expect(key, items, (list,), "a list of image paths (each a path or a list of channel paths)")
+    if not items:
+        raise SettingError(key, "needs at least one input volume")
+    return [parse_channels(f"{key}[{i}]", item, base_dir) for i, item in enumerate(items)]
+
+
+def parse_paths(key: str, items: Any, base_dir: Path | None) -> list[Path]:
+    expect(key, items, (list,), "a list of output file paths")
+    return [resolve_path(f"{key}[{i}]", p, base_dir) for i, p in enumerate(items)]
+
+
+# ----------------------------------------------------------------------------- command-line values
+def _triple(text: str, cast: type, what: str, kind: str) -> list:
+    """ "v" -> [v, v, v]; "a,b,c" or "axbxc" -> [a, b, c], each cast and positive; else an argparse error."""
+    parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
+    try:
+        values = [cast(p) for p in parts]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{what} must be {kind}s, got {text!r}") from error
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{what} needs 1 or 3 positive {kind}s, got {text!r}")
+    return values
+
+
+def patch_size_arg(text: str) -> list[int]:
+    """ "96" -> [96, 96, 96]; "96,96,64" or "96x96x64" -> [96, 96, 64]."""
+    return _triple(text, int, "patch size", "integer")
+
+
+def spacing_arg(text: str) -> list[float] | str:
+    """ "1" -> [1.0, 1.0, 1.0]; "1,1,1.5" or "1x1x1.5" -> [1.0, 1.0, 1.5]; "auto" and "base" as they are."""
+    return text if text in ("auto", "base") else _triple(text, float, "spacing", "number")
+
+
+def _split_channels(text: str) -> str | list[str]:
+    parts = [p for p in text.split(",") if p]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def cases_from_flags(pairs: list[list[str]]) -> list[dict[str, Any]]:
+    """--case IMAGE LABEL pairs -> job cases (IMAGE may list channel files separated by commas)."""
+    return [
+        {"id": case_id_from_path(image.split(",")[0]), "image": _split_channels(image), "label": label}
+        for image, label in pairs
+    ]
+
+
+def names_from_flags(items: list[str]) -> list[str]:
+    """--labels A B or --labels A,B -> [A, B]."""
+    return [name for item in items for name in item.split(",") if name]
+
+
+# ------------------------------------------------------------------------------ shared JSON Schemas
+_PATH = {"type": "string", "minLength": 1, "pattern": r"\S"}
+CHANNELS_SCHEMA = {"anyOf": [_PATH, {"type": "array", "items": _PATH, "minItems": 1}]}
+CASE_SCHEMA = {
+    "type": "object",
+    "description": "one labeled case: image (one path, or one path per channel), label, optional id and label_map",
+    "properties": {
+        "id": {"type": "string"},
+        "image": CHANNELS_SCHEMA,
+        "label": _PATH,
+        "label_map": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "patternProperties": {r"^\s*\d+\s*$": {"type": "integer", "minimum": 0}},
+                    "additionalProperties": False,
+                },
+                {"type": "null"},
+            ]
+        },
+    },
+    "required": ["image", "label"],
+    "additionalProperties": False,
+}
+_RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
+_DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+_BASE_HELP = "built-in base model name, model folder or MONAI bundle folder"
 
 
 # ------------------------------------------------------------------------------------------- jobs
@@ -225,124 +273,168 @@ def check_label_names(r: _Reader, names: list[str] | None) -> list[str] | None:
 JobCase = Case
 
 
+def _fail(error: SettingError, source: Path | None):
+    raise ConfigError(str(error), source) from None
+
+
+def _check_header(data: dict, command: str) -> None:
+    value = data.get("command", _MISSING)
+    if value is _MISSING:
+        raise SettingError("command", "missing (required)")
+    expect("command", value, (str,), "a string")
+    if value != command:
+        raise SettingError("command", f"expected {command!r}, got {value!r}")
+    schema = expect("schema", data.get("schema", JOB_SCHEMA), (str,), "a string")
+    if schema != JOB_SCHEMA:
+        raise SettingError("schema", f"unsupported job schema {schema!r}; this version reads {JOB_SCHEMA!r}")
+
+
+def _job_keys(cls: Any) -> set[str]:
+    return {f for f in cls.__dataclass_fields__ if f != "job_file"} | {"command", "schema"}
+
+
+def _exactly_one(cls: Any, values: dict[str, Any]) -> None:
+    for first, second, problem in cls.ONE_OF:
+        if (values[first] is None) == (values[second] is None):
+            raise SettingError(first if values[first] is None else second, problem)
+
+
 @dataclass
 class FinetuneJob:
     """Everything `tcurlora finetune` needs. Exactly one of `cases` / `data` is given."""
 
-    base_model: str
-    output: Path
-    cases: list[JobCase] | None = None
-    data: Path | None = None
-    num_cases: int | None = None
-    case_ids: list[str] | None = None
-    label_names: list[str] | None = None
-    label_colors: list[list[float]] | None = None
-    method: str = "tcur"
-    rank: int = 8
-    alpha: float | None = None
-    selection: str = "topnorm"
-    conv_targets: bool | None = None  # None: the method's default (on for tcur, see uses_conv_targets)
-    iterations: int = 500
-    batch_size: int = 2
-    learning_rate: float | None = None
-    head_learning_rate: float | None = None
-    modules_learning_rate: float | None = None
-    train_modules: list[str] | None = None  # None: the method's default (adapters.config.default_train_modules)
-    spacing: list[float] | str | None = None  # mm, "auto" (None) or "base": see tcurlora.data.spacing
-    patch_size: list[int] | None = None
-    seed: int = 0
-    val_fraction: float = 0.0
-    val_case_ids: list[str] | None = None
-    early_stopping: int = 4  # validations without improvement that end a run (0 = never); needs a val split
-    checkpoint_every: int = 50
-    device: str = "auto"
-    amp: bool = True
-    force: bool = False
-    resume: bool = False
+    base_model: str = setting(kind="reference", help=_BASE_HELP, flag="--base-model", slicer=True)
+    output: Path = setting(kind="path", help="adapter folder to write", flag="--output", aliases=("-o",))
+    cases: list[JobCase] | None = setting(
+        None, "custom", parse=parse_cases, dump=dump_cases,
+        schema={"type": "array", "items": {"$ref": "#/$defs/case"}, "minItems": 1},
+        help="the labeled training cases (or give 'data')", flag="--case", aliases=("--cases",),
+        cli={"nargs": 2, "action": "append", "metavar": ("IMAGE", "LABEL"),
+             "help": "one labeled case (repeat the flag); IMAGE may list channel files separated by commas"},
+        from_cli=cases_from_flags,
+    )  # fmt: skip
+    data: Path | None = setting(
+        None, "path", help="training cases from a Decathlon folder (dataset.json), instead of 'cases'", flag="--data"
+    )
+    num_cases: int | None = setting(
+        None, "integer", minimum=1, help="use only the first N cases of 'data'", flag="--num-cases"
+    )
+    case_ids: list[str] | None = setting(None, "strings", help="use only these case ids of 'data'")
+    label_names: list[str] | None = setting(
+        None, "strings", check=check_label_names, help="class names for label values 1..N", flag="--labels",
+        dest="labels", cli={"metavar": "NAME"}, from_cli=names_from_flags,
+    )  # fmt: skip
+    label_colors: list[list[float]] | None = setting(
+        None, "custom", parse=parse_colors,
+        schema={"type": "array", "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
+                                           "minItems": 3, "maxItems": 3}},
+        help="one [r, g, b] color (0..1) per label name",
+    )  # fmt: skip
+    method: str = setting("tcur", "choice", choices=METHODS, help="adaptation method", flag="--method", slicer=True)
+    rank: int = setting(8, "integer", minimum=1, help="adapter rank", flag="--rank", slicer=True)
+    alpha: float | None = setting(
+        None, "number", check=check_alpha, schema={"exclusiveMinimum": 0, "maximum": MAX_ALPHA},
+        help="adapter scale (default: the method's)", flag="--alpha",
+    )  # fmt: skip
+    selection: str = setting(
+        "topnorm", "choice", choices=SELECTIONS, help="tCUR index selection", flag="--selection"
+    )
+    conv_targets: bool | None = setting(
+        None, "boolean", flag="--conv-targets",
+        help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur)",
+        negation=("--no-conv-targets", False, "adapt only the transformer's linear layers (tCURLoRA as in the paper)"),
+    )  # fmt: skip
+    iterations: int = setting(500, "integer", minimum=1, help="training steps", flag="--iterations", slicer=True)
+    batch_size: int = setting(2, "integer", minimum=1, help="patches per step", flag="--batch-size", slicer=True)
+    learning_rate: float | None = setting(
+        None, **_RATE, help="learning rate of the adapter (default: the method's)", flag="--lr", dest="lr",
+        slicer=True,
+    )  # fmt: skip
+    head_learning_rate: float | None = setting(
+        None, **_RATE, help="learning rate of a new segmentation head (default 5e-3)", flag="--head-lr",
+        dest="head_lr", slicer=True,
+    )  # fmt: skip
+    modules_learning_rate: float | None = setting(
+        None, **_RATE, help="learning rate of the train_modules (default 1e-3)", flag="--modules-lr",
+        dest="modules_lr",
+    )  # fmt: skip
+    train_modules: list[str] | None = setting(
+        None, "strings", check=check_regexes, flag="--train-modules", cli={"metavar": "REGEX"}, slicer=True,
+        help="extra modules trained in full (full-matched module names; 'decoder' = every decoderN block, "
+        "the tCURLoRA authors' setting), saved in the adapter (default for tcur: the full-resolution blocks, "
+        "UNETR encoder1 + decoder2; for other methods none)",
+        negation=("--no-train-modules", [], "no extra trained modules (tCURLoRA alone, as in the paper)"),
+    )  # fmt: skip
+    spacing: list[float] | str | None = setting(
+        None, "custom", parse=parse_spacing, flag="--spacing", cli={"type": spacing_arg}, slicer=True,
+        schema={"anyOf": [{"enum": ["auto", "base"]},
+                          {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
+                           "minItems": 3, "maxItems": 3}]},
+        help="working spacing in mm (e.g. 1 or 1,1,1.5), 'base' (the base model's) or 'auto' (default: the "
+        "cases' median spacing, coarsened until the labeled structure fits in a patch, within 2/3..1 x the "
+        "base's); saved in the adapter, used by segment",
+    )  # fmt: skip
+    patch_size: list[int] | None = setting(
+        None, "custom", parse=parse_patch_size, flag="--patch-size", cli={"type": patch_size_arg}, slicer=True,
+        schema={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3},
+        help="e.g. 96 or 96,96,64 (default: the base model's)",
+    )  # fmt: skip
+    seed: int = setting(
+        0, "integer", minimum=0, check=check_seed, schema={"maximum": MAX_SEED}, help="random seed", flag="--seed",
+        slicer=True,
+    )  # fmt: skip
+    val_fraction: float = setting(
+        0.0, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, flag="--val-fraction", slicer=True,
+        help="fraction of cases held out for validation",
+    )  # fmt: skip
+    val_case_ids: list[str] | None = setting(
+        None, "strings", help="case ids held out for validation (instead of val_fraction)"
+    )
+    early_stopping: int = setting(
+        4, "integer", minimum=0, flag="--early-stopping", cli={"metavar": "N"},
+        help="with a validation split: stop after N validations without a better Dice and keep the best "
+        "adapter (default 4; 0 = train all iterations, still keeping the best)",
+    )  # fmt: skip
+    checkpoint_every: int = setting(
+        50, "integer", minimum=0, help="iterations between checkpoints (default 50; 0 = none)",
+        flag="--checkpoint-every", slicer=True,
+    )  # fmt: skip
+    device: str = setting(
+        "auto", "device", help=_DEVICE_HELP, flag="--device", override=True, slicer=True
+    )
+    amp: bool = setting(True, "boolean", help="no mixed precision on CUDA", flag="--no-amp", slicer=True)
+    force: bool = setting(False, "boolean", help="replace an existing adapter folder", flag="--force", override=True)
+    resume: bool = setting(
+        False, "boolean", help="continue from the last checkpoint", flag="--resume", override=True
+    )
     job_file: Path | None = field(default=None, compare=False, repr=False)
 
     command = "finetune"
+    ONE_OF = (("cases", "data", "give exactly one of 'cases' (a list) or 'data' (a folder)"),)
+    DATA_ONLY = ("num_cases", "case_ids")  # only with 'data'
 
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None
     ) -> FinetuneJob:
         """Validate a job dict; relative paths are resolved against `base_dir`."""
-        keys = {f for f in cls.__dataclass_fields__ if f != "job_file"} | {"command", "schema"}
-        r = _Reader(data, Path(base_dir).resolve(), Path(source) if source else None, keys)
-        _check_header(r, "finetune")
-        cases = _read_cases(r) if "cases" in data and data["cases"] is not None else None
-        data_dir = r.path("data", default=None)
-        if (cases is None) == (data_dir is None):
-            r.fail(
-                "cases" if cases is None else "data",
-                "give exactly one of 'cases' (a list) or 'data' (a folder)",
-            )
-        if cases is not None:
-            for key in ("num_cases", "case_ids"):
-                if data.get(key) is not None:
-                    r.fail(key, "only applies with 'data' (a Decathlon folder), not with 'cases'")
-        label_names = check_label_names(r, r.string_list("label_names", None))
-        label_colors = _read_colors(r, label_names)
-        patch = r.typed("patch_size", (list,), "a list of 3 positive integers", None)
-        if patch is not None and (
-            len(patch) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch)
-        ):
-            r.fail("patch_size", f"expected a list of 3 positive integers, got {patch!r}")
-        val_fraction = r.number("val_fraction", 0.0, low=0.0, high=1.0, high_open=True)
-        val_case_ids = r.string_list("val_case_ids", None)
-        if val_case_ids is not None and val_fraction > 0:
-            r.fail("val_case_ids", "give either 'val_fraction' or 'val_case_ids', not both")
-        learning_rate = _positive_rate(r, "learning_rate")
-        spacing = r.typed("spacing", (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"', None)
-        if isinstance(spacing, str) and spacing not in ("auto", "base"):
-            r.fail("spacing", f'expected a list of 3 positive numbers (mm), "auto" or "base", got {spacing!r}')
-        if isinstance(spacing, list) and (
-            len(spacing) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                       for v in spacing)
-        ):
-            r.fail("spacing", f"expected a list of 3 positive numbers (mm), got {spacing!r}")
-        train_modules = r.string_list("train_modules", None)
-        for index, pattern in enumerate(train_modules or []):
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                r.fail(f"train_modules[{index}]", f"invalid regular expression {pattern!r}: {error}")
-        return cls(
-            base_model=r.reference("base_model"),
-            output=r.path("output"),
-            cases=cases,
-            data=data_dir,
-            num_cases=r.integer("num_cases", None, minimum=1),
-            case_ids=r.string_list("case_ids", None),
-            label_names=label_names,
-            label_colors=label_colors,
-            method=r.choice("method", METHODS, "tcur"),
-            rank=r.integer("rank", 8, minimum=1),
-            alpha=check_alpha(r, r.number("alpha", None)),
-            selection=r.choice("selection", SELECTIONS, "topnorm"),
-            conv_targets=r.boolean("conv_targets", None),
-            iterations=r.integer("iterations", 500, minimum=1),
-            batch_size=r.integer("batch_size", 2, minimum=1),
-            learning_rate=learning_rate,
-            head_learning_rate=_positive_rate(r, "head_learning_rate"),
-            modules_learning_rate=_positive_rate(r, "modules_learning_rate"),
-            train_modules=train_modules,
-            spacing=[float(v) for v in spacing] if isinstance(spacing, list) else spacing,
-            patch_size=list(patch) if patch is not None else None,
-            seed=check_seed(r, r.integer("seed", 0, minimum=0)),
-            val_fraction=val_fraction,
-            val_case_ids=val_case_ids,
-            early_stopping=r.integer("early_stopping", 4, minimum=0),
-            checkpoint_every=r.integer("checkpoint_every", 50, minimum=0),
-            device=r.device("device"),
-            amp=r.boolean("amp", True),
-            force=r.boolean("force", False),
-            resume=r.boolean("resume", False),
-            job_file=Path(source) if source else None,
-        )
+        source = Path(source) if source else None
+        try:
+            check_keys(data, _job_keys(cls))
+            _check_header(data, "finetune")
+            values = read_fields(cls, data, Path(base_dir).resolve())
+            _exactly_one(cls, values)
+            for key in cls.DATA_ONLY if values["cases"] is not None else ():
+                if values[key] is not None:
+                    raise SettingError(key, "only applies with 'data' (a Decathlon folder), not with 'cases'")
+            names, colors = values["label_names"], values["label_colors"]
+            if names is not None and colors is not None and len(colors) != len(names):
+                raise SettingError("label_colors", f"has {len(colors)} colors for {len(names)} label_names")
+            if values["val_case_ids"] is not None and values["val_fraction"] > 0:
+                raise SettingError("val_case_ids", "give either 'val_fraction' or 'val_case_ids', not both")
+        except SettingError as error:
+            _fail(error, source)
+        return cls(**values, job_file=source)
 
     @property
     def uses_conv_targets(self) -> bool:
@@ -356,179 +448,68 @@ class FinetuneJob:
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""
-        cases = None
-        if self.cases is not None:
-            cases = [
-                {"id": c.id, "image": _channels_out(c.images), "label": str(c.label)} for c in self.cases
-            ]
-        return {
-            "schema": JOB_SCHEMA,
-            "command": "finetune",
-            "base_model": self.base_model,
-            "cases": cases,
-            "data": str(self.data) if self.data else None,
-            "num_cases": self.num_cases,
-            "case_ids": self.case_ids,
-            "label_names": self.label_names,
-            "label_colors": self.label_colors,
-            "method": self.method,
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "selection": self.selection,
-            "conv_targets": self.conv_targets,
-            "iterations": self.iterations,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "head_learning_rate": self.head_learning_rate,
-            "modules_learning_rate": self.modules_learning_rate,
-            "train_modules": self.train_modules,
-            "spacing": self.spacing,
-            "patch_size": self.patch_size,
-            "seed": self.seed,
-            "val_fraction": self.val_fraction,
-            "val_case_ids": self.val_case_ids,
-            "early_stopping": self.early_stopping,
-            "checkpoint_every": self.checkpoint_every,
-            "device": self.device,
-            "amp": self.amp,
-            "output": str(self.output),
-            "force": self.force,
-            "resume": self.resume,
-        }
-
-
-def _positive_rate(r: _Reader, key: str) -> float | None:
-    """An optional learning rate: null, or a number > 0."""
-    value = r.number(key, None, low=0.0)
-    if value == 0.0:
-        r.fail(key, "must be > 0")
-    return value
-
-
-def _read_cases(r: _Reader) -> list[JobCase]:
-    items = r.typed("cases", (list,), "a list of {id, image, label} objects")
-    if not items:
-        r.fail("cases", "needs at least one case")
-    cases, seen = [], set()
-    for index, item in enumerate(items):
-        key = f"cases[{index}]"
-        if not isinstance(item, dict):
-            r.fail(key, f"expected an object with id, image and label, got {type(item).__name__}")
-        extra = sorted(set(item) - {"id", "image", "label", "label_map"})
-        if extra:
-            r.fail(f"{key}.{extra[0]}", "unknown key (allowed keys: id, image, label, label_map)")
-        for name in ("image", "label"):
-            if name not in item:
-                r.fail(f"{key}.{name}", "missing (required)")
-        images = r.channels(f"{key}.image", item["image"])
-        label = r.path(f"{key}.label", item["label"])
-        case_id = item.get("id", case_id_from_path(images[0]))
-        r.typed(f"{key}.id", (str,), "a string", value=case_id)
-        if case_id in seen:
-            r.fail(f"{key}.id", f"duplicate case id {case_id!r}")
-        seen.add(case_id)
-        cases.append(JobCase(id=case_id, images=images, label=label, label_map=_read_label_map(r, key, item)))
-    return cases
-
-
-def _read_label_map(r: _Reader, key: str, item: dict) -> dict[int, int] | None:
-    """Optional {"file label value": class index} of one case (unlisted values become background)."""
-    mapping = item.get("label_map")
-    if mapping is None:
-        return None
-    r.typed(f"{key}.label_map", (dict,), "an object of label value -> class index", value=mapping)
-    out: dict[int, int] = {}
-    for source, target in mapping.items():
-        where = f"{key}.label_map[{source}]"
-        if not isinstance(source, str) or not re.fullmatch(r"\d+", source.strip()):
-            r.fail(where, f"label values must be whole numbers >= 0 (as JSON keys: \"1\"), got {source!r}")
-        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-            r.fail(where, f"class index must be a whole number >= 0, got {type(target).__name__} {target!r}")
-        out[int(source)] = target
-    return out
-
-
-def _read_colors(r: _Reader, label_names: list[str] | None) -> list[list[float]] | None:
-    colors = r.typed("label_colors", (list,), "a list of [r, g, b] values in 0..1", None)
-    if colors is None:
-        return None
-    out = []
-    for index, color in enumerate(colors):
-        ok = (
-            isinstance(color, list)
-            and len(color) == 3
-            and all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 1.0 for c in color
-            )
-        )
-        if not ok:
-            r.fail(f"label_colors[{index}]", f"expected [r, g, b] with values in 0..1, got {color!r}")
-        out.append([float(c) for c in color])
-    if label_names is not None and len(out) != len(label_names):
-        r.fail("label_colors", f"has {len(out)} colors for {len(label_names)} label_names")
-    return out
+        return {"schema": JOB_SCHEMA, "command": self.command, **_dump_fields(self)}
 
 
 @dataclass
 class SegmentJob:
     """Everything `tcurlora segment` needs. Exactly one of `outputs` / `output_dir` is given."""
 
-    base_model: str
-    inputs: list[list[Path]]
-    adapter: str | None = None
-    outputs: list[Path] | None = None
-    output_dir: Path | None = None
-    overlap: float = 0.5
-    largest_component: bool = False
-    device: str = "auto"
-    force: bool = False
+    base_model: str = setting(kind="reference", help=_BASE_HELP, flag="--base-model")
+    inputs: list[list[Path]] = setting(
+        kind="custom", parse=parse_inputs,
+        schema={"type": "array", "items": {"$ref": "#/$defs/channels"}, "minItems": 1},
+        help="the volumes to segment, each one path or a list of channel paths",
+    )  # fmt: skip
+    adapter: str | None = setting(
+        None, "reference", help="adapter folder (default: the base model alone)", flag="--adapter"
+    )
+    outputs: list[Path] | None = setting(
+        None, "custom", parse=parse_paths, schema={"type": "array", "items": _PATH},
+        help="one output file per input (or give output_dir)",
+    )  # fmt: skip
+    output_dir: Path | None = setting(
+        None, "path", help="folder for the outputs, named INPUT_seg + extension (or give outputs)"
+    )
+    overlap: float = setting(
+        0.5, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, flag="--overlap",
+        help="sliding-window overlap in [0, 1)",
+    )  # fmt: skip
+    largest_component: bool = setting(
+        False, "boolean", flag="--largest-component",
+        help="keep only the largest connected component of each class",
+    )  # fmt: skip
+    device: str = setting("auto", "device", help=_DEVICE_HELP, flag="--device")
+    force: bool = setting(False, "boolean", help="overwrite existing outputs", flag="--force")
     job_file: Path | None = field(default=None, compare=False, repr=False)
 
     command = "segment"
+    ONE_OF = (("outputs", "output_dir", "give exactly one of 'outputs' (a list of files) or 'output_dir' (a folder)"),)
 
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None
     ) -> SegmentJob:
         """Validate a job dict; relative paths are resolved against `base_dir`."""
-        keys = {f for f in cls.__dataclass_fields__ if f != "job_file"} | {"command", "schema"}
-        r = _Reader(data, Path(base_dir).resolve(), Path(source) if source else None, keys)
-        _check_header(r, "segment")
-        items = r.typed("inputs", (list,), "a list of image paths (each a path or a list of channel paths)")
-        if not items:
-            r.fail("inputs", "needs at least one input volume")
-        inputs = [r.channels(f"inputs[{i}]", item) for i, item in enumerate(items)]
-        outputs_raw = r.typed("outputs", (list,), "a list of output file paths", None)
-        outputs = (
-            None if outputs_raw is None else [r.path(f"outputs[{i}]", p) for i, p in enumerate(outputs_raw)]
-        )
-        output_dir = r.path("output_dir", default=None)
-        if (outputs is None) == (output_dir is None):
-            r.fail(
-                "outputs" if outputs is None else "output_dir",
-                "give exactly one of 'outputs' (a list of files) or 'output_dir' (a folder)",
-            )
-        if outputs is not None and len(outputs) != len(inputs):
-            r.fail("outputs", f"has {len(outputs)} paths for {len(inputs)} inputs")
-        job = cls(
-            base_model=r.reference("base_model"),
-            inputs=inputs,
-            adapter=r.reference("adapter", None),
-            outputs=outputs,
-            output_dir=output_dir,
-            overlap=r.number("overlap", 0.5, low=0.0, high=1.0, high_open=True),
-            largest_component=r.boolean("largest_component", False),
-            device=r.device("device"),
-            force=r.boolean("force", False),
-            job_file=Path(source) if source else None,
-        )
-        paths = job.output_paths()
-        duplicates = sorted({str(p) for p in paths if paths.count(p) > 1})
-        if duplicates:
-            r.fail(
-                "outputs" if outputs is not None else "output_dir",
-                f"two inputs would write the same file {duplicates[0]}",
-            )
+        source = Path(source) if source else None
+        try:
+            check_keys(data, _job_keys(cls))
+            _check_header(data, "segment")
+            values = read_fields(cls, data, Path(base_dir).resolve())
+            _exactly_one(cls, values)
+            outputs, inputs = values["outputs"], values["inputs"]
+            if outputs is not None and len(outputs) != len(inputs):
+                raise SettingError("outputs", f"has {len(outputs)} paths for {len(inputs)} inputs")
+            job = cls(**values, job_file=source)
+            paths = job.output_paths()
+            duplicates = sorted({str(p) for p in paths if paths.count(p) > 1})
+            if duplicates:
+                raise SettingError(
+                    "outputs" if outputs is not None else "output_dir",
+                    f"two inputs would write the same file {duplicates[0]}",
+                )
+        except SettingError as error:
+            _fail(error, source)
         return job
 
     @classmethod
@@ -548,25 +529,34 @@ class SegmentJob:
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""
-        return {
-            "schema": JOB_SCHEMA,
-            "command": "segment",
-            "base_model": self.base_model,
-            "adapter": self.adapter,
-            "inputs": [_channels_out(c) for c in self.inputs],
-            "outputs": None if self.outputs is None else [str(p) for p in self.outputs],
-            "output_dir": str(self.output_dir) if self.output_dir else None,
-            "overlap": self.overlap,
-            "largest_component": self.largest_component,
-            "device": self.device,
-            "force": self.force,
-        }
+        data = {"schema": JOB_SCHEMA, "command": self.command, **_dump_fields(self)}
+        data["inputs"] = [channels_out(c) for c in self.inputs]
+        return data
 
 
 JOB_CLASSES: dict[str, type[FinetuneJob] | type[SegmentJob]] = {
     "finetune": FinetuneJob,
     "segment": SegmentJob,
 }
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"not UTF-8 text (byte {error.start}: {error.reason}); save the job file as UTF-8 JSON", path
+        ) from error
+    except FileNotFoundError as error:
+        raise InputError("job file not found", path) from error
+    except OSError as error:
+        raise InputError(f"cannot read job file: {error.strerror or error}", path) from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path
+        ) from error
 
 
 def load_job(path: str | Path) -> FinetuneJob | SegmentJob:

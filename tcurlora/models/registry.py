@@ -68,7 +68,7 @@ def load_model_folder(folder: Path) -> BaseModel:
     data = read_json_object(spec_path, "model spec")
     if data.get("format") != MODEL_FORMAT:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
-    spec = ModelSpec.from_dict(data["spec"])
+    spec = ModelSpec.from_dict(data["spec"], spec_path)
     model = build_network(spec)
     if not weights_path.is_file() and not weights_path.is_symlink():
         raise InputError("missing weights file", weights_path)

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tcurlora.errors import ConfigError
+from tcurlora.settings import (
+    SettingError,
+    dump_fields,
+    expect,
+    positive_triple,
+    read_object,
+    setting,
+    triple_schema,
+)
+
+INTENSITY_KINDS = ("zscore", "percentile", "range")
+OUTPUTS = ("softmax", "sigmoid")
+
+
+def _intensity(key: str, value: Any, base_dir: Any) -> IntensitySpec:
+    return IntensitySpec(**read_object(IntensitySpec, value, "intensity", key))
+
+
+def _labels(key: str, value: Any, base_dir: Any) -> dict[int, str]:
+    expect(key, value, (dict,), "an object of label value -> name")
+    out = {}
+    for label, name in value.items():
+        if not re.fullmatch(r"\d+", str(label).strip()):
+            raise SettingError(f"{key}[{label}]", f"label values must be whole numbers, got {label!r}")
+        out[int(label)] = expect(f"{key}[{label}]", name, (str,), "a class name")
+    return out
 
 
 @dataclass
@@ -17,32 +44,38 @@ class IntensitySpec:
     kind "range": clip to [a_min, a_max] and scale to [0, 1] (CT-like fixed windows).
     """
 
-    kind: str = "zscore"
-    lower: float = 0.5
-    upper: float = 99.5
-    a_min: float = 0.0
-    a_max: float = 1.0
+    kind: str = setting("zscore", "choice", choices=INTENSITY_KINDS, help="the normalisation")
+    lower: float = setting(0.5, "number", minimum=0.0, maximum=100.0, help="percentile kind: lower clip")
+    upper: float = setting(99.5, "number", minimum=0.0, maximum=100.0, help="percentile kind: upper clip")
+    a_min: float = setting(0.0, "number", help="range kind: the window's low end")
+    a_max: float = setting(1.0, "number", help="range kind: the window's high end")
 
 
 @dataclass
 class ModelSpec:
     """A base model: `arch` and `arch_params` build the network; the rest says how to feed it."""
 
-    name: str
-    arch: str = "UNETR"
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    patch_size: tuple[int, int, int] = (32, 32, 32)
-    intensity: IntensitySpec = field(default_factory=IntensitySpec)
+    name: str = setting(kind="string", help="the model's name")
+    arch: str = setting("UNETR", "string", help="the MONAI network class")
+    arch_params: dict[str, Any] = setting({}, "object", help="the network's arguments")
+    spacing: tuple[float, float, float] = setting(
+        (1.0, 1.0, 1.0), "custom", parse=positive_triple(float), schema=triple_schema("number"), help="mm"
+    )
+    patch_size: tuple[int, int, int] = setting(
+        (32, 32, 32), "custom", parse=positive_triple(int), schema=triple_schema("integer"), help="voxels"
+    )
+    intensity: IntensitySpec = setting(
+        kind="custom", factory=IntensitySpec, parse=_intensity, help="intensity normalisation"
+    )
     # Label value -> name, background (0) excluded.
-    labels: dict[int, str] = field(default_factory=dict)
+    labels: dict[int, str] = setting({}, "custom", parse=_labels, help="label value -> class name")
     # Full module path of the final 1x1x1 conv that maps features to classes.
-    head_module: str = "out.conv.conv"
-    description: str = ""
+    head_module: str = setting("out.conv.conv", "string", help="the head's module name")
+    description: str = setting("", "text", help="what the model is")
     # How the outputs are read: "softmax" (one class per voxel, channel 0 background) or "sigmoid"
     # (independent, possibly overlapping regions, one per channel: MONAI's BraTS bundles). Adapters
     # always train a fresh softmax head on a sigmoid base; segment decodes softmax outputs only.
-    output: str = "softmax"
+    output: str = setting("softmax", "choice", choices=OUTPUTS, help="how the outputs are read")
 
     @property
     def in_channels(self) -> int:
@@ -62,20 +95,12 @@ class ModelSpec:
         return replace(self, spacing=values)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["labels"] = {str(k): v for k, v in self.labels.items()}
-        data["spacing"] = list(self.spacing)
-        data["patch_size"] = list(self.patch_size)
-        return data
+        return dump_fields(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+    def from_dict(cls, data: dict[str, Any], source: Any = None) -> ModelSpec:
+        """Validate a spec record (ConfigError naming `source`, the file it came from, and the key)."""
         try:
-            values = dict(data)
-            values["intensity"] = IntensitySpec(**values.get("intensity", {}))
-            values["labels"] = {int(k): str(v) for k, v in values.get("labels", {}).items()}
-            values["spacing"] = tuple(float(s) for s in values.get("spacing", (1.0, 1.0, 1.0)))
-            values["patch_size"] = tuple(int(s) for s in values.get("patch_size", (32, 32, 32)))
-            return cls(**values)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"invalid model spec: {error}") from error
+            return cls(**read_object(cls, data, "a model spec"))
+        except SettingError as error:
+            raise ConfigError(f"invalid model spec: {error}", source) from None
