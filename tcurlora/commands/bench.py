@@ -78,6 +78,10 @@ def main(args: argparse.Namespace) -> int:
     from tcurlora.errors import EXIT_INTERNAL, ConfigError
 
     if args.report_only is not None:
+        from tcurlora.bench import ranks
+
+        if not ranks.is_writer():  # torchrun, rank > 0: rank 0 rewrites the report
+            return 0
         paths = write_report(read_report(args.report_only), args.report_only)
         print(f"wrote {paths['markdown']}")
         return 0
