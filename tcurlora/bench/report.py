@@ -46,6 +46,8 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"- device: {env['device']} ({env['cpu']}, {env['cpu_count']} CPU cores, {env['torch_threads']} torch threads)",
         f"- versions: {versions}; Python {env['python']}; {env['platform']}",
         f"- git commit: {env.get('git_commit') or 'unknown'}",
+        *([f"- processes: {report['processes']} (torchrun; the quality runs split across them, each run by one)"]
+          if report.get("processes") else []),
         f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(report.get('finished', time.time())))}",
     ]
     quality = report.get("quality")

@@ -1,5 +1,6 @@
 """Run a benchmark: every (k, seed, method) quality run and every cost run, each in its own process,
-then write report.json, report.md and the plots into the output folder."""
+then write report.json, report.md and the plots into the output folder. Under torchrun the quality
+runs are split across the processes and rank 0 alone writes the report (tcurlora.bench.ranks)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tcurlora.bench import ranks
 from tcurlora.bench.config import BenchConfig
 from tcurlora.bench.plan import fixed_split, plan_runs, resolve_base_model
 from tcurlora.errors import ConfigError, OutputExistsError
@@ -38,7 +40,7 @@ def execute(kind: str, spec: dict[str, Any], workdir: Path, isolate: bool) -> di
         return result
     spec_path = workdir / "spec.json"
     atomic_write_json(spec_path, spec)
-    env = dict(os.environ)
+    env = ranks.worker_env(dict(os.environ))  # under torchrun: a plain 1-process run on this rank's GPU
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     result_path.unlink(missing_ok=True)
     with open(workdir / "worker.log", "w", encoding="utf-8") as log:
@@ -93,8 +95,15 @@ def run_quality(
     split = fixed_split(cases_from_decathlon(config.data), config)
     runs = plan_runs(config, split)
     settings = quality_settings(config, base_ref, label_names)
-    results = []
-    for index, run in enumerate(runs, start=1):
+    share = ranks.mine(len(runs))  # every run without torchrun; runs r, r+N, ... on rank r of N
+    if ranks.launched():
+        ranks.use_local_gpu(config.device)
+        if ranks.is_writer():
+            log(f"{ranks.world()} processes: rank 0 executes {len(share)} of the {len(runs)} quality runs")
+    prefix = f"rank {ranks.rank()}: " if ranks.launched() else ""
+    done: dict[int, dict[str, Any]] = {}
+    for position in share:
+        run, index = runs[position], position + 1
         workdir = output / "runs" / run.run_id
         result = _reuse(workdir) if resume else None
         if result is None:
@@ -105,8 +114,13 @@ def run_quality(
             result.setdefault("method", run.method.to_dict())
             result.setdefault("k", run.k)
             result.setdefault("seed", run.seed)
-            log(f"[{index}/{len(runs)}] {run.run_id}: {_brief(result)} ({time.monotonic() - started:.0f} s)")
-        results.append(result)
+            if ranks.launched():
+                result["rank"] = ranks.rank()  # which process executed it (torchrun)
+            log(f"{prefix}[{index}/{len(runs)}] {run.run_id}: {_brief(result)} ({time.monotonic() - started:.0f} s)")
+        done[position] = result
+    results = ranks.gather(done, len(runs))
+    if results is None:  # torchrun, rank > 0: rank 0 has this rank's results and writes the report
+        return {}
     return {
         "base_model": {"reference": base_ref, "model_id": base.model_id, "fingerprint": base.fingerprint,
                        "pretrained": not base_ref.startswith("preset:"), "note": note,
@@ -207,10 +221,14 @@ def run_benchmark(
         "command": command or " ".join(["tcurlora", *sys.argv[1:]]), "config": config.to_dict(),
         "environment": environment(resolve_device(config.device), config.threads), "started": time.time(),
     }  # fmt: skip
+    if ranks.launched():
+        report["processes"] = ranks.world()
     earlier = _earlier_report(output) if resume else {}
     if config.methods and only in (None, "quality"):
         report["quality"] = run_quality(config, output, resume, log)
-    elif "quality" in earlier:
+    if not ranks.is_writer():  # torchrun, rank > 0: its quality runs are with rank 0, which does the rest
+        return {}
+    if "quality" not in report and "quality" in earlier:
         report["quality"] = earlier["quality"]
     if config.cost is not None and only in (None, "cost"):
         report["cost"] = run_cost(config, output, resume, log)

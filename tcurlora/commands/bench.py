@@ -46,8 +46,11 @@ def register(subparsers: Any) -> None:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command as a user would type it, recorded in the report."""
-    parts = ["tcurlora", "bench", str(args.config), "--output", str(args.output)]
+    """The command as a user would type it, recorded in the report (with torchrun when it started it)."""
+    from tcurlora.bench import ranks
+
+    launcher = ["torchrun", f"--nproc-per-node={ranks.world()}", "-m"] if ranks.launched() else []
+    parts = [*launcher, "tcurlora", "bench", str(args.config), "--output", str(args.output)]
     for flag, value in (
         ("--only", args.only),
         ("--data", args.data),
@@ -75,6 +78,10 @@ def main(args: argparse.Namespace) -> int:
     from tcurlora.errors import EXIT_INTERNAL, ConfigError
 
     if args.report_only is not None:
+        from tcurlora.bench import ranks
+
+        if not ranks.is_writer():  # torchrun, rank > 0: rank 0 rewrites the report
+            return 0
         paths = write_report(read_report(args.report_only), args.report_only)
         print(f"wrote {paths['markdown']}")
         return 0
@@ -99,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
     report = run_benchmark(
         config, args.output, force=args.force, resume=args.resume, only=args.only, command=command, log=log
     )
+    if not report:  # torchrun, rank > 0: rank 0 reports
+        return 0
     print(f"wrote {args.output / 'report.md'} and {args.output / 'report.json'}")
     failed = [
         r
