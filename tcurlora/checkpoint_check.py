@@ -100,8 +100,9 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[
     return meta, weights, optimizer
 
 
-def restore(adapted: Any, optimizer: Any, weights: dict, optimizer_state: dict, folder: Path) -> None:
-    """Load the checkpoint's tensors into the adapter and optimizer; InputError when they do not fit."""
+def restore(adapted: Any, step: Any, weights: dict, optimizer_state: dict, folder: Path) -> None:
+    """Load the checkpoint's tensors into the adapter and the training step (optimizer, scaler, torch RNG:
+    `tcurlora.train_step.OptimStep.load_state`); InputError when they do not fit."""
     from tcurlora.errors import ConfigError
 
     try:
@@ -109,6 +110,6 @@ def restore(adapted: Any, optimizer: Any, weights: dict, optimizer_state: dict, 
     except (ConfigError, RuntimeError, KeyError, ValueError) as error:
         raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / WEIGHTS_FILE) from error
     try:
-        optimizer.load_state_dict(optimizer_state["optimizer"])
+        step.load_state(optimizer_state)
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
         raise InputError(f"cannot resume: optimizer state does not fit ({error})", folder / OPTIMIZER_FILE) from error
