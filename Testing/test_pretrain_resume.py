@@ -123,7 +123,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(runs, data, tmp_path, cha
     assert not (tmp_path / "other").exists()
 
 
-def test_resume_refuses_other_data_and_weights_only_checkpoints(runs, data, tmp_path):
+def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data, tmp_path):
     shutil.copytree(data, tmp_path / "data")
     listing = tmp_path / "data" / "a" / "dataset.json"
     dataset = json.loads(listing.read_text())
@@ -132,12 +132,16 @@ def test_resume_refuses_other_data_and_weights_only_checkpoints(runs, data, tmp_
     with pytest.raises(InputError, match=r"training volumes of a differ \(2 in the checkpoint, 1 now\)"):
         run_pretrain(recipe(), tmp_path / "data", tmp_path / "fewer", device_name="cpu", log=quiet,
                      resume_from=runs["checkpoint"])  # fmt: skip
+    # A folder without training state (a model, or a checkpoint of an older tcurlora) is a warm start.
     legacy = tmp_path / "legacy.checkpoint"
     shutil.copytree(runs["checkpoint"], legacy)
     (legacy / "training_state.json").unlink()
-    with pytest.raises(InputError, match="holds no training state") as info:
-        run_pretrain(recipe(), data, tmp_path / "legacy", device_name="cpu", log=quiet, resume_from=legacy)
-    assert str(legacy / "training_state.json") in str(info.value)
+    messages: list[str] = []
+    card = run_pretrain(recipe(), data, tmp_path / "legacy", device_name="cpu", log=messages.append,
+                        resume_from=legacy)  # fmt: skip
+    assert card["iterations"] == 6 and "Continued at iteration 3 from the weights of legacy.checkpoint" in card["notes"][0]
+    assert any("optimizer and patch sampler restart" in m for m in messages)
+    assert losses(tmp_path / "legacy")[:3] == losses(runs["work"] / "straight")[:3]
 
 
 def test_finish_from_a_resumable_checkpoint(runs, data, tmp_path):

@@ -110,6 +110,7 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
     a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first, second = (json.loads((p / "adapter_config.json").read_text())["metrics"] for p in (straight, resumed))
+    assert first["best_iteration"] <= 2, "the best adapter comes from before the interruption (seeded run)"
     assert first["best_iteration"] == second["best_iteration"] and first["val_dice"] == second["val_dice"]
     assert losses(resumed) == losses(straight)
 

@@ -40,6 +40,7 @@ from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
+from tcurlora.pretrain_checkpoint import STATE_FILE
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
@@ -403,7 +404,8 @@ def run_pretrain(
 
     `resume_from` (a checkpoint folder of the same recipe) continues an interrupted run exactly: weights,
     optimizer, GradScaler, torch RNG, patch sampler, iteration and log are restored, so it ends with the
-    weights an uninterrupted run ends with (tcurlora.pretrain_checkpoint).
+    weights an uninterrupted run ends with (tcurlora.pretrain_checkpoint). A model folder instead (no
+    training state) is a warm start: its weights, iteration and log, with a fresh optimizer and sampler.
     """
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.outputs import check_model_output
@@ -414,7 +416,8 @@ def run_pretrain(
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be a positive number of iterations, got {stop_after}")
-    if resume_from is not None:
+    exact = resume_from is not None and (Path(resume_from) / STATE_FILE).is_file()
+    if exact:
         from tcurlora.pretrain_checkpoint import check_same_recipe, read_training_state
 
         meta = read_training_state(Path(resume_from))  # refuse another recipe before loading any data
@@ -438,11 +441,16 @@ def run_pretrain(
                         schedule=partial(learning_rate_factor, config))  # fmt: skip
     rng = np.random.default_rng(config.seed)
     state = PretrainState()
-    if resume_from is not None:
+    if exact:
         state = load_pretrain_checkpoint(Path(resume_from), model, step_fn, recipe=config.to_dict(),
                                          train_volumes=train_volumes)  # fmt: skip
         rng.bit_generator.state = state.sampler
-        log(f"resuming from {resume_from} at iteration {state.iteration}")
+        log(f"resuming from {resume_from} at iteration {state.iteration} (the same run: optimizer, sampler, RNG)")
+    elif resume_from is not None:
+        state = continue_from_model(Path(resume_from), model)
+        rng = np.random.default_rng(config.seed + state.iteration)
+        log(f"continuing from the weights of {resume_from} at iteration {state.iteration} (optimizer and patch "
+            f"sampler restart, seeded with seed + {state.iteration})")
     first, records = state.iteration, state.records
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
@@ -490,14 +498,13 @@ def run_pretrain(
             why = f"{max_minutes} minutes reached" if deadline is not None and now >= deadline else "as asked"
             log(f"stopping at iteration {iterations_done}: {why} (--resume {checkpoint_dir} continues)")
             break
-    notes = (
-        []
-        if resume_from is None
-        else [
-            f"Resumed at iteration {first} from a checkpoint (weights, optimizer, sampler and RNG state restored: "
-            "the same run as an uninterrupted one), after the first run was stopped."
-        ]
-    )
+    notes = []
+    if exact:
+        notes.append(f"Resumed at iteration {first} from a checkpoint (weights, optimizer, sampler and RNG state "
+                     "restored: the same run as an uninterrupted one), after the first run was stopped.")
+    elif resume_from is not None:
+        notes.append(f"Continued at iteration {first} from the weights of {Path(resume_from).name} (the optimizer "
+                     f"state and the patch sampler restarted, seeded with seed + {first}).")
     return finish_model(
         config,
         spec,
@@ -512,6 +519,19 @@ def run_pretrain(
         force=force,
         log=log,
     )
+
+
+def continue_from_model(folder: Path, model: torch.nn.Module) -> Any:
+    """Warm start from a model folder (or a weights-only checkpoint of an older tcurlora): its weights,
+    iteration and log; not the optimizer or sampler state, which the caller restarts."""
+    from tcurlora.models.registry import load_model_folder
+    from tcurlora.pretrain_checkpoint import PretrainState
+
+    model.load_state_dict(load_model_folder(folder).model.state_dict())
+    first = int(read_json_object(folder / "model.json", "model").get("card", {}).get("iterations", 0))
+    log_path = folder / "training_log.jsonl"
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.is_file() else []
+    return PretrainState(iteration=first, records=records[:first])
 
 
 def finish_model(

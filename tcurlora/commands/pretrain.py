@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
         "--resume",
         type=Path,
         metavar="FOLDER",
-        help="continue from the checkpoint FOLDER of an interrupted run",
+        help="continue the interrupted run whose checkpoint is FOLDER exactly (same recipe; only iterations, "
+        "checkpoint_every, threads, eval_every may change), or warm-start from a model FOLDER's weights",
     )
     p.add_argument("--checkpoint-every", type=int, help="override the recipe's checkpoint interval")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training and finish the model")
