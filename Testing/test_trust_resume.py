@@ -88,6 +88,33 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     assert record["seed"] == SEED and record["training"]["seed"] == SEED
 
 
+def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupted_one(
+    tmp_path, capsys, hippocampus_dir
+):
+    """The checkpoint holds the data sampler's state (no batches drawn again) and the best validated
+    adapter, so a resumed run keeps the adapter an uninterrupted one keeps."""
+    cases = [hippo_case(hippocampus_dir, 1), hippo_case(hippocampus_dir, 3)]
+    job = base_job(hippocampus_dir, tmp_path / "adapter", cases=cases, val_case_ids=["hippocampus_003"])
+    saved = interrupted(job, tmp_path)
+    meta = json.loads((saved / "checkpoint.json").read_text())
+    assert meta["sampler"]["sampler"]["bit_generator"] == "PCG64" and len(meta["sampler"]["transforms"]) > 5
+    assert (saved / "best_adapter.safetensors").is_file()
+    state = torch.load(str(saved / "optimizer.pt"), weights_only=True)
+    assert {"optimizer", "scaler", "torch_rng"} <= set(state) and state["torch_rng"].dtype == torch.uint8
+    straight = tmp_path / "straight"
+    code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))
+    assert code == 0, events[-1]
+    job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 0, events[-1]
+    a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first, second = (json.loads((p / "adapter_config.json").read_text())["metrics"] for p in (straight, resumed))
+    assert first["best_iteration"] <= 2, "the best adapter comes from before the interruption (seeded run)"
+    assert first["best_iteration"] == second["best_iteration"] and first["val_dice"] == second["val_dice"]
+    assert losses(resumed) == losses(straight)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

@@ -64,7 +64,6 @@ def check_resume(meta: dict[str, Any], current: dict[str, Any], iterations: int,
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(checkpoint.json, adapter weights, optimizer state); InputError naming the file for any damage."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -85,23 +84,32 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"cannot resume: corrupt checkpoint weights ({error})", weights_path) from error
-    try:
-        optimizer = torch.load(str(optimizer_path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise InputError(
-            "cannot resume: the optimizer file holds pickled objects other than tensors; it is refused "
-            "for safety (tcurlora never unpickles them). Delete the checkpoint folder and start again",
-            optimizer_path,
-        ) from error
-    except (OSError, EOFError, ValueError, RuntimeError, AttributeError, TypeError) as error:
-        raise InputError(f"cannot resume: corrupt optimizer state ({error})", optimizer_path) from error
+    optimizer = read_state_file(optimizer_path)
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("optimizer"), dict):
         raise InputError("cannot resume: corrupt optimizer state (no 'optimizer' entry)", optimizer_path)
     return meta, weights, optimizer
 
 
-def restore(adapted: Any, optimizer: Any, weights: dict, optimizer_state: dict, folder: Path) -> None:
-    """Load the checkpoint's tensors into the adapter and optimizer; InputError when they do not fit."""
+def read_state_file(path: Path) -> Any:
+    """A torch.save file of tensors and plain values, loaded with weights_only (never unpickling objects);
+    InputError naming the file when it is damaged or holds pickled objects."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            "cannot resume: the optimizer file holds pickled objects other than tensors; it is refused "
+            "for safety (tcurlora never unpickles them). Delete the checkpoint folder and start again",
+            path,
+        ) from error
+    except (OSError, EOFError, ValueError, RuntimeError, AttributeError, TypeError) as error:
+        raise InputError(f"cannot resume: corrupt optimizer state ({error})", path) from error
+
+
+def restore(adapted: Any, step: Any, weights: dict, optimizer_state: dict, folder: Path) -> None:
+    """Load the checkpoint's tensors into the adapter and the training step (optimizer, scaler, torch RNG:
+    `tcurlora.train_step.OptimStep.load_state`); InputError when they do not fit."""
     from tcurlora.errors import ConfigError
 
     try:
@@ -109,6 +117,6 @@ def restore(adapted: Any, optimizer: Any, weights: dict, optimizer_state: dict, 
     except (ConfigError, RuntimeError, KeyError, ValueError) as error:
         raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / WEIGHTS_FILE) from error
     try:
-        optimizer.load_state_dict(optimizer_state["optimizer"])
+        step.load_state(optimizer_state)
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
         raise InputError(f"cannot resume: optimizer state does not fit ({error})", folder / OPTIMIZER_FILE) from error

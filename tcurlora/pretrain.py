@@ -40,6 +40,7 @@ from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
+from tcurlora.pretrain_checkpoint import STATE_FILE
 from tcurlora.settings import (
     SettingError,
     dump_fields,
@@ -188,18 +189,31 @@ def model_spec(config: PretrainConfig, labels: dict[int, str]) -> ModelSpec:
     )
 
 
-def _load_volume(case: Case, channel: int, source: int, offset: int, spec: ModelSpec) -> Volume:
+def _load_volume(case: Case, channel: int, source: int, offset: int, spec: ModelSpec,
+                 cache_dir: Path | None = None) -> Volume:  # fmt: skip
     if channel >= len(case.images):
         raise InputError(f"case {case.id} has no channel {channel}", case.images[0])
+    if cache_dir is None:
+        image, label = _preprocess(case, channel, offset, spec)
+    else:
+        from tcurlora.pretrain_cache import cached_volume, volume_key
+
+        key = volume_key(case.images[channel], case.label, channel, offset, spec)
+        image, label = cached_volume(cache_dir, key, partial(_preprocess, case, channel, offset, spec))
+    return Volume(
+        case_id=f"{case.id}_{channel:04d}", source=source, image=image, label=label,
+        foreground=torch.nonzero(label.flatten() > 0).flatten(),
+    )  # fmt: skip
+
+
+def _preprocess(case: Case, channel: int, offset: int, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image (1, X, Y, Z) float16, label (X, Y, Z) uint8 in global class indices), padded to the patch."""
     item = validation_transforms(spec)({"image": [str(case.images[channel])], "label": str(case.label)})
     label = item["label"].as_tensor()[0] if hasattr(item["label"], "as_tensor") else item["label"][0]
     label = torch.where(label > 0, label + offset, torch.zeros_like(label)).to(torch.uint8)
     image = torch.as_tensor(item["image"]).float()
     image, label = _pad_to(image, label, spec.patch_size)
-    return Volume(
-        case_id=f"{case.id}_{channel:04d}", source=source, image=image.half(), label=label,
-        foreground=torch.nonzero(label.flatten() > 0).flatten(),
-    )  # fmt: skip
+    return image.half().as_subclass(torch.Tensor), label.as_subclass(torch.Tensor)
 
 
 def _pad_to(
@@ -221,8 +235,10 @@ def load_sources(
     log: Callable[[str], None] = print,
     *,
     val_only: bool = False,
+    cache_dir: Path | None = None,
 ) -> list[SourceData]:
-    """Preprocess every train (unless val_only) and held-out volume of every source into memory."""
+    """Preprocess every train (unless val_only) and held-out volume of every source into memory (through
+    the volume cache in `cache_dir`, tcurlora.pretrain_cache, when given)."""
     sources = []
     for index, ((name, classes, names), source) in enumerate(
         zip(union_labels(config, data_root), config.sources)
@@ -239,9 +255,9 @@ def load_sources(
         train = (
             []
             if val_only
-            else [_load_volume(c, ch, index, offset, spec) for c in train_cases for ch in source.channels]
+            else [_load_volume(c, ch, index, offset, spec, cache_dir) for c in train_cases for ch in source.channels]
         )
-        val = [_load_volume(c, ch, index, offset, spec) for c in val_cases for ch in source.channels]
+        val = [_load_volume(c, ch, index, offset, spec, cache_dir) for c in val_cases for ch in source.channels]
         log(f"{name}: {len(train_ids)} training and {len(val)} held-out volumes, classes {classes}")
         sources.append(
             SourceData(config=source, classes=classes, names=names, train=train, val=val, train_ids=train_ids)
@@ -291,12 +307,17 @@ def union_loss(logits: torch.Tensor, label: torch.Tensor, classes: list[int]) ->
     return ce + (1 - dice.mean())
 
 
-def learning_rate(config: PretrainConfig, step: int) -> float:
-    """Linear warm-up then cosine decay to 2% of the peak."""
+def learning_rate_factor(config: PretrainConfig, step: int) -> float:
+    """The schedule as a factor of the peak: linear warm-up, then cosine decay to 2%."""
     if step < config.warmup:
-        return config.learning_rate * (step + 1) / config.warmup
+        return (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
-    return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def learning_rate(config: PretrainConfig, step: int) -> float:
+    """The learning rate of (0-based) `step`: linear warm-up then cosine decay to 2% of the peak."""
+    return config.learning_rate * learning_rate_factor(config, step)
 
 
 @torch.no_grad()
@@ -390,50 +411,66 @@ def run_pretrain(
     resume_from: Path | None = None,
     max_minutes: float | None = None,
     checkpoint_minutes: float | None = None,
+    stop_after: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train the recipe's network, checkpointing to <output>.checkpoint; write the final model folder to output.
 
-    `max_minutes` stops training after that much wall time (the model is finished at the iteration
-    reached); `checkpoint_minutes` checkpoints by wall time too, besides every `checkpoint_every` steps.
+    `max_minutes` stops training after that much wall time, `stop_after` after that many iterations (the
+    model is finished at the iteration reached, and checkpointed there to resume); `checkpoint_minutes`
+    checkpoints by wall time too, besides every `checkpoint_every` steps. `cache_dir` keeps the
+    preprocessed volumes on disk (tcurlora.pretrain_cache).
 
-    `resume_from` (a checkpoint folder) continues an interrupted run from its weights, iteration and
-    loss log; the optimizer state and the patch sampler restart (seeded with seed + iteration).
+    `resume_from` (a checkpoint folder of the same recipe) continues an interrupted run exactly: weights,
+    optimizer, GradScaler, torch RNG, patch sampler, iteration and log are restored, so it ends with the
+    weights an uninterrupted run ends with (tcurlora.pretrain_checkpoint). A model folder instead (no
+    training state) is a warm start: its weights, iteration and log, with a fresh optimizer and sampler.
     """
     from tcurlora.device import describe_device, resolve_device
     from tcurlora.outputs import check_model_output
-    from tcurlora.train import cpu_supports_bf16, grad_scaler, training_step
+    from tcurlora.pretrain_checkpoint import PretrainState, load_pretrain_checkpoint, save_pretrain_checkpoint
+    from tcurlora.train_step import OptimStep, cpu_supports_bf16, grad_scaler
 
     output = Path(output)
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after must be a positive number of iterations, got {stop_after}")
+    exact = resume_from is not None and (Path(resume_from) / STATE_FILE).is_file()
+    if exact:
+        from tcurlora.pretrain_checkpoint import check_same_recipe, read_training_state
+
+        meta = read_training_state(Path(resume_from))  # refuse another recipe before loading any data
+        check_same_recipe(meta, config.to_dict(), meta.get("train_volumes", {}), Path(resume_from))
     torch.set_num_threads(config.threads)
     device = resolve_device(device_name, warn=log)
     labels: dict[int, str] = {}
     for _, classes, names in union_labels(config, data_root):
         labels.update(dict(zip(classes, names)))
     spec = model_spec(config, labels)
-    sources = load_sources(config, data_root, spec, log)
+    loading = time.monotonic()
+    sources = load_sources(config, data_root, spec, log, cache_dir=cache_dir)
+    log(f"loaded {sum(len(s.train) + len(s.val) for s in sources)} volumes in {time.monotonic() - loading:.1f} s"
+        + (f" (cache {cache_dir})" if cache_dir is not None else ""))
+    train_volumes = {s.config.name: list(s.train_ids) for s in sources}
     torch.manual_seed(config.seed)
     model = build_network(spec).to(device)
-    records: list[dict[str, Any]] = []
-    first = 0
-    if resume_from is not None:
-        from tcurlora.models.registry import load_model_folder
-
-        model.load_state_dict(load_model_folder(Path(resume_from)).model.state_dict())
-        first = int(
-            read_json_object(Path(resume_from) / "model.json", "checkpoint")
-            .get("card", {})
-            .get("iterations", 0)
-        )
-        log_path = Path(resume_from) / "training_log.jsonl"
-        records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()][:first]
-        log(f"resuming from {resume_from} at iteration {first}")
-    rng = np.random.default_rng(config.seed + first)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     use_amp = config.precision == "bf16" or (config.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
-    scaler = grad_scaler(device, use_amp)
+    step_fn = OptimStep(model, optimizer, grad_scaler(device, use_amp), amp=use_amp,
+                        schedule=partial(learning_rate_factor, config))  # fmt: skip
+    rng = np.random.default_rng(config.seed)
+    state = PretrainState()
+    if exact:
+        state = load_pretrain_checkpoint(Path(resume_from), model, step_fn, recipe=config.to_dict(),
+                                         train_volumes=train_volumes)  # fmt: skip
+        rng.bit_generator.state = state.sampler
+        log(f"resuming from {resume_from} at iteration {state.iteration} (the same run: optimizer, sampler, RNG)")
+    elif resume_from is not None:
+        state = continue_from_model(Path(resume_from), model)
+        rng = np.random.default_rng(config.seed + state.iteration)
+        log(f"continuing from the weights of {resume_from} at iteration {state.iteration} (optimizer and patch "
+            f"sampler restart, seeded with seed + {state.iteration})")
+    first, records = state.iteration, state.records
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
     log(f"pretraining {spec.name} on {described}{' with bf16 autocast' if use_amp else ''}: "
@@ -449,10 +486,8 @@ def run_pretrain(
         image, label = sample_batch(
             source, config.batch_size, config.patch_size, config.foreground_fraction, rng
         )
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
         loss_fn = partial(union_loss, classes=source.classes)
-        loss = training_step(model, optimizer, scaler, image.to(device), label.to(device), loss_fn, use_amp, step + 1)
+        loss = step_fn(image.to(device), label.to(device), loss_fn, step)
         elapsed = time.time() - started
         record = {"iteration": step + 1, "source": source.config.name, "loss": round(float(loss.detach()), 5),
                   "lr": learning_rate(config, step), "time_s": round(elapsed, 2),
@@ -466,28 +501,29 @@ def run_pretrain(
             recent = np.mean([r["loss"] for r in records[-20:]])
             log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
         now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            iterations_done = step + 1
-            log(f"stopping at iteration {iterations_done}: {max_minutes} minutes reached")
-            break
+        stopping = (deadline is not None and now >= deadline) or (stop_after is not None and step + 1 >= stop_after)
         timed = next_checkpoint is not None and now >= next_checkpoint
         if timed:
             next_checkpoint = now + 60 * checkpoint_minutes
-        if (timed or (step + 1) % config.checkpoint_every == 0) and step + 1 < config.iterations:
+        if (stopping or timed or (step + 1) % config.checkpoint_every == 0) and step + 1 < config.iterations:
             card = build_card(config, spec, sources, iterations_done=step + 1, device=described,
                               wall_s=elapsed, metrics={}, final=False)  # fmt: skip
-            save_model_folder(checkpoint_dir, model.cpu(), spec, model_id=spec.name, card=card, force=True)
-            model.to(device)
-            write_training_log(checkpoint_dir, records)
+            saved = PretrainState(iteration=step + 1, records=records, sampler=rng.bit_generator.state)
+            save_pretrain_checkpoint(checkpoint_dir, model, spec, card, step_fn, saved, recipe=config.to_dict(),
+                                     train_volumes=train_volumes)  # fmt: skip
             log(f"checkpoint {step + 1} -> {checkpoint_dir}")
-    notes = (
-        []
-        if resume_from is None
-        else [
-            f"Resumed at iteration {first} from a checkpoint (the optimizer state and the patch sampler restarted, "
-            f"seeded with seed + {first}), after the first run was stopped."
-        ]
-    )
+        if stopping:
+            iterations_done = step + 1
+            why = f"{max_minutes} minutes reached" if deadline is not None and now >= deadline else "as asked"
+            log(f"stopping at iteration {iterations_done}: {why} (--resume {checkpoint_dir} continues)")
+            break
+    notes = []
+    if exact:
+        notes.append(f"Resumed at iteration {first} from a checkpoint (weights, optimizer, sampler and RNG state "
+                     "restored: the same run as an uninterrupted one), after the first run was stopped.")
+    elif resume_from is not None:
+        notes.append(f"Continued at iteration {first} from the weights of {Path(resume_from).name} (the optimizer "
+                     f"state and the patch sampler restarted, seeded with seed + {first}).")
     return finish_model(
         config,
         spec,
@@ -502,6 +538,19 @@ def run_pretrain(
         force=force,
         log=log,
     )
+
+
+def continue_from_model(folder: Path, model: torch.nn.Module) -> Any:
+    """Warm start from a model folder (or a weights-only checkpoint of an older tcurlora): its weights,
+    iteration and log; not the optimizer or sampler state, which the caller restarts."""
+    from tcurlora.models.registry import load_model_folder
+    from tcurlora.pretrain_checkpoint import PretrainState
+
+    model.load_state_dict(load_model_folder(folder).model.state_dict())
+    first = int(read_json_object(folder / "model.json", "model").get("card", {}).get("iterations", 0))
+    log_path = folder / "training_log.jsonl"
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.is_file() else []
+    return PretrainState(iteration=first, records=records[:first])
 
 
 def finish_model(
@@ -540,6 +589,7 @@ def finish_from_checkpoint(
     *,
     force: bool = False,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Turn a checkpoint of an interrupted run into the final model folder (the card says where it stopped)."""
     from tcurlora.models.registry import load_model_folder
@@ -554,7 +604,7 @@ def finish_from_checkpoint(
         if log_path.is_file()
         else []
     )
-    sources = load_sources(config, data_root, base.spec, log, val_only=True)
+    sources = load_sources(config, data_root, base.spec, log, val_only=True, cache_dir=cache_dir)
     return finish_model(config, base.spec, sources, base.model, output, iterations_done=int(card.get("iterations", 0)),
                         device=str(card.get("device", "cpu")), wall_s=float(card.get("wall_time_s", 0.0)),
                         records=records, force=force, log=log)  # fmt: skip

@@ -26,6 +26,9 @@ from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
+from tcurlora.train_step import OptimStep, autocast_context, cpu_supports_bf16, grad_scaler
+
+BEST_WEIGHTS_FILE = "best_adapter.safetensors"
 
 # Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
 DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3}
@@ -101,67 +104,55 @@ def checkpoint_dir(output: Path) -> Path:
     return output.with_name(output.name + ".checkpoint")
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 kernels natively (AVX512-BF16 or AMX): there bf16 autocast is faster."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast when asked for: on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16
-    (`cpu_supports_bf16`); a no-op elsewhere. Callers decide when to ask (fine-tuning asks only on CUDA)."""
-    if not enabled or device.type not in ("cuda", "cpu"):
-        return torch.autocast(device_type="cpu", enabled=False)
-    if device.type == "cpu":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cpu_supports_bf16())
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
-    """A GradScaler that scales only under fp16 autocast (CUDA without bf16); a pass-through otherwise."""
-    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
-
-
-def training_step(model, optimizer, scaler, image, label, loss_fn, amp: bool, iteration: int) -> torch.Tensor:
-    """The one optimisation step of fine-tuning, pretraining and the bench cost runs: autocast forward
-    (`autocast_context`), loss on float32 logits, InputError on a non-finite loss, scaled backward and
-    step (`grad_scaler`). Learning-rate schedules stay with the callers; there is no gradient clipping."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(image.device, amp):
-        logits = model(image)
-    loss = loss_fn(logits.float(), label)
-    if not torch.isfinite(loss):
-        raise InputError(f"the loss became {loss.item()} at iteration {iteration}: "
-                         "lower the learning rate or check the images for extreme values")
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
-
-
-def save_checkpoint(folder: Path, adapted, optimizer, state: TrainingState, job_record: dict) -> Path:
-    """Write adapter weights, optimiser state and progress to `folder`, replacing the old one atomically."""
+def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: TrainingState, job_record: dict,
+                    *, sampler: dict | None = None, best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write adapter weights, the step's state (optimizer, scaler, torch RNG: `OptimStep.state`), the data
+    sampler's state, the best validated adapter and the progress to `folder`, replacing the old one atomically."""
     temp = temp_sibling_dir(folder)
     save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
               str(temp / "adapter.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict()}, temp / "optimizer.pt")
+    if best is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(temp / BEST_WEIGHTS_FILE))
+    torch.save(optimizer.state(), temp / "optimizer.pt")
     atomic_write_json(temp / "checkpoint.json", {
         "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
-        "elapsed_s": state.elapsed_s, "job": job_record,
+        "elapsed_s": state.elapsed_s, "job": job_record, "sampler": sampler,
     })
     return replace_dir(temp, folder)
 
 
-def load_checkpoint(folder: Path, adapted, optimizer, job_record: dict) -> TrainingState:
-    """Restore a checkpoint written by `save_checkpoint` for the same job (checkpoint_check.py)."""
+def load_checkpoint(folder: Path, adapted, optimizer: OptimStep, job_record: dict) -> tuple[TrainingState, dict]:
+    """Restore a checkpoint written by `save_checkpoint` for the same job (checkpoint_check.py): the
+    training state, and checkpoint.json (its "sampler" entry is the data sampler's state, or None)."""
     meta, weights, opt_state = read_checkpoint(folder)
     check_resume(meta, job_record, job_record["iterations"], folder / "checkpoint.json")
     restore(adapted, optimizer, weights, opt_state, folder)
-    return TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
-                         val_history=list(meta.get("val_history", [])), elapsed_s=float(meta.get("elapsed_s", 0.0)))
+    state = TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
+                          val_history=list(meta.get("val_history", [])),
+                          elapsed_s=float(meta.get("elapsed_s", 0.0)))  # fmt: skip
+    return state, meta
+
+
+def load_best_weights(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The best validated adapter a checkpoint holds, or None."""
+    from safetensors.torch import load_file
+
+    path = folder / BEST_WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"cannot resume: corrupt checkpoint weights ({error})", path) from error
+
+
+def restore_sampler(stream, sampler: dict, folder: Path) -> None:
+    """Continue the data sampler from a checkpoint's state; InputError when it does not fit."""
+    try:
+        stream.restore(sampler)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"cannot resume: the data sampler state does not fit ({error})",
+                         folder / "checkpoint.json") from error
 
 
 def validate_output(output: Path, force: bool, resume: bool) -> None:
@@ -199,6 +190,7 @@ class Trainer:
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device, self.amp)
+        self.optim_step = OptimStep(self.forward, self.optimizer, self.scaler, amp=self.amp)  # schedule: step()
         self.state = TrainingState()
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
 
@@ -209,12 +201,18 @@ class Trainer:
     def run(self, output: Path) -> dict[str, Any]:
         job, sink = self.job, self.sink
         ckpt = checkpoint_dir(output)
+        stream = self.setup.batches(seed_offset=0)
         if job.resume:
-            self.state = load_checkpoint(ckpt, self.adapted, self.optimizer, self.job_record())
+            self.state, meta = load_checkpoint(ckpt, self.adapted, self.optim_step, self.job_record())
+            self.best_state = load_best_weights(ckpt)
+            if meta.get("sampler") is not None:
+                restore_sampler(stream, meta["sampler"], ckpt)
+            else:  # a checkpoint of an older tcurlora: draw again the batches an uninterrupted run drew
+                for _ in range(self.state.iteration):
+                    next(stream)
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
-        batches = distributed.shard(self.setup.batches(seed_offset=0))  # torchrun: this rank's patches
-        for _ in range(self.state.iteration):  # a resumed run sees the batches an uninterrupted one would
-            next(batches)
+        self.stream = stream
+        batches = distributed.shard(stream)  # torchrun: this rank's patches
         total = job.iterations
         eval_every = max(1, total // VALIDATIONS_PER_RUN)
         patience = getattr(job, "early_stopping", DEFAULT_PATIENCE)
@@ -241,7 +239,8 @@ class Trainer:
                           lr=self.optimizer.param_groups[0]["lr"])
             if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total and distributed.is_writer():
                 self.state.elapsed_s = elapsed
-                path = save_checkpoint(ckpt, self.adapted, self.optimizer, self.state, self.job_record())
+                path = save_checkpoint(ckpt, self.adapted, self.optim_step, self.state, self.job_record(),
+                                       sampler=self.stream.state(), best=self.best_state)
                 sink.checkpoint(iteration=it, path=str(path))
             if patience and self.state.validations_since_best() >= patience and it < total:
                 self.state.stopped_early = True
@@ -253,13 +252,11 @@ class Trainer:
         return self.finish(output, ckpt)
 
     def step(self, batch: dict, total: int) -> float:
-        factor = learning_rate_factor(self.state.iteration, total)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        """One optimisation step (`OptimStep`: schedule over `total` iterations, autocast, scaler)."""
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
-        loss = training_step(self.forward, self.optimizer, self.scaler, image, label, self.loss_fn, self.amp,
-                             self.state.iteration + 1)  # fmt: skip
+        self.optim_step.schedule = lambda i: learning_rate_factor(i, total)
+        loss = self.optim_step(image, label, self.loss_fn, self.state.iteration)
         return distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
 
     @torch.no_grad()
@@ -322,5 +319,5 @@ class Trainer:
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 
 
-__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "DEFAULT_LEARNING_RATES",
-           "ConfigError"]
+__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "DEFAULT_LEARNING_RATES", "ConfigError",
+           "autocast_context", "cpu_supports_bf16", "grad_scaler"]

@@ -44,7 +44,8 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     from tcurlora.adapters import AdapterConfig, apply_adapter
     from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.train import DEFAULT_LEARNING_RATES, autocast_context, grad_scaler, training_step
+    from tcurlora.train import DEFAULT_LEARNING_RATES
+    from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
 
     device = resolve_device(settings["device"])
     model, spec = cost_network(settings["base_model"], settings["img_size"], settings["num_classes"])
@@ -64,7 +65,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     amp = bool(settings["amp"]) and device.type == "cuda"
-    scaler = grad_scaler(device, amp)
+    train_step = OptimStep(adapted, optimizer, grad_scaler(device, amp), amp=amp)  # constant learning rate
     generator = torch.Generator().manual_seed(0)
     shape = (settings["batch_size"], spec.in_channels, *[settings["img_size"]] * 3)
     image = torch.randn(shape, generator=generator).to(device)
@@ -78,7 +79,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         started = time.perf_counter()
-        training_step(adapted, optimizer, scaler, image, label, loss_fn, amp, step + 1)
+        train_step(image, label, loss_fn, step)
         _sync(device)
         if step >= settings["warmup"]:
             times.append(time.perf_counter() - started)

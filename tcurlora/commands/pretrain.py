@@ -31,11 +31,18 @@ def register(subparsers: Any) -> None:
         "--resume",
         type=Path,
         metavar="FOLDER",
-        help="continue from the checkpoint FOLDER of an interrupted run",
+        help="continue the interrupted run whose checkpoint is FOLDER exactly (same recipe; only iterations, "
+        "checkpoint_every, threads, eval_every may change), or warm-start from a model FOLDER's weights",
     )
     p.add_argument("--checkpoint-every", type=int, help="override the recipe's checkpoint interval")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training and finish the model")
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint every this many minutes")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after iteration N of the recipe's schedule, checkpoint there and finish the model")
+    p.add_argument("--cache-dir", type=Path,
+                   help="where preprocessed volumes are cached (default $TCURLORA_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/tcurlora/volumes or ~/.cache/tcurlora/volumes)")
+    p.add_argument("--no-cache", action="store_true", help="preprocess every volume again, cache nothing")
     p.add_argument(
         "--finish-checkpoint",
         type=Path,
@@ -48,6 +55,7 @@ def register(subparsers: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     from tcurlora.errors import ConfigError
     from tcurlora.pretrain import PretrainConfig, finish_from_checkpoint, main_log, run_pretrain
+    from tcurlora.pretrain_cache import default_cache_dir
 
     config = PretrainConfig.from_file(args.config)
     if args.iterations is not None:
@@ -59,13 +67,18 @@ def main(args: argparse.Namespace) -> int:
     for flag, value in (("--max-minutes", args.max_minutes), ("--checkpoint-minutes", args.checkpoint_minutes)):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag} must be a positive number of minutes, got {value}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after must be a positive number of iterations, got {args.stop_after}")
     data_root = args.data_root.expanduser().resolve()
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir()).expanduser()
     if args.finish_checkpoint is not None:
         finish_from_checkpoint(
-            config, data_root, args.finish_checkpoint, args.output, force=args.force, log=main_log
+            config, data_root, args.finish_checkpoint, args.output, force=args.force, log=main_log,
+            cache_dir=cache_dir,
         )
         return 0
     run_pretrain(config, data_root, args.output, device_name=args.device,
                  force=args.force, log=main_log, resume_from=args.resume,
-                 max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes)  # fmt: skip
+                 max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
+                 stop_after=args.stop_after, cache_dir=cache_dir)  # fmt: skip
     return 0

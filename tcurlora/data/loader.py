@@ -58,17 +58,21 @@ def training_batches(
             progress=False,
             copy_cache=False,
         )
-    return _endless(dataset, batch_size, np.random.default_rng(seed))
+    return BatchStream(dataset, transform, batch_size, np.random.default_rng(seed))
 
 
-def _endless(
-    dataset: CacheDataset, batch_size: int, rng: np.random.Generator
-) -> Iterator[dict[str, torch.Tensor]]:
-    while True:
-        indices = rng.integers(0, len(dataset), size=batch_size)
+class BatchStream(Iterator[dict[str, torch.Tensor]]):
+    """Endless batches of one CacheDataset; `state()` / `restore()` capture the case sampler and every
+    random transform's state (JSON), so a resumed run continues with the batches it would have drawn."""
+
+    def __init__(self, dataset: CacheDataset, transform: Any, batch_size: int, rng: np.random.Generator):
+        self.dataset, self.transform, self.batch_size, self.rng = dataset, transform, batch_size, rng
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        indices = self.rng.integers(0, len(self.dataset), size=self.batch_size)
         with user_errors():
-            samples = [_first(dataset[int(index)]) for index in indices]
-        yield {
+            samples = [_first(self.dataset[int(index)]) for index in indices]
+        return {
             "image": torch.stack(
                 [torch.as_tensor(s["image"]).as_subclass(torch.Tensor) for s in samples]
             ).float(),
@@ -76,6 +80,63 @@ def _endless(
                 [torch.as_tensor(s["label"]).as_subclass(torch.Tensor) for s in samples]
             ).long(),
         }
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable: the sampler Generator's state and each transform RandomState's state."""
+        return {"sampler": self.rng.bit_generator.state,
+                "transforms": [random_state_to_json(r) for r in random_states(self.transform)]}  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from `state()`; ValueError when it belongs to other transforms."""
+        states = random_states(self.transform)
+        if len(state["transforms"]) != len(states):
+            raise ValueError(f"{len(state['transforms'])} transform random states, {len(states)} expected")
+        self.rng.bit_generator.state = state["sampler"]
+        for random, saved in zip(states, state["transforms"]):
+            random.set_state(random_state_from_json(saved))
+
+
+def random_states(transform: Any) -> list[np.random.RandomState]:
+    """Every distinct RandomState the MONAI transform (and the transforms inside it) draws from, in a
+    fixed order (attribute order of the objects, depth first)."""
+    from monai.transforms import Randomizable
+
+    found: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def visit(value: Any) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, np.random.RandomState):
+            found.append(value)
+        elif isinstance(value, Randomizable) or hasattr(value, "transforms"):
+            if isinstance(value, Randomizable):
+                visit(value.R)
+            for item in vars(value).values():
+                visit(item)
+        elif hasattr(value, "__dict__") and type(value).__module__.startswith("monai."):
+            for item in vars(value).values():
+                visit(item)
+
+    visit(transform)
+    return found
+
+
+def random_state_to_json(random: np.random.RandomState) -> list[Any]:
+    name, keys, position, has_gauss, cached = random.get_state()
+    return [name, keys.tolist(), int(position), int(has_gauss), float(cached)]
+
+
+def random_state_from_json(saved: list[Any]) -> tuple:
+    name, keys, position, has_gauss, cached = saved
+    return (name, np.asarray(keys, dtype=np.uint32), int(position), int(has_gauss), float(cached))
 
 
 def _first(sample: dict | list) -> dict:

@@ -107,12 +107,18 @@ def save_model_folder(
     folder = Path(folder)
     check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
     temp = temp_sibling_dir(folder)
+    write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
+    return replace_dir(temp, folder)
+
+
+def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None,
+                      half: bool = False, card: dict | None = None) -> None:  # fmt: skip
+    """`model.json` + `model.safetensors` into an existing (temporary) folder."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(temp / WEIGHTS_FILE))
+    save_file(state, str(folder / WEIGHTS_FILE))
     record = {"format": MODEL_FORMAT, "id": model_id or spec.name, "spec": spec.to_dict(), "card": card or {}}
-    (temp / SPEC_FILE).write_text(json.dumps(record, indent=2))
-    return replace_dir(temp, folder)
+    (folder / SPEC_FILE).write_text(json.dumps(record, indent=2))
 
 
 def _finish(model: nn.Module, spec: ModelSpec, *, model_id: str, source: str) -> BaseModel:

@@ -1,0 +1,127 @@
+"""Pretraining checkpoints that continue a run exactly: the model folder (fp32 weights, card) plus the
+training step's state (optimizer, GradScaler, torch RNG; `optimizer.pt`, tensors and plain values only),
+the patch sampler's Generator state, the iteration and the log (`training_state.json`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcurlora.checkpoint_check import read_state_file
+from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.fsutil import atomic_write_json, atomic_write_text, replace_dir, temp_sibling_dir
+from tcurlora.models.registry import load_weights, write_model_files
+from tcurlora.models.spec import ModelSpec
+from tcurlora.outputs import MODEL_FILES
+from tcurlora.train_step import OptimStep
+
+STATE_FILE = "training_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FORMAT = "tcurlora.pretrain-state/1"
+CHECKPOINT_FILES = MODEL_FILES | {STATE_FILE, OPTIMIZER_FILE}
+# Recipe keys a resumed run may change: they do not change what is trained (iterations: train longer).
+RESUMABLE_KEYS = frozenset({"iterations", "checkpoint_every", "threads", "eval_every", "description"})
+
+
+@dataclass
+class PretrainState:
+    """What a pretraining checkpoint restores besides the weights and the step's state."""
+
+    iteration: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sampler: dict[str, Any] | None = None  # numpy Generator.bit_generator.state of the patch sampler
+
+
+def recipe_record(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe keys a resume must match."""
+    return {k: v for k, v in recipe.items() if k not in RESUMABLE_KEYS}
+
+
+def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSpec, card: dict[str, Any],
+                             step: OptimStep, state: PretrainState, *, recipe: dict[str, Any],
+                             train_volumes: dict[str, list[str]]) -> Path:  # fmt: skip
+    """Write the checkpoint to `folder`, replacing the previous one atomically."""
+    folder = Path(folder)
+    if folder.exists() or folder.is_symlink():
+        foreign = [] if not folder.is_dir() else [p.name for p in folder.iterdir() if p.name not in CHECKPOINT_FILES]
+        if folder.is_symlink() or not folder.is_dir() or foreign:
+            raise OutputExistsError("the checkpoint folder holds files tcurlora did not write; move it away", folder)
+    temp = temp_sibling_dir(folder)
+    write_model_files(temp, model, spec, model_id=spec.name, card=card)
+    torch.save(step.state(), temp / OPTIMIZER_FILE)
+    atomic_write_text(temp / "training_log.jsonl", "".join(json.dumps(r) + "\n" for r in state.records))
+    atomic_write_json(temp / STATE_FILE, {
+        "format": STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
+        "recipe": recipe_record(recipe), "train_volumes": train_volumes,
+    })  # fmt: skip
+    return replace_dir(temp, folder)
+
+
+def read_training_state(folder: Path) -> dict[str, Any]:
+    """training_state.json of a checkpoint; InputError naming the file when missing or damaged."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise InputError(
+            "cannot resume: this folder holds no training state (a checkpoint of an older tcurlora keeps the "
+            "weights only and cannot continue the same run); finish it with --finish-checkpoint or start again",
+            path,
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot resume: unreadable training state ({error})", path) from error
+    if (not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("iteration"), int)
+            or not isinstance(meta.get("sampler"), dict) or not isinstance(meta.get("recipe"), dict)):  # fmt: skip
+        raise InputError(f"cannot resume: corrupt training state (expected format {STATE_FORMAT!r} with "
+                         "iteration, sampler and recipe)", path)  # fmt: skip
+    return meta
+
+
+def check_same_recipe(meta: dict[str, Any], recipe: dict[str, Any], train_volumes: dict[str, list[str]],
+                      path: Path) -> None:  # fmt: skip
+    """InputError naming each difference between the checkpoint's recipe (and data) and the current one."""
+    old, new = meta["recipe"], json.loads(json.dumps(recipe_record(recipe)))
+    differences = [f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now"
+                   for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]  # fmt: skip
+    saved_volumes = meta.get("train_volumes", {})
+    differences += [f"training volumes of {name} differ ({len(saved_volumes.get(name, []))} in the checkpoint, "
+                    f"{len(ids)} now)" for name, ids in train_volumes.items() if saved_volumes.get(name) != ids]  # fmt: skip
+    if differences:
+        raise InputError("cannot resume: the checkpoint was made for another recipe (only "
+                         f"{', '.join(sorted(RESUMABLE_KEYS))} may change); " + "; ".join(differences), path)  # fmt: skip
+    if meta["iteration"] > recipe["iterations"]:
+        raise InputError(f"cannot resume: the checkpoint is at iteration {meta['iteration']}, beyond "
+                         f"iterations={recipe['iterations']}", path)  # fmt: skip
+
+
+def load_pretrain_checkpoint(folder: Path, model: torch.nn.Module, step: OptimStep, *, recipe: dict[str, Any],
+                             train_volumes: dict[str, list[str]]) -> PretrainState:  # fmt: skip
+    """Check the checkpoint is of this recipe, then restore weights, the step's state and the log."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_training_state(folder)
+    check_same_recipe(meta, recipe, train_volumes, folder / STATE_FILE)
+    weights_path = folder / "model.safetensors"
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"cannot resume: corrupt checkpoint weights ({error})", weights_path) from error
+    load_weights(model, weights, weights_path)
+    optimizer_path = folder / OPTIMIZER_FILE
+    saved = read_state_file(optimizer_path)
+    try:
+        step.load_state(saved)
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise InputError(f"cannot resume: optimizer state does not fit ({error})", optimizer_path) from error
+    log_path = folder / "training_log.jsonl"
+    try:
+        records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot resume: unreadable training log ({error})", log_path) from error
+    return PretrainState(iteration=meta["iteration"], records=records[: meta["iteration"]], sampler=meta["sampler"])
