@@ -48,8 +48,8 @@ def run_cli(argv: list[str]) -> int:
 def test_repository_configs_load_and_expand_the_issue_grid():
     names = sorted(p.stem for p in CONFIGS.glob("*.json"))
     assert names == [
-        "hippocampus", "hippocampus-cpu", "hippocampus-default", "left_atrium", "left_atrium-cpu",
-        "left_atrium-default", "paper-size-gpu", "quick-cpu",
+        "design-hippocampus-val", "design-left_atrium-val", "hippocampus", "hippocampus-cpu", "hippocampus-default",
+        "left_atrium", "left_atrium-cpu", "left_atrium-default", "paper-size-gpu", "quick-cpu",
     ]
     hippocampus = load_config(CONFIGS / "hippocampus.json")
     labels = [m.label for m in hippocampus.methods]
@@ -70,6 +70,10 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         cut = load_config(CONFIGS / f"{name}.json")  # the CPU cut keeps the full grid's test split
         assert cut.test_cases == full.test_cases and cut.data == full.data and set(cut.k) <= set(full.k)
         assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {m.label for m in cut.methods}
+    for name, full, k in (("design-hippocampus-val", hippocampus, 10), ("design-left_atrium-val", atrium, 8)):
+        design = load_config(CONFIGS / f"{name}.json")  # issue 12: validation only, the test split set aside
+        assert design.held_out_cases == full.test_cases and design.data == full.data and design.k == [k]
+        assert [m.method for m in design.methods] == ["tcur"]
     for name, full, k in (("hippocampus-default", hippocampus, 10), ("left_atrium-default", atrium, 8)):
         acceptance = load_config(CONFIGS / f"{name}.json")  # issue 10: the default recipe vs its peers
         assert acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
