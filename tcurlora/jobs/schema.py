@@ -293,6 +293,15 @@ def _job_keys(cls: Any) -> set[str]:
     return {f for f in cls.__dataclass_fields__ if f != "job_file"} | {"command", "schema"}
 
 
+def _read_job_values(cls, data: dict[str, Any], base_dir: str | Path, command: str) -> dict[str, Any]:
+    """The declared fields of a `command` job read from `data` (keys, header, types, exactly-one pairs)."""
+    check_keys(data, _job_keys(cls))
+    _check_header(data, command)
+    values = read_fields(cls, data, Path(base_dir).resolve())
+    _exactly_one(cls, values)
+    return values
+
+
 def _exactly_one(cls: Any, values: dict[str, Any]) -> None:
     for first, second, problem in cls.ONE_OF:
         if (values[first] is None) == (values[second] is None):
@@ -420,10 +429,7 @@ class FinetuneJob:
         """Validate a job dict; relative paths are resolved against `base_dir`."""
         source = Path(source) if source else None
         try:
-            check_keys(data, _job_keys(cls))
-            _check_header(data, "finetune")
-            values = read_fields(cls, data, Path(base_dir).resolve())
-            _exactly_one(cls, values)
+            values = _read_job_values(cls, data, base_dir, "finetune")
             for key in cls.DATA_ONLY if values["cases"] is not None else ():
                 if values[key] is not None:
                     raise SettingError(key, "only applies with 'data' (a Decathlon folder), not with 'cases'")
@@ -493,10 +499,7 @@ class SegmentJob:
         """Validate a job dict; relative paths are resolved against `base_dir`."""
         source = Path(source) if source else None
         try:
-            check_keys(data, _job_keys(cls))
-            _check_header(data, "segment")
-            values = read_fields(cls, data, Path(base_dir).resolve())
-            _exactly_one(cls, values)
+            values = _read_job_values(cls, data, base_dir, "segment")
             outputs, inputs = values["outputs"], values["inputs"]
             if outputs is not None and len(outputs) != len(inputs):
                 raise SettingError("outputs", f"has {len(outputs)} paths for {len(inputs)} inputs")

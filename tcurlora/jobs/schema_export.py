@@ -61,24 +61,28 @@ def _job_schema(cls: Any) -> dict[str, Any]:
     return schema
 
 
+def _document(name: str, title: str, description: str, **body: Any) -> dict[str, Any]:
+    """A top-level schema document: dialect, $id (the committed file docs/schemas/<name>), title, description."""
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": SCHEMA_BASE + SCHEMA_FILES[name], "title": title,
+            "description": description, **body}  # fmt: skip
+
+
 def job_json_schema() -> dict[str, Any]:
     """The JSON Schema of a job file: a finetune or a segment job."""
-    return {
-        "$schema": JSON_SCHEMA_DIALECT,
-        "$id": SCHEMA_BASE + SCHEMA_FILES["job"],
-        "title": JOB_SCHEMA,
-        "description": "A tcurlora worker job (`tcurlora finetune|segment --job job.json`). Relative paths are "
+    return _document(
+        "job", JOB_SCHEMA,
+        "A tcurlora worker job (`tcurlora finetune|segment --job job.json`). Relative paths are "
         "resolved against the job file's folder.",
-        "type": "object",
-        "required": ["command"],
-        "oneOf": [{"$ref": "#/$defs/finetune"}, {"$ref": "#/$defs/segment"}],
-        "$defs": {
+        type="object",
+        required=["command"],
+        oneOf=[{"$ref": "#/$defs/finetune"}, {"$ref": "#/$defs/segment"}],
+        **{"$defs": {
             "finetune": _job_schema(FinetuneJob),
             "segment": _job_schema(SegmentJob),
             "case": CASE_SCHEMA,
             "channels": CHANNELS_SCHEMA,
-        },
-    }
+        }},
+    )  # fmt: skip
 
 
 
@@ -126,15 +130,13 @@ def _event_schema(kind: str) -> dict[str, Any]:
 
 def events_json_schema() -> dict[str, Any]:
     """The JSON Schema of one line of the event stream."""
-    return {
-        "$schema": JSON_SCHEMA_DIALECT,
-        "$id": SCHEMA_BASE + SCHEMA_FILES["events"],
-        "title": EVENT_SCHEMA_NAME,
-        "description": "One JSON-lines event of a tcurlora worker on stdout (non-finite numbers are written as "
+    return _document(
+        "events", EVENT_SCHEMA_NAME,
+        "One JSON-lines event of a tcurlora worker on stdout (non-finite numbers are written as "
         "null). Lines that are not JSON objects are stray library output, not events.",
-        "oneOf": [{"$ref": f"#/$defs/{kind}"} for kind in EVENT_SCHEMA],
-        "$defs": {kind: _event_schema(kind) for kind in EVENT_SCHEMA},
-    }
+        oneOf=[{"$ref": f"#/$defs/{kind}"} for kind in EVENT_SCHEMA],
+        **{"$defs": {kind: _event_schema(kind) for kind in EVENT_SCHEMA}},
+    )  # fmt: skip
 
 
 SCHEMAS = {"job": job_json_schema, "events": events_json_schema}
