@@ -14,13 +14,13 @@ from tcurlora.models.registry import builtin_models_dir, list_builtin_models, lo
 
 NAME = "unetr-small-acdc-brats"
 # SHA-256 fingerprint of the committed weights (fp16 file, loaded as fp32), as written in MODEL_CARD.md.
-FINGERPRINT = "428a73cd0fc94d1400ec2aec8bd513282fe1c1e10391a3a4df675763d18d7c63"
+FINGERPRINT = "847f1cfc6478a00db66f3ddb8dfe2dc8998187cc02d0c93f91498ecedb37aeef"
 # Held-out pretraining-source case (never trained on). The committed (small, CPU-trained, far from
-# converged) model reached a mean Dice over RV/Myocardium/LV of 0.183 on it (0.135/0.236/0.177) when
-# this test was written; the test also checks it against the Dice of a chance prediction with the
-# same label counts (the prediction's voxels shuffled), which is 0.010 here.
+# converged) model reaches a mean Dice over RV/Myocardium/LV of 0.302 on it (0.244/0.389/0.273; the
+# 4,000-iteration base before it reached 0.183); the test also checks it against the Dice of a chance
+# prediction with the same label counts (the prediction's voxels shuffled), which is 0.013 here.
 HELD_OUT_CASE = "acdc_patient100_frame01"
-DICE_THRESHOLD = 0.12
+DICE_THRESHOLD = 0.25
 
 
 @pytest.fixture(scope="module")
