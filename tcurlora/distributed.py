@@ -142,7 +142,11 @@ def run_finetune(job: Any, sink: Any, token: Any) -> dict[str, Any]:
                 held.sweep(checkpoint_dir(output))
             validate_output(output, job.force, job.resume)
             setup = prepare_training(job, sink if is_writer() else RankSink())
-            return Trainer(job, setup, sink if is_writer() else RankSink(), token).run(output)
+            result = Trainer(job, setup, sink if is_writer() else RankSink(), token).run(output)
+        # Leave together: a rank that tears its gloo group down while rank 0 still writes the adapter can
+        # abort ("terminate called without an active exception", seen in CI).
+        dist.barrier()
+        return result
     except (RuntimeError, dist.DistBackendError) as error:
         if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
             raise
