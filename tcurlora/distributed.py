@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from tcurlora.errors import EXIT_INTERNAL, CancelledError, ConfigError, TCURLoRAError
 from tcurlora.jobs.events import BaseSink, describe_event
+from tcurlora.torchrun_env import launched  # noqa: F401  (tcurlora.distributed.launched)
 
 # How long a collective waits for a rank that stopped answering (a rank that dies is noticed at once).
 TIMEOUT_S = float(os.environ.get("TCURLORA_DIST_TIMEOUT_S", "600"))
@@ -36,11 +37,6 @@ class DistributedError(TCURLoRAError):
 
     kind = "distributed"
     exit_code = EXIT_INTERNAL
-
-
-def launched() -> bool:
-    """True when this process is one of several started by torchrun."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def active() -> bool:

@@ -16,27 +16,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from tcurlora.torchrun_env import TORCHRUN_VARIABLES, launched
+from tcurlora.torchrun_env import env_rank as rank
+from tcurlora.torchrun_env import env_world as world
+
 # The gather waits for the slowest process's whole share of runs: hours, not the finetune timeout.
 GATHER_TIMEOUT_S = float(os.environ.get("TCURLORA_BENCH_DIST_TIMEOUT_S", str(7 * 24 * 3600)))
-# torchrun's variables, not passed to an isolated run's worker process (it is a 1-process run).
-TORCHRUN_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-    "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE",
-)  # fmt: skip
 
-
-def launched() -> bool:
-    """True when this process is one of several started by torchrun."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def rank() -> int:
-    return int(os.environ["RANK"]) if launched() else 0
-
-
-def world() -> int:
-    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+__all__ = ["TORCHRUN_VARIABLES", "launched", "rank", "world"]
 
 
 def is_writer() -> bool:

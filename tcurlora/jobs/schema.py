@@ -421,6 +421,8 @@ class FinetuneJob:
     command = "finetune"
     ONE_OF = (("cases", "data", "give exactly one of 'cases' (a list) or 'data' (a folder)"),)
     DATA_ONLY = ("num_cases", "case_ids")  # only with 'data'
+    # (key, other, other's value, problem): when `key` is given, `other` must keep that value.
+    REPLACES = (("val_case_ids", "val_fraction", 0.0, "give either 'val_fraction' or 'val_case_ids', not both"),)
 
     @classmethod
     def from_dict(
@@ -436,8 +438,9 @@ class FinetuneJob:
             names, colors = values["label_names"], values["label_colors"]
             if names is not None and colors is not None and len(colors) != len(names):
                 raise SettingError("label_colors", f"has {len(colors)} colors for {len(names)} label_names")
-            if values["val_case_ids"] is not None and values["val_fraction"] > 0:
-                raise SettingError("val_case_ids", "give either 'val_fraction' or 'val_case_ids', not both")
+            for key, other, other_value, problem in cls.REPLACES:
+                if values[key] is not None and values[other] != other_value:
+                    raise SettingError(key, problem)
         except SettingError as error:
             _fail(error, source)
         return cls(**values, job_file=source)

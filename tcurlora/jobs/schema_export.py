@@ -51,11 +51,11 @@ def _job_schema(cls: Any) -> dict[str, Any]:
         if first == "cases":  # num_cases and case_ids choose among the cases of 'data' only
             with_first["properties"].update(_absent_or_null(*cls.DATA_ONLY))
         rules.append({"oneOf": [with_first, with_second], "description": problem})
-    if cls is FinetuneJob:  # val_case_ids replace val_fraction
+    for key, other, other_value, problem in getattr(cls, "REPLACES", ()):
         rules.append({
-            "if": {"required": ["val_case_ids"], "properties": {"val_case_ids": {"type": "array"}}},
-            "then": {"properties": {"val_fraction": {"const": 0}}},
-            "description": "give either 'val_fraction' or 'val_case_ids', not both",
+            "if": {"required": [key], "properties": {key: {"not": {"type": "null"}}}},
+            "then": {"properties": {other: {"const": other_value}}},
+            "description": problem,
         })  # fmt: skip
     schema["allOf"] = rules
     return schema
