@@ -21,6 +21,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from TCURLoRACommon.jobs import DEVICES, JOB_DEFAULTS  # standard library only, Python 3.9 safe
+
 POLL_MS = 200
 
 
@@ -52,24 +54,24 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class TCURFineTuneParameterNode:
-    """Everything the panel shows, saved with the scene."""
+    """Everything the panel shows, saved with the scene; the job settings default to the job's defaults."""
 
     baseModel: str = ""
     trainingVolumes: list[vtkMRMLScalarVolumeNode]
     trainingSegmentations: list[vtkMRMLSegmentationNode]
     labelVolume: vtkMRMLScalarVolumeNode
     prefill: bool = False
-    method: Annotated[str, Choice(["tcur", "lora"])] = "tcur"
-    rank: Annotated[int, WithinRange(1, 64)] = 8
-    iterations: Annotated[int, WithinRange(1, 100000)] = 500
+    method: Annotated[str, Choice(["tcur", "lora"])] = JOB_DEFAULTS.method
+    rank: Annotated[int, WithinRange(1, 64)] = JOB_DEFAULTS.rank
+    iterations: Annotated[int, WithinRange(1, 100000)] = JOB_DEFAULTS.iterations
     patchSize: str = ""
-    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = JOB_DEFAULTS.device
     adapterName: str = "my-adapter"
     resumeJob: str = ""
-    batchSize: Annotated[int, WithinRange(1, 64)] = 2
-    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
-    valFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.0
-    seed: Annotated[int, WithinRange(0, 1000000)] = 0
+    batchSize: Annotated[int, WithinRange(1, 64)] = JOB_DEFAULTS.batch_size
+    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0  # 0 and "" below: the job's default
+    valFraction: Annotated[float, WithinRange(0.0, 0.9)] = JOB_DEFAULTS.val_fraction
+    seed: Annotated[int, WithinRange(0, 1000000)] = JOB_DEFAULTS.seed
     headLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     trainModules: str = ""
     spacing: str = "auto"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ def _settings_class() -> type:
 
 
 FineTuneSettings = _settings_class()
+# The job's default of each panel setting, by job key: the parameter node's defaults (TCURFineTune.py).
+JOB_DEFAULTS = types.SimpleNamespace(
+    **{f.name: f.default for f in dataclasses.fields(FineTuneSettings) if f.default is not dataclasses.MISSING}
+)
 
 
 def finetune_job(

@@ -163,7 +163,7 @@ def test_missing_corrupt_and_truncated_files(base, saved_tcur, tmp_path):
     record = read_adapter_config(folder)
     record["method"] = "dora"
     (bad_config / "adapter_config.json").write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match="unknown adapter method 'dora'") as info:
+    with pytest.raises(ConfigError, match="adapter config key 'method': must be one of .*; got 'dora'") as info:
         load_adapter(bad_config, copy.deepcopy(base))
     assert info.value.path == str(bad_config / "adapter_config.json")
     truncated = copy_adapter(folder, tmp_path / "truncated")

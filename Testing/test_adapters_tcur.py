@@ -226,13 +226,17 @@ def test_config_validation_and_round_trip():
     assert AdapterConfig.from_dict(data) == AdapterConfig(**{**data})
     assert AdapterConfig(method="tcur").resolved_alpha == 1.0
     for bad, message in [
-        ({"method": "dora"}, "unknown adapter method 'dora'"),
-        ({"rank": 0}, "rank must be a positive integer"),
-        ({"selection": "random"}, "unknown selection 'random'"),
-        ({"target_modules": ["vit.(blocks"]}, "invalid regular expression"),
+        ({"method": "dora"}, "adapter config key 'method': must be one of tcur, lora, decoder, full, head; got 'dora'"),
+        ({"rank": 0}, "adapter config key 'rank': must be >= 1, got 0"),
+        ({"rank": 2.5}, "adapter config key 'rank': expected an integer, got float 2.5"),
+        ({"selection": "random"}, "adapter config key 'selection': must be one of topnorm"),
+        ({"target_modules": ["vit.(blocks"]}, "adapter config key 'target_modules[0]': invalid regular expression"),
         ({"num_classes": 3, "label_names": ["only one"]}, "1 label_names for num_classes=3"),
-        ({"alpha": float("nan")}, "alpha must be a finite number"),
-        ({"fused_splits": {"qkv": 0}}, "fused_splits"),
+        ({"alpha": float("nan")}, "adapter config key 'alpha': expected a number, got float nan"),
+        ({"fused_splits": {"qkv": 0}}, "adapter config key 'fused_splits.qkv': must be >= 1, got 0"),
+        ({"label_colors": [[1, 0]]}, "adapter config key 'label_colors[0]': expected [r, g, b]"),
+        ({"new_head": 1}, "adapter config key 'new_head': expected true or false, got int 1"),
+        ({"base_fingerprint": 7}, "adapter config key 'base_fingerprint': expected a string, got int 7"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             AdapterConfig(**bad)

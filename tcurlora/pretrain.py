@@ -117,6 +117,9 @@ class PretrainConfig:
     description: str = setting("", "text", help="what the recipe is for")
     precision: str = setting("fp32", "choice", choices=PRECISIONS, help="fp32, bf16 or auto")
     eval_every: int = setting(0, "integer", minimum=0, help="steps between held-out evaluations (0: none)")
+    grad_clip: float | None = setting(
+        None, "number", minimum=0.0, exclusive_minimum=True, help="clip the gradient norm to this (null: none)"
+    )
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
@@ -457,7 +460,7 @@ def run_pretrain(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     use_amp = config.precision == "bf16" or (config.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
     step_fn = OptimStep(model, optimizer, grad_scaler(device, use_amp), amp=use_amp,
-                        schedule=partial(learning_rate_factor, config))  # fmt: skip
+                        schedule=partial(learning_rate_factor, config), clip=config.grad_clip)  # fmt: skip
     rng = np.random.default_rng(config.seed)
     state = PretrainState()
     if exact:

@@ -12,6 +12,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
+from tcurlora.train_loop import Batch, LoopHooks, run_loop
 from tcurlora.train_step import OptimStep, autocast_context, cpu_supports_bf16, grad_scaler
 
 BEST_WEIGHTS_FILE = "best_adapter.safetensors"
@@ -174,8 +176,9 @@ def run_finetune(job, sink, token) -> dict[str, Any]:
         return Trainer(job, setup, sink, token).run(output)
 
 
-class Trainer:
-    """The training loop: patches in, DiceCE loss, AdamW with warm-up + cosine, periodic validation."""
+class Trainer(LoopHooks):
+    """Fine-tuning on the shared loop (`run_loop`): patches in, DiceCE loss, AdamW with warm-up + cosine,
+    periodic validation, early stopping, checkpoints."""
 
     def __init__(self, job, setup, sink, token):
         from monai.losses import DiceCELoss
@@ -190,7 +193,8 @@ class Trainer:
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device, self.amp)
-        self.optim_step = OptimStep(self.forward, self.optimizer, self.scaler, amp=self.amp)  # schedule: step()
+        self.optim_step = OptimStep(self.forward, self.optimizer, self.scaler, amp=self.amp,
+                                    clip=job.grad_clip)  # schedule: step()
         self.state = TrainingState()
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
 
@@ -212,52 +216,56 @@ class Trainer:
                     next(stream)
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
         self.stream = stream
-        batches = distributed.shard(stream)  # torchrun: this rank's patches
         total = job.iterations
-        eval_every = max(1, total // VALIDATIONS_PER_RUN)
-        patience = getattr(job, "early_stopping", DEFAULT_PATIENCE)
-        previous_elapsed = self.state.elapsed_s  # time spent before a resume
-        started = time.monotonic() - previous_elapsed
-        start_iteration = self.state.iteration
-        self.adapted.train()
-        while self.state.iteration < total:
-            distributed.raise_if_cancelled(self.token)  # torchrun: all ranks stop at the same step
-            loss = self.step(next(batches), total)
-            self.state.iteration += 1
-            self.state.losses.append(loss)
-            it = self.state.iteration
-            val = None
-            if self.setup.val_volumes and (it % eval_every == 0 or it == total):
-                val = self.validate()
-                self.state.val_history.append({"iteration": it, "dice": val})
-                if self.state.best_validation()["iteration"] == it:
-                    self.best_state = self.adapted.adapter_state_dict()
-            done_now = it - start_iteration
-            elapsed = time.monotonic() - started
-            sink.progress(iteration=it, total=total, loss=loss, val_dice=val,
-                          eta_s=eta_seconds(elapsed - previous_elapsed, done_now, total - it),
-                          lr=self.optimizer.param_groups[0]["lr"])
-            if job.checkpoint_every and it % job.checkpoint_every == 0 and it < total and distributed.is_writer():
-                self.state.elapsed_s = elapsed
-                path = save_checkpoint(ckpt, self.adapted, self.optim_step, self.state, self.job_record(),
-                                       sampler=self.stream.state(), best=self.best_state)
-                sink.checkpoint(iteration=it, path=str(path))
-            if patience and self.state.validations_since_best() >= patience and it < total:
-                self.state.stopped_early = True
-                sink.log("info", f"early stop at iteration {it}: validation Dice has not improved for "
-                                 f"{patience} validations; keeping the adapter of iteration "
-                                 f"{self.state.best_validation()['iteration']}")
-                break
-        self.state.elapsed_s = time.monotonic() - started
+        self.optim_step.schedule = partial(learning_rate_factor, total=total)
+        self.eval_every = max(1, total // VALIDATIONS_PER_RUN)
+        self.patience = getattr(job, "early_stopping", DEFAULT_PATIENCE)
+        self.previous_elapsed = self.state.elapsed_s  # time spent before a resume
+        self.started = time.monotonic() - self.previous_elapsed
+        self.start_iteration = self.state.iteration
+        self.checkpoint_folder = ckpt
+        batches = (self.to_batch(b) for b in distributed.shard(stream))  # torchrun: this rank's patches
+        run_loop(self.optim_step, batches, self.state.iteration, total, self)
+        self.state.elapsed_s = time.monotonic() - self.started
         return self.finish(output, ckpt)
 
-    def step(self, batch: dict, total: int) -> float:
-        """One optimisation step (`OptimStep`: schedule over `total` iterations, autocast, scaler)."""
+    def to_batch(self, batch: dict) -> Batch:
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
-        self.optim_step.schedule = lambda i: learning_rate_factor(i, total)
-        loss = self.optim_step(image, label, self.loss_fn, self.state.iteration)
-        return distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
+        return Batch(image, label, self.loss_fn)
+
+    def before_step(self, iteration: int) -> None:
+        distributed.raise_if_cancelled(self.token)  # torchrun: all ranks stop at the same step
+
+    def after_step(self, done: int, batch: Batch, loss: torch.Tensor) -> bool:
+        """Record the loss (torchrun: of the whole effective batch), validate, report, checkpoint; True to
+        stop early (validation Dice not improving for `patience` validations)."""
+        job, sink, state, total = self.job, self.sink, self.state, self.job.iterations
+        value = distributed.mean(float(loss.detach()))
+        state.iteration = done
+        state.losses.append(value)
+        val = None
+        if self.setup.val_volumes and (done % self.eval_every == 0 or done == total):
+            val = self.validate()
+            state.val_history.append({"iteration": done, "dice": val})
+            if state.best_validation()["iteration"] == done:
+                self.best_state = self.adapted.adapter_state_dict()
+        elapsed = time.monotonic() - self.started
+        sink.progress(iteration=done, total=total, loss=value, val_dice=val,
+                      eta_s=eta_seconds(elapsed - self.previous_elapsed, done - self.start_iteration, total - done),
+                      lr=self.optimizer.param_groups[0]["lr"])  # fmt: skip
+        if job.checkpoint_every and done % job.checkpoint_every == 0 and done < total and distributed.is_writer():
+            state.elapsed_s = elapsed
+            path = save_checkpoint(self.checkpoint_folder, self.adapted, self.optim_step, state, self.job_record(),
+                                   sampler=self.stream.state(), best=self.best_state)  # fmt: skip
+            sink.checkpoint(iteration=done, path=str(path))
+        if self.patience and state.validations_since_best() >= self.patience and done < total:
+            state.stopped_early = True
+            sink.log("info", f"early stop at iteration {done}: validation Dice has not improved for "
+                             f"{self.patience} validations; keeping the adapter of iteration "
+                             f"{state.best_validation()['iteration']}")  # fmt: skip
+            return True
+        return False
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

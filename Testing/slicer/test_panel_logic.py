@@ -4,6 +4,7 @@ TCURLoRACommon, tested against real MRML nodes and the real job schema."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -19,7 +20,7 @@ from tcurlora.errors import InputError
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 from tcurlora.library import AdapterEntry
 from TCURLoRACommon import scene
-from TCURLoRACommon.jobs import finetune_job
+from TCURLoRACommon.jobs import DEVICES, JOB_DEFAULTS, finetune_job
 from TCURLoRACommon.models import base_model_choices, choose_base_model, resolve_base_model
 from TCURLoRACommon.runs import event_text
 
@@ -27,19 +28,38 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = "unetr-small-acdc-brats"
 
 
-def parameter_defaults(script: Path) -> types.SimpleNamespace:
-    """The fields of a module's @parameterNodeWrapper class with their declared defaults (None if none):
-    what a fresh scene's parameter node holds."""
+def parameter_node_fields(script: Path) -> dict[str, ast.expr | None]:
+    """The fields of a module's @parameterNodeWrapper class and the expressions of their defaults."""
     for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ClassDef) and any(
             getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
         ):
-            fields = {}
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign):
-                    fields[item.target.id] = ast.literal_eval(item.value) if item.value else None
-            return types.SimpleNamespace(**fields)
+            return {item.target.id: item.value for item in node.body if isinstance(item, ast.AnnAssign)}
     raise AssertionError(f"{script}: no @parameterNodeWrapper class")
+
+
+def parameter_defaults(script: Path) -> types.SimpleNamespace:
+    """The fields of a module's parameter node with their defaults (None if none), evaluated with the names
+    the module imports from TCURLoRACommon.jobs: what a fresh scene's parameter node holds."""
+    names = {"JOB_DEFAULTS": JOB_DEFAULTS, "DEVICES": DEVICES}
+    return types.SimpleNamespace(**{
+        name: eval(compile(ast.Expression(value), str(script), "eval"), names) if value else None  # noqa: S307
+        for name, value in parameter_node_fields(script).items()
+    })  # fmt: skip
+
+
+# Parameter node field -> the FinetuneJob setting whose default it shows.
+JOB_BACKED_FIELDS = {"method": "method", "rank": "rank", "iterations": "iterations", "device": "device",
+                     "batchSize": "batch_size", "valFraction": "val_fraction", "seed": "seed"}  # fmt: skip
+
+
+def test_the_parameter_node_takes_its_defaults_from_the_job_declaration():
+    fields = parameter_node_fields(ROOT / "TCURFineTune" / "TCURFineTune.py")
+    node = parameter_defaults(ROOT / "TCURFineTune" / "TCURFineTune.py")
+    job_defaults = {f.name: f.default for f in dataclasses.fields(FinetuneJob)}
+    for field, key in JOB_BACKED_FIELDS.items():
+        assert ast.unparse(fields[field]) == f"JOB_DEFAULTS.{key}", f"{field} states its own default"
+        assert getattr(node, field) == job_defaults[key]
 
 
 def volume(name: str, shape=(4, 5, 6)) -> slicer.vtkMRMLScalarVolumeNode:

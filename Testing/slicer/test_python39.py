@@ -134,6 +134,7 @@ def test_real_python39_compiles_the_panels_and_shows_the_message() -> None:
         "for f in sys.argv[1:]:\n"
         "    py_compile.compile(f, cfile=f + '.py39check', doraise=True)\n"
         "sys.path.insert(0, '.')\n"
+        "import TCURLoRACommon.jobs  # the parameter nodes' defaults, imported when Slicer loads the module\n"
         "from TCURLoRACommon.compat import unsupported_message\n"
         "print(unsupported_message())\n"
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from tcurlora.errors import ConfigError
-from tcurlora.jobs.schema import METHODS, SELECTIONS  # declared once, with the job settings
+from tcurlora.jobs.schema import METHODS, SELECTIONS, check_regexes, parse_colors  # declared with the job
+from tcurlora.settings import SettingError, dump_fields, expect, read_fields, setting, settings_of
 
 # Transformer projections adapted by default: MONAI UNETR/ViT and MONAI SwinUNETR module names.
 UNETR_TARGETS = r"vit\.blocks\.\d+\.(attn\.(qkv|out_proj)|mlp\.linear[12])"
@@ -42,6 +42,28 @@ def expand_train_modules(patterns: list[str]) -> list[str]:
     return out
 
 
+def _parse_fused_splits(key: str, value: Any, base_dir: Any = None) -> dict[str, int]:
+    """Fused layer name -> number of row blocks (positive integers)."""
+    expect(key, value, (dict,), "an object of positive integers")
+    for name, count in value.items():
+        expect(f"{key}.{name}", count, (int,), "a positive integer")
+        if count < 1:
+            raise SettingError(f"{key}.{name}", f"must be >= 1, got {count}")
+    return dict(value)
+
+
+def _parse_colors(key: str, value: Any, base_dir: Any = None) -> list[list[float]]:
+    """The job's [r, g, b] colors (0..1); tuples, as code may pass them, count as lists."""
+    if isinstance(value, (list, tuple)):
+        value = [list(c) if isinstance(c, tuple) else c for c in value]
+    return parse_colors(key, value, base_dir)
+
+
+_REGEXES = {"kind": "strings", "check": check_regexes}
+_COLORS_SCHEMA = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 3,
+                                             "maxItems": 3}}  # fmt: skip
+
+
 @dataclass
 class AdapterConfig:
     """How a base network is adapted.
@@ -51,27 +73,41 @@ class AdapterConfig:
     group; a fused Linear whose last name part is a key of `fused_splits` contributes that many
     row blocks as separate slices. Each Conv3d target is its own group (out x in x k^3).
     `alpha=None` means the method default: 1.0 for tcur, `rank` for lora (LoRA scale alpha/r = 1).
+    Each field is declared once (tcurlora.settings) and checked by the settings' one validator.
     """
 
-    method: str = "tcur"
-    rank: int = 8
-    alpha: float | None = None
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    fused_splits: dict[str, int] = field(default_factory=lambda: {"qkv": 3})
-    conv_target_modules: list[str] = field(default_factory=list)
-    selection: str = "topnorm"
-    seed: int = 0
-    head_module: str = "out.conv.conv"
-    num_classes: int | None = None
-    # A fresh head even when the class count matches the base's (other classes with the same count).
-    new_head: bool = False
-    label_names: list[str] | None = None
-    label_colors: list[list[float]] | None = None
-    base_model_id: str | None = None
-    base_fingerprint: str | None = None
-    decoder_modules: list[str] = field(default_factory=lambda: list(DEFAULT_DECODER_MODULES))
-    # Extra modules trained in full by any method (like PEFT's modules_to_save), saved in the adapter.
-    train_modules: list[str] = field(default_factory=list)
+    method: str = setting("tcur", "choice", choices=METHODS, help="adaptation method")
+    rank: int = setting(8, "integer", minimum=1, help="adapter rank")
+    alpha: float | None = setting(None, "number", help="adapter scale (null: the method's default)")
+    target_modules: list[str] = setting(DEFAULT_TARGETS, **_REGEXES, help="Linear layers adapted (regexes)")
+    fused_splits: dict[str, int] = setting(
+        {"qkv": 3}, "custom", parse=_parse_fused_splits, schema={"type": "object"},
+        help="fused Linear layers (last name part) -> number of row blocks",
+    )  # fmt: skip
+    conv_target_modules: list[str] = setting([], **_REGEXES, help="Conv3d layers adapted (regexes)")
+    selection: str = setting("topnorm", "choice", choices=SELECTIONS, help="tCUR index selection")
+    seed: int = setting(0, "integer", help="seed of the random index selections")
+    head_module: str = setting("out.conv.conv", "string", help="the segmentation head's module name")
+    num_classes: int | None = setting(None, "integer", minimum=1, help="output classes, background included")
+    new_head: bool = setting(
+        False, "boolean", help="a fresh head even when the class count matches the base's (other classes)"
+    )
+    label_names: list[str] | None = setting(None, "strings", help="class names of labels 1..N")
+    label_colors: list[list[float]] | None = setting(
+        None,
+        "custom",
+        parse=_parse_colors,
+        schema=_COLORS_SCHEMA,
+        help="one [r, g, b] color (0..1) per label",
+    )
+    base_model_id: str | None = setting(None, "text", help="the base model's name")
+    base_fingerprint: str | None = setting(None, "text", help="the base model's weights fingerprint")
+    decoder_modules: list[str] = setting(
+        DEFAULT_DECODER_MODULES, **_REGEXES, help="what the decoder method trains (regexes)"
+    )
+    train_modules: list[str] = setting(
+        [], **_REGEXES, help="extra modules trained in full by any method (like PEFT modules_to_save)"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,65 +120,31 @@ class AdapterConfig:
         return float(self.rank) if self.method == "lora" else 1.0
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad field."""
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown adapter method {self.method!r}; valid: {', '.join(METHODS)}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"rank must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, int | float)
-            or not math.isfinite(self.alpha)
+        """Check (and normalise) every field with the settings' validator, then the one rule across fields;
+        ConfigError naming the first bad field."""
+        try:
+            values = read_fields(
+                type(self), {f.name: getattr(self, f.name) for f, _ in settings_of(type(self))}
+            )
+        except SettingError as error:
+            raise ConfigError(f"adapter config {error}") from None
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        if (
+            self.label_names is not None
+            and self.num_classes is not None
+            and len(self.label_names) != self.num_classes - 1
         ):
-            raise ConfigError(f"alpha must be a finite number or null, got {self.alpha!r}")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"unknown selection {self.selection!r}; valid: {', '.join(SELECTIONS)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("target_modules", "conv_target_modules", "decoder_modules", "train_modules"):
-            _check_regexes(name, getattr(self, name))
-        if not isinstance(self.fused_splits, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
-            for k, v in self.fused_splits.items()
-        ):
-            raise ConfigError(f"fused_splits must map names to positive integers, got {self.fused_splits!r}")
-        if not isinstance(self.head_module, str) or not self.head_module:
-            raise ConfigError(f"head_module must be a module name, got {self.head_module!r}")
-        if self.num_classes is not None and (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
-        ):
-            raise ConfigError(f"num_classes must be a positive integer or null, got {self.num_classes!r}")
-        if not isinstance(self.new_head, bool):
-            raise ConfigError(f"new_head must be true or false, got {self.new_head!r}")
-        if self.label_names is not None:
-            if not isinstance(self.label_names, list) or not all(
-                isinstance(n, str) for n in self.label_names
-            ):
-                raise ConfigError(f"label_names must be a list of strings, got {self.label_names!r}")
-            if self.num_classes is not None and len(self.label_names) != self.num_classes - 1:
-                raise ConfigError(
-                    f"{len(self.label_names)} label_names for num_classes={self.num_classes} "
-                    f"(label_names name classes 1..N, so N = num_classes - 1)"
-                )
-        if self.label_colors is not None and not (
-            isinstance(self.label_colors, list)
-            and all(isinstance(c, list | tuple) and len(c) == 3 for c in self.label_colors)
-        ):
-            raise ConfigError(f"label_colors must be a list of [r, g, b], got {self.label_colors!r}")
-        for name in ("base_model_id", "base_fingerprint"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(f"{name} must be a string or null, got {value!r}")
+            raise ConfigError(
+                f"{len(self.label_names)} label_names for num_classes={self.num_classes} "
+                f"(label_names name classes 1..N, so N = num_classes - 1)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; alpha is written resolved so the file says what was used."""
-        data = asdict(self)
+        data = dump_fields(self)
         if self.method in ("tcur", "lora"):
             data["alpha"] = self.resolved_alpha
-        if data["label_colors"] is not None:
-            data["label_colors"] = [list(c) for c in data["label_colors"]]
         return data
 
     @classmethod
@@ -150,29 +152,11 @@ class AdapterConfig:
         """Build from `to_dict` output; unknown keys are an error unless `ignore_unknown`."""
         if not isinstance(data, dict):
             raise ConfigError(f"adapter config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f, _ in settings_of(cls)}
         unknown = sorted(set(data) - known)
         if unknown and not ignore_unknown:
             raise ConfigError(f"unknown adapter config keys: {', '.join(unknown)}")
-        values = {k: v for k, v in data.items() if k in known}
-        if isinstance(values.get("label_colors"), list):
-            values["label_colors"] = [
-                list(c) if isinstance(c, list | tuple) else c for c in values["label_colors"]
-            ]
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise ConfigError(f"invalid adapter config: {error}") from error
-
-
-def _check_regexes(name: str, patterns: Any) -> None:
-    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-        raise ConfigError(f"{name} must be a list of regular expressions, got {patterns!r}")
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ConfigError(f"{name}: invalid regular expression {pattern!r}: {error}") from error
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def full_match_any(patterns: list[str], name: str) -> bool:

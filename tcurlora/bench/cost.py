@@ -3,6 +3,7 @@ architecture and image size, without data (the numbers do not depend on the voxe
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from tcurlora.bench.measure import peak_memory, peak_rss_bytes
+from tcurlora.train_loop import Batch, LoopHooks, run_loop
 
 
 def cost_network(base_model: str, img_size: int, num_classes: int):
@@ -34,6 +36,28 @@ def cost_network(base_model: str, img_size: int, num_classes: int):
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepTimer(LoopHooks):
+    """Times each step after `warmup` steps (synchronising CUDA around it); resets the peak-memory counter
+    after the warm-up, whose cuDNN autotuning would inflate it."""
+
+    def __init__(self, device: torch.device, warmup: int):
+        self.device, self.warmup = device, warmup
+        self.times: list[float] = []
+        self.started = 0.0
+
+    def before_step(self, iteration: int) -> None:
+        if iteration == self.warmup and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        _sync(self.device)
+        self.started = time.perf_counter()
+
+    def after_step(self, done: int, batch: Batch, loss: torch.Tensor) -> bool:
+        _sync(self.device)
+        if done > self.warmup:
+            self.times.append(time.perf_counter() - self.started)
+        return False
 
 
 def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -72,17 +96,10 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     label = torch.randint(0, settings["num_classes"], (shape[0], 1, *shape[2:]), generator=generator).to(
         device
     )
-    adapted.train()
-    times = []
-    for step in range(settings["warmup"] + settings["steps"]):
-        if step == settings["warmup"] and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        started = time.perf_counter()
-        train_step(image, label, loss_fn, step)
-        _sync(device)
-        if step >= settings["warmup"]:
-            times.append(time.perf_counter() - started)
+    timer = StepTimer(device, settings["warmup"])
+    batches = itertools.repeat(Batch(image, label, loss_fn))  # the same batch: the cost, not the learning
+    run_loop(train_step, batches, 0, settings["warmup"] + settings["steps"], timer)
+    times = timer.times
     memory = peak_memory(device)
     adapted.eval()
     latency = {}

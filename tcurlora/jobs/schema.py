@@ -404,6 +404,10 @@ class FinetuneJob:
         help="with a validation split: stop after N validations without a better Dice and keep the best "
         "adapter (default 4; 0 = train all iterations, still keeping the best)",
     )  # fmt: skip
+    grad_clip: float | None = setting(
+        None, "number", minimum=0.0, exclusive_minimum=True, flag="--grad-clip", cli={"metavar": "NORM"},
+        help="clip the gradient norm to NORM before each step (default: no clipping)",
+    )  # fmt: skip
     checkpoint_every: int = setting(
         50, "integer", minimum=0, help="iterations between checkpoints (default 50; 0 = none)",
         flag="--checkpoint-every", slicer=True,
