@@ -52,7 +52,7 @@ def job(args: argparse.Namespace, output: Path) -> dict:
         "command": "finetune", "base_model": args.base_model, "label_names": args.labels,
         "cases": [{"id": n.split(".")[0], "image": str(data / "imagesTr" / n), "label": str(data / "labelsTr" / n)}
                   for n in names],
-        "iterations": args.iterations, "batch_size": args.batch_size, "seed": 0, "device": "cpu",
+        "iterations": args.iterations, "batch_size": args.batch_size, "seed": 0, "device": args.device,
         "checkpoint_every": 0, "output": str(output), "force": True,
     }  # fmt: skip
 
@@ -61,8 +61,10 @@ def measure(args: argparse.Namespace, nproc: int, work: Path) -> dict:
     job_path = work / f"job-{nproc}.json"
     job_path.write_text(json.dumps(job(args, work / f"adapter-{nproc}")))
     threads = args.threads_per_process or max(1, args.threads // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "-1",
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"  # one GPU per process otherwise (torchrun's LOCAL_RANK)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     prefix = [torchrun, "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
     started = time.perf_counter()
@@ -99,10 +101,12 @@ def main() -> int:
     parser.add_argument("--threads-per-process", type=int, help="instead of --threads split over the processes")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: each process its own GPU (NCCL), as many GPUs as the largest --nproc")
     args = parser.parse_args()
     results = {"conditions": {"cpu_count": os.cpu_count(), "nice": os.nice(0), "load_average_start": os.getloadavg(),
                               "base_model": args.base_model, "batch_size": args.batch_size, "data": str(args.data),
-                              "iterations": args.iterations, "warmup": args.warmup}, "runs": []}
+                              "iterations": args.iterations, "warmup": args.warmup, "device": args.device}, "runs": []}
     with tempfile.TemporaryDirectory(prefix="tcur-scaling-") as work:
         for nproc in args.nproc:
             results["runs"].append(measure(args, nproc, Path(work)))
