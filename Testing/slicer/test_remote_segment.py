@@ -232,11 +232,14 @@ def test_refused_host_fails_with_a_clear_message(
     with socket.socket() as s:  # a port nothing listens on: the connection is refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    config = tmp_path / "ssh_config"  # a host named like a GPU server: the failure is no GPU problem
+    config.write_text(f"Host gpu-server\n  HostName 127.0.0.1\n  Port {port}\n" + sshd.ssh_config.read_text())
     cases, names = decathlon_cases(hippocampus_dir)
     volume, _ = load_case(cases[0][0], None, names)
-    host = f"{getpass.getuser()}@127.0.0.1:{port}"
+    host = f"{getpass.getuser()}@gpu-server"
     folder = tmp_path / "remote-runs"
-    run = start_segmentation([volume], adapter, "auto", remote=remote_settings_for(sshd, folder, host))
+    remote = RemoteSettings(host, sshd.remote_command, str(config), str(folder))
+    run = start_segmentation([volume], adapter, "auto", remote=remote)
     try:
         run.wait(timeout=120)
         assert run.state == FAILED, run.state
@@ -244,7 +247,7 @@ def test_refused_host_fails_with_a_clear_message(
         message = run.error_text()
         assert message.startswith(f"cannot connect to {host}: ") and "Connection refused" in message, message
         assert event_text(run.error) == f"Error: {message}"  # the panel's log line
-        assert run.cpu_fallback_reason() is None, "a refused host must not offer a CPU retry"
+        assert run.cpu_fallback_reason() is None, "a refused host must not offer a retry on the CPU"
         assert run.segmentations == [] and not slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
         assert not folder.exists()
         assert json.loads(run.job_path.read_text())["command"] == "segment"
