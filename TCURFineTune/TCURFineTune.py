@@ -330,10 +330,11 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.start()
 
     def start(self, device: str | None = None) -> None:
-        from TCURFineTuneLib.panel import remote_from_parameters, settings_from_parameters
+        from TCURFineTuneLib.panel import settings_from_parameters
         from TCURFineTuneLib.run import discard_interrupted
 
         from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.remote import remote_from_parameters
 
         settings = settings_from_parameters(self._parameterNode)  # input errors before any install
         remote = remote_from_parameters(self._parameterNode)

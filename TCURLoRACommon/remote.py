@@ -63,3 +63,14 @@ def remote_settings(
     except RemoteError as error:
         raise InputError(error.problem) from None
     return RemoteSettings(host.strip(), command.strip() or "tcurlora", ssh_config.strip(), folder.strip())
+
+
+def remote_from_parameters(node: Any) -> RemoteSettings | None:
+    """Where a panel's parameter node (runOn, remoteHost, remoteCommand, sshConfig) says to run: None for
+    this computer, else the checked remote settings. Shared by TCUR Fine-Tune and TCUR Segmenter."""
+    return remote_settings(
+        getattr(node, "runOn", THIS_COMPUTER) or THIS_COMPUTER,
+        getattr(node, "remoteHost", "") or "",
+        getattr(node, "remoteCommand", "") or "tcurlora",
+        getattr(node, "sshConfig", "") or "",
+    )

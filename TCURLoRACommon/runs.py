@@ -17,6 +17,7 @@ from TCURLoRACommon.worker import WorkerProcess
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 EVENT_HISTORY = 2000  # events kept per run (a long training sends one per logged iteration)
 LOG_MAX_LINES = 5000  # lines the panels' log views keep
+SSH_ERROR_KINDS = ("connection", "connection_lost")  # tcurlora.remote: refused host, lost connection
 
 
 def event_text(event: dict[str, Any]) -> str | None:
@@ -181,8 +182,11 @@ class WorkerRun:
         return self
 
     def cpu_fallback_reason(self) -> str | None:
-        """Why retrying on the CPU may succeed (GPU out of memory, CUDA missing), or None."""
+        """Why retrying on the CPU may succeed (GPU out of memory, CUDA missing), or None (also for an SSH
+        failure: a host named gpu-server is no GPU problem)."""
         if self.state != FAILED or self.error is None or self.job.get("device") == "cpu":
+            return None
+        if self.error["kind"] in SSH_ERROR_KINDS:
             return None
         message = self.error.get("message", "")
         if self.error["kind"] == "out_of_memory":

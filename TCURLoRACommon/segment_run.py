@@ -11,13 +11,16 @@ import slicer
 from tcurlora.errors import InputError
 from TCURLoRACommon import scene
 from TCURLoRACommon.jobs import segment_job
+from TCURLoRACommon.remote import RemoteSettings
 from TCURLoRACommon.runs import WorkerRun, new_workdir
 
 
 class SegmentVolumesRun(WorkerRun):
     """Exports the volumes, runs `tcurlora segment`, imports one segmentation per volume when done.
 
-    `targets[i]` is an existing segmentation node to fill for volume i, or None for a new node.
+    `targets[i]` is an existing segmentation node to fill for volume i, or None for a new node. With
+    `remote` the worker runs on that host over SSH (tcurlora.remote): the exported volumes go there, the
+    labelmaps come back to the same files, and Cancel (SIGTERM to the local worker) stops the remote run.
     """
 
     def __init__(
@@ -32,10 +35,12 @@ class SegmentVolumesRun(WorkerRun):
         workdir: Path | None = None,
         overlap: float = 0.5,
         largest_component: bool = False,
+        remote: RemoteSettings | None = None,
     ) -> None:
         if not volumes:
             raise ValueError("no volume to segment")
         workdir = workdir or new_workdir("segment")
+        self.remote = remote  # None: on this computer
         self.volumes = list(volumes)
         self.label_names = list(label_names)
         self.label_colors = label_colors
@@ -54,7 +59,8 @@ class SegmentVolumesRun(WorkerRun):
             overlap=overlap,
             largest_component=largest_component,
         )
-        super().__init__(job, workdir, partial_outputs=[workdir / "outputs"])
+        extra_args = remote.worker_args() if remote else ()
+        super().__init__(job, workdir, partial_outputs=[workdir / "outputs"], extra_args=extra_args)
 
     def on_done(self, event: dict[str, Any]) -> None:
         gone = [v for v in self.volumes if v.GetScene() is not slicer.mrmlScene]

@@ -32,7 +32,8 @@ class TCURSegmenter(ScriptedLoadableModule):
         self.parent.contributors = ["The TCURLoRA developers"]
         self.parent.helpText = _(
             "Segment a volume (or every volume of the scene) with an adapter trained in TCUR Fine-Tune. "
-            "The work runs in a background process; Apply turns into Cancel."
+            "The work runs in a background process, here or on a GPU server over SSH (Run on); "
+            "Apply turns into Cancel."
         )
         self.parent.acknowledgementText = _("Method: He et al., tCURLoRA, MICCAI 2025 (arXiv 2501.02227).")
 
@@ -46,6 +47,10 @@ class TCURSegmenterParameterNode:
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
     largestComponent: bool = False
+    runOn: Annotated[str, Choice(["this computer", "remote host"])] = "this computer"
+    remoteHost: str = ""
+    remoteCommand: str = "tcurlora"
+    sshConfig: str = ""
 
 
 class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -226,7 +231,8 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyOrCancel(self) -> None:
         if self.run is not None and not self.run.finished:
-            self.run.cancel()
+            self.run.cancel()  # SIGTERM to the worker; a remote one stops its run on the host too
+            self.ui.logTextEdit.appendPlainText(_("Stopping..."))
             return
         with slicer.util.tryWithErrorDisplay(_("Segmentation could not start."), waitCursor=True):
             self.start()
@@ -235,17 +241,21 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from TCURSegmenterLib.logic import volumes_and_targets
 
         from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.remote import remote_from_parameters
 
         entry = self.selectedAdapter()
         if entry is None:
             raise ValueError(_("Choose an adapter first."))
         node = self._parameterNode
         volumes, targets = volumes_and_targets(node)
+        remote = remote_from_parameters(node)  # input errors before any install
         if not ensure_dependencies("TCURLoRA"):
             return
         self.ui.logTextEdit.clear()
+        if remote is not None:
+            self.ui.logTextEdit.appendPlainText(_("Connecting to {host}...").format(host=remote.host))
         self.run = self.logic.start(
-            volumes, entry, device or node.device, targets, node.overlap, node.largestComponent
+            volumes, entry, device or node.device, targets, node.overlap, node.largestComponent, remote
         )
         self.ui.applyButton.text = _("Cancel")
         self.timer.start()
@@ -298,10 +308,13 @@ class TCURSegmenterLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return TCURSegmenterParameterNode(super().getParameterNode())
 
-    def start(self, volumes, adapter, device: str, targets=None, overlap=0.5, largestComponent=False):
+    def start(
+        self, volumes, adapter, device: str, targets=None, overlap=0.5, largestComponent=False, remote=None
+    ):
+        """`remote`: TCURLoRACommon.remote.RemoteSettings to run on that host over SSH, None for here."""
         from TCURSegmenterLib.logic import start_segmentation
 
-        return start_segmentation(volumes, adapter, device, targets, overlap, largestComponent)
+        return start_segmentation(volumes, adapter, device, targets, overlap, largestComponent, remote=remote)
 
 
 class TCURSegmenterTest(ScriptedLoadableModuleTest):

@@ -8,7 +8,6 @@ from typing import Any
 
 from tcurlora.errors import InputError
 from TCURLoRACommon.jobs import FineTuneSettings
-from TCURLoRACommon.remote import THIS_COMPUTER, RemoteSettings, remote_settings
 
 
 def parse_patch_size(text: str) -> tuple[int, int, int] | None:
@@ -79,12 +78,3 @@ def settings_from_parameters(node: Any) -> FineTuneSettings:
         spacing=parse_spacing(getattr(node, "spacing", "") or ""),
     )
 
-
-def remote_from_parameters(node: Any) -> RemoteSettings | None:
-    """Where the parameter node says to run: None for this computer, else the checked remote settings."""
-    return remote_settings(
-        getattr(node, "runOn", THIS_COMPUTER) or THIS_COMPUTER,
-        getattr(node, "remoteHost", "") or "",
-        getattr(node, "remoteCommand", "") or "tcurlora",
-        getattr(node, "sshConfig", "") or "",
-    )

@@ -10,6 +10,7 @@ import slicer
 from tcurlora.errors import InputError
 from tcurlora.library import AdapterEntry
 from TCURLoRACommon.models import resolve_base_model
+from TCURLoRACommon.remote import RemoteSettings
 from TCURLoRACommon.segment_run import SegmentVolumesRun
 
 
@@ -56,9 +57,11 @@ def start_segmentation(
     overlap: float = 0.5,
     largest_component: bool = False,
     extra_models: Sequence[str] = (),
+    remote: RemoteSettings | None = None,
 ) -> SegmentVolumesRun:
-    """Export the volumes and start the worker; the run imports one segmentation per volume when done."""
-    run = segmentation_run(volumes, adapter, device, targets, overlap, largest_component, extra_models)
+    """Export the volumes and start the worker (on `remote` over SSH, else here); the run imports one
+    segmentation per volume when done."""
+    run = segmentation_run(volumes, adapter, device, targets, overlap, largest_component, extra_models, remote)
     return run.start()
 
 
@@ -70,6 +73,7 @@ def segmentation_run(
     overlap: float = 0.5,
     largest_component: bool = False,
     extra_models: Sequence[str] = (),
+    remote: RemoteSettings | None = None,
 ) -> SegmentVolumesRun:
     """The run `start_segmentation` starts: inputs checked and exported, job written.
 
@@ -93,6 +97,7 @@ def segmentation_run(
         targets,
         overlap=overlap,
         largest_component=largest_component,
+        remote=remote,
     )
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 from sshd_testing import start_sshd
-from TCURFineTuneLib.panel import remote_from_parameters
 from TCURFineTuneLib.run import RUN_INFO, FineTuneRun
 from TCURFineTuneLib.testing import fast_settings, load_training_scene
 
 from tcurlora import library
 from tcurlora.errors import InputError
 from tcurlora.jsonio import read_json_object
-from TCURLoRACommon.remote import RemoteSettings
+from TCURLoRACommon.remote import RemoteSettings, remote_from_parameters
 from TCURLoRACommon.runs import DONE
 
 
