@@ -22,6 +22,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from TCURLoRACommon.jobs import DEVICES, JOB_DEFAULTS  # standard library only, Python 3.9 safe
+from TCURLoRACommon.remote import DEFAULT_COMMAND, RUN_ON, THIS_COMPUTER
 
 POLL_MS = 200
 
@@ -75,9 +76,9 @@ class TCURFineTuneParameterNode:
     headLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     trainModules: str = ""
     spacing: str = "auto"
-    runOn: Annotated[str, Choice(["this computer", "remote host"])] = "this computer"
+    runOn: Annotated[str, Choice(list(RUN_ON))] = THIS_COMPUTER
     remoteHost: str = ""
-    remoteCommand: str = "tcurlora"
+    remoteCommand: str = DEFAULT_COMMAND
     sshConfig: str = ""
 
 

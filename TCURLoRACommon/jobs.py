@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tcurlora.jobs.schema import JOB_SCHEMA, FinetuneJob
+from tcurlora.jobs.schema import JOB_SCHEMA, FinetuneJob, SegmentJob
 from tcurlora.settings import REQUIRED, default_of, settings_of, to_json
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -34,10 +34,16 @@ def _settings_class() -> type:
 
 
 FineTuneSettings = _settings_class()
-# The job's default of each panel setting, by job key: the parameter node's defaults (TCURFineTune.py).
-JOB_DEFAULTS = types.SimpleNamespace(
-    **{f.name: f.default for f in dataclasses.fields(FineTuneSettings) if f.default is not dataclasses.MISSING}
-)
+
+
+def _declared_defaults(cls: type) -> types.SimpleNamespace:
+    """The default of each of a job class's settings that has one, by job key."""
+    return types.SimpleNamespace(**{f.name: default_of(f) for f, _ in settings_of(cls) if default_of(f) is not REQUIRED})
+
+
+# The job defaults the parameter nodes start from (TCURFineTune.py, TCURSegmenter.py): declared once, in the job.
+JOB_DEFAULTS = _declared_defaults(FinetuneJob)
+SEGMENT_DEFAULTS = _declared_defaults(SegmentJob)
 
 
 def finetune_job(

@@ -9,6 +9,7 @@ from typing import Any
 
 THIS_COMPUTER, REMOTE_HOST = "this computer", "remote host"
 RUN_ON = (THIS_COMPUTER, REMOTE_HOST)
+DEFAULT_COMMAND = "tcurlora"  # the remote worker command when none is given
 
 
 @dataclass
@@ -17,7 +18,7 @@ class RemoteSettings:
     and remote run folder (empty: ssh's own config, the default folder)."""
 
     host: str
-    command: str = "tcurlora"
+    command: str = DEFAULT_COMMAND
     ssh_config: str = ""
     folder: str = ""
 
@@ -39,13 +40,13 @@ class RemoteSettings:
         if not isinstance(data, dict) or not data.get("host"):
             return None
         return remote_settings(
-            REMOTE_HOST, str(data["host"]), str(data.get("command") or "tcurlora"),
+            REMOTE_HOST, str(data["host"]), str(data.get("command") or DEFAULT_COMMAND),
             str(data.get("ssh_config") or ""), str(data.get("folder") or ""),
         )
 
 
 def remote_settings(
-    run_on: str, host: str, command: str = "tcurlora", ssh_config: str = "", folder: str = ""
+    run_on: str, host: str, command: str = DEFAULT_COMMAND, ssh_config: str = "", folder: str = ""
 ) -> RemoteSettings | None:
     """None for "this computer"; for "remote host" the checked settings (InputError naming the problem)."""
     from tcurlora.errors import InputError
@@ -59,10 +60,10 @@ def remote_settings(
     from tcurlora.remote import RemoteError, RemoteHost
 
     try:
-        RemoteHost.parse(host, command.strip() or "tcurlora", folder or None, ssh_config or None)
+        RemoteHost.parse(host, command.strip() or DEFAULT_COMMAND, folder or None, ssh_config or None)
     except RemoteError as error:
         raise InputError(error.problem) from None
-    return RemoteSettings(host.strip(), command.strip() or "tcurlora", ssh_config.strip(), folder.strip())
+    return RemoteSettings(host.strip(), command.strip() or DEFAULT_COMMAND, ssh_config.strip(), folder.strip())
 
 
 def remote_from_parameters(node: Any) -> RemoteSettings | None:
@@ -71,6 +72,6 @@ def remote_from_parameters(node: Any) -> RemoteSettings | None:
     return remote_settings(
         getattr(node, "runOn", THIS_COMPUTER) or THIS_COMPUTER,
         getattr(node, "remoteHost", "") or "",
-        getattr(node, "remoteCommand", "") or "tcurlora",
+        getattr(node, "remoteCommand", "") or DEFAULT_COMMAND,
         getattr(node, "sshConfig", "") or "",
     )

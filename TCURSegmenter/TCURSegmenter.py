@@ -20,6 +20,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from TCURLoRACommon.jobs import DEVICES, SEGMENT_DEFAULTS  # standard library only, Python 3.9 safe
+from TCURLoRACommon.remote import DEFAULT_COMMAND, RUN_ON, THIS_COMPUTER
+
 POLL_MS = 200
 
 
@@ -44,12 +47,12 @@ class TCURSegmenterParameterNode:
     allVolumes: bool = False
     adapterPath: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
-    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
-    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
-    largestComponent: bool = False
-    runOn: Annotated[str, Choice(["this computer", "remote host"])] = "this computer"
+    device: Annotated[str, Choice(list(DEVICES))] = SEGMENT_DEFAULTS.device
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = SEGMENT_DEFAULTS.overlap
+    largestComponent: bool = SEGMENT_DEFAULTS.largest_component
+    runOn: Annotated[str, Choice(list(RUN_ON))] = THIS_COMPUTER
     remoteHost: str = ""
-    remoteCommand: str = "tcurlora"
+    remoteCommand: str = DEFAULT_COMMAND
     sshConfig: str = ""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import json
 import types
 from pathlib import Path
@@ -20,7 +21,7 @@ from tcurlora.errors import InputError
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 from tcurlora.library import AdapterEntry
 from TCURLoRACommon import scene
-from TCURLoRACommon.jobs import DEVICES, JOB_DEFAULTS, finetune_job
+from TCURLoRACommon.jobs import finetune_job
 from TCURLoRACommon.models import base_model_choices, choose_base_model, resolve_base_model
 from TCURLoRACommon.runs import event_text
 
@@ -38,10 +39,20 @@ def parameter_node_fields(script: Path) -> dict[str, ast.expr | None]:
     raise AssertionError(f"{script}: no @parameterNodeWrapper class")
 
 
+def module_imports(script: Path) -> dict[str, object]:
+    """The names a module script imports from TCURLoRACommon (what its parameter node defaults may use)."""
+    names: dict[str, object] = {}
+    for node in ast.parse(script.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("TCURLoRACommon"):
+            module = importlib.import_module(node.module)
+            names.update({a.asname or a.name: getattr(module, a.name) for a in node.names})
+    return names
+
+
 def parameter_defaults(script: Path) -> types.SimpleNamespace:
     """The fields of a module's parameter node with their defaults (None if none), evaluated with the names
     the module imports from TCURLoRACommon.jobs: what a fresh scene's parameter node holds."""
-    names = {"JOB_DEFAULTS": JOB_DEFAULTS, "DEVICES": DEVICES}
+    names = module_imports(script)
     return types.SimpleNamespace(**{
         name: eval(compile(ast.Expression(value), str(script), "eval"), names) if value else None  # noqa: S307
         for name, value in parameter_node_fields(script).items()
@@ -53,13 +64,23 @@ JOB_BACKED_FIELDS = {"method": "method", "rank": "rank", "iterations": "iteratio
                      "batchSize": "batch_size", "valFraction": "val_fraction", "seed": "seed"}  # fmt: skip
 
 
-def test_the_parameter_node_takes_its_defaults_from_the_job_declaration():
-    fields = parameter_node_fields(ROOT / "TCURFineTune" / "TCURFineTune.py")
-    node = parameter_defaults(ROOT / "TCURFineTune" / "TCURFineTune.py")
-    job_defaults = {f.name: f.default for f in dataclasses.fields(FinetuneJob)}
-    for field, key in JOB_BACKED_FIELDS.items():
-        assert ast.unparse(fields[field]) == f"JOB_DEFAULTS.{key}", f"{field} states its own default"
+SEGMENT_BACKED_FIELDS = {"device": "device", "overlap": "overlap", "largestComponent": "largest_component"}
+
+
+@pytest.mark.parametrize(("module", "job", "backed", "namespace"), [
+    ("TCURFineTune", FinetuneJob, JOB_BACKED_FIELDS, "JOB_DEFAULTS"),
+    ("TCURSegmenter", SegmentJob, SEGMENT_BACKED_FIELDS, "SEGMENT_DEFAULTS"),
+])  # fmt: skip
+def test_the_parameter_nodes_take_their_defaults_from_the_job_declaration(module, job, backed, namespace):
+    script = ROOT / module / f"{module}.py"
+    fields, node = parameter_node_fields(script), parameter_defaults(script)
+    job_defaults = {f.name: f.default for f in dataclasses.fields(job)}
+    for field, key in backed.items():
+        assert ast.unparse(fields[field]) == f"{namespace}.{key}", f"{field} states its own default"
         assert getattr(node, field) == job_defaults[key]
+    # Run on: the remote settings' own defaults, named, not restated
+    assert (ast.unparse(fields["runOn"]), ast.unparse(fields["remoteCommand"])) == ("THIS_COMPUTER", "DEFAULT_COMMAND")
+    assert (node.runOn, node.remoteCommand) == ("this computer", "tcurlora")
 
 
 def volume(name: str, shape=(4, 5, 6)) -> slicer.vtkMRMLScalarVolumeNode:

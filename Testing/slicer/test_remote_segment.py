@@ -5,12 +5,10 @@ the run with a clear message."""
 
 from __future__ import annotations
 
-import ast
 import getpass
 import json
 import socket
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import slicer
 from sshd_testing import REPO_ROOT, LoopbackSshd, start_sshd
 from TCURSegmenterLib.logic import start_segmentation
+from test_panel_logic import parameter_defaults
 
 from tcurlora.library import AdapterEntry, read_adapter
 from TCURLoRACommon import scene
@@ -42,18 +41,6 @@ def sshd(tmp_path_factory) -> Iterator[LoopbackSshd]:
 def adapter(tiny_adapter: Path) -> AdapterEntry:
     """The session's tiny-preset hippocampus adapter (Testing/conftest.py), as the Segmenter lists it."""
     return read_adapter(tiny_adapter)
-
-
-def parameter_defaults(script: Path) -> types.SimpleNamespace:
-    """The fields and defaults of the module's @parameterNodeWrapper class (the panel's initial state)."""
-    for node in ast.walk(ast.parse(script.read_text())):
-        if isinstance(node, ast.ClassDef) and node.name.endswith("ParameterNode"):
-            return types.SimpleNamespace(**{
-                s.target.id: ast.literal_eval(s.value)
-                for s in node.body
-                if isinstance(s, ast.AnnAssign) and s.value is not None
-            })
-    raise AssertionError(f"{script}: no parameter node class")
 
 
 def remote_settings_for(server: LoopbackSshd, folder: Path, host: str | None = None) -> RemoteSettings:
