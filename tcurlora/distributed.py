@@ -255,15 +255,17 @@ def run_pretrain(config: Any, data_root: Path, output: Path, *, device_name: str
 
     from tcurlora.pretrain import run_pretrain as pretrain
 
+    consequence = "; no model folder was written, the last checkpoint is kept"
     job = SimpleNamespace(device=device_name, batch_size=config.batch_size)
     init(job)
     try:
-        result = pretrain(config, data_root, output, device_name=job.device,
-                          log=log if is_writer() else _quiet, **options)  # fmt: skip
-        dist.barrier()  # leave together (see run_finetune)
+        with _sigterm_raises(consequence):
+            result = pretrain(config, data_root, output, device_name=job.device,
+                              log=log if is_writer() else _quiet, **options)  # fmt: skip
+            dist.barrier()  # leave together (see run_finetune)
         return result
     except (RuntimeError, dist.DistBackendError) as error:
-        raise _lost_peers(error, "; no model folder was written, the last checkpoint is kept") from error
+        raise _lost_peers(error, consequence) from error
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -271,3 +273,22 @@ def run_pretrain(config: Any, data_root: Path, output: Path, *, device_name: str
 
 def _quiet(_message: str) -> None:
     """The log of ranks other than 0: their errors still reach stderr (tcurlora.cli)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises(consequence: str) -> Iterator[None]:
+    """SIGTERM (torchrun's stop when another process failed, or a cancel) raises a DistributedError saying
+    so, instead of ending the process without a word."""
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise DistributedError(
+            f"process {rank()} of {world()} was stopped by {signal.Signals(signum).name}: torchrun stops every "
+            f"process when one of them fails (see its output), or the run was cancelled{consequence}"
+        )
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
