@@ -10,6 +10,10 @@ undefined for classes a batch can never contain, is restricted to the source's o
 
 The recipe is a JSON file (configs/pretrain/*.json), seeded; the result is a model folder
 (model.json with the model card inside "card", model.safetensors) plus training_log.jsonl.
+
+Under torchrun (tcurlora.distributed.run_pretrain) the calls marked "torchrun" split each global batch
+over the ranks, pool the batch-wide Dice, average the gradients (DDP) and the logged loss, split the
+held-out evaluation and let rank 0 alone write; without torchrun they are no-ops.
 """
 
 from __future__ import annotations
