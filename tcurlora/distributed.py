@@ -7,8 +7,10 @@ so N processes follow the 1-process run up to floating-point rounding. Only rank
 writes checkpoints and the adapter; a checkpoint resumes with any number of processes (it counts global
 batches). Cancel is agreed on by all ranks at each step, and a rank that dies ends the others with a
 clear error and no adapter. `segment` gives rank r the volumes r, r+N, ... of its list; each output is
-written once, by the rank that segmented it, and rank 0 reports the whole list. Without torchrun every
-function here is a no-op pass-through.
+written once, by the rank that segmented it, and rank 0 reports the whole list. `pretrain` shards its
+global batches the same way and pools its batch-wide Dice over the ranks (`pooled_sum`), so N processes
+follow the 1-process run; its held-out evaluation is split over the ranks (`mine`, `merged`). Without
+torchrun every function here is a no-op pass-through.
 """
 
 from __future__ import annotations
@@ -70,13 +72,16 @@ def init(job: Any) -> None:
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
 
 
-def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The module to call in training steps: DistributedDataParallel over `module` under torchrun."""
+def wrap(module: torch.nn.Module, device: torch.device, *, find_unused: bool = False) -> torch.nn.Module:
+    """The module to call in training steps: DistributedDataParallel over `module` under torchrun.
+    `find_unused` for networks with trainable parameters no forward uses (MONAI's ViT blocks keep a
+    `norm_cross_attn` without cross-attention); their gradients stay None, as in one process."""
     if not active():
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)  # fmt: skip
 
 
 def shard(batches: Iterator[dict]) -> Iterator[dict]:
@@ -84,9 +89,56 @@ def shard(batches: Iterator[dict]) -> Iterator[dict]:
     if not active():
         yield from batches
         return
-    r, n = rank(), world()
     for batch in batches:
-        yield {k: v[r::n] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in batch.items()}
+        yield local_part(batch)
+
+
+def local_part(batch: dict) -> dict:
+    """This rank's patches r, r+N, ... of one global batch (its tensors); the batch itself alone."""
+    if not active():
+        return batch
+    r, n = rank(), world()
+    return {k: v[r::n] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in batch.items()}
+
+
+def pooled_sum(local: torch.Tensor) -> torch.Tensor:
+    """The sum of `local` over the ranks (a batch-wide statistic of the effective batch), differentiable in
+    this rank's share with its gradient scaled by N: DDP's gradient average then gives the gradient of
+    the pooled statistic, as one process computing it over the whole batch. `local` alone without torchrun."""
+    if not active():
+        return local
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return total + world() * (local - local.detach())
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank (every rank must ask at the same point)."""
+    if not active():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def mine(count: int) -> range:
+    """The indices of `count` work items this rank does: r, r+N, ... (all of them alone)."""
+    return range(rank(), count, world())
+
+
+def merged(part: dict) -> dict:
+    """The union of every rank's `part` (a dict of picklable results keyed apart by rank); `part` alone."""
+    if not active():
+        return part
+    parts: list[Any] = [None] * world()
+    dist.all_gather_object(parts, part)
+    return {key: value for share in parts for key, value in share.items()}
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing without torchrun)."""
+    if active():
+        dist.barrier()
 
 
 def mean(value: float) -> float:
@@ -103,9 +155,7 @@ def raise_if_cancelled(token: Any) -> None:
     if not active():
         token.raise_if_cancelled()
         return
-    flag = torch.tensor([1.0 if token.cancelled else 0.0], device=_collective_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item():
+    if any_rank(bool(token.cancelled)):
         raise CancelledError(f"{token.reason or 'cancelled on another process'}: stopped before finishing; "
                              "the last checkpoint is kept")
 
@@ -121,6 +171,17 @@ class RankSink(BaseSink):
         if event["event"] == "error" or (event["event"] == "log" and event.get("level") == "warning"):
             sys.stderr.write(f"tcurlora rank {rank()}: {describe_event(event)}\n")
             sys.stderr.flush()
+
+
+def _lost_peers(error: Exception, consequence: str = "") -> Exception:
+    """What a rank raises when a collective failed: `error` itself when it is ours or out of memory, else a
+    DistributedError saying another process failed (and `consequence`, what is kept and what is not)."""
+    if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
+        return error
+    return DistributedError(
+        f"process {rank()} of {world()} lost its peers ({type(error).__name__}: {str(error)[:200]}): another "
+        f"process of the run failed or was killed (see its output){consequence}"
+    )
 
 
 def run_finetune(job: Any, sink: Any, token: Any) -> dict[str, Any]:
@@ -144,13 +205,7 @@ def run_finetune(job: Any, sink: Any, token: Any) -> dict[str, Any]:
         dist.barrier()
         return result
     except (RuntimeError, dist.DistBackendError) as error:
-        if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
-            raise
-        raise DistributedError(
-            f"process {rank()} of {world()} lost its peers ({type(error).__name__}: {str(error)[:200]}): another "
-            "process of the run failed or was killed (see its output); no adapter was written, the last "
-            "checkpoint is kept"
-        ) from error
+        raise _lost_peers(error, "; no adapter was written, the last checkpoint is kept") from error
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -177,12 +232,7 @@ def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
         dist.all_gather_object(shares, (mine, result["outputs"]["segmentations"],
                                         result["metrics"].get("seconds_per_volume", [])))
     except (RuntimeError, dist.DistBackendError) as error:
-        if isinstance(error, TCURLoRAError) or "out of memory" in str(error).lower():
-            raise
-        raise DistributedError(
-            f"process {rank()} of {world()} lost its peers ({type(error).__name__}: {str(error)[:200]}): another "
-            "process of the run failed or was killed (see its output)"
-        ) from error
+        raise _lost_peers(error) from error
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -195,3 +245,50 @@ def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
             written[index], seconds[index] = path, spent
     return {"outputs": {"segmentations": written},
             "metrics": {**result["metrics"], "seconds_per_volume": seconds, "processes": world()}}
+
+
+def run_pretrain(config: Any, data_root: Path, output: Path, *, device_name: str = "auto",
+                 log: Any = print, **options: Any) -> dict[str, Any]:  # fmt: skip
+    """`tcurlora pretrain` on one rank of a torchrun run (tcurlora.pretrain.run_pretrain does the sharding);
+    rank 0 alone logs and writes checkpoints and the model folder."""
+    from types import SimpleNamespace
+
+    from tcurlora.pretrain import run_pretrain as pretrain
+
+    consequence = "; no model folder was written, the last checkpoint is kept"
+    job = SimpleNamespace(device=device_name, batch_size=config.batch_size)
+    init(job)
+    try:
+        with _sigterm_raises(consequence):
+            result = pretrain(config, data_root, output, device_name=job.device,
+                              log=log if is_writer() else _quiet, **options)  # fmt: skip
+            dist.barrier()  # leave together (see run_finetune)
+        return result
+    except (RuntimeError, dist.DistBackendError) as error:
+        raise _lost_peers(error, consequence) from error
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def _quiet(_message: str) -> None:
+    """The log of ranks other than 0: their errors still reach stderr (tcurlora.cli)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises(consequence: str) -> Iterator[None]:
+    """SIGTERM (torchrun's stop when another process failed, or a cancel) raises a DistributedError saying
+    so, instead of ending the process without a word."""
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise DistributedError(
+            f"process {rank()} of {world()} was stopped by {signal.Signals(signum).name}: torchrun stops every "
+            f"process when one of them fails (see its output), or the run was cancelled{consequence}"
+        )
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -10,6 +10,10 @@ undefined for classes a batch can never contain, is restricted to the source's o
 
 The recipe is a JSON file (configs/pretrain/*.json), seeded; the result is a model folder
 (model.json with the model card inside "card", model.safetensors) plus training_log.jsonl.
+
+Under torchrun (tcurlora.distributed.run_pretrain) the calls marked "torchrun" split each global batch
+over the ranks, pool the batch-wide Dice, average the gradients (DDP) and the logged loss, split the
+held-out evaluation and let rank 0 alone write; without torchrun they are no-ops.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -29,17 +34,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tcurlora import distributed  # torchrun (issue 13): no-ops without it
 from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.transforms import validation_transforms
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.fsutil import atomic_write_text
+from tcurlora.fsutil import atomic_write_text, replace_dir, temp_sibling_dir
 from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
-from tcurlora.models.registry import save_model_folder
+from tcurlora.models.registry import write_model_files
 from tcurlora.models.spec import IntensitySpec, ModelSpec
+from tcurlora.outputs import check_model_output
 from tcurlora.pretrain_checkpoint import STATE_FILE
 from tcurlora.settings import (
     SettingError,
@@ -298,15 +305,21 @@ def sample_batch(
     return torch.stack(images), torch.stack(labels)
 
 
-def union_loss(logits: torch.Tensor, label: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Cross-entropy over the union softmax + soft Dice over background and the source's classes."""
+def union_loss(logits: torch.Tensor, label: torch.Tensor, classes: list[int],
+               pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy over the union softmax + soft Dice over background and the source's classes. The Dice
+    is pooled over the whole batch; `pool` (torchrun: distributed.pooled_sum) sums its per-class sums over
+    the ranks' shares of the effective batch."""
     ce = F.cross_entropy(logits, label)
     probs = logits.softmax(1)
     channels = [0, *classes]
     onehot = F.one_hot(label, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
     p, g = probs[:, channels], onehot[:, channels]
     dims = (0, 2, 3, 4)
-    dice = (2 * (p * g).sum(dims) + 1e-5) / (p.sum(dims) + g.sum(dims) + 1e-5)
+    overlap, predicted, truth = (p * g).sum(dims), p.sum(dims), g.sum(dims)
+    if pool is not None:
+        overlap, predicted, truth = pool(overlap), pool(predicted), pool(truth)
+    dice = (2 * overlap + 1e-5) / (predicted + truth + 1e-5)
     return ce + (1 - dice.mean())
 
 
@@ -327,23 +340,29 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
 def evaluate_sources(
     model: torch.nn.Module, sources: list[SourceData], spec: ModelSpec, device: torch.device
 ) -> dict[str, Any]:
-    """Mean held-out Dice per class (on the network's 1.5 mm grid) and per volume."""
+    """Mean held-out Dice per class (on the network's 1.5 mm grid) and per volume. Under torchrun each rank
+    scores volumes r, r+N, ... and every rank gets all the scores (in the 1-process order)."""
     from monai.inferers import sliding_window_inference
 
     model.eval()
+    volumes = [(source, volume) for source in sources for volume in source.val]
+    scored: dict[int, dict[int, float]] = {}
+    for index in distributed.mine(len(volumes)):  # torchrun: this rank's share of the volumes
+        source, volume = volumes[index]
+        image = volume.image.float()[None].to(device)
+        logits = sliding_window_inference(
+            image, spec.patch_size, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
+        )
+        pred = logits.argmax(1)[0].cpu()
+        scored[index] = dice_by_class(pred, volume.label.long(), source.classes, skip_absent=True)
+    scored = distributed.merged(scored)  # torchrun: every rank's scores
     per_class: dict[str, list[float]] = {}
     per_volume = {}
-    for source in sources:
-        for volume in source.val:
-            image = volume.image.float()[None].to(device)
-            logits = sliding_window_inference(
-                image, spec.patch_size, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
-            )
-            pred = logits.argmax(1)[0].cpu()
-            scores = dice_by_class(pred, volume.label.long(), source.classes, skip_absent=True)
-            per_volume[volume.case_id] = {spec.labels[c]: round(s, 4) for c, s in scores.items()}
-            for c, s in scores.items():
-                per_class.setdefault(spec.labels[c], []).append(s)
+    for index, (_, volume) in enumerate(volumes):
+        scores = scored[index]
+        per_volume[volume.case_id] = {spec.labels[c]: round(s, 4) for c, s in scores.items()}
+        for c, s in scores.items():
+            per_class.setdefault(spec.labels[c], []).append(s)
     model.train()
     return {
         "val_dice": {name: round(float(np.mean(v)), 4) for name, v in per_class.items()},
@@ -403,6 +422,22 @@ def write_training_log(folder: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(folder / "training_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
+def write_model_folder(output: Path, model: torch.nn.Module, spec: ModelSpec, card: dict[str, Any],
+                       records: list[dict[str, Any]], *, force: bool) -> Path:  # fmt: skip
+    """The model folder (fp16 weights, model.json with the card, training_log.jsonl, MODEL_CARD.md), filled
+    in a temporary sibling and renamed into place: a failure leaves no half-written folder."""
+    check_model_output(output, force)  # with force: only a model folder tcurlora wrote is replaced
+    temp = temp_sibling_dir(output)
+    try:
+        write_model_files(temp, model, spec, model_id=spec.name, half=True, card=card)
+        write_training_log(temp, records)
+        atomic_write_text(temp / "MODEL_CARD.md", render_card(spec, card, state_dict_fingerprint(model)))
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return replace_dir(temp, output)
+
+
 def run_pretrain(
     config: PretrainConfig,
     data_root: Path,
@@ -430,7 +465,6 @@ def run_pretrain(
     training state) is a warm start: its weights, iteration and log, with a fresh optimizer and sampler.
     """
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.outputs import check_model_output
     from tcurlora.pretrain_checkpoint import PretrainState, load_pretrain_checkpoint, save_pretrain_checkpoint
     from tcurlora.train_step import OptimStep, cpu_supports_bf16, grad_scaler
 
@@ -457,9 +491,10 @@ def run_pretrain(
     train_volumes = {s.config.name: list(s.train_ids) for s in sources}
     torch.manual_seed(config.seed)
     model = build_network(spec).to(device)
+    forward = distributed.wrap(model, device, find_unused=True)  # torchrun: DDP (tcurlora.distributed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     use_amp = config.precision == "bf16" or (config.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
-    step_fn = OptimStep(model, optimizer, grad_scaler(device, use_amp), amp=use_amp,
+    step_fn = OptimStep(forward, optimizer, grad_scaler(device, use_amp), amp=use_amp,
                         schedule=partial(learning_rate_factor, config), clip=config.grad_clip)  # fmt: skip
     rng = np.random.default_rng(config.seed)
     state = PretrainState()
@@ -476,6 +511,8 @@ def run_pretrain(
     first, records = state.iteration, state.records
     checkpoint_dir = output.parent / f"{output.name}.checkpoint"
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
+    if distributed.active():
+        described = f"{distributed.world()} processes (rank 0 on {described})"
     log(f"pretraining {spec.name} on {described}{' with bf16 autocast' if use_amp else ''}: "
         f"{config.iterations} iterations")
     clock = time.monotonic()
@@ -489,10 +526,12 @@ def run_pretrain(
         image, label = sample_batch(
             source, config.batch_size, config.patch_size, config.foreground_fraction, rng
         )
-        loss_fn = partial(union_loss, classes=source.classes)
-        loss = step_fn(image.to(device), label.to(device), loss_fn, step)
+        mine = distributed.local_part({"image": image, "label": label})  # torchrun: this rank's patches
+        loss_fn = partial(union_loss, classes=source.classes, pool=distributed.pooled_sum)
+        loss = step_fn(mine["image"].to(device), mine["label"].to(device), loss_fn, step)
+        loss_value = distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
         elapsed = time.time() - started
-        record = {"iteration": step + 1, "source": source.config.name, "loss": round(float(loss.detach()), 5),
+        record = {"iteration": step + 1, "source": source.config.name, "loss": round(loss_value, 5),
                   "lr": learning_rate(config, step), "time_s": round(elapsed, 2),
                   "cpu_s": round(cpu_before + time.process_time() - cpu_started, 2)}  # fmt: skip
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.iterations:
@@ -504,11 +543,13 @@ def run_pretrain(
             recent = np.mean([r["loss"] for r in records[-20:]])
             log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
         now = time.monotonic()
-        stopping = (deadline is not None and now >= deadline) or (stop_after is not None and step + 1 >= stop_after)
+        out_of_time = deadline is not None and distributed.any_rank(now >= deadline)  # torchrun: stop together
+        stopping = out_of_time or (stop_after is not None and step + 1 >= stop_after)
         timed = next_checkpoint is not None and now >= next_checkpoint
         if timed:
             next_checkpoint = now + 60 * checkpoint_minutes
-        if (stopping or timed or (step + 1) % config.checkpoint_every == 0) and step + 1 < config.iterations:
+        if ((stopping or timed or (step + 1) % config.checkpoint_every == 0) and step + 1 < config.iterations
+                and distributed.is_writer()):  # torchrun: rank 0 alone writes checkpoints
             card = build_card(config, spec, sources, iterations_done=step + 1, device=described,
                               wall_s=elapsed, metrics={}, final=False)  # fmt: skip
             saved = PretrainState(iteration=step + 1, records=records, sampler=rng.bit_generator.state)
@@ -517,7 +558,7 @@ def run_pretrain(
             log(f"checkpoint {step + 1} -> {checkpoint_dir}")
         if stopping:
             iterations_done = step + 1
-            why = f"{max_minutes} minutes reached" if deadline is not None and now >= deadline else "as asked"
+            why = f"{max_minutes} minutes reached" if out_of_time else "as asked"
             log(f"stopping at iteration {iterations_done}: {why} (--resume {checkpoint_dir} continues)")
             break
     notes = []
@@ -571,16 +612,17 @@ def finish_model(
     log: Callable[[str], None] = print,
     notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Round the weights to fp16, measure the held-out Dice with them, write the model folder and its card."""
+    """Round the weights to fp16, measure the held-out Dice with them, write the model folder and its card
+    (every file into a temporary sibling renamed into place at the end: never half a folder). Under
+    torchrun the ranks share the evaluation and rank 0 alone writes."""
     model = model.cpu().half().float()
     metrics = evaluate_sources(model, sources, spec, torch.device("cpu"))
     log(f"held-out Dice: {json.dumps(metrics['val_dice'])}")
     card = build_card(config, spec, sources, iterations_done=iterations_done, device=device,
                       wall_s=wall_s, metrics=metrics, final=iterations_done >= config.iterations)  # fmt: skip
     card["notes"] = list(notes or [])
-    save_model_folder(output, model, spec, model_id=spec.name, half=True, card=card, force=force)
-    write_training_log(output, records)
-    atomic_write_text(output / "MODEL_CARD.md", render_card(spec, card, state_dict_fingerprint(model)))
+    if distributed.is_writer():  # torchrun: rank 0 alone writes the model folder
+        write_model_folder(output, model, spec, card, records, force=force)
     return card
 
 

@@ -56,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
     from tcurlora.errors import ConfigError
     from tcurlora.pretrain import PretrainConfig, finish_from_checkpoint, main_log, run_pretrain
     from tcurlora.pretrain_cache import default_cache_dir
+    from tcurlora.torchrun_env import launched
 
     config = PretrainConfig.from_file(args.config)
     if args.iterations is not None:
@@ -72,12 +73,17 @@ def main(args: argparse.Namespace) -> int:
     data_root = args.data_root.expanduser().resolve()
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir()).expanduser()
     if args.finish_checkpoint is not None:
+        if launched():
+            raise ConfigError("--finish-checkpoint trains nothing: run it without torchrun (one process)")
         finish_from_checkpoint(
             config, data_root, args.finish_checkpoint, args.output, force=args.force, log=main_log,
             cache_dir=cache_dir,
         )
         return 0
-    run_pretrain(config, data_root, args.output, device_name=args.device,
+    train = run_pretrain
+    if launched():  # torchrun with N > 1 processes: data-parallel (tcurlora.distributed)
+        from tcurlora.distributed import run_pretrain as train
+    train(config, data_root, args.output, device_name=args.device,
                  force=args.force, log=main_log, resume_from=args.resume,
                  max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
                  stop_after=args.stop_after, cache_dir=cache_dir)  # fmt: skip
