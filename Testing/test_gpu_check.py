@@ -93,12 +93,12 @@ def test_refuses_missing_data_and_a_used_output_folder(tmp_path):
 
 def test_cuda_out_of_memory_in_training_exits_4_with_its_message(tmp_path, hippocampus_dir, capsys, monkeypatch):
     """torch.cuda.OutOfMemoryError raised inside the real training step, through the real CLI."""
-    import tcurlora.train
+    import tcurlora.train_step
 
-    def out_of_memory(self, batch, total):
+    def out_of_memory(self, image, label, loss_fn, iteration):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 GiB")
 
-    monkeypatch.setattr(tcurlora.train.Trainer, "step", out_of_memory)
+    monkeypatch.setattr(tcurlora.train_step.OptimStep, "__call__", out_of_memory)
     job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter"))
     code, events, _, _ = run(capsys, "finetune", "--job", str(job), "--events")
     assert code == 4

@@ -18,13 +18,14 @@ held-out evaluation and let rank 0 alone write; without torchrun they are no-ops
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -57,6 +58,7 @@ from tcurlora.settings import (
     setting,
     triple_schema,
 )
+from tcurlora.train_loop import Batch, LoopHooks, run_loop
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
@@ -438,6 +440,88 @@ def write_model_folder(output: Path, model: torch.nn.Module, spec: ModelSpec, ca
     return replace_dir(temp, output)
 
 
+def pretrain_batches(config: PretrainConfig, sources: list[SourceData], rng: np.random.Generator,
+                     device: torch.device, first: int) -> Iterator[Batch]:  # fmt: skip
+    """The batches of iterations `first`, `first` + 1, ...: the sources in turn, `batch_size` patches each
+    (torchrun: this rank's patches of the global batch), with the union loss of the batch's source."""
+    for iteration in itertools.count(first):
+        source = sources[iteration % len(sources)]
+        image, label = sample_batch(source, config.batch_size, config.patch_size, config.foreground_fraction, rng)
+        mine = distributed.local_part({"image": image, "label": label})  # torchrun: this rank's patches
+        loss_fn = partial(union_loss, classes=source.classes, pool=distributed.pooled_sum)
+        yield Batch(mine["image"].to(device), mine["label"].to(device), loss_fn, {"source": source.config.name})
+
+
+@dataclass
+class PretrainHooks(LoopHooks):
+    """What pretraining does after each step of the shared loop: the training-log record, held-out
+    evaluation every `eval_every`, a progress line every 20 steps, checkpoints (every `checkpoint_every`,
+    every `checkpoint_minutes`, and where it stops), and the stop at `max_minutes` / `stop_after`."""
+
+    config: PretrainConfig
+    spec: ModelSpec
+    sources: list[SourceData]
+    model: torch.nn.Module
+    device: torch.device
+    step: Any  # the OptimStep, whose state checkpoints hold
+    rng: np.random.Generator
+    records: list[dict[str, Any]]
+    started: float  # time.time() of iteration 0 (earlier runs' time included)
+    described: str
+    checkpoint_dir: Path
+    train_volumes: dict[str, list[str]]
+    log: Callable[[str], None]
+    max_minutes: float | None = None
+    checkpoint_minutes: float | None = None
+    stop_after: int | None = None
+
+    def __post_init__(self) -> None:
+        clock = time.monotonic()
+        self.cpu_started = time.process_time()
+        self.cpu_before = self.records[-1].get("cpu_s", 0.0) if self.records else 0.0
+        self.deadline = clock + 60 * self.max_minutes if self.max_minutes else None
+        self.next_checkpoint = clock + 60 * self.checkpoint_minutes if self.checkpoint_minutes else None
+
+    def after_step(self, done: int, batch: Batch, loss: torch.Tensor) -> bool:
+        config, records, log = self.config, self.records, self.log
+        loss_value = distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
+        elapsed = time.time() - self.started
+        record = {"iteration": done, "source": batch.info["source"], "loss": round(loss_value, 5),
+                  "lr": learning_rate(config, done - 1), "time_s": round(elapsed, 2),
+                  "cpu_s": round(self.cpu_before + time.process_time() - self.cpu_started, 2)}  # fmt: skip
+        if config.eval_every and done % config.eval_every == 0 and done < config.iterations:
+            record["val_dice"] = evaluate_sources(self.model, self.sources, self.spec, self.device)["val_dice"]
+            log(f"iteration {done}: held-out Dice {json.dumps(record['val_dice'])}")
+        records.append(record)
+        if done % 20 == 0:
+            eta = eta_seconds(elapsed, done, config.iterations - done)
+            recent = np.mean([r["loss"] for r in records[-20:]])
+            log(f"iteration {done}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
+        now = time.monotonic()
+        out_of_time = self.deadline is not None and distributed.any_rank(now >= self.deadline)  # torchrun: together
+        stopping = out_of_time or (self.stop_after is not None and done >= self.stop_after)
+        timed = self.next_checkpoint is not None and now >= self.next_checkpoint
+        if timed:
+            self.next_checkpoint = now + 60 * self.checkpoint_minutes
+        if ((stopping or timed or done % config.checkpoint_every == 0) and done < config.iterations
+                and distributed.is_writer()):  # torchrun: rank 0 alone writes checkpoints
+            self.save_checkpoint(done, elapsed)
+        if stopping:
+            why = f"{self.max_minutes} minutes reached" if out_of_time else "as asked"
+            log(f"stopping at iteration {done}: {why} (--resume {self.checkpoint_dir} continues)")
+        return stopping
+
+    def save_checkpoint(self, done: int, elapsed: float) -> None:
+        from tcurlora.pretrain_checkpoint import PretrainState, save_pretrain_checkpoint
+
+        card = build_card(self.config, self.spec, self.sources, iterations_done=done, device=self.described,
+                          wall_s=elapsed, metrics={}, final=False)  # fmt: skip
+        saved = PretrainState(iteration=done, records=self.records, sampler=self.rng.bit_generator.state)
+        save_pretrain_checkpoint(self.checkpoint_dir, self.model, self.spec, card, self.step, saved,
+                                 recipe=self.config.to_dict(), train_volumes=self.train_volumes)  # fmt: skip
+        self.log(f"checkpoint {done} -> {self.checkpoint_dir}")
+
+
 def run_pretrain(
     config: PretrainConfig,
     data_root: Path,
@@ -465,7 +549,7 @@ def run_pretrain(
     training state) is a warm start: its weights, iteration and log, with a fresh optimizer and sampler.
     """
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.pretrain_checkpoint import PretrainState, load_pretrain_checkpoint, save_pretrain_checkpoint
+    from tcurlora.pretrain_checkpoint import PretrainState, load_pretrain_checkpoint
     from tcurlora.train_step import OptimStep, cpu_supports_bf16, grad_scaler
 
     output = Path(output)
@@ -515,52 +599,12 @@ def run_pretrain(
         described = f"{distributed.world()} processes (rank 0 on {described})"
     log(f"pretraining {spec.name} on {described}{' with bf16 autocast' if use_amp else ''}: "
         f"{config.iterations} iterations")
-    clock = time.monotonic()
-    cpu_started, cpu_before = time.process_time(), (records[-1].get("cpu_s", 0.0) if records else 0.0)
-    deadline = clock + 60 * max_minutes if max_minutes else None
-    next_checkpoint = clock + 60 * checkpoint_minutes if checkpoint_minutes else None
-    iterations_done = config.iterations
-    model.train()
-    for step in range(first, config.iterations):
-        source = sources[step % len(sources)]
-        image, label = sample_batch(
-            source, config.batch_size, config.patch_size, config.foreground_fraction, rng
-        )
-        mine = distributed.local_part({"image": image, "label": label})  # torchrun: this rank's patches
-        loss_fn = partial(union_loss, classes=source.classes, pool=distributed.pooled_sum)
-        loss = step_fn(mine["image"].to(device), mine["label"].to(device), loss_fn, step)
-        loss_value = distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
-        elapsed = time.time() - started
-        record = {"iteration": step + 1, "source": source.config.name, "loss": round(loss_value, 5),
-                  "lr": learning_rate(config, step), "time_s": round(elapsed, 2),
-                  "cpu_s": round(cpu_before + time.process_time() - cpu_started, 2)}  # fmt: skip
-        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.iterations:
-            record["val_dice"] = evaluate_sources(model, sources, spec, device)["val_dice"]
-            log(f"iteration {step + 1}: held-out Dice {json.dumps(record['val_dice'])}")
-        records.append(record)
-        if (step + 1) % 20 == 0:
-            eta = eta_seconds(elapsed, step + 1, config.iterations - step - 1)
-            recent = np.mean([r["loss"] for r in records[-20:]])
-            log(f"iteration {step + 1}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
-        now = time.monotonic()
-        out_of_time = deadline is not None and distributed.any_rank(now >= deadline)  # torchrun: stop together
-        stopping = out_of_time or (stop_after is not None and step + 1 >= stop_after)
-        timed = next_checkpoint is not None and now >= next_checkpoint
-        if timed:
-            next_checkpoint = now + 60 * checkpoint_minutes
-        if ((stopping or timed or (step + 1) % config.checkpoint_every == 0) and step + 1 < config.iterations
-                and distributed.is_writer()):  # torchrun: rank 0 alone writes checkpoints
-            card = build_card(config, spec, sources, iterations_done=step + 1, device=described,
-                              wall_s=elapsed, metrics={}, final=False)  # fmt: skip
-            saved = PretrainState(iteration=step + 1, records=records, sampler=rng.bit_generator.state)
-            save_pretrain_checkpoint(checkpoint_dir, model, spec, card, step_fn, saved, recipe=config.to_dict(),
-                                     train_volumes=train_volumes)  # fmt: skip
-            log(f"checkpoint {step + 1} -> {checkpoint_dir}")
-        if stopping:
-            iterations_done = step + 1
-            why = f"{max_minutes} minutes reached" if out_of_time else "as asked"
-            log(f"stopping at iteration {iterations_done}: {why} (--resume {checkpoint_dir} continues)")
-            break
+    hooks = PretrainHooks(config=config, spec=spec, sources=sources, model=model, device=device, step=step_fn,
+                          rng=rng, records=records, started=started, described=described,
+                          checkpoint_dir=checkpoint_dir, train_volumes=train_volumes, log=log,
+                          max_minutes=max_minutes, checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)  # fmt: skip
+    iterations_done = run_loop(step_fn, pretrain_batches(config, sources, rng, device, first), first,
+                               config.iterations, hooks)  # fmt: skip
     notes = []
     if exact:
         notes.append(f"Resumed at iteration {first} from a checkpoint (weights, optimizer, sampler and RNG state "
