@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,14 @@ def train_test_adapter(data_dir: Path, workdir: Path, name: str = "segmenter tes
     run = WorkerRun(job, workdir, [staging]).start().wait(timeout=600)
     assert run.state == DONE, f"training the test adapter {run.state}: {run.error_text()}"
     return library.install_adapter(staging, name)
+
+
+def run_until(run, kind: str, timeout: float = 300) -> None:
+    """Poll a run (as the panels' timers do) until an event of `kind` has arrived; AssertionError when the
+    run ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not any(e["event"] == kind for e in run.events):
+        run.update()
+        assert not run.finished, f"the run ended before a {kind} event: {run.error_text()}"
+        assert time.monotonic() < deadline, f"no {kind} event within {timeout:.0f} s"
+        time.sleep(0.05)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +144,16 @@ def start_sshd(folder: Path) -> LoopbackSshd:
                 raise RuntimeError("sshd did not listen within 20 s") from None
             time.sleep(0.1)
     return LoopbackSshd(folder, port, process, ssh_config, known_hosts, getpass.getuser())
+
+
+def gone(pid: int, timeout: float = 30) -> bool:
+    """Whether the (remote, here local) process `pid` has ended within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False

@@ -65,6 +65,13 @@ def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.json", "two", "two.json"]
 
 
+def kill_rank(run: subprocess.Popen, rank: int) -> None:
+    """Kill the worker of `rank` among the processes torchrun (`run`) started."""
+    workers = [p for p in psutil.Process(run.pid).children(recursive=True) if p.environ().get("RANK") == str(rank)]
+    assert workers, f"rank {rank} not found"
+    workers[0].kill()
+
+
 def test_killed_rank_ends_the_run(hippocampus_dir: Path, tmp_path: Path) -> None:
     job = job_file(tmp_path / "job.json", hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2)
     run = start("finetune", "--job", str(job), nproc=2)
@@ -73,9 +80,7 @@ def test_killed_rank_ends_the_run(hippocampus_dir: Path, tmp_path: Path) -> None
         if line.startswith("{") and json.loads(line)["event"] == "checkpoint":
             break
         assert time.monotonic() < deadline, "no checkpoint within 180 s"
-    workers = [p for p in psutil.Process(run.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
-    assert workers, "rank 1 not found"
-    workers[0].kill()
+    kill_rank(run, 1)
     out, err = run.communicate(timeout=120)
     assert run.returncode != 0
     final = events(out)[-1]

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from safetensors.numpy import load_file
-from test_distributed import start
+from test_distributed import kill_rank, start
 
 ITERATIONS, STOP = 4, 3
 MODEL_FILES = ["MODEL_CARD.md", "model.json", "model.safetensors", "training_log.jsonl"]
@@ -136,9 +135,7 @@ def test_killed_rank_ends_the_run_without_model_folder(hippocampus_dir: Path, tm
         if "checkpoint 2 ->" in line:
             break
         assert time.monotonic() < deadline, "no checkpoint within 180 s"
-    workers = [p for p in psutil.Process(run.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
-    assert workers, "rank 1 not found"
-    workers[0].kill()
+    kill_rank(run, 1)
     out, err = run.communicate(timeout=120)
     assert run.returncode != 0
     # rank 0 notices the closed connection, or torchrun's SIGTERM reaches it first: either way it says so

@@ -13,10 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from safetensors.numpy import load_file
-from sshd_testing import REPO_ROOT, LoopbackSshd, start_sshd
+from sshd_testing import REPO_ROOT, LoopbackSshd, gone, start_sshd
 from trust_testing import hippo_case
 
 from tcurlora.remote import RemoteError, RemoteHost
@@ -95,18 +94,6 @@ def read_until(process: subprocess.Popen, kind: str, timeout: float = 120) -> li
 def remote_pid(remote_folder: Path) -> int:
     (run,) = remote_folder.iterdir()
     return int((run / "pid").read_text())
-
-
-def gone(pid: int, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_parse_targets() -> None:

@@ -24,6 +24,7 @@ from TCURLoRACommon.testdata import (
     decathlon_cases,
     library_leftovers,
     load_case,
+    run_until,
 )
 from TCURLoRACommon.worker import CANCEL_EXIT_CODES
 
@@ -192,21 +193,12 @@ def test_cancel_leaves_nothing(data_dir: Path, workdir: Path) -> None:
     assert library.list_adapters() == [] and library_leftovers() == []
 
 
-def _run_until(run: FineTuneRun, kind: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(e["event"] == kind for e in run.events):
-        run.update()
-        assert not run.finished, f"run ended before a {kind} event: {run.error_text()}"
-        assert time.monotonic() < deadline, f"no {kind} event within {timeout:.0f} s"
-        time.sleep(0.05)
-
-
 def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
     pairs, _ = load_training_scene(data_dir, 2)
     settings = fast_settings(100000)
     settings.checkpoint_every = 2
     run = FineTuneRun(pairs, settings, "resumed", workdir, curves=False).start()
-    _run_until(run, "checkpoint")
+    run_until(run, "checkpoint")
     run.cancel()
     run.wait(timeout=60)
     assert run.state == CANCELLED and run.resumable() and can_resume(run.job_path)
@@ -215,7 +207,7 @@ def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
     assert saved >= 2 and saved % 2 == 0
     resumed = FineTuneRun.resume(run.job_path, curves=False).start()
     assert resumed.job["resume"] is True and resumed.staging == run.staging
-    _run_until(resumed, "progress")
+    run_until(resumed, "progress")
     first = next(e for e in resumed.events if e["event"] == "progress")
     assert first["iteration"] == saved + 1, (first["iteration"], saved)
     assert any("resumed from" in (e.get("message") or "") for e in resumed.events)

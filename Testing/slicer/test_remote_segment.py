@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import slicer
-from sshd_testing import REPO_ROOT, LoopbackSshd, start_sshd
+from sshd_testing import REPO_ROOT, LoopbackSshd, gone, start_sshd
 from TCURSegmenterLib.logic import start_segmentation
 from test_panel_logic import parameter_defaults
 
@@ -24,7 +23,7 @@ from tcurlora.library import AdapterEntry, read_adapter
 from TCURLoRACommon import scene
 from TCURLoRACommon.remote import REMOTE_HOST, RemoteSettings, remote_from_parameters
 from TCURLoRACommon.runs import CANCELLED, DONE, FAILED, event_text
-from TCURLoRACommon.testdata import check_events, decathlon_cases, load_case, set_oblique_geometry
+from TCURLoRACommon.testdata import check_events, decathlon_cases, load_case, run_until, set_oblique_geometry
 
 LONG_RUN_VOLUMES = 6
 SEGMENTER = REPO_ROOT / "TCURSegmenter" / "TCURSegmenter.py"
@@ -73,28 +72,6 @@ def remote_pid(folder: Path, timeout: float = 60) -> int:
                 return int(text)
         time.sleep(0.05)
     raise AssertionError(f"no remote run recorded its PID under {folder}")
-
-
-def gone(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def wait_for(run, kind: str, timeout: float = 120) -> None:
-    """Poll the run (as the panel's timer does) until an event of `kind` has arrived."""
-    deadline = time.monotonic() + timeout
-    while not any(e["event"] == kind for e in run.events):
-        run.update()
-        assert not run.finished, f"the run ended before a {kind} event: {run.error_text()}"
-        assert time.monotonic() < deadline, f"no {kind} event within {timeout} s"
-        time.sleep(0.05)
 
 
 def test_segmenter_parameters_choose_where_to_run() -> None:
@@ -167,7 +144,7 @@ def start_long_run(server: LoopbackSshd, adapter: AdapterEntry, data: Path, fold
     cases, names = decathlon_cases(data)
     volumes = [load_case(image, None, names, study=False)[0] for image, _ in cases[:LONG_RUN_VOLUMES]]
     run = start_segmentation(volumes, adapter, "cpu", overlap=0.9, remote=remote_settings_for(server, folder))
-    wait_for(run, "started")
+    run_until(run, "started")
     return run, remote_pid(folder)
 
 
