@@ -27,9 +27,9 @@ TRAIN, HELD_OUT = slice(0, 6), slice(6, 8)
 def adapt_and_predict(cases, tmp_path: Path, name: str, **settings) -> tuple[list[np.ndarray], dict]:
     """Fine-tune the built-in base on the training cases; predictions and adapter record on held-out ones."""
     from tcurlora.adapters.io import read_adapter_config
+    from tcurlora.finetuning import run_finetune
     from tcurlora.infer import predict_volume
     from tcurlora.segmentation import load_segmentation_model
-    from tcurlora.train import run_finetune
 
     job = FinetuneJob(base_model="unetr-small-acdc-brats", output=tmp_path / name, cases=cases[TRAIN],
                       label_names=["Anterior", "Posterior"], checkpoint_every=0, device="cpu", seed=0,

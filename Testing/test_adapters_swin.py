@@ -16,7 +16,7 @@ from torch import nn
 from tcurlora.adapters import AdapterConfig, TCURLayer, apply_adapter
 from tcurlora.adapters.config import CONV_TARGETS, SWIN_TARGETS, default_train_modules
 from tcurlora.adapters.io import load_adapter, save_adapter
-from tcurlora.train import build_optimizer
+from tcurlora.finetuning import build_optimizer
 
 # Stage s has C = 12 * 2^s channels and 2 blocks; per block: qkv (3 C x C slices) + proj (C x C), and
 # the MLP's C x 4C / 4C x C layers. So C x C groups stack 2 * (3 + 1) = 8 slices, MLP groups 2.

@@ -110,7 +110,7 @@ def test_cuda_out_of_memory_in_training_exits_4_with_its_message(tmp_path, hippo
 LIMITED = """
 import resource, sys
 import monai, torch  # noqa: F401  (their address space is not what is limited)
-import tcurlora.train, tcurlora.training_setup  # noqa: F401
+import tcurlora.finetuning, tcurlora.finetuning_setup  # noqa: F401
 from tcurlora.cli import main
 with open("/proc/self/status") as status:
     size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))

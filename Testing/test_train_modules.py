@@ -16,7 +16,7 @@ from tcurlora.adapters import AdapterConfig, apply_adapter
 from tcurlora.adapters.config import expand_train_modules
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
 from tcurlora.errors import ConfigError
-from tcurlora.train import build_optimizer
+from tcurlora.finetuning import build_optimizer
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-import tcurlora.train, tcurlora.training_setup, tcurlora.data.loader  # noqa: E401,F401 - imported once, before fork
+import tcurlora.finetuning, tcurlora.finetuning_setup, tcurlora.data.loader  # noqa: E401,F401 - imported once, before fork
 from tcurlora.cli import main
 
 job, final_job, folder, seed = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])

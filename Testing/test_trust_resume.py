@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from trust_testing import hippo_case, kinds, run, tiny_job, write_job
 
 from tcurlora.errors import CancelledError
+from tcurlora.finetuning import run_finetune
 from tcurlora.jobs import CancelToken, RecordingSink
 from tcurlora.jobs.schema import FinetuneJob
-from tcurlora.train import run_finetune
 
 SEED = 2**63 - 1  # the largest seed the schema takes must also train
 

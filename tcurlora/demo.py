@@ -83,9 +83,9 @@ def unadapted_predictions(options: DemoOptions, names: list[str], test: list) ->
     """Held-out predictions of the model the adaptation starts from (base + new seeded head, step 0)."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
     from tcurlora.adapters.config import CONV_TARGETS
+    from tcurlora.finetuning_setup import seed_everything
     from tcurlora.infer import predict_volume
     from tcurlora.models.registry import load_base_model
-    from tcurlora.training_setup import seed_everything
 
     seed_everything(options.seed)
     base = load_base_model(options.base_model)
@@ -109,9 +109,9 @@ def read_array(path: str | Path) -> np.ndarray:
 
 def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also written to <output>/summary.json)."""
+    from tcurlora.finetuning import run_finetune
     from tcurlora.jobs import CancelToken, FinetuneJob, RecordingSink, SegmentJob, TeeSink
     from tcurlora.segmentation import run_segment
-    from tcurlora.train import run_finetune
 
     output = Path(options.output)
     if output.exists() and any(output.iterdir()) and not options.force:
@@ -183,7 +183,7 @@ def write_figure(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from tcurlora.training_setup import DEFAULT_COLORS
+    from tcurlora.finetuning_setup import DEFAULT_COLORS
 
     shown = list(zip(test, references, outputs))[:3]
     cmap = ListedColormap([(0, 0, 0, 0)] + [(*c, 0.55) for c in DEFAULT_COLORS[: len(names)]])

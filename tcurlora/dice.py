@@ -1,4 +1,4 @@
-"""Dice overlap: the one definition behind fine-tune validation (train.py), pretraining's held-out
+"""Dice overlap: the one definition behind fine-tune validation (finetuning.py), pretraining's held-out
 score (pretrain.py), `tcurlora evaluate` (evaluate.py), the bench (through evaluate.py) and the demo.
 
 Empty-mask rule: when prediction and reference are both empty the Dice is 1.0 (nothing to find,

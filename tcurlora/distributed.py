@@ -186,9 +186,9 @@ def _lost_peers(error: Exception, consequence: str = "") -> Exception:
 
 def run_finetune(job: Any, sink: Any, token: Any) -> dict[str, Any]:
     """`tcurlora finetune` on one rank of a torchrun run (see the module docstring)."""
+    from tcurlora.finetuning import Trainer, checkpoint_dir, validate_output
+    from tcurlora.finetuning_setup import prepare_training
     from tcurlora.output_lock import OutputLock
-    from tcurlora.train import Trainer, checkpoint_dir, validate_output
-    from tcurlora.training_setup import prepare_training
 
     init(job)
     output = Path(job.output)

@@ -255,7 +255,7 @@ def run_id(output: Path, host: RemoteHost) -> str:
 
 
 def checkpoint_name(output_name: str) -> str:
-    return output_name + ".checkpoint"  # tcurlora.train.checkpoint_dir's naming
+    return output_name + ".checkpoint"  # tcurlora.finetuning.checkpoint_dir's naming
 
 
 class _Stager:

@@ -22,7 +22,7 @@ RUN_INFO = "run.json"  # next to job.json: what the panel needs to resume (the a
 
 
 def checkpoint_of(output: str | Path) -> Path:
-    """The checkpoint folder the worker keeps next to the adapter it writes (tcurlora.train.checkpoint_dir)."""
+    """The checkpoint folder the worker keeps next to the adapter it writes (tcurlora.finetuning.checkpoint_dir)."""
     output = Path(output)
     return output.with_name(output.name + ".checkpoint")
 

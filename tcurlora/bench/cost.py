@@ -68,7 +68,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     from tcurlora.adapters import AdapterConfig, apply_adapter
     from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.train import DEFAULT_LEARNING_RATES
+    from tcurlora.finetuning import DEFAULT_LEARNING_RATES
     from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
 
     device = resolve_device(settings["device"])

@@ -107,8 +107,8 @@ def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) ->
     """Fine-tune and evaluate one run; returns its result record (see docs/benchmarks.md)."""
     from tcurlora.adapters.io import WEIGHTS_FILE
     from tcurlora.device import resolve_device
+    from tcurlora.finetuning import run_finetune
     from tcurlora.jobs.cancel import CancelToken
-    from tcurlora.train import run_finetune
 
     device = resolve_device(settings["device"])
     workdir.mkdir(parents=True, exist_ok=True)

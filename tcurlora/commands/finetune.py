@@ -62,7 +62,7 @@ def build_job(args: argparse.Namespace) -> FinetuneJob:
 
 
 def _run_finetune(job: FinetuneJob, sink, token) -> dict:
-    from tcurlora.train import run_finetune  # lazy: torch and MONAI load only when the work starts
+    from tcurlora.finetuning import run_finetune  # lazy: torch and MONAI load only when the work starts
 
     return run_finetune(job, sink, token)
 
@@ -73,7 +73,7 @@ def _under_torchrun() -> bool:
 
 
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
-    """Run the command; `handler` and `stream` are for tests (default: tcurlora.train, or --remote, stdout)."""
+    """Run the command; `handler` and `stream` are for tests (default: tcurlora.finetuning, or --remote, stdout)."""
     events = bool(args.events or args.job is not None)
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteFinetune)

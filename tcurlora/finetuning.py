@@ -166,7 +166,7 @@ def validate_output(output: Path, force: bool, resume: bool) -> None:
 
 def run_finetune(job, sink, token) -> dict[str, Any]:
     """Adapt `job.base_model` to the job's cases; returns {"outputs": {"adapter": path}, "metrics": {...}}."""
-    from tcurlora.training_setup import prepare_training
+    from tcurlora.finetuning_setup import prepare_training
 
     output = Path(job.output)
     with OutputLock(output) as lock:  # one run per output; every output problem is found here
