@@ -10,6 +10,7 @@ from pathlib import Path
 # Longer extensions before their tails (".seg.nrrd" before ".nrrd", ".nii.gz" before ".nii").
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEGMENTATION_SUFFIX = "_seg"
+CHECKPOINT_SUFFIX = ".checkpoint"  # OUTPUT.checkpoint: the folder a training run keeps beside its output
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 # Detached-header formats cannot be replaced atomically: their segmentations get the one-file kind.
 _ONE_FILE_EXTENSION = {".nhdr": ".nrrd", ".mhd": ".mha"}
@@ -49,3 +50,9 @@ def segmentation_output_name(channels: list[Path] | list[str]) -> str:
         stem = _CHANNEL_SUFFIX.sub("", stem)
     ext = _ONE_FILE_EXTENSION.get(ext.lower(), ext) if is_image_file(first) else ".nii.gz"
     return f"{stem}{SEGMENTATION_SUFFIX}{ext}"
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    """The checkpoint folder of a fine-tuning (an adapter) or a pretraining (a model folder): OUTPUT.checkpoint."""
+    output = Path(output)
+    return output.with_name(output.name + CHECKPOINT_SUFFIX)

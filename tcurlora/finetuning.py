@@ -23,12 +23,13 @@ from tcurlora import distributed  # torchrun (issue 13): no-ops without it
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import checkpoint_dir
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 from tcurlora.train_loop import Batch, LoopHooks, run_loop
-from tcurlora.train_step import OptimStep, autocast_context, cpu_supports_bf16, grad_scaler
+from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
 
 BEST_WEIGHTS_FILE = "best_adapter.safetensors"
 
@@ -100,10 +101,6 @@ def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.opti
             groups.append({"params": parameters, "lr": rates[role], "initial_lr": rates[role],
                            "weight_decay": decay, "role": role})
     return torch.optim.AdamW(groups)
-
-
-def checkpoint_dir(output: Path) -> Path:
-    return output.with_name(output.name + ".checkpoint")
 
 
 def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: TrainingState, job_record: dict,
@@ -328,4 +325,4 @@ class Trainer(LoopHooks):
 
 
 __all__ = ["run_finetune", "Trainer", "learning_rate_factor", "DEFAULT_LEARNING_RATES", "ConfigError",
-           "autocast_context", "cpu_supports_bf16", "grad_scaler"]
+           "checkpoint_dir"]

@@ -8,7 +8,6 @@ turned into labels, so a bright structure is segmented on the same voxels where 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from tcurlora.data.transforms import inference_transforms, ras_affine
 from tcurlora.device import resolve_device
 from tcurlora.errors import DeviceOutOfMemoryError
 from tcurlora.models.spec import ModelSpec
+from tcurlora.train_step import autocast_context
 
 ImagePaths = str | Path | Sequence[str | Path]
 
@@ -38,13 +38,12 @@ def _sliding_window(
     amp: bool,
 ) -> torch.Tensor:
     """Softmax probabilities (K, X, Y, Z) on the CPU; on CUDA OOM retry once with less memory."""
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
     attempts = [(sw_batch_size, device)]
     if device.type == "cuda":
         attempts.append((1, torch.device("cpu")))  # one window at a time, stitched on the CPU
     for index, (batch, stitch_device) in enumerate(attempts):
         try:
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast_context(device, amp and device.type == "cuda"):  # as training
                 logits = sliding_window_inference(
                     image[None].to(device),
                     roi_size=tuple(int(s) for s in spec.patch_size),

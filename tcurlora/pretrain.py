@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,15 +39,15 @@ from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.transforms import validation_transforms
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.fsutil import atomic_write_text, replace_dir, temp_sibling_dir
+from tcurlora.filenames import checkpoint_dir
 from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
-from tcurlora.models.registry import write_model_files
+from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
 from tcurlora.outputs import check_model_output
-from tcurlora.pretrain_checkpoint import STATE_FILE
+from tcurlora.pretrain_checkpoint import STATE_FILE, TRAINING_LOG, read_training_log, training_log_text
 from tcurlora.settings import (
     SettingError,
     dump_fields,
@@ -419,27 +418,6 @@ def build_card(
     }
 
 
-def write_training_log(folder: Path, records: list[dict[str, Any]]) -> None:
-    """Write training_log.jsonl beside the model (atomically)."""
-    atomic_write_text(folder / "training_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-
-
-def write_model_folder(output: Path, model: torch.nn.Module, spec: ModelSpec, card: dict[str, Any],
-                       records: list[dict[str, Any]], *, force: bool) -> Path:  # fmt: skip
-    """The model folder (fp16 weights, model.json with the card, training_log.jsonl, MODEL_CARD.md), filled
-    in a temporary sibling and renamed into place: a failure leaves no half-written folder."""
-    check_model_output(output, force)  # with force: only a model folder tcurlora wrote is replaced
-    temp = temp_sibling_dir(output)
-    try:
-        write_model_files(temp, model, spec, model_id=spec.name, half=True, card=card)
-        write_training_log(temp, records)
-        atomic_write_text(temp / "MODEL_CARD.md", render_card(spec, card, state_dict_fingerprint(model)))
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    return replace_dir(temp, output)
-
-
 def pretrain_batches(config: PretrainConfig, sources: list[SourceData], rng: np.random.Generator,
                      device: torch.device, first: int) -> Iterator[Batch]:  # fmt: skip
     """The batches of iterations `first`, `first` + 1, ...: the sources in turn, `batch_size` patches each
@@ -593,7 +571,7 @@ def run_pretrain(
         log(f"continuing from the weights of {resume_from} at iteration {state.iteration} (optimizer and patch "
             f"sampler restart, seeded with seed + {state.iteration})")
     first, records = state.iteration, state.records
-    checkpoint_dir = output.parent / f"{output.name}.checkpoint"
+    checkpoint_folder = checkpoint_dir(output)
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
     if distributed.active():
         described = f"{distributed.world()} processes (rank 0 on {described})"
@@ -601,7 +579,7 @@ def run_pretrain(
         f"{config.iterations} iterations")
     hooks = PretrainHooks(config=config, spec=spec, sources=sources, model=model, device=device, step=step_fn,
                           rng=rng, records=records, started=started, described=described,
-                          checkpoint_dir=checkpoint_dir, train_volumes=train_volumes, log=log,
+                          checkpoint_dir=checkpoint_folder, train_volumes=train_volumes, log=log,
                           max_minutes=max_minutes, checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)  # fmt: skip
     iterations_done = run_loop(step_fn, pretrain_batches(config, sources, rng, device, first), first,
                                config.iterations, hooks)  # fmt: skip
@@ -636,9 +614,7 @@ def continue_from_model(folder: Path, model: torch.nn.Module) -> Any:
 
     model.load_state_dict(load_model_folder(folder).model.state_dict())
     first = int(read_json_object(folder / "model.json", "model").get("card", {}).get("iterations", 0))
-    log_path = folder / "training_log.jsonl"
-    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.is_file() else []
-    return PretrainState(iteration=first, records=records[:first])
+    return PretrainState(iteration=first, records=read_training_log(folder)[:first])
 
 
 def finish_model(
@@ -666,7 +642,9 @@ def finish_model(
                       wall_s=wall_s, metrics=metrics, final=iterations_done >= config.iterations)  # fmt: skip
     card["notes"] = list(notes or [])
     if distributed.is_writer():  # torchrun: rank 0 alone writes the model folder
-        write_model_folder(output, model, spec, card, records, force=force)
+        card_text = render_card(spec, card, state_dict_fingerprint(model))
+        save_model_folder(output, model, spec, model_id=spec.name, half=True, card=card, force=force,
+                          extra_files={TRAINING_LOG: training_log_text(records), "MODEL_CARD.md": card_text})  # fmt: skip
     return card
 
 
@@ -687,12 +665,7 @@ def finish_from_checkpoint(
     base = load_model_folder(Path(checkpoint))
     record = read_json_object(Path(checkpoint) / "model.json", "checkpoint model.json")
     card = record.get("card", {})
-    log_path = Path(checkpoint) / "training_log.jsonl"
-    records = (
-        [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-        if log_path.is_file()
-        else []
-    )
+    records = read_training_log(Path(checkpoint))
     sources = load_sources(config, data_root, base.spec, log, val_only=True, cache_dir=cache_dir)
     return finish_model(config, base.spec, sources, base.model, output, iterations_done=int(card.get("iterations", 0)),
                         device=str(card.get("device", "cpu")), wall_s=float(card.get("wall_time_s", 0.0)),

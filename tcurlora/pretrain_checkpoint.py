@@ -20,6 +20,7 @@ from tcurlora.outputs import MODEL_FILES
 from tcurlora.train_step import OptimStep
 
 STATE_FILE = "training_state.json"
+TRAINING_LOG = "training_log.jsonl"  # one JSON record per iteration, beside the weights
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FORMAT = "tcurlora.pretrain-state/1"
 CHECKPOINT_FILES = MODEL_FILES | {STATE_FILE, OPTIMIZER_FILE}
@@ -34,6 +35,23 @@ class PretrainState:
     iteration: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     sampler: dict[str, Any] | None = None  # numpy Generator.bit_generator.state of the patch sampler
+
+
+def training_log_text(records: list[dict[str, Any]]) -> str:
+    """The training log's JSON lines."""
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def read_training_log(folder: Path, *, resuming: bool = False) -> list[dict[str, Any]]:
+    """The records of a model or checkpoint folder's training log: [] when it has none, unless `resuming`
+    (an exact resume needs it); InputError naming the file when it is missing there or unreadable."""
+    path = Path(folder) / TRAINING_LOG
+    if not resuming and not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise InputError(f"{'cannot resume: ' if resuming else ''}unreadable training log ({error})", path) from error
 
 
 def recipe_record(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +71,7 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
     temp = temp_sibling_dir(folder)
     write_model_files(temp, model, spec, model_id=spec.name, card=card)
     torch.save(step.state(), temp / OPTIMIZER_FILE)
-    atomic_write_text(temp / "training_log.jsonl", "".join(json.dumps(r) + "\n" for r in state.records))
+    atomic_write_text(temp / TRAINING_LOG, training_log_text(state.records))
     atomic_write_json(temp / STATE_FILE, {
         "format": STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
         "recipe": recipe_record(recipe), "train_volumes": train_volumes,
@@ -119,9 +137,5 @@ def load_pretrain_checkpoint(folder: Path, model: torch.nn.Module, step: OptimSt
         step.load_state(saved)
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
         raise InputError(f"cannot resume: optimizer state does not fit ({error})", optimizer_path) from error
-    log_path = folder / "training_log.jsonl"
-    try:
-        records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot resume: unreadable training log ({error})", log_path) from error
+    records = read_training_log(folder, resuming=True)
     return PretrainState(iteration=meta["iteration"], records=records[: meta["iteration"]], sampler=meta["sampler"])

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import CancelledError, OutputExistsError, TCURLoRAError
+from tcurlora.filenames import CHECKPOINT_SUFFIX, checkpoint_dir
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import EventSink
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob, validate_event
@@ -252,10 +253,6 @@ def run_id(output: Path, host: RemoteHost) -> str:
     """The remote run folder's name: stable for one local output, so a resumed run finds its checkpoint."""
     digest = hashlib.sha256(f"{output.resolve()}|{host}".encode()).hexdigest()[:16]
     return f"run-{digest}"
-
-
-def checkpoint_name(output_name: str) -> str:
-    return output_name + ".checkpoint"  # tcurlora.finetuning.checkpoint_dir's naming
 
 
 class _Stager:
@@ -485,7 +482,7 @@ class RemoteFinetune(RemoteRun):
     def __init__(self, job: FinetuneJob, host: RemoteHost) -> None:
         super().__init__(job, host, job.output)
         self.output = job.output
-        self.local_checkpoint = self.output.with_name(checkpoint_name(self.output.name))
+        self.local_checkpoint = checkpoint_dir(self.output)
 
     def check_outputs(self) -> None:  # noqa: B027 - optional hook
         if self.output.exists() and not self.job.force:
@@ -500,7 +497,7 @@ class RemoteFinetune(RemoteRun):
 
     def path_mapping(self, absolute: str) -> list[tuple[str, str]]:
         remote_out = f"{absolute}/out/{self.output.name}"
-        return [(remote_out + ".checkpoint", str(self.local_checkpoint)), (remote_out, str(self.output))]
+        return [(remote_out + CHECKPOINT_SUFFIX, str(self.local_checkpoint)), (remote_out, str(self.output))]
 
     def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
         connection.download(f"{self.remote_dir}/out", self.output.name, self.output.parent)

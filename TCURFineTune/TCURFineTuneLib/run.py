@@ -11,6 +11,7 @@ from typing import Any
 from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.filenames import checkpoint_dir
 from tcurlora.fsutil import atomic_write_json
 from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.curves import TrainingCurves
@@ -19,12 +20,6 @@ from TCURLoRACommon.remote import RemoteSettings
 from TCURLoRACommon.runs import CANCELLED, FAILED, WorkerRun, new_workdir
 
 RUN_INFO = "run.json"  # next to job.json: what the panel needs to resume (the adapter's name)
-
-
-def checkpoint_of(output: str | Path) -> Path:
-    """The checkpoint folder the worker keeps next to the adapter it writes (tcurlora.finetuning.checkpoint_dir)."""
-    output = Path(output)
-    return output.with_name(output.name + ".checkpoint")
 
 
 def _read_job(job_path: str | Path) -> dict[str, Any]:
@@ -40,7 +35,7 @@ def can_resume(job_path: str | Path) -> bool:
         output = _read_job(path)["output"]
     except (InputError, KeyError):
         return False
-    return (checkpoint_of(output) / "checkpoint.json").is_file()
+    return (checkpoint_dir(output) / "checkpoint.json").is_file()
 
 
 def discard_interrupted(job_path: str | Path) -> None:
@@ -53,7 +48,7 @@ def discard_interrupted(job_path: str | Path) -> None:
     except InputError:
         output = None
     if output:
-        shutil.rmtree(checkpoint_of(output), ignore_errors=True)
+        shutil.rmtree(checkpoint_dir(output), ignore_errors=True)
     shutil.rmtree(path.parent, ignore_errors=True)
 
 
@@ -115,7 +110,7 @@ class FineTuneRun(WorkerRun):
 
     @property
     def checkpoint(self) -> Path:
-        return checkpoint_of(self.staging)
+        return checkpoint_dir(self.staging)
 
     def resumable(self) -> bool:
         """True for a cancelled or failed run that left a checkpoint to continue from."""

@@ -6,6 +6,7 @@ A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,14 +102,21 @@ def load_weights(model: nn.Module, state: dict, path: Path | str) -> None:
 
 def save_model_folder(
     folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None, half: bool = False,
-    card: dict | None = None, force: bool = False,
+    card: dict | None = None, force: bool = False, extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write `model.json` + `model.safetensors` atomically (a temp sibling folder renamed into place)."""
+    """Write `model.json` + `model.safetensors` (and `extra_files`, name -> text) atomically: a temporary
+    sibling folder renamed into place, removed again when writing fails, so there is never half a folder."""
     folder = Path(folder)
     check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
     temp = temp_sibling_dir(folder)
-    write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
-    return replace_dir(temp, folder)
+    try:
+        write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
+        for name, text in (extra_files or {}).items():
+            (temp / name).write_text(text, encoding="utf-8")
+        return replace_dir(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
 
 
 def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None,
