@@ -36,10 +36,11 @@ import torch.nn.functional as F
 
 from tcurlora import distributed  # torchrun (issue 13): no-ops without it
 from tcurlora.data.cases import Case, cases_from_decathlon
-from tcurlora.data.transforms import validation_transforms
+from tcurlora.data.transforms import inference_transforms, validation_transforms
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import checkpoint_dir
+from tcurlora.intensity_randomisation import randomise_intensity
 from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
@@ -57,11 +58,19 @@ from tcurlora.settings import (
     setting,
     triple_schema,
 )
+from tcurlora.tissue_classes import tissue_class_names, tissue_classes
 from tcurlora.train_loop import Batch, LoopHooks, run_loop
 
 RECIPE_FORMAT = "tcurlora.pretrain/1"
-PRETRAIN_ARCHS = ("UNETR", "SwinUNETR")
+PRETRAIN_ARCHS = ("UNETR", "SwinUNETR", "SegResNet")
+# The 1x1x1 output convolution of each architecture (replaced by a fresh head when adapting).
+HEAD_MODULES = {"UNETR": "out.conv.conv", "SwinUNETR": "out.conv.conv", "SegResNet": "conv_final.2.conv"}
 PRECISIONS = ("fp32", "bf16", "auto")
+# "segment": learn the source's expert labels. "tissue": self-supervised, for unlabeled scans of the domains a
+# base will be adapted to: the labels are the image's own intensity classes (tcurlora.tissue_classes), which the
+# network must recover from a patch shown under a random contrast (intensity_randomisation), i.e. from anatomy
+# and context. The source's label files are never read.
+OBJECTIVES = ("segment", "tissue")
 
 
 def _channels(key: str, value: Any, base_dir: Path | None) -> list[int]:
@@ -92,6 +101,8 @@ class SourceConfig:
     val_case_ids: list[str] = setting([], "strings", help="case ids held out for the evaluation")
     licence: str = setting("", "text", help="the data licence")
     reference: str = setting("", "text", help="where the data comes from")
+    objective: str = setting("segment", "choice", choices=OBJECTIVES,
+                             help="segment: its expert labels; tissue: self-supervised (no label is read)")
 
 
 @dataclass
@@ -127,6 +138,9 @@ class PretrainConfig:
     eval_every: int = setting(0, "integer", minimum=0, help="steps between held-out evaluations (0: none)")
     grad_clip: float | None = setting(
         None, "number", minimum=0.0, exclusive_minimum=True, help="clip the gradient norm to this (null: none)"
+    )
+    intensity_randomisation: bool = setting(
+        False, "boolean", help="show each patch under a random MRI contrast (tcurlora.intensity_randomisation)"
     )
 
     @classmethod
@@ -175,7 +189,10 @@ def union_labels(config: PretrainConfig, data_root: Path) -> list[tuple[str, lis
 
     result, offset = [], 0
     for source in config.sources:
-        names = dataset_label_names(data_root / source.folder)
+        if source.objective == "tissue":
+            names = tissue_class_names(source.name)
+        else:
+            names = dataset_label_names(data_root / source.folder)
         result.append((source.name, list(range(offset + 1, offset + 1 + len(names))), names))
         offset += len(names)
     return result
@@ -196,21 +213,24 @@ def model_spec(config: PretrainConfig, labels: dict[int, str]) -> ModelSpec:
         patch_size=config.patch_size,
         intensity=IntensitySpec(kind="zscore"),
         labels=labels,
+        head_module=HEAD_MODULES[config.arch],
         description=config.description,
     )
 
 
 def _load_volume(case: Case, channel: int, source: int, offset: int, spec: ModelSpec,
-                 cache_dir: Path | None = None) -> Volume:  # fmt: skip
+                 cache_dir: Path | None = None, objective: str = "segment") -> Volume:  # fmt: skip
     if channel >= len(case.images):
         raise InputError(f"case {case.id} has no channel {channel}", case.images[0])
+    preprocess = _preprocess_tissue if objective == "tissue" else _preprocess
     if cache_dir is None:
-        image, label = _preprocess(case, channel, offset, spec)
+        image, label = preprocess(case, channel, offset, spec)
     else:
         from tcurlora.pretrain_cache import cached_volume, volume_key
 
-        key = volume_key(case.images[channel], case.label, channel, offset, spec)
-        image, label = cached_volume(cache_dir, key, partial(_preprocess, case, channel, offset, spec))
+        label_file = None if objective == "tissue" else case.label  # a tissue source never reads its labels
+        key = volume_key(case.images[channel], label_file, channel, offset, spec)
+        image, label = cached_volume(cache_dir, key, partial(preprocess, case, channel, offset, spec))
     return Volume(
         case_id=f"{case.id}_{channel:04d}", source=source, image=image, label=label,
         foreground=torch.nonzero(label.flatten() > 0).flatten(),
@@ -225,6 +245,17 @@ def _preprocess(case: Case, channel: int, offset: int, spec: ModelSpec) -> tuple
     image = torch.as_tensor(item["image"]).float()
     image, label = _pad_to(image, label, spec.patch_size)
     return image.half().as_subclass(torch.Tensor), label.as_subclass(torch.Tensor)
+
+
+def _preprocess_tissue(case: Case, channel: int, offset: int, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, label) of a self-supervised source: the label is the image's own intensity classes, shifted
+    to the source's global class indices; the case's label file is not read."""
+    item = inference_transforms(spec)({"image": [str(case.images[channel])]})
+    image = torch.as_tensor(item["image"]).float().as_subclass(torch.Tensor)
+    classes = tissue_classes(image[0])
+    label = torch.where(classes > 0, classes + offset, torch.zeros_like(classes)).to(torch.uint8)
+    image, label = _pad_to(image, label, spec.patch_size)
+    return image.half(), label
 
 
 def _pad_to(
@@ -263,12 +294,10 @@ def load_sources(
         val_cases = [c for c in cases if c.id in val_ids]
         offset = classes[0] - 1
         train_ids = [f"{c.id}_{ch:04d}" for c in train_cases for ch in source.channels]
-        train = (
-            []
-            if val_only
-            else [_load_volume(c, ch, index, offset, spec, cache_dir) for c in train_cases for ch in source.channels]
-        )
-        val = [_load_volume(c, ch, index, offset, spec, cache_dir) for c in val_cases for ch in source.channels]
+        load = partial(_load_volume, source=index, offset=offset, spec=spec, cache_dir=cache_dir,
+                       objective=source.objective)
+        train = [] if val_only else [load(c, ch) for c in train_cases for ch in source.channels]
+        val = [load(c, ch) for c in val_cases for ch in source.channels]
         log(f"{name}: {len(train_ids)} training and {len(val)} held-out volumes, classes {classes}")
         sources.append(
             SourceData(config=source, classes=classes, names=names, train=train, val=val, train_ids=train_ids)
@@ -282,8 +311,10 @@ def sample_batch(
     patch: tuple[int, int, int],
     fg_fraction: float,
     rng: np.random.Generator,
+    randomise_contrast: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random patches of one source: centred on a labeled voxel with probability fg_fraction, flipped, rescaled."""
+    """Random patches of one source: centred on a labeled voxel with probability fg_fraction, flipped, rescaled
+    (and, with `randomise_contrast`, shown under a random MRI contrast)."""
     images, labels = [], []
     for _ in range(batch_size):
         volume = source.train[int(rng.integers(len(source.train)))]
@@ -301,6 +332,8 @@ def sample_batch(
             if rng.random() < 0.5:
                 image, label = image.flip(axis + 1), label.flip(axis)
         image = image * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.1, 0.1))
+        if randomise_contrast:
+            image = randomise_intensity(image, rng)
         images.append(image)
         labels.append(label)
     return torch.stack(images), torch.stack(labels)
@@ -424,7 +457,8 @@ def pretrain_batches(config: PretrainConfig, sources: list[SourceData], rng: np.
     (torchrun: this rank's patches of the global batch), with the union loss of the batch's source."""
     for iteration in itertools.count(first):
         source = sources[iteration % len(sources)]
-        image, label = sample_batch(source, config.batch_size, config.patch_size, config.foreground_fraction, rng)
+        image, label = sample_batch(source, config.batch_size, config.patch_size, config.foreground_fraction, rng,
+                                    config.intensity_randomisation)
         mine = distributed.local_part({"image": image, "label": label})  # torchrun: this rank's patches
         loss_fn = partial(union_loss, classes=source.classes, pool=distributed.pooled_sum)
         yield Batch(mine["image"].to(device), mine["label"].to(device), loss_fn, {"source": source.config.name})

@@ -36,11 +36,11 @@ def file_identity(path: Path) -> list[Any]:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def volume_key(image: Path, label: Path, channel: int, offset: int, spec: ModelSpec) -> dict[str, Any]:
-    """What a cached volume depends on."""
+def volume_key(image: Path, label: Path | None, channel: int, offset: int, spec: ModelSpec) -> dict[str, Any]:
+    """What a cached volume depends on (label None: a self-supervised source's own intensity classes)."""
     preprocessing = {"spacing": list(spec.spacing), "intensity": spec.to_dict()["intensity"],
                      "patch_size": list(spec.patch_size), "channel": channel, "label_offset": offset}  # fmt: skip
-    return {"version": CACHE_VERSION, "image": file_identity(image), "label": file_identity(label),
+    return {"version": CACHE_VERSION, "image": file_identity(image), "label": file_identity(label) if label is not None else "tissue-classes",
             "preprocessing": preprocessing}  # fmt: skip
 
 

@@ -24,7 +24,11 @@ TRAIN_MODULE_SHORTHANDS = {"decoder": [r"decoder\d+"]}
 # The blocks that work at the input's full resolution (the encoder's first conv block and the last
 # decoder block). A small target structure needs them: fine-tune's default for tcur trains them in full
 # (about 33k parameters, 0.4%, in the built-in base; docs/benchmarks.md).
-FULL_RESOLUTION_BLOCKS = {"UNETR": ["encoder1", "decoder2"], "SwinUNETR": ["encoder1", "decoder1"]}
+FULL_RESOLUTION_BLOCKS = {
+    "UNETR": ["encoder1", "decoder2"],
+    "SwinUNETR": ["encoder1", "decoder1"],
+    "SegResNet": ["convInit", "down_layers.0", "up_samples.2", "up_layers.2"],
+}
 
 
 def default_train_modules(method: str, arch: str) -> list[str]:
