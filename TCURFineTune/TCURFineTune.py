@@ -62,6 +62,7 @@ class TCURFineTuneParameterNode:
     trainingSegmentations: list[vtkMRMLSegmentationNode]
     labelVolume: vtkMRMLScalarVolumeNode
     prefill: bool = False
+    useUnlabeled: bool = False  # also learn from the scene's volumes without a segmentation (mean teacher)
     method: Annotated[str, Choice(["tcur", "lora"])] = JOB_DEFAULTS.method
     rank: Annotated[int, WithinRange(1, 64)] = JOB_DEFAULTS.rank
     iterations: Annotated[int, WithinRange(1, 100000)] = JOB_DEFAULTS.iterations
@@ -344,7 +345,11 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not ensure_dependencies("TCURLoRA"):
             return
         self.ui.logTextEdit.clear()
-        run = self.logic.start(self.pairs(), settings, self._parameterNode.adapterName, remote)
+        from TCURFineTuneLib.cases import unlabeled_for_job
+
+        pairs = self.pairs()
+        unlabeled = unlabeled_for_job(pairs, self._parameterNode.useUnlabeled)
+        run = self.logic.start(pairs, settings, self._parameterNode.adapterName, remote, unlabeled)
         discard_interrupted(self._parameterNode.resumeJob)  # a new run replaces the one left to resume
         self.startRun(run)
 
@@ -437,10 +442,10 @@ class TCURFineTuneLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return TCURFineTuneParameterNode(super().getParameterNode())
 
-    def start(self, pairs, settings, adapterName: str, remote=None):
+    def start(self, pairs, settings, adapterName: str, remote=None, unlabeled=()):
         from TCURFineTuneLib.run import FineTuneRun
 
-        return FineTuneRun(pairs, settings, adapterName, remote=remote).start()
+        return FineTuneRun(pairs, settings, adapterName, remote=remote, unlabeled=unlabeled).start()
 
 
 class TCURFineTuneTest(ScriptedLoadableModuleTest):

@@ -52,11 +52,12 @@ def finetune_job(
     label_names: Sequence[str],
     label_colors: Sequence[Sequence[float]] | None,
     output: str | Path,
+    unlabeled: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
-    """A complete finetune job."""
+    """A complete finetune job; `unlabeled`: image files for semi-supervised training (the key only when given)."""
     if settings.device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {settings.device!r}")
-    return {
+    job = {
         "schema": JOB_SCHEMA,
         "command": "finetune",
         **settings.to_job(),
@@ -67,6 +68,9 @@ def finetune_job(
         "force": False,
         "resume": False,
     }
+    if unlabeled:
+        job["unlabeled"] = [str(p) for p in unlabeled]
+    return job
 
 
 def segment_job(

@@ -115,6 +115,35 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
     assert losses(resumed) == losses(straight)
 
 
+def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_does(
+    tmp_path, capsys, hippocampus_dir
+):
+    """With --unlabeled the checkpoint also holds the mean teacher (its EMA tensors) and the unlabeled
+    sampler, so the resumed run's teacher targets, losses and (teacher) adapter are the uninterrupted one's."""
+    images = hippocampus_dir / "imagesTr"
+    unlabeled = [str(images / "hippocampus_003.nii.gz"), str(images / "hippocampus_006.nii.gz")]
+    job = base_job(hippocampus_dir, tmp_path / "adapter", unlabeled=unlabeled, unlabeled_weight=1.0,
+                   ema_decay=0.9, keep_teacher=True)  # fmt: skip
+    saved = interrupted(job, tmp_path)
+    assert (saved / "teacher.safetensors").is_file()
+    meta = json.loads((saved / "checkpoint.json").read_text())
+    assert len(meta["consistency"]) == 2 and meta["unlabeled_sampler"]["sampler"]["bit_generator"] == "PCG64"
+    straight = tmp_path / "straight"
+    code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))
+    assert code == 0, events[-1]
+    job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 0, events[-1]
+    assert [e["iteration"] for e in events if e["event"] == "progress"] == [3, 4]
+    assert losses(resumed) == losses(straight)
+    logs = [(p / "training_log.jsonl").read_text() for p in (straight, resumed)]
+    assert logs[0] == logs[1] and '"consistency"' in logs[0]
+    a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((resumed / "adapter_config.json").read_text())["training"]["semi_supervised"]
+    assert record["unlabeled_volumes"] == 2 and record["saved"] == "teacher"
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,12 +27,20 @@ from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import checkpoint_dir
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 from tcurlora.jobs.events import eta_seconds
+from tcurlora.mean_teacher import (
+    RAMPUP_FRACTION,
+    EMATeacher,
+    SemiSupervisedLoss,
+    add_noise,
+    consistency_weight,
+)
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 from tcurlora.train_loop import Batch, LoopHooks, run_loop
 from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
 
 BEST_WEIGHTS_FILE = "best_adapter.safetensors"
+TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # the mean teacher's EMA tensors (semi-supervised)
 
 # Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
 DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3}
@@ -54,6 +63,7 @@ class TrainingState:
     val_history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     stopped_early: bool = False
+    consistency: list[float] = field(default_factory=list)  # semi-supervised: each step's consistency loss
 
     def best_validation(self) -> dict[str, Any] | None:
         """The validation with the highest mean Dice (the earliest of equals), or None."""
@@ -104,10 +114,14 @@ def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.opti
 
 
 def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: TrainingState, job_record: dict,
-                    *, sampler: dict | None = None, best: dict[str, torch.Tensor] | None = None) -> Path:
+                    *, sampler: dict | None = None, best: dict[str, torch.Tensor] | None = None,
+                    teacher: dict[str, torch.Tensor] | None = None, unlabeled_sampler: dict | None = None) -> Path:
     """Write adapter weights, the step's state (optimizer, scaler, torch RNG: `OptimStep.state`), the data
-    sampler's state, the best validated adapter and the progress to `folder`, replacing the old one atomically."""
+    sampler's state, the best validated adapter, the mean teacher (its EMA tensors and unlabeled sampler,
+    semi-supervised runs only) and the progress to `folder`, replacing the old one atomically."""
     temp = temp_sibling_dir(folder)
+    if teacher is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in teacher.items()}, str(temp / TEACHER_WEIGHTS_FILE))
     save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
               str(temp / "adapter.safetensors"))
     if best is not None:
@@ -116,6 +130,7 @@ def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: Training
     atomic_write_json(temp / "checkpoint.json", {
         "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
         "elapsed_s": state.elapsed_s, "job": job_record, "sampler": sampler,
+        "consistency": state.consistency, "unlabeled_sampler": unlabeled_sampler,
     })
     return replace_dir(temp, folder)
 
@@ -128,15 +143,16 @@ def load_checkpoint(folder: Path, adapted, optimizer: OptimStep, job_record: dic
     restore(adapted, optimizer, weights, opt_state, folder)
     state = TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
                           val_history=list(meta.get("val_history", [])),
-                          elapsed_s=float(meta.get("elapsed_s", 0.0)))  # fmt: skip
+                          elapsed_s=float(meta.get("elapsed_s", 0.0)),
+                          consistency=list(meta.get("consistency") or []))  # fmt: skip
     return state, meta
 
 
-def load_best_weights(folder: Path) -> dict[str, torch.Tensor] | None:
-    """The best validated adapter a checkpoint holds, or None."""
+def load_best_weights(folder: Path, name: str = BEST_WEIGHTS_FILE) -> dict[str, torch.Tensor] | None:
+    """The best validated adapter a checkpoint holds (or its other weights file `name`), or None."""
     from safetensors.torch import load_file
 
-    path = folder / BEST_WEIGHTS_FILE
+    path = folder / name
     if not path.is_file():
         return None
     try:
@@ -145,13 +161,25 @@ def load_best_weights(folder: Path) -> dict[str, torch.Tensor] | None:
         raise InputError(f"cannot resume: corrupt checkpoint weights ({error})", path) from error
 
 
-def restore_sampler(stream, sampler: dict, folder: Path) -> None:
+def restore_sampler(stream, sampler: dict, folder: Path, what: str = "data sampler") -> None:
     """Continue the data sampler from a checkpoint's state; InputError when it does not fit."""
     try:
         stream.restore(sampler)
     except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"cannot resume: the data sampler state does not fit ({error})",
+        raise InputError(f"cannot resume: the {what} state does not fit ({error})",
                          folder / "checkpoint.json") from error
+
+
+def restore_teacher(teacher, folder: Path) -> None:
+    """Load the mean teacher's EMA tensors of a checkpoint; InputError when missing or not fitting."""
+    weights = load_best_weights(folder, TEACHER_WEIGHTS_FILE)
+    if weights is None:
+        raise InputError("cannot resume: the checkpoint holds no mean teacher", folder / TEACHER_WEIGHTS_FILE)
+    try:
+        teacher.load_state_dict(weights)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise InputError(f"cannot resume: the teacher weights do not fit ({error})",
+                         folder / TEACHER_WEIGHTS_FILE) from error
 
 
 def validate_output(output: Path, force: bool, resume: bool) -> None:
@@ -194,6 +222,11 @@ class Trainer(LoopHooks):
                                     clip=job.grad_clip)  # schedule: step()
         self.state = TrainingState()
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
+        # Semi-supervised (job.unlabeled): the mean teacher, and whether it (not the student) is validated
+        # and saved (job.keep_teacher; default the student).
+        self.teacher = EMATeacher(self.adapted, job.ema_decay) if setup.unlabeled_batches is not None else None
+        self.keep_teacher = self.teacher is not None and bool(getattr(job, "keep_teacher", False))
+        self.unlabeled_stream = None
 
     def job_record(self) -> dict:
         return {**resume_record(self.job, self.setup.base.fingerprint, self.setup.label_names),
@@ -212,6 +245,14 @@ class Trainer(LoopHooks):
                 for _ in range(self.state.iteration):
                     next(stream)
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
+        if self.teacher is not None:
+            self.unlabeled_stream = self.setup.unlabeled_batches(seed_offset=0)  # loads them: errors before step 1
+            if job.resume:
+                restore_teacher(self.teacher, ckpt)
+                if meta.get("unlabeled_sampler") is None:
+                    raise InputError("cannot resume: the checkpoint holds no unlabeled sampler state",
+                                     ckpt / "checkpoint.json")
+                restore_sampler(self.unlabeled_stream, meta["unlabeled_sampler"], ckpt, "unlabeled sampler")
         self.stream = stream
         total = job.iterations
         self.optim_step.schedule = partial(learning_rate_factor, total=total)
@@ -229,7 +270,31 @@ class Trainer(LoopHooks):
     def to_batch(self, batch: dict) -> Batch:
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
-        return Batch(image, label, self.loss_fn)
+        if self.teacher is None:
+            return Batch(image, label, self.loss_fn)
+        return self.semi_supervised_batch(image, label)
+
+    def semi_supervised_batch(self, image: torch.Tensor, label: torch.Tensor) -> Batch:
+        """[labeled; noisy unlabeled] patches in one batch, with the teacher's logits of the clean unlabeled
+        patches (drawn just before the step of iteration `state.iteration`, with the current EMA)."""
+        unlabeled = distributed.local_part(next(self.unlabeled_stream))["image"].to(self.device, non_blocking=True)
+        with torch.no_grad(), self.teacher.swapped() as teacher:
+            teacher.eval()
+            with autocast_context(self.device, self.amp):
+                teacher_logits = teacher(unlabeled).float()
+            teacher.train()
+        weight = consistency_weight(self.state.iteration, self.job.iterations, self.job.unlabeled_weight)
+        loss = SemiSupervisedLoss(self.loss_fn, image.shape[0], teacher_logits, weight)
+        return Batch(torch.cat([image, add_noise(unlabeled)]), label, loss, info={"consistency_weight": weight})
+
+    @contextmanager
+    def kept_weights(self):
+        """The weights to validate and save: the teacher's with job.keep_teacher, else the student's."""
+        if self.keep_teacher:
+            with self.teacher.swapped():
+                yield
+        else:
+            yield
 
     def before_step(self, iteration: int) -> None:
         distributed.raise_if_cancelled(self.token)  # torchrun: all ranks stop at the same step
@@ -241,20 +306,27 @@ class Trainer(LoopHooks):
         value = distributed.mean(float(loss.detach()))
         state.iteration = done
         state.losses.append(value)
+        if self.teacher is not None:
+            self.teacher.update()
+            state.consistency.append(distributed.mean(batch.loss_fn.last["consistency"]))
         val = None
         if self.setup.val_volumes and (done % self.eval_every == 0 or done == total):
-            val = self.validate()
-            state.val_history.append({"iteration": done, "dice": val})
-            if state.best_validation()["iteration"] == done:
-                self.best_state = self.adapted.adapter_state_dict()
+            with self.kept_weights():
+                val = self.validate()
+                state.val_history.append({"iteration": done, "dice": val})
+                if state.best_validation()["iteration"] == done:
+                    self.best_state = self.adapted.adapter_state_dict()
         elapsed = time.monotonic() - self.started
         sink.progress(iteration=done, total=total, loss=value, val_dice=val,
                       eta_s=eta_seconds(elapsed - self.previous_elapsed, done - self.start_iteration, total - done),
                       lr=self.optimizer.param_groups[0]["lr"])  # fmt: skip
         if job.checkpoint_every and done % job.checkpoint_every == 0 and done < total and distributed.is_writer():
             state.elapsed_s = elapsed
+            teacher = self.teacher
             path = save_checkpoint(self.checkpoint_folder, self.adapted, self.optim_step, state, self.job_record(),
-                                   sampler=self.stream.state(), best=self.best_state)  # fmt: skip
+                                   sampler=self.stream.state(), best=self.best_state,
+                                   teacher=teacher.state_dict() if teacher else None,
+                                   unlabeled_sampler=self.unlabeled_stream.state() if teacher else None)  # fmt: skip
             sink.checkpoint(iteration=done, path=str(path))
         if self.patience and state.validations_since_best() >= self.patience and done < total:
             state.stopped_early = True
@@ -304,6 +376,18 @@ class Trainer(LoopHooks):
             metrics["val_dice"] = best["dice"]
             metrics["best_iteration"] = best["iteration"]
             metrics["stopped_early"] = state.stopped_early
+        semi = None
+        if self.teacher is not None:
+            semi = {"unlabeled_volumes": len(setup.unlabeled_files), "unlabeled_weight": self.job.unlabeled_weight,
+                    "ema_decay": self.job.ema_decay, "rampup_fraction": RAMPUP_FRACTION,
+                    "saved": "teacher" if self.keep_teacher else "student"}  # fmt: skip
+            metrics["unlabeled_volumes"] = len(setup.unlabeled_files)
+            recent = state.consistency[-len(tail):]
+            if recent:
+                metrics["final_consistency"] = sum(recent) / len(recent)
+        if self.keep_teacher:
+            self.teacher.copy_to_model()  # the teacher is saved (replaced below by the best validated one)
+        if best is not None:
             if self.best_state is not None and best["iteration"] != state.iteration:
                 self.adapted.load_adapter_state_dict(self.best_state)  # the best validated adapter is kept
         extra = {
@@ -315,7 +399,13 @@ class Trainer(LoopHooks):
                          "learning_rate": self.learning_rate, "learning_rates": self.learning_rates,
                          "seed": self.job.seed, "amp": self.amp},
         }
+        if semi is not None:
+            extra["training"]["semi_supervised"] = semi
         log_lines = [json.dumps({"iteration": i + 1, "loss": loss}) for i, loss in enumerate(state.losses)]
+        if semi is not None:
+            log_lines = [json.dumps({"semi_supervised": semi})] + [
+                json.dumps({"iteration": i + 1, "loss": loss, "consistency": c})
+                for i, (loss, c) in enumerate(zip(state.losses, state.consistency))]
         log_lines += [json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history]
         self.adapted.eval()
         save_adapter(output, self.adapted.to("cpu"), extra=extra, force=self.job.force,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,9 @@ import torch
 from tcurlora.adapters.rank_check import check_rank_fits
 from tcurlora.data.validate import validation_count
 from tcurlora.errors import ConfigError, InputError
+
+# The unlabeled patch stream's seed is the job's plus this (its own random sequence, not the labeled one's).
+UNLABELED_SEED_OFFSET = 7919
 
 # Colors for classes 1..N when neither the job nor the data set gives any (Slicer's generic anatomy tints).
 DEFAULT_COLORS = [
@@ -36,6 +39,8 @@ class TrainingSetup:
     spec: Any
     batches: Callable[..., Iterator[dict]]
     val_volumes: list[dict]
+    unlabeled_files: list[Path] = field(default_factory=list)  # semi-supervised (mean teacher) volumes
+    unlabeled_batches: Callable[..., Any] | None = None  # their patch stream (a BatchStream), or None
 
 
 def seed_everything(seed: int) -> None:
@@ -90,7 +95,7 @@ def prepare_training(job, sink) -> TrainingSetup:
     from tcurlora.adapters import AdapterConfig, apply_adapter
     from tcurlora.adapters.config import default_train_modules, expand_train_modules
     from tcurlora.adapters.targets import configure_targets
-    from tcurlora.data.loader import training_batches, validation_volumes
+    from tcurlora.data.loader import training_batches, unlabeled_batches, unlabeled_files, validation_volumes
     from tcurlora.data.spacing import resolve_working_spacing
     from tcurlora.data.validate import validate_case
     from tcurlora.device import describe_device, resolve_device
@@ -108,6 +113,7 @@ def prepare_training(job, sink) -> TrainingSetup:
     num_classes = len(label_names) + 1
     for case in cases:
         validate_case(case, num_classes)
+    unlabeled = unlabeled_files(job.unlabeled) if getattr(job, "unlabeled", None) else []
     train_cases, val_cases = split_validation(cases, job)
     patch_size = tuple(int(p) for p in (job.patch_size or base.spec.patch_size))
     if tuple(base.spec.arch_params.get("img_size", patch_size)) != patch_size and base.spec.arch == "UNETR":
@@ -143,8 +149,16 @@ def prepare_training(job, sink) -> TrainingSetup:
         return training_batches(train_cases, spec, patch_size=patch_size, num_classes=num_classes,
                                 batch_size=job.batch_size, seed=job.seed + seed_offset, augment=True)
 
+    def unlabeled_stream(seed_offset: int = 0):
+        return unlabeled_batches(unlabeled, spec, patch_size=patch_size, batch_size=job.batch_size,
+                                 seed=(job.seed + UNLABELED_SEED_OFFSET + seed_offset) % 2**63)  # fmt: skip
+
+    if unlabeled:
+        sink.log("info", f"semi-supervised: {len(unlabeled)} unlabeled volume(s), consistency weight "
+                         f"{job.unlabeled_weight}, teacher EMA decay {job.ema_decay}")  # fmt: skip
     val_volumes = validation_volumes(val_cases, spec) if val_cases else []
     return TrainingSetup(base=base, adapted=adapted, device=device, device_name=describe_device(device),
                          train_cases=train_cases, val_cases=val_cases, label_names=label_names,
                          label_colors=colors, patch_size=patch_size, spec=spec, batches=batches,
-                         val_volumes=val_volumes)
+                         val_volumes=val_volumes, unlabeled_files=unlabeled,
+                         unlabeled_batches=unlabeled_stream if unlabeled else None)

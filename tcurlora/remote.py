@@ -288,6 +288,8 @@ def stage_finetune(job: FinetuneJob, stage: Path) -> dict[str, Any]:
         case["label"] = stager.link(case["label"], f"case{index}/label")
     if data["data"] is not None:
         data["data"] = stager.link(data["data"], "data")
+    if data.get("unlabeled") is not None:  # files or folders of unlabeled volumes (semi-supervised)
+        data["unlabeled"] = [stager.link(path, f"unlabeled{index}") for index, path in enumerate(data["unlabeled"])]
     data["base_model"] = stager.reference(data["base_model"], "base")
     data["output"] = f"out/{job.output.name}"
     data["force"] = False

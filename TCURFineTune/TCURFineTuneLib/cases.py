@@ -146,9 +146,14 @@ def class_colors(pairs: Sequence[TrainingPair], names: Sequence[str]) -> list[li
 
 
 def _case_ids(pairs: Sequence[TrainingPair]) -> list[str]:
+    return _file_ids([pair.volume for pair in pairs])
+
+
+def _file_ids(volumes: Sequence[Any]) -> list[str]:
+    """One file-safe name per volume, made unique with _2, _3, ..."""
     ids: list[str] = []
-    for pair in pairs:
-        base = re.sub(r"[^A-Za-z0-9_-]+", "_", pair.volume.GetName()).strip("_") or "case"
+    for volume in volumes:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", volume.GetName()).strip("_") or "case"
         case_id, number = base, 2
         while case_id in ids:
             case_id, number = f"{base}_{number}", number + 1
@@ -176,3 +181,30 @@ def export_cases(pairs: Sequence[TrainingPair], folder: Path) -> tuple[list[dict
             )
         cases.append({"id": case_id, "image": str(image), "label": str(label)})
     return cases, names
+
+
+def unlabeled_volumes(pairs: Sequence[TrainingPair]) -> list[slicer.vtkMRMLScalarVolumeNode]:
+    """The scene's scalar volumes that belong to no labeled case: neither in the table nor the reference
+    volume of any segmentation, and holding voxels (scene order). Labelmaps are not scalar volumes here."""
+    used = {pair.volume.GetID() for pair in pairs if pair.volume is not None}
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    for segmentation in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
+        reference = segmentation.GetNodeReference(role)
+        if reference is not None:
+            used.add(reference.GetID())
+    return [
+        v
+        for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        if v.GetClassName() == "vtkMRMLScalarVolumeNode" and v.GetID() not in used and v.GetImageData() is not None
+    ]
+
+
+def export_unlabeled(volumes: Sequence[Any], folder: Path) -> list[str]:
+    """Write each unlabeled volume as NRRD (exact geometry) under `folder`; the files, for the job's `unlabeled`."""
+    return [str(scene.write_volume(v, folder / f"{name}.nrrd")) for name, v in zip(_file_ids(volumes), volumes)]
+
+
+def unlabeled_for_job(pairs: Sequence[TrainingPair], enabled: bool) -> list[slicer.vtkMRMLScalarVolumeNode]:
+    """What the panel's "Also learn from unlabeled volumes in the scene" adds to a run: `unlabeled_volumes`
+    when it is on, nothing when off."""
+    return unlabeled_volumes(pairs) if enabled else []

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases
+from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases, export_unlabeled
 from tcurlora import library
 from tcurlora.errors import InputError
 from tcurlora.filenames import checkpoint_dir
@@ -55,6 +55,9 @@ def discard_interrupted(job_path: str | Path) -> None:
 class FineTuneRun(WorkerRun):
     """Trains an adapter on scene cases; on success it lands in the model library as `adapter_name`.
 
+    `unlabeled`: volumes without labels, exported beside the cases and given to the job as `unlabeled`
+    (semi-supervised mean-teacher training; see TCURFineTuneLib.cases.unlabeled_volumes).
+
     With `remote` the worker runs on that host over SSH (tcurlora.remote); events, Cancel, outputs and the
     checkpoint to resume from behave as for a local run.
 
@@ -71,13 +74,16 @@ class FineTuneRun(WorkerRun):
         workdir: Path | None = None,
         curves: bool = True,
         remote: RemoteSettings | None = None,
+        unlabeled: Sequence[Any] = (),
     ) -> None:
         if not adapter_name.strip():
             raise InputError("give the adapter a name")
         workdir = workdir or new_workdir("finetune")
         cases, names = export_cases(pairs, workdir / "cases")
+        unlabeled_files = export_unlabeled(unlabeled, workdir / "cases" / "unlabeled") if unlabeled else None
         job = finetune_job(
-            settings, cases, names, class_colors(pairs, names), library.staging_path(adapter_name)
+            settings, cases, names, class_colors(pairs, names), library.staging_path(adapter_name),
+            unlabeled=unlabeled_files,
         )
         info = {"adapter_name": adapter_name, "remote": remote.to_dict() if remote else None}
         atomic_write_json(workdir / RUN_INFO, info)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from TCURFineTuneLib.cases import TrainingPair, class_names, export_cases, pair_by_study
+from TCURFineTuneLib.cases import TrainingPair, class_names, export_cases, pair_by_study, unlabeled_for_job
 from TCURFineTuneLib.run import FineTuneRun, can_resume, discard_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
@@ -218,6 +218,37 @@ def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
     assert library.list_adapters() == [] and library_leftovers() == []
 
 
+def test_unlabeled_scene_volumes_join_the_job(data_dir: Path, workdir: Path) -> None:
+    """Two labeled cases and one volume without a segmentation: with "Also learn from unlabeled volumes"
+    on, the job's `unlabeled` lists exactly that volume's exported file (same voxels); off, no `unlabeled`."""
+    from tcurlora.jobs.schema import FinetuneJob
+
+    pairs, names = load_training_scene(data_dir, 2)
+    cases, _ = decathlon_cases(data_dir)
+    extra, _ = load_case(cases[2][0], None, names)
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    pairs[1].segmentation.RemoveNodeReferenceIDs(role)  # labeled through the table alone
+    for enabled in (True, False):
+        folder = workdir / ("on" if enabled else "off")
+        unlabeled = unlabeled_for_job(pairs, enabled)
+        run = FineTuneRun(pairs, fast_settings(), "semi", folder, curves=False, unlabeled=unlabeled)
+        job = json.loads(Path(run.job_path).read_text())
+        if not enabled:
+            assert unlabeled == [] and "unlabeled" not in job, job.get("unlabeled")
+            assert FinetuneJob.from_file(run.job_path).unlabeled is None
+            continue
+        assert [v.GetID() for v in unlabeled] == [extra.GetID()]
+        expected = folder / "cases" / "unlabeled" / f"{extra.GetName()}.nrrd"
+        assert job["unlabeled"] == [str(expected)], job["unlabeled"]
+        assert not {c["image"] for c in job["cases"]} & set(job["unlabeled"])
+        written = scene.read_volume(expected)
+        assert scene.same_geometry(written, extra)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(written), slicer.util.arrayFromVolume(extra))
+        slicer.mrmlScene.RemoveNode(written)
+        assert FinetuneJob.from_file(run.job_path).unlabeled == [expected]
+    assert library_leftovers() == [], library_leftovers()
+
+
 ALL_TESTS = (
     test_pair_by_study,
     test_export_keeps_geometry_and_labels,
@@ -226,4 +257,5 @@ ALL_TESTS = (
     test_finetune_end_to_end,
     test_cancel_leaves_nothing,
     test_resume_after_cancel,
+    test_unlabeled_scene_volumes_join_the_job,
 )

@@ -33,3 +33,7 @@ def test_cancel_leaves_nothing(mrml, hippocampus_dir: Path, tmp_path: Path) -> N
 
 def test_resume_after_cancel(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     bodies.test_resume_after_cancel(hippocampus_dir, tmp_path)
+
+
+def test_unlabeled_scene_volumes_join_the_job(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
+    bodies.test_unlabeled_scene_volumes_join_the_job(hippocampus_dir, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,14 @@ import torch
 from monai.data import CacheDataset
 
 from tcurlora.data.cases import Case
-from tcurlora.data.transforms import training_transforms, user_errors, validation_transforms
+from tcurlora.data.transforms import (
+    training_transforms,
+    unlabeled_transforms,
+    user_errors,
+    validation_transforms,
+)
 from tcurlora.errors import InputError
+from tcurlora.filenames import is_image_file
 from tcurlora.models.spec import ModelSpec
 
 
@@ -61,6 +68,44 @@ def training_batches(
     return BatchStream(dataset, transform, batch_size, np.random.default_rng(seed))
 
 
+def unlabeled_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files `paths` stand for: a file itself; a folder its image files (a Decathlon folder, one
+    with dataset.json or imagesTr/: those of imagesTr), sorted. InputError naming a path that does not
+    exist, is not an image file, or is a folder without images."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            folder = path / "imagesTr" if (path / "imagesTr").is_dir() else path
+            found = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+            if not found:
+                raise InputError("unlabeled folder holds no image files", folder)
+            files += found
+        elif path.is_file():
+            if not is_image_file(path):
+                raise InputError("unlabeled volume is not an image file (.nii.gz, .nrrd, .mha, ...)", path)
+            files.append(path)
+        else:
+            raise InputError("unlabeled volume not found", path)
+    unique = list(dict.fromkeys(files))
+    return unique
+
+
+def unlabeled_batches(
+    files: Sequence[Path], spec: ModelSpec, *, patch_size: Sequence[int], batch_size: int, seed: int
+) -> BatchStream:
+    """Endless {"image": (B, C, *patch)} batches of random patches of unlabeled volumes (`unlabeled_transforms`),
+    each volume loaded and preprocessed once; an unreadable volume raises InputError naming it, here."""
+    if not files:
+        raise InputError("no unlabeled volumes")
+    transform = unlabeled_transforms(spec, patch_size=patch_size)
+    transform.set_random_state(seed=seed)
+    with user_errors():
+        dataset = CacheDataset([{"image": [str(f)]} for f in files], transform=transform, num_workers=0,
+                               progress=False, copy_cache=False)  # fmt: skip
+    return BatchStream(dataset, transform, batch_size, np.random.default_rng(seed))
+
+
 class BatchStream(Iterator[dict[str, torch.Tensor]]):
     """Endless batches of one CacheDataset; `state()` / `restore()` capture the case sampler and every
     random transform's state (JSON), so a resumed run continues with the batches it would have drawn."""
@@ -72,14 +117,10 @@ class BatchStream(Iterator[dict[str, torch.Tensor]]):
         indices = self.rng.integers(0, len(self.dataset), size=self.batch_size)
         with user_errors():
             samples = [_first(self.dataset[int(index)]) for index in indices]
-        return {
-            "image": torch.stack(
-                [torch.as_tensor(s["image"]).as_subclass(torch.Tensor) for s in samples]
-            ).float(),
-            "label": torch.stack(
-                [torch.as_tensor(s["label"]).as_subclass(torch.Tensor) for s in samples]
-            ).long(),
-        }
+        batch = {"image": _stack(samples, "image").float()}
+        if "label" in samples[0]:  # unlabeled streams (unlabeled_batches) have images only
+            batch["label"] = _stack(samples, "label").long()
+        return batch
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable: the sampler Generator's state and each transform RandomState's state."""
@@ -94,6 +135,10 @@ class BatchStream(Iterator[dict[str, torch.Tensor]]):
         self.rng.bit_generator.state = state["sampler"]
         for random, saved in zip(states, state["transforms"]):
             random.set_state(random_state_from_json(saved))
+
+
+def _stack(samples: list[dict], key: str) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(s[key]).as_subclass(torch.Tensor) for s in samples])
 
 
 def random_states(transform: Any) -> list[np.random.RandomState]:

@@ -29,6 +29,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSpatialCropd,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
     Spacingd,
@@ -196,8 +197,7 @@ def augmentation(flip_axes: Sequence[int] = (0,)) -> list[MapTransform]:
             mode=("bilinear", "nearest"),
             padding_mode="zeros",
         ),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        *intensity_augmentation(),
         RandGaussianNoised(keys="image", prob=0.15, mean=0.0, std=0.05),
     ]
     return steps
@@ -238,6 +238,29 @@ def training_transforms(
     if augment:
         steps += augmentation(flip_axes)
     steps.append(CastLabeld(keys="label"))
+    return Pipeline(steps)
+
+
+def intensity_augmentation() -> list[MapTransform]:
+    """The intensity parts of `augmentation` (scale, shift), for images without a label."""
+    return [
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+    ]
+
+
+def unlabeled_transforms(spec: ModelSpec, *, patch_size: Sequence[int], augment: bool = True) -> Pipeline:
+    """Preprocess an unlabeled "image" as training does, pad to at least `patch_size`, crop one patch at a
+    uniformly random place, and apply the intensity augmentation. Output: "image" (C, *patch) float32."""
+    patch = tuple(int(s) for s in patch_size)
+    steps = preprocessing(spec, with_label=False)
+    steps += [
+        SpatialPadd(keys="image", spatial_size=patch),
+        RandSpatialCropd(keys="image", roi_size=patch, random_size=False),
+        ClonePatchd(keys="image"),
+    ]
+    if augment:
+        steps += intensity_augmentation()
     return Pipeline(steps)
 
 

@@ -196,6 +196,11 @@ def parse_paths(key: str, items: Any, base_dir: Path | None) -> list[Path]:
     return [resolve_path(f"{key}[{i}]", p, base_dir) for i, p in enumerate(items)]
 
 
+def parse_unlabeled(key: str, items: Any, base_dir: Path | None) -> list[Path]:
+    expect(key, items, (list,), "a list of image files or folders")
+    return [resolve_path(f"{key}[{i}]", p, base_dir) for i, p in enumerate(items)]
+
+
 # ----------------------------------------------------------------------------- command-line values
 def _triple(text: str, cast: type, what: str, kind: str) -> list:
     """ "v" -> [v, v, v]; "a,b,c" or "axbxc" -> [a, b, c], each cast and positive; else an argparse error."""
@@ -407,6 +412,25 @@ class FinetuneJob:
     grad_clip: float | None = setting(
         None, "number", minimum=0.0, exclusive_minimum=True, flag="--grad-clip", cli={"metavar": "NORM"},
         help="clip the gradient norm to NORM before each step (default: no clipping)",
+    )  # fmt: skip
+    unlabeled: list[Path] | None = setting(
+        None, "custom", parse=parse_unlabeled, schema={"type": "array", "items": _PATH},
+        flag="--unlabeled", cli={"nargs": "+", "metavar": "PATH"},
+        help="unlabeled volumes for semi-supervised (mean teacher) training: image files, or folders of "
+        "them (a Decathlon folder: its imagesTr)",
+    )  # fmt: skip
+    unlabeled_weight: float = setting(
+        0.1, "number", minimum=0.0, flag="--unlabeled-weight", cli={"metavar": "W"},
+        help="weight of the mean-teacher consistency loss on the unlabeled volumes (ramped up over the "
+        "first 40 percent of the iterations)",
+    )  # fmt: skip
+    ema_decay: float = setting(
+        0.99, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, flag="--ema-decay",
+        help="with unlabeled volumes: decay of the teacher's exponential moving average of the trained weights",
+    )  # fmt: skip
+    keep_teacher: bool = setting(
+        False, "boolean", flag="--keep-teacher",
+        help="with unlabeled volumes: validate and save the teacher (the moving average) instead of the student",
     )  # fmt: skip
     checkpoint_every: int = setting(
         50, "integer", minimum=0, help="iterations between checkpoints (default 50; 0 = none)",
