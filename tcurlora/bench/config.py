@@ -35,6 +35,9 @@ class MethodSpec:
     alpha: float | None = None
     head_learning_rate: float | None = None
     train_modules: tuple[str, ...] = ()
+    # Semi-supervised (finetune --unlabeled): "test" = the test split's images, without their labels (the
+    # scans a user wants segmented are the unlabeled ones at hand: TCUR Fine-Tune's scene volumes).
+    unlabeled: str | None = None
 
     @property
     def label(self) -> str:
@@ -52,6 +55,8 @@ class MethodSpec:
             text += f"-lr{self.learning_rate:g}"
         if self.head_learning_rate is not None:
             text += f"-hlr{self.head_learning_rate:g}"
+        if self.unlabeled:
+            text += f"+unlabeled-{self.unlabeled}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,12 +159,15 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+UNLABELED_CHOICES = (None, "test")
+
+
 def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
     """Method entries -> MethodSpecs; list-valued rank/selection/conv_targets expand to all combinations."""
     if not isinstance(entries, list) or not entries:
         raise SettingError(where, "expected a non-empty list of method entries")
     allowed = {"method", "rank", "selection", "conv_targets", "learning_rate", "alpha", "head_learning_rate",
-               "train_modules"}
+               "train_modules", "unlabeled"}
     specs: list[MethodSpec] = []
     for index, entry in enumerate(entries):
         at = f"{where}[{index}]"
@@ -196,13 +204,16 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         expect(f"{at}.train_modules", modules, (list,), "a list of strings")
         if not all(isinstance(m, str) and m for m in modules):
             raise SettingError(f"{at}.train_modules", f"expected a list of non-empty strings, got {modules!r}")
+        unlabeled = entry.get("unlabeled")
+        if unlabeled not in UNLABELED_CHOICES:
+            raise SettingError(f"{at}.unlabeled", f"expected one of {UNLABELED_CHOICES}, got {unlabeled!r}")
         if method != "tcur":  # selection and conv targets only mean something for tCURLoRA
             selections, convs = selections[:1], [False]
         if method not in ("tcur", "lora"):
             ranks = ranks[:1]
         for rank, selection, conv in itertools.product(ranks, selections, convs):
             spec = MethodSpec(method, rank, selection, conv, rates["learning_rate"], rates["alpha"],
-                              rates["head_learning_rate"], tuple(modules))  # fmt: skip
+                              rates["head_learning_rate"], tuple(modules), unlabeled)  # fmt: skip
             if spec.label in {s.label for s in specs}:
                 raise SettingError(f"{at}.method", f"the setting {spec.label!r} appears twice")
             specs.append(spec)

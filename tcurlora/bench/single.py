@@ -33,7 +33,14 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
         "batch_size": settings["batch_size"], "patch_size": settings["patch_size"], "seed": run["seed"],
         "checkpoint_every": 0, "device": settings["device"], "amp": settings["amp"],
     }  # fmt: skip
+    if method.get("unlabeled") == "test":  # the test split's images only; their labels are never given
+        job["unlabeled"] = [path for c in run["test"] for path in _as_paths(c["image"])]
     return FinetuneJob.from_dict(job, output.parent)
+
+
+def _as_paths(image: str | list[str]) -> list[str]:
+    """A case's image: one path, or (multi-channel) the first channel's path."""
+    return [image] if isinstance(image, str) else [image[0]]
 
 
 def _timed_predictions(
