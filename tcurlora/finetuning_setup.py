@@ -101,6 +101,12 @@ def prepare_training(job, sink) -> TrainingSetup:
     base = load_base_model(job.base_model)
     for note in base.notes:
         sink.log("warning", f"base model: {note}")
+    if job.method == "scratch":  # the control group: the base's architecture, not its weights
+        from tcurlora.models.architectures import randomly_initialise, scratch_seed
+
+        randomly_initialise(base.model, base.spec, job.seed)
+        sink.log("info", f"scratch: {base.spec.arch} of {base.model_id} trained from random initialisation "
+                         f"(torch seed {scratch_seed(job.seed)}); the base's pretrained weights are not used")
     cases = resolve_cases(job)
     if not cases:
         raise InputError("the case list is empty: give at least one (image, label) pair")

@@ -35,7 +35,9 @@ from tcurlora.settings import dump_fields as _dump_fields
 JOB_SCHEMA = "tcurlora.job/1"
 EVENT_SCHEMA_NAME = "tcurlora.events/1"
 
-METHODS = ("tcur", "lora", "decoder", "full", "head")
+# "scratch" is the control group: the base's architecture, randomly initialised (seeded by the job's seed),
+# every weight trained as by "full"; what a method reaches above it is what the pretrained base contributes.
+METHODS = ("tcur", "lora", "decoder", "full", "head", "scratch")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
