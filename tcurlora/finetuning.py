@@ -302,6 +302,7 @@ class Trainer(LoopHooks):
             "val_cases": [c.id for c in setup.val_cases],
             "train_time_s": round(state.elapsed_s, 2),
             "device": setup.device_name,
+            "threads": setup.threads,
         }
         best = state.best_validation()
         if best is not None:

@@ -36,6 +36,7 @@ class TrainingSetup:
     spec: Any
     batches: Callable[..., Iterator[dict]]
     val_volumes: list[dict]
+    threads: int | None = None  # torch CPU threads of the run (device.resolve_threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -93,11 +94,13 @@ def prepare_training(job, sink) -> TrainingSetup:
     from tcurlora.data.loader import training_batches, validation_volumes
     from tcurlora.data.spacing import resolve_working_spacing
     from tcurlora.data.validate import validate_case
-    from tcurlora.device import describe_device, resolve_device
+    from tcurlora.device import describe_device, resolve_device, resolve_threads
     from tcurlora.models.registry import load_base_model
 
     seed_everything(job.seed)
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
+    threads, why = resolve_threads(getattr(job, "threads", "auto"), device)
+    notes = [f"torch CPU threads: {threads} ({why})"]  # logged after `started`, the first event
     base = load_base_model(job.base_model)
     for note in base.notes:
         sink.log("warning", f"base model: {note}")
@@ -105,8 +108,8 @@ def prepare_training(job, sink) -> TrainingSetup:
         from tcurlora.models.architectures import randomly_initialise, scratch_seed
 
         randomly_initialise(base.model, base.spec, job.seed)
-        sink.log("info", f"scratch: {base.spec.arch} of {base.model_id} trained from random initialisation "
-                         f"(torch seed {scratch_seed(job.seed)}); the base's pretrained weights are not used")
+        notes.append(f"scratch: {base.spec.arch} of {base.model_id} trained from random initialisation "
+                     f"(torch seed {scratch_seed(job.seed)}); the base's pretrained weights are not used")
     cases = resolve_cases(job)
     if not cases:
         raise InputError("the case list is empty: give at least one (image, label) pair")
@@ -141,6 +144,8 @@ def prepare_training(job, sink) -> TrainingSetup:
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
+    for note in notes:
+        sink.log("info", note)
     spacing = resolve_working_spacing(job.spacing, train_cases, base.spec.spacing, patch_size)
     spec = base.spec.at_spacing(spacing)
     sink.log("info", f"working spacing {list(spacing)} mm (base model: {list(base.spec.spacing)} mm)")
@@ -153,4 +158,4 @@ def prepare_training(job, sink) -> TrainingSetup:
     return TrainingSetup(base=base, adapted=adapted, device=device, device_name=describe_device(device),
                          train_cases=train_cases, val_cases=val_cases, label_names=label_names,
                          label_colors=colors, patch_size=patch_size, spec=spec, batches=batches,
-                         val_volumes=val_volumes)
+                         val_volumes=val_volumes, threads=threads)
