@@ -226,7 +226,7 @@ def test_config_validation_and_round_trip():
     assert AdapterConfig.from_dict(data) == AdapterConfig(**{**data})
     assert AdapterConfig(method="tcur").resolved_alpha == 1.0
     for bad, message in [
-        ({"method": "dora"}, "adapter config key 'method': must be one of tcur, lora, decoder, full, head; got 'dora'"),
+        ({"method": "dora"}, "adapter config key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'dora'"),
         ({"rank": 0}, "adapter config key 'rank': must be >= 1, got 0"),
         ({"rank": 2.5}, "adapter config key 'rank': expected an integer, got float 2.5"),
         ({"selection": "random"}, "adapter config key 'selection': must be one of topnorm"),

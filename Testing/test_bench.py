@@ -389,3 +389,53 @@ def test_findings_name_the_finetune_default_when_another_tcur_setting_is_best():
     assert DEFAULT_SETTING == "tcur-r8-topnorm+conv"
     assert lines[0] == "k=5: the default setting tcur-r8-topnorm+conv reaches 95.0% of full fine-tuning's mean Dice (0.570)."
     assert lines[1].startswith("k=5: best tCURLoRA (tcur-r16-topnorm, 16,010 trainable) reaches 100.0%")
+
+
+def test_report_says_what_the_base_contributes_over_scratch():
+    from tcurlora.bench.report import LOSS_TO_SCRATCH, to_markdown
+    from tcurlora.bench.summary import DEFAULT_SETTING, base_contribution
+
+    def run(label, method, dice, seed, k=5):
+        return {**_fake_run(label, method, 8, dice, 1_000, 1.0), "seed": seed, "k": k}
+
+    runs = [
+        run(DEFAULT_SETTING, "tcur", 0.70, 0), run("full", "full", 0.65, 0), run("scratch", "scratch", 0.60, 0),
+        run(DEFAULT_SETTING, "tcur", 0.50, 1), run("full", "full", 0.58, 1), run("scratch", "scratch", 0.55, 1),
+        run(DEFAULT_SETTING, "tcur", 0.40, 0, k=2), run("scratch", "scratch", 0.45, 0, k=2),
+    ]  # fmt: skip
+    report = {"config": {"methods": [{"label": DEFAULT_SETTING}, {"label": "full"}, {"label": "scratch"}]},
+              "quality": {"runs": runs, "label_names": ["A"]}}  # fmt: skip
+    rows = {(r["k"], r["seed"], r["label"]): r for r in base_contribution(report)}
+    assert rows[(5, 0, DEFAULT_SETTING)]["difference"] == pytest.approx(0.10)
+    assert rows[(5, 1, DEFAULT_SETTING)]["difference"] == pytest.approx(-0.05)
+    assert rows[(5, None, DEFAULT_SETTING)]["difference"] == pytest.approx(0.025)
+    assert rows[(5, None, "full")]["difference"] == pytest.approx(0.04)
+    assert rows[(2, None, DEFAULT_SETTING)]["difference"] == pytest.approx(-0.05)
+    assert not any(label == "scratch" for _, _, label in rows)
+
+    lines = _report_markdown(report, to_markdown).splitlines()
+    assert "## What the base contributes (each method's mean Dice minus scratch's)" in lines
+    assert f"| 5 | 0 | {DEFAULT_SETTING} | 0.700 | 0.600 | +0.100 | above scratch |" in lines
+    assert f"| 5 | 1 | {DEFAULT_SETTING} | 0.500 | 0.550 | -0.050 | {LOSS_TO_SCRATCH} |" in lines
+    assert "| 5 | mean | full | 0.615 | 0.575 | +0.040 |  |" in lines
+    assert f"- k=5: the default method {DEFAULT_SETTING} is above scratch by +0.025 mean Dice (over 2 seeds)." in lines
+    assert (f"- k=2: the default method {DEFAULT_SETTING} is not above scratch by -0.050 mean Dice (over 1 seed): "
+            f"{LOSS_TO_SCRATCH}.") in lines  # fmt: skip
+    assert LOSS_TO_SCRATCH == "**LOSS: the base does not beat scratch**"
+    # no scratch run, no section
+    report["quality"]["runs"] = [r for r in runs if r["method"]["method"] != "scratch"]
+    assert base_contribution(report) == []
+    assert "What the base contributes" not in _report_markdown(report, to_markdown)
+
+
+def _report_markdown(report: dict, to_markdown) -> str:
+    """report.md of a report.json-like structure (header fields filled in)."""
+    env = {"device": "cpu", "cpu": "x", "cpu_count": 2, "torch_threads": 1, "versions": {}, "python": "3",
+           "platform": "linux"}  # fmt: skip
+    quality = {**report["quality"], "base_model": {"reference": "b", "arch": "UNETR", "fingerprint": "f" * 64,
+                                                   "pretrained": True},
+               "settings": {"iterations": 1, "batch_size": 1, "patch_size": None}, "data": "d",
+               "test_case_ids": ["c"], "pool_size": 3}  # fmt: skip
+    config = {"k": [2, 5], "seeds": [0, 1], **report["config"]}
+    return to_markdown({"name": "t", "command": "tcurlora bench", "environment": env, "config": config,
+                        "quality": quality})  # fmt: skip

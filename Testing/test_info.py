@@ -56,7 +56,7 @@ def test_info_table_matches_apply_adapter(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["method"], r["rank"]) for r in rows] == [
         ("tcur", 4), ("tcur", 8), ("tcur", 16), ("lora", 4), ("lora", 8), ("lora", 16),
-        ("decoder", None), ("full", None), ("head", None),
+        ("decoder", None), ("full", None), ("head", None), ("scratch", None),
     ]  # fmt: skip
     from tcurlora.models.architectures import build_preset
 

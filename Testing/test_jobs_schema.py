@@ -147,7 +147,7 @@ BAD_FINETUNE = [
     ({"rank": "eight"}, "key 'rank': expected an integer, got str 'eight'"),
     ({"rank": True}, "key 'rank': expected an integer, got bool True"),
     ({"rank": 0}, "key 'rank': must be >= 1, got 0"),
-    ({"method": "qlora"}, "key 'method': must be one of tcur, lora, decoder, full, head; got 'qlora'"),
+    ({"method": "qlora"}, "key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'qlora'"),
     ({"selection": "best"}, "key 'selection': must be one of"),
     ({"device": "tpu"}, "key 'device': must be auto, cpu, cuda or cuda:N; got 'tpu'"),
     ({"amp": "yes"}, "key 'amp': expected true or false, got str 'yes'"),

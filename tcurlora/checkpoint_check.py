@@ -18,7 +18,7 @@ CHECKPOINT_FILE = "checkpoint.json"
 WEIGHTS_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 # Job keys that may differ between the run that wrote a checkpoint and the run resuming it.
-RUN_KEYS = frozenset({"iterations", "output", "force", "resume", "checkpoint_every"})
+RUN_KEYS = frozenset({"iterations", "output", "force", "resume", "checkpoint_every", "threads"})
 
 
 def resume_record(job: Any, base_fingerprint: str, label_names: list[str]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class TrainingSetup:
     val_volumes: list[dict]
     unlabeled_files: list[Path] = field(default_factory=list)  # semi-supervised (mean teacher) volumes
     unlabeled_batches: Callable[..., Any] | None = None  # their patch stream (a BatchStream), or None
+    threads: int | None = None  # torch CPU threads of the run (device.resolve_threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,14 +99,22 @@ def prepare_training(job, sink) -> TrainingSetup:
     from tcurlora.data.loader import training_batches, unlabeled_batches, unlabeled_files, validation_volumes
     from tcurlora.data.spacing import resolve_working_spacing
     from tcurlora.data.validate import validate_case
-    from tcurlora.device import describe_device, resolve_device
+    from tcurlora.device import describe_device, resolve_device, resolve_threads
     from tcurlora.models.registry import load_base_model
 
     seed_everything(job.seed)
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
+    threads, why = resolve_threads(getattr(job, "threads", "auto"), device)
+    notes = [f"torch CPU threads: {threads} ({why})"]  # logged after `started`, the first event
     base = load_base_model(job.base_model)
     for note in base.notes:
         sink.log("warning", f"base model: {note}")
+    if job.method == "scratch":  # the control group: the base's architecture, not its weights
+        from tcurlora.models.architectures import randomly_initialise, scratch_seed
+
+        randomly_initialise(base.model, base.spec, job.seed)
+        notes.append(f"scratch: {base.spec.arch} of {base.model_id} trained from random initialisation "
+                     f"(torch seed {scratch_seed(job.seed)}); the base's pretrained weights are not used")
     cases = resolve_cases(job)
     if not cases:
         raise InputError("the case list is empty: give at least one (image, label) pair")
@@ -141,6 +150,8 @@ def prepare_training(job, sink) -> TrainingSetup:
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
+    for note in notes:
+        sink.log("info", note)
     spacing = resolve_working_spacing(job.spacing, train_cases, base.spec.spacing, patch_size)
     spec = base.spec.at_spacing(spacing)
     sink.log("info", f"working spacing {list(spacing)} mm (base model: {list(base.spec.spacing)} mm)")
@@ -161,4 +172,4 @@ def prepare_training(job, sink) -> TrainingSetup:
                          train_cases=train_cases, val_cases=val_cases, label_names=label_names,
                          label_colors=colors, patch_size=patch_size, spec=spec, batches=batches,
                          val_volumes=val_volumes, unlabeled_files=unlabeled,
-                         unlabeled_batches=unlabeled_stream if unlabeled else None)
+                         unlabeled_batches=unlabeled_stream if unlabeled else None, threads=threads)

@@ -72,18 +72,20 @@ def adapter_spec(base_spec, config: dict):
 
 def run_segment(job, sink, token) -> dict[str, Any]:
     """Segment every input; returns {"outputs": {"segmentations": [...]}, "metrics": {...}}."""
-    from tcurlora.device import describe_device, resolve_device
+    from tcurlora.device import describe_device, resolve_device, resolve_threads
     from tcurlora.infer import segment_file
 
     outputs = plan_outputs(job)
     inputs = [item if isinstance(item, (list, tuple)) else [item] for item in job.inputs]
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
+    threads, why = resolve_threads(getattr(job, "threads", "auto"), device)  # logged after `started`
     model, spec, names, config = load_segmentation_model(job.base_model, job.adapter)
     label_names = {index: name for index, name in enumerate(names, start=1)}
     colors = (config or {}).get("label_colors") or []
     label_colors = {index: tuple(color) for index, color in enumerate(colors, start=1)}
     model.to(device)
     sink.started(command="segment", device=describe_device(device), total=len(inputs), parameters=None)
+    sink.log("info", f"torch CPU threads: {threads} ({why})")
     written, seconds = [], []
     for index, (channels, output) in enumerate(zip(inputs, outputs), start=1):
         token.raise_if_cancelled()

@@ -159,8 +159,9 @@ class AdaptedModel(nn.Module):
 
     def _adapter_tensors(self) -> dict[str, Tensor]:
         """Live tensors of the adapter state: trainable parameters and the buffers of their modules
-        (tCUR: dU with its row/column indices); "full": the whole state dict."""
-        if self.config.method == "full":
+        (tCUR: dU with its row/column indices); "full" and "scratch": the whole state dict (scratch: the
+        base's pretrained weights must play no part when it is loaded)."""
+        if self.config.method in ("full", "scratch"):
             return dict(self.state_dict(keep_vars=True))
         tensors: dict[str, Tensor] = {}
         for module_name, module in self.named_modules():
@@ -177,7 +178,7 @@ class AdaptedModel(nn.Module):
         return tensors
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
-        """What an adapter file holds: the trained core and head (full: all weights), as CPU copies."""
+        """What an adapter file holds: the trained core and head (full, scratch: all weights), as CPU copies."""
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self._adapter_tensors().items()}
 
     def load_adapter_state_dict(self, state: dict[str, Tensor]) -> None:

@@ -1,4 +1,5 @@
-"""Baselines that train plain weights: decoder-only, full fine-tuning and head-only."""
+"""Baselines that train plain weights: decoder-only, full fine-tuning, head-only and scratch (every weight,
+from a random initialisation the caller puts in place: tcurlora.adapters.scratch)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ def decoder_parameter_names(model: nn.Module, config: AdapterConfig) -> list[str
 
 
 def set_baseline_trainable(model: nn.Module, config: AdapterConfig) -> None:
-    """Unfreeze what the baseline trains: "decoder" (decoder modules), "full" (all), "head" (none here:
-    the head is unfrozen by the caller)."""
-    if config.method == "full":
+    """Unfreeze what the baseline trains: "decoder" (decoder modules), "full" and "scratch" (all), "head"
+    (none here: the head is unfrozen by the caller)."""
+    if config.method in ("full", "scratch"):
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     elif config.method == "decoder":

@@ -56,13 +56,16 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
     record.update(config.to_dict())
     record["targets"] = _target_names(adapted)
     record["parameter_counts"] = adapted.parameter_counts().to_dict()
+    # How the trained weights started: "random" for scratch (reports say "trained from random
+    # initialisation"; every weight is in the adapter), else the base's pretrained weights.
+    record["initialisation"] = "random" if config.method == "scratch" else "base"
     if config.method in ("tcur", "lora"):
         from tcurlora.adapters.rank_check import effective_ranks
 
         record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
     record["versions"] = library_versions()
     for key, value in (extra or {}).items():
-        if key in ("format", "method", "base_fingerprint", SHA256_KEY):
+        if key in ("format", "method", "base_fingerprint", "initialisation", SHA256_KEY):
             raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
         record[key] = value
     return record

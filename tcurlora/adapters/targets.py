@@ -27,9 +27,9 @@ def methods_for(model: nn.Module, config: AdapterConfig) -> list[str]:
     """The methods that can adapt `model`, as a user reads them."""
     arch = type(model).__name__
     if has_linear_targets(model, config):
-        return ["tcur", "lora", "decoder", "head", "full"]
+        return ["tcur", "lora", "decoder", "head", "full", "scratch"]
     methods = ["tcur (Conv3d kernels)", "lora (Conv3d kernels)"]
-    return methods + (["decoder"] if arch in CNN_DECODERS else []) + ["head", "full"]
+    return methods + (["decoder"] if arch in CNN_DECODERS else []) + ["head", "full", "scratch"]
 
 
 def configure_targets(config: AdapterConfig, model: nn.Module, conv: bool | None) -> AdapterConfig:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcurlora.bench.summary import cost_rows, findings, quality_rows
+from tcurlora.bench.summary import base_contribution, cost_rows, default_label, findings, quality_rows
 from tcurlora.errors import InputError
 from tcurlora.fsutil import atomic_write_text
 
@@ -121,6 +121,44 @@ def quality_table(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+LOSS_TO_SCRATCH = "**LOSS: the base does not beat scratch**"
+
+
+def contribution_table(report: dict[str, Any]) -> list[str]:
+    """'What the base contributes': each method's mean Dice minus scratch's (the base's architecture
+    trained from random initialisation), per (k, seed) and as means over seeds; the default method (the
+    config's first) not above scratch is a LOSS, in bold. Empty without a scratch run."""
+    rows = base_contribution(report)
+    if not rows:
+        return []
+    default = default_label(report)
+    lines = [
+        "## What the base contributes (each method's mean Dice minus scratch's)", "",
+        "`scratch` is the base's architecture trained from random initialisation (seeded by the run's seed), "
+        "every weight trained: a difference above 0 is what the pretrained weights add.", "",
+        "| k | seed | method | mean Dice | scratch mean Dice | difference | verdict |",
+        "|---:|---:|---|---:|---:|---:|---|",
+    ]  # fmt: skip
+    verdicts = []
+    for row in rows:
+        seed = "mean" if row["seed"] is None else str(row["seed"])
+        verdict = ""
+        if row["label"] == default:
+            verdict = "above scratch" if row["difference"] > 0 else LOSS_TO_SCRATCH
+            if row["seed"] is None:
+                verdicts.append(
+                    f"- k={row['k']}: the default method {default} "
+                    f"{'is above' if row['difference'] > 0 else 'is not above'} scratch by "
+                    f"{row['difference']:+.3f} mean Dice (over {row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
+                    + ("." if row["difference"] > 0 else f": {LOSS_TO_SCRATCH}.")
+                )
+        lines.append(
+            f"| {row['k']} | {seed} | {row['label']} | {_num(row['mean_dice'])} | {_num(row['scratch_dice'])} | "
+            f"{row['difference']:+.3f} | {verdict} |"
+        )
+    return lines + [""] + verdicts + ([""] if verdicts else [])
+
+
 def cost_table(cost: list[dict[str, Any]]) -> list[str]:
     rows = cost_rows(cost)
     first = next((r for r in rows if r.get("img_size")), None)
@@ -169,6 +207,7 @@ def to_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
     lines = header_lines(report)
     if report.get("quality"):
         lines += ["## Quality on the fixed test split", ""] + quality_table(report["quality"])
+        lines += contribution_table(report)
     if report.get("cost"):
         lines += ["## Cost on synthetic batches", ""] + cost_table(report["cost"])
     statements = findings(report)

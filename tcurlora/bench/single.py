@@ -32,6 +32,9 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
         "spacing": settings.get("spacing"),
         "batch_size": settings["batch_size"], "patch_size": settings["patch_size"], "seed": run["seed"],
         "checkpoint_every": 0, "device": settings["device"], "amp": settings["amp"],
+        # the worker already set the config's threads (or kept torch's default): not chosen by load here,
+        # so the runs of a benchmark are timed with the same thread count
+        "threads": torch.get_num_threads(),
     }  # fmt: skip
     if method.get("unlabeled") == "test":  # the test split's images only; their labels are never given
         job["unlabeled"] = [path for c in run["test"] for path in _as_paths(c["image"])]

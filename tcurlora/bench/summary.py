@@ -192,6 +192,44 @@ def _cost_findings(rows: list[dict[str, Any]], where: str) -> list[str]:
     return lines
 
 
+def default_label(report: dict[str, Any]) -> str | None:
+    """The benchmark's default method: the first method entry of its config (else of its runs)."""
+    methods = (report.get("config") or {}).get("methods") or []
+    if methods:
+        return methods[0]["label"]
+    runs = report.get("quality", {}).get("runs", [])
+    return runs[0]["method"]["label"] if runs else None
+
+
+def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the pretrained base contributes, where a `scratch` run (the base's architecture trained from
+    random initialisation) is present: one row per (k, seed, method label) with the method's mean Dice,
+    scratch's, and the difference, then one row per (k, method label) with seed None: the means over
+    the seeds both have. Empty without a scratch run."""
+    quality = report.get("quality") or {}
+    ok = [r for r in quality.get("runs", []) if r.get("status") == "ok"]
+    scratch = {(r["k"], r["seed"]): run_mean_dice(r) for r in ok if r["method"]["method"] == "scratch"}
+    if not scratch:
+        return []
+    rows: list[dict[str, Any]] = []
+    for run in ok:
+        key = (run["k"], run["seed"])
+        if run["method"]["method"] == "scratch" or key not in scratch:
+            continue
+        dice = run_mean_dice(run)
+        rows.append({"k": run["k"], "seed": run["seed"], "label": run["method"]["label"], "mean_dice": dice,
+                     "scratch_dice": scratch[key], "difference": dice - scratch[key]})  # fmt: skip
+    means = []
+    for k in sorted({r["k"] for r in rows}):
+        for label in dict.fromkeys(r["label"] for r in rows if r["k"] == k):
+            group = [r for r in rows if r["k"] == k and r["label"] == label]
+            means.append({"k": k, "seed": None, "label": label, "seeds": len(group),
+                          "mean_dice": _mean([r["mean_dice"] for r in group]),
+                          "scratch_dice": _mean([r["scratch_dice"] for r in group]),
+                          "difference": _mean([r["difference"] for r in group])})  # fmt: skip
+    return rows + means
+
+
 def findings(report: dict[str, Any]) -> list[str]:
     """Plain statements of where tCURLoRA wins and loses, computed from the numbers."""
     lines = []

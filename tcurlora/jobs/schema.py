@@ -35,7 +35,9 @@ from tcurlora.settings import dump_fields as _dump_fields
 JOB_SCHEMA = "tcurlora.job/1"
 EVENT_SCHEMA_NAME = "tcurlora.events/1"
 
-METHODS = ("tcur", "lora", "decoder", "full", "head")
+# "scratch" is the control group: the base's architecture, randomly initialised (seeded by the job's seed),
+# every weight trained as by "full"; what a method reaches above it is what the pretrained base contributes.
+METHODS = ("tcur", "lora", "decoder", "full", "head", "scratch")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
@@ -216,6 +218,26 @@ def _triple(text: str, cast: type, what: str, kind: str) -> list:
     return values
 
 
+def parse_threads(key: str, value: Any, base_dir: Path | None) -> int | str:
+    expect(key, value, (int, str), 'a positive integer or "auto"')
+    if value != "auto" and not (isinstance(value, int) and value >= 1):
+        raise SettingError(key, f'expected a positive integer or "auto", got {value!r}')
+    return value
+
+
+def threads_arg(text: str) -> int | str:
+    """ "auto" or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer or "auto", got {text!r}')
+    return value
+
+
 def patch_size_arg(text: str) -> list[int]:
     """ "96" -> [96, 96, 96]; "96,96,64" or "96x96x64" -> [96, 96, 64]."""
     return _triple(text, int, "patch size", "integer")
@@ -270,6 +292,12 @@ CASE_SCHEMA = {
 }
 _RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+_THREADS = {
+    "kind": "custom", "parse": parse_threads, "flag": "--threads", "cli": {"type": threads_arg, "metavar": "N"},
+    "schema": {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]},
+    "help": "torch CPU threads, or 'auto' (default): on the CPU the cores not kept busy by other work "
+    "(1-minute load average), at least 1; CUDA runs keep torch's default",
+}  # fmt: skip
 _BASE_HELP = "built-in base model name, model folder or MONAI bundle folder"
 
 
@@ -440,6 +468,7 @@ class FinetuneJob:
         "auto", "device", help=_DEVICE_HELP, flag="--device", override=True, slicer=True
     )
     amp: bool = setting(True, "boolean", help="no mixed precision on CUDA", flag="--no-amp", slicer=True)
+    threads: int | str = setting("auto", override=True, **_THREADS)
     force: bool = setting(False, "boolean", help="replace an existing adapter folder", flag="--force", override=True)
     resume: bool = setting(
         False, "boolean", help="continue from the last checkpoint", flag="--resume", override=True
@@ -517,6 +546,7 @@ class SegmentJob:
         help="keep only the largest connected component of each class",
     )  # fmt: skip
     device: str = setting("auto", "device", help=_DEVICE_HELP, flag="--device")
+    threads: int | str = setting("auto", **_THREADS)
     force: bool = setting(False, "boolean", help="overwrite existing outputs", flag="--force")
     job_file: Path | None = field(default=None, compare=False, repr=False)
 

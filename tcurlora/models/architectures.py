@@ -74,3 +74,27 @@ def build_preset(name: str, seed: int = 0) -> tuple[nn.Module, ModelSpec]:
         torch.manual_seed(seed)
         model = build_network(spec)
     return model, spec
+
+
+# "scratch" (the control group) draws its random initialisation from the job's seed plus this offset, so
+# that it never equals a preset base built with the same small seed (presets are built with seed 0).
+SCRATCH_SEED_OFFSET = 0x5C7A7C
+
+
+def scratch_seed(seed: int) -> int:
+    """The torch seed of a scratch run's initial weights (job seed + SCRATCH_SEED_OFFSET, within 63 bits)."""
+    return (int(seed) + SCRATCH_SEED_OFFSET) % 2**63
+
+
+def randomly_initialise(model: nn.Module, spec: ModelSpec, seed: int) -> None:
+    """Overwrite `model`'s weights (in place) with a fresh seeded `build_network(spec)`'s: the base's
+    architecture without its pretrained weights ("scratch"). The global RNG streams are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(scratch_seed(seed))
+        fresh = build_network(spec)
+    try:
+        model.load_state_dict(fresh.state_dict(), strict=True)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"scratch: {spec.arch} rebuilt from the base's spec does not match the base network ({error})"
+        ) from error
