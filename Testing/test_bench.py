@@ -79,7 +79,7 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         assert acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
         assert acceptance.iterations == 500 and acceptance.spacing == "auto"
         assert [m.label for m in acceptance.methods] == [
-            "tcur-r8-topnorm+conv+encoder1,decoder2", "decoder", "full", "lora-r8", "head"]
+            "tcur-r8-topnorm+conv", "decoder", "full", "lora-r8", "head"]
 
 
 def test_a_learning_rate_entry_is_its_own_setting(tmp_path):

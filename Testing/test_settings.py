@@ -136,7 +136,7 @@ def recipe(tmp_path: Path, **changes) -> Path:
         ({"foreground_fraction": 1.5}, "key 'foreground_fraction': must be in [0.0, 1.0], got 1.5"),
         ({"patch_size": [48, 48]}, "key 'patch_size': expected a list of 3 positive integers"),
         ({"spacing": ["1.5", 1, 1]}, "key 'spacing': expected a list of 3 positive numbers"),
-        ({"arch": "VNet"}, "key 'arch': must be one of UNETR, SwinUNETR; got 'VNet'"),
+        ({"arch": "VNet"}, "key 'arch': must be one of UNETR, SwinUNETR, SegResNet; got 'VNet'"),
         ({"precision": "fp16"}, "key 'precision': must be one of fp32, bf16, auto; got 'fp16'"),
         ({"checkpoint_every": 0}, "key 'checkpoint_every': must be >= 1, got 0"),
         ({"iteration": 5}, "key 'iteration': unknown key"),
@@ -169,9 +169,10 @@ def test_a_recipe_round_trips_through_to_dict(tmp_path):
 def test_the_builtin_model_spec_round_trips_and_bad_specs_name_the_key():
     from tcurlora.models.spec import IntensitySpec, ModelSpec
 
-    record = json.loads((REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / "model.json").read_text())
+    record = json.loads((REPO / "Resources" / "Models" / "segresnet-mri" / "model.json").read_text())
     spec = ModelSpec.from_dict(record["spec"])
-    assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (48, 48, 48) and spec.labels[1] == "RightVentricle"
+    assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (64, 64, 64) and spec.labels[1] == "RightVentricle"
+    assert spec.arch == "SegResNet" and spec.head_module == "conv_final.2.conv"
     assert isinstance(spec.intensity, IntensitySpec) and ModelSpec.from_dict(spec.to_dict()) == spec
     assert ModelSpec("x").intensity is not ModelSpec("y").intensity  # a fresh default per spec
     for change, message in [
