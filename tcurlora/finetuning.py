@@ -37,7 +37,7 @@ from tcurlora.mean_teacher import (
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 from tcurlora.train_loop import Batch, LoopHooks, run_loop
-from tcurlora.train_step import OptimStep, autocast_context, cpu_supports_bf16, grad_scaler
+from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
 
 BEST_WEIGHTS_FILE = "best_adapter.safetensors"
 TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # the mean teacher's EMA tensors (semi-supervised)
@@ -220,8 +220,7 @@ class Trainer(LoopHooks):
         self.optimizer = build_optimizer(self.adapted, self.learning_rates, job.method)
         self.forward = distributed.wrap(self.adapted, self.device)  # torchrun: DDP (tcurlora.distributed)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        # bf16 autocast on CUDA and on CPUs with native bf16 (about half the step time there; issue 24)
-        self.amp = bool(job.amp) and (self.device.type == "cuda" or cpu_supports_bf16())
+        self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device, self.amp)
         self.optim_step = OptimStep(self.forward, self.optimizer, self.scaler, amp=self.amp,
                                     clip=job.grad_clip)  # schedule: step()

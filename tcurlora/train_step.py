@@ -21,7 +21,7 @@ def cpu_supports_bf16() -> bool:
 
 def autocast_context(device: torch.device, enabled: bool):
     """bf16 autocast when asked for: on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16
-    (`cpu_supports_bf16`); a no-op elsewhere. Callers decide when to ask (fine-tuning asks unless the job says amp false)."""
+    (`cpu_supports_bf16`); a no-op elsewhere. Callers decide when to ask (fine-tuning asks only on CUDA)."""
     if not enabled or device.type not in ("cuda", "cpu"):
         return torch.autocast(device_type="cpu", enabled=False)
     if device.type == "cpu":

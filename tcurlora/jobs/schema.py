@@ -467,7 +467,7 @@ class FinetuneJob:
     device: str = setting(
         "auto", "device", help=_DEVICE_HELP, flag="--device", override=True, slicer=True
     )
-    amp: bool = setting(True, "boolean", help="no mixed precision (bf16 autocast on CUDA and on CPUs with native bf16)", flag="--no-amp", slicer=True)
+    amp: bool = setting(True, "boolean", help="no mixed precision on CUDA", flag="--no-amp", slicer=True)
     threads: int | str = setting("auto", override=True, **_THREADS)
     force: bool = setting(False, "boolean", help="replace an existing adapter folder", flag="--force", override=True)
     resume: bool = setting(
