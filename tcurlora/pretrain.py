@@ -728,18 +728,23 @@ def render_card(spec: ModelSpec, card: dict[str, Any], fingerprint: str) -> str:
         "## Labels", *[f"- {k}: {v}" for k, v in spec.labels.items()], "",
         "## Training data",
     ]  # fmt: skip
+    recipe = card["recipe"]
+    objectives = {s.get("name"): s.get("objective", "segment") for s in recipe.get("sources", [])}
     for source in card["training_data"]:
+        how = ("self-supervised: its own intensity classes, no label read"
+               if objectives.get(source["name"]) == "tissue" else "supervised: its expert labels")
         lines.append(
-            f"- **{source['name']}** (`{source['folder']}`), channels {source['channels']}: "
-            f"{len(source['train_volumes'])} training volumes, held out {', '.join(source['val_volumes'])}. "
+            f"- **{source['name']}** (`{source['folder']}`, {how}), channels {source['channels']}: "
+            f"{len(source['train_volumes'])} training volumes, held out {', '.join(source['val_volumes']) or 'none'}. "
             f"Licence: {source['licence']}. Reference: {source['reference']}."
         )
-    recipe = card["recipe"]
+    contrast = (", every patch under a random MRI contrast (grey-level curve, bias field, blur/sharpen, noise)"
+                if recipe.get("intensity_randomisation") else "")
     lines += [
         "", "## Recipe", f"Label design: {card['label_design']}.",
         f"AdamW lr {recipe['learning_rate']} (warm-up {recipe['warmup']}, cosine), weight decay "
         f"{recipe['weight_decay']}, batch {recipe['batch_size']}, {recipe['foreground_fraction']:.0%} of patches "
-        f"centred on a labeled voxel, random flips on all axes, intensity scale/shift; seed {recipe['seed']}.",
+        f"centred on a labeled voxel, random flips on all axes, intensity scale/shift{contrast}; seed {recipe['seed']}.",
         f"Iterations: {card['iterations']} on {card['device']} ({recipe['threads']} threads), "
         f"wall time {card['wall_time_s'] / 60:.1f} min. Versions: {card['versions']}.",
         *card.get("notes", []),
