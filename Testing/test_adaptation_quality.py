@@ -70,7 +70,7 @@ def hippocampus_cases(hippocampus_dir):
     return cases_from_decathlon(hippocampus_dir)[:8]
 
 
-ITERATIONS = 150
+ITERATIONS = 300
 
 
 def mean_dice_and_chance(predictions: list[np.ndarray], cases) -> tuple[float, float]:
