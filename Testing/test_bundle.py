@@ -15,7 +15,7 @@ from tcurlora.models.bundle import export_bundle, load_bundle
 from tcurlora.models.download import download_bundle, resolve_release
 from tcurlora.models.registry import list_builtin_models, load_base_model
 
-BUILTIN = "segresnet-mri"
+BUILTIN = "unetr-small-acdc-brats"
 
 
 @pytest.fixture(scope="module")

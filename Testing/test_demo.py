@@ -32,13 +32,12 @@ def demo_run(tmp_path_factory):
 
 def test_demo_adaptation_raises_dice(demo_run):
     output, summary = demo_run
-    assert summary["base_model"] == "segresnet-mri" and summary["synthetic"] is True
+    assert summary["base_model"] == "unetr-small-acdc-brats" and summary["synthetic"] is True
     assert summary["label_names"] == list(LABEL_NAMES)
     assert summary["mean_dice_after"] > summary["mean_dice_before"] + 0.2, summary
     assert summary["dice_after"]["organ"] > 0.5, summary
     counts = summary["parameter_counts"]
-    # tcur on every Conv3d kernel of the small SegResNet base plus its full-resolution blocks: about 4%
-    assert 0 < counts["trainable"] < 0.05 * counts["total"]
+    assert 0 < counts["trainable"] < 0.01 * counts["total"]
 
 
 def test_demo_writes_adapter_segmentations_and_figure(demo_run):

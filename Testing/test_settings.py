@@ -169,10 +169,9 @@ def test_a_recipe_round_trips_through_to_dict(tmp_path):
 def test_the_builtin_model_spec_round_trips_and_bad_specs_name_the_key():
     from tcurlora.models.spec import IntensitySpec, ModelSpec
 
-    record = json.loads((REPO / "Resources" / "Models" / "segresnet-mri" / "model.json").read_text())
+    record = json.loads((REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / "model.json").read_text())
     spec = ModelSpec.from_dict(record["spec"])
-    assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (64, 64, 64) and spec.labels[1] == "RightVentricle"
-    assert spec.arch == "SegResNet" and spec.head_module == "conv_final.2.conv"
+    assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (48, 48, 48) and spec.labels[1] == "RightVentricle"
     assert isinstance(spec.intensity, IntensitySpec) and ModelSpec.from_dict(spec.to_dict()) == spec
     assert ModelSpec("x").intensity is not ModelSpec("y").intensity  # a fresh default per spec
     for change, message in [

@@ -111,7 +111,7 @@ def test_clipping_bounds_the_update_to_the_clipped_gradient():
 
 
 def finetune_job(tmp_path, **overrides) -> dict:
-    return {"command": "finetune", "base_model": "segresnet-mri", "output": str(tmp_path / "out"),
+    return {"command": "finetune", "base_model": "unetr-small-acdc-brats", "output": str(tmp_path / "out"),
             "cases": [{"id": "c1", "image": "i.nrrd", "label": "l.nrrd"}], **overrides}  # fmt: skip
 
 

@@ -68,6 +68,18 @@ def resume_copy(job: dict, checkpoint: Path, tmp_path: Path, name: str, **change
     return write_job(tmp_path / f"{name}.json", {**job, "output": str(output), **changes}), output
 
 
+def straight_and_resumed(job: dict, saved, tmp_path, capsys):
+    """The same job run uninterrupted, and resumed from the checkpoint `saved`: both output folders and
+    the resumed run's events."""
+    straight = tmp_path / "straight"
+    code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))
+    assert code == 0, events[-1]
+    job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
+    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
+    assert code == 0, events[-1]
+    return straight, resumed, events
+
+
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     tmp_path, capsys, hippocampus_dir, checkpoint
 ):
@@ -101,12 +113,7 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
     assert (saved / "best_adapter.safetensors").is_file()
     state = torch.load(str(saved / "optimizer.pt"), weights_only=True)
     assert {"optimizer", "scaler", "torch_rng"} <= set(state) and state["torch_rng"].dtype == torch.uint8
-    straight = tmp_path / "straight"
-    code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))
-    assert code == 0, events[-1]
-    job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
-    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
-    assert code == 0, events[-1]
+    straight, resumed, events = straight_and_resumed(job, saved, tmp_path, capsys)
     a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first, second = (json.loads((p / "adapter_config.json").read_text())["metrics"] for p in (straight, resumed))
@@ -128,12 +135,7 @@ def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_d
     assert (saved / "teacher.safetensors").is_file()
     meta = json.loads((saved / "checkpoint.json").read_text())
     assert len(meta["consistency"]) == 2 and meta["unlabeled_sampler"]["sampler"]["bit_generator"] == "PCG64"
-    straight = tmp_path / "straight"
-    code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))
-    assert code == 0, events[-1]
-    job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
-    code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
-    assert code == 0, events[-1]
+    straight, resumed, events = straight_and_resumed(job, saved, tmp_path, capsys)
     assert [e["iteration"] for e in events if e["event"] == "progress"] == [3, 4]
     assert losses(resumed) == losses(straight)
     logs = [(p / "training_log.jsonl").read_text() for p in (straight, resumed)]

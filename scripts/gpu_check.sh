@@ -28,7 +28,7 @@ Options:
   --data DIR              folder holding hippocampus/, acdc/, brats2013/ (default: $TCURLORA_DATA,
                           else ../shared/data next to the repository)
   --python PY             python with torch and peft (default: python3)
-  --base-model REF        base model of the fine-tuning steps (default: segresnet-mri)
+  --base-model REF        base model of the fine-tuning steps (default: unetr-small-acdc-brats)
   --iterations N          fine-tuning iterations per method (default 10)
   --pretrain-minutes N    minutes of pretraining (default 2)
   --oom-fraction F        share of GPU memory allowed in the oom step (default 0.02)
@@ -58,7 +58,7 @@ WHEELS="${TCURLORA_WHEELS:-}"
 OUT_DIR="${OUT:-}"
 DATA="${TCURLORA_DATA:-$ROOT/../shared/data}"
 PY="python3"
-BASE="segresnet-mri"
+BASE="unetr-small-acdc-brats"
 ITERATIONS=10
 PRETRAIN_MINUTES=2
 OOM_FRACTION=0.02

@@ -91,7 +91,7 @@ def measure(args: argparse.Namespace, nproc: int, work: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "hippocampus")
-    parser.add_argument("--base-model", default="segresnet-mri")
+    parser.add_argument("--base-model", default="unetr-small-acdc-brats")
     parser.add_argument("--labels", nargs="+", default=["Anterior", "Posterior"])
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2, help="the effective batch (split over the processes)")

@@ -21,7 +21,7 @@ from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
 from tcurlora.fsutil import atomic_file, atomic_write_json
 
-DEFAULT_BASE = "segresnet-mri"
+DEFAULT_BASE = "unetr-small-acdc-brats"
 
 
 @dataclass
@@ -44,9 +44,8 @@ class DemoOptions:
 
     @classmethod
     def quick(cls, output: Path, **overrides: Any) -> DemoOptions:
-        """The CI size: 2 training cases, 1 held-out case, 60 iterations (the SegResNet base's step-0 head
-        leaves the all-background solution after about 35 steps on 2 cases; 40 were too few)."""
-        values: dict[str, Any] = {"num_train": 2, "num_test": 1, "iterations": 60}
+        """The CI size: 2 training cases, 1 held-out case, 40 iterations."""
+        values: dict[str, Any] = {"num_train": 2, "num_test": 1, "iterations": 40}
         values.update(overrides)
         return cls(output=output, **values)
 
@@ -83,7 +82,7 @@ def class_dice(prediction: np.ndarray, reference: np.ndarray, names: list[str]) 
 def unadapted_predictions(options: DemoOptions, names: list[str], test: list) -> list[np.ndarray]:
     """Held-out predictions of the model the adaptation starts from (base + new seeded head, step 0)."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.targets import configure_targets
+    from tcurlora.adapters.config import CONV_TARGETS
     from tcurlora.finetuning_setup import seed_everything
     from tcurlora.infer import predict_volume
     from tcurlora.models.registry import load_base_model
@@ -95,8 +94,8 @@ def unadapted_predictions(options: DemoOptions, names: list[str], test: list) ->
         new_head=True, base_model_id=base.model_id, base_fingerprint=base.fingerprint,
         head_module=base.spec.head_module,
     )  # fmt: skip
-    # as run_finetune does: transformer layers (+ Conv3d kernels when asked), a CNN's Conv3d kernels
-    configure_targets(config, base.model, options.conv_targets)
+    if options.conv_targets:
+        config.conv_target_modules = list(CONV_TARGETS)
     model = apply_adapter(copy.deepcopy(base.model), config).merge_and_unload()
     return [predict_volume(model, case.images, base.spec, device=options.device)[0] for case in test]
 

@@ -69,7 +69,7 @@ def test_bundle_and_model_folder_ids_agree_with_the_backend(tiny_base, tmp_path:
 
 def test_builtin_and_errors(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
-    assert resolve_base_model("segresnet-mri") == "segresnet-mri"
+    assert resolve_base_model("unetr-small-acdc-brats") == "unetr-small-acdc-brats"
     with pytest.raises(InputError, match="does not name its base model"):
         resolve_base_model(None)
     with pytest.raises(InputError, match=str(tmp_path / "home" / "models")):

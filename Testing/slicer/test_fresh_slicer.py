@@ -138,7 +138,7 @@ def test_setup_code_runs_on_a_fresh_slicer(fresh_slicer: dict) -> None:
     setup = fresh_slicer["setup"]
     assert isinstance(setup, dict), setup
     assert setup["unsupported"] is None  # this interpreter is >= 3.10
-    assert setup["base_model"] == "segresnet-mri", "the built-in model must be the default"
+    assert setup["base_model"] == "unetr-small-acdc-brats", "the built-in model must be the default"
     assert setup["adapters"] == -1 and setup["classes"] == "Classes: none" and setup["log_lines"] > 100
 
 

@@ -26,7 +26,7 @@ from TCURLoRACommon.models import base_model_choices, choose_base_model, resolve
 from TCURLoRACommon.runs import event_text
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILTIN = "segresnet-mri"
+BUILTIN = "unetr-small-acdc-brats"
 
 
 def parameter_node_fields(script: Path) -> dict[str, ast.expr | None]:

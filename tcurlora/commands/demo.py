@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--base-model", help="base model (default: the built-in base)")
     p.add_argument("--num-train", type=int, help="training cases (default 4; --quick 2)")
     p.add_argument("--num-test", type=int, help="held-out cases (default 2; --quick 1)")
-    p.add_argument("--iterations", type=int, help="training iterations (default 60, also with --quick)")
+    p.add_argument("--iterations", type=int, help="training iterations (default 60; --quick 30)")
     p.add_argument("--rank", type=int, default=8, help="tCURLoRA rank (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
