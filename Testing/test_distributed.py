@@ -60,8 +60,13 @@ def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     assert np.allclose(losses[0], losses[1], rtol=1e-5), losses
     a, b = load_file(str(tmp_path / "one" / "adapter.safetensors")), load_file(str(tmp_path / "two" / "adapter.safetensors"))
     assert sorted(a) == sorted(b) and a
+    # AdamW's first steps move a weight by about lr * sign(gradient): on near-zero gradients the rounding of
+    # DDP's average (two half batches vs one batch) can move it by a fraction of that step. On this machine
+    # (2026-12-06) that reached 8e-4 after 3 steps at lr 1e-2, also on the last commit whose CI passed; a
+    # wrong gradient average moves whole tensors by whole steps and the losses above.
     for key in a:
-        assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-4), (key, np.abs(a[key] - b[key]).max())
+        difference = np.abs(a[key] - b[key])
+        assert difference.max() <= 1e-2 and difference.mean() <= 1e-3, (key, difference.max(), difference.mean())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.json", "two", "two.json"]
 
 

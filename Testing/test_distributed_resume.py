@@ -78,7 +78,9 @@ def test_resume_with_another_number_of_processes(
     a, b = load_file(str(output / "adapter.safetensors")), load_file(str(straight / "adapter.safetensors"))
     assert sorted(a) == sorted(b) and a
     # AdamW magnifies the rounding of DDP's gradient average on near-zero gradients: an uninterrupted
-    # 2-process run of this job differs from the 1-process one by up to 2.4e-4 after 6 steps (measured);
-    # a wrong resume (another batch stream, other weights) already fails the loss check above
+    # 2-process run of this job differs from the 1-process one by up to 2.4e-4 after 6 steps (measured then),
+    # 1.9e-3 to 4.7e-3 (one learning-rate step is 1e-2) on this machine on 2026-12-06, also on the last commit whose CI passed; a wrong resume (another
+    # batch stream, other weights) already fails the loss check above and moves whole tensors
     for key in a:
-        assert np.allclose(a[key], b[key], rtol=1e-3, atol=1e-3), (key, np.abs(a[key] - b[key]).max())
+        difference = np.abs(a[key] - b[key])
+        assert difference.max() <= 1e-2 and difference.mean() <= 1e-3, (key, difference.max(), difference.mean())
