@@ -20,22 +20,30 @@ def plan_outputs(job) -> list[Path]:
     """The job's output paths (SegmentJob.output_paths, the names the schema promises), each checked
     before anything runs: free, or (with force) a segmentation tcurlora wrote; writable; every input
     readable and without NaN / infinite voxels."""
-    from tcurlora.data.io import check_labelmap_output, count_nonfinite, read_image
+    from tcurlora.data.io import check_labelmap_output
 
     outputs = list(job.output_paths())
     if not outputs:
         raise InputError("no input volumes to segment")
     if len(set(outputs)) != len(outputs):
         raise InputError("two inputs would write the same output file; give explicit outputs")
-    for channels in job.inputs:
+    check_input_volumes(job.inputs)
+    for path in outputs:
+        check_labelmap_output(path, job.force)
+    return outputs
+
+
+def check_input_volumes(inputs) -> None:
+    """InputError naming the file when an input volume is missing, unreadable or has NaN / infinite
+    voxels: found before any model is loaded."""
+    from tcurlora.data.io import count_nonfinite, read_image
+
+    for channels in inputs:
         for path in channels if isinstance(channels, (list, tuple)) else [channels]:
             read_image(path)  # InputError naming the file when missing or unreadable
             count = count_nonfinite(path)
             if count:
                 raise InputError(f"image has {count} NaN or infinite voxels", path)
-    for path in outputs:
-        check_labelmap_output(path, job.force)
-    return outputs
 
 
 def load_segmentation_model(base_model: str, adapter: str | None):

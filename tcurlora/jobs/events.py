@@ -196,6 +196,15 @@ def describe_progress(event: dict[str, Any], bar_width: int = 0) -> str:
     return "  ".join(parts)
 
 
+def _describe_output(value: Any) -> str:
+    """A done event's output for people: paths joined; a list of records (a ranking) by its length."""
+    if isinstance(value, list):
+        if any(isinstance(item, dict) for item in value):
+            return f"{len(value)} entries"
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """One human line for any event except progress."""
     kind = event["event"]
@@ -213,9 +222,7 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "log":
         return f"warning: {event['message']}" if event["level"] == "warning" else event["message"]
     if kind == "done":
-        outputs = "; ".join(
-            f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in event["outputs"].items()
-        )
+        outputs = "; ".join(f"{k}: {_describe_output(v)}" for k, v in event["outputs"].items())
         return f"done: {outputs}"
     if kind == "error":
         where = f"{event['path']}: " if event.get("path") else ""

@@ -1,8 +1,8 @@
 """The worker protocol's two schemas, defined once: job files in ("tcurlora.job/1"), events out
 ("tcurlora.events/1").
 
-A job file is a JSON object with `"command"` ("finetune" or "segment") and optional
-`"schema": "tcurlora.job/1"`; every other key is a field of `FinetuneJob` or `SegmentJob`, declared
+A job file is a JSON object with `"command"` ("finetune", "segment" or "suggest") and optional
+`"schema": "tcurlora.job/1"`; every other key is a field of `FinetuneJob`, `SegmentJob` or `SuggestJob`, declared
 once with its kind, bounds, default, help text and command-line flag (tcurlora.settings): the CLI
 flags, the Slicer FineTune settings and the JSON Schema (`tcurlora schema job`) are derived from
 these declarations. Relative paths are resolved against the job file's folder. Every problem
@@ -40,6 +40,8 @@ EVENT_SCHEMA_NAME = "tcurlora.events/1"
 METHODS = ("tcur", "lora", "decoder", "full", "head", "scratch")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
+# How `tcurlora suggest` scores a volume's uncertainty (tcurlora.suggest).
+SUGGEST_SCORES = ("entropy", "flips")
 MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
 MAX_ALPHA = 1e4
 
@@ -598,9 +600,65 @@ class SegmentJob:
         return data
 
 
-JOB_CLASSES: dict[str, type[FinetuneJob] | type[SegmentJob]] = {
+@dataclass
+class SuggestJob:
+    """Everything `tcurlora suggest` needs: which volumes to rank by the model's uncertainty, and how."""
+
+    base_model: str = setting(kind="reference", help=_BASE_HELP, flag="--base-model")
+    inputs: list[list[Path]] = setting(
+        kind="custom", parse=parse_inputs,
+        schema={"type": "array", "items": {"$ref": "#/$defs/channels"}, "minItems": 1},
+        help="the volumes to rank, each one path or a list of channel paths",
+    )  # fmt: skip
+    adapter: str | None = setting(
+        None, "reference", help="adapter folder (default: the base model alone)", flag="--adapter"
+    )
+    score: str = setting(
+        "entropy", "choice", choices=SUGGEST_SCORES, flag="--score",
+        help="entropy: mean predictive entropy inside the predicted foreground (one pass); flips: share of "
+        "the predicted foreground whose label changes under mirroring along each axis (four passes)",
+    )  # fmt: skip
+    top: int | None = setting(None, "integer", minimum=1, help="report only the K most uncertain volumes",
+                              flag="--top", cli={"metavar": "K"})
+    overlap: float = setting(
+        0.5, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, flag="--overlap",
+        help="sliding-window overlap in [0, 1)",
+    )  # fmt: skip
+    device: str = setting("auto", "device", help=_DEVICE_HELP, flag="--device")
+    threads: int | str = setting("auto", **_THREADS)
+    job_file: Path | None = field(default=None, compare=False, repr=False)
+
+    command = "suggest"
+    ONE_OF = ()
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], base_dir: str | Path, source: str | Path | None = None
+    ) -> SuggestJob:
+        """Validate a job dict; relative paths are resolved against `base_dir`."""
+        source = Path(source) if source else None
+        try:
+            values = _read_job_values(cls, data, base_dir, "suggest")
+        except SettingError as error:
+            _fail(error, source)
+        return cls(**values, job_file=source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SuggestJob:
+        path = Path(path)
+        return cls.from_dict(_read_json(path), path.parent, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as JSON-able dict, absolute paths; `from_dict(to_dict())` gives the same job."""
+        data = {"schema": JOB_SCHEMA, "command": self.command, **_dump_fields(self)}
+        data["inputs"] = [channels_out(c) for c in self.inputs]
+        return data
+
+
+JOB_CLASSES: dict[str, type[FinetuneJob] | type[SegmentJob] | type[SuggestJob]] = {
     "finetune": FinetuneJob,
     "segment": SegmentJob,
+    "suggest": SuggestJob,
 }
 
 
@@ -623,7 +681,7 @@ def _read_json(path: Path) -> Any:
         ) from error
 
 
-def load_job(path: str | Path) -> FinetuneJob | SegmentJob:
+def load_job(path: str | Path) -> FinetuneJob | SegmentJob | SuggestJob:
     """Read a job file and return the job of its "command"."""
     path = Path(path)
     data = _read_json(path)
@@ -631,7 +689,7 @@ def load_job(path: str | Path) -> FinetuneJob | SegmentJob:
         raise ConfigError(f"a job must be a JSON object, not {type(data).__name__}", path)
     command = data.get("command", _MISSING)
     if command is _MISSING:
-        raise ConfigError('key \'command\': missing (required; "finetune" or "segment")', path)
+        raise ConfigError('key \'command\': missing (required; "finetune", "segment" or "suggest")', path)
     if command not in JOB_CLASSES:
         raise ConfigError(f"key 'command': must be one of {', '.join(JOB_CLASSES)}; got {command!r}", path)
     return JOB_CLASSES[command].from_dict(data, path.parent, path)
@@ -676,7 +734,7 @@ PARAMETERS_KEYS = {
     "head": ("integer",),
 }
 LOG_LEVELS = ("info", "warning")
-COMMANDS = ("finetune", "segment")
+COMMANDS = ("finetune", "segment", "suggest")
 
 
 def json_type_ok(value: Any, kind: str) -> bool:

@@ -23,6 +23,7 @@ from tcurlora.jobs.schema import (
     PARAMETERS_KEYS,
     FinetuneJob,
     SegmentJob,
+    SuggestJob,
 )
 from tcurlora.settings import JSON_SCHEMA_DIALECT, object_schema
 
@@ -57,7 +58,8 @@ def _job_schema(cls: Any) -> dict[str, Any]:
             "then": {"properties": {other: {"const": other_value}}},
             "description": problem,
         })  # fmt: skip
-    schema["allOf"] = rules
+    if rules:  # an empty allOf is not valid JSON Schema
+        schema["allOf"] = rules
     return schema
 
 
@@ -68,17 +70,18 @@ def _document(name: str, title: str, description: str, **body: Any) -> dict[str,
 
 
 def job_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a job file: a finetune or a segment job."""
+    """The JSON Schema of a job file: a finetune, segment or suggest job."""
     return _document(
         "job", JOB_SCHEMA,
-        "A tcurlora worker job (`tcurlora finetune|segment --job job.json`). Relative paths are "
+        "A tcurlora worker job (`tcurlora finetune|segment|suggest --job job.json`). Relative paths are "
         "resolved against the job file's folder.",
         type="object",
         required=["command"],
-        oneOf=[{"$ref": "#/$defs/finetune"}, {"$ref": "#/$defs/segment"}],
+        oneOf=[{"$ref": "#/$defs/finetune"}, {"$ref": "#/$defs/segment"}, {"$ref": "#/$defs/suggest"}],
         **{"$defs": {
             "finetune": _job_schema(FinetuneJob),
             "segment": _job_schema(SegmentJob),
+            "suggest": _job_schema(SuggestJob),
             "case": CASE_SCHEMA,
             "channels": CHANNELS_SCHEMA,
         }},
