@@ -4,15 +4,14 @@ Active learning as MONAI Label offers it: the user labels the volume the current
 least. Each volume goes through exactly what `tcurlora segment` does (the adapter's preprocessing,
 sliding window, the merged model); the softmax on the network grid is scored, not written:
 
-- `entropy` (default, one pass): the mean normalised predictive entropy, -sum p log p / log K, over
-  the voxels the model predicts as foreground. Background far from the structure is confidently
-  background in every volume and would only dilute the score.
-- `flips` (four passes): the fraction of the predicted foreground (union over the passes) whose label
-  changes when the volume is mirrored along each axis: a model that has learnt the structure is
-  largely equivariant to flips, an unsure one is not.
-
-A volume in which the model predicts no foreground at all scores 1.0 (the most uncertain): the model
-has found nothing there, which is what a label teaches it most about.
+- `entropy` (default, one pass): the mean normalised predictive entropy, -sum p log p / log K, with
+  each voxel weighted by its foreground probability 1 - p(background): in effect the mean entropy
+  inside the (soft) predicted foreground. Background far from the structure is confidently
+  background in every volume and would only dilute the score; the soft weight still orders volumes
+  where a weak adapter predicts no foreground voxel at all.
+- `flips` (four passes): how much the class probabilities change when the volume is mirrored along
+  each axis (total variation over foreground mass, in [0, 1]): a model that has learnt the structure
+  is largely equivariant to flips, an unsure one is not.
 """
 
 from __future__ import annotations
@@ -26,30 +25,42 @@ from typing import Any
 RANKING_SCHEMA = "tcurlora.suggest/1"
 
 
+def foreground_probability(probabilities: Any) -> Any:
+    """1 - p(background) per voxel of softmax probabilities (K, X, Y, Z)."""
+    return 1.0 - probabilities[0]
+
+
 def score_probabilities(probabilities: Any) -> dict[str, float | int]:
-    """Entropy score of softmax probabilities (K, X, Y, Z): {"entropy", "foreground_voxels"}."""
+    """Entropy score of softmax probabilities (K, X, Y, Z): {"entropy", "foreground_voxels"}.
+
+    The normalised entropy is averaged with each voxel weighted by its foreground probability: the
+    mean entropy inside the predicted foreground where the model predicts one, and still an order
+    where a weak adapter predicts no foreground at all (a hard mask would make all such volumes tie).
+    """
     import torch
 
     probs = torch.as_tensor(probabilities).float()
     classes = probs.shape[0]
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / math.log(max(classes, 2))
-    foreground = probs.argmax(0) > 0
-    count = int(foreground.sum())
-    score = float(entropy[foreground].mean()) if count else 1.0
-    return {"entropy": score, "foreground_voxels": count}
+    weight = foreground_probability(probs)
+    score = float((entropy * weight).sum() / weight.sum().clamp_min(1e-12))
+    return {"entropy": score, "foreground_voxels": int((probs.argmax(0) > 0).sum())}
 
 
-def flip_disagreement(labels: Sequence[Any]) -> float:
-    """Fraction of the union of predicted foregrounds whose label differs between the passes (1.0: none)."""
+def flip_disagreement(reference: Any, flipped: Sequence[Any]) -> float:
+    """How much the class probabilities change under flips, in [0, 1]: per flip, the summed total-variation
+    distance between the two voxelwise distributions over the summed foreground probability of both
+    (0: the same prediction, 1: disjoint foregrounds), averaged over the flips."""
     import torch
 
-    stack = torch.stack([torch.as_tensor(lab) for lab in labels])
-    union = (stack > 0).any(0)
-    count = int(union.sum())
-    if not count:
-        return 1.0
-    differs = (stack != stack[0:1]).any(0)
-    return float(differs[union].float().mean())
+    p = torch.as_tensor(reference).float()
+    values = []
+    for other in flipped:
+        q = torch.as_tensor(other).float()
+        distance = 0.5 * (p - q).abs().sum(0)
+        mass = foreground_probability(p) + foreground_probability(q)
+        values.append(float(distance.sum() / mass.sum().clamp_min(1e-12)))
+    return sum(values) / len(values)
 
 
 def volume_uncertainty(model, image_paths: Sequence[str | Path], spec, *, device, overlap: float,
@@ -66,12 +77,12 @@ def volume_uncertainty(model, image_paths: Sequence[str | Path], spec, *, device
     probabilities = _sliding_window(model, image, spec, device, overlap, sw_batch_size, amp)
     result = score_probabilities(probabilities)
     if flips:
-        labels = [probabilities.argmax(0)]
+        mirrored = []
         for axis in (1, 2, 3):  # the spatial axes of (C, X, Y, Z); probabilities are (K, X, Y, Z)
             flipped = _sliding_window(model, torch.flip(image, dims=[axis]), spec, device, overlap,
                                       sw_batch_size, amp)
-            labels.append(torch.flip(flipped, dims=[axis]).argmax(0))
-        result["flips"] = flip_disagreement(labels)
+            mirrored.append(torch.flip(flipped, dims=[axis]))
+        result["flips"] = flip_disagreement(probabilities, mirrored)
     return result
 
 
