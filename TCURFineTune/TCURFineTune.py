@@ -97,6 +97,10 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
+        self.suggestRun = None  # "Suggest next case": ranks unlabeled volumes beside a training run
+        self.suggestTimer = qt.QTimer()
+        self.suggestTimer.setInterval(POLL_MS)
+        self.suggestTimer.timeout.connect(self.onSuggestTimer)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -124,6 +128,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pairByStudyButton.clicked.connect(self.onPairByStudy)
         self.ui.removePairButton.clicked.connect(self.onRemovePair)
         self.ui.labelNewCaseButton.clicked.connect(self.onLabelNewCase)
+        self.ui.suggestButton.clicked.connect(self.onSuggestNextCase)
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
         self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.baseModelComboBox.currentIndexChanged.connect(self.onBaseModelChanged)
@@ -135,7 +140,10 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.run is not None and not self.run.finished:
             self.run.shutdown()  # Slicer is closing: a couple of seconds at most
+        if self.suggestRun is not None and not self.suggestRun.finished:
+            self.suggestRun.shutdown()
         self.timer.stop()
+        self.suggestTimer.stop()
         self.removeObservers()
 
     def onReload(self) -> None:
@@ -314,6 +322,43 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run.remove_workdir()
         if run.state == "failed":
             raise RuntimeError(run.error_text())
+
+    def onSuggestNextCase(self) -> None:
+        """Rank the unlabeled volumes in the background (TCURFineTuneLib.suggest); a second click cancels."""
+        if self.suggestRun is not None and not self.suggestRun.finished:
+            self.suggestRun.cancel()
+            return
+        from TCURFineTuneLib.suggest import suggestion_run
+
+        from TCURLoRACommon.dependencies import ensure_dependencies
+
+        with slicer.util.tryWithErrorDisplay(_("Could not rank the volumes."), waitCursor=True):
+            if not ensure_dependencies("TCURLoRA"):
+                return
+            self.suggestRun = suggestion_run(self.pairs(), self.ui.prefillAdapterComboBox.currentData,
+                                             self._parameterNode.baseModel, self._parameterNode.device).start()
+            self.ui.suggestButton.text = _("Cancel suggestion")
+            self.ui.logTextEdit.appendPlainText(_("Ranking the volumes without a segmentation..."))
+            self.suggestTimer.start()
+
+    def onSuggestTimer(self) -> None:
+        """Poll the ranking; when done, label the most uncertain volume through "label a new case"."""
+        run = self.suggestRun
+        with slicer.util.tryWithErrorDisplay(_("Suggesting the next case failed.")):
+            run.update()
+            if not run.finished:
+                return
+            self.suggestTimer.stop()
+            self.ui.suggestButton.text = _("Suggest next case")
+            if run.state != "done":
+                if run.state == "failed":
+                    raise RuntimeError(run.error_text())
+                return
+            for line in run.ranking_lines():
+                self.ui.logTextEdit.appendPlainText(line)
+            self._parameterNode.labelVolume = run.top
+            self._parameterNode.prefill = True
+            self.onLabelNewCase()
 
     @staticmethod
     def openSegmentEditor(volume, segmentation) -> None:

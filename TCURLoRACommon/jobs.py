@@ -97,3 +97,26 @@ def segment_job(
         "device": device,
         "force": True,
     }
+
+
+def suggest_job(
+    base_model: str,
+    adapter: str | Path | None,
+    inputs: Sequence[str | Path],
+    device: str = "auto",
+    overlap: float = 0.5,
+    score: str = "entropy",
+) -> dict[str, Any]:
+    """A complete suggest job: rank `inputs` by the model's uncertainty (tcurlora.suggest)."""
+    if not inputs:
+        raise ValueError("no volume to rank")
+    return {
+        "schema": JOB_SCHEMA,
+        "command": "suggest",
+        "base_model": base_model,
+        "adapter": str(adapter) if adapter is not None else None,
+        "inputs": [str(p) for p in inputs],
+        "score": score,
+        "overlap": overlap,
+        "device": device,
+    }

@@ -247,7 +247,7 @@ def test_load_job_file_level_errors(tmp_path):
         load_job(write_job(tmp_path, [1, 2]))
     with pytest.raises(ConfigError, match=r"key 'command': missing"):
         load_job(write_job(tmp_path, {"base_model": "x"}))
-    with pytest.raises(ConfigError, match=r"key 'command': must be one of finetune, segment; got 'train'"):
+    with pytest.raises(ConfigError, match=r"key 'command': must be one of finetune, segment, suggest; got 'train'"):
         load_job(write_job(tmp_path, {"command": "train"}))
 
 

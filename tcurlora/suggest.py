@@ -4,11 +4,11 @@ Active learning as MONAI Label offers it: the user labels the volume the current
 least. Each volume goes through exactly what `tcurlora segment` does (the adapter's preprocessing,
 sliding window, the merged model); the softmax on the network grid is scored, not written:
 
-- `entropy` (default, one pass): the mean normalised predictive entropy, -sum p log p / log K, with
-  each voxel weighted by its foreground probability 1 - p(background): in effect the mean entropy
-  inside the (soft) predicted foreground. Background far from the structure is confidently
-  background in every volume and would only dilute the score; the soft weight still orders volumes
-  where a weak adapter predicts no foreground voxel at all.
+- `entropy` (default, one pass): the mean normalised predictive entropy, -sum p log p / log K, over
+  the predicted foreground (foreground probability 1 - p(background) >= 0.5). Background far from
+  the structure is confidently background in every volume and would only dilute the score. Where the
+  model predicts no foreground at all, the score is 1 - its highest foreground probability: a volume
+  where the adapter finds nothing ranks high, and such volumes still have an order.
 - `flips` (four passes): how much the class probabilities change when the volume is mirrored along
   each axis (total variation over foreground mass, in [0, 1]): a model that has learnt the structure
   is largely equivariant to flips, an unsure one is not.
@@ -31,20 +31,24 @@ def foreground_probability(probabilities: Any) -> Any:
 
 
 def score_probabilities(probabilities: Any) -> dict[str, float | int]:
-    """Entropy score of softmax probabilities (K, X, Y, Z): {"entropy", "foreground_voxels"}.
+    """Entropy score of softmax probabilities (K, X, Y, Z): {"entropy", "foreground_voxels", "max_foreground"}.
 
-    The normalised entropy is averaged with each voxel weighted by its foreground probability: the
-    mean entropy inside the predicted foreground where the model predicts one, and still an order
-    where a weak adapter predicts no foreground at all (a hard mask would make all such volumes tie).
+    The mean normalised entropy over the predicted foreground (voxels with foreground probability >= 0.5).
+    Where the model predicts none, 1 - its highest foreground probability: the less it sees, the higher
+    (a volume where the adapter finds nothing is one a label teaches most about), and a weak adapter
+    that predicts nothing anywhere still gives an order instead of a tie.
     """
     import torch
 
     probs = torch.as_tensor(probabilities).float()
     classes = probs.shape[0]
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / math.log(max(classes, 2))
-    weight = foreground_probability(probs)
-    score = float((entropy * weight).sum() / weight.sum().clamp_min(1e-12))
-    return {"entropy": score, "foreground_voxels": int((probs.argmax(0) > 0).sum())}
+    foreground = foreground_probability(probs)
+    mask = foreground >= 0.5
+    count = int(mask.sum())
+    highest = float(foreground.max())
+    score = float(entropy[mask].mean()) if count else 1.0 - highest
+    return {"entropy": score, "foreground_voxels": count, "max_foreground": highest}
 
 
 def flip_disagreement(reference: Any, flipped: Sequence[Any]) -> float:
