@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-
 from TCURFineTuneLib.suggest import suggestion_candidates, suggestion_run
 from TCURFineTuneLib.testing import fast_settings, load_training_scene
+
 from tcurlora.errors import InputError
 from TCURLoRACommon.runs import DONE, FAILED
 from TCURLoRACommon.testdata import TEST_BASE_MODEL, decathlon_cases, load_case
