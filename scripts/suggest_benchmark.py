@@ -80,6 +80,32 @@ def validate(adapter: Path, validation: list, out: Path, args: argparse.Namespac
     return {"mean_dice": statistics.mean(per_class.values()), "dice": per_class}
 
 
+def pool_dice(seed: int, pool: list, args: argparse.Namespace, log: Path) -> dict:
+    """Does the ranking find where the initial adapter is wrong? Its Dice on each pool case (their labels
+    are used here only, never for picking) and the Spearman correlation of each score with 1 - Dice."""
+    from scipy.stats import spearmanr
+
+    work = args.output / f"seed{seed}"
+    out = work / "val-pool"
+    tcurlora("segment", *[str(c.images[0]) for c in pool], "--base-model", args.base_model,
+             "--adapter", str(work / "initial"), "--overlap", "0.25", "--threads", "1", "--device", "cpu",
+             "--force", "-o", str(out), log=log)
+    ranking = {e["volume"]: e for e in json.loads((work / "ranking.json").read_text())["ranking"]}
+    rows = []
+    for c in pool:
+        result = evaluate_pairs([(out / c.images[0].name.replace(".nii.gz", "_seg.nii.gz"), c.label)], args.labels)
+        dice = statistics.mean(v["dice"] for v in result["mean"].values())
+        entry = ranking[str(c.images[0])]
+        rows.append({"case": c.id, "dice": dice, "entropy": entry["entropy"], "flips": entry.get("flips")})
+    error = [1 - r["dice"] for r in rows]
+    report = {"seed": seed, "cases": rows}
+    for score in ("entropy", "flips"):
+        rho, p_value = spearmanr([r[score] for r in rows], error)
+        report[f"spearman_{score}_vs_1_minus_dice"] = {"rho": float(rho), "p": float(p_value)}
+    (work / "pool_dice.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def summarize(rows: list[dict], output: Path) -> None:
     """summary.md: each run's Dice, and per arm the mean gain over the seed's initial adapter."""
     lines = ["| seed | arm | cases added | mean Dice | gain over initial | train s |", "|---|---|---|---:|---:|---:|"]
@@ -116,6 +142,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=["entropy", "random"], choices=["entropy", "flips", "random"])
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--pool-dice", action="store_true",
+                   help="only score the initial adapters' Dice on their pools against the ranking (after a run)")
     args = p.parse_args()
     args.labels = dataset_label_names(args.data)
     cases = cases_from_decathlon(args.data)
@@ -133,6 +161,10 @@ def main() -> int:
 
     for seed in args.seeds:
         validation, start, pool = split(cases, args, seed)
+        if args.pool_dice:
+            report = pool_dice(seed, pool, args, log)
+            print(json.dumps({k: v for k, v in report.items() if k != "cases"}), flush=True)
+            continue
         work = args.output / f"seed{seed}"
         initial = work / "initial"
         if (seed, "initial") not in finished:
