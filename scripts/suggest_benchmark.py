@@ -140,7 +140,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--method", default="tcur", help="adaptation method of every run (default: tcur)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=["entropy", "random"], choices=["entropy", "flips", "random"])
+    p.add_argument("--arms", nargs="+", default=["entropy", "random"], choices=["entropy", "flips", "random", *(f"random{k}" for k in range(1, 10))],
+                   help="random: one draw of --add pool cases; random1..random9: further draws")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--pool-dice", action="store_true",
                    help="only score the initial adapters' Dice on their pools against the ranking (after a run)")
@@ -183,6 +184,7 @@ def main() -> int:
             "flips": [by_image[e["volume"]] for e in ranking[: args.add]],
             "entropy": [by_image[e["volume"]] for e in sorted(ranking, key=lambda e: -e["entropy"])[: args.add]],
             "random": random.Random(1000 + seed).sample(pool, args.add),
+            **{f"random{k}": random.Random(1000 + seed + 7919 * k).sample(pool, args.add) for k in range(1, 10)},
         }
         for arm in args.arms:
             if (seed, arm) in finished:
