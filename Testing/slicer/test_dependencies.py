@@ -30,12 +30,22 @@ NOT_PIP_INSTALLED_IN_SLICER = {
         ["1.4.dev0", "1.4a1", "1.4b2", "1.4rc1", "1.4", "1.4.post1", "1.4.1", "1.10"],
         ["2.1.0+cu121", "2.2.0", "2.10.0"],
         ["0.9", "0.13.0", "0.13.2"],
+        ["2.0", "2.1", "2.1.post1", "1!0.5", "1!1.0"],  # an epoch outranks every release without one
     ],
 )
 def test_version_order(ordered: list[str]) -> None:
     keys = [deps.parse_version(v) for v in ordered]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
-    assert deps.parse_version("1.4") == deps.parse_version("1.4.0") == deps.parse_version("v1.4.0+local")
+    assert deps.parse_version("1.4") == deps.parse_version("1.4.0") == deps.parse_version("v1.4.0")
+
+
+def test_packaging_does_the_comparing() -> None:
+    """The hand-written PEP 440 parser is gone: versions are packaging's (shipped with Slicer 5.8+)."""
+    from packaging.version import Version
+
+    assert isinstance(deps.parse_version("1!1.0"), Version)
+    source = Path(deps.__file__).read_text(encoding="utf-8")
+    assert "_VERSION" not in source and "_PRE_ORDER" not in source and "import re" not in source
 
 
 @pytest.mark.parametrize(
@@ -53,6 +63,15 @@ def test_version_order(ordered: list[str]) -> None:
         ("2.0.1", "!=2.0.1", False),
         ("0.13", ">0.12", True),
         ("0.12", "<=0.12", True),
+        ("1!1.0", ">=2.0", True),  # epochs: the old parser said no
+        ("1!1.0", "<2.0", False),
+        ("2.1.post1", ">2.1", False),  # >V excludes V's post-releases (PEP 440); the old parser said yes
+        ("2.1.post1", ">=2.1", True),
+        ("2.1.1", ">2.1", True),
+        ("2.2rc1", ">=2.1", True),  # an installed pre-release is judged as a version
+        ("2.1.0+cu121", "==2.1.0", True),
+        ("1.4.7", "==1.4.*", True),
+        ("1.5.0", "==1.4.*", False),
     ],
 )
 def test_requirement_checks(version: str, requirement: str, ok: bool) -> None:

@@ -126,6 +126,18 @@ def test_ui_check_can_fail(tmp_path: Path) -> None:
     assert used_ui_names(script) == {"applyButton", "typoButton"}
 
 
+# The first line of Slicer's extension template (Utilities/Templates/Extensions/Default/CMakeLists.txt) in
+# the newest release read against (v5.12.x, unchanged on main); Slicer <= 5.8 had 3.16.3...3.19.7.
+TEMPLATE_CMAKE_MINIMUM = "cmake_minimum_required(VERSION 3.28.0...3.28.0 FATAL_ERROR)"
+
+
+def test_cmake_minimum_follows_the_current_template() -> None:
+    first = (ROOT / "CMakeLists.txt").read_text().splitlines()[0]
+    assert first == TEMPLATE_CMAKE_MINIMUM, f"CMakeLists.txt line 1 is {first!r}, the template has {TEMPLATE_CMAKE_MINIMUM!r}"
+    others = [p for p in ROOT.glob("*/CMakeLists.txt") if "cmake_minimum_required" in p.read_text()]
+    assert others == [], f"only the top-level CMakeLists.txt sets the CMake range: {others}"
+
+
 def test_extension_metadata_is_consistent() -> None:
     text = (ROOT / "CMakeLists.txt").read_text()
     project = re.search(r"^project\((\w+)\)", text, re.M).group(1)
