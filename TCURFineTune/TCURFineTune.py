@@ -127,6 +127,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
         self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.baseModelComboBox.currentIndexChanged.connect(self.onBaseModelChanged)
+        self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()  # first: refreshModels writes the default base model into it
@@ -173,10 +174,19 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.updateRemoteRows()
             self.updateCasesTable()
             self.updateResumeButton()
 
     # --- base models and library -------------------------------------------------------------
+
+    def updateRemoteRows(self, *_args) -> None:
+        """The remote-host rows only with "Run on: remote host"."""
+        from TCURLoRACommon.runon import remote_row_visibility
+
+        for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
+            getattr(self.ui, name).visible = visible
+
     def refreshModels(self) -> None:
         from tcurlora import library
         from TCURLoRACommon.models import base_model_choices, choose_base_model

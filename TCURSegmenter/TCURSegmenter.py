@@ -97,6 +97,7 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importAdapterButton.clicked.connect(self.onImportAdapter)
         self.ui.exportAdapterButton.clicked.connect(self.onExportAdapter)
         self.ui.applyButton.clicked.connect(self.onApplyOrCancel)
+        self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -147,6 +148,14 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.updateRemoteRows()
+
+    def updateRemoteRows(self, *_args) -> None:
+        """The remote-host rows only with "Run on: remote host"."""
+        from TCURLoRACommon.runon import remote_row_visibility
+
+        for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
+            getattr(self.ui, name).visible = visible
 
     def refreshAdapters(self) -> None:
         from TCURSegmenterLib.logic import choose_adapter

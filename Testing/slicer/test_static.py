@@ -298,3 +298,21 @@ def test_large_file_check_can_fail(tmp_path: Path) -> None:
         handle.truncate(MAX_TREE_FILE_BYTES + 1)
     (tmp_path / "small.txt").write_text("x")
     assert large_files(tmp_path) == {"weights/big.safetensors": MAX_TREE_FILE_BYTES + 1}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_remote_rows_follow_run_on(module: str) -> None:
+    """The remote-host rows are hidden with "Run on: this computer" and shown with "remote host"."""
+    from TCURLoRACommon.runon import REMOTE_ROW_WIDGETS, remote_row_visibility
+
+    names = ui_names(ROOT / module / "Resources" / "UI" / f"{module}.ui")
+    rows = {n for n in names if n.startswith(("remoteHost", "remoteCommand", "sshConfig"))}
+    assert rows == set(REMOTE_ROW_WIDGETS), f"{module}.ui: remote rows {sorted(rows)} are not all toggled"
+    assert remote_row_visibility("this computer") == dict.fromkeys(REMOTE_ROW_WIDGETS, False)
+    assert remote_row_visibility("remote host") == dict.fromkeys(REMOTE_ROW_WIDGETS, True)
+    assert not any(remote_row_visibility("").values())
+    script = ROOT / module / f"{module}.py"
+    methods = _methods(script)
+    assert "remote_row_visibility" in _calls(methods["updateRemoteRows"])
+    assert "updateRemoteRows" in _calls(methods["setParameterNode"]), "a loaded scene must set the rows too"
+    assert "self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)" in script.read_text()
