@@ -18,6 +18,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 REQUIREMENTS_FILE = Path(__file__).with_name("requirements.txt")
+# PEFT (with transformers, tokenizers, accelerate, huggingface_hub: ~150 MB) only for LoRA.
+LORA_REQUIREMENTS_FILE = Path(__file__).with_name("requirements-lora.txt")
 TORCH_REQUIREMENT = ">=2.1"
 
 
@@ -70,6 +72,11 @@ def requirements(path: Path = REQUIREMENTS_FILE) -> list[str]:
     """The requirement lines of a requirements file (comments and blank lines dropped)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def needed_requirements(lora: bool = False) -> list[str]:
+    """What a run needs: the backend's packages, plus PEFT when it trains or applies a LoRA adapter."""
+    return requirements() + (requirements(LORA_REQUIREMENTS_FILE) if lora else [])
 
 
 def installed_version(name: str) -> str | None:
@@ -142,9 +149,50 @@ def install_failure_message(error: BaseException, packages: Sequence[str]) -> st
     )
 
 
+class InstallCancelled(RuntimeError):
+    """The user pressed Cancel in the installation's progress dialog."""
+
+
 def is_declined(error: BaseException) -> bool:
-    """True for the exception slicer.packaging.pip_ensure raises when the user says no."""
-    return isinstance(error, RuntimeError) and "declined" in str(error).lower()
+    """True when the user said no: slicer.packaging.pip_ensure's "declined", or Cancel during the install."""
+    return isinstance(error, InstallCancelled) or (isinstance(error, RuntimeError) and "declined" in str(error).lower())
+
+
+def run_pip(
+    arguments: Sequence[str],
+    report: Callable[[str], bool],
+    command: Sequence[str] | None = None,
+    poll_s: float = 0.05,
+) -> None:
+    """Run `python -m pip <arguments>` in the background, handing each output line to `report` (a progress
+    dialog), so a long install is seen line by line instead of under a frozen wait cursor.
+
+    `report` returns False to cancel (the process tree is stopped; InstallCancelled). A non-zero exit raises
+    subprocess.CalledProcessError with pip's last lines. `command` replaces `python -m pip` (tests).
+    """
+    import subprocess
+    import time
+
+    from TCURLoRACommon.worker import WorkerProcess, python_executable
+
+    args = [*(command or [python_executable(), "-m", "pip"]), *arguments]
+    process = WorkerProcess("pip", "", args=args)
+    process.start()
+    cancelled = False
+    while not process.finished:
+        for event in process.poll():
+            if event["event"] == "log" and not report(str(event.get("message") or "")) and not cancelled:
+                cancelled = True
+                process.cancel(grace=2.0)
+        if not process.finished:
+            if not cancelled and not report(""):
+                cancelled = True
+                process.cancel(grace=2.0)
+            time.sleep(poll_s)
+    if cancelled:
+        raise InstallCancelled("installation cancelled by the user")
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, args, output="\n".join(process.tail[-10:]))
 
 
 def install_requirements(
@@ -181,8 +229,9 @@ def install_requirements(
     return True
 
 
-def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
-    """Make torch and the backend packages importable in Slicer; False when the user declined.
+def ensure_dependencies(requester: str = "TCURLoRA", lora: bool = False) -> bool:
+    """Make torch and the backend packages importable in Slicer (PEFT too when `lora`); False when the user
+    declined. On Slicer 5.12+ pip_ensure shows its own progress dialog; on 5.10 `run_pip` feeds ours.
 
     Raises DependencyError with a message for the user when something cannot be installed or used.
     Skipped in testing mode (the test environment provides the packages).
@@ -196,7 +245,8 @@ def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
     problem = torch_problem(installed_version("torch"))
     if problem:
         raise DependencyError(problem)
-    missing = missing_requirements()
+    wanted = needed_requirements(lora)
+    missing = missing_requirements(wanted)
     if not missing:
         return True
     packaging = _slicer_packaging()
@@ -204,14 +254,14 @@ def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
         missing,
         write_constraints(installed_version("torch")),
         getattr(packaging, "pip_ensure", None),
-        slicer.util.pip_install,
+        lambda arguments: _pip_install_with_progress(arguments, requester),
         slicer.util.confirmOkCancelDisplay,
         requester,
     )
     if not installed:
         return False
     importlib.invalidate_caches()
-    still = missing_requirements()
+    still = missing_requirements(wanted)
     if still:
         raise DependencyError(
             "These packages are still missing after the installation: "
@@ -219,6 +269,26 @@ def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
             + ". Restart Slicer and try again."
         )
     return True
+
+
+def _pip_install_with_progress(arguments: list[str], requester: str) -> None:
+    """`pip install <arguments>` with a progress dialog showing pip's latest line, and Cancel (Slicer 5.10)."""
+    import slicer
+
+    dialog = slicer.util.createProgressDialog(
+        windowTitle=f"{requester}: installing Python packages", labelText="Starting pip...", maximum=0
+    )
+
+    def report(line: str) -> bool:
+        if line:
+            dialog.labelText = f"Installing the Python packages {requester} needs (about 200 MB)...\n{line[:120]}"
+        slicer.app.processEvents()
+        return not dialog.wasCanceled
+
+    try:
+        run_pip(["install", *arguments], report)
+    finally:
+        dialog.close()
 
 
 def _ensure_torch() -> bool:

@@ -261,7 +261,7 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         volumes, targets = volumes_and_targets(node)
         remote = remote_from_parameters(node)  # input errors before any install
-        if not ensure_dependencies("TCURLoRA"):
+        if not ensure_dependencies("TCURLoRA", lora=entry.method == "lora"):
             return
         self.ui.logTextEdit.clear()
         if remote is not None:

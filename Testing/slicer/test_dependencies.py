@@ -93,7 +93,7 @@ def test_missing_and_unreadable() -> None:
 def test_requirements_file_follows_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     wanted = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in project}
-    shipped = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.requirements()}
+    shipped = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.needed_requirements(lora=True)}
     for name in NOT_PIP_INSTALLED_IN_SLICER:
         assert name in wanted, f"{name} is no longer a dependency: drop it from the exceptions"
         assert name not in shipped
@@ -162,3 +162,53 @@ def test_install_on_slicer_512_uses_pip_ensure_and_maps_errors(tmp_path: Path) -
     offline = Recorder(error=OSError("network unreachable"))
     with pytest.raises(deps.DependencyError, match="network unreachable"):
         deps.install_requirements(["peft>=0.13"], None, None, offline.install, offline.confirm)
+
+
+def test_peft_only_for_lora() -> None:
+    """PEFT and the ~150 MB it pulls in are installed only when a run uses LoRA."""
+    names = {deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements()}
+    assert "peft" not in names and {"monai", "safetensors", "numpy"} <= names
+    with_lora = [deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements(lora=True)]
+    assert with_lora == [*[deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements()], "peft"]
+    assert deps.missing_requirements(deps.needed_requirements(), lambda n: None if n == "peft" else "99") == []
+
+
+@pytest.mark.parametrize("module", ["TCURFineTune", "TCURSegmenter"])
+def test_panels_ask_for_peft_only_for_lora(module: str) -> None:
+    """Every ensure_dependencies call of a panel says whether the run is a LoRA one."""
+    import ast
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
+    calls = [
+        c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "ensure_dependencies"
+    ]
+    assert calls and all(any(k.arg == "lora" for k in c.keywords) for c in calls), ast.dump(calls[0])
+
+
+def test_run_pip_reports_every_line() -> None:
+    lines: list[str] = []
+    deps.run_pip(["--version"], lambda line: lines.append(line) or True)
+    assert any(line.startswith("pip ") for line in lines), lines
+
+
+def test_run_pip_failure_is_a_message(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with pytest.raises(subprocess.CalledProcessError) as raised:
+        deps.run_pip(
+            ["install", "--no-index", "--find-links", str(tmp_path), "tcurlora-no-such-package"],
+            lambda line: lines.append(line) or True,
+        )
+    assert raised.value.returncode != 0 and "tcurlora-no-such-package" in raised.value.output
+    assert "pip exited with code" in deps.install_failure_message(raised.value, ["x"])
+
+
+def test_run_pip_cancel_stops_it() -> None:
+    import sys
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(deps.InstallCancelled) as raised:
+        deps.run_pip([], lambda line: "started" not in line, command=[
+            sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"
+        ])  # fmt: skip
+    assert time.monotonic() - start < 20 and deps.is_declined(raised.value)

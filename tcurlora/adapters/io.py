@@ -7,6 +7,7 @@ adapter_config.json records the SHA-256 of adapter.safetensors (`weights_sha256`
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,21 +33,29 @@ SHA256_KEY = "weights_sha256"
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the packages that shape an adapter's numbers."""
+    """Versions of the packages that shape an adapter's numbers.
+
+    PEFT's version is read from its installed metadata, never by importing it: only LoRA needs PEFT (and
+    its transformers / accelerate / huggingface_hub), so tcur, decoder, full and scratch adapters save and
+    load where it is not installed (then the key is absent).
+    """
     import monai
-    import peft
     import safetensors
     import torch
 
     import tcurlora
 
-    return {
+    versions = {
         "tcurlora": tcurlora.__version__,
         "torch": torch.__version__,
         "monai": monai.__version__,
-        "peft": peft.__version__,
         "safetensors": safetensors.__version__,
     }
+    try:
+        versions["peft"] = importlib.metadata.version("peft")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
 
 
 def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
