@@ -45,8 +45,10 @@ def _write(runs: list[str]) -> None:
 
 def remember_interrupted(job_path: str | Path) -> None:
     """List an interrupted run's job so that Resume is offered, also after Slicer restarts."""
+    from TCURFineTuneLib.run import can_resume
+
     job = str(Path(job_path))
-    runs = [r for r in _remembered() if r != job]
+    runs = [r for r in _remembered() if r != job and can_resume(r)]  # runs gone meanwhile are dropped
     _write([*runs, job])
 
 
