@@ -169,7 +169,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from TCURFineTuneLib.run import closing_question
 
         question = closing_question(self.run)
-        return question is None or slicer.util.confirmYesNoDisplay(_(question))
+        return question is None or slicer.util.confirmYesNoDisplay(question)
 
     def onReload(self) -> None:
         """Reload the module and the packages it imports lazily (TCURFineTuneLib, TCURLoRACommon, tcurlora)."""
@@ -217,8 +217,6 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateCasesTable()
             self.updateResumeButton()
 
-    # --- base models and library -------------------------------------------------------------
-
     def updateRemoteRows(self, *_args) -> None:
         """The remote-host rows only with "Run on: remote host"."""
         from TCURLoRACommon.runon import remote_row_visibility
@@ -226,6 +224,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
             getattr(self.ui, name).visible = visible
 
+    # --- base models and library -------------------------------------------------------------
     def refreshModels(self) -> None:
         from tcurlora import library
         from TCURLoRACommon.models import base_model_choices, choose_base_model

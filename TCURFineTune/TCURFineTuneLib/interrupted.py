@@ -116,10 +116,13 @@ def sweep_stale_staging() -> list[Path]:
             for entry in entries:
                 if entry == lock.path or entry in kept or not entry.exists():
                     continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+                try:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink(missing_ok=True)
+                except OSError:  # not ours to remove (permissions): leave it, never block the panel
+                    continue
                 removed.append(entry)
         finally:
             lock.release()  # removes the lock file, stale or not
