@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from safetensors.numpy import load_file
 from sshd_testing import REPO_ROOT, LoopbackSshd, gone, start_sshd
 from trust_testing import hippo_case
 
-from tcurlora.remote import RemoteError, RemoteHost
+from tcurlora.remote import RemoteError, RemoteHost, RemoteTargetError, SshConnection
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
 
@@ -103,6 +104,45 @@ def test_parse_targets() -> None:
     for bad in ("", "a@b@c", "host:99999", "host:port", "user@"):
         with pytest.raises(RemoteError, match="remote host"):
             RemoteHost.parse(bad)
+    # ssh would read these as options (`-oProxyCommand=...` runs a command here): refused as bad usage
+    for bad in ("-V", "-oProxyCommand=sh@127.0.0.1", "ana@-oProxyCommand=sh", " -l"):
+        with pytest.raises(RemoteTargetError, match="may not begin with '-'") as caught:
+            RemoteHost.parse(bad)
+        assert caught.value.exit_code == 2
+    with pytest.raises(RemoteTargetError, match="remote folder '-rf' may not begin with '-'"):
+        RemoteHost.parse("gpu", folder="-rf")
+
+
+def test_destination_never_read_as_an_option(tmp_path: Path) -> None:
+    """`--` ends ssh's options before the destination: even a RemoteHost built without `parse` cannot make
+    ssh run a ProxyCommand here."""
+    if shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client is not installed")
+    marker = tmp_path / "MARK"
+    host = RemoteHost(host=f"-oProxyCommand=touch {marker}", ssh_config=Path("/dev/null"))
+    connection = SshConnection(host)
+    try:
+        argv = connection.command("true")
+        assert argv[-3:] == ["--", host.destination, "true"], argv
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        connection.close()
+    assert result.returncode == 255, result
+    assert not marker.exists(), "ssh read the destination as an option and ran its ProxyCommand"
+
+
+def test_option_like_remote_is_refused(hippocampus_dir: Path, tmp_path: Path, capsys) -> None:
+    """`--remote=-V` (ssh printed its version and the run went on) and a ProxyCommand in the user name end
+    with exit 2 before any ssh is started; so does a remote folder that remote commands would take for a flag."""
+    job = job_file(tmp_path, hippocampus_dir, tmp_path / "adapter")
+    marker = tmp_path / "MARK"
+    for flag in ("--remote=-V", f"--remote=-oProxyCommand=touch${{IFS}}{marker}@127.0.0.1",
+                 "--remote=gpu --remote-folder=-rf"):  # fmt: skip
+        assert in_process("finetune", "--job", str(job), *flag.split()) == 2, flag
+        final = events(capsys.readouterr().out)[-1]
+        assert final["event"] == "error" and final["kind"] == "config_error", final
+        assert "may not begin with '-'" in final["message"], final
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]
 
 
 def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:

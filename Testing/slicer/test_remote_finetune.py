@@ -29,8 +29,8 @@ def test_run_on_parameters() -> None:
     assert remote_from_parameters(node(remoteHost="ignored@here")) is None
     settings = remote_from_parameters(node(runOn="remote host", remoteHost=" ana@gpu:2222 ", sshConfig="/c"))
     assert settings == RemoteSettings("ana@gpu:2222", "tcurlora", "/c")
-    assert settings.worker_args() == ["--remote", "ana@gpu:2222", "--remote-command", "tcurlora",
-                                      "--ssh-config", "/c"]
+    assert settings.worker_args() == ["--remote=ana@gpu:2222", "--remote-command=tcurlora",
+                                      "--ssh-config=/c"]
     with pytest.raises(InputError, match="give the remote host"):
         remote_from_parameters(node(runOn="remote host"))
     with pytest.raises(InputError, match="user@host"):
