@@ -243,9 +243,12 @@ def test_host_key_mismatch_is_refused(sshd, hippocampus_dir: Path, tmp_path: Pat
 
 
 def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    """Also for a file whose name begins with "-": remote tar once read `-Ihippocampus_001_seg.nii.gz` as
+    its -I option, so the output never came back and the remote run folder stayed."""
     import nibabel as nib
 
-    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    image = tmp_path / "-Ihippocampus_001.nii.gz"
+    shutil.copyfile(hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz", image)
     common = ["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
               "--device", "cpu", "--events"]
     remote_folder = tmp_path / "remote-runs"
@@ -254,7 +257,31 @@ def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: 
     out, err = remote.communicate(timeout=300)
     assert remote.returncode == 0, err
     written = events(out)[-1]["outputs"]["segmentations"]
-    assert written == [str(tmp_path / "remote" / "hippocampus_001_seg.nii.gz")], written
-    a, b = (nib.load(str(tmp_path / name / "hippocampus_001_seg.nii.gz")) for name in ("local", "remote"))
+    assert written == [str(tmp_path / "remote" / "-Ihippocampus_001_seg.nii.gz")], written
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["-Ihippocampus_001_seg.nii.gz"]
+    a, b = (nib.load(str(tmp_path / name / "-Ihippocampus_001_seg.nii.gz")) for name in ("local", "remote"))
     assert (a.get_fdata() == b.get_fdata()).all() and (a.affine == b.affine).all()
     assert list(remote_folder.iterdir()) == []
+
+
+def test_outputs_that_do_not_come_back_leave_no_remote_folder(
+    sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path
+) -> None:
+    """A remote worker that reports `done` without writing its output (here a script that only prints the
+    event) ends the run with a clear error and no local output, and its remote run folder is removed."""
+    done = {"event": "done", "time": 0.0, "outputs": {"segmentations": []}, "metrics": {}}
+    worker = tmp_path / "worker.sh"
+    worker.write_text(f"#!/bin/sh\necho '{json.dumps(done)}'\n")
+    remote_folder = tmp_path / "remote-runs"
+    args = sshd.remote_args(remote_folder)
+    args[args.index("--remote-command") + 1] = f"sh {worker}"
+    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    run = tcurlora("segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+                   "--device", "cpu", "--events", "--output", str(tmp_path / "seg"), *args)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 5, (out, err)
+    final = events(out)[-1]
+    assert final["event"] == "error" and final["message"].endswith(
+        "the remote run reported success but wrote no hippocampus_001_seg.nii.gz"), final
+    assert list(remote_folder.iterdir()) == [], "the remote run folder was left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["remote-runs", "worker.sh"]

@@ -225,7 +225,7 @@ class SshConnection:
         """Copy `remote_parent/name` into `local_parent/name` (replacing it); False when absent remotely."""
         # `./NAME`: a name that begins with "-" (`-Ifoo_seg.nii.gz`) is a file for every tar, never an option.
         member = q(f"./{name}")
-        script = f"cd {q(remote_parent)} && if [ -e {member} ]; then tar -cf - {member}; else exit 3; fi"
+        script = f"cd {q(remote_parent)} 2>/dev/null && [ -e {member} ] || exit 3; tar -cf - {member}"
         result = subprocess.run(self.command(script), capture_output=True, timeout=3600)
         if result.returncode == 3:
             return False
