@@ -285,3 +285,28 @@ def test_outputs_that_do_not_come_back_leave_no_remote_folder(
         "the remote run reported success but wrote no hippocampus_001_seg.nii.gz"), final
     assert list(remote_folder.iterdir()) == [], "the remote run folder was left behind"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["remote-runs", "worker.sh"]
+
+
+def test_force_replaces_only_what_tcurlora_wrote(sshd, hippocampus_dir: Path, tiny_adapter: Path,
+                                                 tmp_path: Path, capsys) -> None:  # fmt: skip
+    """`--force --remote` once replaced whatever was at the output when the results came back (a folder of
+    the user's was deleted); it refuses, before connecting, what a local run refuses (exit 3)."""
+    remote_folder = tmp_path / "remote-runs"
+    mine = tmp_path / "adapter"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    job = job_file(tmp_path, hippocampus_dir, mine, force=True)
+    assert in_process("finetune", "--job", str(job), *sshd.remote_args(remote_folder)) == 3
+    final = events(capsys.readouterr().out)[-1]
+    assert final["kind"] == "output_exists" and "not an adapter written by tcurlora" in final["message"], final
+    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    scan = tmp_path / "scan.nii.gz"  # an image of the user's where the segmentation would go
+    shutil.copyfile(image, scan)
+    code = in_process("segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+                      "--output", str(scan), "--force", "--events", *sshd.remote_args(remote_folder))
+    assert code == 3
+    final = events(capsys.readouterr().out)[-1]
+    assert final["kind"] == "output_exists" and "not a segmentation written by tcurlora" in final["message"]
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert scan.read_bytes() == image.read_bytes()
+    assert not remote_folder.exists(), "nothing may be staged on the host"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcurlora.errors import EXIT_USAGE, CancelledError, OutputExistsError, TCURLoRAError
+from tcurlora.errors import EXIT_USAGE, CancelledError, TCURLoRAError
 from tcurlora.filenames import CHECKPOINT_SUFFIX, checkpoint_dir
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import EventSink
@@ -517,8 +517,10 @@ class RemoteFinetune(RemoteRun):
         self.local_checkpoint = checkpoint_dir(self.output)
 
     def check_outputs(self) -> None:  # noqa: B027 - optional hook
-        if self.output.exists() and not self.job.force:
-            raise OutputExistsError("the adapter folder exists (use --force to replace it)", self.output)
+        """As a local run: free, or with --force an adapter folder tcurlora wrote (it is replaced on return)."""
+        from tcurlora.outputs import check_adapter_output
+
+        check_adapter_output(self.output, self.job.force)
 
     def remote_job(self, stage: Path) -> dict[str, Any]:
         data = stage_finetune(self.job, stage)
@@ -532,6 +534,7 @@ class RemoteFinetune(RemoteRun):
         return [(remote_out + CHECKPOINT_SUFFIX, str(self.local_checkpoint)), (remote_out, str(self.output))]
 
     def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
+        self.check_outputs()  # what was put there during the run is not replaced either
         connection.download(f"{self.remote_dir}/out", self.output.name, self.output.parent)
 
     def keep(self, connection: SshConnection) -> bool:
@@ -551,9 +554,11 @@ class RemoteSegment(RemoteRun):
         super().__init__(job, host, self.outputs[0])
 
     def check_outputs(self) -> None:  # noqa: B027 - optional hook
+        """As a local run: free, or with --force a segmentation tcurlora wrote (it is replaced on return)."""
+        from tcurlora.data.io import check_labelmap_output
+
         for path in self.outputs:
-            if path.exists() and not self.job.force:
-                raise OutputExistsError("the output exists (use --force to replace it)", path)
+            check_labelmap_output(path, self.job.force)
 
     def remote_job(self, stage: Path) -> dict[str, Any]:
         return stage_segment(self.job, stage)
@@ -562,6 +567,7 @@ class RemoteSegment(RemoteRun):
         return [(f"{absolute}/out/{i}/{p.name}", str(p)) for i, p in enumerate(self.outputs)]
 
     def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
+        self.check_outputs()  # what was put there during the run is not replaced either
         for index, path in enumerate(self.outputs):
             if not connection.download(f"{self.remote_dir}/out/{index}", path.name, path.parent):
                 raise RemoteError(f"{self.host}: the remote run reported success but wrote no {path.name}")
