@@ -91,7 +91,7 @@ def test_expressions_macros_requires_and_cycles_are_refused(tmp_path):
                     "pretrained": True,
                 }
             },
-            r"argument 'pretrained' = True \(it would download",
+            r"argument 'pretrained' = True \(set in the config; it would download",
         ),
     }
     for name, (config, message) in cases.items():
