@@ -402,3 +402,34 @@ def test_the_build_budget_counts_before_allocating():
     torch.empty((1000, 1000))  # outside: no budget
     assert network_budget(1000) == 4000 + 64 * 1024**2
     assert network_budget(10 * 1024**3) == 4 * 1024**3
+
+
+def test_a_unet_bundle_ending_in_a_transposed_conv_gets_info_and_a_new_head(capsys, tmp_path):
+    from trust_testing import run
+
+    from tcurlora.adapters import AdapterConfig, apply_adapter
+
+    folder = _bundle(tmp_path / "transposed", {"network_def": UNET}, _unet_weights())  # no num_channels in metadata
+    base = load_bundle(folder)
+    assert base.spec.head_module == "model.2.conv" and base.spec.out_channels == 2
+    assert isinstance(base.model.get_submodule("model.2.conv"), torch.nn.ConvTranspose3d)
+    code, _, out, err = run(capsys, "info", str(folder), "--table", "--json", "--num-classes", "3")
+    assert code == 0, err
+    rows = json.loads(out)
+    head_row = next(row for row in rows if row["method"] == "head")
+    assert head_row["head"] == head_row["trainable"] == 12 * 3 * 27 + 3  # ConvTranspose3d(4 + 8 -> 3, k 3)
+    adapted = apply_adapter(base.model, AdapterConfig(method="head", num_classes=3, head_module="model.2.conv"))
+    new = adapted.model.get_submodule("model.2.conv")
+    assert isinstance(new, torch.nn.ConvTranspose3d) and new.out_channels == 3 and new.stride == (2, 2, 2)
+    assert adapted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_info_on_a_base_no_method_applies_to_exits_2(capsys, tmp_path):
+    from trust_testing import run
+
+    weights = {k: v.contiguous() for k, v in torch.nn.Linear(4, 3).state_dict().items()}
+    linear = {"_target_": "torch.nn.Linear", "in_features": 4, "out_features": 3}
+    folder = _bundle(tmp_path / "linear", {"network_def": linear}, weights)
+    code, _, _, err = run(capsys, "info", str(folder), "--table")
+    assert code == 2, err
+    assert "no adaptation method applies to this base model" in err and str(folder) in err

@@ -121,10 +121,12 @@ def _find_targets(value: Any, suffix: str) -> list[Mapping[str, Any]]:
 
 
 def head_module_name(model: nn.Module, out_channels: int) -> str:
-    """Name of the last Conv3d that maps to `out_channels` (the segmentation head)."""
+    """Name of the last Conv3d or ConvTranspose3d that maps to `out_channels` (the segmentation head: a
+    MONAI UNet without residual units ends in a transposed conv)."""
     names = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Conv3d) and m.out_channels == out_channels
-    ]
+        n for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.out_channels == out_channels
+    ]  # fmt: skip
     return names[-1] if names else ""
 
 
@@ -195,7 +197,9 @@ def spec_from_bundle(
         (s for t in _find_targets(config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
     )
     patch = _numbers(image.get("spatial_shape"), 3) or roi or (96, 96, 96)
-    out_channels = int(outputs.get("num_channels", len(labels) + (0 if output == "sigmoid" else 1)))
+    declared = network_def.get("out_channels")  # what network_def says, when the metadata does not
+    fallback = declared if isinstance(declared, int) and declared > 0 else len(labels) + (output != "sigmoid")
+    out_channels = int(outputs.get("num_channels", fallback))
     if not labels:
         labels = {c: f"class {c}" for c in range(1, out_channels)}
     return ModelSpec(
