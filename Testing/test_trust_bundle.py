@@ -399,6 +399,8 @@ def test_the_build_budget_counts_before_allocating():
         torch.nn.Linear(10, 10)  # 440 bytes
         with pytest.raises(BuildBudgetExceeded, match=r"more than 10,000 bytes of tensors \(at least 4,004,440\)"):
             torch.empty((1000, 1000))
+    with build_budget(1_000_000, "a test"), pytest.raises(BuildBudgetExceeded, match="stopped at the first tensor"):
+        torch.arange(1000).reshape(1000, 1).expand(1000, 1000).contiguous()  # 8 MB from a non-constructor
     torch.empty((1000, 1000))  # outside: no budget
     assert network_budget(1000) == 4000 + 64 * 1024**2
     assert network_budget(10 * 1024**3) == 4 * 1024**3

@@ -5,7 +5,8 @@ building it allocates all of that at once. Building on the `meta` device first w
 parameters exactly, but real MONAI networks call `.item()` in their constructors (SwinUNETR) and
 cannot be built there. So the one real build runs under a torch function mode that charges every tensor
 the constructors create against a budget, and refuses a tensor *before* allocating it when its declared
-size would exceed the budget.
+size would exceed the budget. Tensors that other operations compute inside a constructor (a meshgrid,
+a difference of index grids) are not counted, but none may be larger than the whole budget.
 
 The budget is `network_budget(weight_file_bytes)`: the network's tensors must fit in what its weight file
 could fill (4 bytes per value: a file stores at least 1 byte per value, a float32 network 4; plus 64 MiB
@@ -69,7 +70,7 @@ def _requested_elements(func: Any, args: tuple, kwargs: dict) -> int | None:
         shape = _shape(args[:2])
     else:
         shape = _shape(args)
-    return math.prod(shape) if shape is not None else None
+    return max(math.prod(shape), 0) if shape is not None else None
 
 
 class _Budget(TorchFunctionMode):
@@ -77,13 +78,14 @@ class _Budget(TorchFunctionMode):
         super().__init__()
         self.limit, self.what, self.path, self.used = limit, what, path, 0
 
-    def _charge(self, nbytes: int) -> None:
+    def _charge(self, nbytes: int, allocated: bool = False) -> None:
         self.used += nbytes
         if self.used > self.limit:
             raise BuildBudgetExceeded(
                 f"refused: building {self.what} would need more than {self.limit:,} bytes of tensors "
                 f"(at least {self.used:,}): more than its weight file can hold (4 bytes per stored byte) "
-                f"or the limit ${MAX_BYTES_VARIABLE}; nothing that large was allocated",
+                f"or the limit ${MAX_BYTES_VARIABLE}; "
+                + ("stopped at the first tensor beyond it" if allocated else "nothing that large was allocated"),
                 self.path,
             )
 
@@ -96,10 +98,12 @@ class _Budget(TorchFunctionMode):
                 self._charge(elements * dtype.itemsize)
                 return func(*args, **kwargs)
         result = func(*args, **kwargs)
-        if (func in _SIZED or func in _SIZED_METHODS or func in _CONSTRUCTORS) and isinstance(
-            result, torch.Tensor
-        ):
-            self._charge(result.numel() * result.element_size())
+        if isinstance(result, torch.Tensor):
+            nbytes = result.numel() * result.element_size()
+            if func in _SIZED or func in _SIZED_METHODS or func in _CONSTRUCTORS:
+                self._charge(nbytes)
+            elif nbytes > self.limit:  # any other operation: not counted, but no single result beyond the limit
+                self._charge(nbytes, allocated=True)
         return result
 
 
