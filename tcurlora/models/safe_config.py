@@ -38,7 +38,7 @@ _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _RESERVED = {"_target_", "_desc_", "_disabled_", "_mode_", "_requires_"}
 # Network arguments that make a MONAI / torchvision class download or read weights when set.
 _FETCHING = re.compile(
-    r"^(?!drop)(pretrained\w*|weights|\w+_(url|path|file|dir)|url|path|filename|path_or_repo_id|repo_id|cache_dir)$"
+    r"^(?!drop)(pretrained\w*|weights\w*|\w+_(url|path|file|dir)|url|path|filename|path_or_repo_id|repo_id|cache_dir)$"
 )
 # Allowed-module classes that load weights from the network or a folder whatever their arguments say.
 REFUSED_CLASSES = {"Transchex": "it loads BERT weights from Hugging Face or a folder (path_or_repo_id)"}
