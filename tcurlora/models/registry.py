@@ -18,6 +18,7 @@ from tcurlora.errors import InputError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
+from tcurlora.models.build_budget import build_budget, network_budget
 from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.spec import ModelSpec
@@ -70,10 +71,12 @@ def load_model_folder(folder: Path) -> BaseModel:
     if data.get("format") != MODEL_FORMAT:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
     spec = ModelSpec.from_dict(data["spec"], spec_path)
-    model = build_network(spec)
+    # The weight file is checked first: its size bounds what the spec may build.
     if not weights_path.is_file() and not weights_path.is_symlink():
         raise InputError("missing weights file", weights_path)
     check_weight_file(weights_path, folder)
+    with build_budget(network_budget(weights_path.stat().st_size), f"the {spec.arch} of the spec", spec_path):
+        model = build_network(spec)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
