@@ -128,6 +128,19 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_torch_file(path: str | Path, state: Any) -> Path:
+    """torch.save `state` (tensors and plain values) to `path` through a buffer: torch's own file writer
+    reports a full disk as an unrelated RuntimeError ("unexpected pos"), a plain write as OSError."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
+    return Path(path)
+
+
 def temp_sibling_dir(final: str | Path) -> Path:
     """A new empty folder beside `final`, to fill and then hand to `replace_dir`."""
     final = Path(final)
