@@ -46,7 +46,6 @@ MAX_ALPHA = 1e4
 # Bounds on what no one can mean (a typo, or a crafted job): 1,000,000 steps are days of GPU time.
 MAX_ITERATIONS = 1_000_000
 MAX_BATCH_SIZE = 1024
-MAX_RANK = 4096
 MAX_THREADS = 4096
 MAX_PATCH_SIDE = 1024  # voxels; one 1024^3 float patch is already 4 GiB
 
@@ -384,9 +383,7 @@ class FinetuneJob:
         help="one [r, g, b] color (0..1) per label name",
     )  # fmt: skip
     method: str = setting("tcur", "choice", choices=METHODS, help="adaptation method", flag="--method", slicer=True)
-    rank: int = setting(
-        8, "integer", minimum=1, maximum=MAX_RANK, help="adapter rank", flag="--rank", slicer=True
-    )
+    rank: int = setting(8, "integer", minimum=1, help="adapter rank", flag="--rank", slicer=True)
     alpha: float | None = setting(
         None, "number", check=check_alpha, schema={"exclusiveMinimum": 0, "maximum": MAX_ALPHA},
         help="adapter scale (default: the method's)", flag="--alpha",
