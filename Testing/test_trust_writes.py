@@ -237,6 +237,9 @@ def test_a_symlink_loop_as_input_is_refused_with_exit_2(tmp_path, capsys, hippoc
                                                 "output_dir": "out"})  # fmt: skip
     code, events, _, _ = run(capsys, "segment", "--job", segment)
     assert code == 2 and "'inputs[0]'" in events[-1]["message"] and "leads back to itself" in events[-1]["message"]
+    code, events, _, _ = run(capsys, "segment", tmp_path / "loop.nii.gz", "--base-model", TINY, "-o",
+                             tmp_path / "s.nii.gz", "--events")  # fmt: skip
+    assert code == 2 and "symbolic link to nothing" in events[-1]["message"]
 
 
 def test_segment_out_of_memory_advice_names_what_segment_can_change(tmp_path, hippocampus_dir):

@@ -6,7 +6,6 @@ Every check here runs before any work starts, so a run never fails at its end be
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import tempfile
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 from tcurlora.errors import OutputExistsError, OutputNotWritableError
+from tcurlora.jsonio import loads_strict
 
 # The files an adapter folder written by tcurlora holds (adapters/io.py writes exactly these).
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -95,7 +95,7 @@ def is_tcurlora_adapter(folder: Path) -> bool:
     if folder.is_symlink() or not folder.is_dir() or not config.is_file() or config.is_symlink():
         return False
     try:
-        record = json.loads(config.read_text(encoding="utf-8"))
+        record = loads_strict(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and record.get("format") == ADAPTER_FORMAT
@@ -141,7 +141,7 @@ def check_model_output(folder: str | Path, force: bool) -> Path:
         raise OutputExistsError(f"exists and is not a model folder; {NOT_OURS}", folder)
     entries = sorted(p.name for p in folder.iterdir())
     try:
-        record = json.loads((folder / "model.json").read_text(encoding="utf-8")) if entries else {}
+        record = loads_strict((folder / "model.json").read_text(encoding="utf-8")) if entries else {}
     except (OSError, ValueError):
         record = None
     ours = not entries or (isinstance(record, dict) and record.get("format") == MODEL_FORMAT)
@@ -203,7 +203,7 @@ def _is_report(path: Path) -> bool:
     if text.startswith(MARKDOWN_HEAD):
         return True
     try:
-        data = json.loads(text)
+        data = loads_strict(text)
     except ValueError:
         return False
     return isinstance(data, dict) and data.get("schema") == EVALUATION_SCHEMA

@@ -93,6 +93,8 @@ def expand_inputs(values: list[str], channels: int) -> list[list[str]]:
             continue
         parts = [p for p in value.split(",") if p] if not path.exists() else [value]
         for part in parts:
+            if Path(part).is_symlink() and not Path(part).exists():
+                raise InputError("input volume is a symbolic link to nothing (broken, or a loop)", part)
             if not Path(part).is_file():
                 raise InputError("input volume not found", part)
         inputs.append(parts)
