@@ -117,8 +117,11 @@ class OutputLock:
                 self._fd = fd
                 if hasattr(os, "fchmod"):
                     os.fchmod(fd, 0o666 & ~current_umask())  # the open file itself, never a path
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                try:  # the PID is for people; a full disk must not stop the run here
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError:
+                    pass
                 return self
             os.close(fd)
         raise OutputLockedError("could not take the output lock (it keeps changing)", self.output)
