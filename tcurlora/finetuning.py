@@ -123,7 +123,7 @@ def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: Training
     """Write adapter weights, the step's state (optimizer, scaler, torch RNG: `OptimStep.state`), the data
     sampler's state, the best validated adapter, the mean teacher (its EMA tensors and unlabeled sampler,
     semi-supervised runs only) and the progress to `folder`, replacing the old one atomically."""
-    with atomic_dir(folder) as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
+    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
         if teacher is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in teacher.items()}, str(temp / TEACHER_WEIGHTS_FILE))
         save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},

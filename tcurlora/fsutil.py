@@ -151,12 +151,12 @@ def temp_sibling_dir(final: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
+def atomic_dir(final: str | Path, what: str = "the output") -> Iterator[Path]:
     """A temp sibling folder to fill; it replaces `final` (replace_dir) when the block ends without an
     exception and is removed when it raises. A write the file system refuses (disk full, also inside
     safetensors) is OutputWriteError naming `final`, and no temporary folder is left."""
     final = Path(final)
-    with output_write_errors(final):
+    with output_write_errors(final, what):
         temp = temp_sibling_dir(final)
         try:
             yield temp

@@ -69,7 +69,7 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
         foreign = [] if not folder.is_dir() else [p.name for p in folder.iterdir() if p.name not in CHECKPOINT_FILES]
         if folder.is_symlink() or not folder.is_dir() or foreign:
             raise OutputExistsError("the checkpoint folder holds files tcurlora did not write; move it away", folder)
-    with atomic_dir(folder) as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
+    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
         write_model_files(temp, model, spec, model_id=spec.name, card=card)
         write_torch_file(temp / OPTIMIZER_FILE, step.state())
         atomic_write_text(temp / TRAINING_LOG, training_log_text(state.records))

@@ -103,7 +103,7 @@ def save_adapter(
             raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
     record = adapter_record(adapted, extra)
     state = adapted.adapter_state_dict()
-    with atomic_dir(folder) as temp:  # a full disk: OutputWriteError (exit 3), nothing left
+    with atomic_dir(folder, "the adapter") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
         record[SHA256_KEY] = hashlib.sha256((temp / WEIGHTS_FILE).read_bytes()).hexdigest()
         for name, content in (extra_files or {}).items():

@@ -107,7 +107,7 @@ def save_model_folder(
     sibling folder renamed into place, removed again when writing fails, so there is never half a folder."""
     folder = Path(folder)
     check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
-    with atomic_dir(folder) as temp:  # a full disk: OutputWriteError (exit 3), nothing left
+    with atomic_dir(folder, "the model folder") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
         for name, text in (extra_files or {}).items():
             (temp / name).write_text(text, encoding="utf-8")
