@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from torch import nn
 from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
-from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.fsutil import atomic_dir, atomic_write_json
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.weight_files import check_weight_file
@@ -113,18 +112,14 @@ def save_adapter(
             raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
     record = adapter_record(adapted, extra)
     state = adapted.adapter_state_dict()
-    temp = temp_sibling_dir(folder)
-    try:
+    with atomic_dir(folder, "the adapter") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
         record[SHA256_KEY] = hashlib.sha256((temp / WEIGHTS_FILE).read_bytes()).hexdigest()
         for name, content in (extra_files or {}).items():
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             (temp / name).write_bytes(data)
         atomic_write_json(temp / CONFIG_FILE, record)
-        return replace_dir(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    return folder
 
 
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
@@ -133,8 +128,10 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise InputError("no such adapter folder", folder)
     path = folder / CONFIG_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"not an adapter folder: {CONFIG_FILE} is missing", path)
+    if path.is_symlink() or not path.is_file():
+        raise InputError(f"refused: {CONFIG_FILE} is not a regular file (a link, a folder or a special file)", path)
     data = read_json_object(path, "adapter config")
     if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
         raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
@@ -154,8 +151,9 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     when not given); InputError naming the file when missing, corrupt or not the recorded content."""
     folder = Path(folder)
     path = folder / WEIGHTS_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
+    check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
     record = read_adapter_config(folder) if record is None else record
     data = check_weight_file(path, folder).read_bytes()
     check_weights_digest(data, record, path)

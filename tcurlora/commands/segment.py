@@ -49,9 +49,17 @@ def register(subparsers: Any) -> None:
 
 
 def folder_inputs(folder: Path, channels: int) -> list[list[str]]:
-    """Every volume in `folder`, sorted; with channels > 1, CASE_0000..CASE_{n-1} files make one input."""
+    """Every volume in `folder`, sorted; with channels > 1, CASE_0000..CASE_{n-1} files make one input.
+
+    Segmentations tcurlora wrote (its header mark) are not volumes to segment: a folder segmented
+    into itself, run again with --force, must not segment its own `_seg` files.
+    """
+    from tcurlora.outputs import is_tcurlora_segmentation
+
     files = sorted(
-        f for f in folder.iterdir() if f.is_file() and is_image_file(f) and not f.name.startswith(".")
+        f
+        for f in folder.iterdir()
+        if f.is_file() and is_image_file(f) and not f.name.startswith(".") and not is_tcurlora_segmentation(f)
     )
     if not files:
         raise InputError("no image volumes in this folder", folder)
@@ -85,6 +93,8 @@ def expand_inputs(values: list[str], channels: int) -> list[list[str]]:
             continue
         parts = [p for p in value.split(",") if p] if not path.exists() else [value]
         for part in parts:
+            if Path(part).is_symlink() and not Path(part).exists():
+                raise InputError("input volume is a symbolic link to nothing (broken, or a loop)", part)
             if not Path(part).is_file():
                 raise InputError("input volume not found", part)
         inputs.append(parts)

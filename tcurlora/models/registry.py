@@ -6,7 +6,6 @@ A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tcurlora.errors import InputError
-from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.fsutil import atomic_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
 from tcurlora.models.build_budget import build_budget, network_budget
@@ -111,15 +110,11 @@ def save_model_folder(
     sibling folder renamed into place, removed again when writing fails, so there is never half a folder."""
     folder = Path(folder)
     check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
-    temp = temp_sibling_dir(folder)
-    try:
+    with atomic_dir(folder, "the model folder") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
         for name, text in (extra_files or {}).items():
             (temp / name).write_text(text, encoding="utf-8")
-        return replace_dir(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    return folder
 
 
 def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None,
