@@ -182,7 +182,7 @@ def test_a_folder_segmented_into_itself_does_not_segment_its_own_segmentations(t
     [
         ('"iterations": 2, "iterations": 3', "duplicate key 'iterations'"),
         ('"seed": ' + "7" * 5000, "5000 digits"),
-        ('"nested": ' + "[" * 100_000 + "]" * 100_000, "nested more than 64 levels"),
+        ('"nested": ' + "[" * 100_000 + "]" * 100_000, "nests deeper than 64 levels"),
         ('"grad_clip": NaN', "NaN is not a number"),
         ('"grad_clip": 1e999', "too large"),
         ('"iterations": 1000000000000', "'iterations': must be <= 1000000"),

@@ -54,7 +54,7 @@ def _check_depth(value: Any) -> None:
     while stack:
         item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise JSONProblem(f"nested more than {MAX_JSON_DEPTH} levels deep")
+            raise JSONProblem(f"nests deeper than {MAX_JSON_DEPTH} levels")
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
@@ -69,7 +69,7 @@ def loads_strict(text: str) -> Any:
             text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int
         )
     except RecursionError as error:
-        raise JSONProblem(f"nested more than {MAX_JSON_DEPTH} levels deep") from error
+        raise JSONProblem(f"nests deeper than {MAX_JSON_DEPTH} levels") from error
     except json.JSONDecodeError:
         raise
     except JSONProblem:

@@ -8,13 +8,13 @@ few kilobytes) and structures nested deeper than MAX_CONFIG_DEPTH are refused to
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tcurlora.errors import InputError
+from tcurlora.jsonio import JSONProblem, loads_strict
 
 MAX_CONFIG_BYTES = 1024**2
 MAX_CONFIG_DEPTH = 64
@@ -63,11 +63,13 @@ def read_config_file(path: Path) -> Any:
         raise InputError(f"unreadable bundle config: {error}", path) from error
     try:
         if path.suffix == ".json":
-            value = json.loads(text)
+            value = loads_strict(text)
         else:
             value = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
     except _AliasRefused as error:
         raise InputError(str(error), path) from error
+    except JSONProblem as error:
+        raise InputError(f"refused: the config {error}", path) from error
     except RecursionError as error:
         raise InputError(f"refused: the config nests deeper than {MAX_CONFIG_DEPTH} levels", path) from error
     except (ValueError, yaml.YAMLError) as error:
