@@ -78,6 +78,12 @@ def check_label_names(key: str, names: list[str]) -> list[str]:
     return names
 
 
+# Voxel spacings (mm) a scan or a working grid can have: 10 um (micro-CT) to 10 cm. Outside, a header is
+# wrong or a value is a typo, and resampling to it would ask for absurd grids.
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 100.0
+
+
 def check_regexes(key: str, patterns: list[str]) -> list[str]:
     """Module-name regexes: valid, and matchable in linear time (an adapter config can come from anyone;
     tcurlora.namepatterns says what is refused)."""
@@ -108,13 +114,23 @@ def parse_patch_size(key: str, value: Any, base_dir: Path | None) -> list[int]:
     return list(value)
 
 
+def spacing_problem(values: Any) -> str | None:
+    """Why `values` is not a spacing tcurlora works at (3 numbers within MIN..MAX_SPACING_MM), or None."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) and v > 0 for v in values):
+        return f"expected a list of 3 positive numbers (mm), got {values!r}"
+    if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
+        return f"spacing {list(values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"
+    return None
+
+
 def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | str:
     expect(key, value, (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"')
     if isinstance(value, str) and value not in ("auto", "base"):
         raise SettingError(key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}')
     if isinstance(value, list):
-        if len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
-            raise SettingError(key, f"expected a list of 3 positive numbers (mm), got {value!r}")
+        problem = spacing_problem(value)
+        if problem:
+            raise SettingError(key, problem)
         return [float(v) for v in value]
     return value
 
