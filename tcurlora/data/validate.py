@@ -48,8 +48,8 @@ def _check_label_values(array: np.ndarray, num_classes: int, path: Path) -> None
         raise InputError(f"label is empty: all background, none of classes 1..{highest}", path)
 
 
-def validate_case(case: Case, num_classes: int) -> list[str]:
-    """Raise InputError naming the file and the problem; return warnings (strings) otherwise.
+def validate_case(case: Case, num_classes: int) -> None:
+    """Raise InputError naming the file and the problem (a constant image too: a warning went unseen).
 
     Checks: files readable; voxels real, finite and within float32, spacing sane (data.values); channels
     share one grid; no channel constant (nothing to learn); label on the image grid
@@ -57,7 +57,6 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
     0..num_classes-1 (num_classes counts the background, as everywhere in tcurlora; after
     `case.label_map`); at least one voxel of a requested class.
     """
-    warnings: list[str] = []
     channels: list[tuple[Path, sitk.Image]] = []
     for path in case.images:  # real, finite, float32-sized voxels on a sane grid (InputError otherwise)
         channels.extend((path, channel) for channel in split_channels(check_image_values(path)))
@@ -69,7 +68,7 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
     for path, channel in channels:
         check_not_constant(path, channel)
     if case.label is None:
-        return warnings
+        return
     check_label_map(case, num_classes)
     label, _ = read_label(case.label)
     difference = geometry_difference(first, label, ("image", "label"))
@@ -86,7 +85,6 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
                 case.label,
             )
     _check_label_values(array, num_classes, case.label)
-    return warnings
 
 
 def check_label_map(case: Case, num_classes: int) -> None:
