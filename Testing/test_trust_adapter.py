@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from trust_testing import TINY, hippo_case, run
+from trust_testing import TINY, hippo_case, run, tiny_job, write_job
 
 from tcurlora.adapter_integrity import config_digest, seal
 from tcurlora.adapters.config import AdapterConfig
@@ -95,6 +95,11 @@ def test_a_crafted_pattern_cannot_hang_segment(tmp_path, capsys, hippocampus_dir
     assert code == 2 and events[-1]["kind"] == "config_error", events[-1]
     assert "'(.|.)*(.|.)*Z' matches no module" in events[-1]["message"]
     assert not output.exists()
+    job = tiny_job(hippocampus_dir, tmp_path / "adapter", train_modules=["(.|.)*(.|.)*Z"])
+    with time_limit(60):
+        code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "job.json", job), "--events")
+    assert code == 2 and "'(.|.)*(.|.)*Z' matches no module" in events[-1]["message"], events[-1]
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_the_config_is_under_the_digest(tmp_path, capsys, tiny_adapter):
