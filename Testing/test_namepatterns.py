@@ -13,7 +13,7 @@ from monai.networks.nets import SegResNet, UNet
 
 from tcurlora.adapters.config import CONV_TARGETS, DEFAULT_DECODER_MODULES, DEFAULT_TARGETS
 from tcurlora.adapters.targets import CNN_DECODERS
-from tcurlora.namepatterns import PatternError, compile_pattern, full_match
+from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern, full_match
 
 PATTERNS = DEFAULT_TARGETS + DEFAULT_DECODER_MODULES + CONV_TARGETS + CNN_DECODERS["SegResNet"] + [
     r"decoder\d+", r".+", r"encoder1|decoder2", r"(?=.*conv).*\.\w+\b", r"^vit\.\B.*$", r"a{2,3}",
@@ -64,7 +64,9 @@ def test_no_pattern_can_hang():
         (r"(?>a)", "uses an atomic group"),
         (r"a*+", "uses a possessive repeat"),
         (r"(a)?(?(1)b|c)", "uses a conditional group"),
-        ("(a{100}){100}", "more than 5000 states"),
+        ("(a{100}){100}", "more than 1000 states"),
+        ("((?=a{900}){100})", "more than 1000 states"),  # lookahead programs count too
+        ("(?:){4294967}", "a repeat count above 1000"),
         ("a" * 501, "501 characters, more than 500"),
         ("(", "invalid regular expression"),
     ],
@@ -72,3 +74,15 @@ def test_no_pattern_can_hang():
 def test_what_a_linear_matcher_cannot_do_is_refused(pattern, problem):
     with pytest.raises(PatternError, match=re.escape(problem)):
         compile_pattern(pattern)
+
+
+def test_a_list_costlier_than_the_bound_is_refused_and_the_costliest_allowed_is_quick():
+    check_pattern_list(["(?:.?){127}X"])  # 128 positions: the most one list may have
+    with pytest.raises(PatternError, match="129 character positions once repeats are unrolled, more than 128"):
+        check_pattern_list(["(?:.?){127}X", "a"])
+    with pytest.raises(PatternError, match="101 patterns, more than 100"):
+        check_pattern_list([f"layer{i}" for i in range(101)])
+    names = [name for name, _ in small_unetr().named_modules()]
+    started = time.process_time()
+    assert not any(full_match(r"\b(?:.?){126}X", name) for name in names)  # nearly the costliest list allowed
+    assert time.process_time() - started < 5  # under 1 s here

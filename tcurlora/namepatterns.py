@@ -5,7 +5,8 @@ An adapter config can come from anyone (adapters are exported and imported), and
 matched by a small Thompson-NFA simulation (every state advanced once per character): no pattern can
 hang. What such a matcher cannot do (backreferences, lookbehind, atomic groups, possessive repeats,
 inline flags) is refused when the pattern is read, as are patterns over `MAX_PATTERN_CHARS` characters
-or `MAX_STATES` states once counted repeats are unrolled ("a{1000}").
+or `MAX_STATES` states once counted repeats are unrolled ("a{1000}"), and lists whose matching would
+cost more than `MAX_LIST_POSITIONS` steps per character of a name.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _parse  # type: ignore[no-redef]
 
 MAX_PATTERN_CHARS = 500
-MAX_STATES = 5000
+MAX_STATES = 1000  # NFA instructions of one pattern, lookaheads included
+MAX_REPEAT = 1000  # largest count in {m,n}
 MAX_PATTERNS = 100  # per list: target_modules, train_modules, ...
+# Character positions (NFA states that read a character) summed over one list: the work of matching a
+# name is at most this times its length (the defaults need 94; "(?:.?){127}X" is the costliest list allowed).
+MAX_LIST_POSITIONS = 128
 
 _CATEGORIES: dict[Any, Callable[[str], bool]] = {
     _sre.CATEGORY_DIGIT: str.isdecimal,
@@ -43,6 +48,23 @@ _UNSUPPORTED = {
 
 class PatternError(ValueError):
     """A module-name pattern this matcher refuses (the message says why)."""
+
+
+def _positions(program: tuple) -> int:
+    """The program's character-reading states, its lookaheads' included: its cost per character."""
+    return sum(1 if op[0] == "char" else _positions(op[2]) if op[0] == "look" else 0 for op in program)
+
+
+def check_pattern_list(patterns: list[str]) -> None:
+    """PatternError unless every pattern compiles and the list's matching cost is within bounds."""
+    if len(patterns) > MAX_PATTERNS:
+        raise PatternError(f"{len(patterns)} patterns, more than {MAX_PATTERNS}")
+    total = sum(_positions(compile_pattern(pattern)) for pattern in patterns)
+    if total > MAX_LIST_POSITIONS:
+        raise PatternError(
+            f"the patterns have {total} character positions once repeats are unrolled, more than "
+            f"{MAX_LIST_POSITIONS} (write plain module names, or fewer and shorter patterns)"
+        )
 
 
 def _is_word(text: str, pos: int) -> bool:
@@ -70,12 +92,14 @@ class _Compiler:
     """Parsed regex -> NFA program: ("char", pred), ("split", a, b), ("jmp", a), ("at", kind),
     ("look", negate, program), ("match",)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: list[int]) -> None:
         self.code: list[list[Any]] = []
+        self.budget = budget  # states left for the whole pattern, lookahead programs included
 
     def emit(self, *instruction: Any) -> int:
-        if len(self.code) >= MAX_STATES:
+        if self.budget[0] <= 0:
             raise PatternError(f"the pattern unrolls to more than {MAX_STATES} states")
+        self.budget[0] -= 1
         self.code.append(list(instruction))
         return len(self.code) - 1
 
@@ -108,7 +132,7 @@ class _Compiler:
         elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
             if av[0] != 1:
                 raise PatternError("uses a lookbehind, which module-name patterns do not support")
-            self.emit("look", op is _sre.ASSERT_NOT, _program(av[1]))
+            self.emit("look", op is _sre.ASSERT_NOT, _program(av[1], self.budget))
         else:
             raise PatternError(f"uses {name}, which module-name patterns do not support")
 
@@ -126,6 +150,8 @@ class _Compiler:
             self.code[jump][1] = len(self.code)
 
     def repeat(self, low: int, high: int, body: Any) -> None:
+        if low > MAX_REPEAT or (high != _sre.MAXREPEAT and high > MAX_REPEAT):
+            raise PatternError(f"a repeat count above {MAX_REPEAT}")
         for _ in range(low):
             self.sequence(body)
         if high == _sre.MAXREPEAT:
@@ -142,8 +168,8 @@ class _Compiler:
             self.code[split][2] = len(self.code)
 
 
-def _program(items: Any) -> tuple[tuple[Any, ...], ...]:
-    compiler = _Compiler()
+def _program(items: Any, budget: list[int]) -> tuple[tuple[Any, ...], ...]:
+    compiler = _Compiler(budget)
     compiler.sequence(items)
     compiler.emit("match")
     return tuple(tuple(instruction) for instruction in compiler.code)
@@ -163,7 +189,7 @@ def compile_pattern(pattern: str) -> tuple[tuple[Any, ...], ...]:
         raise PatternError(f"invalid regular expression: {error}") from None
     if parsed.state.flags & ~(_sre.SRE_FLAG_UNICODE | _sre.SRE_FLAG_VERBOSE):
         raise PatternError("inline flags such as (?i) are not supported in module-name patterns")
-    return _program(parsed)
+    return _program(parsed, [MAX_STATES])
 
 
 def _at(kind: Any, text: str, pos: int) -> bool:

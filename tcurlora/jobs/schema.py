@@ -22,7 +22,7 @@ from typing import Any
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import case_id_from_path, segmentation_output_name
-from tcurlora.namepatterns import MAX_PATTERNS, PatternError, compile_pattern
+from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
 from tcurlora.settings import (
     SettingError,
     check_keys,
@@ -87,8 +87,6 @@ MAX_SPACING_MM = 100.0
 def check_regexes(key: str, patterns: list[str]) -> list[str]:
     """Module-name regexes: valid, and matchable in linear time (an adapter config can come from anyone;
     tcurlora.namepatterns says what is refused)."""
-    if len(patterns) > MAX_PATTERNS:
-        raise SettingError(key, f"{len(patterns)} patterns, more than {MAX_PATTERNS}")
     for index, pattern in enumerate(patterns):
         try:
             re.compile(pattern)
@@ -99,6 +97,10 @@ def check_regexes(key: str, patterns: list[str]) -> list[str]:
         except PatternError as error:
             shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
             raise SettingError(f"{key}[{index}]", f"module-name pattern {shown!r} refused: {error}") from None
+    try:
+        check_pattern_list(patterns)
+    except PatternError as error:
+        raise SettingError(key, f"refused: {error}") from None
     return patterns
 
 
