@@ -4,7 +4,8 @@ An adapter config can come from anyone (adapters are exported and imported), and
 `re` needs hours for patterns like "(.|.)*(.|.)*Z". The patterns keep Python's regex syntax, but are
 matched by a small Thompson-NFA simulation (every state advanced once per character): no pattern can
 hang. What such a matcher cannot do (backreferences, lookbehind, atomic groups, possessive repeats,
-inline flags) is refused when the pattern is read, as are patterns over `MAX_PATTERN_CHARS` characters
+inline flags) or only in quadratic time (a lookahead other than at the start) is refused when the
+pattern is read, as are patterns over `MAX_PATTERN_CHARS` characters
 or `MAX_STATES` states once counted repeats are unrolled ("a{1000}"), and lists whose matching would
 cost more than `MAX_LIST_POSITIONS` steps per character of a name.
 """
@@ -132,7 +133,9 @@ class _Compiler:
         elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
             if av[0] != 1:
                 raise PatternError("uses a lookbehind, which module-name patterns do not support")
-            self.emit("look", op is _sre.ASSERT_NOT, _program(av[1], self.budget))
+            raise PatternError(
+                "a lookahead is supported only at the start of a pattern (there it is checked once per name)"
+            )
         else:
             raise PatternError(f"uses {name}, which module-name patterns do not support")
 
@@ -169,8 +172,21 @@ class _Compiler:
 
 
 def _program(items: Any, budget: list[int]) -> tuple[tuple[Any, ...], ...]:
+    """Leading lookaheads (and anchors) run at one position per run of this program; anywhere else a
+    lookahead would run at every position, each time to the end of the name: quadratic work."""
     compiler = _Compiler(budget)
-    compiler.sequence(items)
+    items = list(items)
+    lead = 0
+    while lead < len(items) and items[lead][0] in (_sre.ASSERT, _sre.ASSERT_NOT, _sre.AT):
+        op, av = items[lead]
+        if op is _sre.AT:
+            compiler.emit("at", av)
+        elif av[0] != 1:
+            raise PatternError("uses a lookbehind, which module-name patterns do not support")
+        else:
+            compiler.emit("look", op is _sre.ASSERT_NOT, _program(av[1], budget))
+        lead += 1
+    compiler.sequence(items[lead:])
     compiler.emit("match")
     return tuple(tuple(instruction) for instruction in compiler.code)
 
