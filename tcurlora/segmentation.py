@@ -19,8 +19,9 @@ from tcurlora.jobs.events import eta_seconds
 def plan_outputs(job) -> list[Path]:
     """The job's output paths (SegmentJob.output_paths, the names the schema promises), each checked
     before anything runs: free, or (with force) a segmentation tcurlora wrote; writable; every input
-    readable and without NaN / infinite voxels."""
-    from tcurlora.data.io import check_labelmap_output, count_nonfinite, read_image
+    readable, real, finite and within float32 (data.values)."""
+    from tcurlora.data.io import check_labelmap_output
+    from tcurlora.data.values import check_image_values
 
     outputs = list(job.output_paths())
     if not outputs:
@@ -29,10 +30,7 @@ def plan_outputs(job) -> list[Path]:
         raise InputError("two inputs would write the same output file; give explicit outputs")
     for channels in job.inputs:
         for path in channels if isinstance(channels, (list, tuple)) else [channels]:
-            read_image(path)  # InputError naming the file when missing or unreadable
-            count = count_nonfinite(path)
-            if count:
-                raise InputError(f"image has {count} NaN or infinite voxels", path)
+            check_image_values(path)  # InputError naming the file: unreadable, complex, NaN, beyond float32
     for path in outputs:
         check_labelmap_output(path, job.force)
     return outputs
@@ -57,7 +55,11 @@ def load_segmentation_model(base_model: str, adapter: str | None):
     adapted = load_adapter(Path(adapter), base.model)
     model = adapted.merge_and_unload()
     model.eval()
-    return model, adapter_spec(base.spec, config), list(config.get("label_names") or []), config
+    try:
+        spec = adapter_spec(base.spec, config)
+    except ConfigError as error:
+        raise ConfigError(error.problem, Path(adapter) / "adapter_config.json") from error
+    return model, spec, list(config.get("label_names") or []), config
 
 
 def adapter_spec(base_spec, config: dict):

@@ -1,7 +1,8 @@
 """Adapter folders: `adapter_config.json` + `adapter.safetensors` (+ training log), written atomically.
 
-adapter_config.json records the SHA-256 of adapter.safetensors (`weights_sha256`); loading and
-`tcurlora info` refuse weights that do not match it (tampered or damaged).
+adapter_config.json records the SHA-256 of adapter.safetensors (`weights_sha256`) and of itself
+(`config_sha256`); loading and `tcurlora info` refuse an adapter whose files do not match them, or that
+lacks one of them (tcurlora.adapter_integrity).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 
+from tcurlora.adapter_integrity import WEIGHTS_SHA256_KEY, check_record, check_weights, seal
 from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
@@ -28,7 +30,7 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 LOG_FILE = "training_log.jsonl"
 ADAPTER_FORMAT = "tcurlora.adapter/1"
-SHA256_KEY = "weights_sha256"
+SHA256_KEY = WEIGHTS_SHA256_KEY
 
 
 def library_versions() -> dict[str, str]:
@@ -73,7 +75,7 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
         record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
     record["versions"] = library_versions()
     for key, value in (extra or {}).items():
-        if key in ("format", "method", "base_fingerprint", "initialisation", SHA256_KEY):
+        if key in ("format", "method", "base_fingerprint", "initialisation", SHA256_KEY, "config_sha256"):
             raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
         record[key] = value
     return record
@@ -118,12 +120,13 @@ def save_adapter(
         for name, content in (extra_files or {}).items():
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             (temp / name).write_bytes(data)
-        atomic_write_json(temp / CONFIG_FILE, record)
+        atomic_write_json(temp / CONFIG_FILE, seal(record))
     return folder
 
 
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
-    """The parsed adapter_config.json of an adapter folder; InputError naming the file otherwise."""
+    """The parsed adapter_config.json of an adapter folder, its integrity keys checked (present, and the
+    config unchanged: tcurlora.adapter_integrity); InputError naming the file otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("no such adapter folder", folder)
@@ -135,6 +138,7 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     data = read_json_object(path, "adapter config")
     if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
         raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
+    check_record(data, path)
     return data
 
 
@@ -156,28 +160,11 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
     record = read_adapter_config(folder) if record is None else record
     data = check_weight_file(path, folder).read_bytes()
-    check_weights_digest(data, record, path)
+    check_weights(data, record, path)
     try:
         return load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"corrupt or truncated adapter weights: {error}", path) from error
-
-
-def check_weights_digest(data: bytes, record: dict[str, Any], path: Path) -> None:
-    """InputError unless `data` has the SHA-256 recorded in adapter_config.json (adapters written
-    before the digest was recorded have none and are checked only by parsing)."""
-    expected = record.get(SHA256_KEY)
-    if not data:
-        raise InputError("the adapter weights file is empty", path)
-    if expected is None:
-        return
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise InputError(
-            f"corrupt or truncated adapter weights: SHA-256 {actual[:16]}... differs from the "
-            f"{expected[:16]}... recorded in adapter_config.json (the file was changed after training)",
-            path,
-        )
 
 
 def load_adapter(
@@ -185,14 +172,15 @@ def load_adapter(
 ) -> AdaptedModel:
     """Apply the adapter in `folder` to `base_model` (changed in place) and load its weights.
 
-    The base model must be the one the adapter was trained on: FingerprintMismatchError otherwise.
+    The base model must be the one the adapter was trained on: FingerprintMismatchError otherwise
+    (`check_fingerprint=False` skips that comparison; a missing fingerprint is refused on reading).
     """
     folder = Path(folder)
     record = read_adapter_config(folder)
     config_path = folder / CONFIG_FILE
     config = config_from_record(record, config_path)
     state = read_adapter_weights(folder, record)
-    if check_fingerprint and config.base_fingerprint:
+    if check_fingerprint:
         actual = state_dict_fingerprint(base_model)
         if actual != config.base_fingerprint:
             raise FingerprintMismatchError(

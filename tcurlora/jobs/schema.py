@@ -23,6 +23,7 @@ from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import case_id_from_path, segmentation_output_name
 from tcurlora.jsonio import JSONProblem, loads_strict
+from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
 from tcurlora.settings import (
     SettingError,
     check_keys,
@@ -83,12 +84,29 @@ def check_label_names(key: str, names: list[str]) -> list[str]:
     return names
 
 
+# Voxel spacings (mm) a scan or a working grid can have: 10 um (micro-CT) to 10 cm. Outside, a header is
+# wrong or a value is a typo, and resampling to it would ask for absurd grids.
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 100.0
+
+
 def check_regexes(key: str, patterns: list[str]) -> list[str]:
+    """Module-name regexes: valid, and matchable in linear time (an adapter config can come from anyone;
+    tcurlora.namepatterns says what is refused)."""
     for index, pattern in enumerate(patterns):
         try:
             re.compile(pattern)
-        except re.error as error:
+        except (re.error, RecursionError, OverflowError) as error:
             raise SettingError(f"{key}[{index}]", f"invalid regular expression {pattern!r}: {error}") from None
+        try:
+            compile_pattern(pattern)
+        except PatternError as error:
+            shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+            raise SettingError(f"{key}[{index}]", f"module-name pattern {shown!r} refused: {error}") from None
+    try:
+        check_pattern_list(patterns)
+    except PatternError as error:
+        raise SettingError(key, f"refused: {error}") from None
     return patterns
 
 
@@ -106,13 +124,23 @@ def parse_patch_size(key: str, value: Any, base_dir: Path | None) -> list[int]:
     return list(value)
 
 
+def spacing_problem(values: Any) -> str | None:
+    """Why `values` is not a spacing tcurlora works at (3 numbers within MIN..MAX_SPACING_MM), or None."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) and v > 0 for v in values):
+        return f"expected a list of 3 positive numbers (mm), got {values!r}"
+    if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
+        return f"spacing {list(values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"
+    return None
+
+
 def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | str:
     expect(key, value, (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"')
     if isinstance(value, str) and value not in ("auto", "base"):
         raise SettingError(key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}')
     if isinstance(value, list):
-        if len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
-            raise SettingError(key, f"expected a list of 3 positive numbers (mm), got {value!r}")
+        problem = spacing_problem(value)
+        if problem:
+            raise SettingError(key, problem)
         return [float(v) for v in value]
     return value
 
