@@ -83,6 +83,20 @@ class TCURFineTuneParameterNode:
     sshConfig: str = ""
 
 
+class CloseGuard(qt.QObject):
+    """Asks before the main window closes while a fine-tuning runs (`ask()` False keeps Slicer open)."""
+
+    def __init__(self, ask) -> None:
+        qt.QObject.__init__(self)
+        self.ask = ask
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == qt.QEvent.Close and not self.ask():
+            event.ignore()
+            return True  # Slicer stays open, the run goes on
+        return False
+
+
 class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Qt wiring only: every decision is a tested function of TCURFineTuneLib / TCURLoRACommon."""
 
@@ -94,6 +108,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.run = None
+        self.closeGuard = None
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
@@ -132,24 +147,44 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
         self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.baseModelComboBox.currentIndexChanged.connect(self.onBaseModelChanged)
+        self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        from TCURFineTuneLib.interrupted import sweep_stale_staging
+
+        sweep_stale_staging()  # what runs killed in earlier sessions left in the library
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is not None:
+            self.closeGuard = CloseGuard(self.confirmClose)
+            mainWindow.installEventFilter(self.closeGuard)
         self.initializeParameterNode()  # first: refreshModels writes the default base model into it
         self.refreshModels()
 
     def cleanup(self) -> None:
         if self.run is not None and not self.run.finished:
-            self.run.shutdown()  # Slicer is closing: a couple of seconds at most
+            self.run.shutdown()  # a couple of seconds at most; keeps what Resume needs
         if self.suggestRun is not None and not self.suggestRun.finished:
             self.suggestRun.shutdown()
         self.timer.stop()
         self.suggestTimer.stop()
         self.removeObservers()
+        if self.closeGuard is not None and slicer.util.mainWindow() is not None:
+            slicer.util.mainWindow().removeEventFilter(self.closeGuard)
+            self.closeGuard = None
+
+    def confirmClose(self) -> bool:
+        """True when nothing runs, or the user agrees to stop the run (its checkpoint is kept for Resume)."""
+        from TCURFineTuneLib.run import closing_question
+
+        question = closing_question(self.run)
+        return question is None or slicer.util.confirmYesNoDisplay(question)
 
     def onReload(self) -> None:
         """Reload the module and the packages it imports lazily (TCURFineTuneLib, TCURLoRACommon, tcurlora)."""
         from TCURLoRACommon.reloading import forget_packages
 
+        if not self.confirmClose():
+            return
         forget_packages()
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -175,14 +210,27 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
+    def parameterNode(self):
+        """The panel's parameter node; after the scene was closed while the user was in another module the
+        widget holds none, and the new scene's is used."""
+        return self._parameterNode or self.logic.getParameterNode()
+
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.updateRemoteRows()
             self.updateCasesTable()
             self.updateResumeButton()
+
+    def updateRemoteRows(self, *_args) -> None:
+        """The remote-host rows only with "Run on: remote host"."""
+        from TCURLoRACommon.runon import remote_row_visibility
+
+        for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
+            getattr(self.ui, name).visible = visible
 
     # --- base models and library -------------------------------------------------------------
     def refreshModels(self) -> None:
@@ -294,9 +342,9 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from TCURLoRACommon.models import resolve_base_model
         from TCURLoRACommon.segment_run import SegmentVolumesRun
 
-        if not ensure_dependencies("TCURLoRA"):
-            return
         entry = read_adapter(self.ui.prefillAdapterComboBox.currentData)
+        if not ensure_dependencies("TCURLoRA", lora=entry.method == "lora"):
+            return
         run = SegmentVolumesRun(
             [volume],
             resolve_base_model(entry.base_model_id, [self._parameterNode.baseModel]),
@@ -387,7 +435,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         remote = remote_from_parameters(self._parameterNode)
         if device:
             settings.device = device
-        if not ensure_dependencies("TCURLoRA"):
+        if not ensure_dependencies("TCURLoRA", lora=settings.method == "lora"):
             return
         self.ui.logTextEdit.clear()
         from TCURFineTuneLib.cases import unlabeled_for_job
@@ -399,30 +447,35 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startRun(run)
 
     def onResume(self) -> None:
-        from TCURFineTuneLib.run import FineTuneRun
+        from TCURFineTuneLib.run import FineTuneRun, job_method
 
         from TCURLoRACommon.dependencies import ensure_dependencies
 
         with slicer.util.tryWithErrorDisplay(_("Could not resume the training."), waitCursor=True):
-            if not ensure_dependencies("TCURLoRA"):
+            if not ensure_dependencies("TCURLoRA", lora=job_method(self._parameterNode.resumeJob) == "lora"):
                 return
             self.startRun(FineTuneRun.resume(self._parameterNode.resumeJob).start())
             self.ui.logTextEdit.appendPlainText(_("Resuming from the last checkpoint..."))
 
     def startRun(self, run) -> None:
         self.run = run
-        self._parameterNode.resumeJob = ""
+        self.parameterNode().resumeJob = ""
         self.updateResumeButton()
         self.showChart()
         self.ui.startButton.text = _("Cancel")
         self.timer.start()
 
     def updateResumeButton(self) -> None:
-        from TCURFineTuneLib.run import can_resume
+        """Resume for this scene's interrupted run, or one from an earlier session (Slicer closed meanwhile)."""
+        from TCURFineTuneLib.interrupted import resume_candidate
 
-        job = self._parameterNode.resumeJob if self._parameterNode else ""
+        if self._parameterNode is None:
+            return
         running = self.run is not None and not self.run.finished
-        self.ui.resumeButton.visible = bool(job) and not running and can_resume(job)
+        job = "" if running else resume_candidate(self._parameterNode.resumeJob)
+        if job != self._parameterNode.resumeJob and not running:
+            self._parameterNode.resumeJob = job
+        self.ui.resumeButton.visible = bool(job)
 
     def showChart(self) -> None:
         if self.run.curves is None:
@@ -456,29 +509,25 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.finishRun()
 
     def finishRun(self) -> None:
-        run = self.run
-        if run.state == "done":
-            self.ui.logTextEdit.appendPlainText(_("Adapter saved: {path}").format(path=run.adapter.path))
+        """Show how the run ended (TCURFineTuneLib.run.finish_run decides and cleans up)."""
+        from TCURFineTuneLib.run import finish_run
+
+        outcome = finish_run(self.run, slicer.util.confirmYesNoDisplay)
+        if outcome.message:
+            self.ui.logTextEdit.appendPlainText(outcome.message)
+        if outcome.retry is not None:  # the same exported job on the CPU: no scene node needed
+            self.startRun(outcome.retry)
+            return
+        if outcome.resume_job:
+            self.parameterNode().resumeJob = outcome.resume_job
+        self.updateResumeButton()
+        if outcome.state == "done":
             self.refreshModels()
             slicer.util.infoDisplay(
-                _("Adapter '{name}' is in the model library.").format(name=run.adapter.name)
+                _("Adapter '{name}' is in the model library.").format(name=self.run.adapter.name)
             )
-            run.remove_workdir()
-            return
-        if run.resumable():  # keep the exported cases, job and checkpoint for "Resume"
-            self._parameterNode.resumeJob = str(run.job_path)
-            self.updateResumeButton()
-        if run.state == "cancelled":
-            self.ui.logTextEdit.appendPlainText(_("Cancelled; nothing was added to the model library."))
-        else:
-            reason = run.cpu_fallback_reason()
-            if reason and slicer.util.confirmYesNoDisplay(reason):
-                with slicer.util.tryWithErrorDisplay(_("Fine-tuning could not start.")):
-                    self.start(device="cpu")
-                return
-            slicer.util.errorDisplay(_("Fine-tuning failed: {error}").format(error=run.error_text()))
-        if not run.resumable():
-            run.remove_workdir()
+        elif outcome.error:
+            slicer.util.errorDisplay(_("Fine-tuning failed: {error}").format(error=outcome.error))
 
 
 class TCURFineTuneLogic(ScriptedLoadableModuleLogic):
@@ -500,16 +549,28 @@ class TCURFineTuneTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        import logging
         import tempfile
         from pathlib import Path
 
         from TCURFineTuneLib import testing
 
-        from TCURLoRACommon.testdata import isolated_library, self_test_data
+        from TCURLoRACommon.testdata import (
+            isolated_library,
+            missing_backend,
+            select_bodies,
+            self_test_data,
+            skipped_text,
+        )
 
         with tempfile.TemporaryDirectory() as cache:
             data = self_test_data("hippocampus", Path(cache))  # generated cases when TCURLORA_DATA is unset
-            for body in testing.ALL_TESTS:
+            missing = missing_backend()  # the extension factory has no torch/MONAI: run what needs none
+            bodies, skipped = select_bodies(testing.ALL_TESTS, missing)
+            if skipped:
+                logging.warning(skipped_text(skipped, missing))
+                self.delayDisplay(skipped_text(skipped, missing))
+            for body in bodies:
                 self.setUp()
                 self.delayDisplay(body.__name__)
                 with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):

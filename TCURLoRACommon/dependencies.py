@@ -9,102 +9,74 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-REQUIREMENTS_FILE = Path(__file__).with_name("requirements.txt")
-TORCH_REQUIREMENT = ">=2.1"
+from packaging.requirements import InvalidRequirement, Requirement  # shipped with Slicer 5.8+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(.*)$")
-_SPECIFIER = re.compile(r"^(~=|==|!=|<=|>=|<|>)\s*(\S+)$")
-_VERSION = re.compile(
-    r"^v?(?:\d+!)?(?P<release>\d+(?:\.\d+)*)"
-    r"(?:[-_.]?(?P<pre>a|b|c|rc|alpha|beta|pre|preview)[-_.]?(?P<pre_n>\d*))?"
-    r"(?:(?:-(?P<post_implicit>\d+))|(?:[-_.]?(?:post|rev|r)[-_.]?(?P<post_n>\d*)))?"
-    r"(?:[-_.]?dev[-_.]?(?P<dev_n>\d*))?"
-    r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?$",
-    re.IGNORECASE,
-)
-_PRE_ORDER = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2, "pre": 2, "preview": 2}
+REQUIREMENTS_FILE = Path(__file__).with_name("requirements.txt")
+# PEFT (with transformers, tokenizers, accelerate, huggingface_hub: ~150 MB) only for LoRA.
+LORA_REQUIREMENTS_FILE = Path(__file__).with_name("requirements-lora.txt")
+TORCH_REQUIREMENT = ">=2.1"
 
 
 class DependencyError(RuntimeError):
     """A dependency could not be installed or is unusable; the message says what to do."""
 
 
-def parse_version(text: str) -> tuple:
-    """A sort key for a PEP 440 version: 1.4.dev0 < 1.4a1 < 1.4rc1 < 1.4 < 1.4.post1 (local part ignored)."""
-    match = _VERSION.match(text.strip())
-    if not match:
-        raise ValueError(f"not a version: {text!r}")
-    release = tuple(int(p) for p in match["release"].split("."))
-    while len(release) > 1 and release[-1] == 0:
-        release = release[:-1]
-    post = match["post_n"] if match["post_n"] is not None else match["post_implicit"]
-    if match["pre"]:
-        pre: tuple = (0, _PRE_ORDER[match["pre"].lower()], int(match["pre_n"] or 0))
-    elif match["dev_n"] is not None and post is None:
-        pre = (-1,)  # 1.4.dev0 sorts before 1.4a1
-    else:
-        pre = (1,)
-    post_key = (-1,) if post is None else (int(post or 0),)
-    dev_key = (1,) if match["dev_n"] is None else (0, int(match["dev_n"] or 0))
-    return (release, pre, post_key, dev_key)
-
-
-def _release(text: str) -> tuple[int, ...]:
-    """The release numbers as written (1.4.0 -> (1, 4, 0)), for the prefix match of `~=`."""
-    match = _VERSION.match(text.strip())
-    if not match:
-        raise ValueError(f"not a version: {text!r}")
-    return tuple(int(p) for p in match["release"].split("."))
+def parse_version(text: str) -> Version:
+    """A PEP 440 version (packaging: epochs, pre-, post-, dev- and local parts); ValueError when it is none."""
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise ValueError(f"not a version: {text!r}") from None
 
 
 def satisfies(version: str, operator: str, wanted: str) -> bool:
-    """Whether `version` meets one specifier such as (">=", "1.4"); pre-releases meet `>=` only at the same release."""
-    have, want = parse_version(version), parse_version(wanted)
-    if operator == "==":
-        return have == want
-    if operator == "!=":
-        return have != want
-    if operator == ">=":
-        return have >= want
-    if operator == "<=":
-        return have <= want
-    if operator == ">":
-        return have > want
-    if operator == "<":
-        return have < want
-    if operator == "~=":  # ~=1.4.2 means >=1.4.2 and ==1.4.*
-        prefix = _release(wanted)[:-1] or _release(wanted)
-        padded = _release(version) + (0,) * len(prefix)  # 1.4 counts as 1.4.0
-        return have >= want and padded[: len(prefix)] == prefix
-    raise ValueError(f"unsupported version operator {operator!r}")
+    """Whether `version` meets one specifier such as (">=", "1.4"), by PEP 440 (packaging.specifiers).
+
+    An installed pre-release is judged like any version (1.4rc1 does not meet >=1.4, 2.2rc1 meets >=2.1).
+    """
+    try:
+        specifier = SpecifierSet(f"{operator}{wanted}", prereleases=True)
+    except InvalidSpecifier:
+        raise ValueError(f"unsupported version specifier {operator}{wanted!r}") from None
+    return parse_version(version) in specifier
 
 
 def parse_requirement(text: str) -> tuple[str, list[tuple[str, str]]]:
-    """("monai", [(">=", "1.4")]) for "monai>=1.4"; several comma-separated specifiers are allowed."""
+    """("monai", [(">=", "1.4")]) for "monai>=1.4"; several comma-separated specifiers are allowed.
+
+    Extras, markers and URLs are refused: requirements.txt lists plain version ranges only.
+    """
     line = text.split("#", 1)[0].strip()
-    match = _NAME.match(line)
-    if not match or ";" in line or "[" in line or "@" in line:
+    try:
+        requirement = Requirement(line)
+    except InvalidRequirement:
+        raise ValueError(f"unsupported requirement syntax: {text!r}") from None
+    if requirement.extras or requirement.marker or requirement.url:
         raise ValueError(f"unsupported requirement syntax: {text!r}")
-    name, rest = match.groups()
     specifiers = []
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        spec = _SPECIFIER.match(part)
-        if not spec:
+    for spec in requirement.specifier:
+        if spec.operator == "===":
             raise ValueError(f"unsupported requirement syntax: {text!r}")
-        parse_version(spec.group(2))  # a bad version is a syntax error too
-        specifiers.append((spec.group(1), spec.group(2)))
-    return name, specifiers
+        parse_version(spec.version.replace(".*", ""))  # a wildcard ==1.4.* keeps its version part checked
+        specifiers.append((spec.operator, spec.version))
+    return requirement.name, sorted(specifiers)
 
 
 def requirements(path: Path = REQUIREMENTS_FILE) -> list[str]:
     """The requirement lines of a requirements file (comments and blank lines dropped)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def needed_requirements(lora: bool = False) -> list[str]:
+    """What a run needs: the backend's packages, plus PEFT when it trains or applies a LoRA adapter."""
+    return requirements() + (requirements(LORA_REQUIREMENTS_FILE) if lora else [])
 
 
 def installed_version(name: str) -> str | None:
@@ -177,9 +149,50 @@ def install_failure_message(error: BaseException, packages: Sequence[str]) -> st
     )
 
 
+class InstallCancelled(RuntimeError):
+    """The user pressed Cancel in the installation's progress dialog."""
+
+
 def is_declined(error: BaseException) -> bool:
-    """True for the exception slicer.packaging.pip_ensure raises when the user says no."""
-    return isinstance(error, RuntimeError) and "declined" in str(error).lower()
+    """True when the user said no: slicer.packaging.pip_ensure's "declined", or Cancel during the install."""
+    return isinstance(error, InstallCancelled) or (isinstance(error, RuntimeError) and "declined" in str(error).lower())
+
+
+def run_pip(
+    arguments: Sequence[str],
+    report: Callable[[str], bool],
+    command: Sequence[str] | None = None,
+    poll_s: float = 0.05,
+) -> None:
+    """Run `python -m pip <arguments>` in the background, handing each output line to `report` (a progress
+    dialog), so a long install is seen line by line instead of under a frozen wait cursor.
+
+    `report` returns False to cancel (the process tree is stopped; InstallCancelled). A non-zero exit raises
+    subprocess.CalledProcessError with pip's last lines. `command` replaces `python -m pip` (tests).
+    """
+    import subprocess
+    import time
+
+    from TCURLoRACommon.worker import WorkerProcess, python_executable
+
+    args = [*(command or [python_executable(), "-m", "pip"]), *arguments]
+    process = WorkerProcess("pip", "", args=args)
+    process.start()
+    cancelled = False
+    while not process.finished:
+        for event in process.poll():
+            if event["event"] == "log" and not report(str(event.get("message") or "")) and not cancelled:
+                cancelled = True
+                process.cancel(grace=2.0)
+        if not process.finished:
+            if not cancelled and not report(""):
+                cancelled = True
+                process.cancel(grace=2.0)
+            time.sleep(poll_s)
+    if cancelled:
+        raise InstallCancelled("installation cancelled by the user")
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, args, output="\n".join(process.tail[-10:]))
 
 
 def install_requirements(
@@ -216,8 +229,9 @@ def install_requirements(
     return True
 
 
-def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
-    """Make torch and the backend packages importable in Slicer; False when the user declined.
+def ensure_dependencies(requester: str = "TCURLoRA", lora: bool = False) -> bool:
+    """Make torch and the backend packages importable in Slicer (PEFT too when `lora`); False when the user
+    declined. On Slicer 5.12+ pip_ensure shows its own progress dialog; on 5.10 `run_pip` feeds ours.
 
     Raises DependencyError with a message for the user when something cannot be installed or used.
     Skipped in testing mode (the test environment provides the packages).
@@ -231,7 +245,8 @@ def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
     problem = torch_problem(installed_version("torch"))
     if problem:
         raise DependencyError(problem)
-    missing = missing_requirements()
+    wanted = needed_requirements(lora)
+    missing = missing_requirements(wanted)
     if not missing:
         return True
     packaging = _slicer_packaging()
@@ -239,14 +254,14 @@ def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
         missing,
         write_constraints(installed_version("torch")),
         getattr(packaging, "pip_ensure", None),
-        slicer.util.pip_install,
+        lambda arguments: _pip_install_with_progress(arguments, requester),
         slicer.util.confirmOkCancelDisplay,
         requester,
     )
     if not installed:
         return False
     importlib.invalidate_caches()
-    still = missing_requirements()
+    still = missing_requirements(wanted)
     if still:
         raise DependencyError(
             "These packages are still missing after the installation: "
@@ -254,6 +269,26 @@ def ensure_dependencies(requester: str = "TCURLoRA") -> bool:
             + ". Restart Slicer and try again."
         )
     return True
+
+
+def _pip_install_with_progress(arguments: list[str], requester: str) -> None:
+    """`pip install <arguments>` with a progress dialog showing pip's latest line, and Cancel (Slicer 5.10)."""
+    import slicer
+
+    dialog = slicer.util.createProgressDialog(
+        windowTitle=f"{requester}: installing Python packages", labelText="Starting pip...", maximum=0
+    )
+
+    def report(line: str) -> bool:
+        if line:
+            dialog.labelText = f"Installing the Python packages {requester} needs (about 200 MB)...\n{line[:120]}"
+        slicer.app.processEvents()
+        return not dialog.wasCanceled
+
+    try:
+        run_pip(["install", *arguments], report)
+    finally:
+        dialog.close()
 
 
 def _ensure_torch() -> bool:

@@ -23,12 +23,13 @@ class RemoteSettings:
     folder: str = ""
 
     def worker_args(self) -> list[str]:
-        """The flags added to the local `tcurlora <command> --job job.json` worker."""
-        args = ["--remote", self.host, "--remote-command", self.command]
+        """The flags added to the local `tcurlora <command> --job job.json` worker, as `--flag=value`: a value
+        is never read as a flag of its own."""
+        args = [f"--remote={self.host}", f"--remote-command={self.command}"]
         if self.ssh_config:
-            args += ["--ssh-config", self.ssh_config]
+            args.append(f"--ssh-config={self.ssh_config}")
         if self.folder:
-            args += ["--remote-folder", self.folder]
+            args.append(f"--remote-folder={self.folder}")
         return args
 
     def to_dict(self) -> dict[str, str]:

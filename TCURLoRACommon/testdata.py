@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,42 @@ from TCURLoRACommon import scene
 
 TEST_BASE_MODEL = "preset:unetr-tiny"
 TEST_PATCH = (32, 32, 32)
+# What the worker imports beyond a fresh Slicer (numpy, SimpleITK, VTK): absent on the extension factory,
+# where ensure_dependencies installs nothing in testing mode.
+BACKEND_PACKAGES = ("torch", "monai", "safetensors", "einops", "nibabel", "scipy")
+
+
+def needs_backend(body: Callable) -> Callable:
+    """Mark a self-test body that runs the worker (training or segmenting): it needs BACKEND_PACKAGES."""
+    body.needs_backend = True  # type: ignore[attr-defined]
+    return body
+
+
+def missing_backend() -> list[str]:
+    """The backend packages this Python cannot import (found without importing them)."""
+    import importlib.util
+
+    return [name for name in BACKEND_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def select_bodies(bodies: Sequence[Callable], missing: Sequence[str]) -> tuple[list[Callable], list[Callable]]:
+    """(bodies to run, bodies skipped): everything with the backend installed; without it (the extension
+    factory's ctest) only the bodies that need no worker: scene pairing, export, geometry, input checks."""
+    if not missing:
+        return list(bodies), []
+    return [b for b in bodies if not getattr(b, "needs_backend", False)], [
+        b for b in bodies if getattr(b, "needs_backend", False)
+    ]
+
+
+def skipped_text(skipped: Sequence[Callable], missing: Sequence[str]) -> str:
+    """The line the self-test shows for the bodies it skipped ('' when none)."""
+    if not skipped:
+        return ""
+    return (
+        f"Skipped {len(skipped)} test(s) that run the backend worker ({', '.join(b.__name__ for b in skipped)}): "
+        f"{', '.join(missing)} not installed in this Slicer."
+    )
 
 
 def find_data(name: str) -> Path | None:

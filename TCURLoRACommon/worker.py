@@ -25,10 +25,12 @@ CANCEL_EXIT_CODES = frozenset({EXIT_CANCELLED, 1 if os.name == "nt" else -signal
 
 
 def in_slicer() -> bool:
-    """True inside the Slicer application (not with the slicer-core wheel alone)."""
-    import slicer
+    """True inside the Slicer application (not with the slicer-core wheel alone).
 
-    return hasattr(slicer, "app")
+    Slicer imports `slicer` before any module runs, so an import here would only load the slicer-core wheel
+    (whose package path also picks up the test folder) for nothing.
+    """
+    return hasattr(sys.modules.get("slicer"), "app")
 
 
 def backend_parent() -> str:

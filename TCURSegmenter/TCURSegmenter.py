@@ -97,6 +97,7 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importAdapterButton.clicked.connect(self.onImportAdapter)
         self.ui.exportAdapterButton.clicked.connect(self.onExportAdapter)
         self.ui.applyButton.clicked.connect(self.onApplyOrCancel)
+        self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -147,6 +148,14 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.updateRemoteRows()
+
+    def updateRemoteRows(self, *_args) -> None:
+        """The remote-host rows only with "Run on: remote host"."""
+        from TCURLoRACommon.runon import remote_row_visibility
+
+        for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
+            getattr(self.ui, name).visible = visible
 
     def refreshAdapters(self) -> None:
         from TCURSegmenterLib.logic import choose_adapter
@@ -252,7 +261,7 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         volumes, targets = volumes_and_targets(node)
         remote = remote_from_parameters(node)  # input errors before any install
-        if not ensure_dependencies("TCURLoRA"):
+        if not ensure_dependencies("TCURLoRA", lora=entry.method == "lora"):
             return
         self.ui.logTextEdit.clear()
         if remote is not None:
@@ -327,16 +336,28 @@ class TCURSegmenterTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        import logging
         import tempfile
         from pathlib import Path
 
         from TCURSegmenterLib import testing
 
-        from TCURLoRACommon.testdata import isolated_library, self_test_data
+        from TCURLoRACommon.testdata import (
+            isolated_library,
+            missing_backend,
+            select_bodies,
+            self_test_data,
+            skipped_text,
+        )
 
         with tempfile.TemporaryDirectory() as cache:
             data = self_test_data("hippocampus", Path(cache))  # generated cases when TCURLORA_DATA is unset
-            for body in testing.ALL_TESTS:
+            missing = missing_backend()  # the extension factory has no torch/MONAI: run what needs none
+            bodies, skipped = select_bodies(testing.ALL_TESTS, missing)
+            if skipped:
+                logging.warning(skipped_text(skipped, missing))
+                self.delayDisplay(skipped_text(skipped, missing))
+            for body in bodies:
                 self.setUp()
                 self.delayDisplay(body.__name__)
                 with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):

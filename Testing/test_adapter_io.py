@@ -12,6 +12,7 @@ from monai.networks.nets import UNETR
 from safetensors.torch import load_file
 from torch import nn
 
+from tcurlora.adapter_integrity import seal
 from tcurlora.adapters import AdapterConfig, apply_adapter
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
@@ -114,8 +115,8 @@ def test_wrong_shapes_name_the_key_and_file(base, saved_tcur, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     record = read_adapter_config(folder)
-    record["rank"] = 6  # config says rank 6, the weights hold rank-4 cores
-    (broken / "adapter_config.json").write_text(json.dumps(record))
+    record["rank"] = 6  # config says rank 6, the weights hold rank-4 cores (re-sealed: a consistent config)
+    (broken / "adapter_config.json").write_text(json.dumps(seal(record)))
     (broken / "adapter.safetensors").write_bytes((folder / "adapter.safetensors").read_bytes())
     with pytest.raises(ConfigError) as info:
         load_adapter(broken, copy.deepcopy(base))
@@ -162,7 +163,7 @@ def test_missing_corrupt_and_truncated_files(base, saved_tcur, tmp_path):
     bad_config = copy_adapter(folder, tmp_path / "bad_config")
     record = read_adapter_config(folder)
     record["method"] = "dora"
-    (bad_config / "adapter_config.json").write_text(json.dumps(record))
+    (bad_config / "adapter_config.json").write_text(json.dumps(seal(record)))
     with pytest.raises(ConfigError, match="adapter config key 'method': must be one of .*; got 'dora'") as info:
         load_adapter(bad_config, copy.deepcopy(base))
     assert info.value.path == str(bad_config / "adapter_config.json")

@@ -52,6 +52,10 @@ def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     out_two, err_two = two.communicate(timeout=300)
     assert one.returncode == 0, err_one
     assert two.returncode == 0, err_two
+    # Rank 1 says nothing on success (it used to print an empty "done:"), and DDP gets gradients laid out
+    # like their parameters (a 1x1x1 tCUR core's used to warn "Grad strides do not match bucket view").
+    assert "done:" not in err_two and "tcurlora rank" not in err_two, err_two
+    assert "Grad strides" not in err_two, err_two
     e1, e2 = events(out_one), events(out_two)
     kinds = [e["event"] for e in e2]
     assert kinds.count("started") == 1 and kinds.count("done") == 1 and kinds[-1] == "done", kinds
@@ -122,6 +126,7 @@ def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter
     for process in (one, two):
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
+    assert "done:" not in err and "tcurlora rank" not in err, err  # rank 1 is silent; rank 0 reports all
     done = [e for e in events(out) if e["event"] == "done"]
     names = [Path(p).name.replace(".nii.gz", "_seg.nii.gz") for p in images]
     assert len(done) == 1 and done[0]["outputs"]["segmentations"] == [str(tmp_path / "two" / n) for n in names]
@@ -129,3 +134,68 @@ def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter
     for name in names:
         a, b = (nib.load(str(tmp_path / folder / name)).get_fdata() for folder in ("one", "two"))
         assert (a == b).all(), name
+
+
+def test_gradients_keep_their_parameters_layout() -> None:
+    """A 1x1x1 tCUR core's gradient leaves rfft's backward with strides (2, 2, 2); DDP copies gradients
+    into bucket views laid out like their parameters and warned at every run. `wrap` lays them out so."""
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+
+    from tcurlora import distributed
+    from tcurlora.adapters.tcur import TCURGroup
+
+    class Core(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.group = TCURGroup(torch.randn(4, 3, 1), rank=1, alpha=1.0)
+
+        def forward(self) -> torch.Tensor:
+            return self.group.delta_slices().sum()
+
+    core = Core()
+    group = core.group
+    core().backward()  # the gradient in one plain process
+    expected, group.dU.grad = group.dU.grad.clone(), None
+    group.clear_cache()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = distributed.wrap(core, torch.device("cpu"))
+        assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model().backward()
+    finally:
+        dist.destroy_process_group()
+    assert group.dU.grad is not None and group.dU.grad.stride() == group.dU.stride() == (1, 1, 1)
+    assert torch.equal(group.dU.grad, expected)
+    assert not [w for w in caught if "strides" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_other_ranks_report_only_errors(monkeypatch, capsys) -> None:
+    """Under torchrun, ranks other than 0 print their errors (marked with torchrun's rank, also after the
+    process group is gone) and nothing else: no progress, no `done`."""
+    from tcurlora.distributed import rank_sink
+    from tcurlora.errors import InputError
+    from tcurlora.jobs.runner import run_cli
+
+    assert rank_sink() is None, "without torchrun the usual sink reports"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+
+    def works(_job, sink, _token) -> dict:
+        sink.log("info", "loading")
+        sink.progress(1, 1, loss=0.5)
+        return {"outputs": {}, "metrics": {}}
+
+    def fails(_job, _sink, _token) -> dict:
+        raise InputError("cannot read the image", "/data/a.nii.gz")
+
+    assert run_cli(lambda: None, True, works, sink=rank_sink()) == 0
+    assert capsys.readouterr() == ("", "")
+    assert run_cli(lambda: None, True, fails, sink=rank_sink()) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "tcurlora rank 1: error (input_error): /data/a.nii.gz: cannot read the image\n", err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from safetensors.numpy import load_file
 from sshd_testing import REPO_ROOT, LoopbackSshd, gone, start_sshd
 from trust_testing import hippo_case
 
-from tcurlora.remote import RemoteError, RemoteHost
+from tcurlora.remote import RemoteError, RemoteHost, RemoteTargetError, SshConnection
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
 
@@ -103,6 +104,45 @@ def test_parse_targets() -> None:
     for bad in ("", "a@b@c", "host:99999", "host:port", "user@"):
         with pytest.raises(RemoteError, match="remote host"):
             RemoteHost.parse(bad)
+    # ssh would read these as options (`-oProxyCommand=...` runs a command here): refused as bad usage
+    for bad in ("-V", "-oProxyCommand=sh@127.0.0.1", "ana@-oProxyCommand=sh", " -l"):
+        with pytest.raises(RemoteTargetError, match="may not begin with '-'") as caught:
+            RemoteHost.parse(bad)
+        assert caught.value.exit_code == 2
+    with pytest.raises(RemoteTargetError, match="remote folder '-rf' may not begin with '-'"):
+        RemoteHost.parse("gpu", folder="-rf")
+
+
+def test_destination_never_read_as_an_option(tmp_path: Path) -> None:
+    """`--` ends ssh's options before the destination: even a RemoteHost built without `parse` cannot make
+    ssh run a ProxyCommand here."""
+    if shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client is not installed")
+    marker = tmp_path / "MARK"
+    host = RemoteHost(host=f"-oProxyCommand=touch {marker}", ssh_config=Path("/dev/null"))
+    connection = SshConnection(host)
+    try:
+        argv = connection.command("true")
+        assert argv[-3:] == ["--", host.destination, "true"], argv
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        connection.close()
+    assert result.returncode == 255, result
+    assert not marker.exists(), "ssh read the destination as an option and ran its ProxyCommand"
+
+
+def test_option_like_remote_is_refused(hippocampus_dir: Path, tmp_path: Path, capsys) -> None:
+    """`--remote=-V` (ssh printed its version and the run went on) and a ProxyCommand in the user name end
+    with exit 2 before any ssh is started; so does a remote folder that remote commands would take for a flag."""
+    job = job_file(tmp_path, hippocampus_dir, tmp_path / "adapter")
+    marker = tmp_path / "MARK"
+    for flag in ("--remote=-V", f"--remote=-oProxyCommand=touch${{IFS}}{marker}@127.0.0.1",
+                 "--remote=gpu --remote-folder=-rf"):  # fmt: skip
+        assert in_process("finetune", "--job", str(job), *flag.split()) == 2, flag
+        final = events(capsys.readouterr().out)[-1]
+        assert final["event"] == "error" and final["kind"] == "config_error", final
+        assert "may not begin with '-'" in final["message"], final
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]
 
 
 def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
@@ -203,9 +243,12 @@ def test_host_key_mismatch_is_refused(sshd, hippocampus_dir: Path, tmp_path: Pat
 
 
 def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    """Also for a file whose name begins with "-": remote tar once read `-Ihippocampus_001_seg.nii.gz` as
+    its -I option, so the output never came back and the remote run folder stayed."""
     import nibabel as nib
 
-    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    image = tmp_path / "-Ihippocampus_001.nii.gz"
+    shutil.copyfile(hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz", image)
     common = ["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
               "--device", "cpu", "--events"]
     remote_folder = tmp_path / "remote-runs"
@@ -214,7 +257,56 @@ def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: 
     out, err = remote.communicate(timeout=300)
     assert remote.returncode == 0, err
     written = events(out)[-1]["outputs"]["segmentations"]
-    assert written == [str(tmp_path / "remote" / "hippocampus_001_seg.nii.gz")], written
-    a, b = (nib.load(str(tmp_path / name / "hippocampus_001_seg.nii.gz")) for name in ("local", "remote"))
+    assert written == [str(tmp_path / "remote" / "-Ihippocampus_001_seg.nii.gz")], written
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["-Ihippocampus_001_seg.nii.gz"]
+    a, b = (nib.load(str(tmp_path / name / "-Ihippocampus_001_seg.nii.gz")) for name in ("local", "remote"))
     assert (a.get_fdata() == b.get_fdata()).all() and (a.affine == b.affine).all()
     assert list(remote_folder.iterdir()) == []
+
+
+def test_outputs_that_do_not_come_back_leave_no_remote_folder(
+    sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path
+) -> None:
+    """A remote worker that reports `done` without writing its output (here a script that only prints the
+    event) ends the run with a clear error and no local output, and its remote run folder is removed."""
+    done = {"event": "done", "time": 0.0, "outputs": {"segmentations": []}, "metrics": {}}
+    worker = tmp_path / "worker.sh"
+    worker.write_text(f"#!/bin/sh\necho '{json.dumps(done)}'\n")
+    remote_folder = tmp_path / "remote-runs"
+    args = sshd.remote_args(remote_folder)
+    args[args.index("--remote-command") + 1] = f"sh {worker}"
+    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    run = tcurlora("segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+                   "--device", "cpu", "--events", "--output", str(tmp_path / "seg"), *args)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 5, (out, err)
+    final = events(out)[-1]
+    assert final["event"] == "error" and final["message"].endswith(
+        "the remote run reported success but wrote no hippocampus_001_seg.nii.gz"), final
+    assert list(remote_folder.iterdir()) == [], "the remote run folder was left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["remote-runs", "worker.sh"]
+
+
+def test_force_replaces_only_what_tcurlora_wrote(sshd, hippocampus_dir: Path, tiny_adapter: Path,
+                                                 tmp_path: Path, capsys) -> None:  # fmt: skip
+    """`--force --remote` once replaced whatever was at the output when the results came back (a folder of
+    the user's was deleted); it refuses, before connecting, what a local run refuses (exit 3)."""
+    remote_folder = tmp_path / "remote-runs"
+    mine = tmp_path / "adapter"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    job = job_file(tmp_path, hippocampus_dir, mine, force=True)
+    assert in_process("finetune", "--job", str(job), *sshd.remote_args(remote_folder)) == 3
+    final = events(capsys.readouterr().out)[-1]
+    assert final["kind"] == "output_exists" and "not an adapter written by tcurlora" in final["message"], final
+    image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    scan = tmp_path / "scan.nii.gz"  # an image of the user's where the segmentation would go
+    shutil.copyfile(image, scan)
+    code = in_process("segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
+                      "--output", str(scan), "--force", "--events", *sshd.remote_args(remote_folder))
+    assert code == 3
+    final = events(capsys.readouterr().out)[-1]
+    assert final["kind"] == "output_exists" and "not a segmentation written by tcurlora" in final["message"]
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert scan.read_bytes() == image.read_bytes()
+    assert not remote_folder.exists(), "nothing may be staged on the host"

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from trust_testing import TINY, hippo_case, kinds, run, tiny_job, write_job
 
+from tcurlora.adapter_integrity import seal
 from tcurlora.jobs.schema import SegmentJob
 
 
@@ -182,3 +183,53 @@ def test_segment_writes_the_names_the_job_schema_promises(tmp_path, capsys, hipp
     assert promised.output_paths() == [out / "c2_seg.nii.gz"]
     assert events[-1]["outputs"]["segmentations"] == [str(out / "c2_seg.nii.gz")]
     assert sorted(p.name for p in out.iterdir()) == ["c2_seg.nii.gz"]
+
+
+def changed_image(image: str, path: Path, change) -> Path:
+    """A copy of `image` whose voxel array (float64) is `change(array)`; the grid is kept."""
+    volume = sitk.ReadImage(image)
+    changed = sitk.GetImageFromArray(change(sitk.GetArrayFromImage(volume).astype(np.float64)))
+    changed.CopyInformation(volume)
+    sitk.WriteImage(changed, str(path))
+    return path
+
+
+def test_segment_refuses_complex_overflowing_and_absurdly_spaced_images(tmp_path, capsys, hippocampus_dir):
+    image = hippo_case(hippocampus_dir)["image"]
+    complex_image = changed_image(image, tmp_path / "complex.nii.gz", lambda a: (a + 1j * a).astype(np.complex64))
+    huge = changed_image(image, tmp_path / "huge.nii.gz", lambda a: a * 1e300)
+    tiny_spacing = changed_image(image, tmp_path / "tiny.mha", lambda a: a)
+    volume = sitk.ReadImage(str(tiny_spacing))
+    volume.SetSpacing((1e-300, 1.0, 1.0))
+    sitk.WriteImage(volume, str(tiny_spacing))
+    for path, part in [(complex_image, "image has complex voxels (complex of 32-bit float)"),
+                       (huge, "beyond the float32 range"),
+                       (tiny_spacing, "image spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm")]:  # fmt: skip
+        output = tmp_path / "seg.nii.gz"
+        code, events, _, _ = run(capsys, "segment", path, "--base-model", TINY, "-o", output, "--events")
+        assert_user_error(code, events, part, path=path)
+        assert not output.exists()
+
+
+def test_finetune_refuses_a_constant_image_naming_it(tmp_path, capsys, hippocampus_dir):
+    blank = changed_image(hippo_case(hippocampus_dir)["image"], tmp_path / "blank.nii.gz", np.zeros_like)
+    case = {**hippo_case(hippocampus_dir), "image": str(blank)}
+    code, events, _ = finetune_job(capsys, tmp_path, tiny_job(hippocampus_dir, tmp_path / "a", cases=[case]))
+    assert_user_error(code, events, "image is constant (every voxel is 0)", path=blank)
+    assert not (tmp_path / "a").exists()
+
+
+def test_absurd_working_spacings_are_refused(tmp_path, capsys, hippocampus_dir, tiny_adapter):
+    for spacing in ([1e-300, 1, 1], [1, 1, 1e6]):
+        code, events, _ = finetune_job(capsys, tmp_path, tiny_job(hippocampus_dir, tmp_path / "a", spacing=spacing))
+        assert_user_error(code, events, "key 'spacing'", "is outside 0.01..100 mm", path=tmp_path / "job.json")
+    crafted = shutil.copytree(tiny_adapter, tmp_path / "crafted")
+    record = json.loads((crafted / "adapter_config.json").read_text())
+    record["preprocessing"]["spacing"] = [1e-300, 1.0, 1.0]
+    (crafted / "adapter_config.json").write_text(json.dumps(seal(record)))
+    output = tmp_path / "seg.nii.gz"
+    code, events, _, _ = run(capsys, "segment", hippo_case(hippocampus_dir)["image"], "--base-model", TINY,
+                             "--adapter", crafted, "-o", output, "--events")  # fmt: skip
+    assert_user_error(code, events, "working spacing: spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm",
+                      path=crafted / "adapter_config.json")  # fmt: skip
+    assert not output.exists()

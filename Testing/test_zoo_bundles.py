@@ -103,16 +103,27 @@ def test_spleen_unet_bundle_adapts_its_conv_kernels(capsys, tmp_path, hippocampu
         assert "Methods for UNet: tcur (Conv3d kernels), lora (Conv3d kernels), head, full" in str(info.value)
     lora = configure_targets(AdapterConfig(method="lora", rank=2, head_module=base.spec.head_module), base.model, None)
     assert apply_adapter(copy.deepcopy(base.model), lora).parameter_counts().adapter > 0
-    # Its head sits in a residual unit that keeps 2 channels: 3 classes is a clear error ...
-    with pytest.raises(ConfigError, match="inside the residual unit model.2.1, whose skip connection keeps 2"):
-        apply_adapter(copy.deepcopy(base.model), AdapterConfig(method="head", num_classes=3,
-                                                               head_module=base.spec.head_module))  # fmt: skip
-    # ... and one foreground class (both hippocampus labels merged) fine-tunes and segments.
-    case = {**hippo_case(hippocampus_dir, 1), "label_map": {"1": 1, "2": 1}}
-    result = finetune_and_segment(capsys, tmp_path, folder, case, ["hippocampus"], 32,
-                                  hippo_case(hippocampus_dir, 3)["image"])  # fmt: skip
+    # Its head sits in a residual unit whose skip connection (an Identity) carries the base's 2 channels:
+    # for 3 classes the skip connection is lifted with the head (a fresh 1x1 conv), and both train.
+    head = apply_adapter(copy.deepcopy(base.model), AdapterConfig(method="head", num_classes=3,
+                                                                  head_module=base.spec.head_module))  # fmt: skip
+    unit = head.model.get_submodule("model.2.1")
+    assert base.spec.head_module == "model.2.1.conv.unit0.conv" and head.head_replaced
+    assert isinstance(unit.residual, torch.nn.Conv3d) and unit.residual.kernel_size == (1, 1, 1)
+    assert (unit.residual.in_channels, unit.residual.out_channels, unit.conv.unit0.conv.out_channels) == (2, 3, 3)
+    state = head.adapter_state_dict()
+    assert {f"model.model.2.1.{k}" for k in ("residual.weight", "residual.bias", "conv.unit0.conv.weight")} <= set(state)
+    counts = head.parameter_counts()
+    assert counts.head == counts.trainable == 2 * 3 + 3 + 2 * 3 * 27 + 3
+    assert head(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    tcur3 = configure_targets(AdapterConfig(method="tcur", rank=4, num_classes=3, head_module=base.spec.head_module),
+                              base.model, None)  # fmt: skip
+    assert "model.2.1.residual" not in apply_adapter(copy.deepcopy(base.model), tcur3).tcur.layers
+    # ... and both hippocampus labels fine-tune and segment through the CLI.
+    result = finetune_and_segment(capsys, tmp_path, folder, hippo_case(hippocampus_dir, 1),
+                                  ["anterior", "posterior"], 32, hippo_case(hippocampus_dir, 3)["image"])  # fmt: skip
     assert result["record"]["conv_target_modules"] == [".+"] and result["record"]["train_modules"] == []
-    assert result["record"]["new_head"] is True and result["record"]["num_classes"] == 2
+    assert result["record"]["new_head"] is True and result["record"]["num_classes"] == 3
 
 
 def write_four_channel_case(folder: Path, seed: int) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import InputError
+from tcurlora.jsonio import loads_strict
 
 CHECKPOINT_FILE = "checkpoint.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -70,16 +71,19 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[
     folder = Path(folder)
     meta_path, weights_path, optimizer_path = (folder / n for n in (CHECKPOINT_FILE, WEIGHTS_FILE, OPTIMIZER_FILE))
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        meta = loads_strict(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # JSONDecodeError, JSONProblem, UnicodeDecodeError
         raise InputError(f"cannot resume: unreadable checkpoint ({error})", meta_path) from error
     if (
         not isinstance(meta, dict)
         or not isinstance(meta.get("iteration"), int)
+        or isinstance(meta.get("iteration"), bool)
         or not isinstance(meta.get("losses"), list)
         or not isinstance(meta.get("val_history", []), list)
     ):
         raise InputError("cannot resume: corrupt checkpoint (iteration / losses missing)", meta_path)
+    if meta["iteration"] < 0:
+        raise InputError(f"cannot resume: corrupt checkpoint (iteration {meta['iteration']} < 0)", meta_path)
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:

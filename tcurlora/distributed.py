@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from tcurlora.errors import EXIT_INTERNAL, CancelledError, ConfigError, TCURLoRAError
 from tcurlora.jobs.events import BaseSink, describe_event
-from tcurlora.torchrun_env import launched  # noqa: F401  (tcurlora.distributed.launched)
+from tcurlora.torchrun_env import env_rank, launched  # noqa: F401  (tcurlora.distributed.launched)
 
 # How long a collective waits for a rank that stopped answering (a rank that dies is noticed at once).
 TIMEOUT_S = float(os.environ.get("TCURLORA_DIST_TIMEOUT_S", "600"))
@@ -80,8 +80,26 @@ def wrap(module: torch.nn.Module, device: torch.device, *, find_unused: bool = F
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    for parameter in module.parameters():
+        if parameter.requires_grad:
+            parameter.register_hook(_laid_out_like(parameter))
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=find_unused)  # fmt: skip
+
+
+def _laid_out_like(parameter: torch.Tensor) -> Any:
+    """A gradient hook giving `parameter` a gradient with its own strides. Torch lets strides of size-1
+    dimensions differ (a 1x1x1 tCUR core's gradient comes out of rfft's backward with strides (2, 2, 2)),
+    but DDP copies each gradient into a bucket view laid out like its parameter, and warns ("Grad strides
+    do not match bucket view strides") and copies slowly when they differ."""
+    shape, strides = parameter.shape, parameter.stride()
+
+    def hook(gradient: torch.Tensor) -> torch.Tensor:
+        if gradient.layout != torch.strided or (gradient.shape, gradient.stride()) == (shape, strides):
+            return gradient
+        return torch.empty_strided(shape, strides, dtype=gradient.dtype, device=gradient.device).copy_(gradient)
+
+    return hook
 
 
 def shard(batches: Iterator[dict]) -> Iterator[dict]:
@@ -165,12 +183,18 @@ def _collective_device() -> torch.device:
 
 
 class RankSink(BaseSink):
-    """What ranks other than 0 report: only errors and warnings, on stderr, marked with the rank."""
+    """What ranks other than 0 report: only errors and warnings, on stderr, marked with the rank (torchrun's,
+    still right after the process group is gone); never `done`, whose outputs rank 0 reports."""
 
     def emit(self, event: dict[str, Any]) -> None:
         if event["event"] == "error" or (event["event"] == "log" and event.get("level") == "warning"):
-            sys.stderr.write(f"tcurlora rank {rank()}: {describe_event(event)}\n")
+            sys.stderr.write(f"tcurlora rank {env_rank()}: {describe_event(event)}\n")
             sys.stderr.flush()
+
+
+def rank_sink() -> RankSink | None:
+    """The sink of a torchrun process other than rank 0 (None for rank 0, which reports to the usual one)."""
+    return RankSink() if env_rank() != 0 else None
 
 
 def _lost_peers(error: Exception, consequence: str = "") -> Exception:

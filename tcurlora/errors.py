@@ -8,7 +8,8 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: unexpected exception
 EXIT_USAGE = 2  # bad command line, bad job file or bad input data
-EXIT_OUTPUT_EXISTS = 3  # output exists (no --force), is not ours to replace, or another run holds it
+EXIT_OUTPUT_EXISTS = 3  # output exists (no --force), is not ours to replace, another run holds it, or
+# it could not be written completely (disk full): nothing that looks finished is left
 EXIT_OUT_OF_MEMORY = 4  # the device ran out of memory even after retrying smaller
 EXIT_CANCELLED = 130  # SIGINT or SIGTERM: stopped cleanly, last good checkpoint kept
 
@@ -61,6 +62,13 @@ class OutputNotWritableError(TCURLoRAError):
     """The output cannot be created where it was asked for (permissions, a file in the way, read-only)."""
 
     kind = "output_not_writable"
+
+
+class OutputWriteError(TCURLoRAError):
+    """Writing an output failed part-way (disk full, file too large, I/O error); nothing was left in its place."""
+
+    kind = "output_write_failed"
+    exit_code = EXIT_OUTPUT_EXISTS
 
 
 class DeviceOutOfMemoryError(TCURLoRAError):

@@ -25,7 +25,7 @@ from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, re
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import checkpoint_dir
-from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.fsutil import atomic_dir, atomic_write_json, write_torch_file
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.mean_teacher import (
     RAMPUP_FRACTION,
@@ -123,20 +123,20 @@ def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: Training
     """Write adapter weights, the step's state (optimizer, scaler, torch RNG: `OptimStep.state`), the data
     sampler's state, the best validated adapter, the mean teacher (its EMA tensors and unlabeled sampler,
     semi-supervised runs only) and the progress to `folder`, replacing the old one atomically."""
-    temp = temp_sibling_dir(folder)
-    if teacher is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in teacher.items()}, str(temp / TEACHER_WEIGHTS_FILE))
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
-              str(temp / "adapter.safetensors"))
-    if best is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(temp / BEST_WEIGHTS_FILE))
-    torch.save(optimizer.state(), temp / "optimizer.pt")
-    atomic_write_json(temp / "checkpoint.json", {
-        "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
-        "elapsed_s": state.elapsed_s, "job": job_record, "sampler": sampler,
-        "consistency": state.consistency, "unlabeled_sampler": unlabeled_sampler,
-    })
-    return replace_dir(temp, folder)
+    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
+        if teacher is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in teacher.items()}, str(temp / TEACHER_WEIGHTS_FILE))
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
+                  str(temp / "adapter.safetensors"))
+        if best is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(temp / BEST_WEIGHTS_FILE))
+        write_torch_file(temp / "optimizer.pt", optimizer.state())
+        atomic_write_json(temp / "checkpoint.json", {
+            "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
+            "elapsed_s": state.elapsed_s, "job": job_record, "sampler": sampler,
+            "consistency": state.consistency, "unlabeled_sampler": unlabeled_sampler,
+        })
+    return folder
 
 
 def load_checkpoint(folder: Path, adapted, optimizer: OptimStep, job_record: dict) -> tuple[TrainingState, dict]:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tcurlora.errors import OutputWriteError
 from tcurlora.filenames import IMAGE_EXTENSIONS
 
 _UMASK_LOCK = threading.Lock()
@@ -42,26 +44,71 @@ def apply_umask(path: str | Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def is_write_failure(error: BaseException) -> bool:
+    """Whether `error` is the file system refusing a write (disk full, file too large, I/O error),
+    raised by Python (OSError) or by safetensors' writer (SafetensorError "I/O error")."""
+    if isinstance(error, OSError):
+        return True
+    safetensors = sys.modules.get("safetensors")
+    error_class = getattr(safetensors, "SafetensorError", None)
+    return error_class is not None and isinstance(error, error_class) and "I/O error" in str(error)
+
+
+@contextmanager
+def output_write_errors(path: str | Path, what: str = "the output") -> Iterator[None]:
+    """Turn a write the file system refused (a full disk) into OutputWriteError naming `path` (exit 3),
+    instead of an internal error; the caller removes what it half wrote."""
+    try:
+        yield
+    except (OutputWriteError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if not is_write_failure(error):
+            raise
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        raise OutputWriteError(
+            f"cannot write {what}: {reason}; nothing was left in its place (free some space and run again)",
+            path,
+        ) from error
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush `path` to the disk: a full disk that the writer's buffered writes hid fails here (OSError)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def temp_sibling_file(final: str | Path, suffix: str = ".tmp") -> Path:
     """A new empty file `.NAME.XXXXXXXX<suffix>` beside `final` (umask mode), to fill then os.replace."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    os.close(fd)
-    apply_umask(temp, directory=False)
+    fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)  # O_EXCL
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())  # the file mkstemp made, never a path swapped in
+        else:
+            apply_umask(temp, directory=False)
+    finally:
+        os.close(fd)
     return Path(temp)
 
 
 @contextmanager
 def atomic_file(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temp sibling of `path` (umask mode) to write; renamed onto `path` when the block ends without
-    an exception, removed when it raises. The one atomic-file helper: JSON, labelmaps, figures."""
-    temp = temp_sibling_file(path, suffix)
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    """A temp sibling of `path` (umask mode) to write; flushed to the disk and renamed onto `path` when
+    the block ends without an exception, removed when it raises. A write the file system refuses (disk
+    full) is OutputWriteError. The one atomic-file helper: JSON, labelmaps, figures."""
+    with output_write_errors(path):
+        temp = temp_sibling_file(path, suffix)
+        try:
+            yield temp
+            fsync_file(temp)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -81,6 +128,19 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_torch_file(path: str | Path, state: Any) -> Path:
+    """torch.save `state` (tensors and plain values) to `path` through a buffer: torch's own file writer
+    reports a full disk as an unrelated RuntimeError ("unexpected pos"), a plain write as OSError."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
+    return Path(path)
+
+
 def temp_sibling_dir(final: str | Path) -> Path:
     """A new empty folder beside `final`, to fill and then hand to `replace_dir`."""
     final = Path(final)
@@ -88,6 +148,22 @@ def temp_sibling_dir(final: str | Path) -> Path:
     temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     apply_umask(temp, directory=True)
     return temp
+
+
+@contextmanager
+def atomic_dir(final: str | Path, what: str = "the output") -> Iterator[Path]:
+    """A temp sibling folder to fill; it replaces `final` (replace_dir) when the block ends without an
+    exception and is removed when it raises. A write the file system refuses (disk full, also inside
+    safetensors) is OutputWriteError naming `final`, and no temporary folder is left."""
+    final = Path(final)
+    with output_write_errors(final, what):
+        temp = temp_sibling_dir(final)
+        try:
+            yield temp
+            replace_dir(temp, final)
+        finally:
+            if temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
 
 
 def stale_siblings(final: str | Path) -> list[Path]:
@@ -130,6 +206,8 @@ def replace_dir(temp: str | Path, final: str | Path) -> Path:
     for path in temp.rglob("*"):  # some writers (safetensors) create private 0600 files
         if not path.is_symlink():
             apply_umask(path, directory=path.is_dir())
+            if path.is_file():
+                fsync_file(path)  # a full disk is found before the old folder is replaced
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

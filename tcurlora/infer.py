@@ -26,6 +26,11 @@ from tcurlora.models.spec import ModelSpec
 from tcurlora.train_step import autocast_context
 
 ImagePaths = str | Path | Sequence[str | Path]
+# What to do when segmenting runs out of memory (segment has no patch or batch size to lower).
+SEGMENT_OOM_ADVICE = {
+    "cpu": "close other programs, or segment on a machine with more memory",
+    "accelerator": 'segment on the CPU (--device cpu, or "device": "cpu"), or close other programs using the GPU',
+}
 
 
 def _sliding_window(
@@ -59,8 +64,8 @@ def _sliding_window(
             torch.cuda.empty_cache()
             if index == len(attempts) - 1:
                 raise DeviceOutOfMemoryError(
-                    f"{device} ran out of memory during sliding-window inference with patch {spec.patch_size}; "
-                    "use a smaller patch or the CPU"
+                    f"{device} ran out of memory during sliding-window inference with patch {spec.patch_size}, "
+                    "even one window at a time; run on the CPU (device cpu) or close other programs using it"
                 ) from error
     raise AssertionError("unreachable")
 
@@ -144,5 +149,17 @@ def segment_file(
     predict_volume.
     """
     check_labelmap_output(output_path, force)
-    labels, reference = predict_volume(model, image_paths, spec, **kwargs)  # type: ignore[arg-type]
+    try:
+        labels, reference = predict_volume(model, image_paths, spec, **kwargs)  # type: ignore[arg-type]
+    except Exception as error:
+        from tcurlora.jobs.runner import as_user_error
+
+        if not isinstance(as_user_error(error), DeviceOutOfMemoryError):
+            raise
+        first = image_paths if isinstance(image_paths, (str, Path)) else image_paths[0]
+        where = "cpu" if str(kwargs.get("device", "cpu")) == "cpu" else "accelerator"
+        raise DeviceOutOfMemoryError(  # segment has no patch or batch size to lower: no train-time advice
+            f"out of memory while segmenting this volume on {kwargs.get('device', 'cpu')}: {SEGMENT_OOM_ADVICE[where]}",
+            first,
+        ) from error
     return write_labelmap(labels, reference, output_path, force=force, names=names, colors=colors)

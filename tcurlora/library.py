@@ -110,8 +110,12 @@ def install_adapter(staged: str | Path, name: str) -> AdapterEntry:
         os.replace(entry.path, target)
     except OSError:  # another file system: copy to a hidden sibling first, then rename
         hidden = staging_path(name)
-        shutil.copytree(entry.path, hidden)
-        os.replace(hidden, target)
+        try:
+            shutil.copytree(entry.path, hidden)
+            os.replace(hidden, target)
+        except BaseException:  # a full disk: no partial copy left in the library
+            shutil.rmtree(hidden, ignore_errors=True)
+            raise
         shutil.rmtree(entry.path, ignore_errors=True)
     return read_adapter(target)
 

@@ -5,12 +5,15 @@ Every check here runs before any work starts, so a run never fails at its end be
 
 from __future__ import annotations
 
-import json
+import errno
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 
 from tcurlora.errors import OutputExistsError, OutputNotWritableError
+from tcurlora.jsonio import loads_strict
 
 # The files an adapter folder written by tcurlora holds (adapters/io.py writes exactly these).
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -36,14 +39,54 @@ def check_writable_folder(folder: str | Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputNotWritableError(f"cannot create the output folder: {existing} is a file", folder)
+    sweep_stale_probes(existing)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".tcurlora-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+        _probe(existing)
     except OSError as error:
         raise OutputNotWritableError(
             f"cannot write in {existing}: {error.strerror or error}", folder
         ) from error
+
+
+PROBE_PREFIX = ".tcurlora-probe-"
+PROBE_STALE_S = 60.0  # a probe lives for microseconds; one this old was left by a killed run
+_swept: set[Path] = set()
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in `folder` (OSError when that is not allowed). Linux: an unnamed
+    O_TMPFILE, so a run killed right here leaves nothing; elsewhere a named temporary file."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            os.close(os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600))
+            return
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise  # EACCES, EROFS, ENOSPC...: the answer; the rest: this file system has no O_TMPFILE
+    fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+
+
+def sweep_stale_probes(folder: Path) -> list[Path]:
+    """Remove the probe files (`.tcurlora-probe-*`) that killed runs left in `folder` (once per process)."""
+    if folder in _swept:
+        return []
+    _swept.add(folder)
+    removed = []
+    try:
+        entries = [p for p in folder.iterdir() if p.name.startswith(PROBE_PREFIX)]
+    except OSError:
+        return []
+    for path in entries:
+        try:
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime > PROBE_STALE_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def is_tcurlora_adapter(folder: Path) -> bool:
@@ -52,7 +95,7 @@ def is_tcurlora_adapter(folder: Path) -> bool:
     if folder.is_symlink() or not folder.is_dir() or not config.is_file() or config.is_symlink():
         return False
     try:
-        record = json.loads(config.read_text(encoding="utf-8"))
+        record = loads_strict(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and record.get("format") == ADAPTER_FORMAT
@@ -98,7 +141,7 @@ def check_model_output(folder: str | Path, force: bool) -> Path:
         raise OutputExistsError(f"exists and is not a model folder; {NOT_OURS}", folder)
     entries = sorted(p.name for p in folder.iterdir())
     try:
-        record = json.loads((folder / "model.json").read_text(encoding="utf-8")) if entries else {}
+        record = loads_strict((folder / "model.json").read_text(encoding="utf-8")) if entries else {}
     except (OSError, ValueError):
         record = None
     ours = not entries or (isinstance(record, dict) and record.get("format") == MODEL_FORMAT)
@@ -160,7 +203,7 @@ def _is_report(path: Path) -> bool:
     if text.startswith(MARKDOWN_HEAD):
         return True
     try:
-        data = json.loads(text)
+        data = loads_strict(text)
     except ValueError:
         return False
     return isinstance(data, dict) and data.get("schema") == EVALUATION_SCHEMA

@@ -42,6 +42,7 @@ from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import checkpoint_dir
 from tcurlora.intensity_randomisation import randomise_intensity
 from tcurlora.jobs.events import eta_seconds, format_duration
+from tcurlora.jobs.schema import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_THREADS
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
@@ -122,8 +123,8 @@ class PretrainConfig:
     patch_size: tuple[int, int, int] = setting(
         (48, 48, 48), "custom", parse=positive_triple(int), schema=triple_schema("integer"), help="voxels"
     )
-    iterations: int = setting(1800, "integer", minimum=1, help="training steps")
-    batch_size: int = setting(2, "integer", minimum=1, help="patches per step")
+    iterations: int = setting(1800, "integer", minimum=1, maximum=MAX_ITERATIONS, help="training steps")
+    batch_size: int = setting(2, "integer", minimum=1, maximum=MAX_BATCH_SIZE, help="patches per step")
     learning_rate: float = setting(3e-4, "number", minimum=0.0, exclusive_minimum=True, help="AdamW peak rate")
     weight_decay: float = setting(1e-5, "number", minimum=0.0, help="AdamW weight decay")
     warmup: int = setting(50, "integer", minimum=0, help="linear warm-up steps before the cosine decay")
@@ -131,8 +132,10 @@ class PretrainConfig:
         0.67, "number", minimum=0.0, maximum=1.0, help="share of patches centred on a labeled voxel"
     )
     seed: int = setting(0, "integer", minimum=0, help="random seed")
-    threads: int = setting(2, "integer", minimum=1, help="torch CPU threads")
-    checkpoint_every: int = setting(200, "integer", minimum=1, help="steps between checkpoints")
+    threads: int = setting(2, "integer", minimum=1, maximum=MAX_THREADS, help="torch CPU threads")
+    checkpoint_every: int = setting(
+        200, "integer", minimum=1, maximum=MAX_ITERATIONS, help="steps between checkpoints"
+    )
     description: str = setting("", "text", help="what the recipe is for")
     precision: str = setting("fp32", "choice", choices=PRECISIONS, help="fp32, bf16 or auto")
     eval_every: int = setting(0, "integer", minimum=0, help="steps between held-out evaluations (0: none)")

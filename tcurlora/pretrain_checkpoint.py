@@ -13,7 +13,8 @@ import torch
 
 from tcurlora.checkpoint_check import read_state_file
 from tcurlora.errors import InputError, OutputExistsError
-from tcurlora.fsutil import atomic_write_json, atomic_write_text, replace_dir, temp_sibling_dir
+from tcurlora.fsutil import atomic_dir, atomic_write_json, atomic_write_text, write_torch_file
+from tcurlora.jsonio import loads_strict
 from tcurlora.models.registry import load_weights, write_model_files
 from tcurlora.models.spec import ModelSpec
 from tcurlora.outputs import MODEL_FILES
@@ -68,15 +69,15 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
         foreign = [] if not folder.is_dir() else [p.name for p in folder.iterdir() if p.name not in CHECKPOINT_FILES]
         if folder.is_symlink() or not folder.is_dir() or foreign:
             raise OutputExistsError("the checkpoint folder holds files tcurlora did not write; move it away", folder)
-    temp = temp_sibling_dir(folder)
-    write_model_files(temp, model, spec, model_id=spec.name, card=card)
-    torch.save(step.state(), temp / OPTIMIZER_FILE)
-    atomic_write_text(temp / TRAINING_LOG, training_log_text(state.records))
-    atomic_write_json(temp / STATE_FILE, {
-        "format": STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
-        "recipe": recipe_record(recipe), "train_volumes": train_volumes,
-    })  # fmt: skip
-    return replace_dir(temp, folder)
+    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
+        write_model_files(temp, model, spec, model_id=spec.name, card=card)
+        write_torch_file(temp / OPTIMIZER_FILE, step.state())
+        atomic_write_text(temp / TRAINING_LOG, training_log_text(state.records))
+        atomic_write_json(temp / STATE_FILE, {
+            "format": STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
+            "recipe": recipe_record(recipe), "train_volumes": train_volumes,
+        })  # fmt: skip
+    return folder
 
 
 def read_training_state(folder: Path) -> dict[str, Any]:
@@ -89,10 +90,11 @@ def read_training_state(folder: Path) -> dict[str, Any]:
             path,
         )
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = loads_strict(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InputError(f"cannot resume: unreadable training state ({error})", path) from error
     if (not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("iteration"), int)
+            or isinstance(meta.get("iteration"), bool) or meta["iteration"] < 0
             or not isinstance(meta.get("sampler"), dict) or not isinstance(meta.get("recipe"), dict)):  # fmt: skip
         raise InputError(f"cannot resume: corrupt training state (expected format {STATE_FORMAT!r} with "
                          "iteration, sampler and recipe)", path)  # fmt: skip

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcurlora.errors import CancelledError, OutputExistsError, TCURLoRAError
+from tcurlora.errors import EXIT_USAGE, CancelledError, TCURLoRAError
 from tcurlora.filenames import CHECKPOINT_SUFFIX, checkpoint_dir
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import EventSink
@@ -42,6 +42,9 @@ EXIT_CONNECTION = 5  # the SSH connection could not be made or was lost
 DEFAULT_REMOTE_FOLDER = ".cache/tcurlora/remote-runs"  # relative to the remote home
 CANCEL_WAIT_S = 10.0  # how long the remote worker gets to stop after SIGTERM before SIGKILL
 _TARGET = re.compile(r"^(?:(?P<user>[^@\s:/]+)@)?(?P<host>[A-Za-z0-9._-]+)(?::(?P<port>\d{1,5}))?$")
+# A host or user beginning with "-" would be read by ssh as an option (`-oProxyCommand=...` runs a command
+# here): refused, and `--` ends ssh's options before the destination anyway.
+_OPTION_LIKE = re.compile(r"^-|@-")
 
 
 class RemoteError(TCURLoRAError):
@@ -49,6 +52,13 @@ class RemoteError(TCURLoRAError):
 
     kind = "connection"
     exit_code = EXIT_CONNECTION
+
+
+class RemoteTargetError(RemoteError):
+    """A `--remote` host, port or folder that cannot be meant (bad usage: nothing was connected to)."""
+
+    kind = "config_error"
+    exit_code = EXIT_USAGE
 
 
 class ConnectionLostError(RemoteError):
@@ -77,14 +87,23 @@ class RemoteHost:
         ssh_config: str | Path | None = None,
     ) -> RemoteHost:
         """`user@host`, `host:2222`, `user@host:2222`; a clear error for anything else."""
+        if _OPTION_LIKE.search(target.strip()):
+            raise RemoteTargetError(
+                f"remote host {target!r}: a host or user may not begin with '-' (ssh would read it as an option)"
+            )
         match = _TARGET.match(target.strip())
         if not match:
-            raise RemoteError(f"remote host {target!r}: expected user@host or user@host:port")
+            raise RemoteTargetError(f"remote host {target!r}: expected user@host or user@host:port")
         port = int(match["port"]) if match["port"] else None
         if port is not None and not 0 < port < 65536:
-            raise RemoteError(f"remote host {target!r}: port {port} is not in 1..65535")
+            raise RemoteTargetError(f"remote host {target!r}: port {port} is not in 1..65535")
         if command is not None and not command.strip():
-            raise RemoteError("the remote tcurlora command is empty")
+            raise RemoteTargetError("the remote tcurlora command is empty")
+        if folder is not None and folder.strip().startswith("-"):
+            raise RemoteTargetError(
+                f"remote folder {folder!r} may not begin with '-' (remote commands would read it as an option); "
+                f"write ./{folder.strip()} for a folder of that name"
+            )
         return cls(
             host=match["host"],
             user=match["user"],
@@ -154,7 +173,7 @@ class SshConnection:
         with tempfile.TemporaryFile() as err:
             result = subprocess.run(
                 self.ssh_args("-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-f", "-N",
-                              self.host.destination),
+                              "--", self.host.destination),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60,
             )
             err.seek(0)
@@ -164,18 +183,18 @@ class SshConnection:
 
     def alive(self) -> bool:
         """Whether the master connection still answers."""
-        args = self.ssh_args("-O", "check", self.host.destination)
+        args = self.ssh_args("-O", "check", "--", self.host.destination)
         return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
 
     def master_pid(self) -> int | None:
         """The PID of the local master ssh process (tests kill it to cut the connection)."""
-        out = subprocess.run(self.ssh_args("-O", "check", self.host.destination), capture_output=True, text=True)
+        out = subprocess.run(self.ssh_args("-O", "check", "--", self.host.destination), capture_output=True, text=True)
         match = re.search(r"pid=(\d+)", out.stderr + out.stdout)
         return int(match.group(1)) if match else None
 
     def command(self, script: str) -> list[str]:
         """The argv that runs the shell `script` on the host over the master connection."""
-        return self.ssh_args("-o", "ControlMaster=no", self.host.destination, script)
+        return self.ssh_args("-o", "ControlMaster=no", "--", self.host.destination, script)
 
     def run(self, script: str, timeout: float = 120, input: bytes | None = None) -> str:
         """Run `script` remotely and return its stdout; RemoteError with its stderr when it fails."""
@@ -204,7 +223,9 @@ class SshConnection:
 
     def download(self, remote_parent: str, name: str, local_parent: Path) -> bool:
         """Copy `remote_parent/name` into `local_parent/name` (replacing it); False when absent remotely."""
-        script = f"cd {q(remote_parent)} && if [ -e {q(name)} ]; then tar -cf - {q(name)}; else exit 3; fi"
+        # `./NAME`: a name that begins with "-" (`-Ifoo_seg.nii.gz`) is a file for every tar, never an option.
+        member = q(f"./{name}")
+        script = f"cd {q(remote_parent)} 2>/dev/null && [ -e {member} ] || exit 3; tar -cf - {member}"
         result = subprocess.run(self.command(script), capture_output=True, timeout=3600)
         if result.returncode == 3:
             return False
@@ -228,7 +249,7 @@ class SshConnection:
     def close(self) -> None:
         """Stop the master connection and remove its control folder."""
         if self.control_path.exists():
-            subprocess.run(self.ssh_args("-O", "exit", self.host.destination), capture_output=True, timeout=30)
+            subprocess.run(self.ssh_args("-O", "exit", "--", self.host.destination), capture_output=True, timeout=30)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -405,7 +426,11 @@ class RemoteRun(ABC):
         code = process.wait()
         pump.join(timeout=5)
         if final is not None and final["event"] == "done" and code == 0:
-            self.collect(connection)
+            try:
+                self.collect(connection)
+            except BaseException:
+                self._cleanup(connection, quietly=True)  # the outputs could not come back: nothing stays there
+                raise
             self._cleanup(connection)
             return {"outputs": final["outputs"], "metrics": final["metrics"]}
         if token.cancelled or code < 0:
@@ -471,8 +496,13 @@ class RemoteRun(ABC):
             timeout=CANCEL_WAIT_S + 30,
         )
 
-    def _cleanup(self, connection: SshConnection) -> None:
-        connection.run(f"rm -rf {q(self.remote_dir)}")
+    def _cleanup(self, connection: SshConnection, quietly: bool = False) -> None:
+        """Remove the remote run folder; `quietly` while another error is on its way (that one is reported)."""
+        try:
+            connection.run(f"rm -rf {q(self.remote_dir)}")
+        except RemoteError:
+            if not quietly:
+                raise
 
 
 class RemoteFinetune(RemoteRun):
@@ -487,8 +517,10 @@ class RemoteFinetune(RemoteRun):
         self.local_checkpoint = checkpoint_dir(self.output)
 
     def check_outputs(self) -> None:  # noqa: B027 - optional hook
-        if self.output.exists() and not self.job.force:
-            raise OutputExistsError("the adapter folder exists (use --force to replace it)", self.output)
+        """As a local run: free, or with --force an adapter folder tcurlora wrote (it is replaced on return)."""
+        from tcurlora.outputs import check_adapter_output
+
+        check_adapter_output(self.output, self.job.force)
 
     def remote_job(self, stage: Path) -> dict[str, Any]:
         data = stage_finetune(self.job, stage)
@@ -502,6 +534,7 @@ class RemoteFinetune(RemoteRun):
         return [(remote_out + CHECKPOINT_SUFFIX, str(self.local_checkpoint)), (remote_out, str(self.output))]
 
     def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
+        self.check_outputs()  # what was put there during the run is not replaced either
         connection.download(f"{self.remote_dir}/out", self.output.name, self.output.parent)
 
     def keep(self, connection: SshConnection) -> bool:
@@ -521,9 +554,11 @@ class RemoteSegment(RemoteRun):
         super().__init__(job, host, self.outputs[0])
 
     def check_outputs(self) -> None:  # noqa: B027 - optional hook
+        """As a local run: free, or with --force a segmentation tcurlora wrote (it is replaced on return)."""
+        from tcurlora.data.io import check_labelmap_output
+
         for path in self.outputs:
-            if path.exists() and not self.job.force:
-                raise OutputExistsError("the output exists (use --force to replace it)", path)
+            check_labelmap_output(path, self.job.force)
 
     def remote_job(self, stage: Path) -> dict[str, Any]:
         return stage_segment(self.job, stage)
@@ -532,6 +567,7 @@ class RemoteSegment(RemoteRun):
         return [(f"{absolute}/out/{i}/{p.name}", str(p)) for i, p in enumerate(self.outputs)]
 
     def collect(self, connection: SshConnection) -> None:  # noqa: B027 - optional hook
+        self.check_outputs()  # what was put there during the run is not replaced either
         for index, path in enumerate(self.outputs):
             if not connection.download(f"{self.remote_dir}/out/{index}", path.name, path.parent):
                 raise RemoteError(f"{self.host}: the remote run reported success but wrote no {path.name}")

@@ -19,7 +19,7 @@ from tcurlora.jobs.events import eta_seconds
 def plan_outputs(job) -> list[Path]:
     """The job's output paths (SegmentJob.output_paths, the names the schema promises), each checked
     before anything runs: free, or (with force) a segmentation tcurlora wrote; writable; every input
-    readable and without NaN / infinite voxels."""
+    readable, real, finite and within float32 (data.values)."""
     from tcurlora.data.io import check_labelmap_output
 
     outputs = list(job.output_paths())
@@ -34,16 +34,13 @@ def plan_outputs(job) -> list[Path]:
 
 
 def check_input_volumes(inputs) -> None:
-    """InputError naming the file when an input volume is missing, unreadable or has NaN / infinite
-    voxels: found before any model is loaded."""
-    from tcurlora.data.io import count_nonfinite, read_image
+    """InputError naming the file when an input volume is missing, unreadable, complex, has NaN / infinite
+    voxels or values beyond float32 (data.values): found before any model is loaded."""
+    from tcurlora.data.values import check_image_values
 
     for channels in inputs:
         for path in channels if isinstance(channels, (list, tuple)) else [channels]:
-            read_image(path)  # InputError naming the file when missing or unreadable
-            count = count_nonfinite(path)
-            if count:
-                raise InputError(f"image has {count} NaN or infinite voxels", path)
+            check_image_values(path)  # InputError naming the file: unreadable, complex, NaN, beyond float32
 
 
 def load_segmentation_model(base_model: str, adapter: str | None):
@@ -65,7 +62,11 @@ def load_segmentation_model(base_model: str, adapter: str | None):
     adapted = load_adapter(Path(adapter), base.model)
     model = adapted.merge_and_unload()
     model.eval()
-    return model, adapter_spec(base.spec, config), list(config.get("label_names") or []), config
+    try:
+        spec = adapter_spec(base.spec, config)
+    except ConfigError as error:
+        raise ConfigError(error.problem, Path(adapter) / "adapter_config.json") from error
+    return model, spec, list(config.get("label_names") or []), config
 
 
 def adapter_spec(base_spec, config: dict):

@@ -149,7 +149,12 @@ def resolve_path(key: str, value: Any, base_dir: Path | None) -> Path:
     if not value.strip():
         raise SettingError(key, "must not be empty")
     path = Path(value).expanduser()
-    return path if path.is_absolute() or base_dir is None else (base_dir / path).resolve()
+    if path.is_absolute() or base_dir is None:
+        return path
+    try:
+        return (base_dir / path).resolve()
+    except (RuntimeError, OSError) as error:  # Python < 3.13: RuntimeError "Symlink loop from ..."
+        raise SettingError(key, f"{value!r} is a symbolic link that leads back to itself (a loop)") from error
 
 
 def check_value(key: str, value: Any, s: Setting, base_dir: Path | None = None) -> Any:

@@ -4,11 +4,13 @@ an interrupted run can be resumed from its last checkpoint."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases, export_unlabeled
+from TCURFineTuneLib.interrupted import forget_interrupted, remember_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
 from tcurlora.filenames import checkpoint_dir
@@ -17,7 +19,7 @@ from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.curves import TrainingCurves
 from TCURLoRACommon.jobs import FineTuneSettings, finetune_job
 from TCURLoRACommon.remote import RemoteSettings
-from TCURLoRACommon.runs import CANCELLED, FAILED, WorkerRun, new_workdir
+from TCURLoRACommon.runs import CANCELLED, DONE, FAILED, WorkerRun, new_workdir
 
 RUN_INFO = "run.json"  # next to job.json: what the panel needs to resume (the adapter's name)
 
@@ -38,9 +40,16 @@ def can_resume(job_path: str | Path) -> bool:
     return (checkpoint_dir(output) / "checkpoint.json").is_file()
 
 
+def job_method(job_path: str | Path) -> str:
+    """The method of a run's job ("tcur", "lora", ...): whether resuming it needs PEFT."""
+    return str(_read_job(job_path).get("method") or "")
+
+
 def discard_interrupted(job_path: str | Path) -> None:
     """Delete what an interrupted run kept for resuming: its checkpoint and its work folder."""
     path = Path(job_path)
+    if str(job_path):
+        forget_interrupted(path)
     if not path.is_file():
         return
     try:
@@ -129,3 +138,83 @@ class FineTuneRun(WorkerRun):
     def on_done(self, event: dict[str, Any]) -> None:
         staged = Path(event["outputs"].get("adapter", self.staging))
         self.adapter = library.install_adapter(staged, self.adapter_name)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint / "checkpoint.json").is_file()
+
+    def shutdown(self) -> None:
+        """Slicer is closing or the module reloads: stop the worker within a couple of seconds and keep what
+        Resume needs (job, exported cases, checkpoint) when a checkpoint exists, remembered for the next
+        session; without one there is nothing to resume and the work folder goes."""
+        self.worker.shutdown()
+        if self.has_checkpoint:
+            remember_interrupted(self.job_path)
+        else:
+            self.remove_workdir()
+
+    def retry_on_cpu(self) -> FineTuneRun:
+        """The same job (same exported cases, settings, name) again on the CPU, from the start, in the same
+        work folder: nothing of the scene is needed (it may have been closed) and nothing is left behind."""
+        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        self.worker.remove_partial_outputs()
+        forget_interrupted(self.job_path)
+        job = {**self.job, "device": "cpu", "resume": False, "output": str(library.staging_path(self.adapter_name))}
+        run = FineTuneRun.__new__(FineTuneRun)
+        run._setup(job, self.workdir, self.adapter_name, self.curves is not None, self.remote)
+        return run
+
+
+@dataclass
+class FinishOutcome:
+    """What the panel shows once a run has ended: a log line, an error for a dialog, the job Resume
+    offers, or the run that retries on the CPU."""
+
+    state: str
+    message: str = ""
+    error: str = ""
+    resume_job: str = ""
+    retry: FineTuneRun | None = None
+
+
+def finish_run(run: FineTuneRun, confirm: Callable[[str], bool]) -> FinishOutcome:
+    """Clean up after a run and say what to show; `confirm(question)` asks about retrying on the CPU.
+
+    Needs no scene node: it works after the scene was closed while the run went on. A resumable run's
+    files stay (and are remembered); every other ending removes the work folder with the exported cases.
+    """
+    if run.state == DONE:
+        forget_interrupted(run.job_path)
+        run.remove_workdir()
+        return FinishOutcome(DONE, f"Adapter saved: {run.adapter.path}" if run.adapter else "Done.")
+    if run.state == FAILED:
+        reason = run.cpu_fallback_reason()
+        if reason and confirm(reason):
+            return FinishOutcome(FAILED, "Running again on the CPU...", retry=run.retry_on_cpu().start())
+    resume = ""
+    if run.resumable():
+        remember_interrupted(run.job_path)
+        resume = str(run.job_path)
+    else:
+        forget_interrupted(run.job_path)
+        run.remove_workdir()
+    if run.state == CANCELLED:
+        kept = " Resume continues from the last checkpoint." if resume else ""
+        return FinishOutcome(CANCELLED, "Cancelled; nothing was added to the model library." + kept, resume_job=resume)
+    return FinishOutcome(FAILED, error=run.error_text() or "the run failed", resume_job=resume)
+
+
+def closing_question(run: WorkerRun | None) -> str | None:
+    """What to ask before Slicer closes (or the module reloads) while a fine-tuning runs; None when nothing
+    runs. Says whether Resume will be able to continue it."""
+    if run is None or run.finished:
+        return None
+    progress = run.progress or {}
+    where = f" (iteration {progress['iteration']} of {progress['total']})" if progress.get("total") else ""
+    has_checkpoint = bool(getattr(run, "has_checkpoint", False))
+    after = (
+        "Its last checkpoint is kept: TCUR Fine-Tune offers to resume it next time."
+        if has_checkpoint
+        else "It has no checkpoint yet, so it will start over."
+    )
+    return f"A fine-tuning is running{where}. Stop it and close? {after}"

@@ -24,6 +24,7 @@ from TCURLoRACommon.testdata import (
     decathlon_cases,
     library_leftovers,
     load_case,
+    needs_backend,
     run_until,
 )
 from TCURLoRACommon.worker import CANCEL_EXIT_CODES
@@ -156,6 +157,7 @@ def test_segmentation_on_other_grid_is_resampled(data_dir: Path, workdir: Path) 
     assert agreement > 0.97, f"resampled labels agree with the coarse ones on only {agreement:.1%} of voxels"
 
 
+@needs_backend
 def test_finetune_end_to_end(data_dir: Path, workdir: Path) -> library.AdapterEntry:
     pairs, names = load_training_scene(data_dir, 3)
     run = FineTuneRun(pairs, fast_settings(3), "hippocampus test", workdir).start()
@@ -177,6 +179,7 @@ def test_finetune_end_to_end(data_dir: Path, workdir: Path) -> library.AdapterEn
     return entries[0]
 
 
+@needs_backend
 def test_cancel_leaves_nothing(data_dir: Path, workdir: Path) -> None:
     pairs, _ = load_training_scene(data_dir, 2)
     run = FineTuneRun(pairs, fast_settings(100000), "cancelled", workdir, curves=False).start()
@@ -193,6 +196,7 @@ def test_cancel_leaves_nothing(data_dir: Path, workdir: Path) -> None:
     assert library.list_adapters() == [] and library_leftovers() == []
 
 
+@needs_backend
 def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
     pairs, _ = load_training_scene(data_dir, 2)
     settings = fast_settings(100000)

@@ -15,6 +15,7 @@ from TCURLoRACommon.testdata import (
     check_events,
     decathlon_cases,
     load_case,
+    needs_backend,
     set_oblique_geometry,
     train_test_adapter,
     vtk_matrix,
@@ -100,6 +101,7 @@ def test_rejects_unusable_adapter(data_dir: Path, workdir: Path) -> None:
             raise AssertionError(f"no InputError for {fragment!r}")
 
 
+@needs_backend
 def test_segment_volumes_end_to_end(data_dir: Path, workdir: Path) -> None:
     adapter = train_test_adapter(data_dir, workdir / "train")
     cases, names = decathlon_cases(data_dir)
@@ -110,7 +112,11 @@ def test_segment_volumes_end_to_end(data_dir: Path, workdir: Path) -> None:
     existing = scene.new_label_segmentation(fifth, ["Other"])
     assert [v.GetID() for v in volumes_to_segment()] == [fourth.GetID(), fifth.GetID()]
     run = start_segmentation(volumes_to_segment(), adapter, "cpu", targets=[None, existing])
-    run.wait(timeout=600)
+    try:
+        run.wait(timeout=600)
+    finally:
+        run.remove_workdir()  # the exported volumes: "Reload and Test" must leave no tcurlora-segment-* behind
+    assert not run.workdir.exists()
     assert run.state == DONE, f"run {run.state}: {run.error_text()}\n" + "\n".join(run.worker.tail)
     check_events(run.events)
     assert run.events[0]["event"] == "started" and run.events[-1]["event"] == "done"

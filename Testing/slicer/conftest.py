@@ -30,9 +30,9 @@ MODULE_LOGICS = {
 }
 
 
-@pytest.fixture(scope="session")
-def slicer_app() -> Iterator[types.SimpleNamespace]:
-    """One scene + application logic + module logics for the session, exposed as Slicer exposes them."""
+def start_slicer_core() -> types.SimpleNamespace:
+    """One scene + application logic + module logics, exposed as Slicer exposes them (also used by child
+    interpreters of the tests)."""
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
@@ -45,7 +45,13 @@ def slicer_app() -> Iterator[types.SimpleNamespace]:
         setattr(modules, name, types.SimpleNamespace(logic=lambda logic=logic: logic))
     slicer.mrmlScene = scene
     slicer.modules = modules
-    yield types.SimpleNamespace(scene=scene, app_logic=app_logic, modules=modules)
+    return types.SimpleNamespace(scene=scene, app_logic=app_logic, modules=modules)
+
+
+@pytest.fixture(scope="session")
+def slicer_app() -> Iterator[types.SimpleNamespace]:
+    """One scene + application logic + module logics for the session, exposed as Slicer exposes them."""
+    yield start_slicer_core()
     del slicer.mrmlScene, slicer.modules
 
 

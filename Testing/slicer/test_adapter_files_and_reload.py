@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
+import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tcurlora import library
+from tcurlora.adapter_integrity import seal
 from tcurlora.errors import InputError
 from TCURLoRACommon.adapters import SUFFIX, export_adapter, import_adapter
 from TCURLoRACommon.reloading import PACKAGES, forget_packages
 
 
 def make_adapter(folder: Path, names=("liver", "tumour")) -> library.AdapterEntry:
-    """An adapter folder as the worker writes it (config JSON + weights file)."""
+    """An adapter folder as the worker writes it (sealed config JSON + weights file)."""
     folder.mkdir(parents=True)
-    config = {"method": "tcur", "rank": 4, "label_names": list(names), "base_model_id": "preset:unetr-tiny"}
-    (folder / library.ADAPTER_CONFIG).write_text(json.dumps(config))
-    (folder / library.ADAPTER_WEIGHTS).write_bytes(bytes(range(256)) * 40)
+    weights = bytes(range(256)) * 40
+    config = {"method": "tcur", "rank": 4, "label_names": list(names), "base_model_id": "preset:unetr-tiny",
+              "base_fingerprint": "f" * 16, "weights_sha256": hashlib.sha256(weights).hexdigest()}  # fmt: skip
+    (folder / library.ADAPTER_CONFIG).write_text(json.dumps(seal(config)))
+    (folder / library.ADAPTER_WEIGHTS).write_bytes(weights)
     (folder / "training_log.jsonl").write_text('{"iteration": 1}\n')
     return library.read_adapter(folder)
 
@@ -53,7 +60,7 @@ def test_import_refuses_bad_files(tmp_path: Path, monkeypatch) -> None:
     incomplete = tmp_path / f"incomplete{SUFFIX}"
     with zipfile.ZipFile(incomplete, "w") as archive:
         archive.writestr(library.ADAPTER_CONFIG, json.dumps({"method": "tcur"}))
-    with pytest.raises(InputError, match="adapter.safetensors is missing"):
+    with pytest.raises(InputError, match="not a complete adapter file: adapter.safetensors is missing"):
         import_adapter(incomplete)
     text = tmp_path / f"text{SUFFIX}"
     text.write_text("not a zip")
@@ -81,3 +88,95 @@ def test_forget_packages_makes_the_next_import_load_edited_code(tmp_path: Path, 
     assert importlib.import_module("tcurreloadpkg.logic").VALUE == 22
     forget_packages(("tcurreloadpkg", "tcurreloadpkgother"))
     assert set(PACKAGES) == {"TCURFineTuneLib", "TCURSegmenterLib", "TCURLoRACommon", "tcurlora"}
+
+
+def zipped(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names written on purpose
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in entries:
+                archive.writestr(name, data)
+    return path
+
+
+def assert_library_untouched() -> None:
+    root = library.adapters_dir()
+    assert library.list_adapters() == [] and (not root.exists() or list(root.iterdir()) == [])
+
+
+def own_files(folder: Path) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(folder.iterdir())]
+
+
+def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
+    good = own_files(make_adapter(tmp_path / "good").path)
+    record = json.loads(dict(good)[library.ADAPTER_CONFIG])
+    config, weights = library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS
+    other_labels = json.dumps(seal({**record, "label_names": ["a", "b"]})).encode()
+    tampered = bytearray(dict(good)[weights])
+    tampered[7] ^= 0xFF
+    unsealed = dict(record, label_names=["a", "b"])
+    cases = {
+        "twice": good[:2] + [(config, other_labels)],
+        "not part of an adapter": good[:2] + [("model.pt", b"\x80\x04pickle")],
+        "'.hidden/run.sh', which is not part": good[:2] + [(".hidden/run.sh", b"rm -rf ~")],
+        "holds 20000 entries": good + [(f"f{i}.txt", b"") for i in range(19997)],
+        "differs from the": [(n, bytes(tampered) if n == weights else d) for n, d in good],
+        "adapter_config.json was changed after training": [(n, json.dumps(unsealed).encode() if n == config else d)
+                                                           for n, d in good],
+        "has no weights_sha256": [(n, json.dumps(dict(record, weights_sha256=None)).encode() if n == config else d)
+                                  for n, d in good],
+    }  # fmt: skip
+    for expected, entries in cases.items():
+        with pytest.raises(InputError, match=expected) as info:
+            import_adapter(zipped(tmp_path / f"bad{SUFFIX}", entries))
+        assert info.value.path == str(tmp_path / f"bad{SUFFIX}")
+        assert_library_untouched()
+    monkeypatch.setenv("TCURLORA_MAX_WEIGHT_BYTES", "1000")
+    with pytest.raises(InputError, match=r"unpacks to 10,240 bytes, more than the limit of 1,000"):
+        import_adapter(zipped(tmp_path / f"big{SUFFIX}", good))
+    assert_library_untouched()
+    monkeypatch.delenv("TCURLORA_MAX_WEIGHT_BYTES")
+    entry = import_adapter(zipped(tmp_path / f"good{SUFFIX}", good))
+    assert sorted(p.name for p in entry.path.iterdir()) == [weights, config, "training_log.jsonl"]
+
+
+def test_export_writes_only_the_adapter_files_of_an_intact_adapter(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
+    entry = library.install_adapter(make_adapter(tmp_path / "staged").path, "liver")
+    (entry.path / "notes.txt").write_text("mine")
+    shared = export_adapter(entry, tmp_path / "liver")
+    with zipfile.ZipFile(shared) as archive:
+        assert sorted(archive.namelist()) == ["adapter.safetensors", "adapter_config.json", "training_log.jsonl"]
+    (entry.path / library.ADAPTER_WEIGHTS).write_bytes(b"x" * 10240)
+    with pytest.raises(InputError, match="differs from the"):
+        export_adapter(entry, tmp_path / "damaged")
+    assert not (tmp_path / f"damaged{SUFFIX}").exists()
+
+
+FULL_DISK = """
+import resource, signal, sys
+from TCURLoRACommon.adapters import import_adapter
+from tcurlora.errors import OutputNotWritableError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    import_adapter(sys.argv[1])
+except OutputNotWritableError as error:
+    print(error)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_leaves_nothing_in_the_library(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
+    shared = zipped(tmp_path / f"liver{SUFFIX}", own_files(make_adapter(tmp_path / "liver").path))
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(shared)], capture_output=True, text=True, timeout=60, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cannot write the adapter into the model library: File too large" in result.stdout
+    assert_library_untouched()

@@ -30,12 +30,22 @@ NOT_PIP_INSTALLED_IN_SLICER = {
         ["1.4.dev0", "1.4a1", "1.4b2", "1.4rc1", "1.4", "1.4.post1", "1.4.1", "1.10"],
         ["2.1.0+cu121", "2.2.0", "2.10.0"],
         ["0.9", "0.13.0", "0.13.2"],
+        ["2.0", "2.1", "2.1.post1", "1!0.5", "1!1.0"],  # an epoch outranks every release without one
     ],
 )
 def test_version_order(ordered: list[str]) -> None:
     keys = [deps.parse_version(v) for v in ordered]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
-    assert deps.parse_version("1.4") == deps.parse_version("1.4.0") == deps.parse_version("v1.4.0+local")
+    assert deps.parse_version("1.4") == deps.parse_version("1.4.0") == deps.parse_version("v1.4.0")
+
+
+def test_packaging_does_the_comparing() -> None:
+    """The hand-written PEP 440 parser is gone: versions are packaging's (shipped with Slicer 5.8+)."""
+    from packaging.version import Version
+
+    assert isinstance(deps.parse_version("1!1.0"), Version)
+    source = Path(deps.__file__).read_text(encoding="utf-8")
+    assert "_VERSION" not in source and "_PRE_ORDER" not in source and "import re" not in source
 
 
 @pytest.mark.parametrize(
@@ -53,6 +63,15 @@ def test_version_order(ordered: list[str]) -> None:
         ("2.0.1", "!=2.0.1", False),
         ("0.13", ">0.12", True),
         ("0.12", "<=0.12", True),
+        ("1!1.0", ">=2.0", True),  # epochs: the old parser said no
+        ("1!1.0", "<2.0", False),
+        ("2.1.post1", ">2.1", False),  # >V excludes V's post-releases (PEP 440); the old parser said yes
+        ("2.1.post1", ">=2.1", True),
+        ("2.1.1", ">2.1", True),
+        ("2.2rc1", ">=2.1", True),  # an installed pre-release is judged as a version
+        ("2.1.0+cu121", "==2.1.0", True),
+        ("1.4.7", "==1.4.*", True),
+        ("1.5.0", "==1.4.*", False),
     ],
 )
 def test_requirement_checks(version: str, requirement: str, ok: bool) -> None:
@@ -74,7 +93,7 @@ def test_missing_and_unreadable() -> None:
 def test_requirements_file_follows_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     wanted = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in project}
-    shipped = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.requirements()}
+    shipped = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.needed_requirements(lora=True)}
     for name in NOT_PIP_INSTALLED_IN_SLICER:
         assert name in wanted, f"{name} is no longer a dependency: drop it from the exceptions"
         assert name not in shipped
@@ -143,3 +162,53 @@ def test_install_on_slicer_512_uses_pip_ensure_and_maps_errors(tmp_path: Path) -
     offline = Recorder(error=OSError("network unreachable"))
     with pytest.raises(deps.DependencyError, match="network unreachable"):
         deps.install_requirements(["peft>=0.13"], None, None, offline.install, offline.confirm)
+
+
+def test_peft_only_for_lora() -> None:
+    """PEFT and the ~150 MB it pulls in are installed only when a run uses LoRA."""
+    names = {deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements()}
+    assert "peft" not in names and {"monai", "safetensors", "numpy"} <= names
+    with_lora = [deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements(lora=True)]
+    assert with_lora == [*[deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements()], "peft"]
+    assert deps.missing_requirements(deps.needed_requirements(), lambda n: None if n == "peft" else "99") == []
+
+
+@pytest.mark.parametrize("module", ["TCURFineTune", "TCURSegmenter"])
+def test_panels_ask_for_peft_only_for_lora(module: str) -> None:
+    """Every ensure_dependencies call of a panel says whether the run is a LoRA one."""
+    import ast
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
+    calls = [
+        c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "ensure_dependencies"
+    ]
+    assert calls and all(any(k.arg == "lora" for k in c.keywords) for c in calls), ast.dump(calls[0])
+
+
+def test_run_pip_reports_every_line() -> None:
+    lines: list[str] = []
+    deps.run_pip(["--version"], lambda line: lines.append(line) or True)
+    assert any(line.startswith("pip ") for line in lines), lines
+
+
+def test_run_pip_failure_is_a_message(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with pytest.raises(subprocess.CalledProcessError) as raised:
+        deps.run_pip(
+            ["install", "--no-index", "--find-links", str(tmp_path), "tcurlora-no-such-package"],
+            lambda line: lines.append(line) or True,
+        )
+    assert raised.value.returncode != 0 and "tcurlora-no-such-package" in raised.value.output
+    assert "pip exited with code" in deps.install_failure_message(raised.value, ["x"])
+
+
+def test_run_pip_cancel_stops_it() -> None:
+    import sys
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(deps.InstallCancelled) as raised:
+        deps.run_pip([], lambda line: "started" not in line, command=[
+            sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"
+        ])  # fmt: skip
+    assert time.monotonic() - start < 20 and deps.is_declined(raised.value)

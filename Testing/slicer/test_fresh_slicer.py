@@ -47,7 +47,10 @@ try:  # what the panels' setup() runs before the first click
     from TCURLoRACommon.runs import LOG_MAX_LINES
     from TCURFineTuneLib.cases import classes_text
     from TCURSegmenterLib.logic import choose_adapter
+    from TCURFineTuneLib.interrupted import resume_candidate, sweep_stale_staging
     from tcurlora import library
+    (library.adapters_dir() / ".staging-old-0123abcd.checkpoint").mkdir(parents=True)  # a killed run's leftover
+    swept = [p.name for p in sweep_stale_staging()]
     choices = base_model_choices()
     result["setup"] = {
         "unsupported": unsupported_message(),
@@ -55,6 +58,8 @@ try:  # what the panels' setup() runs before the first click
         "adapters": choose_adapter(library.list_adapters(), ""),
         "classes": classes_text([]),
         "log_lines": LOG_MAX_LINES,
+        "swept": swept,
+        "resume": resume_candidate(""),
     }
 except BaseException as error:
     result["setup"] = f"{type(error).__name__}: {error}"
@@ -140,6 +145,7 @@ def test_setup_code_runs_on_a_fresh_slicer(fresh_slicer: dict) -> None:
     assert setup["unsupported"] is None  # this interpreter is >= 3.10
     assert setup["base_model"] == "unetr-small-acdc-brats", "the built-in model must be the default"
     assert setup["adapters"] == -1 and setup["classes"] == "Classes: none" and setup["log_lines"] > 100
+    assert setup["swept"] == [".staging-old-0123abcd.checkpoint"] and setup["resume"] == ""
 
 
 def test_import_collection_sees_lazy_imports(tmp_path: Path) -> None:

@@ -29,12 +29,22 @@ def test_run_on_parameters() -> None:
     assert remote_from_parameters(node(remoteHost="ignored@here")) is None
     settings = remote_from_parameters(node(runOn="remote host", remoteHost=" ana@gpu:2222 ", sshConfig="/c"))
     assert settings == RemoteSettings("ana@gpu:2222", "tcurlora", "/c")
-    assert settings.worker_args() == ["--remote", "ana@gpu:2222", "--remote-command", "tcurlora",
-                                      "--ssh-config", "/c"]
+    assert settings.worker_args() == ["--remote=ana@gpu:2222", "--remote-command=tcurlora",
+                                      "--ssh-config=/c"]
     with pytest.raises(InputError, match="give the remote host"):
         remote_from_parameters(node(runOn="remote host"))
     with pytest.raises(InputError, match="user@host"):
         remote_from_parameters(node(runOn="remote host", remoteHost="ana@gpu:port"))
+    # ssh would read these as options (a ProxyCommand runs on this computer): refused when the run starts
+    for host in ("-V", "-oProxyCommand=sh@gpu", "ana@-oProxyCommand=sh"):
+        with pytest.raises(InputError, match="may not begin with '-'"):
+            remote_from_parameters(node(runOn="remote host", remoteHost=host))
+    with pytest.raises(InputError, match="may not begin with '-'"):  # also a run.json saved with one
+        RemoteSettings.from_dict({"host": "-oProxyCommand=sh@gpu", "command": "tcurlora"})
+    # Values that begin with "-" reach the worker as values, never as flags of their own
+    odd = RemoteSettings("gpu", "-x", "-F.conf", "./-runs")
+    assert odd.worker_args() == ["--remote=gpu", "--remote-command=-x", "--ssh-config=-F.conf",
+                                 "--remote-folder=./-runs"]
 
 
 def test_remote_run_equals_local(mrml, hippocampus_dir: Path, tmp_path: Path, monkeypatch) -> None:

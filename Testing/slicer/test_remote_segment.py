@@ -84,8 +84,8 @@ def test_segmenter_parameters_choose_where_to_run() -> None:
     node.runOn, node.remoteHost, node.sshConfig = REMOTE_HOST, " ana@gpu:2222 ", "/etc/ssh_gpu"
     remote = remote_from_parameters(node)
     assert remote == RemoteSettings("ana@gpu:2222", "tcurlora", "/etc/ssh_gpu")
-    assert remote.worker_args() == ["--remote", "ana@gpu:2222", "--remote-command", "tcurlora",
-                                    "--ssh-config", "/etc/ssh_gpu"]
+    assert remote.worker_args() == ["--remote=ana@gpu:2222", "--remote-command=tcurlora",
+                                    "--ssh-config=/etc/ssh_gpu"]
     from tcurlora.errors import InputError
 
     node.remoteHost = ""

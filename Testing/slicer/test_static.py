@@ -126,6 +126,18 @@ def test_ui_check_can_fail(tmp_path: Path) -> None:
     assert used_ui_names(script) == {"applyButton", "typoButton"}
 
 
+# The first line of Slicer's extension template (Utilities/Templates/Extensions/Default/CMakeLists.txt) in
+# the newest release read against (v5.12.x, unchanged on main); Slicer <= 5.8 had 3.16.3...3.19.7.
+TEMPLATE_CMAKE_MINIMUM = "cmake_minimum_required(VERSION 3.28.0...3.28.0 FATAL_ERROR)"
+
+
+def test_cmake_minimum_follows_the_current_template() -> None:
+    first = (ROOT / "CMakeLists.txt").read_text().splitlines()[0]
+    assert first == TEMPLATE_CMAKE_MINIMUM, f"CMakeLists.txt line 1 is {first!r}, the template has {TEMPLATE_CMAKE_MINIMUM!r}"
+    others = [p for p in ROOT.glob("*/CMakeLists.txt") if "cmake_minimum_required" in p.read_text()]
+    assert others == [], f"only the top-level CMakeLists.txt sets the CMake range: {others}"
+
+
 def test_extension_metadata_is_consistent() -> None:
     text = (ROOT / "CMakeLists.txt").read_text()
     project = re.search(r"^project\((\w+)\)", text, re.M).group(1)
@@ -229,3 +241,78 @@ def test_widget_wiring_rules(module: str) -> None:
         assert "tryWithErrorDisplay" in _calls(methods[slot]), f"{slot} must show its errors"
     assert "onReload" in methods and "forget_packages" in _calls(methods["onReload"])
     assert "shutdown" in _calls(methods["cleanup"]), "closing Slicer must not wait for the worker"
+
+
+def test_screenshots_are_not_renderings() -> None:
+    """The catalog shows screenshots of a running Slicer only: no figure drawn by a script of the repository
+    (the former wireframe renderings of the .ui files, captioned "not a Slicer screenshot", were not)."""
+    urls = cmake_value((ROOT / "CMakeLists.txt").read_text(), "EXTENSION_SCREENSHOTURLS").split()
+    scripts = [(ROOT / name).read_text(encoding="utf-8") for name in tree_files(ROOT) if name.endswith(".py")]
+    for url in urls:
+        name = url.rsplit("/", 1)[-1]
+        assert "layout" not in name and not any(name in s for s in scripts), f"{url} is a rendering, not a screenshot"
+    for text in ((ROOT / "README.md").read_text(encoding="utf-8"), (ROOT / "docs/slicer_extension.md").read_text()):
+        assert "_layout.png" not in text, "the docs still show the wireframe renderings"
+
+
+# Files in the tree may be at most 12 MB; base model weights belong in the model catalog (downloaded on first
+# use, SHA-256 checked: docs/slicer_extension.md, "Base model weights"). The one exception, until it moves:
+MAX_TREE_FILE_BYTES = 12_000_000
+LARGE_FILE_EXCEPTIONS = {"Resources/Models/unetr-small-acdc-brats/model.safetensors": 17_918_176}
+
+
+def tree_files(root: Path) -> list[str]:
+    """Files git tracks or would add (untracked, not ignored), relative; every file when `root` is no checkout."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True, check=True,
+        ).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
+    return sorted(name for name in listed.split("\0") if name)
+
+
+def large_files(root: Path, limit: int = MAX_TREE_FILE_BYTES) -> dict[str, int]:
+    """Files of the tree over `limit` bytes, with their sizes."""
+    sizes = {name: (root / name).stat().st_size for name in tree_files(root) if (root / name).is_file()}
+    return {name: size for name, size in sizes.items() if size > limit}
+
+
+def test_no_file_over_12_mb_but_the_listed_exception() -> None:
+    found = large_files(ROOT)
+    unexpected = {n: s for n, s in found.items() if n not in LARGE_FILE_EXCEPTIONS}
+    assert unexpected == {}, (
+        f"files over {MAX_TREE_FILE_BYTES / 1e6:.0f} MB in the tree: {unexpected}; put model weights in the model "
+        "catalog (docs/slicer_extension.md, 'Base model weights'), not in git"
+    )
+    for name, size in LARGE_FILE_EXCEPTIONS.items():  # it may not grow, nor be replaced by a new version
+        assert found.get(name, size) == size, f"{name} changed size ({found[name]} bytes): a new version adds to every clone"
+
+
+def test_large_file_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    with open(tmp_path / "weights" / "big.safetensors", "wb") as handle:
+        handle.truncate(MAX_TREE_FILE_BYTES + 1)
+    (tmp_path / "small.txt").write_text("x")
+    assert large_files(tmp_path) == {"weights/big.safetensors": MAX_TREE_FILE_BYTES + 1}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_remote_rows_follow_run_on(module: str) -> None:
+    """The remote-host rows are hidden with "Run on: this computer" and shown with "remote host"."""
+    from TCURLoRACommon.runon import REMOTE_ROW_WIDGETS, remote_row_visibility
+
+    names = ui_names(ROOT / module / "Resources" / "UI" / f"{module}.ui")
+    rows = {n for n in names if n.startswith(("remoteHost", "remoteCommand", "sshConfig"))}
+    assert rows == set(REMOTE_ROW_WIDGETS), f"{module}.ui: remote rows {sorted(rows)} are not all toggled"
+    assert remote_row_visibility("this computer") == dict.fromkeys(REMOTE_ROW_WIDGETS, False)
+    assert remote_row_visibility("remote host") == dict.fromkeys(REMOTE_ROW_WIDGETS, True)
+    assert not any(remote_row_visibility("").values())
+    script = ROOT / module / f"{module}.py"
+    methods = _methods(script)
+    assert "remote_row_visibility" in _calls(methods["updateRemoteRows"])
+    assert "updateRemoteRows" in _calls(methods["setParameterNode"]), "a loaded scene must set the rows too"
+    assert "self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)" in script.read_text()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tcurlora.adapters.baselines import set_baseline_trainable
 from tcurlora.adapters.config import METHODS, AdapterConfig, expand_train_modules, full_match_any
 from tcurlora.adapters.counts import ParameterCounts, count_parameters
+from tcurlora.adapters.head import head_module_names, replace_head
 from tcurlora.adapters.lora import inject_lora, lora_merge, lora_merge_and_unload, lora_unmerge
 from tcurlora.adapters.tcur import TCURAdapter, TCURConv3d, TCURGroup, TCURLayer, TCURLinear
 from tcurlora.errors import ConfigError
@@ -53,56 +54,6 @@ def train_module_parameters(model: nn.Module, config: AdapterConfig) -> list[nn.
     return list(found.values())
 
 
-def _check_head_can_resize(model: nn.Module, head_module: str, current: int) -> None:
-    """ConfigError when the head sits inside a residual unit (MONAI UNet with res units: its skip
-    connection adds the unit's input, which keeps `current` channels, to the head's output)."""
-    from monai.networks.blocks import ResidualUnit
-
-    parts = head_module.split(".")
-    for depth in range(len(parts) - 1, 0, -1):
-        owner = ".".join(parts[:depth])
-        if isinstance(model.get_submodule(owner), ResidualUnit):
-            raise ConfigError(
-                f"the head {head_module} sits inside the residual unit {owner}, whose skip connection keeps "
-                f"{current} channels: this base can be fine-tuned for {current} classes (background "
-                f"included) only; merge labels with a case's label_map, or use a base with a plain output conv"
-            )
-
-
-def _replace_head(model: nn.Module, config: AdapterConfig) -> bool:
-    """Put a fresh, seeded head with `num_classes` outputs at `head_module`; True when replaced."""
-    try:
-        old = model.get_submodule(config.head_module)
-    except AttributeError as error:
-        raise ConfigError(f"head_module {config.head_module!r} is not a module of this network") from error
-    if isinstance(old, nn.Linear):
-        current = old.out_features
-    elif isinstance(old, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-        current = old.out_channels
-    else:
-        raise ConfigError(
-            f"head_module {config.head_module!r} is a {type(old).__name__}, not a Linear or Conv layer"
-        )
-    if not config.new_head and (config.num_classes is None or config.num_classes == current):
-        return False
-    num_classes = config.num_classes or current
-    if num_classes != current:
-        _check_head_can_resize(model, config.head_module, current)
-    factory = {"device": old.weight.device, "dtype": old.weight.dtype}
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        if isinstance(old, nn.Linear):
-            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
-        else:
-            new = type(old)(
-                old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
-                dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode, **factory,
-            )  # fmt: skip
-    parent_name, _, child = config.head_module.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return True
-
-
 class AdaptedModel(nn.Module):
     """A base network with one adaptation method applied; forward(x) -> model(x)."""
 
@@ -113,8 +64,11 @@ class AdaptedModel(nn.Module):
             config.base_fingerprint = state_dict_fingerprint(model)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.head_replaced = _replace_head(model, config)
-        head = model.get_submodule(config.head_module)
+        self.head_replaced = replace_head(
+            model, config.head_module, config.num_classes, config.new_head, config.seed
+        )
+        # The head, and the skip connection of a residual unit it sits in (adapters/head.py).
+        head = nn.ModuleList([model.get_submodule(n) for n in head_module_names(model, config.head_module)])
         # Found before the method wraps layers (names change then); the Parameter objects stay the same.
         extra = train_module_parameters(model, config)
         self.tcur: TCURAdapter | None = None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.schema import METHODS, SELECTIONS, check_regexes, parse_colors  # declared with the job
+from tcurlora.namepatterns import full_match_any  # noqa: F401 - linear-time; configs come from anyone
 from tcurlora.settings import SettingError, dump_fields, expect, read_fields, setting, settings_of
 
 # Transformer projections adapted by default: MONAI UNETR/ViT and MONAI SwinUNETR module names.
@@ -73,7 +73,7 @@ class AdapterConfig:
     """How a base network is adapted.
 
     `target_modules`, `conv_target_modules` and `decoder_modules` are regexes full-matched against
-    module names (`model.named_modules()`). Linear targets of the same (slice) shape form one tCUR
+    module names (`model.named_modules()`) in linear time (tcurlora.namepatterns). Linear targets of the same (slice) shape form one tCUR
     group; a fused Linear whose last name part is a key of `fused_splits` contributes that many
     row blocks as separate slices. Each Conv3d target is its own group (out x in x k^3).
     `alpha=None` means the method default: 1.0 for tcur, `rank` for lora (LoRA scale alpha/r = 1).
@@ -162,7 +162,3 @@ class AdapterConfig:
             raise ConfigError(f"unknown adapter config keys: {', '.join(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
-
-def full_match_any(patterns: list[str], name: str) -> bool:
-    """True when `name` full-matches one of `patterns`."""
-    return any(re.fullmatch(p, name) for p in patterns)

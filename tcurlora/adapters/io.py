@@ -1,13 +1,14 @@
 """Adapter folders: `adapter_config.json` + `adapter.safetensors` (+ training log), written atomically.
 
-adapter_config.json records the SHA-256 of adapter.safetensors (`weights_sha256`); loading and
-`tcurlora info` refuse weights that do not match it (tampered or damaged).
+adapter_config.json records the SHA-256 of adapter.safetensors (`weights_sha256`) and of itself
+(`config_sha256`); loading and `tcurlora info` refuse an adapter whose files do not match them, or that
+lacks one of them (tcurlora.adapter_integrity).
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 
+from tcurlora.adapter_integrity import WEIGHTS_SHA256_KEY, check_record, check_weights, seal
 from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
-from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
+from tcurlora.fsutil import atomic_dir, atomic_write_json
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.weight_files import check_weight_file
@@ -28,25 +30,33 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 LOG_FILE = "training_log.jsonl"
 ADAPTER_FORMAT = "tcurlora.adapter/1"
-SHA256_KEY = "weights_sha256"
+SHA256_KEY = WEIGHTS_SHA256_KEY
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the packages that shape an adapter's numbers."""
+    """Versions of the packages that shape an adapter's numbers.
+
+    PEFT's version is read from its installed metadata, never by importing it: only LoRA needs PEFT (and
+    its transformers / accelerate / huggingface_hub), so tcur, decoder, full and scratch adapters save and
+    load where it is not installed (then the key is absent).
+    """
     import monai
-    import peft
     import safetensors
     import torch
 
     import tcurlora
 
-    return {
+    versions = {
         "tcurlora": tcurlora.__version__,
         "torch": torch.__version__,
         "monai": monai.__version__,
-        "peft": peft.__version__,
         "safetensors": safetensors.__version__,
     }
+    try:
+        versions["peft"] = importlib.metadata.version("peft")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
 
 
 def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,7 +75,7 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
         record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
     record["versions"] = library_versions()
     for key, value in (extra or {}).items():
-        if key in ("format", "method", "base_fingerprint", "initialisation", SHA256_KEY):
+        if key in ("format", "method", "base_fingerprint", "initialisation", SHA256_KEY, "config_sha256"):
             raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
         record[key] = value
     return record
@@ -104,31 +114,31 @@ def save_adapter(
             raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
     record = adapter_record(adapted, extra)
     state = adapted.adapter_state_dict()
-    temp = temp_sibling_dir(folder)
-    try:
+    with atomic_dir(folder, "the adapter") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
         record[SHA256_KEY] = hashlib.sha256((temp / WEIGHTS_FILE).read_bytes()).hexdigest()
         for name, content in (extra_files or {}).items():
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             (temp / name).write_bytes(data)
-        atomic_write_json(temp / CONFIG_FILE, record)
-        return replace_dir(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        atomic_write_json(temp / CONFIG_FILE, seal(record))
+    return folder
 
 
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
-    """The parsed adapter_config.json of an adapter folder; InputError naming the file otherwise."""
+    """The parsed adapter_config.json of an adapter folder, its integrity keys checked (present, and the
+    config unchanged: tcurlora.adapter_integrity); InputError naming the file otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("no such adapter folder", folder)
     path = folder / CONFIG_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"not an adapter folder: {CONFIG_FILE} is missing", path)
+    if path.is_symlink() or not path.is_file():
+        raise InputError(f"refused: {CONFIG_FILE} is not a regular file (a link, a folder or a special file)", path)
     data = read_json_object(path, "adapter config")
     if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
         raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
+    check_record(data, path)
     return data
 
 
@@ -145,32 +155,16 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     when not given); InputError naming the file when missing, corrupt or not the recorded content."""
     folder = Path(folder)
     path = folder / WEIGHTS_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
+    check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
     record = read_adapter_config(folder) if record is None else record
     data = check_weight_file(path, folder).read_bytes()
-    check_weights_digest(data, record, path)
+    check_weights(data, record, path)
     try:
         return load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"corrupt or truncated adapter weights: {error}", path) from error
-
-
-def check_weights_digest(data: bytes, record: dict[str, Any], path: Path) -> None:
-    """InputError unless `data` has the SHA-256 recorded in adapter_config.json (adapters written
-    before the digest was recorded have none and are checked only by parsing)."""
-    expected = record.get(SHA256_KEY)
-    if not data:
-        raise InputError("the adapter weights file is empty", path)
-    if expected is None:
-        return
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise InputError(
-            f"corrupt or truncated adapter weights: SHA-256 {actual[:16]}... differs from the "
-            f"{expected[:16]}... recorded in adapter_config.json (the file was changed after training)",
-            path,
-        )
 
 
 def load_adapter(
@@ -178,14 +172,15 @@ def load_adapter(
 ) -> AdaptedModel:
     """Apply the adapter in `folder` to `base_model` (changed in place) and load its weights.
 
-    The base model must be the one the adapter was trained on: FingerprintMismatchError otherwise.
+    The base model must be the one the adapter was trained on: FingerprintMismatchError otherwise
+    (`check_fingerprint=False` skips that comparison; a missing fingerprint is refused on reading).
     """
     folder = Path(folder)
     record = read_adapter_config(folder)
     config_path = folder / CONFIG_FILE
     config = config_from_record(record, config_path)
     state = read_adapter_weights(folder, record)
-    if check_fingerprint and config.base_fingerprint:
+    if check_fingerprint:
         actual = state_dict_fingerprint(base_model)
         if actual != config.base_fingerprint:
             raise FingerprintMismatchError(

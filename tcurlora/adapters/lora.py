@@ -15,6 +15,7 @@ from torch import nn
 
 from tcurlora.adapters.config import AdapterConfig
 from tcurlora.adapters.tcur import find_targets
+from tcurlora.errors import ConfigError
 
 ADAPTER_NAME = "default"
 
@@ -25,8 +26,17 @@ def target_regex(names: list[str]) -> str:
 
 
 def inject_lora(model: nn.Module, config: AdapterConfig) -> nn.Module:
-    """Wrap `model` in a PEFT LoraModel (LoRA B zero-initialised, A seeded); returns the LoraModel."""
-    from peft import LoraConfig, LoraModel
+    """Wrap `model` in a PEFT LoraModel (LoRA B zero-initialised, A seeded); returns the LoraModel.
+
+    PEFT is imported here only: the other methods never need it (nor the packages it pulls in).
+    """
+    try:
+        from peft import LoraConfig, LoraModel
+    except ImportError as error:
+        raise ConfigError(
+            f"method 'lora' needs PEFT, which is not importable ({error}): pip install 'peft>=0.13'. "
+            "tcur, decoder, full and scratch do not need it"
+        ) from error
 
     linear, conv = find_targets(model, config)
     lora_config = LoraConfig(

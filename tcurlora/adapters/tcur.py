@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcurlora.adapters.config import AdapterConfig, full_match_any
+from tcurlora.adapters.head import head_module_names
 from tcurlora.errors import ConfigError
 from tcurlora.tensor_algebra import select_indices, to_fourier
 
@@ -318,8 +319,9 @@ def _under(name: str, prefix: str) -> bool:
 def find_targets(model: nn.Module, config: AdapterConfig) -> tuple[list[str], list[str]]:
     """Names of the nn.Linear and nn.Conv3d modules the config adapts (never the head)."""
     linear, conv = [], []
+    heads = head_module_names(model, config.head_module)
     for name, module in model.named_modules():
-        if not name or _under(name, config.head_module):
+        if not name or any(_under(name, head) for head in heads):
             continue
         if isinstance(module, nn.Linear) and full_match_any(config.target_modules, name):
             linear.append(name)

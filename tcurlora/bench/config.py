@@ -17,6 +17,7 @@ from typing import Any
 
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.jobs.schema import METHODS, SELECTIONS, parse_patch_size, parse_spacing
+from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 
 BENCH_SCHEMA = "tcurlora.bench/1"
@@ -251,9 +252,11 @@ def load_config(path: str | Path) -> BenchConfig:
     except OSError as error:
         raise InputError(f"cannot read benchmark config: {error}", path) from error
     try:
-        data = json.loads(text)
+        data = loads_strict(text)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path
         ) from error
+    except JSONProblem as error:
+        raise ConfigError(f"refused benchmark config: {error}", path) from error
     return config_from_dict(data, path.parent.resolve(), path.resolve())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,6 +12,7 @@ from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import FinetuneJob
 from tcurlora.remote import RemoteFinetune, add_remote_arguments, remote_handler
 from tcurlora.settings import add_arguments, flag_values, job_flags, override_dests
+from tcurlora.torchrun_env import launched
 
 # Flags that describe the job (derived from FinetuneJob's declarations); none may be combined with --job,
 # except the JOB_OVERRIDES: how to run it, not what to train.
@@ -67,25 +67,20 @@ def _run_finetune(job: FinetuneJob, sink, token) -> dict:
     return run_finetune(job, sink, token)
 
 
-def _under_torchrun() -> bool:
-    """Started by torchrun with more than one process (tcurlora.distributed, without importing torch)."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
     """Run the command; `handler` and `stream` are for tests (default: tcurlora.finetuning, or --remote, stdout)."""
     events = bool(args.events or args.job is not None)
+    sink = None
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteFinetune)
-    elif handler is None and _under_torchrun():
-        from tcurlora.distributed import run_finetune
+    elif handler is None and launched():
+        from tcurlora.distributed import rank_sink, run_finetune
 
-        handler = run_finetune
-        if os.environ.get("RANK", "0") != "0":  # rank 0 alone reports; the others only errors, on stderr
-            events, stream = False, sys.stderr
+        handler, sink = run_finetune, rank_sink()  # rank 0 alone reports; the others only errors, on stderr
     return run_cli(
         lambda: build_job(args),
         events,
         handler or _run_finetune,
         stream if stream is not None else sys.stdout,
+        sink,
     )

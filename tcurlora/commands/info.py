@@ -76,6 +76,12 @@ def main(args: argparse.Namespace) -> int:
                 if not args.table:
                     raise
                 print(f"note: {m} does not apply: {error}", file=sys.stderr)  # e.g. decoder on a UNet
+        if not rows:
+            raise InputError(
+                "no adaptation method applies to this base model (see the notes above; is its "
+                "segmentation head found? spec head_module: " + repr(base.spec.head_module) + ")",
+                args.target,
+            )
         result = rows if args.table else rows[0]
     if args.json:
         print(json.dumps(result, indent=2))

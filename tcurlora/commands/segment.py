@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SegmentJob
 from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
 from tcurlora.settings import add_arguments, flag_values, job_flags
+from tcurlora.torchrun_env import launched
 
 # Flags that describe the job: SegmentJob's declared ones and -o (which becomes outputs or output_dir).
 JOB_FLAGS = {**job_flags(SegmentJob), "output": "--output"}
@@ -49,9 +49,17 @@ def register(subparsers: Any) -> None:
 
 
 def folder_inputs(folder: Path, channels: int) -> list[list[str]]:
-    """Every volume in `folder`, sorted; with channels > 1, CASE_0000..CASE_{n-1} files make one input."""
+    """Every volume in `folder`, sorted; with channels > 1, CASE_0000..CASE_{n-1} files make one input.
+
+    Segmentations tcurlora wrote (its header mark) are not volumes to segment: a folder segmented
+    into itself, run again with --force, must not segment its own `_seg` files.
+    """
+    from tcurlora.outputs import is_tcurlora_segmentation
+
     files = sorted(
-        f for f in folder.iterdir() if f.is_file() and is_image_file(f) and not f.name.startswith(".")
+        f
+        for f in folder.iterdir()
+        if f.is_file() and is_image_file(f) and not f.name.startswith(".") and not is_tcurlora_segmentation(f)
     )
     if not files:
         raise InputError("no image volumes in this folder", folder)
@@ -85,6 +93,8 @@ def expand_inputs(values: list[str], channels: int) -> list[list[str]]:
             continue
         parts = [p for p in value.split(",") if p] if not path.exists() else [value]
         for part in parts:
+            if Path(part).is_symlink() and not Path(part).exists():
+                raise InputError("input volume is a symbolic link to nothing (broken, or a loop)", part)
             if not Path(part).is_file():
                 raise InputError("input volume not found", part)
         inputs.append(parts)
@@ -147,17 +157,17 @@ def _run_segment(job: SegmentJob, sink, token) -> dict:
 def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextIO | None = None) -> int:
     """Run the command; `handler` and `stream` are for tests (default: tcurlora.segmentation, or --remote, stdout)."""
     events = bool(args.events or args.job is not None)
+    sink = None
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteSegment)
-    elif handler is None and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from tcurlora.distributed import run_segment  # under torchrun: the volumes split across ranks
+    elif handler is None and launched():
+        from tcurlora.distributed import rank_sink, run_segment  # the volumes split across the ranks
 
-        handler = run_segment
-        if os.environ.get("RANK", "0") != "0":  # rank 0 alone reports; the others only errors, on stderr
-            events, stream = False, sys.stderr
+        handler, sink = run_segment, rank_sink()  # rank 0 alone reports; the others only errors, on stderr
     return run_cli(
         lambda: build_job(args),
         events,
         handler or _run_segment,
         stream if stream is not None else sys.stdout,
+        sink,
     )

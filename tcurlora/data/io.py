@@ -17,7 +17,7 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
-from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.errors import InputError, OutputExistsError, OutputWriteError
 from tcurlora.filenames import IMAGE_EXTENSIONS, is_image_file, split_extension
 from tcurlora.fsutil import atomic_file
 from tcurlora.outputs import SEGMENTATION_MARK, SEGMENTATION_MARK_KEYS, check_segmentation_output
@@ -285,9 +285,32 @@ def write_labelmap(
         values = names or {int(v): f"Segment_{int(v)}" for v in np.unique(array) if v > 0}
         for key, value in _segment_metadata(values, colors).items():
             label.SetMetaData(key, value)
-    try:
-        with atomic_file(path, suffix=extension) as temp:
+    with atomic_file(path, suffix=extension) as temp:
+        try:
             sitk.WriteImage(label, str(temp), useCompression=True)
-    except RuntimeError as error:
-        raise InputError(f"cannot write labelmap: {str(error).strip().splitlines()[-1]}", path) from error
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()[-1]
+            raise OutputWriteError(f"cannot write the labelmap: {reason}; nothing was left", path) from error
+        check_written(temp, array.astype(dtype), path)
     return path
+
+
+def check_written(temp: Path, expected_zyx: np.ndarray, final: Path) -> None:
+    """OutputWriteError unless `temp` reads back as exactly `expected_zyx`.
+
+    ITK's NIfTI writer only prints "wrote only N of M bytes" on a full disk and succeeds, and its
+    reader zero-fills the missing voxels: the byte count is checked first, then every voxel.
+    """
+    problem = None
+    try:
+        if file_extension(temp) in (".nii", ".nii.gz"):
+            _check_nifti_complete(temp, "written labelmap")
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(temp)))
+        if written.shape != expected_zyx.shape or not np.array_equal(written, expected_zyx):
+            problem = "it does not read back as written"
+    except (InputError, RuntimeError, OSError) as error:
+        problem = str(error.problem if isinstance(error, InputError) else error).strip().splitlines()[-1]
+    if problem is not None:
+        raise OutputWriteError(
+            f"the labelmap was not written completely (disk full?): {problem}; nothing was left", final
+        )

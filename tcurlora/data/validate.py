@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from tcurlora.data.cases import Case
 from tcurlora.data.geometry import geometry_difference
-from tcurlora.data.io import check_output_free, count_nonfinite, read_image, read_label, split_channels
+from tcurlora.data.io import check_output_free, read_label, split_channels
+from tcurlora.data.values import check_image_values, check_not_constant
 from tcurlora.errors import ConfigError, InputError
 
 __all__ = ["check_output_free", "remap_labels", "validate_case", "validation_count"]
@@ -47,33 +48,27 @@ def _check_label_values(array: np.ndarray, num_classes: int, path: Path) -> None
         raise InputError(f"label is empty: all background, none of classes 1..{highest}", path)
 
 
-def validate_case(case: Case, num_classes: int) -> list[str]:
-    """Raise InputError naming the file and the problem; return warnings (strings) otherwise.
+def validate_case(case: Case, num_classes: int) -> None:
+    """Raise InputError naming the file and the problem (a constant image too: a warning went unseen).
 
-    Checks: files readable; channels share one grid; no NaN/inf voxels; label on the image grid
+    Checks: files readable; voxels real, finite and within float32, spacing sane (data.values); channels
+    share one grid; no channel constant (nothing to learn); label on the image grid
     (size, spacing, origin, direction within 1e-4 relative); label values whole numbers in
     0..num_classes-1 (num_classes counts the background, as everywhere in tcurlora; after
     `case.label_map`); at least one voxel of a requested class.
     """
-    warnings: list[str] = []
     channels: list[tuple[Path, sitk.Image]] = []
-    for path in case.images:
-        channels.extend((path, channel) for channel in split_channels(read_image(path)))
+    for path in case.images:  # real, finite, float32-sized voxels on a sane grid (InputError otherwise)
+        channels.extend((path, channel) for channel in split_channels(check_image_values(path)))
     first_path, first = channels[0]
     for path, channel in channels[1:]:
         difference = geometry_difference(first, channel, (f"first channel {first_path.name}", "channel"))
         if difference:
             raise InputError(f"channels have different geometry than {first_path.name}: {difference}", path)
-    for path in case.images:
-        count = count_nonfinite(path)
-        if count:
-            raise InputError(f"image has {count} NaN or infinite voxels", path)
     for path, channel in channels:
-        values = sitk.GetArrayViewFromImage(channel)
-        if float(values.max()) == float(values.min()):
-            warnings.append(f"{path}: image is constant ({float(values.min()):g})")
+        check_not_constant(path, channel)
     if case.label is None:
-        return warnings
+        return
     check_label_map(case, num_classes)
     label, _ = read_label(case.label)
     difference = geometry_difference(first, label, ("image", "label"))
@@ -90,7 +85,6 @@ def validate_case(case: Case, num_classes: int) -> list[str]:
                 case.label,
             )
     _check_label_values(array, num_classes, case.label)
-    return warnings
 
 
 def check_label_map(case: Case, num_classes: int) -> None:

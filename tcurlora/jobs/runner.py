@@ -107,15 +107,21 @@ def run_command(job: Any, sink: EventSink, token: CancelToken, handler: Handler)
 
 
 def run_cli(
-    build_job: Callable[[], Any], events: bool, handler: Handler, stream: TextIO | None = None
+    build_job: Callable[[], Any],
+    events: bool,
+    handler: Handler,
+    stream: TextIO | None = None,
+    sink: EventSink | None = None,
 ) -> int:
     """What `tcurlora finetune|segment` do: build the job, then run it with signals routed to a token.
 
     Errors while building the job (bad flags, bad job file) are reported as error events too, so a
-    program reading `--events` output always gets a final `done` or `error` line.
+    program reading `--events` output always gets a final `done` or `error` line. `sink` replaces the
+    one `events` and `stream` choose (torchrun's ranks other than 0 report only their errors).
     """
     stream = stream if stream is not None else sys.stdout
-    sink = make_sink(events, stream, sys.stderr if stream is sys.stdout else None)
+    if sink is None:
+        sink = make_sink(events, stream, sys.stderr if stream is sys.stdout else None)
     token = CancelToken()
     try:
         job = build_job()

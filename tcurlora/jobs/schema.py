@@ -22,6 +22,8 @@ from typing import Any
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import case_id_from_path, segmentation_output_name
+from tcurlora.jsonio import JSONProblem, loads_strict
+from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
 from tcurlora.settings import (
     SettingError,
     check_keys,
@@ -44,6 +46,11 @@ SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 SUGGEST_SCORES = ("entropy", "flips")
 MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
 MAX_ALPHA = 1e4
+# Bounds on what no one can mean (a typo, or a crafted job): 1,000,000 steps are days of GPU time.
+MAX_ITERATIONS = 1_000_000
+MAX_BATCH_SIZE = 1024
+MAX_THREADS = 4096
+MAX_PATCH_SIDE = 1024  # voxels; one 1024^3 float patch is already 4 GiB
 
 _MISSING = object()
 
@@ -79,12 +86,29 @@ def check_label_names(key: str, names: list[str]) -> list[str]:
     return names
 
 
+# Voxel spacings (mm) a scan or a working grid can have: 10 um (micro-CT) to 10 cm. Outside, a header is
+# wrong or a value is a typo, and resampling to it would ask for absurd grids.
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 100.0
+
+
 def check_regexes(key: str, patterns: list[str]) -> list[str]:
+    """Module-name regexes: valid, and matchable in linear time (an adapter config can come from anyone;
+    tcurlora.namepatterns says what is refused)."""
     for index, pattern in enumerate(patterns):
         try:
             re.compile(pattern)
-        except re.error as error:
+        except (re.error, RecursionError, OverflowError) as error:
             raise SettingError(f"{key}[{index}]", f"invalid regular expression {pattern!r}: {error}") from None
+        try:
+            compile_pattern(pattern)
+        except PatternError as error:
+            shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+            raise SettingError(f"{key}[{index}]", f"module-name pattern {shown!r} refused: {error}") from None
+    try:
+        check_pattern_list(patterns)
+    except PatternError as error:
+        raise SettingError(key, f"refused: {error}") from None
     return patterns
 
 
@@ -97,7 +121,18 @@ def parse_patch_size(key: str, value: Any, base_dir: Path | None) -> list[int]:
     expect(key, value, (list,), label)
     if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         raise SettingError(key, f"expected {label}, got {value!r}")
+    if max(value) > MAX_PATCH_SIDE:
+        raise SettingError(key, f"each side must be <= {MAX_PATCH_SIDE} voxels, got {value!r}")
     return list(value)
+
+
+def spacing_problem(values: Any) -> str | None:
+    """Why `values` is not a spacing tcurlora works at (3 numbers within MIN..MAX_SPACING_MM), or None."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) and v > 0 for v in values):
+        return f"expected a list of 3 positive numbers (mm), got {values!r}"
+    if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
+        return f"spacing {list(values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"
+    return None
 
 
 def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | str:
@@ -105,8 +140,9 @@ def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | 
     if isinstance(value, str) and value not in ("auto", "base"):
         raise SettingError(key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}')
     if isinstance(value, list):
-        if len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
-            raise SettingError(key, f"expected a list of 3 positive numbers (mm), got {value!r}")
+        problem = spacing_problem(value)
+        if problem:
+            raise SettingError(key, problem)
         return [float(v) for v in value]
     return value
 
@@ -224,6 +260,8 @@ def parse_threads(key: str, value: Any, base_dir: Path | None) -> int | str:
     expect(key, value, (int, str), 'a positive integer or "auto"')
     if value != "auto" and not (isinstance(value, int) and value >= 1):
         raise SettingError(key, f'expected a positive integer or "auto", got {value!r}')
+    if isinstance(value, int) and value > MAX_THREADS:
+        raise SettingError(key, f"must be <= {MAX_THREADS}, got {value}")
     return value
 
 
@@ -296,7 +334,7 @@ _RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 _THREADS = {
     "kind": "custom", "parse": parse_threads, "flag": "--threads", "cli": {"type": threads_arg, "metavar": "N"},
-    "schema": {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]},
+    "schema": {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": MAX_THREADS}]},
     "help": "torch CPU threads, or 'auto' (default): on the CPU the cores not kept busy by other work "
     "(1-minute load average), at least 1; CUDA runs keep torch's default",
 }  # fmt: skip
@@ -388,8 +426,13 @@ class FinetuneJob:
         help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur)",
         negation=("--no-conv-targets", False, "adapt only the transformer's linear layers (tCURLoRA as in the paper)"),
     )  # fmt: skip
-    iterations: int = setting(500, "integer", minimum=1, help="training steps", flag="--iterations", slicer=True)
-    batch_size: int = setting(2, "integer", minimum=1, help="patches per step", flag="--batch-size", slicer=True)
+    iterations: int = setting(
+        500, "integer", minimum=1, maximum=MAX_ITERATIONS, help="training steps (at most 1,000,000)",
+        flag="--iterations", slicer=True,
+    )  # fmt: skip
+    batch_size: int = setting(
+        2, "integer", minimum=1, maximum=MAX_BATCH_SIZE, help="patches per step", flag="--batch-size", slicer=True
+    )
     learning_rate: float | None = setting(
         None, **_RATE, help="learning rate of the adapter (default: the method's)", flag="--lr", dest="lr",
         slicer=True,
@@ -420,7 +463,8 @@ class FinetuneJob:
     )  # fmt: skip
     patch_size: list[int] | None = setting(
         None, "custom", parse=parse_patch_size, flag="--patch-size", cli={"type": patch_size_arg}, slicer=True,
-        schema={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3},
+        schema={"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_PATCH_SIDE},
+                "minItems": 3, "maxItems": 3},
         help="e.g. 96 or 96,96,64 (default: the base model's)",
     )  # fmt: skip
     seed: int = setting(
@@ -435,7 +479,7 @@ class FinetuneJob:
         None, "strings", help="case ids held out for validation (instead of val_fraction)"
     )
     early_stopping: int = setting(
-        4, "integer", minimum=0, flag="--early-stopping", cli={"metavar": "N"},
+        4, "integer", minimum=0, maximum=MAX_ITERATIONS, flag="--early-stopping", cli={"metavar": "N"},
         help="with a validation split: stop after N validations without a better Dice and keep the best "
         "adapter (default 4; 0 = train all iterations, still keeping the best)",
     )  # fmt: skip
@@ -463,7 +507,7 @@ class FinetuneJob:
         help="with unlabeled volumes: validate and save the teacher (the moving average) instead of the student",
     )  # fmt: skip
     checkpoint_every: int = setting(
-        50, "integer", minimum=0, help="iterations between checkpoints (default 50; 0 = none)",
+        50, "integer", minimum=0, maximum=MAX_ITERATIONS, help="iterations between checkpoints (default 50; 0 = none)",
         flag="--checkpoint-every", slicer=True,
     )  # fmt: skip
     device: str = setting(
@@ -674,11 +718,13 @@ def _read_json(path: Path) -> Any:
     except OSError as error:
         raise InputError(f"cannot read job file: {error.strerror or error}", path) from error
     try:
-        return json.loads(text)
+        return loads_strict(text)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", path
         ) from error
+    except JSONProblem as error:
+        raise ConfigError(f"refused job file: {error}", path) from error
 
 
 def load_job(path: str | Path) -> FinetuneJob | SegmentJob | SuggestJob:

@@ -25,6 +25,8 @@ from torch import nn
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.models.build_budget import BuildBudgetExceeded, build_budget, network_budget
+from tcurlora.models.config_files import read_config_file
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import BaseModel, load_weights
 from tcurlora.models.safe_config import (
@@ -53,27 +55,12 @@ def _config_file(folder: Path) -> Path:
     )
 
 
-def _read_config_file(path: Path) -> Any:
-    """The raw content of a JSON or YAML config file (nothing in it is evaluated)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        return json.loads(text)
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def read_bundle_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """The bundle's raw network config and metadata (nothing evaluated); the config path."""
     config_path = _config_file(folder)
     meta_path = folder / "configs" / "metadata.json"
-    try:
-        config = _read_config_file(config_path)
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    except (ValueError, OSError) as error:
-        raise InputError(f"unreadable bundle config: {error}", config_path) from error
-    except Exception as error:  # noqa: BLE001 - yaml raises its own error types
-        raise InputError(f"unreadable bundle config: {type(error).__name__}: {error}", config_path) from error
+    config = read_config_file(config_path)
+    meta = read_config_file(meta_path) if meta_path.is_file() else {}
     if not isinstance(config, dict):
         raise InputError("the bundle config is not a JSON/YAML object", config_path)
     if not isinstance(meta, dict):
@@ -134,10 +121,12 @@ def _find_targets(value: Any, suffix: str) -> list[Mapping[str, Any]]:
 
 
 def head_module_name(model: nn.Module, out_channels: int) -> str:
-    """Name of the last Conv3d that maps to `out_channels` (the segmentation head)."""
+    """Name of the last Conv3d or ConvTranspose3d that maps to `out_channels` (the segmentation head: a
+    MONAI UNet without residual units ends in a transposed conv)."""
     names = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Conv3d) and m.out_channels == out_channels
-    ]
+        n for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.out_channels == out_channels
+    ]  # fmt: skip
     return names[-1] if names else ""
 
 
@@ -208,7 +197,9 @@ def spec_from_bundle(
         (s for t in _find_targets(config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
     )
     patch = _numbers(image.get("spatial_shape"), 3) or roi or (96, 96, 96)
-    out_channels = int(outputs.get("num_channels", len(labels) + (0 if output == "sigmoid" else 1)))
+    declared = network_def.get("out_channels")  # what network_def says, when the metadata does not
+    fallback = declared if isinstance(declared, int) and declared > 0 else len(labels) + (output != "sigmoid")
+    out_channels = int(outputs.get("num_channels", fallback))
     if not labels:
         labels = {c: f"class {c}" for c in range(1, out_channels)}
     return ModelSpec(
@@ -221,13 +212,19 @@ def spec_from_bundle(
     )  # fmt: skip
 
 
-def _build(config: dict[str, Any], meta: dict[str, Any], config_path: Path) -> tuple[Component, nn.Module]:
-    """The checked plan of `network_def` and the network; a build failure names the MONAI versions."""
+def _build(
+    config: dict[str, Any], meta: dict[str, Any], config_path: Path, budget: int
+) -> tuple[Component, nn.Module]:
+    """The checked plan of `network_def` and the network, built within `budget` bytes of tensors; a build
+    failure names the MONAI versions."""
     import monai
 
     plan = plan_item(config, "network_def", config_path)
     try:
-        model = instantiate(plan, config_path)
+        with build_budget(budget, f"network_def ({plan.name})", config_path):
+            model = instantiate(plan, config_path)
+    except BuildBudgetExceeded:
+        raise
     except InputError as error:
         written = meta.get("monai_version")
         if written and written != monai.__version__ and "argument" in error.problem:
@@ -247,15 +244,18 @@ def load_bundle(folder: str | Path) -> BaseModel:
     """Load a MONAI bundle folder offline as a base model."""
     folder = Path(folder)
     config, meta, config_path = read_bundle_configs(folder)
-    plan, model = _build(config, meta, config_path)
-    notes = dropped_argument_notes(plan)
+    plan_item(config, "network_def", config_path)  # refuses what the config must not run; builds nothing
+    # The weight file is found and checked before building: its size bounds what network_def may build.
     weights = next((folder / "models" / n for n in WEIGHT_NAMES if (folder / "models" / n).exists()
                     or (folder / "models" / n).is_symlink()), None)
     if weights is None:
         raise InputError(
             f"MONAI bundle without weights (looked for models/{' or models/'.join(WEIGHT_NAMES)})", folder
         )
-    load_weights(model, read_weights(check_weight_file(weights, folder)), weights)
+    check_weight_file(weights, folder)
+    plan, model = _build(config, meta, config_path, network_budget(weights.stat().st_size))
+    notes = dropped_argument_notes(plan)
+    load_weights(model, read_weights(weights), weights)
     name = str(meta.get("name") or folder.name)
     spec = spec_from_bundle(config, meta, model, name, config_path, plan, notes)
     version = meta.get("version")

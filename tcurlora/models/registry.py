@@ -6,7 +6,6 @@ A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tcurlora.errors import InputError
-from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.fsutil import atomic_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
+from tcurlora.models.build_budget import build_budget, network_budget
 from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.spec import ModelSpec
@@ -70,10 +70,12 @@ def load_model_folder(folder: Path) -> BaseModel:
     if data.get("format") != MODEL_FORMAT:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
     spec = ModelSpec.from_dict(data["spec"], spec_path)
-    model = build_network(spec)
+    # The weight file is checked first: its size bounds what the spec may build.
     if not weights_path.is_file() and not weights_path.is_symlink():
         raise InputError("missing weights file", weights_path)
     check_weight_file(weights_path, folder)
+    with build_budget(network_budget(weights_path.stat().st_size), f"the {spec.arch} of the spec", spec_path):
+        model = build_network(spec)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -108,15 +110,11 @@ def save_model_folder(
     sibling folder renamed into place, removed again when writing fails, so there is never half a folder."""
     folder = Path(folder)
     check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
-    temp = temp_sibling_dir(folder)
-    try:
+    with atomic_dir(folder, "the model folder") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
         for name, text in (extra_files or {}).items():
             (temp / name).write_text(text, encoding="utf-8")
-        return replace_dir(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    return folder
 
 
 def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None,

@@ -10,7 +10,10 @@ anything instantiated:
   in those MONAI packages only. Anything else is refused before it is imported.
 - `@id` references are followed (cycles refused) and checked the same way.
 - `$` expressions, `%` macros, `_requires_` and a `_mode_` other than "default" are refused, and so
-  are arguments that make a network fetch weights (`pretrained`, `weights`, `*_url`, `*_path`, `*_file`).
+  are arguments that make a network fetch or read weights (`pretrained`, `weights`, `*_url`, `*_path`,
+  `*_file`, `path_or_repo_id`, ...). They are checked on the class's effective arguments: the config's
+  values over the class's own defaults (`EfficientNetBN` defaults to `pretrained=True`, which downloads
+  from GitHub), and classes that always load weights from elsewhere (`Transchex`: Hugging Face) are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ REMOVED_ARGUMENTS = {"SwinUNETR": ("img_size",)}
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _RESERVED = {"_target_", "_desc_", "_disabled_", "_mode_", "_requires_"}
 # Network arguments that make a MONAI / torchvision class download or read weights when set.
-_FETCHING = re.compile(r"^(pretrained\w*|weights|\w+_(url|path|file))$")
+_FETCHING = re.compile(
+    r"^(?!drop)(pretrained\w*|weights\w*|\w+_(url|path|file|dir)|url|path|filename|path_or_repo_id|repo_id|cache_dir)$"
+)
+# Allowed-module classes that load weights from the network or a folder whatever their arguments say.
+REFUSED_CLASSES = {"Transchex": "it loads BERT weights from Hugging Face or a folder (path_or_repo_id)"}
 
 
 @dataclass
@@ -142,18 +149,40 @@ class PlanBuilder:
             self.fail(where, f"_disabled_ {disabled!r} (expected true or false)")
         name = item["_target_"]
         cls = resolve_target(name, where, self.config_path)
+        if cls.__name__ in REFUSED_CLASSES:
+            self.fail(where, f"network class {name!r} ({REFUSED_CLASSES[cls.__name__]})")
         kwargs = {k: self.plan(v, f"{where}::{k}", stack) for k, v in item.items() if k not in _RESERVED}
-        for key, value in kwargs.items():
-            if _FETCHING.match(str(key)) and value not in (None, False, "", 0):
+        for key, (value, default) in _effective_arguments(cls, kwargs).items():
+            if _FETCHING.match(str(key)) and not _inert(value):
+                source = f"{name}'s default, not set in the config" if default else "set in the config"
                 self.fail(
                     f"{where}::{key}",
-                    f"argument {key!r} = {value!r} (it would download or read weights from elsewhere; "
-                    "a bundle's weights come from its models/ folder)",
+                    f"argument {key!r} = {value!r} ({source}; it would download or read weights from "
+                    f"elsewhere; a bundle's weights come from its models/ folder: set {key} to false/null)",
                 )
         if disabled in (True, "true", "True"):
             return None
         kept, dropped = _drop_removed_arguments(cls, kwargs)
         return Component(cls=cls, name=str(name), kwargs=kept, dropped=dropped)
+
+
+def _inert(value: Any) -> bool:
+    """True for the values that switch a fetching argument off."""
+    return value is None or value is False or (isinstance(value, (str, int, float)) and not value)
+
+
+def _effective_arguments(cls: type, kwargs: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
+    """name -> (value, taken from the class's default): what the class will actually be called with."""
+    effective: dict[str, tuple[Any, bool]] = {}
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        parameters = []
+    for parameter in parameters:
+        if parameter.default is not inspect.Parameter.empty and parameter.name not in kwargs:
+            effective[parameter.name] = (parameter.default, True)
+    effective.update({k: (v, False) for k, v in kwargs.items()})
+    return effective
 
 
 def _drop_removed_arguments(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -201,6 +230,8 @@ def instantiate(plan: Any, config_path: Path, built: dict[int, Any] | None = Non
         kwargs = {k: instantiate(v, config_path, built) for k, v in plan.kwargs.items()}
         try:
             built[id(plan)] = plan.cls(**kwargs)
+        except InputError:  # e.g. refused by a build budget (models/build_budget.py)
+            raise
         except Exception as error:  # noqa: BLE001 - a network class raises many types for bad arguments
             raise InputError(
                 f"cannot build {plan.name}: {type(error).__name__}: {error}", config_path

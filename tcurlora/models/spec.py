@@ -89,10 +89,12 @@ class ModelSpec:
         """This spec with another working spacing in mm (a fine-tune's `spacing`); itself when None."""
         if spacing is None:
             return self
-        values = tuple(float(s) for s in spacing)
-        if len(values) != 3 or min(values) <= 0:
-            raise ConfigError(f"spacing must be 3 positive numbers in mm, got {list(spacing)!r}")
-        return replace(self, spacing=values)
+        from tcurlora.jobs.schema import spacing_problem
+
+        problem = spacing_problem(list(spacing) if isinstance(spacing, (list, tuple)) else spacing)
+        if problem:  # an adapter's recorded spacing, too: bounded like a job's
+            raise ConfigError(f"working spacing: {problem}")
+        return replace(self, spacing=tuple(float(s) for s in spacing))
 
     def to_dict(self) -> dict[str, Any]:
         return dump_fields(self)
