@@ -49,7 +49,7 @@ class CaseWeightedFedAvg(FedAvg):
             entry.update({key: float(v) for key, v in (result.metrics or {}).items()
                           if isinstance(v, int | float)})  # fmt: skip
             self._contributed.append(entry)
-            self.info(f"round {self.current_round}: {entry['site']} contributed {entry['cases']} case(s), "
+            self.info(f"round {self.current_round + 1}: {entry['site']} contributed {entry['cases']} case(s), "
                       f"{entry['payload_bytes']} bytes")
         return accepted
 
@@ -64,10 +64,10 @@ class CaseWeightedFedAvg(FedAvg):
         contributed = {entry["site"] for entry in self._contributed}
         dropped = [site for site in self._sampled if site not in contributed]
         for site in dropped:
-            self.warning(f"round {self.current_round}: {site} dropped (no valid result); "
+            self.warning(f"round {self.current_round + 1}: {site} dropped (no valid result); "
                          f"averaged over {sorted(contributed)}")
         if not self._contributed:
-            self.error(f"round {self.current_round}: no site returned a result; the global adapter stays "
+            self.error(f"round {self.current_round + 1}: no site returned a result; the global adapter stays "
                        "as after the previous round")
             return
         model.meta = {**(model.meta or {}), ROUND_KEY: {

@@ -10,8 +10,16 @@ import torch
 
 
 def shared_tensors(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The floating-point tensors of an adapter state dict, as float32 numpy arrays (what is sent)."""
-    return {k: v.detach().cpu().float().numpy().copy() for k, v in state.items() if v.is_floating_point()}
+    """The floating-point tensors of an adapter state dict, as numpy arrays of their own precision (bf16 and
+    fp16, which numpy lacks or averages poorly, as float32): what is sent."""
+    return {k: _as_numpy(v) for k, v in state.items() if v.is_floating_point()}
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy().copy()
 
 
 def payload_bytes(params: dict[str, np.ndarray]) -> int:
