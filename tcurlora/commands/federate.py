@@ -55,6 +55,15 @@ def build_job(args: argparse.Namespace) -> FinetuneJob:
     return FinetuneJob.from_dict(data, Path.cwd())
 
 
+def require_nvflare() -> None:
+    """ConfigError when NVIDIA FLARE is not installed (an optional dependency)."""
+    try:
+        import nvflare  # noqa: F401
+    except ImportError as error:
+        raise ConfigError("tcurlora federate needs NVIDIA FLARE: pip install 'tcurlora[federated]' "
+                          "(scripts/setup.sh installs it)") from error
+
+
 def main(args: argparse.Namespace) -> int:
     from tcurlora.federated.checks import check_sites, inspect_site, site_names
     from tcurlora.federated.job import build_fed_job, export, simulate
@@ -62,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
     from tcurlora.models.registry import load_base_model
     from tcurlora.outputs import check_adapter_output
 
+    require_nvflare()
     job = build_job(args)
     output = Path(job.output).resolve()
     names = site_names(len(args.sites))
