@@ -55,6 +55,18 @@ def build_job(args: argparse.Namespace) -> FinetuneJob:
     return FinetuneJob.from_dict(data, Path.cwd())
 
 
+def remote_sites(names: list[str], folders: list[Path], job: FinetuneJob) -> list:
+    """Sites of an exported job whose folders are on their own machines: the labels and the spacing must be
+    given, since they cannot be read here (each site checks them against the global adapter at round 1)."""
+    from tcurlora.federated.checks import Site
+
+    if not job.label_names or not isinstance(job.spacing, list | tuple):
+        raise ConfigError("the --site folders are not on this machine: give --labels and --spacing (mm) for "
+                          "the exported job")
+    return [Site(name, folder, 0, list(job.label_names), tuple(float(v) for v in job.spacing))
+            for name, folder in zip(names, folders)]
+
+
 def require_nvflare() -> None:
     """ConfigError when NVIDIA FLARE is not installed (an optional dependency)."""
     try:
@@ -87,13 +99,16 @@ def main(args: argparse.Namespace) -> int:
         check_adapter_output(output, job.force or job.resume)
     base = load_base_model(job.base_model)
     patch = job.patch_size or base.spec.patch_size
-    sites = [inspect_site(name, folder.resolve(), job.spacing, base.spec.spacing, patch)
-             for name, folder in zip(names, args.sites)]
+    if args.export_job is not None and not all(folder.is_dir() for folder in args.sites):
+        sites = remote_sites(names, args.sites, job)  # the folders are at the sites: nothing to inspect here
+    else:
+        sites = [inspect_site(name, folder.resolve(), job.spacing, base.spec.spacing, patch)
+                 for name, folder in zip(names, args.sites)]
     label_names, spacing = check_sites(sites, job.label_names)
     record = job.to_dict()
     record.update(label_names=label_names, spacing=list(spacing), data=None, output=None, resume=False,
                   force=False)
-    counts = {s.name: s.cases for s in sites}
+    counts = {s.name: s.cases for s in sites if s.cases}
     fed = build_fed_job(record, {s.name: str(s.data) for s in sites}, args.rounds, args.local_steps, output,
                         counts, start_round=start)
     if args.export_job is not None:

@@ -78,7 +78,7 @@ class SiteExecutor(Executor):
     """Trains the global adapter on this site's cases for `local_steps` steps per round.
 
     `job` holds the federation's fine-tuning settings (a finetune job without data/output); `data` is this
-    site's Decathlon folder (else the environment variable `data_env`)."""
+    site's Decathlon folder, unless the environment variable `data_env` names another."""
 
     def __init__(self, job: dict, data: str = "", rounds: int = 1, local_steps: int = 1,
                  data_env: str = DATA_ENV):
@@ -94,7 +94,7 @@ class SiteExecutor(Executor):
         from tcurlora.finetuning import Trainer
         from tcurlora.finetuning_setup import prepare_training
 
-        data = self.data or os.environ.get(self.data_env, "")
+        data = os.environ.get(self.data_env) or self.data  # a site may keep its data elsewhere than the job says
         key = (site, json.dumps(self.job, sort_keys=True, default=str), data, self.rounds, self.local_steps)
         if key in _PREPARED:
             self.trainer, self.stream, self.local_identity = _PREPARED[key]
