@@ -209,3 +209,31 @@ def test_federate_refuses_a_site_with_other_labels_before_round_1(sites, hippoca
 def test_federate_rejects_finetune_only_flags(sites):
     done = tcurlora(*FEDERATE, "--rounds", "1", "--iterations", "5", cwd=sites, timeout=120)
     assert done.returncode == 2 and "iterations does not apply to a federation: use --rounds/--local-steps" in done.stderr
+
+
+DROP_SCRIPT = """
+import json, sys
+from pathlib import Path
+from tcurlora.federated.job import build_fed_job, simulate
+job = json.loads(sys.argv[1])
+sites = {"site-1": sys.argv[2], "site-2": sys.argv[3]}
+fed = build_fed_job(job, sites, 1, 1, Path("dropped"), {"site-1": 2, "site-2": 2})
+simulate(fed, Path("dropped.federation") / "workspace", list(sites))
+"""
+
+
+def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, tmp_path):
+    from tcurlora.jobs.schema import FinetuneJob
+
+    job = FinetuneJob.from_dict({"command": "finetune", "base_model": "unetr-small-acdc-brats", "data": str(sites / "A"),
+                                 "output": "x", "label_names": ["Anterior", "Posterior"], "spacing": [1, 1, 1],
+                                 "threads": 1}, tmp_path).to_dict()  # fmt: skip
+    gone = tmp_path / "B-unmounted"  # passed the checks, then its disk went away: setup fails in round 1
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", DROP_SCRIPT, json.dumps(job), str(sites / "A"), str(gone)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "dropped.federation" / "workspace" / "server" / "log.txt").read_text()
+    assert "round 1: site-2 dropped (no valid result); averaged over ['site-1']" in log
+    history = json.loads((tmp_path / "dropped" / "adapter_config.json").read_text())["federation"]["history"]
+    assert history[0]["dropped"] == ["site-2"] and [e["site"] for e in history[0]["sites"]] == ["site-1"]

@@ -68,6 +68,8 @@ def common(args) -> list[str]:
 def singles(args, sites: list[Path]) -> dict:
     out = {}
     for site in sites:
+        if args.sites and site.name not in args.sites:
+            continue
         adapter = args.work / f"single-{site.name}"
         seconds = run(["finetune", "--data", str(site), "--iterations", str(args.iterations), "--early-stopping",
                        "0", "--checkpoint-every", "0", "-o", str(adapter), *common(args)],
@@ -117,7 +119,8 @@ def evaluate(args, sites: list[Path]) -> dict:
     from tcurlora.data.cases import cases_from_decathlon
 
     test = cases_from_decathlon(args.data)[-TEST_CASES:]
-    adapters = sorted(p for p in args.work.iterdir() if (p / "adapter_config.json").is_file())
+    adapters = sorted(p for p in args.work.iterdir() if (p / "adapter_config.json").is_file()
+                      and (not args.adapters or p.name in args.adapters))
     out = {}
     for adapter in adapters:
         result = evaluate_adapter(adapter, BASE, test, LABELS, "cpu", 0.25, 0)
@@ -143,7 +146,56 @@ def payloads(args, sites: list[Path]) -> dict:
     return out
 
 
-STAGES = {"singles": singles, "pooled": pooled, "federation": federation, "eval": evaluate, "bytes": payloads}
+def gap(args, sites: list[Path]) -> dict:
+    """How far the model of the averaged tensors is from the average of the sites' weight updates, after one
+    real round (site1 and site2, `iterations // rounds` local steps each, from the same start), per method."""
+    import copy
+
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+
+    from tcurlora.federated.client import IDENTITY_KEY, SiteExecutor
+    from tcurlora.federated.tensors import merged_state, shared_tensors
+    from tcurlora.jobs.schema import FinetuneJob
+    from tcurlora.models.registry import load_base_model
+
+    base_state = {k: v.clone() for k, v in load_base_model(BASE).model.state_dict().items()}
+
+    def delta(adapted) -> dict:
+        plain = copy.deepcopy(adapted).merge_and_unload().state_dict()
+        return {k: (plain[k] - base_state[k]).double() for k in base_state if k in plain and plain[k].is_floating_point()}
+
+    out = {}
+    for method in ("tcur", "lora"):
+        job = FinetuneJob.from_dict({"command": "finetune", "base_model": BASE, "data": str(sites[0]), "output": "x",
+                                     "label_names": LABELS, "spacing": [1, 1, 1], "threads": 1, "method": method,
+                                     "device": "cpu"}, args.work).to_dict()  # fmt: skip
+        start, results, executors = None, [], []
+        for site in sites[:2]:
+            executor = SiteExecutor(job, str(site), rounds=1, local_steps=args.iterations // args.rounds)
+            executor.setup(site.name, args.work)
+            if start is None:
+                start = shared_tensors(executor.trainer.adapted.adapter_state_dict())
+            model = FLModel(params=start, current_round=0, meta={IDENTITY_KEY: executor.local_identity})
+            result = executor.train_round(site.name, model)
+            results.append((result.meta["cases"], result.params, delta(executor.trainer.adapted)))
+            executors.append(executor)
+        helper = WeightedAggregationHelper()
+        for index, (cases, params, _) in enumerate(results):
+            helper.add(data=params, weight=cases, contributor_name=f"site{index + 1}", contribution_round=0)
+        adapted = executors[0].trainer.adapted
+        adapted.load_adapter_state_dict(merged_state(adapted.adapter_state_dict(), helper.get_result(), "server"))
+        averaged = delta(adapted)
+        total = sum(r[0] for r in results)
+        expected = {k: sum(r[0] * r[2][k] for r in results) / total for k in averaged}
+        error = sum(float((averaged[k] - expected[k]).norm() ** 2) for k in expected) ** 0.5
+        norm = sum(float(expected[k].norm() ** 2) for k in expected) ** 0.5
+        out[method] = {"relative_gap": error / norm, "update_norm": norm, "cases": [r[0] for r in results]}
+        print(method, out[method], flush=True)
+    return out
+
+
+STAGES = {"gap": gap, "singles": singles, "pooled": pooled, "federation": federation, "eval": evaluate, "bytes": payloads}
 
 
 def main() -> None:
@@ -154,6 +206,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=150, help="steps per run (per site in the federation)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--sites", nargs="+", help="singles: only these sites (site1, site2, site3)")
+    parser.add_argument("--adapters", nargs="+", help="eval: only these adapter folders of --work")
     args = parser.parse_args()
     args.data, args.work, args.out = args.data.resolve(), args.work.resolve(), args.out.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -161,7 +215,9 @@ def main() -> None:
     sites = make_sites(args.data, args.work)
     for stage in args.stages:
         result = STAGES[stage](args, sites)
-        (args.out / f"{stage}.json").write_text(json.dumps(result, indent=1) + "\n")
+        name = f"eval-{'-'.join(args.adapters)}" if stage == "eval" and args.adapters else stage
+        name = f"singles-{'-'.join(args.sites)}" if stage == "singles" and args.sites else name
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         print(stage, "done", flush=True)
 
 
