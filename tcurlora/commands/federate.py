@@ -115,8 +115,11 @@ def main(args: argparse.Namespace) -> int:
         folder = export(fed, args.export_job.resolve())
         print(f"FLARE job written to {folder} ({len(sites)} sites: {', '.join(names)}); see docs/federated.md")
         return 0
+    from tcurlora.output_lock import OutputLock
+
     workspace = federation_dir(output) / "workspace"
-    simulate(fed, workspace, names)
+    with OutputLock(output):  # one federation per adapter folder
+        simulate(fed, workspace, names)
     state = read_state(output)
     done = int(state["rounds_done"]) if state else 0
     if done < args.rounds:
