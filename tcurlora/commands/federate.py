@@ -88,14 +88,14 @@ def main(args: argparse.Namespace) -> int:
     output = Path(job.output).resolve()
     names = site_names(len(args.sites))
     start = 0
+    if job.resume:  # an exported job resumes too when written on the server, where the state is
+        state = read_state(output)
+        if state is None:
+            raise InputError("nothing to resume: no finished round", federation_dir(output))
+        start = int(state["rounds_done"])
+        if start >= args.rounds:
+            raise ConfigError(f"the federation already finished {start} of {args.rounds} rounds", output)
     if args.export_job is None:
-        if job.resume:
-            state = read_state(output)
-            if state is None:
-                raise InputError("nothing to resume: no finished round", federation_dir(output))
-            start = int(state["rounds_done"])
-            if start >= args.rounds:
-                raise ConfigError(f"the federation already finished {start} of {args.rounds} rounds", output)
         check_adapter_output(output, job.force or job.resume)
     base = load_base_model(job.base_model)
     patch = job.patch_size or base.spec.patch_size
