@@ -237,3 +237,24 @@ def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, 
     assert "round 1: site-2 dropped (no valid result); averaged over ['site-1']" in log
     history = json.loads((tmp_path / "dropped" / "adapter_config.json").read_text())["federation"]["history"]
     assert history[0]["dropped"] == ["site-2"] and [e["site"] for e in history[0]["sites"]] == ["site-1"]
+
+
+def test_export_writes_a_flare_job_with_each_sites_own_data_path(tmp_path):
+    common = ["federate", "--site", "/data/h1", "--site", "/srv/h2", "--rounds", "3", "--local-steps", "4",
+              "--base-model", "unetr-small-acdc-brats", "-o", "/srv/adapter", "--export-job", "jobs"]
+    refused = tcurlora(*common, "--labels", "Anterior", "Posterior", cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2 and "give --labels and --spacing" in refused.stderr
+    done = tcurlora(*common, "--labels", "Anterior", "Posterior", "--spacing", "1", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    job = tmp_path / "jobs" / "tcurlora-federate"
+    meta = json.loads((job / "meta.json").read_text())
+    assert meta["min_clients"] == 2 and meta["deploy_map"]["app_site-2"] == ["site-2"]
+    for name, data in (("site-1", "/data/h1"), ("site-2", "/srv/h2")):
+        client = json.loads((job / f"app_{name}" / "config" / "config_fed_client.json").read_text())
+        executor = client["executors"][0]["executor"]
+        assert executor["path"] == "tcurlora.federated.client.SiteExecutor"
+        assert executor["args"]["data"] == data and executor["args"]["local_steps"] == 4
+        assert executor["args"]["job"]["label_names"] == ["Anterior", "Posterior"]
+    server = (job / "app_server" / "config" / "config_fed_server.json").read_text()
+    assert "tcurlora.federated.server.CaseWeightedFedAvg" in server and '"/srv/adapter"' in server
+    assert not list(job.rglob("*.py"))  # tcurlora is installed at every site: no code copied into the job
