@@ -103,7 +103,7 @@ def federation(args, sites: list[Path]) -> dict:
     adapter = args.work / "federated"
     steps = args.iterations // args.rounds
     command = ["federate", *[a for s in sites for a in ("--site", str(s))], "--rounds", str(args.rounds),
-               "--local-steps", str(steps), "-o", str(adapter), *common(args)]
+               "--local-steps", str(steps), "-o", str(adapter), *common(args), *(["--resume"] if args.resume else [])]
     seconds = run(command, args.work / "federation.log")
     config = json.loads((adapter / "adapter_config.json").read_text())
     history = config["federation"]["history"]
@@ -238,6 +238,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=150, help="steps per run (per site in the federation)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--resume", action="store_true", help="federation: continue from the last finished round")
     parser.add_argument("--sites", nargs="+", help="singles: only these sites (site1, site2, site3)")
     parser.add_argument("--adapters", nargs="+", help="eval: only these adapter folders of --work")
     args = parser.parse_args()

@@ -45,9 +45,10 @@ def allow_tcurlora(workspace: Path) -> Path:
 
 
 def simulate(fed, workspace: Path, sites: list[str]) -> None:
-    """Run the job with FLARE's simulator, one site at a time (the sites share this machine's CPU)."""
+    """Run the job with FLARE's simulator: one process per site for the whole run (FLARE swaps sites in and
+    out of fresh processes when there are fewer threads than sites, which would reload every site each round)."""
     allow_tcurlora(workspace)
-    fed.simulator_run(str(workspace), clients=sites, threads=1, log_config="concise")
+    fed.simulator_run(str(workspace), clients=sites, threads=len(sites), log_config="concise")
 
 
 def export(fed, folder: Path) -> Path:
