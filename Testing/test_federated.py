@@ -129,6 +129,16 @@ def tcurlora(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedP
                           text=True, timeout=timeout)
 
 
+def tcurlora_here(*args: str, cwd: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+    """The CLI in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from tcurlora.cli import main
+
+    monkeypatch.chdir(cwd)
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="module")
 def sites(hippocampus_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("federation")
@@ -195,20 +205,26 @@ def test_a_resumed_federation_continues_from_the_last_finished_round(federated, 
     assert json.loads((federated / "adapter_config.json").read_text())["training"]["iterations"] == 6
 
 
-def test_federate_refuses_a_site_with_other_labels_before_round_1(sites, hippocampus_dir, tmp_path):
+def test_federate_refuses_a_site_with_other_labels_before_round_1(sites, hippocampus_dir, tmp_path, capsys,
+                                                                  monkeypatch):
     entries = json.loads((hippocampus_dir / "dataset.json").read_text())["training"]
     other = make_site(hippocampus_dir, tmp_path / "C", entries[4:6], labels={"0": "background", "1": "Head", "2": "Tail"})
     shutil.copytree(sites / "A", tmp_path / "A", symlinks=True)
-    done = tcurlora("federate", "--site", "A", "--site", str(other), "--rounds", "1", "--local-steps", "1",
-                    "--base-model", "unetr-small-acdc-brats", "-o", "refused", cwd=tmp_path, timeout=300)
-    assert done.returncode == 2
-    assert f"site-2 ({other}) has labels ['Head', 'Tail']" in done.stderr
+    code, _, err = tcurlora_here("federate", "--site", "A", "--site", str(other), "--rounds", "1", "--local-steps",
+                                 "1", "--base-model", "unetr-small-acdc-brats", "-o", "refused", cwd=tmp_path,
+                                 capsys=capsys, monkeypatch=monkeypatch)  # fmt: skip
+    assert code == 2
+    assert f"site-2 ({other}) has labels ['Head', 'Tail']" in err
     assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.federation").exists()
 
 
-def test_federate_rejects_finetune_only_flags(sites):
-    done = tcurlora(*FEDERATE, "--rounds", "1", "--iterations", "5", cwd=sites, timeout=120)
-    assert done.returncode == 2 and "iterations does not apply to a federation: use --rounds/--local-steps" in done.stderr
+def test_federate_rejects_finetune_only_flags(tmp_path, capsys, monkeypatch):
+    code, _, err = tcurlora_here(*FEDERATE, "--rounds", "1", "--iterations", "5", cwd=tmp_path, capsys=capsys,
+                                 monkeypatch=monkeypatch)
+    assert code == 2 and "iterations does not apply to a federation: use --rounds/--local-steps" in err
+    code, _, err = tcurlora_here(*FEDERATE[:3], "--rounds", "1", "--local-steps", "1", "--base-model", "x", "-o",
+                                 "y", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "a federation needs at least 2 --site folders" in err
 
 
 DROP_SCRIPT = """
@@ -239,13 +255,16 @@ def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, 
     assert history[0]["dropped"] == ["site-2"] and [e["site"] for e in history[0]["sites"]] == ["site-1"]
 
 
-def test_export_writes_a_flare_job_with_each_sites_own_data_path(tmp_path):
+def test_export_writes_a_flare_job_with_each_sites_own_data_path(tmp_path, capsys, monkeypatch):
     common = ["federate", "--site", "/data/h1", "--site", "/srv/h2", "--rounds", "3", "--local-steps", "4",
               "--base-model", "unetr-small-acdc-brats", "-o", "/srv/adapter", "--export-job", "jobs"]
-    refused = tcurlora(*common, "--labels", "Anterior", "Posterior", cwd=tmp_path, timeout=300)
-    assert refused.returncode == 2 and "give --labels and --spacing" in refused.stderr
-    done = tcurlora(*common, "--labels", "Anterior", "Posterior", "--spacing", "1", cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, _, err = tcurlora_here(*common, "--labels", "Anterior", "Posterior", cwd=tmp_path, capsys=capsys,
+                                 monkeypatch=monkeypatch)
+    assert code == 2 and "give --labels and --spacing" in err
+    code, out, err = tcurlora_here(*common, "--labels", "Anterior", "Posterior", "--spacing", "1", cwd=tmp_path,
+                                   capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert "FLARE job written to" in out
     job = tmp_path / "jobs" / "tcurlora-federate"
     meta = json.loads((job / "meta.json").read_text())
     assert meta["min_clients"] == 2 and meta["deploy_map"]["app_site-2"] == ["site-2"]
