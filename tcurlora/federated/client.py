@@ -167,6 +167,6 @@ class SiteExecutor(Executor):
         meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: cases, "site": site, "cases": cases,
                 "payload_bytes": payload_bytes(params), "seconds": round(time.monotonic() - started, 3)}
         LOG.info("%s round %s: %d case(s), %d local step(s), loss %.4f, sends %d bytes", site,
-                 model.current_round, cases, len(hooks.losses), metrics["loss"], meta["payload_bytes"])
+                 int(model.current_round or 0) + 1, cases, len(hooks.losses), metrics["loss"], meta["payload_bytes"])
         return FLModel(params_type=ParamsType.FULL, params=params, metrics=metrics, meta=meta,
                        current_round=model.current_round)
