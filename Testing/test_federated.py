@@ -233,7 +233,7 @@ from pathlib import Path
 from tcurlora.federated.job import build_fed_job, simulate
 job = json.loads(sys.argv[1])
 sites = {"site-1": sys.argv[2], "site-2": sys.argv[3]}
-fed = build_fed_job(job, sites, 1, 1, Path("dropped"), {"site-1": 2, "site-2": 2})
+fed = build_fed_job(job, sites, 1, 1, Path("dropped").resolve(), {"site-1": 2, "site-2": 2})
 simulate(fed, Path("dropped.federation") / "workspace", list(sites))
 """
 
