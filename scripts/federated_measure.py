@@ -162,6 +162,9 @@ def gap(args, sites: list[Path]) -> dict:
     base_state = {k: v.clone() for k, v in load_base_model(BASE).model.state_dict().items()}
 
     def delta(adapted) -> dict:
+        for module in adapted.modules():  # tCUR keeps the last forward's (non-leaf) factors: not copyable
+            if hasattr(module, "clear_cache"):
+                module.clear_cache()
         plain = copy.deepcopy(adapted).merge_and_unload().state_dict()
         return {k: (plain[k] - base_state[k]).double() for k in base_state if k in plain and plain[k].is_floating_point()}
 
