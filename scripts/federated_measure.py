@@ -166,7 +166,9 @@ def gap(args, sites: list[Path]) -> dict:
             if hasattr(module, "clear_cache"):
                 module.clear_cache()
         plain = copy.deepcopy(adapted).merge_and_unload().state_dict()
-        return {k: (plain[k] - base_state[k]).double() for k in base_state if k in plain and plain[k].is_floating_point()}
+        # the new head (3 classes, not the base's 8) counts with its own weights: a plain, linearly averaged tensor
+        return {k: (v - base_state[k] if base_state.get(k) is not None and base_state[k].shape == v.shape else v).double()
+                for k, v in plain.items() if v.is_floating_point()}
 
     out = {}
     for method in ("tcur", "lora"):
