@@ -4,8 +4,9 @@ Diagnosis (docs/benchmarks.md): at the base's 1.5 mm a 1 mm hippocampus keeps a 
 voxels, and a new head learning at 5e-3 never leaves the all-background solution within a user's
 run; every low-parameter method predicted no voxel. The defaults now adapt at the cases' own spacing
 ("auto") with a head learning rate of 5e-2. Both methods below must predict the structure on cases
-they did not see; the old settings are run beside them to show what this test guards against.
-(Head-only also leaves the empty solution now, but too slowly for a test: ~0.16 Dice after 600 steps.)
+they did not see. (The old settings' empty prediction is measured in docs/benchmarks.md, not re-run here: it
+guards no current behaviour and cost minutes of the suite. Head-only also leaves the empty solution now, but too
+slowly for a test: ~0.16 Dice after 600 steps.)
 """
 
 from __future__ import annotations
@@ -66,12 +67,3 @@ def test_default_recipe_predicts_the_hippocampus(hippocampus_cases, tmp_path):
             scores.append(dice(prediction, reference, label))
     # 150 steps are a fraction of the default 500 (mean Dice 0.81 on the test split): a start, not the end
     assert sum(scores) / len(scores) > 0.15, scores
-
-
-def test_old_settings_predicted_nothing(hippocampus_cases, tmp_path):
-    """The same run with the old settings (the base's 1.5 mm, head rate 5e-3, tCURLoRA alone): the empty
-    prediction of the issue, which the test above guards against."""
-    predictions, record = adapt_and_predict(hippocampus_cases, tmp_path, "old", iterations=ITERATIONS,
-                                            spacing="base", head_learning_rate=5e-3, train_modules=[])  # fmt: skip
-    assert record["preprocessing"]["spacing"] == [1.5, 1.5, 1.5]
-    assert all(int((p > 0).sum()) == 0 for p in predictions)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine: a virtualenv in .venv with the CPU build of torch and the
-# tcurlora package (with test and benchmark extras). Safe to run again; it only adds what is missing.
+# tcurlora package (with test, benchmark and federated extras; the last is NVIDIA FLARE, for
+# `tcurlora federate`). Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TCURLORA_VENV:-.venv}"
@@ -12,4 +13,4 @@ fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".[test,bench]"
+"$VENV/bin/python" -m pip install --quiet -e ".[test,bench,federated]"

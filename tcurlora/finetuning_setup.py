@@ -91,11 +91,35 @@ def split_validation(cases: list, job) -> tuple[list, list]:
     return [c for i, c in enumerate(cases) if i not in val], [c for i, c in enumerate(cases) if i in val]
 
 
-def prepare_training(job, sink) -> TrainingSetup:
-    """Load and check everything before the first step, so bad input fails before any compute."""
+def adapt_base(job, base, label_names: list[str]):
+    """The base network with the job's method applied (in place): the adapter config every run of this job
+    builds alike, wherever it runs (a fine-tuning run, each site and the server of a federation)."""
     from tcurlora.adapters import AdapterConfig, apply_adapter
     from tcurlora.adapters.config import default_train_modules, expand_train_modules
     from tcurlora.adapters.targets import configure_targets
+
+    num_classes = len(label_names) + 1
+    config = AdapterConfig(
+        method=job.method, rank=job.rank, selection=job.selection, seed=job.seed,
+        num_classes=num_classes, label_names=label_names,
+        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)] or base.spec.output != "softmax",
+        base_model_id=base.model_id,
+        base_fingerprint=base.fingerprint, head_module=base.spec.head_module,
+    )
+    if job.alpha is not None:
+        config.alpha = float(job.alpha)
+    configure_targets(config, base.model, job.conv_targets)  # transformer layers, else a CNN's Conv3d
+    requested = job.train_modules
+    if requested is None:
+        requested = default_train_modules(job.method, type(base.model).__name__)
+    config.train_modules = expand_train_modules(requested)
+    adapted = apply_adapter(base.model, config)
+    check_rank_fits(adapted, job.rank, getattr(job, "job_file", None))
+    return adapted
+
+
+def prepare_training(job, sink) -> TrainingSetup:
+    """Load and check everything before the first step, so bad input fails before any compute."""
     from tcurlora.data.loader import training_batches, unlabeled_batches, unlabeled_files, validation_volumes
     from tcurlora.data.spacing import resolve_working_spacing
     from tcurlora.data.validate import validate_case
@@ -131,22 +155,7 @@ def prepare_training(job, sink) -> TrainingSetup:
     colors = [list(c) for c in (job.label_colors or [])]
     colors += [list(DEFAULT_COLORS[i % len(DEFAULT_COLORS)]) for i in range(len(colors), len(label_names))]
 
-    config = AdapterConfig(
-        method=job.method, rank=job.rank, selection=job.selection, seed=job.seed,
-        num_classes=num_classes, label_names=label_names,
-        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)] or base.spec.output != "softmax",
-        base_model_id=base.model_id,
-        base_fingerprint=base.fingerprint, head_module=base.spec.head_module,
-    )
-    if job.alpha is not None:
-        config.alpha = float(job.alpha)
-    configure_targets(config, base.model, job.conv_targets)  # transformer layers, else a CNN's Conv3d
-    requested = job.train_modules
-    if requested is None:
-        requested = default_train_modules(job.method, type(base.model).__name__)
-    config.train_modules = expand_train_modules(requested)
-    adapted = apply_adapter(base.model, config)
-    check_rank_fits(adapted, job.rank, getattr(job, "job_file", None))
+    adapted = adapt_base(job, base, label_names)
     counts = adapted.parameter_counts()
     sink.started(command="finetune", device=describe_device(device), total=job.iterations,
                  parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
