@@ -119,31 +119,43 @@ def check_output_folder_name(output: Path, count: int) -> None:
         )
 
 
-def build_job(args: argparse.Namespace) -> SegmentJob:
-    """The job from --job, or from INPUTs and flags (validated by the same schema as a job file)."""
-    given = [flag for dest, flag in JOB_FLAGS.items() if getattr(args, dest, None) is not None]
+def job_file_or_checked_flags(args: argparse.Namespace, job_type: Any, flags: dict[str, str], input_flag: str,
+                              required: tuple[tuple[str, str], ...]) -> Any | None:
+    """The job from --job (no job flag may stand beside it), or None once the flags a job needs are given."""
+    given = [flag for dest, flag in flags.items() if getattr(args, dest, None) is not None]
     if args.inputs:
-        given.insert(0, "INPUT")
+        given.insert(0, input_flag)
     if args.job is not None:
         if given:
             raise ConfigError(f"{given[0]} cannot be combined with --job (put it in the job file)", args.job)
-        return SegmentJob.from_file(args.job)
-    for value, flag in ((args.base_model, "--base-model"), (args.output, "--output"), (args.inputs, "INPUT")):
-        if not value:
+        return job_type.from_file(args.job)
+    for dest, flag in (*required, ("inputs", input_flag)):
+        if not getattr(args, dest):
             raise ConfigError(f"{flag} is required (or give --job job.json)")
     if args.channels < 1:
         raise ConfigError(f"--channels must be >= 1, got {args.channels}")
+    return None
+
+
+def volumes_job_data(args: argparse.Namespace, job_type: Any) -> dict[str, Any]:
+    """A job dict from the flags and the expanded input volumes (a case of one channel as a plain path)."""
     inputs = expand_inputs(args.inputs, args.channels)
-    data: dict[str, Any] = {
-        "command": "segment",
-        **flag_values(args, SegmentJob),
-        "inputs": [c[0] if len(c) == 1 else c for c in inputs],
-    }
+    return {"command": job_type.command, **flag_values(args, job_type),
+            "inputs": [c[0] if len(c) == 1 else c for c in inputs]}  # fmt: skip
+
+
+def build_job(args: argparse.Namespace) -> SegmentJob:
+    """The job from --job, or from INPUTs and flags (validated by the same schema as a job file)."""
+    required = (("base_model", "--base-model"), ("output", "--output"))
+    job = job_file_or_checked_flags(args, SegmentJob, JOB_FLAGS, "INPUT", required)
+    if job is not None:
+        return job
+    data = volumes_job_data(args, SegmentJob)
     output = Path(args.output)
-    if len(inputs) == 1 and is_image_file(output) and not output.is_dir():
+    if len(data["inputs"]) == 1 and is_image_file(output) and not output.is_dir():
         data["outputs"] = [args.output]
     else:
-        check_output_folder_name(output, len(inputs))
+        check_output_folder_name(output, len(data["inputs"]))
         data["output_dir"] = args.output
     return SegmentJob.from_dict(data, Path.cwd())
 

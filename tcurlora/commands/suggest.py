@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from tcurlora.commands.segment import expand_inputs
+from tcurlora.commands.segment import job_file_or_checked_flags, volumes_job_data
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SuggestJob
-from tcurlora.settings import add_arguments, flag_values, job_flags
+from tcurlora.settings import add_arguments, job_flags
 
 JOB_FLAGS = job_flags(SuggestJob)
 
@@ -39,25 +39,8 @@ def register(subparsers: Any) -> None:
 
 def build_job(args: argparse.Namespace) -> SuggestJob:
     """The job from --job, or from PATHs and flags (validated by the same schema as a job file)."""
-    given = [flag for dest, flag in JOB_FLAGS.items() if getattr(args, dest, None) is not None]
-    if args.inputs:
-        given.insert(0, "PATH")
-    if args.job is not None:
-        if given:
-            raise ConfigError(f"{given[0]} cannot be combined with --job (put it in the job file)", args.job)
-        return SuggestJob.from_file(args.job)
-    for value, flag in ((args.base_model, "--base-model"), (args.inputs, "PATH")):
-        if not value:
-            raise ConfigError(f"{flag} is required (or give --job job.json)")
-    if args.channels < 1:
-        raise ConfigError(f"--channels must be >= 1, got {args.channels}")
-    inputs = expand_inputs(args.inputs, args.channels)
-    data: dict[str, Any] = {
-        "command": "suggest",
-        **flag_values(args, SuggestJob),
-        "inputs": [c[0] if len(c) == 1 else c for c in inputs],
-    }
-    return SuggestJob.from_dict(data, Path.cwd())
+    job = job_file_or_checked_flags(args, SuggestJob, JOB_FLAGS, "PATH", (("base_model", "--base-model"),))
+    return job if job is not None else SuggestJob.from_dict(volumes_job_data(args, SuggestJob), Path.cwd())
 
 
 def ranking_document(outputs: dict, metrics: dict) -> dict[str, Any]:
