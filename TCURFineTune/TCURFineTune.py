@@ -378,10 +378,12 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from TCURFineTuneLib.suggest import suggestion_run
 
+        from tcurlora.library import read_adapter
         from TCURLoRACommon.dependencies import ensure_dependencies
 
         with slicer.util.tryWithErrorDisplay(_("Could not rank the volumes."), waitCursor=True):
-            if not ensure_dependencies("TCURLoRA"):
+            adapter = self.ui.prefillAdapterComboBox.currentData
+            if not ensure_dependencies("TCURLoRA", lora=bool(adapter) and read_adapter(adapter).method == "lora"):
                 return
             self.suggestRun = suggestion_run(self.pairs(), self.ui.prefillAdapterComboBox.currentData,
                                              self._parameterNode.baseModel, self._parameterNode.device).start()
