@@ -551,30 +551,9 @@ class TCURFineTuneTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        import logging
-        import tempfile
-        from pathlib import Path
-
         from TCURFineTuneLib import testing
 
-        from TCURLoRACommon.testdata import (
-            isolated_library,
-            missing_backend,
-            select_bodies,
-            self_test_data,
-            skipped_text,
-        )
+        from TCURLoRACommon.testdata import run_self_tests
 
-        with tempfile.TemporaryDirectory() as cache:
-            data = self_test_data("hippocampus", Path(cache))  # generated cases when TCURLORA_DATA is unset
-            missing = missing_backend()  # the extension factory has no torch/MONAI: run what needs none
-            bodies, skipped = select_bodies(testing.ALL_TESTS, missing)
-            if skipped:
-                logging.warning(skipped_text(skipped, missing))
-                self.delayDisplay(skipped_text(skipped, missing))
-            for body in bodies:
-                self.setUp()
-                self.delayDisplay(body.__name__)
-                with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
-                    body(data, Path(folder) / "work")
+        run_self_tests(testing.ALL_TESTS, self.setUp, self.delayDisplay)
         self.delayDisplay("TCURFineTune tests passed")

@@ -54,6 +54,33 @@ def skipped_text(skipped: Sequence[Callable], missing: Sequence[str]) -> str:
     )
 
 
+def run_self_tests(
+    bodies: Sequence[Callable], set_up: Callable[[], None], say: Callable[[str], None],
+    missing: Sequence[str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Run a module's Qt-free self-test bodies as "Reload and Test" does: each on a fresh scene (`set_up`) and
+    in its own library, on generated cases unless TCURLORA_DATA is set; without the backend (the extension
+    factory's ctest) only those that need none, saying which were skipped. Returns (names run, names skipped)."""
+    import logging
+    import tempfile
+
+    missing = missing_backend() if missing is None else list(missing)
+    selected, skipped = select_bodies(bodies, missing)
+    ran = []
+    with tempfile.TemporaryDirectory() as cache:
+        data = self_test_data("hippocampus", Path(cache))
+        if skipped:
+            logging.warning(skipped_text(skipped, missing))
+            say(skipped_text(skipped, missing))
+        for body in selected:
+            set_up()
+            say(body.__name__)
+            with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
+                body(data, Path(folder) / "work")
+            ran.append(body.__name__)
+    return ran, [b.__name__ for b in skipped]
+
+
 def find_data(name: str) -> Path | None:
     """The real Decathlon folder `name` under $TCURLORA_DATA, or None (no guessing at other folders)."""
     root = os.environ.get("TCURLORA_DATA")

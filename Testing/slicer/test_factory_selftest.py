@@ -41,27 +41,22 @@ sys.path[:0] = SEARCH
 from conftest import start_slicer_core
 from TCURFineTuneLib import testing as finetune
 from TCURSegmenterLib import testing as segmenter
-from TCURLoRACommon.testdata import isolated_library, select_bodies, self_test_data, skipped_text
+from TCURLoRACommon.testdata import run_self_tests
 
 app = start_slicer_core()
 result = {"ran": [], "skipped": [], "text": []}
-with tempfile.TemporaryDirectory() as cache:
-    data = self_test_data("hippocampus", Path(cache))
-    for module in (finetune, segmenter):
-        missing = []
-        for name in BLOCKED:
-            try:
-                __import__(name)
-            except ModuleNotFoundError:
-                missing.append(name)
-        bodies, skipped = select_bodies(module.ALL_TESTS, missing)
-        result["skipped"] += [b.__name__ for b in skipped]
-        result["text"].append(skipped_text(skipped, missing))
-        for body in bodies:
-            app.scene.Clear(0)
-            with tempfile.TemporaryDirectory() as folder, isolated_library(Path(folder) / "library"):
-                body(data, Path(folder) / "work")
-            result["ran"].append(body.__name__)
+for module in (finetune, segmenter):
+    missing = []
+    for name in BLOCKED:
+        try:
+            __import__(name)
+        except ModuleNotFoundError:
+            missing.append(name)
+    said = []
+    ran, skipped = run_self_tests(module.ALL_TESTS, lambda: app.scene.Clear(0), said.append, missing)
+    result["ran"] += ran
+    result["skipped"] += skipped
+    result["text"].append(said[0])
 result["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print("RESULT " + json.dumps(result))
 """
