@@ -157,9 +157,9 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     path = folder / WEIGHTS_FILE
     if not path.exists() and not path.is_symlink():
         raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
-    check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
+    weights = check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
     record = read_adapter_config(folder) if record is None else record
-    data = check_weight_file(path, folder).read_bytes()
+    data = weights.read_bytes()
     check_weights(data, record, path)
     try:
         return load(data)
