@@ -152,28 +152,33 @@ def test_sweep_removes_only_what_nothing_needs(mrml, tmp_path: Path) -> None:
 
 
 def test_widget_uses_the_tested_paths() -> None:
-    """The widget's finish, retry, close and reload paths are the functions tested above, and never read
-    the parameter node without a fallback (it is None after the scene closed in another module)."""
+    """The widget's finish, retry, close and reload paths are the functions tested above (its own or
+    RunPanelMixin's), and never read the parameter node without a fallback (it is None after the scene
+    closed in another module)."""
     import ast
 
-    script = Path(__file__).resolve().parents[2] / "TCURFineTune" / "TCURFineTune.py"
-    text = script.read_text(encoding="utf-8")
-    tree = ast.parse(text)
-    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TCURFineTuneWidget")
-    methods = {n.name: n for n in widget.body if isinstance(n, ast.FunctionDef)}
+    root = Path(__file__).resolve().parents[2]
+    script = root / "TCURFineTune" / "TCURFineTune.py"
+    mixin_script = root / "TCURLoRACommon" / "panelwidget.py"
+    sources = {p: p.read_text(encoding="utf-8") for p in (mixin_script, script)}
+    methods: dict[str, tuple[ast.FunctionDef, str]] = {}
+    for path, name in ((mixin_script, "RunPanelMixin"), (script, "TCURFineTuneWidget")):  # the widget's own win
+        cls = next(n for n in ast.parse(sources[path]).body if isinstance(n, ast.ClassDef) and n.name == name)
+        methods |= {n.name: (n, sources[path]) for n in cls.body if isinstance(n, ast.FunctionDef)}
 
     def calls(name: str) -> set[str]:
         return {
             c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
-            for c in ast.walk(methods[name])
+            for c in ast.walk(methods[name][0])
             if isinstance(c, ast.Call)
         }
 
-    assert "finish_run" in calls("finishRun")
-    assert "shutdown" in calls("cleanup") and "closing_question" in calls("confirmClose")
+    assert "finish_run" in calls("finishRun") and "finishRun" in calls("pollRun")
+    assert "shutdown_active" in calls("cleanup") and "closing_question" in calls("confirmClose")
+    assert "cleanup" in calls("cleanup"), "the widget's cleanup must run the shared one (the training run)"
     assert "confirmClose" in calls("onReload") and "installEventFilter" in calls("setup")
     assert {"sweep_stale_staging", "resume_candidate"} <= calls("setup") | calls("updateResumeButton")
-    for name in ("finishRun", "pollRun", "onTimer", "startRun"):
-        source = ast.get_source_segment(text, methods[name]) or ""
+    for name in ("finishRun", "pollRun", "onTimer", "startRun", "startPolling", "showRunDetails"):
+        node, text = methods[name]
+        source = ast.get_source_segment(text, node) or ""
         assert "self._parameterNode." not in source, f"{name} reads the parameter node, None after a scene close"
-
