@@ -135,6 +135,7 @@ def test_real_python39_compiles_the_panels_and_shows_the_message() -> None:
         "    py_compile.compile(f, cfile=f + '.py39check', doraise=True)\n"
         "sys.path.insert(0, '.')\n"
         "import TCURLoRACommon.jobs  # the parameter nodes' defaults, imported when Slicer loads the module\n"
+        "import TCURLoRACommon.lifecycle  # imported with the shared panel lifecycle, before the check\n"
         "from TCURLoRACommon.compat import unsupported_message\n"
         "print(unsupported_message())\n"
     )
