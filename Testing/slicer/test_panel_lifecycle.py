@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,12 @@ def test_widgets_keep_only_their_wiring(module: str) -> None:
     assert again == [], f"{module}Widget defines the shared lifecycle again: {again}"
     mixin = _method_names(_classes(MIXIN)["RunPanelMixin"])
     assert set(SHARED) <= mixin, sorted(set(SHARED) - mixin)
+    init = next(
+        c for c in ast.walk(widget) if isinstance(c, ast.Call) and getattr(c.func, "attr", "") == "initPanel"
+    )
+    button = init.args[0].value
+    ui = ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui")
+    assert button in {w.get("name") for w in ui.iter("widget")}, f"{module}.ui has no run button {button!r}"
 
 
 def test_widget_check_can_fail(tmp_path: Path) -> None:
