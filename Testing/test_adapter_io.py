@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tcurlora.adapter_integrity import seal
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
 from tcurlora.models.fingerprint import state_dict_fingerprint
 
