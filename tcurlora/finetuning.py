@@ -92,11 +92,11 @@ def learning_rates(job) -> dict[str, float]:
     """Peak learning rate of each parameter role: the method's adapter, the train_modules, the head."""
     head = getattr(job, "head_learning_rate", None)
     modules = getattr(job, "modules_learning_rate", None)
+    method = method_info(job.method)
     return {
-        "adapter": job.learning_rate or method_info(job.method).learning_rate,  # measured; a job may override
+        "adapter": job.learning_rate or method.learning_rate,  # measured (docs/benchmarks.md); a job may override
         "modules": modules or DEFAULT_MODULES_LEARNING_RATE,
-        "head": head or (job.learning_rate if method_info(job.method).trains_head and job.learning_rate
-                         else DEFAULT_HEAD_LEARNING_RATE),  # fmt: skip
+        "head": head or (job.learning_rate if method.trains_head and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
     }
 
 
