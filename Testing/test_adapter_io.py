@@ -13,8 +13,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tcurlora.adapter_integrity import seal
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
+from tcurlora.adapters.methods.registry import METHODS
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
 from tcurlora.models.fingerprint import state_dict_fingerprint
 
@@ -58,7 +60,7 @@ def saved_tcur(base, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     return folder, adapted
 
 
-@pytest.mark.parametrize("method", ["tcur", "lora"])
+@pytest.mark.parametrize("method", METHODS)  # every registered method
 def test_round_trip_gives_identical_outputs(base, batch, tmp_path, method):
     adapted = trained(base, method)
     with torch.no_grad():

@@ -10,7 +10,8 @@ import pytest
 import torch
 from adapter_testing import CONV_TARGETS, small_swin, small_unetr
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")

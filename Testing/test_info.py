@@ -11,9 +11,9 @@ import torch
 from monai.networks.nets import UNETR
 from torch import nn
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
-from tcurlora.adapters.config import CONV_TARGETS
+from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
 from tcurlora.adapters.io import save_adapter
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.cli import main
 
 

@@ -91,8 +91,8 @@ def test_tissue_source_labels_are_its_own_intensity_classes(tmp_path):
 
 
 def test_segresnet_base_pretrains_and_adapts_with_tcur(tmp_path):
-    from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import default_train_modules, expand_train_modules
+    from tcurlora.adapters.config import AdapterConfig, default_train_modules, expand_train_modules
+    from tcurlora.adapters.model import apply_adapter
     from tcurlora.adapters.targets import configure_targets
     from tcurlora.models.registry import load_base_model
 

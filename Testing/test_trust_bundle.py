@@ -409,7 +409,8 @@ def test_the_build_budget_counts_before_allocating():
 def test_a_unet_bundle_ending_in_a_transposed_conv_gets_info_and_a_new_head(capsys, tmp_path):
     from trust_testing import run
 
-    from tcurlora.adapters import AdapterConfig, apply_adapter
+    from tcurlora.adapters.config import AdapterConfig
+    from tcurlora.adapters.model import apply_adapter
 
     folder = _bundle(tmp_path / "transposed", {"network_def": UNET}, _unet_weights())  # no num_channels in metadata
     base = load_bundle(folder)

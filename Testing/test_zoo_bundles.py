@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from trust_testing import hippo_case, run, write_job
 from zoo_testing import shared_bundle
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.adapters.targets import configure_targets
 from tcurlora.errors import ConfigError
 from tcurlora.models.bundle import build_bundle_network, read_bundle_configs

@@ -81,8 +81,8 @@ def class_dice(prediction: np.ndarray, reference: np.ndarray, names: list[str]) 
 
 def unadapted_predictions(options: DemoOptions, names: list[str], test: list) -> list[np.ndarray]:
     """Held-out predictions of the model the adaptation starts from (base + new seeded head, step 0)."""
-    from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import CONV_TARGETS
+    from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
+    from tcurlora.adapters.model import apply_adapter
     from tcurlora.finetuning_setup import seed_everything
     from tcurlora.infer import predict_volume
     from tcurlora.models.registry import load_base_model

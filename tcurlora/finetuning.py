@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora.adapters.methods.registry import method_info
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
@@ -42,12 +43,6 @@ from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
 BEST_WEIGHTS_FILE = "best_adapter.safetensors"
 TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # the mean teacher's EMA tensors (semi-supervised)
 
-# Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
-# "scratch" (random initialisation, every weight trained) learns faster than "full" from pretrained
-# weights; 1e-3 is a first value, tuned by measurement elsewhere: change SCRATCH_LEARNING_RATE only.
-SCRATCH_LEARNING_RATE = 1e-3
-DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3,
-                          "scratch": SCRATCH_LEARNING_RATE}
 # The new segmentation head and the extra `train_modules` learn at these rates whatever the method,
 # so methods are compared on what they adapt, not on how fast their head learns (docs/benchmarks.md).
 DEFAULT_HEAD_LEARNING_RATE = 5e-2
@@ -97,10 +92,11 @@ def learning_rates(job) -> dict[str, float]:
     """Peak learning rate of each parameter role: the method's adapter, the train_modules, the head."""
     head = getattr(job, "head_learning_rate", None)
     modules = getattr(job, "modules_learning_rate", None)
+    method = method_info(job.method)
     return {
-        "adapter": job.learning_rate or DEFAULT_LEARNING_RATES[job.method],
+        "adapter": job.learning_rate or method.learning_rate,  # measured (docs/benchmarks.md); a job may override
         "modules": modules or DEFAULT_MODULES_LEARNING_RATE,
-        "head": head or (job.learning_rate if job.method == "head" and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
+        "head": head or (job.learning_rate if method.trains_head and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
     }
 
 
@@ -111,7 +107,7 @@ def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.opti
     groups = []
     for role, parameters in adapted.parameter_groups().items():
         if parameters:
-            decay = 0.0 if role == "adapter" and method in {"tcur", "lora"} else 1e-5
+            decay = 0.0 if role == "adapter" and method_info(method).ranked else 1e-5
             groups.append({"params": parameters, "lr": rates[role], "initial_lr": rates[role],
                            "weight_decay": decay, "role": role})
     return torch.optim.AdamW(groups)
@@ -419,5 +415,5 @@ class Trainer(LoopHooks):
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 
 
-__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "DEFAULT_LEARNING_RATES", "ConfigError",
+__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "ConfigError",
            "checkpoint_dir"]

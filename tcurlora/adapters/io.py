@@ -17,8 +17,9 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from tcurlora.adapter_integrity import WEIGHTS_SHA256_KEY, check_record, check_weights, seal
-from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.methods.registry import method_info
+from tcurlora.adapters.model import AdaptedModel, apply_adapter
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
 from tcurlora.fsutil import atomic_dir, atomic_write_json
 from tcurlora.jsonio import read_json_object
@@ -64,12 +65,12 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
     config = adapted.config
     record: dict[str, Any] = {"format": ADAPTER_FORMAT}
     record.update(config.to_dict())
-    record["targets"] = _target_names(adapted)
+    record["targets"] = adapted.method.target_names(adapted)  # the adapted layers, for people reading it
     record["parameter_counts"] = adapted.parameter_counts().to_dict()
     # How the trained weights started: "random" for scratch (reports say "trained from random
     # initialisation"; every weight is in the adapter), else the base's pretrained weights.
-    record["initialisation"] = "random" if config.method == "scratch" else "base"
-    if config.method in ("tcur", "lora"):
+    record["initialisation"] = "random" if method_info(config.method).random_init else "base"
+    if method_info(config.method).ranked:
         from tcurlora.adapters.rank_check import effective_ranks
 
         record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
@@ -79,19 +80,6 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
             raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
         record[key] = value
     return record
-
-
-def _target_names(adapted: AdaptedModel) -> list[str]:
-    """The adapted layer names (tcur / lora), for people reading the config."""
-    if adapted.tcur is not None:
-        return sorted(adapted.tcur.layers)
-    if adapted.config.method == "lora":
-        return sorted(
-            name.removeprefix("model.")
-            for name, module in adapted.model.named_modules()
-            if hasattr(module, "lora_A") and name
-        )
-    return []
 
 
 def save_adapter(

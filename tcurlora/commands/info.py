@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tcurlora.adapters.config import METHODS
+from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
 
-RANKED_METHODS = ("tcur", "lora")
+RANKED_METHODS = tuple(name for name in METHODS if method_info(name).ranked)  # rank means something
 TABLE_RANKS = (4, 8, 16)
 COLUMNS = [
     ("method", "method"),
@@ -106,7 +106,7 @@ def model_info(
 ) -> dict:
     """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
     from tcurlora.adapters.config import AdapterConfig, default_train_modules, expand_train_modules
-    from tcurlora.adapters.counts import counts_for
+    from tcurlora.adapters.model import counts_for
     from tcurlora.adapters.targets import configure_targets
 
     config = AdapterConfig(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import case_id_from_path, segmentation_output_name
@@ -37,9 +38,6 @@ from tcurlora.settings import dump_fields as _dump_fields
 JOB_SCHEMA = "tcurlora.job/1"
 EVENT_SCHEMA_NAME = "tcurlora.events/1"
 
-# "scratch" is the control group: the base's architecture, randomly initialised (seeded by the job's seed),
-# every weight trained as by "full"; what a method reaches above it is what the pretrained base contributes.
-METHODS = ("tcur", "lora", "decoder", "full", "head", "scratch")
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 # How `tcurlora suggest` scores a volume's uncertainty (tcurlora.suggest).
@@ -57,7 +55,7 @@ _MISSING = object()
 
 def conv_targets_on(method: str, asked: bool | None) -> bool:
     """Whether Conv3d kernels are adapted: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
-    return asked if asked is not None else method == "tcur"
+    return asked if asked is not None else method_info(method).index_selection
 
 
 # ------------------------------------------------------------------------- value checks and parsers
