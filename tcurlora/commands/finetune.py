@@ -74,7 +74,8 @@ def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextI
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteFinetune)
     elif handler is None and launched():
-        from tcurlora.distributed import rank_sink, run_finetune
+        from tcurlora.distributed import rank_sink
+        from tcurlora.distributed_runs import run_finetune
 
         handler, sink = run_finetune, rank_sink()  # rank 0 alone reports; the others only errors, on stderr
     return run_cli(

@@ -173,7 +173,8 @@ def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextI
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteSegment)
     elif handler is None and launched():
-        from tcurlora.distributed import rank_sink, run_segment  # the volumes split across the ranks
+        from tcurlora.distributed import rank_sink
+        from tcurlora.distributed_runs import run_segment  # the volumes split across the ranks
 
         handler, sink = run_segment, rank_sink()  # rank 0 alone reports; the others only errors, on stderr
     return run_cli(
