@@ -35,8 +35,9 @@ from typing import Any
 from tcurlora.errors import EXIT_USAGE, CancelledError, TCURLoRAError
 from tcurlora.filenames import CHECKPOINT_SUFFIX, checkpoint_dir
 from tcurlora.jobs.cancel import CancelToken
+from tcurlora.jobs.event_schema import validate_event
 from tcurlora.jobs.events import EventSink
-from tcurlora.jobs.schema import FinetuneJob, SegmentJob, validate_event
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 
 EXIT_CONNECTION = 5  # the SSH connection could not be made or was lost
 DEFAULT_REMOTE_FOLDER = ".cache/tcurlora/remote-runs"  # relative to the remote home

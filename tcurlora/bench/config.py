@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.jobs.schema import METHODS, SELECTIONS, parse_patch_size, parse_spacing
+from tcurlora.jobs.fields import METHODS, SELECTIONS, parse_patch_size, parse_spacing
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 

@@ -89,7 +89,7 @@ class ModelSpec:
         """This spec with another working spacing in mm (a fine-tune's `spacing`); itself when None."""
         if spacing is None:
             return self
-        from tcurlora.jobs.schema import spacing_problem
+        from tcurlora.data.spacing_bounds import spacing_problem
 
         problem = spacing_problem(list(spacing) if isinstance(spacing, (list, tuple)) else spacing)
         if problem:  # an adapter's recorded spacing, too: bounded like a job's
