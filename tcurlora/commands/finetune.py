@@ -10,7 +10,8 @@ from typing import Any, TextIO
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import FinetuneJob
-from tcurlora.remote import RemoteFinetune, add_remote_arguments, remote_handler
+from tcurlora.remote.cli import add_remote_arguments, remote_handler
+from tcurlora.remote.run import RemoteFinetune
 from tcurlora.settings import add_arguments, flag_values, job_flags, override_dests
 from tcurlora.torchrun_env import launched
 

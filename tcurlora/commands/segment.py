@@ -12,7 +12,8 @@ from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import is_image_file, split_extension
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SegmentJob
-from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
+from tcurlora.remote.cli import add_remote_arguments, remote_handler
+from tcurlora.remote.run import RemoteSegment
 from tcurlora.settings import add_arguments, flag_values, job_flags
 from tcurlora.torchrun_env import launched
 

@@ -11,8 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from tcurlora.data.io import count_nonfinite, read_image
-from tcurlora.data.spacing_bounds import MAX_SPACING_MM, MIN_SPACING_MM
 from tcurlora.errors import InputError
+from tcurlora.models.spec import MAX_SPACING_MM, MIN_SPACING_MM
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _COMPLEX = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}

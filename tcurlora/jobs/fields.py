@@ -1,6 +1,6 @@
 """The choices, bounds and value parsers of job fields (tcurlora.jobs.schema declares the fields with them).
 
-Kept apart from the job classes and light (no torch, nothing above the data layer) because the layers
+Kept apart from the job classes and light (no torch; data cases and the model spec only) because the layers
 below the jobs check values the same way: an adapter config (tcurlora.adapters.config), a bench config
 (tcurlora.bench.config) and the pretraining recipe use these bounds and parsers too.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.data.cases import Case
-from tcurlora.data.spacing_bounds import spacing_problem
 from tcurlora.filenames import case_id_from_path
 from tcurlora.jsonio import is_finite_number
+from tcurlora.models.spec import spacing_problem
 from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
 from tcurlora.settings import SettingError, expect, resolve_path
 
