@@ -34,11 +34,6 @@ MAX_THREADS = 4096
 MAX_PATCH_SIDE = 1024  # voxels; one 1024^3 float patch is already 4 GiB
 
 
-def conv_targets_on(method: str, asked: bool | None) -> bool:
-    """Whether Conv3d kernels are adapted: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
-    return asked if asked is not None else method == "tcur"
-
-
 # ------------------------------------------------------------------------- value checks and parsers
 def check_seed(key: str, seed: int) -> int:
     if seed > MAX_SEED:

@@ -42,7 +42,6 @@ from tcurlora.jobs.fields import (
     check_label_names,
     check_regexes,
     check_seed,
-    conv_targets_on,
     dump_cases,
     parse_cases,
     parse_colors,
@@ -60,6 +59,11 @@ from tcurlora.settings import dump_fields as _dump_fields
 JOB_SCHEMA = "tcurlora.job/1"
 
 _MISSING = object()
+
+
+def conv_targets_on(method: str, asked: bool | None) -> bool:
+    """Whether Conv3d kernels are adapted: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
+    return asked if asked is not None else method == "tcur"
 
 
 # ------------------------------------------------------------------------------ shared JSON Schemas
