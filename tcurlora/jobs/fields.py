@@ -203,3 +203,29 @@ def parse_threads(key: str, value: Any, base_dir: Path | None) -> int | str:
     if isinstance(value, int) and value > MAX_THREADS:
         raise SettingError(key, f"must be <= {MAX_THREADS}, got {value}")
     return value
+
+
+# ------------------------------------------------------------------------------ shared JSON Schemas
+PATH_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+CHANNELS_SCHEMA = {"anyOf": [PATH_SCHEMA, {"type": "array", "items": PATH_SCHEMA, "minItems": 1}]}
+CASE_SCHEMA = {
+    "type": "object",
+    "description": "one labeled case: image (one path, or one path per channel), label, optional id and label_map",
+    "properties": {
+        "id": {"type": "string"},
+        "image": CHANNELS_SCHEMA,
+        "label": PATH_SCHEMA,
+        "label_map": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "patternProperties": {r"^\s*\d+\s*$": {"type": "integer", "minimum": 0}},
+                    "additionalProperties": False,
+                },
+                {"type": "null"},
+            ]
+        },
+    },
+    "required": ["image", "label"],
+    "additionalProperties": False,
+}

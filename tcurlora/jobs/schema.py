@@ -35,6 +35,7 @@ from tcurlora.jobs.fields import (
     MAX_SEED,
     MAX_THREADS,
     METHODS,
+    PATH_SCHEMA,
     SELECTIONS,
     SUGGEST_SCORES,
     channels_out,
@@ -66,30 +67,6 @@ def conv_targets_on(method: str, asked: bool | None) -> bool:
     return asked if asked is not None else method == "tcur"
 
 
-# ------------------------------------------------------------------------------ shared JSON Schemas
-_PATH = {"type": "string", "minLength": 1, "pattern": r"\S"}
-CHANNELS_SCHEMA = {"anyOf": [_PATH, {"type": "array", "items": _PATH, "minItems": 1}]}
-CASE_SCHEMA = {
-    "type": "object",
-    "description": "one labeled case: image (one path, or one path per channel), label, optional id and label_map",
-    "properties": {
-        "id": {"type": "string"},
-        "image": CHANNELS_SCHEMA,
-        "label": _PATH,
-        "label_map": {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "patternProperties": {r"^\s*\d+\s*$": {"type": "integer", "minimum": 0}},
-                    "additionalProperties": False,
-                },
-                {"type": "null"},
-            ]
-        },
-    },
-    "required": ["image", "label"],
-    "additionalProperties": False,
-}
 _RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 _THREADS = {
@@ -248,7 +225,7 @@ class FinetuneJob:
         help="clip the gradient norm to NORM before each step (default: no clipping)",
     )  # fmt: skip
     unlabeled: list[Path] | None = setting(
-        None, "custom", parse=parse_unlabeled, schema={"type": "array", "items": _PATH},
+        None, "custom", parse=parse_unlabeled, schema={"type": "array", "items": PATH_SCHEMA},
         flag="--unlabeled", cli={"nargs": "+", "metavar": "PATH"},
         help="unlabeled volumes for semi-supervised (mean teacher) training: image files, or folders of "
         "them (a Decathlon folder: its imagesTr)",
@@ -337,7 +314,7 @@ class SegmentJob:
         None, "reference", help="adapter folder (default: the base model alone)", flag="--adapter"
     )
     outputs: list[Path] | None = setting(
-        None, "custom", parse=parse_paths, schema={"type": "array", "items": _PATH},
+        None, "custom", parse=parse_paths, schema={"type": "array", "items": PATH_SCHEMA},
         help="one output file per input (or give output_dir)",
     )  # fmt: skip
     output_dir: Path | None = setting(

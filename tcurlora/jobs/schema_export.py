@@ -19,7 +19,8 @@ from tcurlora.jobs.event_schema import (
     LOG_LEVELS,
     PARAMETERS_KEYS,
 )
-from tcurlora.jobs.schema import CASE_SCHEMA, CHANNELS_SCHEMA, JOB_SCHEMA, FinetuneJob, SegmentJob, SuggestJob
+from tcurlora.jobs.fields import CASE_SCHEMA, CHANNELS_SCHEMA
+from tcurlora.jobs.schema import JOB_SCHEMA, FinetuneJob, SegmentJob, SuggestJob
 from tcurlora.settings import JSON_SCHEMA_DIALECT, object_schema
 
 SCHEMA_BASE = "https://raw.githubusercontent.com/tcurlora/SlicerTCURLoRA/main/docs/schemas/"
