@@ -184,7 +184,7 @@ def library_leftovers() -> list[str]:
 
 def check_events(events: list[dict]) -> None:
     """Every event a run received validates against the shared schema."""
-    from tcurlora.jobs.schema import validate_event
+    from tcurlora.jobs.event_schema import validate_event
 
     for event in events:
         validate_event(event)

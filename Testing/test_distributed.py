@@ -105,11 +105,12 @@ def test_batch_must_split_over_processes(monkeypatch) -> None:
 
     from tcurlora import distributed
     from tcurlora.errors import ConfigError
+    from tcurlora.torchrun_env import launched
 
-    assert not distributed.launched(), "plain pytest is not a torchrun worker"
+    assert not launched(), "plain pytest is not a torchrun worker"
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert distributed.launched()
+    assert launched()
     with pytest.raises(ConfigError, match="batch_size 3 does not split over 2 processes"):
         distributed.init(SimpleNamespace(device="cpu", batch_size=3))
     assert not distributed.active()

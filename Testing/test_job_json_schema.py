@@ -14,7 +14,8 @@ import pytest
 from test_jobs_schema import BAD_FINETUNE, BAD_SEGMENT, VALID_EVENTS, event, finetune_data, segment_data
 
 from tcurlora.cli import main as cli_main
-from tcurlora.jobs.schema import FinetuneJob, SegmentJob, load_job, validate_event
+from tcurlora.jobs.event_schema import validate_event
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob, load_job
 from tcurlora.jobs.schema_export import SCHEMA_FILES, SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.jobs.schema import (
-    EVENT_SCHEMA,
-    FinetuneJob,
-    JobCase,
-    SegmentJob,
-    load_job,
-    parse_event_line,
-    validate_event,
-)
+from tcurlora.jobs.event_schema import EVENT_SCHEMA, parse_event_line, validate_event
+from tcurlora.jobs.schema import FinetuneJob, JobCase, SegmentJob, load_job
 
 
 def write_job(folder: Path, data: dict, name: str = "job.json") -> Path:

@@ -36,7 +36,7 @@ def hippocampus_cases(folder: Path, ids: list[int]) -> list[dict]:
 
 
 def read_events(text: str) -> list[dict]:
-    from tcurlora.jobs.schema import parse_event_line
+    from tcurlora.jobs.event_schema import parse_event_line
 
     events = [parse_event_line(line) for line in text.splitlines() if line.strip()]
     return [e for e in events if e is not None]

@@ -19,7 +19,8 @@ from safetensors.numpy import load_file
 from sshd_testing import REPO_ROOT, LoopbackSshd, gone, start_sshd
 from trust_testing import hippo_case
 
-from tcurlora.remote import RemoteError, RemoteHost, RemoteTargetError, SshConnection
+from tcurlora.remote.host import RemoteError, RemoteHost, RemoteTargetError
+from tcurlora.remote.ssh import SshConnection
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
 

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from tcurlora.cli import build_parser, main
-from tcurlora.jobs.schema import parse_event_line
+from tcurlora.jobs.event_schema import parse_event_line
 from tcurlora.suggest import flip_disagreement, rank, score_probabilities
 
 BASE = "unetr-small-acdc-brats"

@@ -15,7 +15,8 @@ from trust_testing import hippo_case, kinds, run, tiny_job, write_job
 
 from tcurlora.errors import CancelledError
 from tcurlora.finetuning import run_finetune
-from tcurlora.jobs import CancelToken, RecordingSink
+from tcurlora.jobs.cancel import CancelToken
+from tcurlora.jobs.events import RecordingSink
 from tcurlora.jobs.schema import FinetuneJob
 
 SEED = 2**63 - 1  # the largest seed the schema takes must also train

@@ -110,7 +110,9 @@ def read_array(path: str | Path) -> np.ndarray:
 def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also written to <output>/summary.json)."""
     from tcurlora.finetuning import run_finetune
-    from tcurlora.jobs import CancelToken, FinetuneJob, RecordingSink, SegmentJob, TeeSink
+    from tcurlora.jobs.cancel import CancelToken
+    from tcurlora.jobs.events import RecordingSink, TeeSink
+    from tcurlora.jobs.schema import FinetuneJob, SegmentJob
     from tcurlora.segmentation import run_segment
 
     output = Path(options.output)

@@ -42,7 +42,7 @@ from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import checkpoint_dir
 from tcurlora.intensity_randomisation import randomise_intensity
 from tcurlora.jobs.events import eta_seconds, format_duration
-from tcurlora.jobs.schema import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_THREADS
+from tcurlora.jobs.fields import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_THREADS
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint

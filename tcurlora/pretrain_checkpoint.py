@@ -15,7 +15,8 @@ from tcurlora.checkpoint_check import read_state_file
 from tcurlora.errors import InputError, OutputExistsError
 from tcurlora.fsutil import atomic_dir, atomic_write_json, atomic_write_text, write_torch_file
 from tcurlora.jsonio import loads_strict
-from tcurlora.models.registry import load_weights, write_model_files
+from tcurlora.models.base_model import load_weights
+from tcurlora.models.registry import write_model_files
 from tcurlora.models.spec import ModelSpec
 from tcurlora.outputs import MODEL_FILES
 from tcurlora.train_step import OptimStep

@@ -7,7 +7,7 @@ from typing import Any
 
 from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError
-from tcurlora.jobs.schema import SELECTIONS, check_regexes, parse_colors  # declared with the job
+from tcurlora.jobs.fields import SELECTIONS, check_regexes, parse_colors  # declared with the job
 from tcurlora.namepatterns import full_match_any  # noqa: F401 - linear-time; configs come from anyone
 from tcurlora.settings import SettingError, dump_fields, expect, read_fields, setting, settings_of
 

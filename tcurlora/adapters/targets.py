@@ -7,8 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig, full_match_any
-from tcurlora.adapters.methods.registry import METHODS, get_method
-from tcurlora.jobs.schema import conv_targets_on
+from tcurlora.adapters.methods.registry import METHODS, conv_targets_on, get_method
 
 # The methods a user reads first, in this order, when told which apply; the others follow as registered.
 _LISTED_FIRST = ("tcur", "lora", "decoder", "head")

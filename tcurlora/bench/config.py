@@ -17,7 +17,7 @@ from typing import Any
 
 from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.jobs.schema import SELECTIONS, parse_patch_size, parse_spacing
+from tcurlora.jobs.fields import SELECTIONS, parse_patch_size, parse_spacing
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 

@@ -25,10 +25,9 @@ from torch import nn
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.models.base_model import BaseModel, finish_base_model, load_weights
 from tcurlora.models.build_budget import BuildBudgetExceeded, build_budget, network_budget
 from tcurlora.models.config_files import read_config_file
-from tcurlora.models.fingerprint import state_dict_fingerprint
-from tcurlora.models.registry import BaseModel, load_weights
 from tcurlora.models.safe_config import (
     Component,
     build_item,
@@ -259,13 +258,10 @@ def load_bundle(folder: str | Path) -> BaseModel:
     name = str(meta.get("name") or folder.name)
     spec = spec_from_bundle(config, meta, model, name, config_path, plan, notes)
     version = meta.get("version")
-    model.eval()
     for note in notes:
         log.info("%s: %s", folder, note)
-    return BaseModel(
-        model=model, spec=spec, model_id=str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name)),
-        fingerprint=state_dict_fingerprint(model), source=str(folder), notes=notes,
-    )  # fmt: skip
+    model_id = str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name))
+    return finish_base_model(model, spec, model_id=model_id, source=str(folder), notes=notes)
 
 
 def _is_our_bundle(folder: Path) -> bool:

@@ -61,3 +61,8 @@ def method_info(name: str) -> MethodInfo:
 def get_method(name: str) -> Any:
     """The `AdaptationMethod` of `name`, its module imported on first use (LoRA's pulls in PEFT only then)."""
     return importlib.import_module(method_info(name).module).IMPLEMENTS[name]
+
+
+def conv_targets_on(method: str, asked: bool | None) -> bool:
+    """Whether Conv3d kernels are adapted: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
+    return asked if asked is not None else method_info(method).index_selection
