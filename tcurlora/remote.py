@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import EXIT_USAGE, CancelledError, TCURLoRAError
-from tcurlora.filenames import CHECKPOINT_SUFFIX, checkpoint_dir
+from tcurlora.filenames import CHECKPOINT_FILE, CHECKPOINT_SUFFIX, checkpoint_dir
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import EventSink
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob, validate_event
@@ -524,7 +524,7 @@ class RemoteFinetune(RemoteRun):
 
     def remote_job(self, stage: Path) -> dict[str, Any]:
         data = stage_finetune(self.job, stage)
-        if self.job.resume and (self.local_checkpoint / "checkpoint.json").is_file():
+        if self.job.resume and (self.local_checkpoint / CHECKPOINT_FILE).is_file():
             (stage / "out").mkdir()
             (stage / "out" / self.local_checkpoint.name).symlink_to(self.local_checkpoint.resolve())
         return data

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import BENCH_SCHEMA
 from tcurlora.jobs.schema import METHODS, SELECTIONS, parse_patch_size, parse_spacing
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 
-BENCH_SCHEMA = "tcurlora.bench/1"
 BUILTIN = "builtin"
 
 

@@ -17,6 +17,7 @@ from tcurlora.federated.checks import identity
 from tcurlora.federated.client import IDENTITY_KEY
 from tcurlora.federated.server import ROUND_KEY
 from tcurlora.federated.tensors import merged_state, shared_tensors
+from tcurlora.filenames import TRAINING_LOG_FILE
 
 STATE_DIR = "state"  # under <output>.federation/: global.safetensors + state.json of the last finished round
 
@@ -101,7 +102,7 @@ class AdapterPersistor(ModelPersistor):
         replace_dir(temp, folder)
         adapted.eval()
         save_adapter(self.output, adapted, extra=self.extra(record), force=True,
-                     extra_files={"training_log.jsonl": "".join(json.dumps(h) + "\n" for h in self.history)})
+                     extra_files={TRAINING_LOG_FILE: "".join(json.dumps(h) + "\n" for h in self.history)})
         self.log_info(fl_ctx, f"round {record['round']}: global adapter written to {self.output}")
 
     def extra(self, record: dict[str, Any]) -> dict[str, Any]:

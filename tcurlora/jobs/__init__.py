@@ -17,8 +17,6 @@ from tcurlora.jobs.events import (
 from tcurlora.jobs.runner import report_error, run_cli, run_command
 from tcurlora.jobs.schema import (
     EVENT_SCHEMA,
-    EVENT_SCHEMA_NAME,
-    JOB_SCHEMA,
     FinetuneJob,
     JobCase,
     SegmentJob,
@@ -29,8 +27,6 @@ from tcurlora.jobs.schema import (
 
 __all__ = [
     "EVENT_SCHEMA",
-    "EVENT_SCHEMA_NAME",
-    "JOB_SCHEMA",
     "BaseSink",
     "CancelToken",
     "EventSink",

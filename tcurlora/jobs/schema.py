@@ -21,7 +21,7 @@ from typing import Any
 
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import case_id_from_path, segmentation_output_name
+from tcurlora.filenames import JOB_SCHEMA, case_id_from_path, segmentation_output_name
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
 from tcurlora.settings import (
@@ -33,9 +33,6 @@ from tcurlora.settings import (
     setting,
 )
 from tcurlora.settings import dump_fields as _dump_fields
-
-JOB_SCHEMA = "tcurlora.job/1"
-EVENT_SCHEMA_NAME = "tcurlora.events/1"
 
 # "scratch" is the control group: the base's architecture, randomly initialised (seeded by the job's seed),
 # every weight trained as by "full"; what a method reaches above it is what the pretrained base contributes.

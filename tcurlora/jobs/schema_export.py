@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tcurlora.filenames import EVENT_SCHEMA_NAME, JOB_SCHEMA
 from tcurlora.jobs.schema import (
     CASE_SCHEMA,
     CHANNELS_SCHEMA,
     COMMANDS,
     EVENT_OPTIONAL,
     EVENT_SCHEMA,
-    EVENT_SCHEMA_NAME,
-    JOB_SCHEMA,
     LOG_LEVELS,
     PARAMETERS_KEYS,
     FinetuneJob,
