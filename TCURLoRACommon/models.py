@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tcurlora.errors import InputError
-
-MODEL_SPEC = "model.json"
+from tcurlora.filenames import MODEL_SPEC_FILE
 
 
 def builtin_models() -> list[str]:
@@ -26,7 +25,7 @@ def library_models() -> list[Path]:
     folder = library_root() / "models"
     if not folder.is_dir():
         return []
-    return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC).is_file() or (p / "configs").is_dir()]
+    return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC_FILE).is_file() or (p / "configs").is_dir()]
 
 
 FOLDERS_FILE = "model_folders.json"  # in the library: base-model folders added from the panel
@@ -89,8 +88,8 @@ def model_id_of_folder(folder: Path) -> str | None:
     metadata "tcurlora_model_id", else "<name>@<version>", else the name (metadata "name" or folder name).
     """
     folder = Path(folder)
-    if (folder / MODEL_SPEC).is_file():
-        data = _read_json(folder / MODEL_SPEC)
+    if (folder / MODEL_SPEC_FILE).is_file():
+        data = _read_json(folder / MODEL_SPEC_FILE)
         spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
         found = data.get("id") or spec.get("name")
         return str(found) if found else None

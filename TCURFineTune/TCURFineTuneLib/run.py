@@ -13,7 +13,7 @@ from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases, expo
 from TCURFineTuneLib.interrupted import forget_interrupted, remember_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import CHECKPOINT_FILE, checkpoint_dir
 from tcurlora.fsutil import atomic_write_json
 from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.curves import TrainingCurves
@@ -37,7 +37,7 @@ def can_resume(job_path: str | Path) -> bool:
         output = _read_job(path)["output"]
     except (InputError, KeyError):
         return False
-    return (checkpoint_dir(output) / "checkpoint.json").is_file()
+    return (checkpoint_dir(output) / CHECKPOINT_FILE).is_file()
 
 
 def job_method(job_path: str | Path) -> str:
@@ -129,7 +129,7 @@ class FineTuneRun(WorkerRun):
 
     def resumable(self) -> bool:
         """True for a cancelled or failed run that left a checkpoint to continue from."""
-        return self.state in (CANCELLED, FAILED) and (self.checkpoint / "checkpoint.json").is_file()
+        return self.state in (CANCELLED, FAILED) and (self.checkpoint / CHECKPOINT_FILE).is_file()
 
     def on_event(self, event: dict[str, Any]) -> None:
         if self.curves is not None:
@@ -141,7 +141,7 @@ class FineTuneRun(WorkerRun):
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.checkpoint / "checkpoint.json").is_file()
+        return (self.checkpoint / CHECKPOINT_FILE).is_file()
 
     def shutdown(self) -> None:
         """Slicer is closing or the module reloads: stop the worker within a couple of seconds and keep what

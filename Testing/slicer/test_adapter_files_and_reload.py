@@ -17,6 +17,7 @@ import pytest
 from tcurlora import library
 from tcurlora.adapter_integrity import seal
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE
 from TCURLoRACommon.adapters import SUFFIX, export_adapter, import_adapter
 from TCURLoRACommon.reloading import PACKAGES, forget_packages
 
@@ -27,9 +28,9 @@ def make_adapter(folder: Path, names=("liver", "tumour")) -> library.AdapterEntr
     weights = bytes(range(256)) * 40
     config = {"method": "tcur", "rank": 4, "label_names": list(names), "base_model_id": "preset:unetr-tiny",
               "base_fingerprint": "f" * 16, "weights_sha256": hashlib.sha256(weights).hexdigest()}  # fmt: skip
-    (folder / library.ADAPTER_CONFIG).write_text(json.dumps(seal(config)))
-    (folder / library.ADAPTER_WEIGHTS).write_bytes(weights)
-    (folder / "training_log.jsonl").write_text('{"iteration": 1}\n')
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(config)))
+    (folder / ADAPTER_WEIGHTS_FILE).write_bytes(weights)
+    (folder / TRAINING_LOG_FILE).write_text('{"iteration": 1}\n')
     return library.read_adapter(folder)
 
 
@@ -42,7 +43,7 @@ def test_export_then_import_on_another_computer(tmp_path: Path, monkeypatch) -> 
     imported = import_adapter(shared)
     assert imported.name == "liver" and imported.path.parent == library.adapters_dir()
     assert imported.label_names == ["liver", "tumour"] and imported.rank == 4 and imported.method == "tcur"
-    for name in (library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS, "training_log.jsonl"):
+    for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE):
         assert (imported.path / name).read_bytes() == (entry.path / name).read_bytes()
     again = import_adapter(shared)  # same name again: a second entry, nothing overwritten
     assert again.name == "liver_2" and [e.name for e in library.list_adapters()] == ["liver", "liver_2"]
@@ -52,14 +53,14 @@ def test_import_refuses_bad_files(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
     evil = tmp_path / f"evil{SUFFIX}"
     with zipfile.ZipFile(evil, "w") as archive:
-        archive.writestr(library.ADAPTER_CONFIG, "{}")
+        archive.writestr(ADAPTER_CONFIG_FILE, "{}")
         archive.writestr("../../outside.txt", "x")
     with pytest.raises(InputError, match="unsafe file name"):
         import_adapter(evil)
     assert not (tmp_path / "outside.txt").exists()
     incomplete = tmp_path / f"incomplete{SUFFIX}"
     with zipfile.ZipFile(incomplete, "w") as archive:
-        archive.writestr(library.ADAPTER_CONFIG, json.dumps({"method": "tcur"}))
+        archive.writestr(ADAPTER_CONFIG_FILE, json.dumps({"method": "tcur"}))
     with pytest.raises(InputError, match="not a complete adapter file: adapter.safetensors is missing"):
         import_adapter(incomplete)
     text = tmp_path / f"text{SUFFIX}"
@@ -111,8 +112,8 @@ def own_files(folder: Path) -> list[tuple[str, bytes]]:
 def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
     good = own_files(make_adapter(tmp_path / "good").path)
-    record = json.loads(dict(good)[library.ADAPTER_CONFIG])
-    config, weights = library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS
+    record = json.loads(dict(good)[ADAPTER_CONFIG_FILE])
+    config, weights = ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
     other_labels = json.dumps(seal({**record, "label_names": ["a", "b"]})).encode()
     tampered = bytearray(dict(good)[weights])
     tampered[7] ^= 0xFF
@@ -139,7 +140,7 @@ def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> Non
     assert_library_untouched()
     monkeypatch.delenv("TCURLORA_MAX_WEIGHT_BYTES")
     entry = import_adapter(zipped(tmp_path / f"good{SUFFIX}", good))
-    assert sorted(p.name for p in entry.path.iterdir()) == [weights, config, "training_log.jsonl"]
+    assert sorted(p.name for p in entry.path.iterdir()) == [weights, config, TRAINING_LOG_FILE]
 
 
 def test_export_writes_only_the_adapter_files_of_an_intact_adapter(tmp_path: Path, monkeypatch) -> None:
@@ -148,8 +149,8 @@ def test_export_writes_only_the_adapter_files_of_an_intact_adapter(tmp_path: Pat
     (entry.path / "notes.txt").write_text("mine")
     shared = export_adapter(entry, tmp_path / "liver")
     with zipfile.ZipFile(shared) as archive:
-        assert sorted(archive.namelist()) == ["adapter.safetensors", "adapter_config.json", "training_log.jsonl"]
-    (entry.path / library.ADAPTER_WEIGHTS).write_bytes(b"x" * 10240)
+        assert sorted(archive.namelist()) == [ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, TRAINING_LOG_FILE]
+    (entry.path / ADAPTER_WEIGHTS_FILE).write_bytes(b"x" * 10240)
     with pytest.raises(InputError, match="differs from the"):
         export_adapter(entry, tmp_path / "damaged")
     assert not (tmp_path / f"damaged{SUFFIX}").exists()

@@ -14,6 +14,7 @@ from TCURFineTuneLib.testing import fast_settings, load_training_scene
 
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE
 from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.remote import RemoteSettings, remote_from_parameters
 from TCURLoRACommon.runs import DONE
@@ -66,7 +67,7 @@ def test_remote_run_equals_local(mrml, hippocampus_dir: Path, tmp_path: Path, mo
         assert "started" in kinds and "progress" in kinds and kinds[-1] == "done", kinds
         entries = {e.name: e for e in library.list_adapters()}
         assert sorted(entries) == ["local", "remote"], entries
-        a, b = (load_file(str(Path(entries[n].path) / "adapter.safetensors")) for n in ("local", "remote"))
+        a, b = (load_file(str(Path(entries[n].path) / ADAPTER_WEIGHTS_FILE)) for n in ("local", "remote"))
         assert sorted(a) == sorted(b) and a
         for key in a:
             assert (a[key] == b[key]).all(), key
