@@ -72,11 +72,11 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         assert cut.test_cases == full.test_cases and cut.data == full.data and set(cut.k) <= set(full.k)
         assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {m.label for m in cut.methods}
     for name, full, k in (("design-hippocampus-val", hippocampus, 10), ("design-left_atrium-val", atrium, 8)):
-        design = load_config(CONFIGS / f"{name}.json")  # issue 12: validation only, the test split set aside
+        design = load_config(CONFIGS / f"{name}.json")  # designs are compared on validation cases only
         assert design.held_out_cases == full.test_cases and design.data == full.data and design.k == [k]
         assert [m.method for m in design.methods] == ["tcur"]
     for name, full, k in (("hippocampus-default", hippocampus, 10), ("left_atrium-default", atrium, 8)):
-        acceptance = load_config(CONFIGS / f"{name}.json")  # issue 10: the default recipe vs its peers
+        acceptance = load_config(CONFIGS / f"{name}.json")  # the default recipe against its peers, on the test split
         assert acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
         assert acceptance.iterations == 500 and acceptance.spacing == "auto"
         expected = ["tcur-r8-topnorm+conv", "scratch", "decoder", "full-lr0.001"]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun; no-ops in a run not started by it
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError

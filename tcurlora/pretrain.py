@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun; no-ops in a run not started by it
 from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.transforms import inference_transforms, validation_transforms
 from tcurlora.dice import dice_by_class
