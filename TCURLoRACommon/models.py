@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tcurlora.errors import InputError
-from tcurlora.filenames import MODEL_SPEC_FILE
+from tcurlora.filenames import MODEL_FOLDERS_FILE, MODEL_SPEC_FILE
 
 
 def builtin_models() -> list[str]:
@@ -28,14 +28,11 @@ def library_models() -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC_FILE).is_file() or (p / "configs").is_dir()]
 
 
-FOLDERS_FILE = "model_folders.json"  # in the library: base-model folders added from the panel
-
-
 def added_model_folders() -> list[Path]:
     """Base-model folders the user added with "Add MONAI bundle folder..." that still hold a model."""
     from tcurlora.library import library_root
 
-    data = _read_json(library_root() / FOLDERS_FILE)
+    data = _read_json(library_root() / MODEL_FOLDERS_FILE)
     folders = [Path(p) for p in data.get("folders", []) if isinstance(p, str)]
     return [p for p in folders if model_id_of_folder(p) is not None]
 
@@ -49,7 +46,7 @@ def remember_model_folder(folder: str | Path) -> Path:
     known = [str(p) for p in added_model_folders()]
     if str(path) not in known:
         library_root().mkdir(parents=True, exist_ok=True)
-        atomic_write_json(library_root() / FOLDERS_FILE, {"folders": [*known, str(path)]})
+        atomic_write_json(library_root() / MODEL_FOLDERS_FILE, {"folders": [*known, str(path)]})
     return path
 
 

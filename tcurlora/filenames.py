@@ -33,6 +33,18 @@ TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # the mean teacher's EMA tensors (
 PRETRAIN_STATE_FILE = "training_state.json"  # pretraining: iteration, sampler and recipe
 OPTIMIZER_FILE = "optimizer.pt"  # optimizer and scheduler state (torch.save of tensors; loaded weights_only)
 
+# A federation's folder OUTPUT.federation: the FLARE workspace, and the last finished round under state/.
+FEDERATION_SUFFIX = ".federation"
+FEDERATION_STATE_DIR = "state"
+FEDERATION_STATE_FILE = "state.json"  # rounds done, the history of rounds
+FEDERATION_WEIGHTS_FILE = "global.safetensors"  # the global adapter tensors after that round
+
+# The model library ($TCURLORA_HOME) and the panels' own records.
+DOWNLOAD_RECORD_FILE = "tcurlora_download.json"  # in a downloaded Model Zoo bundle: what was fetched from where
+MODEL_FOLDERS_FILE = "model_folders.json"  # base-model folders added from the panel
+INTERRUPTED_RUNS_FILE = "interrupted_runs.json"  # fine-tuning runs the panel offers to resume
+RUN_INFO_FILE = "run.json"  # next to a run's job.json: what the panel needs to resume it (the adapter's name)
+
 # Reports.
 DEMO_SUMMARY_FILE = "summary.json"
 BENCH_REPORT_FILE = "report.json"

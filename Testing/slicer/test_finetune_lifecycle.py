@@ -20,7 +20,7 @@ from TCURFineTuneLib.run import (
 from TCURFineTuneLib.testing import fast_settings, load_training_scene
 
 from tcurlora import library
-from tcurlora.filenames import CHECKPOINT_FILE
+from tcurlora.filenames import CHECKPOINT_FILE, RUN_INFO_FILE
 from tcurlora.output_lock import OutputLock
 from TCURLoRACommon.runs import CANCELLED, DONE, FAILED
 from TCURLoRACommon.testdata import library_leftovers, run_until
@@ -139,7 +139,7 @@ def test_sweep_removes_only_what_nothing_needs(mrml, tmp_path: Path) -> None:
     (adapters / f"{remembered.name}.checkpoint" / CHECKPOINT_FILE).write_text("{}")
     work = tmp_path / "paused-work"
     work.mkdir()
-    (work / "run.json").write_text(json.dumps({"adapter_name": "paused"}))
+    (work / RUN_INFO_FILE).write_text(json.dumps({"adapter_name": "paused"}))
     (work / "job.json").write_text(json.dumps({"command": "finetune", "output": str(remembered)}))
     from TCURFineTuneLib.interrupted import remember_interrupted
 
