@@ -21,11 +21,15 @@ from typing import BinaryIO
 from tcurlora import library
 from tcurlora.adapter_integrity import check_record, check_weights_digest, file_sha256
 from tcurlora.errors import InputError, OutputNotWritableError
-from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_FILES, ADAPTER_WEIGHTS_FILE
+from tcurlora.filenames import (
+    ADAPTER_ARCHIVE_SUFFIX,
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS_FILE,
+)
 from tcurlora.fsutil import atomic_file
 from tcurlora.models.weight_files import max_weight_bytes
 
-SUFFIX = ".tcuradapter.zip"
 REQUIRED_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
 MAX_CONFIG_BYTES = 16 * 1024**2
 MAX_LOG_BYTES = 256 * 1024**2
@@ -40,11 +44,11 @@ def _limit(name: str) -> int:
 
 
 def export_adapter(entry: library.AdapterEntry, path: str | Path) -> Path:
-    """Write the adapter's own files as one zip file (`SUFFIX` added when missing); returns its path.
+    """Write the adapter's own files as one zip file (".tcuradapter.zip" added when missing); returns its path.
     A damaged adapter (config or weights not matching their recorded SHA-256) is not exported."""
     path = Path(path)
-    if not path.name.endswith(SUFFIX):
-        path = path.with_name(path.name.removesuffix(".zip") + SUFFIX)
+    if not path.name.endswith(ADAPTER_ARCHIVE_SUFFIX):
+        path = path.with_name(path.name.removesuffix(".zip") + ADAPTER_ARCHIVE_SUFFIX)
     folder = Path(entry.path)
     library.read_adapter(folder)  # complete and readable, or InputError
     config = folder / ADAPTER_CONFIG_FILE
@@ -132,7 +136,7 @@ def import_adapter(path: str | Path, name: str | None = None) -> library.Adapter
     source = Path(path)
     if not source.is_file():
         raise InputError("file not found", source)
-    name = name or source.name.removesuffix(SUFFIX).removesuffix(".zip")
+    name = name or source.name.removesuffix(ADAPTER_ARCHIVE_SUFFIX).removesuffix(".zip")
     staging = library.staging_path(name)
     try:
         try:

@@ -21,6 +21,7 @@ PUBLISHED = {
     "ADAPTER_CONFIG_FILE": "adapter_config.json",
     "ADAPTER_WEIGHTS_FILE": "adapter.safetensors",
     "TRAINING_LOG_FILE": "training_log.jsonl",
+    "ADAPTER_ARCHIVE_SUFFIX": ".tcuradapter.zip",
     "MODEL_SPEC_FILE": "model.json",
     "MODEL_WEIGHTS_FILE": "model.safetensors",
     "MODEL_CARD_FILE": "MODEL_CARD.md",

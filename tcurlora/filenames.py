@@ -13,6 +13,7 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
 TRAINING_LOG_FILE = "training_log.jsonl"  # one JSON record per iteration, in adapter and model folders alike
 ADAPTER_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE)
+ADAPTER_ARCHIVE_SUFFIX = ".tcuradapter.zip"  # one file per adapter to share it (export / import in the panel)
 
 # A model folder (a built-in base model, or `tcurlora pretrain -o`).
 MODEL_SPEC_FILE = "model.json"

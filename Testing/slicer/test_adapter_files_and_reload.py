@@ -17,8 +17,13 @@ import pytest
 from tcurlora import library
 from tcurlora.adapter_integrity import seal
 from tcurlora.errors import InputError
-from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE
-from TCURLoRACommon.adapters import SUFFIX, export_adapter, import_adapter
+from tcurlora.filenames import (
+    ADAPTER_ARCHIVE_SUFFIX,
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    TRAINING_LOG_FILE,
+)
+from TCURLoRACommon.adapters import export_adapter, import_adapter
 from TCURLoRACommon.reloading import PACKAGES, forget_packages
 
 
@@ -38,7 +43,7 @@ def test_export_then_import_on_another_computer(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "mine"))
     entry = library.install_adapter(make_adapter(tmp_path / "staged").path, "liver model")
     shared = export_adapter(entry, tmp_path / "outbox" / "liver")
-    assert shared.name == "liver" + SUFFIX and shared.is_file()
+    assert shared.name == "liver" + ADAPTER_ARCHIVE_SUFFIX and shared.is_file()
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "colleague"))
     imported = import_adapter(shared)
     assert imported.name == "liver" and imported.path.parent == library.adapters_dir()
@@ -51,19 +56,19 @@ def test_export_then_import_on_another_computer(tmp_path: Path, monkeypatch) -> 
 
 def test_import_refuses_bad_files(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
-    evil = tmp_path / f"evil{SUFFIX}"
+    evil = tmp_path / f"evil{ADAPTER_ARCHIVE_SUFFIX}"
     with zipfile.ZipFile(evil, "w") as archive:
         archive.writestr(ADAPTER_CONFIG_FILE, "{}")
         archive.writestr("../../outside.txt", "x")
     with pytest.raises(InputError, match="unsafe file name"):
         import_adapter(evil)
     assert not (tmp_path / "outside.txt").exists()
-    incomplete = tmp_path / f"incomplete{SUFFIX}"
+    incomplete = tmp_path / f"incomplete{ADAPTER_ARCHIVE_SUFFIX}"
     with zipfile.ZipFile(incomplete, "w") as archive:
         archive.writestr(ADAPTER_CONFIG_FILE, json.dumps({"method": "tcur"}))
     with pytest.raises(InputError, match="not a complete adapter file: adapter.safetensors is missing"):
         import_adapter(incomplete)
-    text = tmp_path / f"text{SUFFIX}"
+    text = tmp_path / f"text{ADAPTER_ARCHIVE_SUFFIX}"
     text.write_text("not a zip")
     with pytest.raises(InputError, match="not a zip archive"):
         import_adapter(text)
@@ -131,15 +136,15 @@ def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> Non
     }  # fmt: skip
     for expected, entries in cases.items():
         with pytest.raises(InputError, match=expected) as info:
-            import_adapter(zipped(tmp_path / f"bad{SUFFIX}", entries))
-        assert info.value.path == str(tmp_path / f"bad{SUFFIX}")
+            import_adapter(zipped(tmp_path / f"bad{ADAPTER_ARCHIVE_SUFFIX}", entries))
+        assert info.value.path == str(tmp_path / f"bad{ADAPTER_ARCHIVE_SUFFIX}")
         assert_library_untouched()
     monkeypatch.setenv("TCURLORA_MAX_WEIGHT_BYTES", "1000")
     with pytest.raises(InputError, match=r"unpacks to 10,240 bytes, more than the limit of 1,000"):
-        import_adapter(zipped(tmp_path / f"big{SUFFIX}", good))
+        import_adapter(zipped(tmp_path / f"big{ADAPTER_ARCHIVE_SUFFIX}", good))
     assert_library_untouched()
     monkeypatch.delenv("TCURLORA_MAX_WEIGHT_BYTES")
-    entry = import_adapter(zipped(tmp_path / f"good{SUFFIX}", good))
+    entry = import_adapter(zipped(tmp_path / f"good{ADAPTER_ARCHIVE_SUFFIX}", good))
     assert sorted(p.name for p in entry.path.iterdir()) == [weights, config, TRAINING_LOG_FILE]
 
 
@@ -153,7 +158,7 @@ def test_export_writes_only_the_adapter_files_of_an_intact_adapter(tmp_path: Pat
     (entry.path / ADAPTER_WEIGHTS_FILE).write_bytes(b"x" * 10240)
     with pytest.raises(InputError, match="differs from the"):
         export_adapter(entry, tmp_path / "damaged")
-    assert not (tmp_path / f"damaged{SUFFIX}").exists()
+    assert not (tmp_path / f"damaged{ADAPTER_ARCHIVE_SUFFIX}").exists()
 
 
 FULL_DISK = """
@@ -172,7 +177,7 @@ except OutputNotWritableError as error:
 
 def test_a_full_disk_leaves_nothing_in_the_library(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
-    shared = zipped(tmp_path / f"liver{SUFFIX}", own_files(make_adapter(tmp_path / "liver").path))
+    shared = zipped(tmp_path / f"liver{ADAPTER_ARCHIVE_SUFFIX}", own_files(make_adapter(tmp_path / "liver").path))
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", FULL_DISK, str(shared)], capture_output=True, text=True, timeout=60, cwd=root,
