@@ -1,4 +1,4 @@
-"""Requirements parsed and compared correctly (PEP 440 order), requirements.txt in step
+"""Items 6, 7, 10: requirements parsed and compared correctly (PEP 440 order), requirements.txt in step
 with pyproject.toml, installs pinned to the installed torch, and every install failure turned into a
 message (a declined install is not an error)."""
 
