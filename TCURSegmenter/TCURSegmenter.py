@@ -143,13 +143,14 @@ class TCURSegmenterWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObserv
             self.refreshAdapters()
 
     def onImportAdapter(self) -> None:
-        from TCURLoRACommon.adapters import SUFFIX, import_adapter
+        from tcurlora.filenames import ADAPTER_ARCHIVE_SUFFIX
+        from TCURLoRACommon.adapters import import_adapter
 
         path = qt.QFileDialog.getOpenFileName(
             self.parent,
             _("Import adapter"),
             "",
-            _("TCURLoRA adapter (*{suffix} *.zip)").format(suffix=SUFFIX),
+            _("TCURLoRA adapter (*{suffix} *.zip)").format(suffix=ADAPTER_ARCHIVE_SUFFIX),
         )
         if not path:
             return
@@ -161,7 +162,8 @@ class TCURSegmenterWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObserv
             self.ui.logTextEdit.appendPlainText(_("Imported adapter '{name}'.").format(name=entry.name))
 
     def onExportAdapter(self) -> None:
-        from TCURLoRACommon.adapters import SUFFIX, export_adapter
+        from tcurlora.filenames import ADAPTER_ARCHIVE_SUFFIX
+        from TCURLoRACommon.adapters import export_adapter
 
         entry = self.selectedAdapter()
         if entry is None:
@@ -169,8 +171,8 @@ class TCURSegmenterWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObserv
         path = qt.QFileDialog.getSaveFileName(
             self.parent,
             _("Export adapter"),
-            entry.name + SUFFIX,
-            _("TCURLoRA adapter (*{suffix})").format(suffix=SUFFIX),
+            entry.name + ADAPTER_ARCHIVE_SUFFIX,
+            _("TCURLoRA adapter (*{suffix})").format(suffix=ADAPTER_ARCHIVE_SUFFIX),
         )
         if not path:
             return

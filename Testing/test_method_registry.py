@@ -23,6 +23,7 @@ from tcurlora.adapters.methods.registry import METHODS, REGISTRY, get_method, me
 from tcurlora.adapters.model import apply_adapter
 from tcurlora.cli import build_parser
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_FORMAT, ADAPTER_WEIGHTS_FILE
 
 UNKNOWN = "adapter config key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'dora'"
 # Written by the code before the registry (same network, config and seed): the number of tensors in
@@ -95,11 +96,11 @@ def test_adapter_folders_keep_their_layout(base, tmp_path: Path, method: str):
     if method == "lora":
         pytest.importorskip("peft")
     folder = save_adapter(tmp_path / method, apply_adapter(copy.deepcopy(base), config_for(method)))
-    record = json.loads((folder / "adapter_config.json").read_text())
+    record = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
     assert sorted(record) == sorted(RECORD_KEYS + (["effective_ranks"] if method in ("tcur", "lora") else []))
     assert record["initialisation"] == ("random" if method == "scratch" else "base")
-    with safe_open(str(folder / "adapter.safetensors"), "pt") as weights:
-        assert weights.metadata() == {"format": "tcurlora.adapter/1"}
+    with safe_open(str(folder / ADAPTER_WEIGHTS_FILE), "pt") as weights:
+        assert weights.metadata() == {"format": ADAPTER_FORMAT}
         lines = sorted(f"{k}:{weights.get_slice(k).get_dtype()}:{weights.get_slice(k).get_shape()}"
                        for k in weights.keys())  # fmt: skip
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

@@ -16,6 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from tcurlora.data.cases import cases_from_decathlon
 from tcurlora.errors import InputError
+from tcurlora.filenames import (
+    MODEL_SPEC_FILE,
+    MODEL_WEIGHTS_FILE,
+    OPTIMIZER_FILE,
+    PRETRAIN_STATE_FILE,
+    TRAINING_LOG_FILE,
+)
 from tcurlora.pretrain import PretrainConfig, SourceConfig, _load_volume, _preprocess, run_pretrain
 from tcurlora.pretrain_cache import key_digest, volume_key
 from tcurlora.synthetic import write_dataset
@@ -48,7 +55,7 @@ def recipe(**changes) -> PretrainConfig:
 
 
 def losses(folder: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (folder / "training_log.jsonl").read_text().splitlines()]
+    return [json.loads(line)["loss"] for line in (folder / TRAINING_LOG_FILE).read_text().splitlines()]
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -58,7 +65,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 
 def assert_same_optimizer(a: Path, b: Path) -> None:
-    first, second = (torch.load(str(p / "optimizer.pt"), weights_only=True) for p in (a, b))
+    first, second = (torch.load(str(p / OPTIMIZER_FILE), weights_only=True) for p in (a, b))
     assert first["optimizer"]["param_groups"] == second["optimizer"]["param_groups"]
     assert first["optimizer"]["state"].keys() == second["optimizer"]["state"].keys()
     for key, value in first["optimizer"]["state"].items():
@@ -74,7 +81,7 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
     run_pretrain(recipe(), data, work / "straight", device_name="cpu", log=quiet)
     card = run_pretrain(recipe(), data, work / "stopped", device_name="cpu", log=quiet, stop_after=3)
     assert card["iterations"] == 3 and card["complete"] is False
-    state = json.loads((work / "stopped.checkpoint" / "training_state.json").read_text())
+    state = json.loads((work / "stopped.checkpoint" / PRETRAIN_STATE_FILE).read_text())
     assert state["iteration"] == 3 and state["sampler"]["bit_generator"] == "PCG64"
     shutil.copytree(work / "stopped.checkpoint", work / "saved.checkpoint")  # a pristine copy for other tests
     card = run_pretrain(recipe(), data, work / "resumed", device_name="cpu", log=quiet,
@@ -86,25 +93,25 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
 def test_a_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_one(runs):
     work = runs["work"]
     assert losses(work / "resumed") == losses(work / "straight") and len(losses(work / "straight")) == 6
-    assert_same_tensors(load_file(str(work / "straight" / "model.safetensors")),
-                        load_file(str(work / "resumed" / "model.safetensors")))  # fmt: skip
+    assert_same_tensors(load_file(str(work / "straight" / MODEL_WEIGHTS_FILE)),
+                        load_file(str(work / "resumed" / MODEL_WEIGHTS_FILE)))  # fmt: skip
     # The fp32 checkpoints at iteration 4 (after the resume at 3): weights, optimizer moments and RNG agree.
     for name in ("straight", "resumed"):
-        assert json.loads((work / f"{name}.checkpoint" / "training_state.json").read_text())["iteration"] == 4
+        assert json.loads((work / f"{name}.checkpoint" / PRETRAIN_STATE_FILE).read_text())["iteration"] == 4
     straight, resumed = work / "straight.checkpoint", work / "resumed.checkpoint"
-    weights = load_file(str(straight / "model.safetensors"))
+    weights = load_file(str(straight / MODEL_WEIGHTS_FILE))
     assert {v.dtype for v in weights.values()} == {torch.float32}
-    assert_same_tensors(weights, load_file(str(resumed / "model.safetensors")))
+    assert_same_tensors(weights, load_file(str(resumed / MODEL_WEIGHTS_FILE)))
     assert_same_optimizer(straight, resumed)
-    card = json.loads((work / "resumed" / "model.json").read_text())["card"]
+    card = json.loads((work / "resumed" / MODEL_SPEC_FILE).read_text())["card"]
     assert "Resumed at iteration 3" in card["notes"][0]
 
 
 def test_the_stopped_run_differs_from_the_finished_one(runs):
     """The comparison above can fail: three iterations fewer give other weights."""
     work = runs["work"]
-    stopped = load_file(str(work / "stopped" / "model.safetensors"))
-    straight = load_file(str(work / "straight" / "model.safetensors"))
+    stopped = load_file(str(work / "stopped" / MODEL_WEIGHTS_FILE))
+    straight = load_file(str(work / "straight" / MODEL_WEIGHTS_FILE))
     assert any(not torch.equal(stopped[k], straight[k]) for k in stopped)
 
 
@@ -135,7 +142,7 @@ def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data,
     # A folder without training state (a model, or a checkpoint of an older tcurlora) is a warm start.
     legacy = tmp_path / "legacy.checkpoint"
     shutil.copytree(runs["checkpoint"], legacy)
-    (legacy / "training_state.json").unlink()
+    (legacy / PRETRAIN_STATE_FILE).unlink()
     messages: list[str] = []
     card = run_pretrain(recipe(), data, tmp_path / "legacy", device_name="cpu", log=messages.append,
                         resume_from=legacy)  # fmt: skip

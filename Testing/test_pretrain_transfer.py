@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tcurlora.filenames import PRETRAIN_RECIPE_FORMAT
 from tcurlora.intensity_randomisation import bias_field, random_contrast_curve, randomise_intensity
 from tcurlora.pretrain import PretrainConfig, load_sources, model_spec, run_pretrain, union_labels
 from tcurlora.synthetic import write_dataset
@@ -63,7 +64,7 @@ def _tiny_recipe(root: Path) -> PretrainConfig:
     for label in (root / "unl" / "labelsTr").iterdir():
         label.write_bytes(b"not a volume")
     recipe = {
-        "format": "tcurlora.pretrain/1", "name": "t", "arch": "SegResNet",
+        "format": PRETRAIN_RECIPE_FORMAT, "name": "t", "arch": "SegResNet",
         "arch_params": {"spatial_dims": 3, "init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_up": [1, 1, 1]},
         "sources": [{"name": "seg", "folder": "seg", "val_case_ids": ["synthetic_002"]},
                     {"name": "unl", "folder": "unl", "objective": "tissue"}],

@@ -11,6 +11,7 @@ import torch
 
 from tcurlora.adapters.io import load_adapter
 from tcurlora.adapters.methods.registry import METHODS, SCRATCH_LEARNING_RATE, method_info
+from tcurlora.filenames import ADAPTER_CONFIG_FILE
 from tcurlora.finetuning import Trainer, learning_rates
 from tcurlora.finetuning_setup import prepare_training
 from tcurlora.jobs.cancel import CancelToken
@@ -69,7 +70,7 @@ def test_scratch_adapter_holds_every_weight_and_reloads_exactly_whatever_the_bas
     trainer = Trainer(job, setup, sink, CancelToken())
     trainer.run(output)
     trained = trainer.adapted.eval()
-    record = json.loads((output / "adapter_config.json").read_text())
+    record = json.loads((output / ADAPTER_CONFIG_FILE).read_text())
     assert record["method"] == "scratch" and record["initialisation"] == "random"
     assert record["training"]["learning_rate"] == SCRATCH_LEARNING_RATE
     assert any("trained from random initialisation" in e.get("message", "") for e in sink.events)

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, OPTIMIZER_FILE
 from tcurlora.jsonio import loads_strict
 
-CHECKPOINT_FILE = "checkpoint.json"
-WEIGHTS_FILE = "adapter.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
 # Job keys that may differ between the run that wrote a checkpoint and the run resuming it.
 RUN_KEYS = frozenset({"iterations", "output", "force", "resume", "checkpoint_every", "threads"})
 
@@ -69,7 +67,7 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta_path, weights_path, optimizer_path = (folder / n for n in (CHECKPOINT_FILE, WEIGHTS_FILE, OPTIMIZER_FILE))
+    meta_path, weights_path, optimizer_path = (folder / n for n in (CHECKPOINT_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE))
     try:
         meta = loads_strict(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # JSONDecodeError, JSONProblem, UnicodeDecodeError
@@ -119,7 +117,7 @@ def restore(adapted: Any, step: Any, weights: dict, optimizer_state: dict, folde
     try:
         adapted.load_adapter_state_dict(weights)
     except (ConfigError, RuntimeError, KeyError, ValueError) as error:
-        raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / WEIGHTS_FILE) from error
+        raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / ADAPTER_WEIGHTS_FILE) from error
     try:
         step.load_state(optimizer_state)
     except (RuntimeError, KeyError, ValueError, TypeError) as error:

@@ -19,6 +19,7 @@ import numpy as np
 
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import DEMO_SUMMARY_FILE
 from tcurlora.fsutil import atomic_file, atomic_write_json
 
 DEFAULT_BASE = "unetr-small-acdc-brats"
@@ -158,7 +159,7 @@ def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
         "adapter": str(output / "adapter"), "segmentations": [str(p) for p in outputs], "figure": str(figure),
         "finetune_metrics": trained["metrics"], "wall_time_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
-    atomic_write_json(output / "summary.json", summary)
+    atomic_write_json(output / DEMO_SUMMARY_FILE, summary)
     return summary
 
 

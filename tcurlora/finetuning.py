@@ -20,12 +20,20 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun; no-ops in a run not started by it
 from tcurlora.adapters.methods.registry import method_info
 from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import (
+    ADAPTER_WEIGHTS_FILE,
+    BEST_WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    OPTIMIZER_FILE,
+    TEACHER_WEIGHTS_FILE,
+    TRAINING_LOG_FILE,
+    checkpoint_dir,
+)
 from tcurlora.fsutil import atomic_dir, atomic_write_json, write_torch_file
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.mean_teacher import (
@@ -39,9 +47,6 @@ from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 from tcurlora.train_loop import Batch, LoopHooks, run_loop
 from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
-
-BEST_WEIGHTS_FILE = "best_adapter.safetensors"
-TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # the mean teacher's EMA tensors (semi-supervised)
 
 # The new segmentation head and the extra `train_modules` learn at these rates whatever the method,
 # so methods are compared on what they adapt, not on how fast their head learns (docs/benchmarks.md).
@@ -123,11 +128,11 @@ def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: Training
         if teacher is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in teacher.items()}, str(temp / TEACHER_WEIGHTS_FILE))
         save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
-                  str(temp / "adapter.safetensors"))
+                  str(temp / ADAPTER_WEIGHTS_FILE))
         if best is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(temp / BEST_WEIGHTS_FILE))
-        write_torch_file(temp / "optimizer.pt", optimizer.state())
-        atomic_write_json(temp / "checkpoint.json", {
+        write_torch_file(temp / OPTIMIZER_FILE, optimizer.state())
+        atomic_write_json(temp / CHECKPOINT_FILE, {
             "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
             "elapsed_s": state.elapsed_s, "job": job_record, "sampler": sampler,
             "consistency": state.consistency, "unlabeled_sampler": unlabeled_sampler,
@@ -139,7 +144,7 @@ def load_checkpoint(folder: Path, adapted, optimizer: OptimStep, job_record: dic
     """Restore a checkpoint written by `save_checkpoint` for the same job (checkpoint_check.py): the
     training state, and checkpoint.json (its "sampler" entry is the data sampler's state, or None)."""
     meta, weights, opt_state = read_checkpoint(folder)
-    check_resume(meta, job_record, job_record["iterations"], folder / "checkpoint.json")
+    check_resume(meta, job_record, job_record["iterations"], folder / CHECKPOINT_FILE)
     restore(adapted, optimizer, weights, opt_state, folder)
     state = TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
                           val_history=list(meta.get("val_history", [])),
@@ -167,7 +172,7 @@ def restore_sampler(stream, sampler: dict, folder: Path, what: str = "data sampl
         stream.restore(sampler)
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"cannot resume: the {what} state does not fit ({error})",
-                         folder / "checkpoint.json") from error
+                         folder / CHECKPOINT_FILE) from error
 
 
 def restore_teacher(teacher, folder: Path) -> None:
@@ -185,7 +190,7 @@ def restore_teacher(teacher, folder: Path) -> None:
 def validate_output(output: Path, force: bool, resume: bool) -> None:
     """Refuse an output that exists (without force) or is not an adapter; refuse to resume without a checkpoint."""
     check_adapter_output(output, force)
-    if resume and not (checkpoint_dir(output) / "checkpoint.json").is_file():
+    if resume and not (checkpoint_dir(output) / CHECKPOINT_FILE).is_file():
         raise InputError("nothing to resume: no checkpoint found", checkpoint_dir(output))
 
 
@@ -251,7 +256,7 @@ class Trainer(LoopHooks):
                 restore_teacher(self.teacher, ckpt)
                 if meta.get("unlabeled_sampler") is None:
                     raise InputError("cannot resume: the checkpoint holds no unlabeled sampler state",
-                                     ckpt / "checkpoint.json")
+                                     ckpt / CHECKPOINT_FILE)
                 restore_sampler(self.unlabeled_stream, meta["unlabeled_sampler"], ckpt, "unlabeled sampler")
         self.stream = stream
         total = job.iterations
@@ -410,7 +415,7 @@ class Trainer(LoopHooks):
         log_lines += [json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history]
         self.adapted.eval()
         save_adapter(output, self.adapted.to("cpu"), extra=extra, force=self.job.force,
-                     extra_files={"training_log.jsonl": "\n".join(log_lines) + "\n"})
+                     extra_files={TRAINING_LOG_FILE: "\n".join(log_lines) + "\n"})
         shutil.rmtree(ckpt, ignore_errors=True)
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 

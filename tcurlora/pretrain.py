@@ -34,12 +34,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun; no-ops in a run not started by it
 from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.transforms import inference_transforms, validation_transforms
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import (
+    MODEL_CARD_FILE,
+    MODEL_SPEC_FILE,
+    PRETRAIN_RECIPE_FORMAT,
+    PRETRAIN_STATE_FILE,
+    TRAINING_LOG_FILE,
+    checkpoint_dir,
+)
 from tcurlora.intensity_randomisation import randomise_intensity
 from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.jobs.fields import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_THREADS
@@ -49,7 +56,7 @@ from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.registry import save_model_folder
 from tcurlora.models.spec import IntensitySpec, ModelSpec
 from tcurlora.outputs import check_model_output
-from tcurlora.pretrain_checkpoint import STATE_FILE, TRAINING_LOG, read_training_log, training_log_text
+from tcurlora.pretrain_checkpoint import read_training_log, training_log_text
 from tcurlora.settings import (
     SettingError,
     dump_fields,
@@ -62,7 +69,6 @@ from tcurlora.settings import (
 from tcurlora.tissue_classes import tissue_class_names, tissue_classes
 from tcurlora.train_loop import Batch, LoopHooks, run_loop
 
-RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR", "SegResNet")
 # The 1x1x1 output convolution of each architecture (replaced by a fresh head when adapting).
 HEAD_MODULES = {"UNETR": "out.conv.conv", "SwinUNETR": "out.conv.conv", "SegResNet": "conv_final.2.conv"}
@@ -150,9 +156,9 @@ class PretrainConfig:
     def from_file(cls, path: str | Path) -> PretrainConfig:
         """Read and check a recipe JSON file: ConfigError naming the file and the key."""
         data = read_json_object(path, "pretrain recipe")
-        if data.get("format") != RECIPE_FORMAT:
+        if data.get("format") != PRETRAIN_RECIPE_FORMAT:
             raise ConfigError(
-                f"unknown recipe format {data.get('format')!r}, expected {RECIPE_FORMAT!r}", path
+                f"unknown recipe format {data.get('format')!r}, expected {PRETRAIN_RECIPE_FORMAT!r}", path
             )
         try:
             return cls(**read_object(cls, data, "a pretrain recipe", extra=("format",)))
@@ -160,7 +166,7 @@ class PretrainConfig:
             raise ConfigError(str(error), path) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": RECIPE_FORMAT, **dump_fields(self)}
+        return {"format": PRETRAIN_RECIPE_FORMAT, **dump_fields(self)}
 
 
 @dataclass
@@ -571,7 +577,7 @@ def run_pretrain(
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be a positive number of iterations, got {stop_after}")
-    exact = resume_from is not None and (Path(resume_from) / STATE_FILE).is_file()
+    exact = resume_from is not None and (Path(resume_from) / PRETRAIN_STATE_FILE).is_file()
     if exact:
         from tcurlora.pretrain_checkpoint import check_same_recipe, read_training_state
 
@@ -650,7 +656,7 @@ def continue_from_model(folder: Path, model: torch.nn.Module) -> Any:
     from tcurlora.pretrain_checkpoint import PretrainState
 
     model.load_state_dict(load_model_folder(folder).model.state_dict())
-    first = int(read_json_object(folder / "model.json", "model").get("card", {}).get("iterations", 0))
+    first = int(read_json_object(folder / MODEL_SPEC_FILE, "model").get("card", {}).get("iterations", 0))
     return PretrainState(iteration=first, records=read_training_log(folder)[:first])
 
 
@@ -681,7 +687,7 @@ def finish_model(
     if distributed.is_writer():  # torchrun: rank 0 alone writes the model folder
         card_text = render_card(spec, card, state_dict_fingerprint(model))
         save_model_folder(output, model, spec, model_id=spec.name, half=True, card=card, force=force,
-                          extra_files={TRAINING_LOG: training_log_text(records), "MODEL_CARD.md": card_text})  # fmt: skip
+                          extra_files={TRAINING_LOG_FILE: training_log_text(records), MODEL_CARD_FILE: card_text})  # fmt: skip
     return card
 
 
@@ -700,7 +706,7 @@ def finish_from_checkpoint(
 
     torch.set_num_threads(config.threads)
     base = load_model_folder(Path(checkpoint))
-    record = read_json_object(Path(checkpoint) / "model.json", "checkpoint model.json")
+    record = read_json_object(Path(checkpoint) / MODEL_SPEC_FILE, f"checkpoint {MODEL_SPEC_FILE}")
     card = record.get("card", {})
     records = read_training_log(Path(checkpoint))
     sources = load_sources(config, data_root, base.spec, log, val_only=True, cache_dir=cache_dir)

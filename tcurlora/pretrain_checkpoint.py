@@ -13,19 +13,22 @@ import torch
 
 from tcurlora.checkpoint_check import read_state_file
 from tcurlora.errors import InputError, OutputExistsError
+from tcurlora.filenames import (
+    MODEL_FILES,
+    MODEL_WEIGHTS_FILE,
+    OPTIMIZER_FILE,
+    PRETRAIN_STATE_FILE,
+    PRETRAIN_STATE_FORMAT,
+    TRAINING_LOG_FILE,
+)
 from tcurlora.fsutil import atomic_dir, atomic_write_json, atomic_write_text, write_torch_file
 from tcurlora.jsonio import loads_strict
 from tcurlora.models.base_model import load_weights
 from tcurlora.models.registry import write_model_files
 from tcurlora.models.spec import ModelSpec
-from tcurlora.outputs import MODEL_FILES
 from tcurlora.train_step import OptimStep
 
-STATE_FILE = "training_state.json"
-TRAINING_LOG = "training_log.jsonl"  # one JSON record per iteration, beside the weights
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FORMAT = "tcurlora.pretrain-state/1"
-CHECKPOINT_FILES = MODEL_FILES | {STATE_FILE, OPTIMIZER_FILE}
+CHECKPOINT_FILES = MODEL_FILES | {PRETRAIN_STATE_FILE, OPTIMIZER_FILE}
 # Recipe keys a resumed run may change: they do not change what is trained (iterations: train longer).
 RESUMABLE_KEYS = frozenset({"iterations", "checkpoint_every", "threads", "eval_every", "description"})
 
@@ -47,7 +50,7 @@ def training_log_text(records: list[dict[str, Any]]) -> str:
 def read_training_log(folder: Path, *, resuming: bool = False) -> list[dict[str, Any]]:
     """The records of a model or checkpoint folder's training log: [] when it has none, unless `resuming`
     (an exact resume needs it); InputError naming the file when it is missing there or unreadable."""
-    path = Path(folder) / TRAINING_LOG
+    path = Path(folder) / TRAINING_LOG_FILE
     if not resuming and not path.is_file():
         return []
     try:
@@ -73,9 +76,9 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
     with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
         write_model_files(temp, model, spec, model_id=spec.name, card=card)
         write_torch_file(temp / OPTIMIZER_FILE, step.state())
-        atomic_write_text(temp / TRAINING_LOG, training_log_text(state.records))
-        atomic_write_json(temp / STATE_FILE, {
-            "format": STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
+        atomic_write_text(temp / TRAINING_LOG_FILE, training_log_text(state.records))
+        atomic_write_json(temp / PRETRAIN_STATE_FILE, {
+            "format": PRETRAIN_STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
             "recipe": recipe_record(recipe), "train_volumes": train_volumes,
         })  # fmt: skip
     return folder
@@ -83,7 +86,7 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
 
 def read_training_state(folder: Path) -> dict[str, Any]:
     """training_state.json of a checkpoint; InputError naming the file when missing or damaged."""
-    path = Path(folder) / STATE_FILE
+    path = Path(folder) / PRETRAIN_STATE_FILE
     if not path.is_file():
         raise InputError(
             "cannot resume: this folder holds no training state (a checkpoint of an older tcurlora keeps the "
@@ -94,10 +97,10 @@ def read_training_state(folder: Path) -> dict[str, Any]:
         meta = loads_strict(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InputError(f"cannot resume: unreadable training state ({error})", path) from error
-    if (not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not isinstance(meta.get("iteration"), int)
+    if (not isinstance(meta, dict) or meta.get("format") != PRETRAIN_STATE_FORMAT or not isinstance(meta.get("iteration"), int)
             or isinstance(meta.get("iteration"), bool) or meta["iteration"] < 0
             or not isinstance(meta.get("sampler"), dict) or not isinstance(meta.get("recipe"), dict)):  # fmt: skip
-        raise InputError(f"cannot resume: corrupt training state (expected format {STATE_FORMAT!r} with "
+        raise InputError(f"cannot resume: corrupt training state (expected format {PRETRAIN_STATE_FORMAT!r} with "
                          "iteration, sampler and recipe)", path)  # fmt: skip
     return meta
 
@@ -127,8 +130,8 @@ def load_pretrain_checkpoint(folder: Path, model: torch.nn.Module, step: OptimSt
 
     folder = Path(folder)
     meta = read_training_state(folder)
-    check_same_recipe(meta, recipe, train_volumes, folder / STATE_FILE)
-    weights_path = folder / "model.safetensors"
+    check_same_recipe(meta, recipe, train_volumes, folder / PRETRAIN_STATE_FILE)
+    weights_path = folder / MODEL_WEIGHTS_FILE
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:

@@ -20,6 +20,7 @@ from TCURFineTuneLib.run import (
 from TCURFineTuneLib.testing import fast_settings, load_training_scene
 
 from tcurlora import library
+from tcurlora.filenames import CHECKPOINT_FILE, RUN_INFO_FILE
 from tcurlora.output_lock import OutputLock
 from TCURLoRACommon.runs import CANCELLED, DONE, FAILED
 from TCURLoRACommon.testdata import library_leftovers, run_until
@@ -105,7 +106,7 @@ def test_closing_slicer_keeps_the_run_resumable(mrml, hippocampus_dir: Path, tmp
     assert "no checkpoint yet" in closing_question(run)
     run_until(run, "checkpoint")
     assert "checkpoint is kept" in closing_question(run)
-    saved = json.loads((run.checkpoint / "checkpoint.json").read_text())["iteration"]
+    saved = json.loads((run.checkpoint / CHECKPOINT_FILE).read_text())["iteration"]
     run.shutdown()  # what the widget's cleanup() does
     assert not run.worker.running
     assert run.job_path.is_file() and can_resume(run.job_path), "closing must keep what Resume needs"
@@ -129,16 +130,16 @@ def test_sweep_removes_only_what_nothing_needs(mrml, tmp_path: Path) -> None:
     stale = library.staging_path("closing")
     (stale / "half").mkdir(parents=True)
     (adapters / f"{stale.name}.checkpoint").mkdir()
-    (adapters / f"{stale.name}.checkpoint" / "checkpoint.json").write_text("{}")
+    (adapters / f"{stale.name}.checkpoint" / CHECKPOINT_FILE).write_text("{}")
     (adapters / f".{stale.name}.lock").write_text("123\n")  # a killed worker's lock file
     live = library.staging_path("running")
     (adapters / f"{live.name}.checkpoint").mkdir()
     remembered = library.staging_path("paused")
     (adapters / f"{remembered.name}.checkpoint").mkdir()
-    (adapters / f"{remembered.name}.checkpoint" / "checkpoint.json").write_text("{}")
+    (adapters / f"{remembered.name}.checkpoint" / CHECKPOINT_FILE).write_text("{}")
     work = tmp_path / "paused-work"
     work.mkdir()
-    (work / "run.json").write_text(json.dumps({"adapter_name": "paused"}))
+    (work / RUN_INFO_FILE).write_text(json.dumps({"adapter_name": "paused"}))
     (work / "job.json").write_text(json.dumps({"command": "finetune", "output": str(remembered)}))
     from TCURFineTuneLib.interrupted import remember_interrupted
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# ... and the settings declaration they derive their defaults from (tcurlora.settings, standard library only)
+# ... and the settings declaration they derive their defaults from and the file names they read (standard
+# library only)
 PANEL_FILES = sorted(
     p for folder in ("TCURFineTune", "TCURSegmenter", "TCURLoRACommon") for p in (ROOT / folder).rglob("*.py")
-) + [ROOT / "tcurlora" / "settings.py"]
+) + [ROOT / "tcurlora" / "settings.py", ROOT / "tcurlora" / "filenames.py"]
 
 
 def _is_union(node: ast.AST) -> bool:

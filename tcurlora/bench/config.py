@@ -17,11 +17,11 @@ from typing import Any
 
 from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import BENCH_SCHEMA
 from tcurlora.jobs.fields import SELECTIONS, parse_patch_size, parse_spacing
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 
-BENCH_SCHEMA = "tcurlora.bench/1"
 BUILTIN = "builtin"
 
 

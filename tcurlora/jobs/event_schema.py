@@ -10,8 +10,6 @@ from typing import Any
 
 from tcurlora.jsonio import is_finite_number
 
-EVENT_SCHEMA_NAME = "tcurlora.events/1"
-
 # Per event kind: required keys -> allowed JSON types. Every event also has "event" and "time".
 # JSON types: "string", "integer" (no booleans), "number" (integers too), "boolean", "object",
 # "array", "null". Non-finite numbers are not JSON: sinks write them as null.

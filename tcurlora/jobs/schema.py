@@ -20,7 +20,7 @@ from typing import Any
 from tcurlora.adapters.methods.registry import METHODS, conv_targets_on
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import segmentation_output_name
+from tcurlora.filenames import JOB_SCHEMA, segmentation_output_name
 from tcurlora.jobs.cli_args import (
     cases_from_flags,
     names_from_flags,
@@ -56,8 +56,6 @@ from tcurlora.jobs.fields import (
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, check_keys, expect, read_fields, setting
 from tcurlora.settings import dump_fields as _dump_fields
-
-JOB_SCHEMA = "tcurlora.job/1"
 
 _MISSING = object()
 

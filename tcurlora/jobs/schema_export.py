@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tcurlora.filenames import EVENT_SCHEMA_NAME, JOB_SCHEMA
 from tcurlora.jobs.event_schema import (
     COMMANDS,
     EVENT_OPTIONAL,
     EVENT_SCHEMA,
-    EVENT_SCHEMA_NAME,
     LOG_LEVELS,
     PARAMETERS_KEYS,
 )
 from tcurlora.jobs.fields import CASE_SCHEMA, CHANNELS_SCHEMA
-from tcurlora.jobs.schema import JOB_SCHEMA, FinetuneJob, SegmentJob, SuggestJob
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob, SuggestJob
 from tcurlora.settings import JSON_SCHEMA_DIALECT, object_schema
 
 SCHEMA_BASE = "https://raw.githubusercontent.com/tcurlora/SlicerTCURLoRA/main/docs/schemas/"

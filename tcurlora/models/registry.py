@@ -13,18 +13,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tcurlora.errors import InputError
+from tcurlora.filenames import MODEL_FORMAT, MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE
 from tcurlora.fsutil import atomic_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
 from tcurlora.models.base_model import BaseModel, finish_base_model, load_weights
 from tcurlora.models.build_budget import build_budget, network_budget
-from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
+from tcurlora.models.builtin import builtin_models_dir, list_builtin_models
 from tcurlora.models.spec import ModelSpec
 from tcurlora.models.weight_files import check_weight_file
 from tcurlora.outputs import check_model_output
-
-MODEL_FORMAT = "tcurlora.model/1"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def load_base_model(reference: str | Path) -> BaseModel:
@@ -34,23 +32,23 @@ def load_base_model(reference: str | Path) -> BaseModel:
         model, spec = build_preset(text.removeprefix("preset:"))
         return finish_base_model(model, spec, model_id=text, source=text)
     folder = Path(text)
-    if not folder.exists() and (builtin_models_dir() / text / SPEC_FILE).is_file():
+    if not folder.exists() and (builtin_models_dir() / text / MODEL_SPEC_FILE).is_file():
         folder = builtin_models_dir() / text
     if not folder.exists():
         known = ", ".join(list_builtin_models() + ["preset:unetr-tiny", "preset:unetr-base"])
         raise InputError(f"no such base model (not a folder, not a built-in name; built-in: {known})", text)
-    if (folder / SPEC_FILE).is_file():
+    if (folder / MODEL_SPEC_FILE).is_file():
         return load_model_folder(folder)
     if (folder / "configs").is_dir():
         from tcurlora.models.bundle import load_bundle
 
         return load_bundle(folder)
-    raise InputError(f"not a model folder: expected {SPEC_FILE} + {WEIGHTS_FILE}, or a MONAI bundle", folder)
+    raise InputError(f"not a model folder: expected {MODEL_SPEC_FILE} + {MODEL_WEIGHTS_FILE}, or a MONAI bundle", folder)
 
 
 def load_model_folder(folder: Path) -> BaseModel:
     """Load a model folder written by `save_model_folder`."""
-    spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
+    spec_path, weights_path = folder / MODEL_SPEC_FILE, folder / MODEL_WEIGHTS_FILE
     data = read_json_object(spec_path, "model spec")
     if data.get("format") != MODEL_FORMAT:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
@@ -89,6 +87,6 @@ def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_
     """`model.json` + `model.safetensors` into an existing (temporary) folder."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    save_file(state, str(folder / MODEL_WEIGHTS_FILE))
     record = {"format": MODEL_FORMAT, "id": model_id or spec.name, "spec": spec.to_dict(), "card": card or {}}
-    (folder / SPEC_FILE).write_text(json.dumps(record, indent=2))
+    (folder / MODEL_SPEC_FILE).write_text(json.dumps(record, indent=2))

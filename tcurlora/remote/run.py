@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import CancelledError, TCURLoRAError
-from tcurlora.filenames import CHECKPOINT_SUFFIX, checkpoint_dir
+from tcurlora.filenames import CHECKPOINT_FILE, CHECKPOINT_SUFFIX, checkpoint_dir
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.event_schema import validate_event
 from tcurlora.jobs.events import EventSink
@@ -214,7 +214,7 @@ class RemoteFinetune(RemoteRun):
 
     def remote_job(self, stage: Path) -> dict[str, Any]:
         data = stage_finetune(self.job, stage)
-        if self.job.resume and (self.local_checkpoint / "checkpoint.json").is_file():
+        if self.job.resume and (self.local_checkpoint / CHECKPOINT_FILE).is_file():
             (stage / "out").mkdir()
             (stage / "out" / self.local_checkpoint.name).symlink_to(self.local_checkpoint.resolve())
         return data

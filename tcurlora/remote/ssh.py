@@ -4,7 +4,6 @@ and quoting for the remote POSIX shell."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -75,17 +74,6 @@ class SshConnection:
             stderr = err.read().decode("utf-8", "replace")
         if result.returncode != 0:
             raise RemoteError(explain_ssh_failure(self.host, stderr))
-
-    def alive(self) -> bool:
-        """Whether the master connection still answers."""
-        args = self.ssh_args("-O", "check", "--", self.host.destination)
-        return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
-
-    def master_pid(self) -> int | None:
-        """The PID of the local master ssh process (tests kill it to cut the connection)."""
-        out = subprocess.run(self.ssh_args("-O", "check", "--", self.host.destination), capture_output=True, text=True)
-        match = re.search(r"pid=(\d+)", out.stderr + out.stdout)
-        return int(match.group(1)) if match else None
 
     def command(self, script: str) -> list[str]:
         """The argv that runs the shell `script` on the host over the master connection."""
