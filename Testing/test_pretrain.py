@@ -11,19 +11,11 @@ import torch
 from safetensors import safe_open
 
 from tcurlora.errors import ConfigError, OutputExistsError
-from tcurlora.pretrain import (
-    PretrainConfig,
-    SourceConfig,
-    SourceData,
-    Volume,
-    finish_from_checkpoint,
-    learning_rate,
-    model_spec,
-    run_pretrain,
-    sample_batch,
-    union_labels,
-    union_loss,
-)
+from tcurlora.pretraining.config import PretrainConfig, SourceConfig, learning_rate, model_spec, union_labels
+from tcurlora.pretraining.data import SourceData, Volume
+from tcurlora.pretraining.loss import union_loss
+from tcurlora.pretraining.run import finish_from_checkpoint, run_pretrain
+from tcurlora.pretraining.sampling import sample_batch
 from tcurlora.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
