@@ -3,25 +3,32 @@ for every patch from the run's one numpy Generator.
 
 A patch is centred on a labeled voxel with probability `foreground_fraction` (RandCropByPosNegLabeld), else
 cut at a uniformly random place (RandSpatialCropd), flipped on each axis with probability 0.5, scaled and
-shifted in intensity, and (with `intensity_randomisation`) shown under a random MRI contrast. Because every
-transform is seeded from the Generator just before its patch, the Generator's state is the whole sampler
-state: a checkpoint holds it alone, and a resumed run draws exactly the patches an uninterrupted one draws.
+shifted in intensity, and (with `intensity_randomisation`) shown under a random MRI contrast. All the
+transforms draw from one RandomState, seeded from the Generator just before each patch, so the Generator's
+state is the whole sampler state: a checkpoint holds it alone, and a resumed run draws exactly the patches
+an uninterrupted one draws. Metadata is not tracked (plain tensors: a patch needs no geometry, and
+MetaTensor bookkeeping would cost more than the crop).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
+    CastToTyped,
     Compose,
     MapTransform,
     OneOf,
     RandCropByPosNegLabeld,
     RandFlipd,
+    Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropd,
@@ -38,12 +45,43 @@ MAX_SEED = 2**32  # MONAI's seeds are uint32
 KEYS = ("image", "label")
 
 
+@dataclass
+class PatchTransforms:
+    """The transforms of one kind of patch and the one RandomState they all draw from."""
+
+    transforms: Compose
+    random: np.random.RandomState
+
+    def __call__(self, volume: Volume, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (1, *patch) float32, label (*patch) int64) of one patch of `volume`, drawn with the
+        transforms seeded from `rng`."""
+        self.random.seed(int(rng.integers(MAX_SEED)))
+        data = {"image": volume.image, "label": volume.label[None],
+                "fg": volume.foreground, "bg": volume.foreground}  # fmt: skip
+        with untracked_meta():
+            out = self.transforms(data)
+        out = out[0] if isinstance(out, list) else out
+        return torch.as_tensor(out["image"]), torch.as_tensor(out["label"])[0].long()
+
+
+@contextmanager
+def untracked_meta() -> Iterator[None]:
+    """MONAI transforms on plain tensors (no MetaTensor metadata) inside, as before outside."""
+    previous = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
+
+
 @lru_cache(maxsize=32)
 def patch_transforms(patch: tuple[int, int, int], foreground_fraction: float, randomise_contrast: bool,
-                     has_foreground: bool) -> Compose:  # fmt: skip
-    """The transforms of one patch of a (1, X, Y, Z) "image" and "label" at least `patch` large; "fg" (and
-    "bg", the same indices: the centred crop never draws a background centre) are the flat indices of the
-    labeled voxels, given so that MONAI does not search the whole volume for them at every patch."""
+                     has_foreground: bool) -> PatchTransforms:  # fmt: skip
+    """The transforms of one patch of a (1, X, Y, Z) float16 "image" and uint8 "label" at least `patch`
+    large; "fg" (and "bg", the same indices: the centred crop never draws a background centre) are the flat
+    indices of the labeled voxels, given so that MONAI does not search the whole volume at every patch. The
+    patch is cast to float32 right after the crop (only the patch, not the volume)."""
     keys = list(KEYS)
     anywhere = RandSpatialCropd(keys=keys, roi_size=patch, random_size=False)
     centred = RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch, pos=1.0, neg=0.0,
@@ -55,25 +93,24 @@ def patch_transforms(patch: tuple[int, int, int], foreground_fraction: float, ra
         crop = OneOf([centred, anywhere], weights=[foreground_fraction, 1.0 - foreground_fraction])
     steps = [
         crop,
+        CastToTyped(keys="image", dtype=torch.float32),
         *[RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)],
         RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
         RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
     ]
     if randomise_contrast:
         steps.append(RandMRIContrastd(keys="image"))
-    return Compose(steps)
-
-
-def sample_patch(volume: Volume, transforms: Compose, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image (1, *patch) float32, label (*patch) int64) of one patch of `volume`, the transforms seeded
-    from `rng`."""
-    transforms.set_random_state(seed=int(rng.integers(MAX_SEED)))
-    data = {"image": volume.image.float(), "label": volume.label[None],
-            "fg": volume.foreground, "bg": volume.foreground}  # fmt: skip
-    out = transforms(data)
-    out = out[0] if isinstance(out, list) else out
-    image = torch.as_tensor(out["image"]).as_subclass(torch.Tensor)
-    return image, torch.as_tensor(out["label"]).as_subclass(torch.Tensor)[0].long()
+    transforms = Compose(steps)
+    random = np.random.RandomState(0)
+    for step in (transforms, crop, *steps):  # one RandomState for all, without Compose's derived seeds
+        if isinstance(step, Randomizable):
+            Randomizable.set_random_state(step, state=random)
+            if not isinstance(step, Compose):
+                step.set_random_state(state=random)  # and the array transforms inside
+    if isinstance(crop, OneOf):
+        for inner in crop.transforms:
+            inner.set_random_state(state=random)
+    return PatchTransforms(transforms, random)
 
 
 def sample_batch(
@@ -89,9 +126,9 @@ def sample_batch(
     images, labels = [], []
     for _ in range(batch_size):
         volume = source.train[int(rng.integers(len(source.train)))]
-        transforms = patch_transforms(tuple(int(p) for p in patch), float(fg_fraction), bool(randomise_contrast),
-                                      len(volume.foreground) > 0)  # fmt: skip
-        image, label = sample_patch(volume, transforms, rng)
+        draw = patch_transforms(tuple(int(p) for p in patch), float(fg_fraction), bool(randomise_contrast),
+                                len(volume.foreground) > 0)  # fmt: skip
+        image, label = draw(volume, rng)
         images.append(image)
         labels.append(label)
     return torch.stack(images), torch.stack(labels)
