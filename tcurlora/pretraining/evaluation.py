@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun: no-ops without it
 from tcurlora.dice import dice_by_class
 from tcurlora.models.spec import ModelSpec
 from tcurlora.pretraining.data import SourceData

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun: no-ops without it
 from tcurlora.jobs.events import eta_seconds, format_duration
 from tcurlora.models.spec import ModelSpec
 from tcurlora.pretraining.card import build_card

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun: no-ops without it
 from tcurlora.device import describe_device, resolve_device
 from tcurlora.errors import ConfigError
 from tcurlora.filenames import checkpoint_dir

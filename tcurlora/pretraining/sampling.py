@@ -34,7 +34,7 @@ from monai.transforms import (
     RandSpatialCropd,
 )
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun: no-ops without it
 from tcurlora.pretraining.config import PretrainConfig
 from tcurlora.pretraining.contrast import RandMRIContrastd
 from tcurlora.pretraining.data import SourceData, Volume
