@@ -3,10 +3,10 @@ for every patch from the run's one numpy Generator.
 
 A patch is centred on a labeled voxel with probability `foreground_fraction` (RandCropByPosNegLabeld), else
 cut at a uniformly random place (RandSpatialCropd), flipped on each axis with probability 0.5, scaled and
-shifted in intensity, and (with `intensity_randomisation`) shown under a random MRI contrast. All the
-transforms draw from one RandomState, seeded from the Generator just before each patch, so the Generator's
-state is the whole sampler state: a checkpoint holds it alone, and a resumed run draws exactly the patches
-an uninterrupted one draws. Metadata is not tracked (plain tensors: a patch needs no geometry, and
+shifted in intensity, and (with `intensity_randomisation`) shown under a random MRI contrast. The
+transforms are seeded (MONAI's set_random_state) from the Generator just before each patch, so the
+Generator's state is the whole sampler state: a checkpoint holds it alone, and a resumed run draws exactly
+the patches an uninterrupted one draws. Metadata is not tracked (plain tensors: a patch needs no geometry, and
 MetaTensor bookkeeping would cost more than the crop).
 """
 
@@ -28,7 +28,6 @@ from monai.transforms import (
     OneOf,
     RandCropByPosNegLabeld,
     RandFlipd,
-    Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropd,
@@ -47,15 +46,14 @@ KEYS = ("image", "label")
 
 @dataclass
 class PatchTransforms:
-    """The transforms of one kind of patch and the one RandomState they all draw from."""
+    """The transforms of one kind of patch."""
 
     transforms: Compose
-    random: np.random.RandomState
 
     def __call__(self, volume: Volume, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (1, *patch) float32, label (*patch) int64) of one patch of `volume`, drawn with the
         transforms seeded from `rng`."""
-        self.random.seed(int(rng.integers(MAX_SEED)))
+        self.transforms.set_random_state(seed=int(rng.integers(MAX_SEED)))
         data = {"image": volume.image, "label": volume.label[None],
                 "fg": volume.foreground, "bg": volume.foreground}  # fmt: skip
         with untracked_meta():
@@ -100,17 +98,7 @@ def patch_transforms(patch: tuple[int, int, int], foreground_fraction: float, ra
     ]
     if randomise_contrast:
         steps.append(RandMRIContrastd(keys="image"))
-    transforms = Compose(steps)
-    random = np.random.RandomState(0)
-    for step in (transforms, crop, *steps):  # one RandomState for all, without Compose's derived seeds
-        if isinstance(step, Randomizable):
-            Randomizable.set_random_state(step, state=random)
-            if not isinstance(step, Compose):
-                step.set_random_state(state=random)  # and the array transforms inside
-    if isinstance(crop, OneOf):
-        for inner in crop.transforms:
-            inner.set_random_state(state=random)
-    return PatchTransforms(transforms, random)
+    return PatchTransforms(Compose(steps))
 
 
 def sample_batch(
