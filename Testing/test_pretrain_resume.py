@@ -189,3 +189,15 @@ def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_agai
     # Another preprocessing (spacing) is another entry too.
     load_volume(case, 0, 0, 2, model_spec(recipe(spacing=(2.0, 2.0, 2.0)), {1: "organ", 2: "lesion"}), cache)
     assert len(list(cache.iterdir())) == 3
+
+
+def test_a_pretraining_checkpoint_keeps_the_files_and_record_older_versions_wrote(runs):
+    """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
+    folder = runs["checkpoint"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.json", "model.safetensors", "optimizer.pt", "training_log.jsonl", "training_state.json"]  # fmt: skip
+    state = json.loads((folder / "training_state.json").read_text())
+    assert list(state) == ["format", "iteration", "sampler", "recipe", "train_volumes"]
+    assert state["format"] == "tcurlora.pretrain-state/1" and state["train_volumes"] == {
+        "a": ["synthetic_000_0000", "synthetic_001_0000"], "b": ["synthetic_000_0000", "synthetic_001_0000"]}  # fmt: skip
+    assert set(torch.load(str(folder / "optimizer.pt"), weights_only=True)) == {"optimizer", "scaler", "torch_rng"}
