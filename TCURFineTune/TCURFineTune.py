@@ -22,23 +22,22 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from TCURLoRACommon.jobs import DEVICES, JOB_DEFAULTS  # standard library only, Python 3.9 safe
+from TCURLoRACommon.lifecycle import is_active, shutdown_active
+from TCURLoRACommon.panelwidget import RunPanelMixin, describe_module, poll_timer
 from TCURLoRACommon.remote import DEFAULT_COMMAND, RUN_ON, THIS_COMPUTER
-
-POLL_MS = 200
 
 
 class TCURFineTune(ScriptedLoadableModule):
     def __init__(self, parent) -> None:
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = _("TCUR Fine-Tune")
-        self.parent.categories = [_("Segmentation")]
-        self.parent.dependencies = []
-        self.parent.contributors = ["The TCURLoRA developers"]
-        self.parent.helpText = _(
-            "Adapt a pretrained 3D segmentation network to your labeled cases with tCURLoRA (tensor CUR "
-            "low-rank adapters) or LoRA. The adapter is saved in the model library for TCUR Segmenter."
+        describe_module(
+            self.parent,
+            _("TCUR Fine-Tune"),
+            _(
+                "Adapt a pretrained 3D segmentation network to your labeled cases with tCURLoRA (tensor CUR "
+                "low-rank adapters) or LoRA. The adapter is saved in the model library for TCUR Segmenter."
+            ),
         )
-        self.parent.acknowledgementText = _("Method: He et al., tCURLoRA, MICCAI 2025 (arXiv 2501.02227).")
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -97,45 +96,22 @@ class CloseGuard(qt.QObject):
         return False
 
 
-class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Qt wiring only: every decision is a tested function of TCURFineTuneLib / TCURLoRACommon."""
+class TCURFineTuneWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Qt wiring only: the shared lifecycle is RunPanelMixin's, every decision a tested function of
+    TCURFineTuneLib / TCURLoRACommon."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self.ui = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.run = None
+        self.initPanel("startButton", _("Start"), _("Fine-tuning failed."))
         self.closeGuard = None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self.onTimer)
         self.suggestRun = None  # "Suggest next case": ranks unlabeled volumes beside a training run
-        self.suggestTimer = qt.QTimer()
-        self.suggestTimer.setInterval(POLL_MS)
-        self.suggestTimer.timeout.connect(self.onSuggestTimer)
+        self.suggestTimer = poll_timer(self.onSuggestTimer)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from TCURLoRACommon.compat import unsupported_message
-
-        problem = unsupported_message()
-        if problem:  # Slicer 5.8 (Python 3.9): say what to do instead of failing further down
-            label = qt.QLabel(problem)
-            label.wordWrap = True
-            self.layout.addWidget(label)
-            self.layout.addStretch(1)
+        if not self.setupPanel(self.resourcePath("UI/TCURFineTune.ui"), TCURFineTuneLogic):
             return
-        from TCURLoRACommon.runs import LOG_MAX_LINES
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TCURFineTune.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = TCURFineTuneLogic()
-        self.ui.logTextEdit.setMaximumBlockCount(LOG_MAX_LINES)
         self.ui.casesTable.setHorizontalHeaderLabels([_("Volume"), _("Segmentation")])
         self.ui.casesTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
         self.ui.addBundleButton.clicked.connect(self.onAddBundle)
@@ -147,9 +123,6 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.clicked.connect(self.onStartOrCancel)
         self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.baseModelComboBox.currentIndexChanged.connect(self.onBaseModelChanged)
-        self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         from TCURFineTuneLib.interrupted import sweep_stale_staging
 
         sweep_stale_staging()  # what runs killed in earlier sessions left in the library
@@ -161,13 +134,9 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels()
 
     def cleanup(self) -> None:
-        if self.run is not None and not self.run.finished:
-            self.run.shutdown()  # a couple of seconds at most; keeps what Resume needs
-        if self.suggestRun is not None and not self.suggestRun.finished:
-            self.suggestRun.shutdown()
-        self.timer.stop()
+        shutdown_active([self.suggestRun])
         self.suggestTimer.stop()
-        self.removeObservers()
+        RunPanelMixin.cleanup(self)  # the training run keeps what Resume needs
         if self.closeGuard is not None and slicer.util.mainWindow() is not None:
             slicer.util.mainWindow().removeEventFilter(self.closeGuard)
             self.closeGuard = None
@@ -179,58 +148,12 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         question = closing_question(self.run)
         return question is None or slicer.util.confirmYesNoDisplay(question)
 
-    def onReload(self) -> None:
-        """Reload the module and the packages it imports lazily (TCURFineTuneLib, TCURLoRACommon, tcurlora)."""
-        from TCURLoRACommon.reloading import forget_packages
+    def showParameterNode(self) -> None:
+        self.updateCasesTable()
+        self.updateResumeButton()
 
-        if not self.confirmClose():
-            return
-        forget_packages()
-        ScriptedLoadableModuleWidget.onReload(self)
-
-    def enter(self) -> None:
-        if self.ui is None:
-            return
-        self.initializeParameterNode()
+    def refreshLists(self) -> None:
         self.refreshModels()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-            self.refreshModels()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def parameterNode(self):
-        """The panel's parameter node; after the scene was closed while the user was in another module the
-        widget holds none, and the new scene's is used."""
-        return self._parameterNode or self.logic.getParameterNode()
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.updateRemoteRows()
-            self.updateCasesTable()
-            self.updateResumeButton()
-
-    def updateRemoteRows(self, *_args) -> None:
-        """The remote-host rows only with "Run on: remote host"."""
-        from TCURLoRACommon.runon import remote_row_visibility
-
-        for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
-            getattr(self.ui, name).visible = visible
 
     # --- base models and library -------------------------------------------------------------
     def refreshModels(self) -> None:
@@ -338,12 +261,12 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def prefill(self, volume, segmentation) -> None:
         """Fill the new segmentation with the adapter's prediction (blocking, with a progress dialog)."""
         from tcurlora.library import read_adapter
-        from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.dependencies import ensure_for_method
         from TCURLoRACommon.models import resolve_base_model
         from TCURLoRACommon.segment_run import SegmentVolumesRun
 
         entry = read_adapter(self.ui.prefillAdapterComboBox.currentData)
-        if not ensure_dependencies("TCURLoRA", lora=entry.method == "lora"):
+        if not ensure_for_method(entry.method):
             return
         run = SegmentVolumesRun(
             [volume],
@@ -373,17 +296,17 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSuggestNextCase(self) -> None:
         """Rank the unlabeled volumes in the background (TCURFineTuneLib.suggest); a second click cancels."""
-        if self.suggestRun is not None and not self.suggestRun.finished:
+        if is_active(self.suggestRun):
             self.suggestRun.cancel()
             return
         from TCURFineTuneLib.suggest import suggestion_run
 
         from tcurlora.library import read_adapter
-        from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.dependencies import ensure_for_method
 
         with slicer.util.tryWithErrorDisplay(_("Could not rank the volumes."), waitCursor=True):
             adapter = self.ui.prefillAdapterComboBox.currentData
-            if not ensure_dependencies("TCURLoRA", lora=bool(adapter) and read_adapter(adapter).method == "lora"):
+            if not ensure_for_method(read_adapter(adapter).method if adapter else None):
                 return
             self.suggestRun = suggestion_run(self.pairs(), self.ui.prefillAdapterComboBox.currentData,
                                              self._parameterNode.baseModel, self._parameterNode.device).start()
@@ -419,25 +342,20 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- run -----------------------------------------------------------------------------------
     def onStartOrCancel(self) -> None:
-        if self.run is not None and not self.run.finished:
-            self.run.cancel()
-            self.ui.logTextEdit.appendPlainText(_("Stopping (the last checkpoint is kept)..."))
-            return
-        with slicer.util.tryWithErrorDisplay(_("Fine-tuning could not start."), waitCursor=True):
-            self.start()
+        self.startOrCancel(_("Stopping (the last checkpoint is kept)..."), _("Fine-tuning could not start."))
 
     def start(self, device: str | None = None) -> None:
         from TCURFineTuneLib.panel import settings_from_parameters
         from TCURFineTuneLib.run import discard_interrupted
 
-        from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.dependencies import ensure_for_method
         from TCURLoRACommon.remote import remote_from_parameters
 
         settings = settings_from_parameters(self._parameterNode)  # input errors before any install
         remote = remote_from_parameters(self._parameterNode)
         if device:
             settings.device = device
-        if not ensure_dependencies("TCURLoRA", lora=settings.method == "lora"):
+        if not ensure_for_method(settings.method):
             return
         self.ui.logTextEdit.clear()
         from TCURFineTuneLib.cases import unlabeled_for_job
@@ -451,10 +369,10 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onResume(self) -> None:
         from TCURFineTuneLib.run import FineTuneRun, job_method
 
-        from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.dependencies import ensure_for_method
 
         with slicer.util.tryWithErrorDisplay(_("Could not resume the training."), waitCursor=True):
-            if not ensure_dependencies("TCURLoRA", lora=job_method(self._parameterNode.resumeJob) == "lora"):
+            if not ensure_for_method(job_method(self._parameterNode.resumeJob)):
                 return
             self.startRun(FineTuneRun.resume(self._parameterNode.resumeJob).start())
             self.ui.logTextEdit.appendPlainText(_("Resuming from the last checkpoint..."))
@@ -464,8 +382,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.parameterNode().resumeJob = ""
         self.updateResumeButton()
         self.showChart()
-        self.ui.startButton.text = _("Cancel")
-        self.timer.start()
+        self.startPolling()
 
     def updateResumeButton(self) -> None:
         """Resume for this scene's interrupted run, or one from an earlier session (Slicer closed meanwhile)."""
@@ -473,7 +390,7 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         if self._parameterNode is None:
             return
-        running = self.run is not None and not self.run.finished
+        running = is_active(self.run)
         job = "" if running else resume_candidate(self._parameterNode.resumeJob)
         if job != self._parameterNode.resumeJob and not running:
             self._parameterNode.resumeJob = job
@@ -487,28 +404,8 @@ class TCURFineTuneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         plotWidget = layoutManager.plotWidget(0)
         plotWidget.mrmlPlotViewNode().SetPlotChartNodeID(self.run.curves.chart.GetID())
 
-    def onTimer(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Fine-tuning failed.")):
-            try:
-                self.pollRun()
-            except Exception:
-                self.timer.stop()  # a raising timer would raise again every tick
-                self.ui.startButton.text = _("Start")
-                raise
-
-    def pollRun(self) -> None:
-        from TCURLoRACommon.runs import event_text
-
-        for event in self.run.update():
-            text = event_text(event)
-            if text:
-                self.ui.logTextEdit.appendPlainText(text)
-        self.ui.progressBar.maximum, self.ui.progressBar.value = self.run.progress_bar()
+    def showRunDetails(self) -> None:
         self.ui.etaLabel.text = self.run.eta_text()
-        if self.run.finished:
-            self.timer.stop()
-            self.ui.startButton.text = _("Start")
-            self.finishRun()
 
     def finishRun(self) -> None:
         """Show how the run ended (TCURFineTuneLib.run.finish_run decides and cleans up)."""

@@ -21,13 +21,16 @@ from typing import BinaryIO
 from tcurlora import library
 from tcurlora.adapter_integrity import check_record, check_weights_digest, file_sha256
 from tcurlora.errors import InputError, OutputNotWritableError
+from tcurlora.filenames import (
+    ADAPTER_ARCHIVE_SUFFIX,
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS_FILE,
+)
 from tcurlora.fsutil import atomic_file
 from tcurlora.models.weight_files import max_weight_bytes
 
-SUFFIX = ".tcuradapter.zip"
-LOG_FILE = "training_log.jsonl"
-ADAPTER_FILES = (library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS, LOG_FILE)
-REQUIRED_FILES = (library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS)
+REQUIRED_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
 MAX_CONFIG_BYTES = 16 * 1024**2
 MAX_LOG_BYTES = 256 * 1024**2
 _CHUNK = 1 << 20
@@ -35,23 +38,23 @@ _CHUNK = 1 << 20
 
 def _limit(name: str) -> int:
     """The most bytes the file `name` may unpack to (the weights: the weight-file limit, 4 GiB by default)."""
-    if name == library.ADAPTER_WEIGHTS:
+    if name == ADAPTER_WEIGHTS_FILE:
         return max_weight_bytes()
-    return MAX_CONFIG_BYTES if name == library.ADAPTER_CONFIG else MAX_LOG_BYTES
+    return MAX_CONFIG_BYTES if name == ADAPTER_CONFIG_FILE else MAX_LOG_BYTES
 
 
 def export_adapter(entry: library.AdapterEntry, path: str | Path) -> Path:
-    """Write the adapter's own files as one zip file (`SUFFIX` added when missing); returns its path.
+    """Write the adapter's own files as one zip file (".tcuradapter.zip" added when missing); returns its path.
     A damaged adapter (config or weights not matching their recorded SHA-256) is not exported."""
     path = Path(path)
-    if not path.name.endswith(SUFFIX):
-        path = path.with_name(path.name.removesuffix(".zip") + SUFFIX)
+    if not path.name.endswith(ADAPTER_ARCHIVE_SUFFIX):
+        path = path.with_name(path.name.removesuffix(".zip") + ADAPTER_ARCHIVE_SUFFIX)
     folder = Path(entry.path)
     library.read_adapter(folder)  # complete and readable, or InputError
-    config = folder / library.ADAPTER_CONFIG
+    config = folder / ADAPTER_CONFIG_FILE
     record = json.loads(config.read_text(encoding="utf-8"))
     check_record(record, config)
-    check_weights_digest(file_sha256(folder / library.ADAPTER_WEIGHTS), record, folder / library.ADAPTER_WEIGHTS)
+    check_weights_digest(file_sha256(folder / ADAPTER_WEIGHTS_FILE), record, folder / ADAPTER_WEIGHTS_FILE)
     with atomic_file(path, suffix=".partial") as temp:
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in ADAPTER_FILES:
@@ -133,7 +136,7 @@ def import_adapter(path: str | Path, name: str | None = None) -> library.Adapter
     source = Path(path)
     if not source.is_file():
         raise InputError("file not found", source)
-    name = name or source.name.removesuffix(SUFFIX).removesuffix(".zip")
+    name = name or source.name.removesuffix(ADAPTER_ARCHIVE_SUFFIX).removesuffix(".zip")
     staging = library.staging_path(name)
     try:
         try:
@@ -143,12 +146,12 @@ def import_adapter(path: str | Path, name: str | None = None) -> library.Adapter
                 f"cannot write in the model library: {error.strerror or error}", staging.parent
             ) from error
         digests = _unpack(source, staging)
-        config = staging / library.ADAPTER_CONFIG
+        config = staging / ADAPTER_CONFIG_FILE
         try:  # errors name the adapter file, not the staging folder that is about to go
             library.read_adapter(staging)  # the config is a JSON object
             record = json.loads(config.read_text(encoding="utf-8"))
             check_record(record, config)
-            check_weights_digest(digests[library.ADAPTER_WEIGHTS], record, config)
+            check_weights_digest(digests[ADAPTER_WEIGHTS_FILE], record, config)
         except InputError as error:
             raise InputError(error.problem, source) from error
         try:

@@ -271,6 +271,16 @@ def ensure_dependencies(requester: str = "TCURLoRA", lora: bool = False) -> bool
     return True
 
 
+def needs_lora(method: str | None) -> bool:
+    """Whether a run of adapter `method` needs PEFT (LoRA only: tCURLoRA is ours)."""
+    return method == "lora"
+
+
+def ensure_for_method(method: str | None, requester: str = "TCURLoRA") -> bool:
+    """`ensure_dependencies` for a run of adapter `method` (None: no adapter chosen): PEFT only for LoRA."""
+    return ensure_dependencies(requester, lora=needs_lora(method))
+
+
 def _pip_install_with_progress(arguments: list[str], requester: str) -> None:
     """`pip install <arguments>` with a progress dialog showing pip's latest line, and Cancel (Slicer 5.10)."""
     import slicer

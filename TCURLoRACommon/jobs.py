@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tcurlora.jobs.schema import JOB_SCHEMA, FinetuneJob, SegmentJob
+from tcurlora.filenames import JOB_SCHEMA
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 from tcurlora.settings import REQUIRED, default_of, settings_of, to_json
 
 DEVICES = ("auto", "cuda", "cpu")

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tcurlora.errors import InputError
-
-MODEL_SPEC = "model.json"
+from tcurlora.filenames import MODEL_FOLDERS_FILE, MODEL_SPEC_FILE
 
 
 def builtin_models() -> list[str]:
@@ -26,17 +25,14 @@ def library_models() -> list[Path]:
     folder = library_root() / "models"
     if not folder.is_dir():
         return []
-    return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC).is_file() or (p / "configs").is_dir()]
-
-
-FOLDERS_FILE = "model_folders.json"  # in the library: base-model folders added from the panel
+    return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC_FILE).is_file() or (p / "configs").is_dir()]
 
 
 def added_model_folders() -> list[Path]:
     """Base-model folders the user added with "Add MONAI bundle folder..." that still hold a model."""
     from tcurlora.library import library_root
 
-    data = _read_json(library_root() / FOLDERS_FILE)
+    data = _read_json(library_root() / MODEL_FOLDERS_FILE)
     folders = [Path(p) for p in data.get("folders", []) if isinstance(p, str)]
     return [p for p in folders if model_id_of_folder(p) is not None]
 
@@ -50,7 +46,7 @@ def remember_model_folder(folder: str | Path) -> Path:
     known = [str(p) for p in added_model_folders()]
     if str(path) not in known:
         library_root().mkdir(parents=True, exist_ok=True)
-        atomic_write_json(library_root() / FOLDERS_FILE, {"folders": [*known, str(path)]})
+        atomic_write_json(library_root() / MODEL_FOLDERS_FILE, {"folders": [*known, str(path)]})
     return path
 
 
@@ -89,8 +85,8 @@ def model_id_of_folder(folder: Path) -> str | None:
     metadata "tcurlora_model_id", else "<name>@<version>", else the name (metadata "name" or folder name).
     """
     folder = Path(folder)
-    if (folder / MODEL_SPEC).is_file():
-        data = _read_json(folder / MODEL_SPEC)
+    if (folder / MODEL_SPEC_FILE).is_file():
+        data = _read_json(folder / MODEL_SPEC_FILE)
         spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
         found = data.get("id") or spec.get("name")
         return str(found) if found else None

@@ -58,7 +58,7 @@ def remote_settings(
         return None
     if not host.strip():
         raise InputError("give the remote host as user@host or user@host:port")
-    from tcurlora.remote import RemoteError, RemoteHost
+    from tcurlora.remote.host import RemoteError, RemoteHost
 
     try:
         RemoteHost.parse(host, command.strip() or DEFAULT_COMMAND, folder or None, ssh_config or None)

@@ -184,7 +184,7 @@ def library_leftovers() -> list[str]:
 
 def check_events(events: list[dict]) -> None:
     """Every event a run received validates against the shared schema."""
-    from tcurlora.jobs.schema import validate_event
+    from tcurlora.jobs.event_schema import validate_event
 
     for event in events:
         validate_event(event)
@@ -193,7 +193,7 @@ def check_events(events: list[dict]) -> None:
 def train_test_adapter(data_dir: Path, workdir: Path, name: str = "segmenter test", num_cases: int = 2):
     """A tiny adapter trained by the real worker on the first `num_cases` cases of a Decathlon folder."""
     from tcurlora import library
-    from tcurlora.jobs.schema import JOB_SCHEMA
+    from tcurlora.filenames import JOB_SCHEMA
     from TCURLoRACommon.runs import DONE, WorkerRun
 
     staging = library.staging_path(name)

@@ -65,7 +65,7 @@ def parse_line(line: str) -> dict[str, Any]:
     """One output line as an event; anything that is not an event (stderr, warnings) becomes a log event."""
     text = line.strip()
     if text.startswith("{"):
-        from tcurlora.jobs.schema import parse_event_line
+        from tcurlora.jobs.event_schema import parse_event_line
 
         try:
             event = parse_event_line(text)

@@ -21,24 +21,23 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from TCURLoRACommon.jobs import DEVICES, SEGMENT_DEFAULTS  # standard library only, Python 3.9 safe
+from TCURLoRACommon.lifecycle import is_active
+from TCURLoRACommon.panelwidget import RunPanelMixin, describe_module
 from TCURLoRACommon.remote import DEFAULT_COMMAND, RUN_ON, THIS_COMPUTER
-
-POLL_MS = 200
 
 
 class TCURSegmenter(ScriptedLoadableModule):
     def __init__(self, parent) -> None:
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = _("TCUR Segmenter")
-        self.parent.categories = [_("Segmentation")]
-        self.parent.dependencies = []
-        self.parent.contributors = ["The TCURLoRA developers"]
-        self.parent.helpText = _(
-            "Segment a volume (or every volume of the scene) with an adapter trained in TCUR Fine-Tune. "
-            "The work runs in a background process, here or on a GPU server over SSH (Run on); "
-            "Apply turns into Cancel."
+        describe_module(
+            self.parent,
+            _("TCUR Segmenter"),
+            _(
+                "Segment a volume (or every volume of the scene) with an adapter trained in TCUR Fine-Tune. "
+                "The work runs in a background process, here or on a GPU server over SSH (Run on); "
+                "Apply turns into Cancel."
+            ),
         )
-        self.parent.acknowledgementText = _("Method: He et al., tCURLoRA, MICCAI 2025 (arXiv 2501.02227).")
 
 
 @parameterNodeWrapper
@@ -56,106 +55,44 @@ class TCURSegmenterParameterNode:
     sshConfig: str = ""
 
 
-class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Qt wiring only: every decision is a tested function of TCURSegmenterLib / TCURLoRACommon."""
+class TCURSegmenterWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Qt wiring only: the shared lifecycle is RunPanelMixin's, every decision a tested function of
+    TCURSegmenterLib / TCURLoRACommon."""
+
+    refreshListsOnNewScene = False  # the adapter list is the library's, not the scene's
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self.ui = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.run = None
+        self.initPanel("applyButton", _("Apply"), _("Segmentation failed."))
         self.adapters = []
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self.onTimer)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from TCURLoRACommon.compat import unsupported_message
-
-        problem = unsupported_message()
-        if problem:  # Slicer 5.8 (Python 3.9): say what to do instead of failing further down
-            label = qt.QLabel(problem)
-            label.wordWrap = True
-            self.layout.addWidget(label)
-            self.layout.addStretch(1)
+        if not self.setupPanel(self.resourcePath("UI/TCURSegmenter.ui"), TCURSegmenterLogic):
             return
-        from TCURLoRACommon.runs import LOG_MAX_LINES
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TCURSegmenter.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = TCURSegmenterLogic()
-        self.ui.logTextEdit.setMaximumBlockCount(LOG_MAX_LINES)
         self.ui.adapterComboBox.currentIndexChanged.connect(self.onAdapterChanged)
         self.ui.refreshButton.clicked.connect(self.refreshAdapters)
         self.ui.removeAdapterButton.clicked.connect(self.onRemoveAdapter)
         self.ui.importAdapterButton.clicked.connect(self.onImportAdapter)
         self.ui.exportAdapterButton.clicked.connect(self.onExportAdapter)
         self.ui.applyButton.clicked.connect(self.onApplyOrCancel)
-        self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.refreshAdapters()
-
-    def cleanup(self) -> None:
-        if self.run is not None and not self.run.finished:
-            self.run.shutdown()  # Slicer is closing: a couple of seconds at most
-        self.timer.stop()
-        self.removeObservers()
-
-    def onReload(self) -> None:
-        """Reload the module and the packages it imports lazily (TCURSegmenterLib, TCURLoRACommon, tcurlora)."""
-        from TCURLoRACommon.reloading import forget_packages
-
-        forget_packages()
-        ScriptedLoadableModuleWidget.onReload(self)
-
-    def enter(self) -> None:
-        if self.ui is None:
-            return
-        self.initializeParameterNode()
-        self.refreshAdapters()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.run is not None and not self.run.finished:  # its volumes are about to go
+        if is_active(self.run):  # its volumes are about to go
             self.run.cancel()
             self.ui.logTextEdit.appendPlainText(_("The scene was closed: segmentation cancelled."))
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+        RunPanelMixin.onSceneStartClose(self, caller, event)
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        RunPanelMixin.initializeParameterNode(self)
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.updateRemoteRows()
-
-    def updateRemoteRows(self, *_args) -> None:
-        """The remote-host rows only with "Run on: remote host"."""
-        from TCURLoRACommon.runon import remote_row_visibility
-
-        for name, visible in remote_row_visibility(self.ui.runOnComboBox.currentText).items():
-            getattr(self.ui, name).visible = visible
+    def refreshLists(self) -> None:
+        self.refreshAdapters()
 
     def refreshAdapters(self) -> None:
         from TCURSegmenterLib.logic import choose_adapter
@@ -206,13 +143,14 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.refreshAdapters()
 
     def onImportAdapter(self) -> None:
-        from TCURLoRACommon.adapters import SUFFIX, import_adapter
+        from tcurlora.filenames import ADAPTER_ARCHIVE_SUFFIX
+        from TCURLoRACommon.adapters import import_adapter
 
         path = qt.QFileDialog.getOpenFileName(
             self.parent,
             _("Import adapter"),
             "",
-            _("TCURLoRA adapter (*{suffix} *.zip)").format(suffix=SUFFIX),
+            _("TCURLoRA adapter (*{suffix} *.zip)").format(suffix=ADAPTER_ARCHIVE_SUFFIX),
         )
         if not path:
             return
@@ -224,7 +162,8 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.appendPlainText(_("Imported adapter '{name}'.").format(name=entry.name))
 
     def onExportAdapter(self) -> None:
-        from TCURLoRACommon.adapters import SUFFIX, export_adapter
+        from tcurlora.filenames import ADAPTER_ARCHIVE_SUFFIX
+        from TCURLoRACommon.adapters import export_adapter
 
         entry = self.selectedAdapter()
         if entry is None:
@@ -232,8 +171,8 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = qt.QFileDialog.getSaveFileName(
             self.parent,
             _("Export adapter"),
-            entry.name + SUFFIX,
-            _("TCURLoRA adapter (*{suffix})").format(suffix=SUFFIX),
+            entry.name + ADAPTER_ARCHIVE_SUFFIX,
+            _("TCURLoRA adapter (*{suffix})").format(suffix=ADAPTER_ARCHIVE_SUFFIX),
         )
         if not path:
             return
@@ -242,17 +181,12 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.appendPlainText(_("Adapter saved as {path}").format(path=written))
 
     def onApplyOrCancel(self) -> None:
-        if self.run is not None and not self.run.finished:
-            self.run.cancel()  # SIGTERM to the worker; a remote one stops its run on the host too
-            self.ui.logTextEdit.appendPlainText(_("Stopping..."))
-            return
-        with slicer.util.tryWithErrorDisplay(_("Segmentation could not start."), waitCursor=True):
-            self.start()
+        self.startOrCancel(_("Stopping..."), _("Segmentation could not start."))
 
     def start(self, device: str | None = None) -> None:
         from TCURSegmenterLib.logic import volumes_and_targets
 
-        from TCURLoRACommon.dependencies import ensure_dependencies
+        from TCURLoRACommon.dependencies import ensure_for_method
         from TCURLoRACommon.remote import remote_from_parameters
 
         entry = self.selectedAdapter()
@@ -261,7 +195,7 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         volumes, targets = volumes_and_targets(node)
         remote = remote_from_parameters(node)  # input errors before any install
-        if not ensure_dependencies("TCURLoRA", lora=entry.method == "lora"):
+        if not ensure_for_method(entry.method):
             return
         self.ui.logTextEdit.clear()
         if remote is not None:
@@ -269,30 +203,10 @@ class TCURSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run = self.logic.start(
             volumes, entry, device or node.device, targets, node.overlap, node.largestComponent, remote
         )
-        self.ui.applyButton.text = _("Cancel")
-        self.timer.start()
+        self.startPolling()
 
-    def onTimer(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Segmentation failed.")):
-            try:
-                self.pollRun()
-            except Exception:
-                self.timer.stop()  # a raising timer would raise again every tick
-                self.ui.applyButton.text = _("Apply")
-                raise
-
-    def pollRun(self) -> None:
-        from TCURLoRACommon.runs import event_text
-
-        for event in self.run.update():
-            text = event_text(event)
-            if text:
-                self.ui.logTextEdit.appendPlainText(text)
-        self.ui.progressBar.maximum, self.ui.progressBar.value = self.run.progress_bar()
-        if not self.run.finished:
-            return
-        self.timer.stop()
-        self.ui.applyButton.text = _("Apply")
+    def finishRun(self) -> None:
+        """Show the segmentations, or why there are none (a retry on the CPU when the GPU failed)."""
         run = self.run
         if run.state == "done":
             if self._parameterNode and not self._parameterNode.allVolumes:

@@ -8,7 +8,8 @@ import torch
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
 
 CONV_TARGETS = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
 

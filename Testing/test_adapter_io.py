@@ -13,9 +13,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tcurlora.adapter_integrity import seal
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
+from tcurlora.adapters.methods.registry import METHODS
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError, OutputExistsError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE
 from tcurlora.models.fingerprint import state_dict_fingerprint
 
 
@@ -53,12 +56,12 @@ def saved_tcur(base, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     folder = tmp_path_factory.mktemp("lib") / "tcur_adapter"
     adapted = trained(base, "tcur", conv_target_modules=[r"decoder2\.conv_block\.conv1\.conv"])
     save_adapter(
-        folder, adapted, extra={"metrics": {"dice": 0.8}}, extra_files={"training_log.jsonl": '{"loss": 1}\n'}
+        folder, adapted, extra={"metrics": {"dice": 0.8}}, extra_files={TRAINING_LOG_FILE: '{"loss": 1}\n'}
     )
     return folder, adapted
 
 
-@pytest.mark.parametrize("method", ["tcur", "lora"])
+@pytest.mark.parametrize("method", METHODS)  # every registered method
 def test_round_trip_gives_identical_outputs(base, batch, tmp_path, method):
     adapted = trained(base, method)
     with torch.no_grad():
@@ -71,8 +74,8 @@ def test_round_trip_gives_identical_outputs(base, batch, tmp_path, method):
     state = adapted.adapter_state_dict()
     assert all(torch.equal(loaded.adapter_state_dict()[k], v) for k, v in state.items())
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "adapter.safetensors",
-        "adapter_config.json",
+        ADAPTER_WEIGHTS_FILE,
+        ADAPTER_CONFIG_FILE,
     ]
     assert not list(tmp_path.glob(".*"))  # no temp folders left behind
 
@@ -92,11 +95,11 @@ def test_saved_record_describes_the_adapter(base, saved_tcur):
     assert set(record["versions"]) >= {"tcurlora", "torch", "monai", "peft"}
     assert record["parameter_counts"] == adapted.parameter_counts().to_dict()
     assert record["parameter_counts"]["head"] == 8 * 2 + 2
-    weights = load_file(str(folder / "adapter.safetensors"))
+    weights = load_file(str(folder / ADAPTER_WEIGHTS_FILE))
     assert set(weights) == set(adapted.adapter_state_dict())
     assert weights["tcur.groups.linear_48x48.dU"].shape == (4, 4, 48)
     assert weights["tcur.groups.linear_48x48.rows"].dtype == torch.int64
-    assert (folder / "training_log.jsonl").read_text() == '{"loss": 1}\n'
+    assert (folder / TRAINING_LOG_FILE).read_text() == '{"loss": 1}\n'
 
 
 def test_wrong_base_model_is_a_fingerprint_error(saved_tcur):
@@ -107,7 +110,7 @@ def test_wrong_base_model_is_a_fingerprint_error(saved_tcur):
     record = read_adapter_config(folder)
     message = str(info.value)
     assert record["base_fingerprint"] in message and state_dict_fingerprint(other) in message
-    assert str(folder / "adapter_config.json") in message
+    assert str(folder / ADAPTER_CONFIG_FILE) in message
 
 
 def test_wrong_shapes_name_the_key_and_file(base, saved_tcur, tmp_path):
@@ -116,13 +119,13 @@ def test_wrong_shapes_name_the_key_and_file(base, saved_tcur, tmp_path):
     broken.mkdir()
     record = read_adapter_config(folder)
     record["rank"] = 6  # config says rank 6, the weights hold rank-4 cores (re-sealed: a consistent config)
-    (broken / "adapter_config.json").write_text(json.dumps(seal(record)))
-    (broken / "adapter.safetensors").write_bytes((folder / "adapter.safetensors").read_bytes())
+    (broken / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(record)))
+    (broken / ADAPTER_WEIGHTS_FILE).write_bytes((folder / ADAPTER_WEIGHTS_FILE).read_bytes())
     with pytest.raises(ConfigError) as info:
         load_adapter(broken, copy.deepcopy(base))
     message = str(info.value)
     assert "adapter weight tcur.groups." in message and "has shape (4" in message and "needs (6" in message
-    assert info.value.path == str(broken / "adapter.safetensors")
+    assert info.value.path == str(broken / ADAPTER_WEIGHTS_FILE)
     adapted = trained(base, "tcur")
     state = adapted.adapter_state_dict()
     state.pop("tcur.groups.linear_48x48.dU")
@@ -136,7 +139,7 @@ def test_wrong_shapes_name_the_key_and_file(base, saved_tcur, tmp_path):
 
 def copy_adapter(source: Path, target: Path) -> Path:
     target.mkdir()
-    for name in ("adapter_config.json", "adapter.safetensors"):
+    for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
         (target / name).write_bytes((source / name).read_bytes())
     return target
 
@@ -147,32 +150,32 @@ def test_missing_corrupt_and_truncated_files(base, saved_tcur, tmp_path):
         load_adapter(tmp_path / "nowhere", copy.deepcopy(base))
     assert info.value.path == str(tmp_path / "nowhere")
     no_weights = copy_adapter(folder, tmp_path / "no_weights")
-    (no_weights / "adapter.safetensors").unlink()
+    (no_weights / ADAPTER_WEIGHTS_FILE).unlink()
     with pytest.raises(InputError, match="adapter.safetensors is missing") as info:
         load_adapter(no_weights, copy.deepcopy(base))
-    assert info.value.path == str(no_weights / "adapter.safetensors")
+    assert info.value.path == str(no_weights / ADAPTER_WEIGHTS_FILE)
     no_config = copy_adapter(folder, tmp_path / "no_config")
-    (no_config / "adapter_config.json").unlink()
+    (no_config / ADAPTER_CONFIG_FILE).unlink()
     with pytest.raises(InputError, match="adapter_config.json is missing"):
         load_adapter(no_config, copy.deepcopy(base))
     bad_json = copy_adapter(folder, tmp_path / "bad_json")
-    (bad_json / "adapter_config.json").write_text('{"method": "tcur", "rank": ')
+    (bad_json / ADAPTER_CONFIG_FILE).write_text('{"method": "tcur", "rank": ')
     with pytest.raises(InputError, match="corrupt adapter config") as info:
         load_adapter(bad_json, copy.deepcopy(base))
-    assert info.value.path == str(bad_json / "adapter_config.json")
+    assert info.value.path == str(bad_json / ADAPTER_CONFIG_FILE)
     bad_config = copy_adapter(folder, tmp_path / "bad_config")
     record = read_adapter_config(folder)
     record["method"] = "dora"
-    (bad_config / "adapter_config.json").write_text(json.dumps(seal(record)))
+    (bad_config / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(record)))
     with pytest.raises(ConfigError, match="adapter config key 'method': must be one of .*; got 'dora'") as info:
         load_adapter(bad_config, copy.deepcopy(base))
-    assert info.value.path == str(bad_config / "adapter_config.json")
+    assert info.value.path == str(bad_config / ADAPTER_CONFIG_FILE)
     truncated = copy_adapter(folder, tmp_path / "truncated")
-    data = (truncated / "adapter.safetensors").read_bytes()
-    (truncated / "adapter.safetensors").write_bytes(data[: len(data) // 2])
+    data = (truncated / ADAPTER_WEIGHTS_FILE).read_bytes()
+    (truncated / ADAPTER_WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="corrupt or truncated adapter weights") as info:
         load_adapter(truncated, copy.deepcopy(base))
-    assert info.value.path == str(truncated / "adapter.safetensors")
+    assert info.value.path == str(truncated / ADAPTER_WEIGHTS_FILE)
 
 
 def test_no_overwrite_without_force_and_atomic_replace(base, batch, tmp_path):

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from adapter_testing import CONV_TARGETS, adapted_copy, small_unetr  # noqa: E402,F401
 from torch import nn
 
-from tcurlora.adapters import AdapterConfig, TCURLayer, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
+from tcurlora.adapters.tcur import TCURLayer
 
 
 def lora_layers(adapted) -> dict[str, nn.Module]:

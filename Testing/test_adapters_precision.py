@@ -7,7 +7,9 @@ import pytest
 import torch
 from adapter_testing import CONV_TARGETS, small_unetr
 
-from tcurlora.adapters import AdapterConfig, TCURConv3d, TCURLinear, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
+from tcurlora.adapters.tcur import TCURConv3d, TCURLinear
 
 
 def adapted_with_delta(relative: float, dtype: torch.dtype = torch.float32):

@@ -13,9 +13,10 @@ from adapter_testing import naive_t_product, small_swin
 from monai.losses import DiceCELoss
 from torch import nn
 
-from tcurlora.adapters import AdapterConfig, TCURLayer, apply_adapter
-from tcurlora.adapters.config import CONV_TARGETS, SWIN_TARGETS, default_train_modules
+from tcurlora.adapters.config import CONV_TARGETS, SWIN_TARGETS, AdapterConfig, default_train_modules
 from tcurlora.adapters.io import load_adapter, save_adapter
+from tcurlora.adapters.model import apply_adapter
+from tcurlora.adapters.tcur import TCURLayer
 from tcurlora.finetuning import build_optimizer
 
 # Stage s has C = 12 * 2^s channels and 2 blocks; per block: qkv (3 C x C slices) + proj (C x C), and

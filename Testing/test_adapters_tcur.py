@@ -12,8 +12,9 @@ from adapter_testing import CONV_TARGETS, adapted_copy, naive_t_product, small_u
 from torch import nn
 
 import tcurlora.adapters.tcur as tcur_module
-from tcurlora.adapters import AdapterConfig, TCURConv3d, TCURLayer, TCURLinear, apply_adapter
-from tcurlora.adapters.config import UNETR_TARGETS
+from tcurlora.adapters.config import UNETR_TARGETS, AdapterConfig
+from tcurlora.adapters.model import apply_adapter
+from tcurlora.adapters.tcur import TCURConv3d, TCURLayer, TCURLinear
 from tcurlora.errors import ConfigError
 from tcurlora.models.fingerprint import state_dict_fingerprint
 

@@ -18,6 +18,7 @@ from tcurlora.bench.config import load_config
 from tcurlora.bench.plan import fixed_split, plan_runs, training_cases
 from tcurlora.data.cases import cases_from_decathlon
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import BENCH_MARKDOWN_FILE, BENCH_REPORT_FILE, BENCH_REPORT_SCHEMA, BENCH_SCHEMA
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "bench"
@@ -26,7 +27,7 @@ ITERATIONS, WARMUP = 4, 2
 
 def write_config(folder: Path, **values) -> Path:
     path = folder / "bench.json"
-    path.write_text(json.dumps({"schema": "tcurlora.bench/1", "name": "t", **values}))
+    path.write_text(json.dumps({"schema": BENCH_SCHEMA, "name": "t", **values}))
     return path
 
 
@@ -71,11 +72,11 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         assert cut.test_cases == full.test_cases and cut.data == full.data and set(cut.k) <= set(full.k)
         assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {m.label for m in cut.methods}
     for name, full, k in (("design-hippocampus-val", hippocampus, 10), ("design-left_atrium-val", atrium, 8)):
-        design = load_config(CONFIGS / f"{name}.json")  # issue 12: validation only, the test split set aside
+        design = load_config(CONFIGS / f"{name}.json")  # designs are compared on validation cases only
         assert design.held_out_cases == full.test_cases and design.data == full.data and design.k == [k]
         assert [m.method for m in design.methods] == ["tcur"]
     for name, full, k in (("hippocampus-default", hippocampus, 10), ("left_atrium-default", atrium, 8)):
-        acceptance = load_config(CONFIGS / f"{name}.json")  # issue 10: the default recipe vs its peers
+        acceptance = load_config(CONFIGS / f"{name}.json")  # the default recipe against its peers, on the test split
         assert acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
         assert acceptance.iterations == 500 and acceptance.spacing == "auto"
         expected = ["tcur-r8-topnorm+conv", "scratch", "decoder", "full-lr0.001"]
@@ -201,14 +202,14 @@ def tiny_bench(tmp_path_factory, hippocampus_dir) -> dict:
     settings = json.loads(config.read_text())
     config.write_text(json.dumps({**settings, "isolate": True}))
     code = run_cli([str(config), "--output", str(output), "--only", "cost", "--resume"])
-    report = json.loads((output / "report.json").read_text())
+    report = json.loads((output / BENCH_REPORT_FILE).read_text())
     return {"code": code, "output": output, "config": config, "report": report, "data": hippocampus_dir}
 
 
 def test_report_records_environment_base_and_split(tiny_bench):
     assert tiny_bench["code"] == 0
     report = tiny_bench["report"]
-    assert report["schema"] == "tcurlora.bench-report/1"
+    assert report["schema"] == BENCH_REPORT_SCHEMA
     env = report["environment"]
     assert env["device"] == "cpu" and {"torch", "monai", "peft", "tcurlora"} <= set(env["versions"])
     assert env["git_commit"] is None or len(env["git_commit"]) == 40
@@ -256,7 +257,7 @@ def test_markdown_tables_findings_and_plots(tiny_bench):
     from tcurlora.bench.summary import quality_rows
 
     output, report = tiny_bench["output"], tiny_bench["report"]
-    text = (output / "report.md").read_text()
+    text = (output / BENCH_MARKDOWN_FILE).read_text()
     rows = {r["label"]: r for r in quality_rows(report["quality"])}
     assert rows["full"]["ratio_to_full"] == pytest.approx(1.0)
     assert rows["tcur-r2-topnorm"]["ratio_to_full"] == pytest.approx(
@@ -300,10 +301,10 @@ def test_existing_output_needs_force_and_report_only_rewrites(tiny_bench):
     output = tiny_bench["output"]
     with pytest.raises(OutputExistsError, match="use --force"):
         run_cli([str(tiny_bench["config"]), "--output", str(output)])
-    before = (output / "report.md").read_text()
-    (output / "report.md").unlink()
+    before = (output / BENCH_MARKDOWN_FILE).read_text()
+    (output / BENCH_MARKDOWN_FILE).unlink()
     assert run_cli(["--report-only", str(output)]) == 0
-    assert (output / "report.md").read_text() == before
+    assert (output / BENCH_MARKDOWN_FILE).read_text() == before
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU refusal")

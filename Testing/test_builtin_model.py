@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 from safetensors import safe_open
 
+from tcurlora.filenames import MODEL_CARD_FILE, MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE
 from tcurlora.models.registry import builtin_models_dir, list_builtin_models, load_base_model
 
 NAME = "unetr-small-acdc-brats"
@@ -31,11 +32,11 @@ def base():
 
 def test_builtin_model_folder_is_small_fp16_and_documented():
     folder = builtin_models_dir() / NAME
-    weights = folder / "model.safetensors"
+    weights = folder / MODEL_WEIGHTS_FILE
     assert weights.stat().st_size <= 40 * 1024 * 1024
     with safe_open(str(weights), "pt") as handle:
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
-    record = json.loads((folder / "model.json").read_text())
+    record = json.loads((folder / MODEL_SPEC_FILE).read_text())
     card = record["card"]
     assert record["id"] == NAME and card["architecture"]["arch"] == "UNETR"
     assert card["preprocessing"]["spacing_mm"] == [1.5, 1.5, 1.5]
@@ -43,7 +44,7 @@ def test_builtin_model_folder_is_small_fp16_and_documented():
     assert all(s["licence"] and s["reference"] for s in card["training_data"])
     assert set(card["metrics"]["val_dice"]) == set(record["spec"]["labels"].values())
     assert card["device"] and card["iterations"] > 0 and card["recipe"]["seed"] == 0
-    text = (folder / "MODEL_CARD.md").read_text()
+    text = (folder / MODEL_CARD_FILE).read_text()
     assert FINGERPRINT in text and "CC BY-NC-SA" in text and "Bernard" in text
 
 

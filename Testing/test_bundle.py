@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import BUNDLE_SAFETENSORS_FILE
 from tcurlora.models.bundle import export_bundle, load_bundle
 from tcurlora.models.download import download_bundle, resolve_release
 from tcurlora.models.registry import list_builtin_models, load_base_model
@@ -111,7 +112,7 @@ def test_config_expressions_are_not_evaluated(tmp_path):
 
 def test_missing_weights_and_config_are_clear_errors(base, tmp_path):
     folder = export_bundle(base, tmp_path / "b")
-    (folder / "models" / "model.safetensors").unlink()
+    (folder / BUNDLE_SAFETENSORS_FILE).unlink()
     with pytest.raises(InputError, match="without weights"):
         load_bundle(folder)
     (folder / "configs" / "inference.json").unlink()

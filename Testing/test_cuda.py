@@ -10,7 +10,9 @@ import pytest
 import torch
 from adapter_testing import CONV_TARGETS, small_swin, small_unetr
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
+from tcurlora.filenames import ADAPTER_CONFIG_FILE
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -63,7 +65,7 @@ def test_finetune_on_cuda_with_bf16_through_the_cli(tmp_path, hippocampus_dir, c
     assert code == 0, err
     started = next(e for e in events if e["event"] == "started")
     assert started["device"].startswith("cuda:")
-    record = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    record = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG_FILE).read_text())
     assert record["training"]["amp"] is True
 
 

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from tcurlora.errors import ConfigError, OutputExistsError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, DEMO_SUMMARY_FILE
 from tcurlora.synthetic import LABEL_NAMES, make_case, write_dataset
 
 
@@ -27,7 +28,7 @@ def demo_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo") / "out"
     args = demo_parser().parse_args(["demo", "--quick", "--output", str(output), "--device", "cpu"])
     assert args.func(args) == 0
-    return output, json.loads((output / "summary.json").read_text())
+    return output, json.loads((output / DEMO_SUMMARY_FILE).read_text())
 
 
 def test_demo_adaptation_raises_dice(demo_run):
@@ -42,8 +43,8 @@ def test_demo_adaptation_raises_dice(demo_run):
 
 def test_demo_writes_adapter_segmentations_and_figure(demo_run):
     output, summary = demo_run
-    assert (output / "adapter" / "adapter_config.json").is_file()
-    assert (output / "adapter" / "adapter.safetensors").is_file()
+    assert (output / "adapter" / ADAPTER_CONFIG_FILE).is_file()
+    assert (output / "adapter" / ADAPTER_WEIGHTS_FILE).is_file()
     png = (output / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     for case_id, path in zip(summary["test_cases"], summary["segmentations"]):

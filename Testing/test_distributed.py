@@ -18,6 +18,8 @@ import pytest
 from safetensors.numpy import load_file
 from trust_testing import hippo_case
 
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
@@ -62,7 +64,7 @@ def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     assert len([e for e in e2 if e["event"] == "progress"]) == 3, "rank 1 must not report progress"
     losses = [[e["loss"] for e in ev if e["event"] == "progress"] for ev in (e1, e2)]
     assert np.allclose(losses[0], losses[1], rtol=1e-5), losses
-    a, b = load_file(str(tmp_path / "one" / "adapter.safetensors")), load_file(str(tmp_path / "two" / "adapter.safetensors"))
+    a, b = load_file(str(tmp_path / "one" / ADAPTER_WEIGHTS_FILE)), load_file(str(tmp_path / "two" / ADAPTER_WEIGHTS_FILE))
     assert sorted(a) == sorted(b) and a
     # AdamW's first steps move a weight by about lr * sign(gradient): on near-zero gradients the rounding of
     # DDP's average (two half batches vs one batch) can move it by a fraction of that step. On this machine
@@ -97,7 +99,7 @@ def test_killed_rank_ends_the_run(hippocampus_dir: Path, tmp_path: Path) -> None
     if final["kind"] == "distributed":
         assert "another process of the run failed or was killed" in final["message"], final
     assert not (tmp_path / "adapter").exists(), "no adapter may be written when a rank dies"
-    assert (tmp_path / "adapter.checkpoint" / "checkpoint.json").is_file(), "the last checkpoint is kept"
+    assert (tmp_path / "adapter.checkpoint" / CHECKPOINT_FILE).is_file(), "the last checkpoint is kept"
 
 
 def test_batch_must_split_over_processes(monkeypatch) -> None:
@@ -105,11 +107,12 @@ def test_batch_must_split_over_processes(monkeypatch) -> None:
 
     from tcurlora import distributed
     from tcurlora.errors import ConfigError
+    from tcurlora.torchrun_env import launched
 
-    assert not distributed.launched(), "plain pytest is not a torchrun worker"
+    assert not launched(), "plain pytest is not a torchrun worker"
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert distributed.launched()
+    assert launched()
     with pytest.raises(ConfigError, match="batch_size 3 does not split over 2 processes"):
         distributed.init(SimpleNamespace(device="cpu", batch_size=3))
     assert not distributed.active()

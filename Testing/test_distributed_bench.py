@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 from test_distributed import ENV, REPO_ROOT, TORCHRUN
 
+from tcurlora.filenames import BENCH_MARKDOWN_FILE, BENCH_REPORT_FILE, BENCH_SCHEMA
+
 METHODS = [{"method": "tcur", "rank": 2}, {"method": "head"}, {"method": "full"}]
 RUN_IDS = ["k2-s0-tcur-r2-topnorm", "k2-s0-head", "k2-s0-full"]
 
 
 def bench_config(path: Path, data: Path, isolate: bool) -> Path:
     path.write_text(json.dumps({
-        "schema": "tcurlora.bench/1", "name": "ranks", "data": str(data), "base_model": "preset:unetr-tiny",
+        "schema": BENCH_SCHEMA, "name": "ranks", "data": str(data), "base_model": "preset:unetr-tiny",
         "k": [2], "seeds": [0], "test_cases": 1, "iterations": 2, "batch_size": 1, "device": "cpu",
         "latency_cases": 0, "warmup_steps": 1, "isolate": isolate, "threads": 1, "methods": METHODS,
     }))  # fmt: skip
@@ -45,7 +47,7 @@ def one_process(hippocampus_dir: Path, tmp_path_factory) -> dict:
     one = start(bench_config(work / "bench.json", hippocampus_dir, isolate=False), work / "out")
     out, err = one.communicate(timeout=600)
     assert one.returncode == 0, err
-    return json.loads((work / "out" / "report.json").read_text())
+    return json.loads((work / "out" / BENCH_REPORT_FILE).read_text())
 
 
 @pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
@@ -61,13 +63,13 @@ def test_two_processes_split_the_runs_and_report_like_one(
                                      f"rank 0: [3/3] {RUN_IDS[2]}"]), out_two  # fmt: skip
     assert "2 processes: rank 0 executes 2 of the 3 quality runs" in out_two
     assert out_two.count("wrote ") == 1, "rank 0 alone writes the report"
-    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    report = json.loads((tmp_path / "two" / BENCH_REPORT_FILE).read_text())
     runs = report["quality"]["runs"]
     assert [r["run_id"] for r in runs] == RUN_IDS and [r["rank"] for r in runs] == [0, 1, 0]
     assert [r["peak_memory"]["isolated"] for r in runs] == [isolate] * 3
     assert report["processes"] == 2 and "processes" not in one_process
     assert report["command"].startswith("torchrun --nproc-per-node=2 -m tcurlora bench ")
-    assert "- processes: 2 (torchrun" in (tmp_path / "two" / "report.md").read_text()
+    assert "- processes: 2 (torchrun" in (tmp_path / "two" / BENCH_MARKDOWN_FILE).read_text()
     assert all(r["status"] == "ok" for r in runs), runs
     assert [quality_numbers(r) for r in runs] == [quality_numbers(r) for r in one_process["quality"]["runs"]]
     for key in ("base_model", "label_names", "test_case_ids", "pool_size", "settings"):

@@ -16,14 +16,23 @@ import pytest
 from safetensors.numpy import load_file
 from test_distributed import kill_rank, start
 
+from tcurlora.filenames import (
+    MODEL_CARD_FILE,
+    MODEL_SPEC_FILE,
+    MODEL_WEIGHTS_FILE,
+    PRETRAIN_RECIPE_FORMAT,
+    PRETRAIN_STATE_FILE,
+    TRAINING_LOG_FILE,
+)
+
 ITERATIONS, STOP = 4, 3
-MODEL_FILES = ["MODEL_CARD.md", "model.json", "model.safetensors", "training_log.jsonl"]
+MODEL_FILES = [MODEL_CARD_FILE, MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE, TRAINING_LOG_FILE]
 
 
 def write_recipe(path: Path) -> Path:
     """A tiny UNETR on 3 hippocampus training volumes (2 held out), batch 2, 1 thread per process."""
     recipe = {
-        "format": "tcurlora.pretrain/1", "name": "tiny-ddp", "arch": "UNETR",
+        "format": PRETRAIN_RECIPE_FORMAT, "name": "tiny-ddp", "arch": "UNETR",
         "sources": [{"name": "hippo", "folder": "hippocampus", "num_cases": 3,
                      "val_case_ids": ["hippocampus_001", "hippocampus_003"]}],
         "arch_params": {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "proj_type": "conv",
@@ -51,11 +60,11 @@ def finished(process: subprocess.Popen) -> str:
 
 
 def log_records(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (folder / TRAINING_LOG_FILE).read_text().splitlines()]
 
 
 def weights(folder: Path) -> np.ndarray:
-    tensors = load_file(str(folder / "model.safetensors"))
+    tensors = load_file(str(folder / MODEL_WEIGHTS_FILE))
     return np.concatenate([tensors[k].astype(np.float64).ravel() for k in sorted(tensors)])
 
 
@@ -82,7 +91,7 @@ def test_two_processes_follow_one_and_rank0_alone_writes(runs: dict) -> None:
     one, two = work / "stopped1", work / "stopped2"
     assert sorted(p.name for p in two.iterdir()) == MODEL_FILES
     base = load_base_model(two)  # a valid model folder (spec, weights, fingerprint)
-    card = json.loads((two / "model.json").read_text())["card"]
+    card = json.loads((two / MODEL_SPEC_FILE).read_text())["card"]
     assert card["iterations"] == STOP and card["complete"] is False
     assert card["device"] == "2 processes (rank 0 on cpu)"
     assert base.spec.labels == {1: "Anterior", 2: "Posterior"}
@@ -115,7 +124,7 @@ def test_resume_with_another_number_of_processes(runs: dict, name: str, stopped:
     assert stdout[name].count("held-out Dice:") == 1
     resumed, straight = work / name, work / "one"
     load_base_model(resumed)
-    card = json.loads((resumed / "model.json").read_text())["card"]
+    card = json.loads((resumed / MODEL_SPEC_FILE).read_text())["card"]
     assert card["iterations"] == ITERATIONS and card["complete"] is True
     assert card["device"] == ("cpu" if processes == "1" else "2 processes (rank 0 on cpu)")
     assert [r["iteration"] for r in log_records(resumed)] == list(range(1, ITERATIONS + 1))
@@ -144,7 +153,7 @@ def test_killed_rank_ends_the_run_without_model_folder(hippocampus_dir: Path, tm
             or "torchrun stops every process when one of them fails" in err), err  # fmt: skip
     assert "no model folder was written, the last checkpoint is kept" in err, err
     assert not (tmp_path / "model").exists(), "no model folder may be written when a rank dies"
-    state = json.loads((tmp_path / "model.checkpoint" / "training_state.json").read_text())
+    state = json.loads((tmp_path / "model.checkpoint" / PRETRAIN_STATE_FILE).read_text())
     assert state["iteration"] >= 2 and state["iteration"] % 2 == 0, state["iteration"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")], "no temporary model folder"
 

@@ -14,11 +14,13 @@ import pytest
 from safetensors.numpy import load_file
 from test_distributed import events, job_file, start
 
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, TRAINING_LOG_FILE
+
 ITERATIONS, EVERY = 6, 2
 
 
 def logged_losses(adapter: Path) -> list[float]:
-    records = [json.loads(line) for line in (adapter / "training_log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (adapter / TRAINING_LOG_FILE).read_text().splitlines()]
     return [r["loss"] for r in records if "loss" in r]
 
 
@@ -46,7 +48,7 @@ def interrupted(job: Path, output: Path, nproc: int) -> int:
     out, err = run.communicate(timeout=300)
     assert run.returncode != 0, "the run was to be stopped before its end"
     assert not output.exists(), "a stopped run writes no adapter"
-    meta = json.loads((output.parent / f"{output.name}.checkpoint" / "checkpoint.json").read_text())
+    meta = json.loads((output.parent / f"{output.name}.checkpoint" / CHECKPOINT_FILE).read_text())
     assert 0 < meta["iteration"] < ITERATIONS and meta["iteration"] % EVERY == 0, meta["iteration"]
     return int(meta["iteration"])
 
@@ -75,7 +77,7 @@ def test_resume_with_another_number_of_processes(
     assert read_adapter_config(output)["metrics"]["iterations"] == ITERATIONS
     load_adapter(output, load_base_model("preset:unetr-tiny").model)  # checks the digest and every tensor fits
     assert np.allclose(logged_losses(output), logged_losses(straight), rtol=1e-4, atol=1e-6)
-    a, b = load_file(str(output / "adapter.safetensors")), load_file(str(straight / "adapter.safetensors"))
+    a, b = load_file(str(output / ADAPTER_WEIGHTS_FILE)), load_file(str(straight / ADAPTER_WEIGHTS_FILE))
     assert sorted(a) == sorted(b) and a
     # AdamW magnifies the rounding of DDP's gradient average on near-zero gradients: an uninterrupted
     # 2-process run of this job differs from the 1-process one by up to 2.4e-4 after 6 steps (measured then),

@@ -25,21 +25,19 @@ from tcurlora.errors import (
     InputError,
     OutputExistsError,
 )
-from tcurlora.jobs import (
-    CancelToken,
-    FinetuneJob,
+from tcurlora.jobs.cancel import CancelToken, handle_signals
+from tcurlora.jobs.event_schema import parse_event_line
+from tcurlora.jobs.events import (
     JsonLinesSink,
     PlainTextSink,
     ProgressBarSink,
     RecordingSink,
-    SegmentJob,
     TeeSink,
-    handle_signals,
+    eta_seconds,
     make_sink,
-    parse_event_line,
-    run_command,
 )
-from tcurlora.jobs.events import eta_seconds
+from tcurlora.jobs.runner import run_command
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,7 +183,9 @@ def test_handle_signals_sets_token_and_restores_handlers():
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from tcurlora.jobs import CancelToken, JsonLinesSink, handle_signals, run_command
+    from tcurlora.jobs.cancel import CancelToken, handle_signals
+    from tcurlora.jobs.events import JsonLinesSink
+    from tcurlora.jobs.runner import run_command
 
     def handler(job, sink, token):
         sink.started("finetune", "cpu", 1000)

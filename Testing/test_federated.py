@@ -19,6 +19,7 @@ from adapter_testing import adapted_copy, small_unetr
 from tcurlora.errors import ConfigError, FingerprintMismatchError
 from tcurlora.federated.checks import Site, check_identity, check_sites, identity
 from tcurlora.federated.tensors import merged_state, payload_bytes, shared_tensors
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, TRAINING_LOG_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = (3, 5, 8)  # the sites' case counts: the aggregation weights
@@ -161,7 +162,7 @@ def federated(sites) -> Path:
 
 
 def test_federate_writes_one_adapter_with_rounds_sites_and_case_counts(federated):
-    config = json.loads((federated / "adapter_config.json").read_text())
+    config = json.loads((federated / ADAPTER_CONFIG_FILE).read_text())
     assert config["method"] == "tcur" and config["label_names"] == ["Anterior", "Posterior"]
     federation = config["federation"]
     assert federation["framework"] == "nvflare" and federation["rounds_done"] == 2
@@ -172,7 +173,7 @@ def test_federate_writes_one_adapter_with_rounds_sites_and_case_counts(federated
         for entry in record["sites"]:
             assert entry["cases"] == 2 and np.isfinite(entry["loss"])
             assert 0 < entry["payload_bytes"] < 300_000  # tCURLoRA: under 300 KB per site per round
-    log = [json.loads(line) for line in (federated / "training_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (federated / TRAINING_LOG_FILE).read_text().splitlines()]
     assert [r["round"] for r in log] == [1, 2]
     assert config["training"]["iterations"] == 4 and config["preprocessing"]["spacing"] == [1.0, 1.0, 1.0]
 
@@ -195,14 +196,14 @@ def test_info_and_segment_accept_the_federated_adapter(federated, sites, hippoca
 
 
 def test_a_resumed_federation_continues_from_the_last_finished_round(federated, sites):
-    before = json.loads((federated / "adapter_config.json").read_text())["federation"]["history"]
+    before = json.loads((federated / ADAPTER_CONFIG_FILE).read_text())["federation"]["history"]
     again = tcurlora(*FEDERATE, "--rounds", "2", "--resume", cwd=sites)
     assert again.returncode == 2 and "already finished 2 of 2 rounds" in again.stderr
     more = tcurlora(*FEDERATE, "--rounds", "3", "--resume", cwd=sites)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
-    history = json.loads((federated / "adapter_config.json").read_text())["federation"]["history"]
+    history = json.loads((federated / ADAPTER_CONFIG_FILE).read_text())["federation"]["history"]
     assert [h["round"] for h in history] == [1, 2, 3] and history[:2] == before
-    assert json.loads((federated / "adapter_config.json").read_text())["training"]["iterations"] == 6
+    assert json.loads((federated / ADAPTER_CONFIG_FILE).read_text())["training"]["iterations"] == 6
 
 
 def test_federate_refuses_a_site_with_other_labels_before_round_1(sites, hippocampus_dir, tmp_path, capsys,
@@ -251,7 +252,7 @@ def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, 
     assert done.returncode == 0, done.stderr[-3000:]
     log = (tmp_path / "dropped.federation" / "workspace" / "server" / "log.txt").read_text()
     assert "round 1: site-2 dropped (no valid result); averaged over ['site-1']" in log
-    history = json.loads((tmp_path / "dropped" / "adapter_config.json").read_text())["federation"]["history"]
+    history = json.loads((tmp_path / "dropped" / ADAPTER_CONFIG_FILE).read_text())["federation"]["history"]
     assert history[0]["dropped"] == ["site-2"] and [e["site"] for e in history[0]["sites"]] == ["site-1"]
 
 

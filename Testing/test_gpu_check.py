@@ -16,6 +16,7 @@ from trust_testing import run, tiny_job, write_job
 
 from tcurlora.device import memory_fraction
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE
 from tcurlora.jobs.runner import CPU_OOM_MESSAGE, CUDA_OOM_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,10 +159,10 @@ def test_pretraining_for_a_fixed_time_with_timed_checkpoints(tmp_path):
     card = run_pretrain(config, tmp_path, tmp_path / "timed", device_name="cpu", log=lambda m: None,
                         checkpoint_minutes=1e-6)  # fmt: skip
     assert card["iterations"] == 3 and card["complete"] is True
-    checkpoint = json.loads((tmp_path / "timed.checkpoint" / "model.json").read_text())
+    checkpoint = json.loads((tmp_path / "timed.checkpoint" / MODEL_SPEC_FILE).read_text())
     assert checkpoint["card"]["iterations"] == 2
     # A fixed time: stopped after the first step, finished as a (non-final) model at iteration 1.
     card = run_pretrain(config, tmp_path, tmp_path / "short", device_name="cpu", log=lambda m: None,
                         max_minutes=1e-6)  # fmt: skip
     assert card["iterations"] == 1 and card["complete"] is False
-    assert (tmp_path / "short" / "model.safetensors").is_file()
+    assert (tmp_path / "short" / MODEL_WEIGHTS_FILE).is_file()

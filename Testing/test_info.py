@@ -11,10 +11,11 @@ import torch
 from monai.networks.nets import UNETR
 from torch import nn
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
-from tcurlora.adapters.config import CONV_TARGETS
+from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
 from tcurlora.adapters.io import save_adapter
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.cli import main
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_info_on_an_adapter_folder(tmp_path, capsys):
     counts = adapted.parameter_counts()
     assert data["method"] == "tcur" and data["rank"] == 4 and data["label_names"] == ["hippocampus"]
     assert (data["trainable"], data["adapter"], data["head"]) == (counts.trainable, counts.adapter, 8 * 2 + 2)
-    assert data["file_size"] == (folder / "adapter.safetensors").stat().st_size
+    assert data["file_size"] == (folder / ADAPTER_WEIGHTS_FILE).stat().st_size
     assert main(["info", str(folder)]) == 0
     assert "file size" in capsys.readouterr().out
 
@@ -120,11 +121,11 @@ def test_info_errors_name_the_problem(tmp_path, capsys):
     assert "missing_model" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "adapter_config.json").write_text("{not json")
-    (broken / "adapter.safetensors").write_bytes(b"")
+    (broken / ADAPTER_CONFIG_FILE).write_text("{not json")
+    (broken / ADAPTER_WEIGHTS_FILE).write_bytes(b"")
     assert main(["info", str(broken)]) == 2
     err = capsys.readouterr().err
-    assert "corrupt adapter config" in err and str(broken / "adapter_config.json") in err
+    assert "corrupt adapter config" in err and str(broken / ADAPTER_CONFIG_FILE) in err
 
 
 def test_info_conv_flags_follow_finetune_for_every_method(capsys):

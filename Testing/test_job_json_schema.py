@@ -14,7 +14,9 @@ import pytest
 from test_jobs_schema import BAD_FINETUNE, BAD_SEGMENT, VALID_EVENTS, event, finetune_data, segment_data
 
 from tcurlora.cli import main as cli_main
-from tcurlora.jobs.schema import FinetuneJob, SegmentJob, load_job, validate_event
+from tcurlora.filenames import JOB_SCHEMA
+from tcurlora.jobs.event_schema import validate_event
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob, load_job
 from tcurlora.jobs.schema_export import SCHEMA_FILES, SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def test_schema_command_runs_as_a_process_and_refuses_unknown_names():
     done = subprocess.run([sys.executable, "-m", "tcurlora", "schema", "job"], capture_output=True, text=True,
                           timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["title"] == "tcurlora.job/1"
+    assert json.loads(done.stdout)["title"] == JOB_SCHEMA
     bad = subprocess.run([sys.executable, "-m", "tcurlora", "schema", "jobs"], capture_output=True, text=True,
                          timeout=120, check=False)  # fmt: skip
     assert bad.returncode == 2 and "invalid choice: 'jobs'" in bad.stderr

@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.jobs.schema import (
-    EVENT_SCHEMA,
-    FinetuneJob,
-    JobCase,
-    SegmentJob,
-    load_job,
-    parse_event_line,
-    validate_event,
-)
+from tcurlora.filenames import JOB_SCHEMA
+from tcurlora.jobs.event_schema import EVENT_SCHEMA, parse_event_line, validate_event
+from tcurlora.jobs.schema import FinetuneJob, JobCase, SegmentJob, load_job
 
 
 def write_job(folder: Path, data: dict, name: str = "job.json") -> Path:
@@ -27,7 +21,7 @@ def write_job(folder: Path, data: dict, name: str = "job.json") -> Path:
 
 def finetune_data(**overrides) -> dict:
     data = {
-        "schema": "tcurlora.job/1",
+        "schema": JOB_SCHEMA,
         "command": "finetune",
         "base_model": "unetr-brats",
         "cases": [

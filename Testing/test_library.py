@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 
 @pytest.fixture
@@ -31,9 +32,9 @@ def make_adapter(folder: Path, names: list[str], weights: bool = True, config: s
             "metrics": {"val_dice": {n: 0.8 for n in names}},
         }
     )
-    (folder / library.ADAPTER_CONFIG).write_text(text)
+    (folder / ADAPTER_CONFIG_FILE).write_text(text)
     if weights:
-        save_file({"core": torch.zeros(2, 2)}, str(folder / library.ADAPTER_WEIGHTS))
+        save_file({"core": torch.zeros(2, 2)}, str(folder / ADAPTER_WEIGHTS_FILE))
     return folder
 
 

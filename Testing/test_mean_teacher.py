@@ -14,6 +14,7 @@ from trust_testing import kinds, run, tiny_job, write_job
 
 from tcurlora.data.loader import unlabeled_files
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE
 from tcurlora.mean_teacher import (
     EMATeacher,
     SemiSupervisedLoss,
@@ -147,11 +148,11 @@ def test_a_three_step_finetune_with_unlabeled_volumes_records_them(tmp_path, cap
     )  # fmt: skip
     assert code == 0, events[-1]
     assert [e["iteration"] for e in events if e["event"] == "progress"] == [1, 2, 3]
-    config = json.loads((output / "adapter_config.json").read_text())
+    config = json.loads((output / ADAPTER_CONFIG_FILE).read_text())
     semi = config["training"]["semi_supervised"]
     assert semi["unlabeled_volumes"] == 2 and semi["unlabeled_weight"] == 0.5 and semi["saved"] == "student"
     assert semi["ema_decay"] == 0.99 and config["metrics"]["unlabeled_volumes"] == 2
-    log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (output / TRAINING_LOG_FILE).read_text().splitlines()]
     assert log[0] == {"semi_supervised": semi}
     steps = [r for r in log if "loss" in r]
     assert [r["iteration"] for r in steps] == [1, 2, 3]
@@ -174,8 +175,8 @@ def test_keep_teacher_saves_the_teacher_not_the_student(tmp_path, capsys, hippoc
     job = write_job(tmp_path / "initial.json", tiny_job(hippocampus_dir, initial, iterations=1, learning_rate=1e-30,
                                                         head_learning_rate=1e-30, modules_learning_rate=1e-30))  # fmt: skip
     assert run(capsys, "finetune", "--job", job)[0] == 0
-    s, t, i = (load_file(str(p / "adapter.safetensors")) for p in (student, teacher, initial))
-    assert json.loads((teacher / "adapter_config.json").read_text())["training"]["semi_supervised"]["saved"] == "teacher"
+    s, t, i = (load_file(str(p / ADAPTER_WEIGHTS_FILE)) for p in (student, teacher, initial))
+    assert json.loads((teacher / ADAPTER_CONFIG_FILE).read_text())["training"]["semi_supervised"]["saved"] == "teacher"
     moved = [k for k in s if not torch.allclose(s[k], i[k])]
     assert moved, "one step moves the student"
     for k in moved:

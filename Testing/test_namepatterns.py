@@ -12,7 +12,7 @@ from adapter_testing import small_swin, small_unetr
 from monai.networks.nets import SegResNet, UNet
 
 from tcurlora.adapters.config import CONV_TARGETS, DEFAULT_DECODER_MODULES, DEFAULT_TARGETS
-from tcurlora.adapters.targets import CNN_DECODERS
+from tcurlora.adapters.methods.baselines import CNN_DECODERS
 from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern, full_match
 
 PATTERNS = DEFAULT_TARGETS + DEFAULT_DECODER_MODULES + CONV_TARGETS + CNN_DECODERS["SegResNet"] + [

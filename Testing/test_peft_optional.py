@@ -25,7 +25,8 @@ class NoPeft(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoPeft())
 import torch
 from monai.networks.nets import UNETR
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
 from tcurlora.errors import ConfigError
 

@@ -15,12 +15,13 @@ import pytest
 import SimpleITK as sitk
 
 from tcurlora.cli import main
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, JOB_SCHEMA
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_job(path: Path, **job) -> Path:
-    path.write_text(json.dumps({"schema": "tcurlora.job/1", **job}))
+    path.write_text(json.dumps({"schema": JOB_SCHEMA, **job}))
     return path
 
 
@@ -36,7 +37,7 @@ def hippocampus_cases(folder: Path, ids: list[int]) -> list[dict]:
 
 
 def read_events(text: str) -> list[dict]:
-    from tcurlora.jobs.schema import parse_event_line
+    from tcurlora.jobs.event_schema import parse_event_line
 
     events = [parse_event_line(line) for line in text.splitlines() if line.strip()]
     return [e for e in events if e is not None]
@@ -80,7 +81,7 @@ def test_finetune_lowers_loss_and_writes_loadable_adapter(trained):
     losses = [e["loss"] for e in events if e["event"] == "progress"]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     adapter = Path(events[-1]["outputs"]["adapter"])
-    config = json.loads((adapter / "adapter_config.json").read_text())
+    config = json.loads((adapter / ADAPTER_CONFIG_FILE).read_text())
     assert config["label_names"] == ["Anterior", "Posterior"] and config["method"] == "tcur"
     assert not (adapter.parent / "adapter.checkpoint").exists()
 
@@ -164,7 +165,7 @@ def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir)
     assert process.returncode == 130, err[-2000:]
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
     assert not output.exists(), "a cancelled run must not leave an adapter"
-    checkpoint = json.loads((tmp_path / "adapter.checkpoint" / "checkpoint.json").read_text())
+    checkpoint = json.loads((tmp_path / "adapter.checkpoint" / CHECKPOINT_FILE).read_text())
     stopped_at = checkpoint["iteration"]
     assert stopped_at >= 2
 
@@ -178,7 +179,7 @@ def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     progress = [e for e in read_events(resumed.stdout) if e["event"] == "progress"]
     assert progress[0]["iteration"] == stopped_at + 1 and progress[-1]["iteration"] == 40
-    assert (output / "adapter.safetensors").is_file()
+    assert (output / ADAPTER_WEIGHTS_FILE).is_file()
 
 
 def _bad_label_copy(folder: Path, tmp_path: Path, value: float, dtype=np.uint8) -> Path:

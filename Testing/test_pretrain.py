@@ -11,6 +11,13 @@ import torch
 from safetensors import safe_open
 
 from tcurlora.errors import ConfigError, OutputExistsError
+from tcurlora.filenames import (
+    MODEL_CARD_FILE,
+    MODEL_SPEC_FILE,
+    MODEL_WEIGHTS_FILE,
+    PRETRAIN_RECIPE_FORMAT,
+    TRAINING_LOG_FILE,
+)
 from tcurlora.pretraining.config import PretrainConfig, SourceConfig, learning_rate, model_spec, union_labels
 from tcurlora.pretraining.data import SourceData, Volume
 from tcurlora.pretraining.loss import union_loss
@@ -53,7 +60,7 @@ def test_recipe_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown recipe format"):
         PretrainConfig.from_file(path)
     path.write_text(
-        json.dumps({"format": "tcurlora.pretrain/1", "name": "x", "sources": [], "arch_params": {}})
+        json.dumps({"format": PRETRAIN_RECIPE_FORMAT, "name": "x", "sources": [], "arch_params": {}})
     )
     with pytest.raises(ConfigError, match="at least one source") as info:
         PretrainConfig.from_file(path)
@@ -127,17 +134,17 @@ def test_tiny_run_writes_a_loadable_fp16_model_with_card(tiny_run):
     base = load_base_model(folder)
     assert base.spec.labels == {1: "organ", 2: "lesion", 3: "tumour", 4: "edema"}
     assert base.spec.out_channels == 5 and base.spec.spacing == (1.5, 1.5, 1.5)
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+    with safe_open(str(folder / MODEL_WEIGHTS_FILE), "pt") as handle:
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
     assert card["iterations"] == 6 and card["complete"] is True and card["device"] == "cpu"
     assert set(card["metrics"]["val_dice"]) == {"organ", "lesion", "tumour", "edema"}
     assert card["training_data"][0]["val_volumes"] == ["synthetic_002_0000"]
     assert "synthetic_002_0000" not in card["training_data"][0]["train_volumes"]
-    text = (folder / "MODEL_CARD.md").read_text()
+    text = (folder / MODEL_CARD_FILE).read_text()
     assert base.fingerprint in text and "organ" in text
-    log = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (folder / TRAINING_LOG_FILE).read_text().splitlines()]
     assert [r["source"] for r in log] == ["a", "b"] * 3  # round robin over the sources
-    model_json = json.loads((folder / "model.json").read_text())
+    model_json = json.loads((folder / MODEL_SPEC_FILE).read_text())
     assert model_json["card"]["recipe"]["seed"] == 0
 
 
@@ -146,6 +153,6 @@ def test_tiny_run_refuses_overwrite_and_checkpoint_can_be_finished(tiny_run):
     with pytest.raises(OutputExistsError):
         run_pretrain(config, root, root / "model", device_name="cpu", log=lambda m: None)
     checkpoint = root / "model.checkpoint"
-    assert (checkpoint / "model.json").is_file()  # written at iteration 4 of 6
+    assert (checkpoint / MODEL_SPEC_FILE).is_file()  # written at iteration 4 of 6
     card = finish_from_checkpoint(config, root, checkpoint, root / "from_ckpt", log=lambda m: None)
     assert card["iterations"] == 4 and card["complete"] is False

@@ -16,6 +16,14 @@ from safetensors.torch import load_file, save_file
 
 from tcurlora.data.cases import cases_from_decathlon
 from tcurlora.errors import InputError
+from tcurlora.filenames import (
+    MODEL_SPEC_FILE,
+    MODEL_WEIGHTS_FILE,
+    OPTIMIZER_FILE,
+    PRETRAIN_STATE_FILE,
+    PRETRAIN_STATE_FORMAT,
+    TRAINING_LOG_FILE,
+)
 from tcurlora.pretraining.cache import key_digest, volume_key
 from tcurlora.pretraining.config import PretrainConfig, SourceConfig, model_spec
 from tcurlora.pretraining.data import load_volume, preprocess
@@ -50,7 +58,7 @@ def recipe(**changes) -> PretrainConfig:
 
 
 def losses(folder: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (folder / "training_log.jsonl").read_text().splitlines()]
+    return [json.loads(line)["loss"] for line in (folder / TRAINING_LOG_FILE).read_text().splitlines()]
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -60,7 +68,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 
 def assert_same_optimizer(a: Path, b: Path) -> None:
-    first, second = (torch.load(str(p / "optimizer.pt"), weights_only=True) for p in (a, b))
+    first, second = (torch.load(str(p / OPTIMIZER_FILE), weights_only=True) for p in (a, b))
     assert first["optimizer"]["param_groups"] == second["optimizer"]["param_groups"]
     assert first["optimizer"]["state"].keys() == second["optimizer"]["state"].keys()
     for key, value in first["optimizer"]["state"].items():
@@ -76,7 +84,7 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
     run_pretrain(recipe(), data, work / "straight", device_name="cpu", log=quiet)
     card = run_pretrain(recipe(), data, work / "stopped", device_name="cpu", log=quiet, stop_after=3)
     assert card["iterations"] == 3 and card["complete"] is False
-    state = json.loads((work / "stopped.checkpoint" / "training_state.json").read_text())
+    state = json.loads((work / "stopped.checkpoint" / PRETRAIN_STATE_FILE).read_text())
     assert state["iteration"] == 3 and state["sampler"]["bit_generator"] == "PCG64"
     shutil.copytree(work / "stopped.checkpoint", work / "saved.checkpoint")  # a pristine copy for other tests
     card = run_pretrain(recipe(), data, work / "resumed", device_name="cpu", log=quiet,
@@ -88,25 +96,25 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
 def test_a_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_one(runs):
     work = runs["work"]
     assert losses(work / "resumed") == losses(work / "straight") and len(losses(work / "straight")) == 6
-    assert_same_tensors(load_file(str(work / "straight" / "model.safetensors")),
-                        load_file(str(work / "resumed" / "model.safetensors")))  # fmt: skip
+    assert_same_tensors(load_file(str(work / "straight" / MODEL_WEIGHTS_FILE)),
+                        load_file(str(work / "resumed" / MODEL_WEIGHTS_FILE)))  # fmt: skip
     # The fp32 checkpoints at iteration 4 (after the resume at 3): weights, optimizer moments and RNG agree.
     for name in ("straight", "resumed"):
-        assert json.loads((work / f"{name}.checkpoint" / "training_state.json").read_text())["iteration"] == 4
+        assert json.loads((work / f"{name}.checkpoint" / PRETRAIN_STATE_FILE).read_text())["iteration"] == 4
     straight, resumed = work / "straight.checkpoint", work / "resumed.checkpoint"
-    weights = load_file(str(straight / "model.safetensors"))
+    weights = load_file(str(straight / MODEL_WEIGHTS_FILE))
     assert {v.dtype for v in weights.values()} == {torch.float32}
-    assert_same_tensors(weights, load_file(str(resumed / "model.safetensors")))
+    assert_same_tensors(weights, load_file(str(resumed / MODEL_WEIGHTS_FILE)))
     assert_same_optimizer(straight, resumed)
-    card = json.loads((work / "resumed" / "model.json").read_text())["card"]
+    card = json.loads((work / "resumed" / MODEL_SPEC_FILE).read_text())["card"]
     assert "Resumed at iteration 3" in card["notes"][0]
 
 
 def test_the_stopped_run_differs_from_the_finished_one(runs):
     """The comparison above can fail: three iterations fewer give other weights."""
     work = runs["work"]
-    stopped = load_file(str(work / "stopped" / "model.safetensors"))
-    straight = load_file(str(work / "straight" / "model.safetensors"))
+    stopped = load_file(str(work / "stopped" / MODEL_WEIGHTS_FILE))
+    straight = load_file(str(work / "straight" / MODEL_WEIGHTS_FILE))
     assert any(not torch.equal(stopped[k], straight[k]) for k in stopped)
 
 
@@ -137,7 +145,7 @@ def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data,
     # A folder without training state (a model, or a checkpoint of an older tcurlora) is a warm start.
     legacy = tmp_path / "legacy.checkpoint"
     shutil.copytree(runs["checkpoint"], legacy)
-    (legacy / "training_state.json").unlink()
+    (legacy / PRETRAIN_STATE_FILE).unlink()
     messages: list[str] = []
     card = run_pretrain(recipe(), data, tmp_path / "legacy", device_name="cpu", log=messages.append,
                         resume_from=legacy)  # fmt: skip
@@ -194,10 +202,10 @@ def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_agai
 def test_a_pretraining_checkpoint_keeps_the_files_and_record_older_versions_wrote(runs):
     """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
     folder = runs["checkpoint"]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "model.json", "model.safetensors", "optimizer.pt", "training_log.jsonl", "training_state.json"]  # fmt: skip
-    state = json.loads((folder / "training_state.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE, OPTIMIZER_FILE, TRAINING_LOG_FILE, PRETRAIN_STATE_FILE])
+    state = json.loads((folder / PRETRAIN_STATE_FILE).read_text())
     assert list(state) == ["format", "iteration", "sampler", "recipe", "train_volumes"]
-    assert state["format"] == "tcurlora.pretrain-state/1" and state["train_volumes"] == {
+    assert state["format"] == PRETRAIN_STATE_FORMAT and state["train_volumes"] == {
         "a": ["synthetic_000_0000", "synthetic_001_0000"], "b": ["synthetic_000_0000", "synthetic_001_0000"]}  # fmt: skip
-    assert set(torch.load(str(folder / "optimizer.pt"), weights_only=True)) == {"optimizer", "scaler", "torch_rng"}
+    assert set(torch.load(str(folder / OPTIMIZER_FILE), weights_only=True)) == {"optimizer", "scaler", "torch_rng"}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tcurlora.filenames import PRETRAIN_RECIPE_FORMAT
 from tcurlora.pretraining.config import PretrainConfig, model_spec, union_labels
 from tcurlora.pretraining.contrast import bias_field, random_contrast_curve, randomise_intensity
 from tcurlora.pretraining.data import load_sources
@@ -65,7 +66,7 @@ def _tiny_recipe(root: Path) -> PretrainConfig:
     for label in (root / "unl" / "labelsTr").iterdir():
         label.write_bytes(b"not a volume")
     recipe = {
-        "format": "tcurlora.pretrain/1", "name": "t", "arch": "SegResNet",
+        "format": PRETRAIN_RECIPE_FORMAT, "name": "t", "arch": "SegResNet",
         "arch_params": {"spatial_dims": 3, "init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_up": [1, 1, 1]},
         "sources": [{"name": "seg", "folder": "seg", "val_case_ids": ["synthetic_002"]},
                     {"name": "unl", "folder": "unl", "objective": "tissue"}],
@@ -93,8 +94,8 @@ def test_tissue_source_labels_are_its_own_intensity_classes(tmp_path):
 
 
 def test_segresnet_base_pretrains_and_adapts_with_tcur(tmp_path):
-    from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import default_train_modules, expand_train_modules
+    from tcurlora.adapters.config import AdapterConfig, default_train_modules, expand_train_modules
+    from tcurlora.adapters.model import apply_adapter
     from tcurlora.adapters.targets import configure_targets
     from tcurlora.models.registry import load_base_model
 

@@ -19,7 +19,9 @@ from safetensors.numpy import load_file
 from sshd_testing import REPO_ROOT, LoopbackSshd, gone, start_sshd
 from trust_testing import hippo_case
 
-from tcurlora.remote import RemoteError, RemoteHost, RemoteTargetError, SshConnection
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE
+from tcurlora.remote.host import RemoteError, RemoteHost, RemoteTargetError
+from tcurlora.remote.ssh import SshConnection
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "-1"}
 
@@ -160,7 +162,7 @@ def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path
     assert kinds[0] == "log" and "started" in kinds and kinds[-1] == "done", kinds
     assert [e["iteration"] for e in seen if e["event"] == "progress"][-1] == 3
     assert seen[-1]["outputs"]["adapter"] == str(tmp_path / "a_remote"), seen[-1]
-    a, b = (load_file(str(tmp_path / name / "adapter.safetensors")) for name in ("a_local", "a_remote"))
+    a, b = (load_file(str(tmp_path / name / ADAPTER_WEIGHTS_FILE)) for name in ("a_local", "a_remote"))
     assert sorted(a) == sorted(b) and a
     for key in a:
         assert (a[key] == b[key]).all(), key
@@ -196,7 +198,7 @@ def test_cancel_stops_remote_keeps_checkpoint(sshd, hippocampus_dir: Path, tmp_p
     assert gone(pid), f"remote worker {pid} still runs after Cancel"
     assert list(remote_folder.iterdir()) == [], "the remote run folder was not removed"
     assert not output.exists(), "a cancelled run must not leave an adapter"
-    assert (tmp_path / "adapter.checkpoint" / "checkpoint.json").is_file(), "the checkpoint did not come back"
+    assert (tmp_path / "adapter.checkpoint" / CHECKPOINT_FILE).is_file(), "the checkpoint did not come back"
 
 
 def test_lost_connection_is_reported_and_resumable(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
@@ -214,7 +216,7 @@ def test_lost_connection_is_reported_and_resumable(sshd, hippocampus_dir: Path, 
     assert "lost the SSH connection" in final["message"] and "resume" in final["message"], final
     assert gone(pid), f"remote worker {pid} still runs after the connection was lost"
     assert list(remote_folder.iterdir()) == []
-    saved = json.loads((tmp_path / "adapter.checkpoint" / "checkpoint.json").read_text())["iteration"]
+    saved = json.loads((tmp_path / "adapter.checkpoint" / CHECKPOINT_FILE).read_text())["iteration"]
     assert saved >= 2
     resumed = tcurlora("finetune", "--job", str(job), "--resume", *sshd.remote_args(remote_folder))
     first = next(e for e in read_until(resumed, "progress") if e["event"] == "progress")

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from tcurlora.adapters.io import load_adapter
-from tcurlora.finetuning import DEFAULT_LEARNING_RATES, SCRATCH_LEARNING_RATE, Trainer, learning_rates
+from tcurlora.adapters.methods.registry import METHODS, SCRATCH_LEARNING_RATE, method_info
+from tcurlora.filenames import ADAPTER_CONFIG_FILE
+from tcurlora.finetuning import Trainer, learning_rates
 from tcurlora.finetuning_setup import prepare_training
 from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import RecordingSink
-from tcurlora.jobs.schema import METHODS, FinetuneJob
+from tcurlora.jobs.schema import FinetuneJob
 from tcurlora.models.registry import load_base_model
 
 BASE = "preset:unetr-tiny"
@@ -42,7 +44,7 @@ def initial_weights(data, tmp_path, seed: int) -> dict[str, torch.Tensor]:
 
 def test_scratch_is_a_method_with_its_own_learning_rate():
     assert "scratch" in METHODS
-    assert DEFAULT_LEARNING_RATES["scratch"] == SCRATCH_LEARNING_RATE
+    assert method_info("scratch").learning_rate == SCRATCH_LEARNING_RATE
     job = FinetuneJob.from_dict({"command": "finetune", "base_model": BASE, "data": "x", "method": "scratch",
                                  "output": "out"}, ".")  # fmt: skip
     assert learning_rates(job)["adapter"] == SCRATCH_LEARNING_RATE
@@ -68,7 +70,7 @@ def test_scratch_adapter_holds_every_weight_and_reloads_exactly_whatever_the_bas
     trainer = Trainer(job, setup, sink, CancelToken())
     trainer.run(output)
     trained = trainer.adapted.eval()
-    record = json.loads((output / "adapter_config.json").read_text())
+    record = json.loads((output / ADAPTER_CONFIG_FILE).read_text())
     assert record["method"] == "scratch" and record["initialisation"] == "random"
     assert record["training"]["learning_rate"] == SCRATCH_LEARNING_RATE
     assert any("trained from random initialisation" in e.get("message", "") for e in sink.events)

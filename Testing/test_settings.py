@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import MODEL_SPEC_FILE
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 from tcurlora.pretraining.config import PretrainConfig, SourceConfig
 from tcurlora.settings import (
@@ -169,7 +170,7 @@ def test_a_recipe_round_trips_through_to_dict(tmp_path):
 def test_the_builtin_model_spec_round_trips_and_bad_specs_name_the_key():
     from tcurlora.models.spec import IntensitySpec, ModelSpec
 
-    record = json.loads((REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / "model.json").read_text())
+    record = json.loads((REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / MODEL_SPEC_FILE).read_text())
     spec = ModelSpec.from_dict(record["spec"])
     assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (48, 48, 48) and spec.labels[1] == "RightVentricle"
     assert isinstance(spec.intensity, IntensitySpec) and ModelSpec.from_dict(spec.to_dict()) == spec
@@ -183,5 +184,5 @@ def test_the_builtin_model_spec_round_trips_and_bad_specs_name_the_key():
         ({"spec": 1}, "key 'spec': unknown key"),
     ]:
         with pytest.raises(ConfigError) as info:
-            ModelSpec.from_dict({**record["spec"], **change}, "model.json")
-        assert info.value.path == "model.json" and message in info.value.problem, info.value.problem
+            ModelSpec.from_dict({**record["spec"], **change}, MODEL_SPEC_FILE)
+        assert info.value.path == MODEL_SPEC_FILE and message in info.value.problem, info.value.problem

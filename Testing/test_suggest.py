@@ -13,7 +13,8 @@ import SimpleITK as sitk
 import torch
 
 from tcurlora.cli import build_parser, main
-from tcurlora.jobs.schema import parse_event_line
+from tcurlora.filenames import JOB_SCHEMA, RANKING_SCHEMA
+from tcurlora.jobs.event_schema import parse_event_line
 from tcurlora.suggest import flip_disagreement, rank, score_probabilities
 
 BASE = "unetr-small-acdc-brats"
@@ -84,7 +85,7 @@ def test_json_ranking_on_real_volumes(volumes, capsys):
                           "--threads", "1", "--device", "cpu"], capsys)  # fmt: skip
     assert code == 0, err
     document = json.loads(out)  # stdout holds the JSON document alone; progress went to stderr
-    assert document["schema"] == "tcurlora.suggest/1" and document["score"] == "entropy"
+    assert document["schema"] == RANKING_SCHEMA and document["score"] == "entropy"
     ranking = document["ranking"]
     assert sorted(e["volume"] for e in ranking) == sorted(str(v) for v in volumes[:2])
     assert [e["rank"] for e in ranking] == [1, 2]
@@ -106,7 +107,7 @@ def test_json_ranking_on_real_volumes(volumes, capsys):
 
 def test_job_file_runs_through_the_worker_protocol(volumes, tmp_path, capsys):
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"schema": "tcurlora.job/1", "command": "suggest", "base_model": BASE,
+    job.write_text(json.dumps({"schema": JOB_SCHEMA, "command": "suggest", "base_model": BASE,
                                "inputs": [str(volumes[0])], "score": "flips", "device": "cpu", "threads": 1}))
     code, out, _ = run(["suggest", "--job", str(job)], capsys)
     events = [parse_event_line(line) for line in out.splitlines()]  # each one validated against the schema

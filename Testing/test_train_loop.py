@@ -11,6 +11,7 @@ import torch
 
 from tcurlora.cli import build_parser
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import PRETRAIN_RECIPE_FORMAT
 from tcurlora.jobs.schema import FinetuneJob
 from tcurlora.pretraining.config import PretrainConfig
 from tcurlora.training.loop import Batch, LoopHooks, run_loop
@@ -126,7 +127,7 @@ def test_grad_clip_is_a_job_setting_and_a_flag(tmp_path):
 
 
 def test_grad_clip_is_a_recipe_setting(tmp_path):
-    data = {"format": "tcurlora.pretrain/1", "name": "n", "sources": [{"name": "a", "folder": "a"}],
+    data = {"format": PRETRAIN_RECIPE_FORMAT, "name": "n", "sources": [{"name": "a", "folder": "a"}],
             "arch_params": {}, "grad_clip": 2.0}  # fmt: skip
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(data))

@@ -12,9 +12,9 @@ from adapter_testing import CONV_TARGETS, small_unetr
 from monai.losses import DiceCELoss
 from torch import nn
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
-from tcurlora.adapters.config import expand_train_modules
+from tcurlora.adapters.config import AdapterConfig, expand_train_modules
 from tcurlora.adapters.io import load_adapter, read_adapter_config, save_adapter
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.errors import ConfigError
 from tcurlora.finetuning import build_optimizer
 

@@ -18,17 +18,18 @@ from trust_testing import TINY, hippo_case, run, tiny_job, write_job
 from tcurlora.adapter_integrity import config_digest, seal
 from tcurlora.adapters.config import AdapterConfig
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 
 def test_the_weights_digest_is_recorded(tiny_adapter):
-    record = json.loads((tiny_adapter / "adapter_config.json").read_text())
-    data = (tiny_adapter / "adapter.safetensors").read_bytes()
+    record = json.loads((tiny_adapter / ADAPTER_CONFIG_FILE).read_text())
+    data = (tiny_adapter / ADAPTER_WEIGHTS_FILE).read_bytes()
     assert record["weights_sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_a_tampered_adapter_is_refused_by_segment_and_info(tmp_path, capsys, hippocampus_dir, tiny_adapter):
     tampered = shutil.copytree(tiny_adapter, tmp_path / "tampered")
-    weights = tampered / "adapter.safetensors"
+    weights = tampered / ADAPTER_WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     header = 8 + int.from_bytes(data[:8], "little")  # flip tensor bytes only: the file still parses
     for index in random.Random(0).sample(range(header, len(data)), 1000):
@@ -48,7 +49,7 @@ def test_a_tampered_adapter_is_refused_by_segment_and_info(tmp_path, capsys, hip
 
 def test_info_refuses_an_empty_weights_file(tmp_path, capsys, tiny_adapter):
     empty = shutil.copytree(tiny_adapter, tmp_path / "empty")
-    (empty / "adapter.safetensors").write_bytes(b"")
+    (empty / ADAPTER_WEIGHTS_FILE).write_bytes(b"")
     code, _, out, err = run(capsys, "info", empty, "--json")
     assert code == 2 and "the adapter weights file is empty" in err and out == ""
 
@@ -56,13 +57,13 @@ def test_info_refuses_an_empty_weights_file(tmp_path, capsys, tiny_adapter):
 def edited_copy(source: Path, target: Path, reseal: bool = True, **changes) -> Path:
     """A copy of an adapter folder with `changes` in its config (None deletes a key); re-sealed unless told."""
     folder = shutil.copytree(source, target)
-    record = json.loads((folder / "adapter_config.json").read_text())
+    record = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
     for key, value in changes.items():
         if value is None:
             record.pop(key, None)
         else:
             record[key] = value
-    (folder / "adapter_config.json").write_text(json.dumps(seal(record) if reseal else record))
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(record) if reseal else record))
     return folder
 
 
@@ -103,23 +104,23 @@ def test_a_crafted_pattern_cannot_hang_segment(tmp_path, capsys, hippocampus_dir
 
 
 def test_the_config_is_under_the_digest(tmp_path, capsys, tiny_adapter):
-    record = json.loads((tiny_adapter / "adapter_config.json").read_text())
+    record = json.loads((tiny_adapter / ADAPTER_CONFIG_FILE).read_text())
     assert record["config_sha256"] == config_digest(record) and len(record["config_sha256"]) == 64
     edited = edited_copy(tiny_adapter, tmp_path / "edited", reseal=False, label_names=["Left", "Right"])
     code, _, out, err = run(capsys, "info", edited)
     assert code == 2 and out == "" and "adapter_config.json was changed after training" in err
-    assert str(edited / "adapter_config.json") in err
+    assert str(edited / ADAPTER_CONFIG_FILE) in err
     # Layout and key order are not content: a re-indented config still loads.
     relaid = shutil.copytree(tiny_adapter, tmp_path / "relaid")
     text = json.dumps(dict(reversed(list(record.items()))), indent=7)
-    (relaid / "adapter_config.json").write_text(text)
+    (relaid / ADAPTER_CONFIG_FILE).write_text(text)
     assert run(capsys, "info", relaid)[0] == 0
 
 
 @pytest.mark.parametrize("key", ["weights_sha256", "base_fingerprint", "config_sha256"])
 def test_a_missing_integrity_key_is_an_error(tmp_path, capsys, hippocampus_dir, tiny_adapter, key):
     stripped = edited_copy(tiny_adapter, tmp_path / "stripped", reseal=key != "config_sha256", **{key: None})
-    weights = stripped / "adapter.safetensors"
+    weights = stripped / ADAPTER_WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # also tampered: nothing may fall back to "unchecked"
     weights.write_bytes(bytes(data))
@@ -129,7 +130,7 @@ def test_a_missing_integrity_key_is_an_error(tmp_path, capsys, hippocampus_dir, 
     code, events, _, _ = run(capsys, "segment", hippo_case(hippocampus_dir)["image"], "--base-model", TINY,
                              "--adapter", stripped, "-o", output, "--events")  # fmt: skip
     assert code == 2 and f"has no {key}" in events[-1]["message"]
-    assert events[-1]["path"] == str(stripped / "adapter_config.json") and not output.exists()
+    assert events[-1]["path"] == str(stripped / ADAPTER_CONFIG_FILE) and not output.exists()
 
 
 def test_patterns_a_linear_matcher_cannot_run_are_refused_naming_the_key():

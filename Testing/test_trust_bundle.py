@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from zoo_testing import shared_bundle
 
 from tcurlora.errors import InputError
+from tcurlora.filenames import BUNDLE_SAFETENSORS_FILE, MODEL_SPEC_FILE
 from tcurlora.models.bundle import build_bundle_network, load_bundle, read_bundle_configs
 from tcurlora.models.registry import load_base_model
 
@@ -28,7 +29,7 @@ def _bundle(folder: Path, config: dict, weights: dict | None = None) -> Path:
     (folder / "configs" / "inference.json").write_text(json.dumps(config))
     (folder / "configs" / "metadata.json").write_text(json.dumps({"name": "hostile", "version": "1.0"}))
     if weights is not None:
-        save_file(weights, str(folder / "models" / "model.safetensors"))
+        save_file(weights, str(folder / BUNDLE_SAFETENSORS_FILE))
     return folder
 
 
@@ -129,14 +130,14 @@ def test_symlinked_and_oversized_weight_files_are_refused(tmp_path, monkeypatch)
     elsewhere = tmp_path / "elsewhere.safetensors"
     save_file(_unet_weights(), str(elsewhere))
     linked = _bundle(tmp_path / "linked", {"network_def": UNET})
-    (linked / "models" / "model.safetensors").symlink_to(elsewhere)
+    (linked / BUNDLE_SAFETENSORS_FILE).symlink_to(elsewhere)
     with pytest.raises(InputError, match="symbolic link") as info:
         load_bundle(linked)
-    assert str(linked / "models" / "model.safetensors") in str(info.value)
+    assert str(linked / BUNDLE_SAFETENSORS_FILE) in str(info.value)
 
     outside = tmp_path / "outside"
     (outside / "models").mkdir(parents=True)
-    shutil.copy(elsewhere, outside / "models" / "model.safetensors")
+    shutil.copy(elsewhere, outside / BUNDLE_SAFETENSORS_FILE)
     linked_folder = _bundle(tmp_path / "linked_folder", {"network_def": UNET})
     (linked_folder / "models").rmdir()
     (linked_folder / "models").symlink_to(outside / "models")
@@ -144,7 +145,7 @@ def test_symlinked_and_oversized_weight_files_are_refused(tmp_path, monkeypatch)
         load_bundle(linked_folder)
 
     huge = _bundle(tmp_path / "huge", {"network_def": UNET})
-    with open(huge / "models" / "model.safetensors", "wb") as handle:
+    with open(huge / BUNDLE_SAFETENSORS_FILE, "wb") as handle:
         handle.truncate(4 * 1024**3 + 1)  # sparse: no disk used, never read
     with pytest.raises(InputError, match="more than the limit of 4,294,967,296"):
         load_bundle(huge)
@@ -193,7 +194,7 @@ def test_real_zoo_bundle_loads_with_random_weights(tmp_path):
     config, _, config_path = read_bundle_configs(folder)
     weights = {k: v.contiguous() for k, v in build_bundle_network(config, config_path).state_dict().items()}
     (folder / "models").mkdir()
-    save_file(weights, str(folder / "models" / "model.safetensors"))
+    save_file(weights, str(folder / BUNDLE_SAFETENSORS_FILE))
     base = load_base_model(folder)
     assert base.spec.arch == "UNet" and base.spec.out_channels == 2
     assert base.spec.labels == {1: "spleen"} and base.spec.spacing == (1.5, 1.5, 2.0)
@@ -347,7 +348,7 @@ def test_plain_yaml_without_aliases_still_builds(tmp_path):
            "  channels: [4, 8]\n  strides: [2]\n  num_res_units: 0\n"  # fmt: skip
     folder = _yaml_bundle(tmp_path / "plain", text)
     (folder / "models").mkdir()
-    save_file(_unet_weights(), str(folder / "models" / "model.safetensors"))
+    save_file(_unet_weights(), str(folder / BUNDLE_SAFETENSORS_FILE))
     assert load_bundle(folder).spec.arch_params["channels"] == [4, 8]
 
 
@@ -365,11 +366,11 @@ def test_a_network_larger_than_its_weights_is_refused_before_it_is_allocated(cap
     assert code == 2, err
     from tcurlora.models.build_budget import network_budget
 
-    limit = network_budget((folder / "models" / "model.safetensors").stat().st_size)
+    limit = network_budget((folder / BUNDLE_SAFETENSORS_FILE).stat().st_size)
     assert f"refused: building network_def (torch.nn.Linear) would need more than {limit:,} bytes" in err
     assert "nothing that large was allocated" in err and str(folder / "configs" / "inference.json") in err
     # Without any weights, nothing is built at all.
-    (folder / "models" / "model.safetensors").unlink()
+    (folder / BUNDLE_SAFETENSORS_FILE).unlink()
     code, _, _, err = run(capsys, "info", str(folder))
     assert code == 2 and "MONAI bundle without weights" in err
 
@@ -381,14 +382,14 @@ def test_a_model_spec_larger_than_its_weights_is_refused_before_it_is_allocated(
 
     base = load_base_model("preset:unetr-tiny")
     folder = save_model_folder(tmp_path / "model", base.model, base.spec)
-    record = json.loads((folder / "model.json").read_text())
+    record = json.loads((folder / MODEL_SPEC_FILE).read_text())
     record["spec"]["arch_params"].update(hidden_size=24000, mlp_dim=96000)
-    (folder / "model.json").write_text(json.dumps(record))
+    (folder / MODEL_SPEC_FILE).write_text(json.dumps(record))
     _imported()
     start = time.monotonic()
     with pytest.raises(InputError, match="refused: building the UNETR of the spec would need more than") as info:
         load_base_model(folder)
-    assert time.monotonic() - start < 10 and str(folder / "model.json") in str(info.value)
+    assert time.monotonic() - start < 10 and str(folder / MODEL_SPEC_FILE) in str(info.value)
 
 
 def test_the_build_budget_counts_before_allocating():
@@ -409,7 +410,8 @@ def test_the_build_budget_counts_before_allocating():
 def test_a_unet_bundle_ending_in_a_transposed_conv_gets_info_and_a_new_head(capsys, tmp_path):
     from trust_testing import run
 
-    from tcurlora.adapters import AdapterConfig, apply_adapter
+    from tcurlora.adapters.config import AdapterConfig
+    from tcurlora.adapters.model import apply_adapter
 
     folder = _bundle(tmp_path / "transposed", {"network_def": UNET}, _unet_weights())  # no num_channels in metadata
     base = load_bundle(folder)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from trust_testing import tiny_job, write_job
 
+from tcurlora.filenames import ADAPTER_FILES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HELPER = r"""
@@ -94,8 +96,4 @@ def test_killed_runs_leave_no_temporary_folder_once_the_next_run_has_started(tmp
     assert report["at_start"] == [], f"the next run did not sweep: {report['at_start']}"
     assert report["exit"] == 0 and '"done"' in report["last"], report["last"]
     assert report["after"] == ["adapter"], report["after"]
-    assert sorted(p.name for p in output.iterdir()) == [
-        "adapter.safetensors",
-        "adapter_config.json",
-        "training_log.jsonl",
-    ]
+    assert sorted(p.name for p in output.iterdir()) == sorted(ADAPTER_FILES)

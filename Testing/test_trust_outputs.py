@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from trust_testing import TINY, hippo_case, kinds, run, tiny_job, write_job
 
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, TRAINING_LOG_FILE
 from tcurlora.fsutil import stale_siblings, sweep_stale
 from tcurlora.output_lock import OutputLock, lock_path
 
@@ -71,10 +72,10 @@ def test_force_replaces_a_clean_adapter_but_not_one_holding_user_files(
     assert (with_notes / "notes.txt").read_text() == "mine"
 
     clean = shutil.copytree(tiny_adapter, tmp_path / "clean")
-    before = json.loads((clean / "adapter_config.json").read_text())
+    before = json.loads((clean / ADAPTER_CONFIG_FILE).read_text())
     code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, clean, "--force", "--seed", "7"))
     assert code == 0 and events[-1]["event"] == "done"
-    after = json.loads((clean / "adapter_config.json").read_text())
+    after = json.loads((clean / ADAPTER_CONFIG_FILE).read_text())
     assert after["seed"] == 7 and before["seed"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "with_notes"]
 
@@ -135,7 +136,7 @@ def test_segment_and_evaluate_check_their_outputs_before_work(
     code, _, out, err = run(capsys, "evaluate", label, label, "--markdown", notes, "--force")
     assert code == 3 and "not a report written by tcurlora" in err and out == ""
     assert notes.read_text() == "my notes"
-    report = tmp_path / "report.json"
+    report = tmp_path / "eval.json"
     assert run(capsys, "evaluate", label, label, "--json", report)[0] == 0
     assert run(capsys, "evaluate", label, label, "--json", report, "--force")[0] == 0
 
@@ -167,7 +168,7 @@ def test_a_run_sweeps_its_own_stale_temporaries_only_and_modes_follow_the_umask(
     ]
     for folder in stale + others:
         folder.mkdir()
-        (folder / "adapter.safetensors").write_bytes(b"half")
+        (folder / ADAPTER_WEIGHTS_FILE).write_bytes(b"half")
     old_mask = os.umask(0o027)
     try:
         code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, output))
@@ -183,9 +184,9 @@ def test_a_run_sweeps_its_own_stale_temporaries_only_and_modes_follow_the_umask(
     assert stat.S_IMODE(segmentation.parent.stat().st_mode) == 0o750
     assert code == 0, events
     assert not any(p.exists() for p in stale)
-    assert all((p / "adapter.safetensors").read_bytes() == b"half" for p in others), "not ours to remove"
+    assert all((p / ADAPTER_WEIGHTS_FILE).read_bytes() == b"half" for p in others), "not ours to remove"
     assert stat.S_IMODE(output.stat().st_mode) == 0o750
-    for name in ("adapter.safetensors", "adapter_config.json", "training_log.jsonl"):
+    for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, TRAINING_LOG_FILE):
         assert stat.S_IMODE((output / name).stat().st_mode) == 0o640, name
     assert not lock_path(output).exists() and not (tmp_path / "adapter.checkpoint").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
@@ -199,12 +200,12 @@ def test_an_interrupted_folder_swap_is_restored_not_deleted(tmp_path):
     final = tmp_path / "adapter.checkpoint"
     old = tmp_path / ".adapter.checkpoint.old-999"
     old.mkdir()
-    (old / "checkpoint.json").write_text("{}")
+    (old / CHECKPOINT_FILE).write_text("{}")
     half = tmp_path / ".adapter.checkpoint.abcdefgh.tmp"
     half.mkdir()
     assert stale_siblings(final) == [half, old]
     sweep_stale(final)
-    assert (final / "checkpoint.json").read_text() == "{}" and not half.exists() and not old.exists()
+    assert (final / CHECKPOINT_FILE).read_text() == "{}" and not half.exists() and not old.exists()
 
 
 def test_job_file_output_checks_reach_the_worker_protocol(tmp_path, capsys, hippocampus_dir):
@@ -244,5 +245,5 @@ def test_an_adapter_left_aside_by_a_killed_swap_is_restored_before_the_output_ch
     shutil.copytree(tiny_adapter, tmp_path / ".adapter.x1y2z3w4.tmp")  # the new one, half-renamed
     code, events, _, _ = run(capsys, *finetune_args(hippocampus_dir, tmp_path / "adapter"))
     assert_refused_before_work(code, events, 3, "output_exists", "adapter folder exists")
-    assert not aside.exists() and (tmp_path / "adapter" / "adapter.safetensors").is_file()
+    assert not aside.exists() and (tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]

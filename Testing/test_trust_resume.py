@@ -14,8 +14,19 @@ from safetensors.torch import load_file
 from trust_testing import hippo_case, kinds, run, tiny_job, write_job
 
 from tcurlora.errors import CancelledError
+from tcurlora.filenames import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    BEST_WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    OPTIMIZER_FILE,
+    TEACHER_WEIGHTS_FILE,
+    TRAINING_LOG_FILE,
+    checkpoint_dir,
+)
 from tcurlora.finetuning import run_finetune
-from tcurlora.jobs import CancelToken, RecordingSink
+from tcurlora.jobs.cancel import CancelToken
+from tcurlora.jobs.events import RecordingSink
 from tcurlora.jobs.schema import FinetuneJob
 
 SEED = 2**63 - 1  # the largest seed the schema takes must also train
@@ -42,14 +53,14 @@ def interrupted(job: dict, where: Path) -> Path:
     token = CancelToken()
     with pytest.raises(CancelledError):
         run_finetune(FinetuneJob.from_dict(job, where), StopAtFirstCheckpoint(token), token)
-    checkpoint = Path(job["output"] + ".checkpoint")
-    assert json.loads((checkpoint / "checkpoint.json").read_text())["iteration"] == 2
+    checkpoint = checkpoint_dir(job["output"])
+    assert json.loads((checkpoint / CHECKPOINT_FILE).read_text())["iteration"] == 2
     assert not Path(job["output"]).exists()
     return checkpoint
 
 
 def losses(adapter: Path) -> list[float]:
-    lines = (adapter / "training_log.jsonl").read_text().splitlines()
+    lines = (adapter / TRAINING_LOG_FILE).read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
 
 
@@ -94,9 +105,9 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     assert code == 0, events[-1]
     assert [e["iteration"] for e in events if e["event"] == "progress"] == [3, 4]
     assert losses(resumed) == losses(straight)
-    a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
+    a, b = load_file(str(straight / ADAPTER_WEIGHTS_FILE)), load_file(str(resumed / ADAPTER_WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    record = json.loads((resumed / "adapter_config.json").read_text())
+    record = json.loads((resumed / ADAPTER_CONFIG_FILE).read_text())
     assert record["seed"] == SEED and record["training"]["seed"] == SEED
 
 
@@ -108,15 +119,15 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
     cases = [hippo_case(hippocampus_dir, 1), hippo_case(hippocampus_dir, 3)]
     job = base_job(hippocampus_dir, tmp_path / "adapter", cases=cases, val_case_ids=["hippocampus_003"])
     saved = interrupted(job, tmp_path)
-    meta = json.loads((saved / "checkpoint.json").read_text())
+    meta = json.loads((saved / CHECKPOINT_FILE).read_text())
     assert meta["sampler"]["sampler"]["bit_generator"] == "PCG64" and len(meta["sampler"]["transforms"]) > 5
-    assert (saved / "best_adapter.safetensors").is_file()
-    state = torch.load(str(saved / "optimizer.pt"), weights_only=True)
+    assert (saved / BEST_WEIGHTS_FILE).is_file()
+    state = torch.load(str(saved / OPTIMIZER_FILE), weights_only=True)
     assert {"optimizer", "scaler", "torch_rng"} <= set(state) and state["torch_rng"].dtype == torch.uint8
     straight, resumed, events = straight_and_resumed(job, saved, tmp_path, capsys)
-    a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
+    a, b = load_file(str(straight / ADAPTER_WEIGHTS_FILE)), load_file(str(resumed / ADAPTER_WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    first, second = (json.loads((p / "adapter_config.json").read_text())["metrics"] for p in (straight, resumed))
+    first, second = (json.loads((p / ADAPTER_CONFIG_FILE).read_text())["metrics"] for p in (straight, resumed))
     assert first["best_iteration"] <= 2, "the best adapter comes from before the interruption (seeded run)"
     assert first["best_iteration"] == second["best_iteration"] and first["val_dice"] == second["val_dice"]
     assert losses(resumed) == losses(straight)
@@ -132,17 +143,17 @@ def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_d
     job = base_job(hippocampus_dir, tmp_path / "adapter", unlabeled=unlabeled, unlabeled_weight=1.0,
                    ema_decay=0.9, keep_teacher=True)  # fmt: skip
     saved = interrupted(job, tmp_path)
-    assert (saved / "teacher.safetensors").is_file()
-    meta = json.loads((saved / "checkpoint.json").read_text())
+    assert (saved / TEACHER_WEIGHTS_FILE).is_file()
+    meta = json.loads((saved / CHECKPOINT_FILE).read_text())
     assert len(meta["consistency"]) == 2 and meta["unlabeled_sampler"]["sampler"]["bit_generator"] == "PCG64"
     straight, resumed, events = straight_and_resumed(job, saved, tmp_path, capsys)
     assert [e["iteration"] for e in events if e["event"] == "progress"] == [3, 4]
     assert losses(resumed) == losses(straight)
-    logs = [(p / "training_log.jsonl").read_text() for p in (straight, resumed)]
+    logs = [(p / TRAINING_LOG_FILE).read_text() for p in (straight, resumed)]
     assert logs[0] == logs[1] and '"consistency"' in logs[0]
-    a, b = load_file(str(straight / "adapter.safetensors")), load_file(str(resumed / "adapter.safetensors"))
+    a, b = load_file(str(straight / ADAPTER_WEIGHTS_FILE)), load_file(str(resumed / ADAPTER_WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    record = json.loads((resumed / "adapter_config.json").read_text())["training"]["semi_supervised"]
+    record = json.loads((resumed / ADAPTER_CONFIG_FILE).read_text())["training"]["semi_supervised"]
     assert record["unlabeled_volumes"] == 2 and record["saved"] == "teacher"
 
 
@@ -163,13 +174,13 @@ def test_resume_refuses_a_checkpoint_of_another_job(
     if change == "other cases":
         change = {"cases": [hippo_case(hippocampus_dir, 1), hippo_case(hippocampus_dir, 3)]}
     job_file, output = resume_copy(job, saved, tmp_path, "other", **change)
-    before = (tmp_path / "other.checkpoint" / "checkpoint.json").read_bytes()
+    before = (tmp_path / "other.checkpoint" / CHECKPOINT_FILE).read_bytes()
     code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
     assert code == 2 and events[-1]["kind"] == "input_error", events[-1]
     assert "cannot resume: the checkpoint was made for another job" in events[-1]["message"]
     assert named in events[-1]["message"]
     assert "progress" not in kinds(events) and not output.exists()
-    assert (tmp_path / "other.checkpoint" / "checkpoint.json").read_bytes() == before, "checkpoint kept"
+    assert (tmp_path / "other.checkpoint" / CHECKPOINT_FILE).read_bytes() == before, "checkpoint kept"
 
 
 def test_resume_may_change_the_iteration_count(tmp_path, capsys, checkpoint):
@@ -194,11 +205,11 @@ def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, check
     job, saved = checkpoint
     mark = tmp_path / "pwned"
     damage = {
-        "json": ("checkpoint.json", b"{not json", "unreadable checkpoint"),
-        "fields": ("checkpoint.json", b'{"job": {}}', "corrupt checkpoint"),
-        "weights": ("adapter.safetensors", b"\x00" * 7, "corrupt checkpoint weights"),
-        "pickle": ("optimizer.pt", None, "holds pickled objects other than tensors"),
-        "optimizer": ("optimizer.pt", b"PK\x03\x04 truncated", "corrupt optimizer state"),
+        "json": (CHECKPOINT_FILE, b"{not json", "unreadable checkpoint"),
+        "fields": (CHECKPOINT_FILE, b'{"job": {}}', "corrupt checkpoint"),
+        "weights": (ADAPTER_WEIGHTS_FILE, b"\x00" * 7, "corrupt checkpoint weights"),
+        "pickle": (OPTIMIZER_FILE, None, "holds pickled objects other than tensors"),
+        "optimizer": (OPTIMIZER_FILE, b"PK\x03\x04 truncated", "corrupt optimizer state"),
     }
     for name, (file, content, message) in damage.items():
         job_file, output = resume_copy(job, saved, tmp_path, name)
@@ -219,11 +230,11 @@ def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, check
 def test_a_checkpoint_keeps_the_files_and_record_older_versions_wrote(checkpoint):
     """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
     _, folder = checkpoint
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "checkpoint.json", "optimizer.pt"]
-    record = json.loads((folder / "checkpoint.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, OPTIMIZER_FILE])
+    record = json.loads((folder / CHECKPOINT_FILE).read_text())
     assert list(record) == ["iteration", "losses", "val_history", "elapsed_s", "job", "sampler", "consistency",
                             "unlabeled_sampler"]  # fmt: skip
     assert record["iteration"] == 2 and len(record["losses"]) == 2 and record["unlabeled_sampler"] is None
     assert set(record["job"]) == {"base_fingerprint", "label_names", "settings", "iterations"}
-    state = torch.load(str(folder / "optimizer.pt"), map_location="cpu", weights_only=True)
+    state = torch.load(str(folder / OPTIMIZER_FILE), map_location="cpu", weights_only=True)
     assert set(state) == {"optimizer", "scaler", "torch_rng"}

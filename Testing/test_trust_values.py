@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from trust_testing import TINY, hippo_case, kinds, run, tiny_job, write_job
 
 from tcurlora.adapter_integrity import seal
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, BUNDLE_SAFETENSORS_FILE
 from tcurlora.jobs.schema import SegmentJob
 
 
@@ -101,7 +102,7 @@ def test_rank_above_every_layer_and_val_fraction_holding_out_nothing(tmp_path, c
 
 
 def test_a_rank_clipped_on_small_layers_is_recorded(tiny_adapter):
-    record = json.loads((tiny_adapter / "adapter_config.json").read_text())
+    record = json.loads((tiny_adapter / ADAPTER_CONFIG_FILE).read_text())
     assert record["rank"] == 4
     assert record["effective_ranks"] and all(0 < r < 4 for r in record["effective_ranks"].values())
 
@@ -161,7 +162,7 @@ def two_channel_bundle(folder: Path) -> Path:
     torch.manual_seed(0)
     save_file(
         {k: v.contiguous() for k, v in UNet(**params).state_dict().items()},
-        str(folder / "models" / "model.safetensors"),
+        str(folder / BUNDLE_SAFETENSORS_FILE),
     )
     return folder
 
@@ -224,12 +225,12 @@ def test_absurd_working_spacings_are_refused(tmp_path, capsys, hippocampus_dir, 
         code, events, _ = finetune_job(capsys, tmp_path, tiny_job(hippocampus_dir, tmp_path / "a", spacing=spacing))
         assert_user_error(code, events, "key 'spacing'", "is outside 0.01..100 mm", path=tmp_path / "job.json")
     crafted = shutil.copytree(tiny_adapter, tmp_path / "crafted")
-    record = json.loads((crafted / "adapter_config.json").read_text())
+    record = json.loads((crafted / ADAPTER_CONFIG_FILE).read_text())
     record["preprocessing"]["spacing"] = [1e-300, 1.0, 1.0]
-    (crafted / "adapter_config.json").write_text(json.dumps(seal(record)))
+    (crafted / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(record)))
     output = tmp_path / "seg.nii.gz"
     code, events, _, _ = run(capsys, "segment", hippo_case(hippocampus_dir)["image"], "--base-model", TINY,
                              "--adapter", crafted, "-o", output, "--events")  # fmt: skip
     assert_user_error(code, events, "working spacing: spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm",
-                      path=crafted / "adapter_config.json")  # fmt: skip
+                      path=crafted / ADAPTER_CONFIG_FILE)  # fmt: skip
     assert not output.exists()

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from trust_testing import TINY, hippo_case, run, tiny_job, write_job
 
 from tcurlora.errors import DeviceOutOfMemoryError, InputError, OutputExistsError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, checkpoint_dir
 from tcurlora.output_lock import OutputLock, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_a_full_disk_while_writing_a_checkpoint_or_adapter_exits_3_and_leaves_no
     assert code == 3, err
     assert events[-1]["kind"] == "output_write_failed", events[-1]
     assert "cannot write" in events[-1]["message"] and "File too large" in events[-1]["message"]
-    assert events[-1]["path"] in (str(output), str(output) + ".checkpoint")
+    assert events[-1]["path"] in (str(output), str(checkpoint_dir(output)))
     assert "Traceback" not in err
     assert names(tmp_path) == before, "no adapter, checkpoint, temporary folder or lock left"
 
@@ -206,7 +207,7 @@ def test_duplicate_keys_in_an_adapter_config_are_refused(tmp_path, tiny_adapter)
     from tcurlora.adapters.io import read_adapter_config
 
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
-    config = adapter / "adapter_config.json"
+    config = adapter / ADAPTER_CONFIG_FILE
     text = config.read_text()
     config.write_text(text.replace('"label_names":', '"label_names": ["Z", "Y"], "label_names":', 1))
     with pytest.raises(InputError, match="duplicate key 'label_names'"):
@@ -218,7 +219,7 @@ def test_a_checkpoint_at_a_negative_iteration_is_refused(tmp_path, capsys, hippo
 
     folder = tmp_path / "adapter.checkpoint"
     folder.mkdir()
-    (folder / "checkpoint.json").write_text(json.dumps({"iteration": -5, "losses": [], "val_history": []}))
+    (folder / CHECKPOINT_FILE).write_text(json.dumps({"iteration": -5, "losses": [], "val_history": []}))
     with pytest.raises(InputError, match=r"iteration -5 < 0"):
         read_checkpoint(folder)
     job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter", resume=True))
@@ -268,7 +269,7 @@ def test_a_folder_or_fifo_in_place_of_the_adapter_weights_is_named(tmp_path, tin
     from tcurlora.adapters.io import read_adapter_weights
 
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
-    weights = adapter / "adapter.safetensors"
+    weights = adapter / ADAPTER_WEIGHTS_FILE
     weights.unlink()
     weights.mkdir()
     with pytest.raises(InputError, match="not a regular file"):

@@ -18,9 +18,11 @@ from safetensors.torch import save_file
 from trust_testing import hippo_case, run, write_job
 from zoo_testing import shared_bundle
 
-from tcurlora.adapters import AdapterConfig, apply_adapter
+from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.model import apply_adapter
 from tcurlora.adapters.targets import configure_targets
 from tcurlora.errors import ConfigError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, BUNDLE_SAFETENSORS_FILE, JOB_SCHEMA
 from tcurlora.models.bundle import build_bundle_network, read_bundle_configs
 from tcurlora.models.registry import load_base_model
 
@@ -40,7 +42,7 @@ def zoo_copy(name: str, tmp_path: Path, weights: str = "safetensors", **network_
     state = {k: v.contiguous() for k, v in build_bundle_network(config, config_path).state_dict().items()}
     (folder / "models").mkdir()
     if weights == "safetensors":
-        save_file(state, str(folder / "models" / "model.safetensors"))
+        save_file(state, str(folder / BUNDLE_SAFETENSORS_FILE))
     else:  # a plain state dict in a torch file, read with weights_only=True
         torch.save({"model": state}, str(folder / "models" / "model.pt"))
     return folder
@@ -49,12 +51,12 @@ def zoo_copy(name: str, tmp_path: Path, weights: str = "safetensors", **network_
 def finetune_and_segment(capsys, tmp_path: Path, folder: Path, case: dict, labels: list[str],
                          patch: int, image: list[str] | str, iterations: int = 2) -> dict:  # fmt: skip
     """`tcurlora finetune` (tcur, a few iterations) then `tcurlora segment` with the adapter: the labelmap."""
-    job = {"schema": "tcurlora.job/1", "command": "finetune", "base_model": str(folder), "cases": [case],
+    job = {"schema": JOB_SCHEMA, "command": "finetune", "base_model": str(folder), "cases": [case],
            "label_names": labels, "rank": 4, "iterations": iterations, "batch_size": 1, "device": "cpu",
            "patch_size": [patch] * 3, "output": str(tmp_path / "adapter")}  # fmt: skip
     code, events, _, err = run(capsys, "finetune", "--job", str(write_job(tmp_path / "job.json", job)))
     assert code == 0, err
-    record = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    record = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG_FILE).read_text())
     output = tmp_path / "seg.nii.gz"
     inputs = ",".join(image) if isinstance(image, list) else image
     code, _, _, err = run(capsys, "segment", inputs, "--base-model", str(folder), "--adapter",

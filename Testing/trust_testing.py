@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.cli import main
+from tcurlora.filenames import JOB_SCHEMA
 
 TINY = "preset:unetr-tiny"
 LABELS = ["Anterior", "Posterior"]
@@ -24,7 +25,7 @@ def hippo_case(folder: Path, number: int = 1) -> dict[str, str]:
 def tiny_job(folder: Path, output: Path, **changes: Any) -> dict[str, Any]:
     """A finetune job of a few CPU seconds: tiny UNETR, one or two real cases, 2 iterations."""
     job = {
-        "schema": "tcurlora.job/1",
+        "schema": JOB_SCHEMA,
         "command": "finetune",
         "base_model": TINY,
         "cases": [hippo_case(folder, 1)],

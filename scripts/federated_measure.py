@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, JOB_SCHEMA
+
 SITE_SIZES = (6, 8, 10)
 TEST_CASES = 40
 BASE = "unetr-small-acdc-brats"
@@ -89,7 +91,7 @@ def pooled(args, sites: list[Path]) -> dict:
         cases += site_cases
         val_ids += [c.id for c in val]
     adapter = args.work / "pooled"
-    job = {"schema": "tcurlora.job/1", "command": "finetune", "base_model": BASE, "output": str(adapter),
+    job = {"schema": JOB_SCHEMA, "command": "finetune", "base_model": BASE, "output": str(adapter),
            "cases": [{"id": c.id, "image": str(c.images[0]), "label": str(c.label)} for c in cases],
            "label_names": LABELS, "val_case_ids": val_ids, "iterations": args.iterations, "early_stopping": 0,
            "checkpoint_every": 0, "threads": 1, "device": "cpu", "force": True}
@@ -105,7 +107,7 @@ def federation(args, sites: list[Path]) -> dict:
     command = ["federate", *[a for s in sites for a in ("--site", str(s))], "--rounds", str(args.rounds),
                "--local-steps", str(steps), "-o", str(adapter), *common(args), *(["--resume"] if args.resume else [])]
     seconds = run(command, args.work / "federation.log")
-    config = json.loads((adapter / "adapter_config.json").read_text())
+    config = json.loads((adapter / ADAPTER_CONFIG_FILE).read_text())
     history = config["federation"]["history"]
     return {"adapter": str(adapter), "seconds": round(seconds, 1), "rounds": args.rounds, "local_steps": steps,
             "round_seconds": [h["seconds"] for h in history],
@@ -119,7 +121,7 @@ def evaluate(args, sites: list[Path]) -> dict:
     from tcurlora.data.cases import cases_from_decathlon
 
     test = cases_from_decathlon(args.data)[-TEST_CASES:]
-    adapters = sorted(p for p in args.work.iterdir() if (p / "adapter_config.json").is_file()
+    adapters = sorted(p for p in args.work.iterdir() if (p / ADAPTER_CONFIG_FILE).is_file()
                       and (not args.adapters or p.name in args.adapters))
     out = {}
     for adapter in adapters:

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tcurlora.filenames import MODEL_CARD_FILE, MODEL_SPEC_FILE
 from tcurlora.fsutil import atomic_write_text
 from tcurlora.models.registry import load_base_model
 from tcurlora.pretraining.card import render_card
@@ -22,15 +23,15 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--notes", type=Path, help="JSON list of strings for card.notes")
     args = parser.parse_args()
-    record = json.loads((args.folder / "model.json").read_text())
+    record = json.loads((args.folder / MODEL_SPEC_FILE).read_text())
     if args.notes:
         notes = json.loads(args.notes.read_text())
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise SystemExit(f"{args.notes}: expected a JSON list of strings")
         record["card"]["notes"] = notes
     base = load_base_model(args.folder)
-    atomic_write_text(args.folder / "model.json", json.dumps(record, indent=2))
-    atomic_write_text(args.folder / "MODEL_CARD.md", render_card(base.spec, record["card"], base.fingerprint))
+    atomic_write_text(args.folder / MODEL_SPEC_FILE, json.dumps(record, indent=2))
+    atomic_write_text(args.folder / MODEL_CARD_FILE, render_card(base.spec, record["card"], base.fingerprint))
     print(f"updated {args.folder}")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import DEMO_SUMMARY_FILE
 from tcurlora.fsutil import atomic_file, atomic_write_json
 
 DEFAULT_BASE = "unetr-small-acdc-brats"
@@ -81,8 +82,8 @@ def class_dice(prediction: np.ndarray, reference: np.ndarray, names: list[str]) 
 
 def unadapted_predictions(options: DemoOptions, names: list[str], test: list) -> list[np.ndarray]:
     """Held-out predictions of the model the adaptation starts from (base + new seeded head, step 0)."""
-    from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import CONV_TARGETS
+    from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
+    from tcurlora.adapters.model import apply_adapter
     from tcurlora.finetuning_setup import seed_everything
     from tcurlora.infer import predict_volume
     from tcurlora.models.registry import load_base_model
@@ -110,7 +111,9 @@ def read_array(path: str | Path) -> np.ndarray:
 def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also written to <output>/summary.json)."""
     from tcurlora.finetuning import run_finetune
-    from tcurlora.jobs import CancelToken, FinetuneJob, RecordingSink, SegmentJob, TeeSink
+    from tcurlora.jobs.cancel import CancelToken
+    from tcurlora.jobs.events import RecordingSink, TeeSink
+    from tcurlora.jobs.schema import FinetuneJob, SegmentJob
     from tcurlora.segmentation import run_segment
 
     output = Path(options.output)
@@ -156,7 +159,7 @@ def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
         "adapter": str(output / "adapter"), "segmentations": [str(p) for p in outputs], "figure": str(figure),
         "finetune_metrics": trained["metrics"], "wall_time_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
-    atomic_write_json(output / "summary.json", summary)
+    atomic_write_json(output / DEMO_SUMMARY_FILE, summary)
     return summary
 
 

@@ -30,10 +30,9 @@ from scipy import ndimage
 from tcurlora.data.geometry import Grid, geometry_difference
 from tcurlora.dice import dice_score
 from tcurlora.errors import InputError
-from tcurlora.filenames import SEGMENTATION_SUFFIX, is_image_file, split_extension
+from tcurlora.filenames import EVALUATION_SCHEMA, SEGMENTATION_SUFFIX, is_image_file, split_extension
 from tcurlora.fsutil import atomic_write_text
 
-EVALUATION_SCHEMA = "tcurlora.evaluation/1"
 HD95_DEFINITION = (
     "95th percentile (linear interpolation) of the pooled symmetric surface distances in mm; "
     "surfaces are 6-connected boundary voxels; NaN if both masks are empty, inf if one is"

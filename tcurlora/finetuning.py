@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from tcurlora import distributed  # torchrun (issue 13): no-ops without it
+from tcurlora import distributed  # torchrun; no-ops in a run not started by it
+from tcurlora.adapters.methods.registry import method_info
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import CHECKPOINT_FILE, TRAINING_LOG_FILE, checkpoint_dir
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.mean_teacher import (
     RAMPUP_FRACTION,
@@ -33,7 +34,6 @@ from tcurlora.mean_teacher import (
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
 from tcurlora.training.checkpoint import (
-    CHECKPOINT_FILE,
     load_best_weights,
     load_finetune_checkpoint,
     restore_sampler,
@@ -45,12 +45,6 @@ from tcurlora.training.loop import Batch, LoopHooks, run_loop
 from tcurlora.training.schedule import finetuning_factor
 from tcurlora.training.step import OptimStep, autocast_context, grad_scaler
 
-# Learning rates measured to work for each method (see docs/benchmarks.md); a job may override them.
-# "scratch" (random initialisation, every weight trained) learns faster than "full" from pretrained
-# weights; 1e-3 is a first value, tuned by measurement elsewhere: change SCRATCH_LEARNING_RATE only.
-SCRATCH_LEARNING_RATE = 1e-3
-DEFAULT_LEARNING_RATES = {"tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3,
-                          "scratch": SCRATCH_LEARNING_RATE}
 # The new segmentation head and the extra `train_modules` learn at these rates whatever the method,
 # so methods are compared on what they adapt, not on how fast their head learns (docs/benchmarks.md).
 DEFAULT_HEAD_LEARNING_RATE = 5e-2
@@ -102,10 +96,11 @@ def learning_rates(job) -> dict[str, float]:
     """Peak learning rate of each parameter role: the method's adapter, the train_modules, the head."""
     head = getattr(job, "head_learning_rate", None)
     modules = getattr(job, "modules_learning_rate", None)
+    method = method_info(job.method)
     return {
-        "adapter": job.learning_rate or DEFAULT_LEARNING_RATES[job.method],
+        "adapter": job.learning_rate or method.learning_rate,  # measured (docs/benchmarks.md); a job may override
         "modules": modules or DEFAULT_MODULES_LEARNING_RATE,
-        "head": head or (job.learning_rate if job.method == "head" and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
+        "head": head or (job.learning_rate if method.trains_head and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
     }
 
 
@@ -116,7 +111,7 @@ def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.opti
     groups = []
     for role, parameters in adapted.parameter_groups().items():
         if parameters:
-            decay = 0.0 if role == "adapter" and method in {"tcur", "lora"} else 1e-5
+            decay = 0.0 if role == "adapter" and method_info(method).ranked else 1e-5
             groups.append({"params": parameters, "lr": rates[role], "initial_lr": rates[role],
                            "weight_decay": decay, "role": role})
     return torch.optim.AdamW(groups)
@@ -351,9 +346,9 @@ class Trainer(LoopHooks):
         log_lines += [json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history]
         self.adapted.eval()
         save_adapter(output, self.adapted.to("cpu"), extra=extra, force=self.job.force,
-                     extra_files={"training_log.jsonl": "\n".join(log_lines) + "\n"})
+                     extra_files={TRAINING_LOG_FILE: "\n".join(log_lines) + "\n"})
         shutil.rmtree(ckpt, ignore_errors=True)
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 
 
-__all__ = ["run_finetune", "Trainer", "DEFAULT_LEARNING_RATES", "ConfigError", "checkpoint_dir"]
+__all__ = ["run_finetune", "Trainer", "ConfigError", "checkpoint_dir"]

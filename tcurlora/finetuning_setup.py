@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tcurlora.adapters.methods.registry import method_info
 from tcurlora.adapters.rank_check import check_rank_fits
 from tcurlora.data.validate import validation_count
 from tcurlora.errors import ConfigError, InputError
@@ -94,8 +95,8 @@ def split_validation(cases: list, job) -> tuple[list, list]:
 def adapt_base(job, base, label_names: list[str]):
     """The base network with the job's method applied (in place): the adapter config every run of this job
     builds alike, wherever it runs (a fine-tuning run, each site and the server of a federation)."""
-    from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import default_train_modules, expand_train_modules
+    from tcurlora.adapters.config import AdapterConfig, default_train_modules, expand_train_modules
+    from tcurlora.adapters.model import apply_adapter
     from tcurlora.adapters.targets import configure_targets
 
     num_classes = len(label_names) + 1
@@ -133,7 +134,7 @@ def prepare_training(job, sink) -> TrainingSetup:
     base = load_base_model(job.base_model)
     for note in base.notes:
         sink.log("warning", f"base model: {note}")
-    if job.method == "scratch":  # the control group: the base's architecture, not its weights
+    if method_info(job.method).random_init:  # "scratch", the control group: the base's architecture, not its weights
         from tcurlora.models.architectures import randomly_initialise, scratch_seed
 
         randomly_initialise(base.model, base.spec, job.seed)

@@ -18,6 +18,12 @@ MAX_JSON_DEPTH = 64  # no tcurlora file nests deeper than a few levels
 MAX_JSON_INT_DIGITS = 100  # seeds and RNG states have at most 39 digits; 100 is no value anyone meant
 
 
+def is_finite_number(value: Any) -> bool:
+    """Whether `value` is a JSON number Python can compute with: an int or a finite float, never a bool
+    (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class JSONProblem(ValueError):
     """The text is JSON that tcurlora refuses (or no JSON at all); the message says where and why."""
 

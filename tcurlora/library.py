@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from tcurlora.jsonio import read_json_object
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -51,8 +50,8 @@ def safe_name(name: str) -> str:
 def read_adapter(path: str | Path) -> AdapterEntry:
     """The entry of one adapter folder; InputError when a file is missing or the config is unreadable."""
     folder = Path(path)
-    config_path = folder / ADAPTER_CONFIG
-    for required in (config_path, folder / ADAPTER_WEIGHTS):
+    config_path = folder / ADAPTER_CONFIG_FILE
+    for required in (config_path, folder / ADAPTER_WEIGHTS_FILE):
         if not required.is_file():
             raise InputError(f"incomplete adapter folder: {required.name} is missing", folder)
     config = read_json_object(config_path, "adapter config")

@@ -13,16 +13,20 @@ import time
 from pathlib import Path
 
 from tcurlora.errors import OutputExistsError, OutputNotWritableError
+from tcurlora.filenames import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILES,
+    ADAPTER_FORMAT,
+    EVALUATION_SCHEMA,
+    MODEL_FILES,
+    MODEL_FORMAT,
+    MODEL_SPEC_FILE,
+)
 from tcurlora.jsonio import loads_strict
 
-# The files an adapter folder written by tcurlora holds (adapters/io.py writes exactly these).
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_FILES = frozenset({ADAPTER_CONFIG_FILE, "adapter.safetensors", "training_log.jsonl"})
-ADAPTER_FORMAT = "tcurlora.adapter/1"
 # Written into each segmentation's header (NIfTI descrip, NRRD / MetaImage key) to recognise it.
 SEGMENTATION_MARK = "tcurlora segmentation"
 SEGMENTATION_MARK_KEYS = ("tcurlora", "ITK_FileNotes", "descrip")
-EVALUATION_SCHEMA = "tcurlora.evaluation/1"
 MARKDOWN_HEAD = "| case |"
 NOT_OURS = "--force replaces only what tcurlora wrote; move or delete it yourself, or choose another output"
 
@@ -125,10 +129,6 @@ def check_adapter_output(folder: str | Path, force: bool) -> Path:
     return folder
 
 
-MODEL_FILES = frozenset({"model.json", "model.safetensors", "training_log.jsonl", "MODEL_CARD.md"})
-MODEL_FORMAT = "tcurlora.model/1"
-
-
 def check_model_output(folder: str | Path, force: bool) -> Path:
     """A model folder output (`pretrain`) is free, or (with force) a model folder tcurlora wrote, or empty."""
     folder = Path(folder)
@@ -141,7 +141,7 @@ def check_model_output(folder: str | Path, force: bool) -> Path:
         raise OutputExistsError(f"exists and is not a model folder; {NOT_OURS}", folder)
     entries = sorted(p.name for p in folder.iterdir())
     try:
-        record = loads_strict((folder / "model.json").read_text(encoding="utf-8")) if entries else {}
+        record = loads_strict((folder / MODEL_SPEC_FILE).read_text(encoding="utf-8")) if entries else {}
     except (OSError, ValueError):
         record = None
     ours = not entries or (isinstance(record, dict) and record.get("format") == MODEL_FORMAT)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE
 from tcurlora.jobs.events import eta_seconds
 
 
@@ -65,7 +66,7 @@ def load_segmentation_model(base_model: str, adapter: str | None):
     try:
         spec = adapter_spec(base.spec, config)
     except ConfigError as error:
-        raise ConfigError(error.problem, Path(adapter) / "adapter_config.json") from error
+        raise ConfigError(error.problem, Path(adapter) / ADAPTER_CONFIG_FILE) from error
     return model, spec, list(config.get("label_names") or []), config
 
 

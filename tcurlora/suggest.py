@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-RANKING_SCHEMA = "tcurlora.suggest/1"
+from tcurlora.filenames import RANKING_SCHEMA
 
 
 def foreground_probability(probabilities: Any) -> Any:

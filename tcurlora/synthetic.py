@@ -8,7 +8,6 @@ Written in the Medical Segmentation Decathlon layout so every command can read i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +105,3 @@ def write_dataset(
         "numTraining": num_cases, "seed": seed, "training": training,
     })  # fmt: skip
     return replace_dir(temp, folder)
-
-
-def read_seed(folder: str | Path) -> int | None:
-    """The seed a synthetic folder was generated with (None for other data)."""
-    path = Path(folder) / "dataset.json"
-    return json.loads(path.read_text()).get("seed") if path.is_file() else None

@@ -15,17 +15,16 @@ from pathlib import Path
 
 from tcurlora import library
 from tcurlora.errors import InputError, OutputLockedError, OutputNotWritableError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import INTERRUPTED_RUNS_FILE, checkpoint_dir
 from tcurlora.fsutil import atomic_write_json
 from tcurlora.jsonio import read_json_object
 
-REGISTRY = "interrupted_runs.json"
 # A staging output (library.staging_path) and everything named after it: its checkpoint, lock, temporaries.
 _STAGING_ENTRY = re.compile(r"^\.?(\.staging-.+-[0-9a-f]{8})(\..*)?$")
 
 
 def registry_path() -> Path:
-    return library.library_root() / REGISTRY
+    return library.library_root() / INTERRUPTED_RUNS_FILE
 
 
 def _remembered() -> list[str]:

@@ -13,15 +13,13 @@ from TCURFineTuneLib.cases import TrainingPair, class_colors, export_cases, expo
 from TCURFineTuneLib.interrupted import forget_interrupted, remember_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import CHECKPOINT_FILE, RUN_INFO_FILE, checkpoint_dir
 from tcurlora.fsutil import atomic_write_json
 from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.curves import TrainingCurves
 from TCURLoRACommon.jobs import FineTuneSettings, finetune_job
 from TCURLoRACommon.remote import RemoteSettings
 from TCURLoRACommon.runs import CANCELLED, DONE, FAILED, WorkerRun, new_workdir
-
-RUN_INFO = "run.json"  # next to job.json: what the panel needs to resume (the adapter's name)
 
 
 def _read_job(job_path: str | Path) -> dict[str, Any]:
@@ -31,13 +29,13 @@ def _read_job(job_path: str | Path) -> dict[str, Any]:
 def can_resume(job_path: str | Path) -> bool:
     """True when an interrupted run's job and its checkpoint are still there."""
     path = Path(job_path)
-    if not path.is_file() or not (path.parent / RUN_INFO).is_file():
+    if not path.is_file() or not (path.parent / RUN_INFO_FILE).is_file():
         return False
     try:
         output = _read_job(path)["output"]
     except (InputError, KeyError):
         return False
-    return (checkpoint_dir(output) / "checkpoint.json").is_file()
+    return (checkpoint_dir(output) / CHECKPOINT_FILE).is_file()
 
 
 def job_method(job_path: str | Path) -> str:
@@ -95,7 +93,7 @@ class FineTuneRun(WorkerRun):
             unlabeled=unlabeled_files,
         )
         info = {"adapter_name": adapter_name, "remote": remote.to_dict() if remote else None}
-        atomic_write_json(workdir / RUN_INFO, info)
+        atomic_write_json(workdir / RUN_INFO_FILE, info)
         self._setup(job, workdir, adapter_name, curves, remote)
 
     def _setup(
@@ -117,7 +115,7 @@ class FineTuneRun(WorkerRun):
             raise InputError("nothing to resume: the interrupted run's checkpoint is gone", job_path)
         path = Path(job_path)
         job = {**_read_job(path), "resume": True}
-        info = read_json_object(path.parent / RUN_INFO, "run info")
+        info = read_json_object(path.parent / RUN_INFO_FILE, "run info")
         run = cls.__new__(cls)
         remote = RemoteSettings.from_dict(info.get("remote"))  # resumed where it ran
         run._setup(job, path.parent, str(info.get("adapter_name") or "adapter"), curves, remote)
@@ -129,7 +127,7 @@ class FineTuneRun(WorkerRun):
 
     def resumable(self) -> bool:
         """True for a cancelled or failed run that left a checkpoint to continue from."""
-        return self.state in (CANCELLED, FAILED) and (self.checkpoint / "checkpoint.json").is_file()
+        return self.state in (CANCELLED, FAILED) and (self.checkpoint / CHECKPOINT_FILE).is_file()
 
     def on_event(self, event: dict[str, Any]) -> None:
         if self.curves is not None:
@@ -141,7 +139,7 @@ class FineTuneRun(WorkerRun):
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.checkpoint / "checkpoint.json").is_file()
+        return (self.checkpoint / CHECKPOINT_FILE).is_file()
 
     def shutdown(self) -> None:
         """Slicer is closing or the module reloads: stop the worker within a couple of seconds and keep what

@@ -13,6 +13,7 @@ from TCURFineTuneLib.cases import TrainingPair, class_names, export_cases, pair_
 from TCURFineTuneLib.run import FineTuneRun, can_resume, discard_interrupted
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.filenames import CHECKPOINT_FILE
 from tcurlora.fsutil import atomic_write_json
 from TCURLoRACommon import scene
 from TCURLoRACommon.jobs import FineTuneSettings, finetune_job
@@ -207,7 +208,7 @@ def test_resume_after_cancel(data_dir: Path, workdir: Path) -> None:
     run.wait(timeout=60)
     assert run.state == CANCELLED and run.resumable() and can_resume(run.job_path)
     assert library.list_adapters() == [], "a cancelled run must not add an adapter"
-    saved = json.loads((run.checkpoint / "checkpoint.json").read_text())["iteration"]
+    saved = json.loads((run.checkpoint / CHECKPOINT_FILE).read_text())["iteration"]
     assert saved >= 2 and saved % 2 == 0
     resumed = FineTuneRun.resume(run.job_path, curves=False).start()
     assert resumed.job["resume"] is True and resumed.staging == run.staging

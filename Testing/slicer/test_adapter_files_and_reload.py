@@ -17,7 +17,13 @@ import pytest
 from tcurlora import library
 from tcurlora.adapter_integrity import seal
 from tcurlora.errors import InputError
-from TCURLoRACommon.adapters import SUFFIX, export_adapter, import_adapter
+from tcurlora.filenames import (
+    ADAPTER_ARCHIVE_SUFFIX,
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    TRAINING_LOG_FILE,
+)
+from TCURLoRACommon.adapters import export_adapter, import_adapter
 from TCURLoRACommon.reloading import PACKAGES, forget_packages
 
 
@@ -27,9 +33,9 @@ def make_adapter(folder: Path, names=("liver", "tumour")) -> library.AdapterEntr
     weights = bytes(range(256)) * 40
     config = {"method": "tcur", "rank": 4, "label_names": list(names), "base_model_id": "preset:unetr-tiny",
               "base_fingerprint": "f" * 16, "weights_sha256": hashlib.sha256(weights).hexdigest()}  # fmt: skip
-    (folder / library.ADAPTER_CONFIG).write_text(json.dumps(seal(config)))
-    (folder / library.ADAPTER_WEIGHTS).write_bytes(weights)
-    (folder / "training_log.jsonl").write_text('{"iteration": 1}\n')
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(config)))
+    (folder / ADAPTER_WEIGHTS_FILE).write_bytes(weights)
+    (folder / TRAINING_LOG_FILE).write_text('{"iteration": 1}\n')
     return library.read_adapter(folder)
 
 
@@ -37,12 +43,12 @@ def test_export_then_import_on_another_computer(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "mine"))
     entry = library.install_adapter(make_adapter(tmp_path / "staged").path, "liver model")
     shared = export_adapter(entry, tmp_path / "outbox" / "liver")
-    assert shared.name == "liver" + SUFFIX and shared.is_file()
+    assert shared.name == "liver" + ADAPTER_ARCHIVE_SUFFIX and shared.is_file()
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "colleague"))
     imported = import_adapter(shared)
     assert imported.name == "liver" and imported.path.parent == library.adapters_dir()
     assert imported.label_names == ["liver", "tumour"] and imported.rank == 4 and imported.method == "tcur"
-    for name in (library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS, "training_log.jsonl"):
+    for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_LOG_FILE):
         assert (imported.path / name).read_bytes() == (entry.path / name).read_bytes()
     again = import_adapter(shared)  # same name again: a second entry, nothing overwritten
     assert again.name == "liver_2" and [e.name for e in library.list_adapters()] == ["liver", "liver_2"]
@@ -50,19 +56,19 @@ def test_export_then_import_on_another_computer(tmp_path: Path, monkeypatch) -> 
 
 def test_import_refuses_bad_files(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
-    evil = tmp_path / f"evil{SUFFIX}"
+    evil = tmp_path / f"evil{ADAPTER_ARCHIVE_SUFFIX}"
     with zipfile.ZipFile(evil, "w") as archive:
-        archive.writestr(library.ADAPTER_CONFIG, "{}")
+        archive.writestr(ADAPTER_CONFIG_FILE, "{}")
         archive.writestr("../../outside.txt", "x")
     with pytest.raises(InputError, match="unsafe file name"):
         import_adapter(evil)
     assert not (tmp_path / "outside.txt").exists()
-    incomplete = tmp_path / f"incomplete{SUFFIX}"
+    incomplete = tmp_path / f"incomplete{ADAPTER_ARCHIVE_SUFFIX}"
     with zipfile.ZipFile(incomplete, "w") as archive:
-        archive.writestr(library.ADAPTER_CONFIG, json.dumps({"method": "tcur"}))
+        archive.writestr(ADAPTER_CONFIG_FILE, json.dumps({"method": "tcur"}))
     with pytest.raises(InputError, match="not a complete adapter file: adapter.safetensors is missing"):
         import_adapter(incomplete)
-    text = tmp_path / f"text{SUFFIX}"
+    text = tmp_path / f"text{ADAPTER_ARCHIVE_SUFFIX}"
     text.write_text("not a zip")
     with pytest.raises(InputError, match="not a zip archive"):
         import_adapter(text)
@@ -111,8 +117,8 @@ def own_files(folder: Path) -> list[tuple[str, bytes]]:
 def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
     good = own_files(make_adapter(tmp_path / "good").path)
-    record = json.loads(dict(good)[library.ADAPTER_CONFIG])
-    config, weights = library.ADAPTER_CONFIG, library.ADAPTER_WEIGHTS
+    record = json.loads(dict(good)[ADAPTER_CONFIG_FILE])
+    config, weights = ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
     other_labels = json.dumps(seal({**record, "label_names": ["a", "b"]})).encode()
     tampered = bytearray(dict(good)[weights])
     tampered[7] ^= 0xFF
@@ -130,16 +136,16 @@ def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> Non
     }  # fmt: skip
     for expected, entries in cases.items():
         with pytest.raises(InputError, match=expected) as info:
-            import_adapter(zipped(tmp_path / f"bad{SUFFIX}", entries))
-        assert info.value.path == str(tmp_path / f"bad{SUFFIX}")
+            import_adapter(zipped(tmp_path / f"bad{ADAPTER_ARCHIVE_SUFFIX}", entries))
+        assert info.value.path == str(tmp_path / f"bad{ADAPTER_ARCHIVE_SUFFIX}")
         assert_library_untouched()
     monkeypatch.setenv("TCURLORA_MAX_WEIGHT_BYTES", "1000")
     with pytest.raises(InputError, match=r"unpacks to 10,240 bytes, more than the limit of 1,000"):
-        import_adapter(zipped(tmp_path / f"big{SUFFIX}", good))
+        import_adapter(zipped(tmp_path / f"big{ADAPTER_ARCHIVE_SUFFIX}", good))
     assert_library_untouched()
     monkeypatch.delenv("TCURLORA_MAX_WEIGHT_BYTES")
-    entry = import_adapter(zipped(tmp_path / f"good{SUFFIX}", good))
-    assert sorted(p.name for p in entry.path.iterdir()) == [weights, config, "training_log.jsonl"]
+    entry = import_adapter(zipped(tmp_path / f"good{ADAPTER_ARCHIVE_SUFFIX}", good))
+    assert sorted(p.name for p in entry.path.iterdir()) == [weights, config, TRAINING_LOG_FILE]
 
 
 def test_export_writes_only_the_adapter_files_of_an_intact_adapter(tmp_path: Path, monkeypatch) -> None:
@@ -148,11 +154,11 @@ def test_export_writes_only_the_adapter_files_of_an_intact_adapter(tmp_path: Pat
     (entry.path / "notes.txt").write_text("mine")
     shared = export_adapter(entry, tmp_path / "liver")
     with zipfile.ZipFile(shared) as archive:
-        assert sorted(archive.namelist()) == ["adapter.safetensors", "adapter_config.json", "training_log.jsonl"]
-    (entry.path / library.ADAPTER_WEIGHTS).write_bytes(b"x" * 10240)
+        assert sorted(archive.namelist()) == [ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, TRAINING_LOG_FILE]
+    (entry.path / ADAPTER_WEIGHTS_FILE).write_bytes(b"x" * 10240)
     with pytest.raises(InputError, match="differs from the"):
         export_adapter(entry, tmp_path / "damaged")
-    assert not (tmp_path / f"damaged{SUFFIX}").exists()
+    assert not (tmp_path / f"damaged{ADAPTER_ARCHIVE_SUFFIX}").exists()
 
 
 FULL_DISK = """
@@ -171,7 +177,7 @@ except OutputNotWritableError as error:
 
 def test_a_full_disk_leaves_nothing_in_the_library(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
-    shared = zipped(tmp_path / f"liver{SUFFIX}", own_files(make_adapter(tmp_path / "liver").path))
+    shared = zipped(tmp_path / f"liver{ADAPTER_ARCHIVE_SUFFIX}", own_files(make_adapter(tmp_path / "liver").path))
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", FULL_DISK, str(shared)], capture_output=True, text=True, timeout=60, cwd=root,

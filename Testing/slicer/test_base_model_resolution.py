@@ -1,4 +1,4 @@
-"""Item 4: an adapter names its base model by id (`name@version` for a bundle, the model id of a library
+"""An adapter names its base model by id (`name@version` for a bundle, the model id of a library
 model); the Slicer side finds the folder to load, with the same id rule as the backend's loaders."""
 
 from __future__ import annotations

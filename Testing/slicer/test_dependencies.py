@@ -1,6 +1,6 @@
-"""Items 6, 7, 10: requirements parsed and compared correctly (PEP 440 order), requirements.txt in step
-with pyproject.toml, installs pinned to the installed torch, and every install failure turned into a
-message (a declined install is not an error)."""
+"""Requirements parsed and compared by packaging (PEP 440 order), requirements.txt in step with
+pyproject.toml, installs pinned to the installed torch, and every install failure turned into a message
+(a declined install is not an error)."""
 
 from __future__ import annotations
 
@@ -175,14 +175,17 @@ def test_peft_only_for_lora() -> None:
 
 @pytest.mark.parametrize("module", ["TCURFineTune", "TCURSegmenter"])
 def test_panels_ask_for_peft_only_for_lora(module: str) -> None:
-    """Every ensure_dependencies call of a panel says whether the run is a LoRA one."""
+    """Every dependency check of a panel goes through ensure_for_method, with the run's adapter method."""
     import ast
 
     tree = ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
+    names = {"ensure_dependencies", "ensure_for_method"}
     calls = [
-        c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "ensure_dependencies"
+        c for c in ast.walk(tree)
+        if isinstance(c, ast.Call) and getattr(c.func, "id", getattr(c.func, "attr", "")) in names
     ]
-    assert calls and all(any(k.arg == "lora" for k in c.keywords) for c in calls), ast.dump(calls[0])
+    assert calls and all(c.func.id == "ensure_for_method" and len(c.args) == 1 for c in calls), ast.dump(calls[0])
+    assert deps.needs_lora("lora") and not deps.needs_lora("tcur") and not deps.needs_lora(None)
 
 
 def test_run_pip_reports_every_line() -> None:

@@ -20,6 +20,7 @@ from TCURFineTuneLib.run import (
 from TCURFineTuneLib.testing import fast_settings, load_training_scene
 
 from tcurlora import library
+from tcurlora.filenames import CHECKPOINT_FILE, RUN_INFO_FILE
 from tcurlora.output_lock import OutputLock
 from TCURLoRACommon.runs import CANCELLED, DONE, FAILED
 from TCURLoRACommon.testdata import library_leftovers, run_until
@@ -105,7 +106,7 @@ def test_closing_slicer_keeps_the_run_resumable(mrml, hippocampus_dir: Path, tmp
     assert "no checkpoint yet" in closing_question(run)
     run_until(run, "checkpoint")
     assert "checkpoint is kept" in closing_question(run)
-    saved = json.loads((run.checkpoint / "checkpoint.json").read_text())["iteration"]
+    saved = json.loads((run.checkpoint / CHECKPOINT_FILE).read_text())["iteration"]
     run.shutdown()  # what the widget's cleanup() does
     assert not run.worker.running
     assert run.job_path.is_file() and can_resume(run.job_path), "closing must keep what Resume needs"
@@ -129,16 +130,16 @@ def test_sweep_removes_only_what_nothing_needs(mrml, tmp_path: Path) -> None:
     stale = library.staging_path("closing")
     (stale / "half").mkdir(parents=True)
     (adapters / f"{stale.name}.checkpoint").mkdir()
-    (adapters / f"{stale.name}.checkpoint" / "checkpoint.json").write_text("{}")
+    (adapters / f"{stale.name}.checkpoint" / CHECKPOINT_FILE).write_text("{}")
     (adapters / f".{stale.name}.lock").write_text("123\n")  # a killed worker's lock file
     live = library.staging_path("running")
     (adapters / f"{live.name}.checkpoint").mkdir()
     remembered = library.staging_path("paused")
     (adapters / f"{remembered.name}.checkpoint").mkdir()
-    (adapters / f"{remembered.name}.checkpoint" / "checkpoint.json").write_text("{}")
+    (adapters / f"{remembered.name}.checkpoint" / CHECKPOINT_FILE).write_text("{}")
     work = tmp_path / "paused-work"
     work.mkdir()
-    (work / "run.json").write_text(json.dumps({"adapter_name": "paused"}))
+    (work / RUN_INFO_FILE).write_text(json.dumps({"adapter_name": "paused"}))
     (work / "job.json").write_text(json.dumps({"command": "finetune", "output": str(remembered)}))
     from TCURFineTuneLib.interrupted import remember_interrupted
 
@@ -152,28 +153,33 @@ def test_sweep_removes_only_what_nothing_needs(mrml, tmp_path: Path) -> None:
 
 
 def test_widget_uses_the_tested_paths() -> None:
-    """The widget's finish, retry, close and reload paths are the functions tested above, and never read
-    the parameter node without a fallback (it is None after the scene closed in another module)."""
+    """The widget's finish, retry, close and reload paths are the functions tested above (its own or
+    RunPanelMixin's), and never read the parameter node without a fallback (it is None after the scene
+    closed in another module)."""
     import ast
 
-    script = Path(__file__).resolve().parents[2] / "TCURFineTune" / "TCURFineTune.py"
-    text = script.read_text(encoding="utf-8")
-    tree = ast.parse(text)
-    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TCURFineTuneWidget")
-    methods = {n.name: n for n in widget.body if isinstance(n, ast.FunctionDef)}
+    root = Path(__file__).resolve().parents[2]
+    script = root / "TCURFineTune" / "TCURFineTune.py"
+    mixin_script = root / "TCURLoRACommon" / "panelwidget.py"
+    sources = {p: p.read_text(encoding="utf-8") for p in (mixin_script, script)}
+    methods: dict[str, tuple[ast.FunctionDef, str]] = {}
+    for path, name in ((mixin_script, "RunPanelMixin"), (script, "TCURFineTuneWidget")):  # the widget's own win
+        cls = next(n for n in ast.parse(sources[path]).body if isinstance(n, ast.ClassDef) and n.name == name)
+        methods |= {n.name: (n, sources[path]) for n in cls.body if isinstance(n, ast.FunctionDef)}
 
     def calls(name: str) -> set[str]:
         return {
             c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
-            for c in ast.walk(methods[name])
+            for c in ast.walk(methods[name][0])
             if isinstance(c, ast.Call)
         }
 
-    assert "finish_run" in calls("finishRun")
-    assert "shutdown" in calls("cleanup") and "closing_question" in calls("confirmClose")
+    assert "finish_run" in calls("finishRun") and "finishRun" in calls("pollRun")
+    assert "shutdown_active" in calls("cleanup") and "closing_question" in calls("confirmClose")
+    assert "cleanup" in calls("cleanup"), "the widget's cleanup must run the shared one (the training run)"
     assert "confirmClose" in calls("onReload") and "installEventFilter" in calls("setup")
     assert {"sweep_stale_staging", "resume_candidate"} <= calls("setup") | calls("updateResumeButton")
-    for name in ("finishRun", "pollRun", "onTimer", "startRun"):
-        source = ast.get_source_segment(text, methods[name]) or ""
+    for name in ("finishRun", "pollRun", "onTimer", "startRun", "startPolling", "showRunDetails"):
+        node, text = methods[name]
+        source = ast.get_source_segment(text, node) or ""
         assert "self._parameterNode." not in source, f"{name} reads the parameter node, None after a scene close"
-

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE_SCRIPTS = [ROOT / "TCURFineTune" / "TCURFineTune.py", ROOT / "TCURSegmenter" / "TCURSegmenter.py"]
+# The module scripts and the lifecycle they share (RunPanelMixin imports lazily too).
+MODULE_SCRIPTS = [
+    ROOT / "TCURFineTune" / "TCURFineTune.py",
+    ROOT / "TCURSegmenter" / "TCURSegmenter.py",
+    ROOT / "TCURLoRACommon" / "panelwidget.py",
+]
 OUR_PACKAGES = ("TCURFineTuneLib", "TCURSegmenterLib", "TCURLoRACommon", "tcurlora")
 NOT_IN_FRESH_SLICER = ("torch", "monai", "nibabel", "peft", "safetensors", "scipy", "psutil", "matplotlib")
 SEARCH_PATH = [str(ROOT), str(ROOT / "TCURFineTune"), str(ROOT / "TCURSegmenter")]
@@ -126,6 +131,8 @@ def test_the_check_covers_the_panels_imports(fresh_slicer: dict) -> None:
         "TCURLoRACommon.dependencies",
         "TCURLoRACommon.jobs",
         "TCURLoRACommon.segment_run",
+        "TCURLoRACommon.lifecycle",
+        "TCURLoRACommon.runon",
         "TCURFineTuneLib.run",
         "TCURFineTuneLib.panel",
         "TCURSegmenterLib.logic",

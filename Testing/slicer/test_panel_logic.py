@@ -93,7 +93,7 @@ def segmentation(name: str, reference, names=("a",)) -> slicer.vtkMRMLSegmentati
     return scene.new_label_segmentation(reference, list(names))
 
 
-# --- item 3: the default settings make a valid job --------------------------------------------------
+# --- the default settings make a valid job ---------------------------------------------------------
 def test_default_parameter_node_makes_a_valid_finetune_job(mrml, tmp_path: Path) -> None:
     node = parameter_defaults(ROOT / "TCURFineTune" / "TCURFineTune.py")
     assert node.baseModel == "", "a fresh parameter node names no base model: the panel must choose one"
@@ -153,7 +153,7 @@ def test_chosen_base_model_is_kept_when_offered() -> None:
     assert choose_base_model([], "") == ""
 
 
-# --- item 6: a bad patch size is an input error with a message, not a ValueError outside the try ----
+# --- a bad patch size is an input error with a message, not a ValueError outside the try -----------
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -192,7 +192,7 @@ def test_case_table_rows(mrml) -> None:
 
 
 def test_pair_by_study_keeps_the_table(mrml) -> None:
-    """Item 9: "Pair by study" that finds nothing must not empty the table; found pairs are added."""
+    """The "Pair by study" button, finding nothing, must not empty the table; found pairs are added."""
     v1, v2 = volume("v1"), volume("v2")
     s1, s2 = segmentation("s1", v1), segmentation("s2", v2)
     table = [TrainingPair(v1, s1)]

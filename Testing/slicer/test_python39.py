@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# ... and the settings declaration they derive their defaults from (tcurlora.settings, standard library only)
+# ... and the settings declaration they derive their defaults from and the file names they read (standard
+# library only)
 PANEL_FILES = sorted(
     p for folder in ("TCURFineTune", "TCURSegmenter", "TCURLoRACommon") for p in (ROOT / folder).rglob("*.py")
-) + [ROOT / "tcurlora" / "settings.py"]
+) + [ROOT / "tcurlora" / "settings.py", ROOT / "tcurlora" / "filenames.py"]
 
 
 def _is_union(node: ast.AST) -> bool:
@@ -135,6 +136,7 @@ def test_real_python39_compiles_the_panels_and_shows_the_message() -> None:
         "    py_compile.compile(f, cfile=f + '.py39check', doraise=True)\n"
         "sys.path.insert(0, '.')\n"
         "import TCURLoRACommon.jobs  # the parameter nodes' defaults, imported when Slicer loads the module\n"
+        "import TCURLoRACommon.lifecycle  # imported with the shared panel lifecycle, before the check\n"
         "from TCURLoRACommon.compat import unsupported_message\n"
         "print(unsupported_message())\n"
     )

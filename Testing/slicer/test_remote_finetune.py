@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 from sshd_testing import start_sshd
-from TCURFineTuneLib.run import RUN_INFO, FineTuneRun
+from TCURFineTuneLib.run import FineTuneRun
 from TCURFineTuneLib.testing import fast_settings, load_training_scene
 
 from tcurlora import library
 from tcurlora.errors import InputError
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE, RUN_INFO_FILE
 from tcurlora.jsonio import read_json_object
 from TCURLoRACommon.remote import RemoteSettings, remote_from_parameters
 from TCURLoRACommon.runs import DONE
@@ -58,7 +59,7 @@ def test_remote_run_equals_local(mrml, hippocampus_dir: Path, tmp_path: Path, mo
         settings.seed = 5
         local_run = FineTuneRun(pairs, settings, "local", tmp_path / "w1", curves=False).start()
         remote_run = FineTuneRun(pairs, settings, "remote", tmp_path / "w2", curves=False, remote=remote).start()
-        assert read_json_object(tmp_path / "w2" / RUN_INFO, "run info")["remote"] == remote.to_dict()
+        assert read_json_object(tmp_path / "w2" / RUN_INFO_FILE, "run info")["remote"] == remote.to_dict()
         for run in (local_run, remote_run):
             run.wait(timeout=300)
             assert run.state == DONE, f"{run.error_text()}\n" + "\n".join(run.worker.tail)
@@ -66,7 +67,7 @@ def test_remote_run_equals_local(mrml, hippocampus_dir: Path, tmp_path: Path, mo
         assert "started" in kinds and "progress" in kinds and kinds[-1] == "done", kinds
         entries = {e.name: e for e in library.list_adapters()}
         assert sorted(entries) == ["local", "remote"], entries
-        a, b = (load_file(str(Path(entries[n].path) / "adapter.safetensors")) for n in ("local", "remote"))
+        a, b = (load_file(str(Path(entries[n].path) / ADAPTER_WEIGHTS_FILE)) for n in ("local", "remote"))
         assert sorted(a) == sorted(b) and a
         for key in a:
             assert (a[key] == b[key]).all(), key

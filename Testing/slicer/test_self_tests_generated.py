@@ -1,4 +1,4 @@
-"""Item 8: what "Reload and Test" runs where the real data is absent (an installed extension): every
+"""What "Reload and Test" runs where the real data is absent (an installed extension): every
 self-test body of both modules, on generated cases, headless against real MRML and the real worker."""
 
 from __future__ import annotations

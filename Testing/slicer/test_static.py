@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("TCURFineTune", "TCURSegmenter")
+MIXIN = ROOT / "TCURLoRACommon" / "panelwidget.py"  # RunPanelMixin: the lifecycle both widgets share
 PACKAGED_FOLDERS = (*MODULES, "TCURLoRACommon")
 
 
@@ -98,7 +99,7 @@ def test_unlisted_file_check_can_fail(tmp_path: Path) -> None:
 def test_ui_names_used_in_code_exist(module: str) -> None:
     ui = ROOT / module / "Resources" / "UI" / f"{module}.ui"
     script = ROOT / module / f"{module}.py"
-    used, defined = used_ui_names(script), ui_names(ui)
+    used, defined = used_ui_names(script) | used_ui_names(MIXIN), ui_names(ui)
     assert used, "the check found no self.ui.<name> at all"
     assert used - defined == set(), (
         f"{script.name} uses widgets missing from {ui.name}: {sorted(used - defined)}"
@@ -215,10 +216,18 @@ def test_modules_import_no_heavy_packages_at_import_time() -> None:
                 assert not heavy, f"{script.relative_to(ROOT)} imports {heavy} at import time"
 
 
+def _class_methods(node: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in node.body if isinstance(n, ast.FunctionDef)}
+
+
 def _methods(script: Path) -> dict[str, ast.FunctionDef]:
+    """The widget's methods, with those it takes from RunPanelMixin (its own win, as in Python)."""
     tree = ast.parse(script.read_text())
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Widget"))
-    return {n.name: n for n in widget.body if isinstance(n, ast.FunctionDef)}
+    if "RunPanelMixin" not in [getattr(b, "id", "") for b in widget.bases]:
+        return _class_methods(widget)
+    mixin = next(n for n in ast.parse(MIXIN.read_text()).body if isinstance(n, ast.ClassDef) and n.name == "RunPanelMixin")
+    return {**_class_methods(mixin), **_class_methods(widget)}
 
 
 def _calls(function: ast.FunctionDef) -> list[str]:
@@ -229,18 +238,37 @@ def _calls(function: ast.FunctionDef) -> list[str]:
     return [c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "") for c in calls]
 
 
+def _reached(methods: dict[str, ast.FunctionDef], name: str, seen: frozenset = frozenset()) -> list[str]:
+    """`_calls` of a method with each call of another widget method followed into it, in source order."""
+    found = []
+    for called in _calls(methods[name]):
+        found.append(called)
+        if called in methods and called not in seen | {name}:
+            found += _reached(methods, called, seen | {name})
+    return found
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_widget_wiring_rules(module: str) -> None:
     """Version check before anything else, bounded log, errors of Start/Apply and of the timer shown."""
     methods = _methods(ROOT / module / f"{module}.py")
-    setup = _calls(methods["setup"])
+    setup = _reached(methods, "setup")
     assert "unsupported_message" in setup and setup.index("unsupported_message") < setup.index("loadUI")
     assert "setMaximumBlockCount" in setup
     start_slot = "onStartOrCancel" if module == "TCURFineTune" else "onApplyOrCancel"
     for slot in (start_slot, "onTimer"):
-        assert "tryWithErrorDisplay" in _calls(methods[slot]), f"{slot} must show its errors"
-    assert "onReload" in methods and "forget_packages" in _calls(methods["onReload"])
-    assert "shutdown" in _calls(methods["cleanup"]), "closing Slicer must not wait for the worker"
+        assert "tryWithErrorDisplay" in _reached(methods, slot), f"{slot} must show its errors"
+    assert "onReload" in methods and "forget_packages" in _reached(methods, "onReload")
+    assert "shutdown_active" in _reached(methods, "cleanup"), "closing Slicer must not wait for the worker"
+
+
+def test_reached_calls_follow_the_mixin(tmp_path: Path) -> None:
+    script = tmp_path / "M.py"
+    script.write_text("class MWidget(RunPanelMixin):\n    def setup(self):\n        self.setupPanel('x')\n")
+    methods = _methods(script)
+    assert "setupPanel" in methods and "enter" in methods, "the mixin's methods must count as the widget's"
+    reached = _reached(methods, "setup")
+    assert reached[0] == "setupPanel" and reached.index("unsupported_message") < reached.index("loadUI")
 
 
 def test_screenshots_are_not_renderings() -> None:
@@ -315,4 +343,5 @@ def test_remote_rows_follow_run_on(module: str) -> None:
     methods = _methods(script)
     assert "remote_row_visibility" in _calls(methods["updateRemoteRows"])
     assert "updateRemoteRows" in _calls(methods["setParameterNode"]), "a loaded scene must set the rows too"
-    assert "self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)" in script.read_text()
+    assert "self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)" in MIXIN.read_text()
+    assert "setupPanel" in _calls(methods["setup"]), "setup must make that connection (RunPanelMixin.setupPanel)"

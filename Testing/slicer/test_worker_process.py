@@ -1,4 +1,4 @@
-"""Item 5 (and 9): the worker seen from the GUI: cancel never blocks, a worker that ignores SIGTERM is
+"""The worker seen from the GUI: cancel never blocks, a worker that ignores SIGTERM is
 killed after its grace time, closing Slicer stops it within seconds, undecodable output does not kill the
 reader, and a long run keeps a bounded history. Real child processes, no mocks."""
 
@@ -122,7 +122,7 @@ def test_history_is_bounded(tmp_path: Path) -> None:
 
 
 def test_scene_closed_before_the_segmentation_arrives(mrml, tmp_path: Path) -> None:
-    """Item 9: the run fails with a message instead of raising in the panel's timer."""
+    """A scene closed mid-run: the run fails with a message instead of raising in the panel's timer."""
     node = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "head")
     slicer.util.updateVolumeFromArray(node, np.zeros((6, 7, 8), np.int16))
     run = SegmentVolumesRun([node], "preset:unetr-tiny", None, ["a"], workdir=tmp_path / "work")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError
-from tcurlora.jobs.schema import METHODS, SELECTIONS, check_regexes, parse_colors  # declared with the job
+from tcurlora.jobs.fields import SELECTIONS, check_regexes, parse_colors  # declared with the job
 from tcurlora.namepatterns import full_match_any  # noqa: F401 - linear-time; configs come from anyone
 from tcurlora.settings import SettingError, dump_fields, expect, read_fields, setting, settings_of
 
@@ -33,7 +34,7 @@ FULL_RESOLUTION_BLOCKS = {
 
 def default_train_modules(method: str, arch: str) -> list[str]:
     """What `train_modules` is when a job does not say: the full-resolution blocks for tcur, else none."""
-    return list(FULL_RESOLUTION_BLOCKS.get(arch, [])) if method == "tcur" else []
+    return list(FULL_RESOLUTION_BLOCKS.get(arch, [])) if method_info(method).full_resolution_blocks else []
 
 
 def expand_train_modules(patterns: list[str]) -> list[str]:
@@ -121,7 +122,7 @@ class AdapterConfig:
         """alpha, or the method's default when it is None."""
         if self.alpha is not None:
             return float(self.alpha)
-        return float(self.rank) if self.method == "lora" else 1.0
+        return float(self.rank) if method_info(self.method).alpha_is_rank else 1.0
 
     def validate(self) -> None:
         """Check (and normalise) every field with the settings' validator, then the one rule across fields;
@@ -147,7 +148,7 @@ class AdapterConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; alpha is written resolved so the file says what was used."""
         data = dump_fields(self)
-        if self.method in ("tcur", "lora"):
+        if method_info(self.method).ranked:
             data["alpha"] = self.resolved_alpha
         return data
 

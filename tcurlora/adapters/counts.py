@@ -62,14 +62,3 @@ def human_size(num_bytes: int) -> str:
         size /= 1024
     return f"{size:.1f} GiB"
 
-
-def counts_for(model: nn.Module, config: Any) -> ParameterCounts:
-    """What `config` would train on `model`, counted on a deep copy (the model is left as it is)."""
-    import copy
-
-    from tcurlora.adapters import apply_adapter
-    from tcurlora.models.fingerprint import state_dict_fingerprint
-
-    if config.base_fingerprint is None:
-        config.base_fingerprint = state_dict_fingerprint(model)
-    return apply_adapter(copy.deepcopy(model), config).parameter_counts()

@@ -17,19 +17,17 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from tcurlora.adapter_integrity import WEIGHTS_SHA256_KEY, check_record, check_weights, seal
-from tcurlora.adapters import AdaptedModel, apply_adapter
 from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.methods.registry import method_info
+from tcurlora.adapters.model import AdaptedModel, apply_adapter
 from tcurlora.errors import ConfigError, FingerprintMismatchError, InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_FORMAT, ADAPTER_WEIGHTS_FILE
 from tcurlora.fsutil import atomic_dir, atomic_write_json
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.fingerprint import state_dict_fingerprint
 from tcurlora.models.weight_files import check_weight_file
 from tcurlora.outputs import check_adapter_output
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
-LOG_FILE = "training_log.jsonl"
-ADAPTER_FORMAT = "tcurlora.adapter/1"
 SHA256_KEY = WEIGHTS_SHA256_KEY
 
 
@@ -64,34 +62,21 @@ def adapter_record(adapted: AdaptedModel, extra: dict[str, Any] | None = None) -
     config = adapted.config
     record: dict[str, Any] = {"format": ADAPTER_FORMAT}
     record.update(config.to_dict())
-    record["targets"] = _target_names(adapted)
+    record["targets"] = adapted.method.target_names(adapted)  # the adapted layers, for people reading it
     record["parameter_counts"] = adapted.parameter_counts().to_dict()
     # How the trained weights started: "random" for scratch (reports say "trained from random
     # initialisation"; every weight is in the adapter), else the base's pretrained weights.
-    record["initialisation"] = "random" if config.method == "scratch" else "base"
-    if config.method in ("tcur", "lora"):
+    record["initialisation"] = "random" if method_info(config.method).random_init else "base"
+    if method_info(config.method).ranked:
         from tcurlora.adapters.rank_check import effective_ranks
 
         record["effective_ranks"] = effective_ranks(adapted, config.rank)  # layers holding < rank
     record["versions"] = library_versions()
     for key, value in (extra or {}).items():
         if key in ("format", "method", "base_fingerprint", "initialisation", SHA256_KEY, "config_sha256"):
-            raise ConfigError(f"extra may not override {key!r} in {CONFIG_FILE}")
+            raise ConfigError(f"extra may not override {key!r} in {ADAPTER_CONFIG_FILE}")
         record[key] = value
     return record
-
-
-def _target_names(adapted: AdaptedModel) -> list[str]:
-    """The adapted layer names (tcur / lora), for people reading the config."""
-    if adapted.tcur is not None:
-        return sorted(adapted.tcur.layers)
-    if adapted.config.method == "lora":
-        return sorted(
-            name.removeprefix("model.")
-            for name, module in adapted.model.named_modules()
-            if hasattr(module, "lora_A") and name
-        )
-    return []
 
 
 def save_adapter(
@@ -110,17 +95,17 @@ def save_adapter(
     folder = Path(folder)
     check_adapter_output(folder, force)  # with force: only an adapter folder tcurlora wrote is replaced
     for name in extra_files or {}:
-        if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE) or name.startswith("."):
+        if Path(name).name != name or name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE) or name.startswith("."):
             raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
     record = adapter_record(adapted, extra)
     state = adapted.adapter_state_dict()
     with atomic_dir(folder, "the adapter") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
-        save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
-        record[SHA256_KEY] = hashlib.sha256((temp / WEIGHTS_FILE).read_bytes()).hexdigest()
+        save_file(state, str(temp / ADAPTER_WEIGHTS_FILE), metadata={"format": ADAPTER_FORMAT})
+        record[SHA256_KEY] = hashlib.sha256((temp / ADAPTER_WEIGHTS_FILE).read_bytes()).hexdigest()
         for name, content in (extra_files or {}).items():
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             (temp / name).write_bytes(data)
-        atomic_write_json(temp / CONFIG_FILE, seal(record))
+        atomic_write_json(temp / ADAPTER_CONFIG_FILE, seal(record))
     return folder
 
 
@@ -130,11 +115,11 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("no such adapter folder", folder)
-    path = folder / CONFIG_FILE
+    path = folder / ADAPTER_CONFIG_FILE
     if not path.exists() and not path.is_symlink():
-        raise InputError(f"not an adapter folder: {CONFIG_FILE} is missing", path)
+        raise InputError(f"not an adapter folder: {ADAPTER_CONFIG_FILE} is missing", path)
     if path.is_symlink() or not path.is_file():
-        raise InputError(f"refused: {CONFIG_FILE} is not a regular file (a link, a folder or a special file)", path)
+        raise InputError(f"refused: {ADAPTER_CONFIG_FILE} is not a regular file (a link, a folder or a special file)", path)
     data = read_json_object(path, "adapter config")
     if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
         raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
@@ -154,9 +139,9 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     """The tensors of adapter.safetensors, checked against the SHA-256 in `record` (read from the folder
     when not given); InputError naming the file when missing, corrupt or not the recorded content."""
     folder = Path(folder)
-    path = folder / WEIGHTS_FILE
+    path = folder / ADAPTER_WEIGHTS_FILE
     if not path.exists() and not path.is_symlink():
-        raise InputError(f"not a complete adapter folder: {WEIGHTS_FILE} is missing", path)
+        raise InputError(f"not a complete adapter folder: {ADAPTER_WEIGHTS_FILE} is missing", path)
     weights = check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
     record = read_adapter_config(folder) if record is None else record
     data = weights.read_bytes()
@@ -177,7 +162,7 @@ def load_adapter(
     """
     folder = Path(folder)
     record = read_adapter_config(folder)
-    config_path = folder / CONFIG_FILE
+    config_path = folder / ADAPTER_CONFIG_FILE
     config = config_from_record(record, config_path)
     state = read_adapter_weights(folder, record)
     if check_fingerprint:
@@ -195,6 +180,6 @@ def load_adapter(
     try:
         adapted.load_adapter_state_dict(state)
     except ConfigError as error:
-        raise ConfigError(error.problem, folder / WEIGHTS_FILE) from error
+        raise ConfigError(error.problem, folder / ADAPTER_WEIGHTS_FILE) from error
     adapted.eval()
     return adapted

@@ -8,20 +8,8 @@ from tcurlora.errors import ConfigError
 
 
 def layer_rank_limits(adapted: Any) -> dict[str, int]:
-    """The largest rank each adapted weight group / layer can hold: min(rows, columns)."""
-    tcur = getattr(adapted, "tcur", None)
-    if tcur is not None:
-        return {str(key): min(int(group.n1), int(group.n2)) for key, group in tcur.groups.items()}
-    limits = {}
-    for name, module in adapted.model.named_modules():
-        base = getattr(module, "base_layer", None)
-        if hasattr(module, "lora_A") and base is not None and hasattr(base, "weight"):
-            shape = tuple(base.weight.shape)
-            columns = 1
-            for size in shape[1:]:
-                columns *= int(size)
-            limits[name] = min(int(shape[0]), columns)
-    return limits
+    """The largest rank each adapted weight group / layer can hold: min(rows, columns) (the method's answer)."""
+    return adapted.method.rank_limits(adapted)
 
 
 def effective_ranks(adapted: Any, rank: int) -> dict[str, int]:

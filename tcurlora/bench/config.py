@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.jobs.schema import METHODS, SELECTIONS, parse_patch_size, parse_spacing
+from tcurlora.filenames import BENCH_SCHEMA
+from tcurlora.jobs.fields import SELECTIONS, parse_patch_size, parse_spacing
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 
-BENCH_SCHEMA = "tcurlora.bench/1"
 BUILTIN = "builtin"
 
 
@@ -44,10 +45,11 @@ class MethodSpec:
     def label(self) -> str:
         """E.g. `tcur-r8-topnorm+conv`, `lora-r8`, `full`; `+decoder2,encoder1` names train_modules,
         `-lr0.002` / `-hlr0.05` are added when the entry sets the adapter's / the head's rate."""
-        if self.method == "tcur":
-            text = f"tcur-r{self.rank}-{self.selection}" + ("+conv" if self.conv_targets else "")
-        elif self.method == "lora":
-            text = f"lora-r{self.rank}"
+        info = method_info(self.method)
+        if info.index_selection:
+            text = f"{self.method}-r{self.rank}-{self.selection}" + ("+conv" if self.conv_targets else "")
+        elif info.ranked:
+            text = f"{self.method}-r{self.rank}"
         else:
             text = self.method
         if self.train_modules:
@@ -208,9 +210,9 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         unlabeled = entry.get("unlabeled")
         if unlabeled not in UNLABELED_CHOICES:
             raise SettingError(f"{at}.unlabeled", f"expected one of {UNLABELED_CHOICES}, got {unlabeled!r}")
-        if method != "tcur":  # selection and conv targets only mean something for tCURLoRA
+        if not method_info(method).index_selection:  # selection and conv targets only mean something for tCURLoRA
             selections, convs = selections[:1], [False]
-        if method not in ("tcur", "lora"):
+        if not method_info(method).ranked:
             ranks = ranks[:1]
         for rank, selection, conv in itertools.product(ranks, selections, convs):
             spec = MethodSpec(method, rank, selection, conv, rates["learning_rate"], rates["alpha"],

@@ -65,10 +65,10 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     and forward latency (no grad) with unmerged and merged weights."""
     from monai.losses import DiceCELoss
 
-    from tcurlora.adapters import AdapterConfig, apply_adapter
-    from tcurlora.adapters.config import CONV_TARGETS
+    from tcurlora.adapters.config import CONV_TARGETS, AdapterConfig
+    from tcurlora.adapters.methods.registry import method_info
+    from tcurlora.adapters.model import apply_adapter
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.finetuning import DEFAULT_LEARNING_RATES
     from tcurlora.training.step import OptimStep, autocast_context, grad_scaler
 
     device = resolve_device(settings["device"])
@@ -85,7 +85,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     adapted = apply_adapter(model, config).to(device)
     counts = adapted.parameter_counts().to_dict()
     optimizer = torch.optim.AdamW(
-        adapted.trainable_parameters(), lr=method["learning_rate"] or DEFAULT_LEARNING_RATES[method["method"]]
+        adapted.trainable_parameters(), lr=method["learning_rate"] or method_info(method["method"]).learning_rate
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     amp = bool(settings["amp"]) and device.type == "cuda"

@@ -70,15 +70,6 @@ def peak_rss_bytes() -> int | None:
             return None
 
 
-def current_rss_bytes() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """{"kind", "bytes"}: CUDA max allocated since the last reset, or the process's peak RSS."""
     if device.type == "cuda":

@@ -9,6 +9,7 @@ from typing import Any
 
 from tcurlora.bench.summary import base_contribution, cost_rows, default_label, findings, quality_rows
 from tcurlora.errors import InputError
+from tcurlora.filenames import BENCH_MARKDOWN_FILE, BENCH_REPORT_FILE
 from tcurlora.fsutil import atomic_write_text
 
 
@@ -227,17 +228,17 @@ def write_report(report: dict[str, Any], output: Path) -> dict[str, Path]:
     output = Path(output)
     paths = {
         "json": atomic_write_text(
-            output / "report.json", json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n"
+            output / BENCH_REPORT_FILE, json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n"
         )
     }
     plots = write_plots(report, output)
-    paths["markdown"] = atomic_write_text(output / "report.md", to_markdown(report, [str(p) for p in plots]))
+    paths["markdown"] = atomic_write_text(output / BENCH_MARKDOWN_FILE, to_markdown(report, [str(p) for p in plots]))
     return paths
 
 
 def read_report(folder: Path) -> dict[str, Any]:
     """report.json of a finished benchmark folder."""
-    path = Path(folder) / "report.json"
+    path = Path(folder) / BENCH_REPORT_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:

@@ -17,10 +17,9 @@ from tcurlora.bench import ranks
 from tcurlora.bench.config import BenchConfig
 from tcurlora.bench.plan import fixed_split, plan_runs, resolve_base_model
 from tcurlora.errors import ConfigError, OutputExistsError
+from tcurlora.filenames import BENCH_REPORT_FILE, BENCH_REPORT_SCHEMA
 from tcurlora.fsutil import atomic_write_json
 
-REPORT_SCHEMA = "tcurlora.bench-report/1"
-REPORT_JSON = "report.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -186,7 +185,7 @@ def check_devices(config: BenchConfig, only: str | None) -> None:
 
 def _earlier_report(output: Path) -> dict[str, Any]:
     """The report.json of an earlier call into the same folder ({} when there is none)."""
-    path = output / REPORT_JSON
+    path = output / BENCH_REPORT_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -211,13 +210,13 @@ def run_benchmark(
 
     check_devices(config, only)
     output = Path(output)
-    if (output / REPORT_JSON).exists() and not (force or resume):
+    if (output / BENCH_REPORT_FILE).exists() and not (force or resume):
         raise OutputExistsError(
             "benchmark output exists (use --force to replace it or --resume to continue)", output
         )
     output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "schema": REPORT_SCHEMA, "name": config.name, "description": config.description,
+        "schema": BENCH_REPORT_SCHEMA, "name": config.name, "description": config.description,
         "command": command or " ".join(["tcurlora", *sys.argv[1:]]), "config": config.to_dict(),
         "environment": environment(resolve_device(config.device), config.threads), "started": time.time(),
     }  # fmt: skip

@@ -15,6 +15,7 @@ import torch
 from tcurlora.bench.measure import TimingSink, median_or_none, peak_memory, peak_rss_bytes
 from tcurlora.bench.plan import case_from_dict
 from tcurlora.data.cases import Case
+from tcurlora.filenames import ADAPTER_WEIGHTS_FILE
 
 
 def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
@@ -115,7 +116,6 @@ def evaluate_adapter(
 
 def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Fine-tune and evaluate one run; returns its result record (see docs/benchmarks.md)."""
-    from tcurlora.adapters.io import WEIGHTS_FILE
     from tcurlora.device import resolve_device
     from tcurlora.finetuning import run_finetune
     from tcurlora.jobs.cancel import CancelToken
@@ -145,7 +145,7 @@ def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) ->
     result = {
         "run_id": run["run_id"], "status": "ok", "method": run["method"], "k": run["k"], "seed": run["seed"],
         "train_cases": [c["id"] for c in run["train"]], "parameters": parameters,
-        "adapter_bytes": (adapter / WEIGHTS_FILE).stat().st_size,
+        "adapter_bytes": (adapter / ADAPTER_WEIGHTS_FILE).stat().st_size,
         "step_time_s": {"median": median_or_none(steps), "steps_timed": len(steps),
                         "warmup": settings["warmup_steps"]},
         "peak_memory": memory, "adapt_wall_s": adapt_wall,

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tcurlora.filenames import BENCH_MARKDOWN_FILE, BENCH_REPORT_FILE
+
 
 def register(subparsers: Any) -> None:
     """Add the `bench` sub-command."""
@@ -108,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     )
     if not report:  # torchrun, rank > 0: rank 0 reports
         return 0
-    print(f"wrote {args.output / 'report.md'} and {args.output / 'report.json'}")
+    print(f"wrote {args.output / BENCH_MARKDOWN_FILE} and {args.output / BENCH_REPORT_FILE}")
     failed = [
         r
         for r in report.get("quality", {}).get("runs", []) + report.get("cost", [])

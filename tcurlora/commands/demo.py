@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     from tcurlora.demo import DEFAULT_BASE, DemoOptions, run_demo, summary_text
     from tcurlora.errors import ConfigError
-    from tcurlora.jobs import make_sink
+    from tcurlora.jobs.events import make_sink
 
     given = {k: v for k, v in {"num_train": args.num_train, "num_test": args.num_test,
                                "iterations": args.iterations}.items() if v is not None}  # fmt: skip

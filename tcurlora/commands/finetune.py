@@ -10,7 +10,8 @@ from typing import Any, TextIO
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import FinetuneJob
-from tcurlora.remote import RemoteFinetune, add_remote_arguments, remote_handler
+from tcurlora.remote.cli import add_remote_arguments, remote_handler
+from tcurlora.remote.run import RemoteFinetune
 from tcurlora.settings import add_arguments, flag_values, job_flags, override_dests
 from tcurlora.torchrun_env import launched
 
@@ -74,7 +75,8 @@ def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextI
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteFinetune)
     elif handler is None and launched():
-        from tcurlora.distributed import rank_sink, run_finetune
+        from tcurlora.distributed import rank_sink
+        from tcurlora.distributed_runs import run_finetune
 
         handler, sink = run_finetune, rank_sink()  # rank 0 alone reports; the others only errors, on stderr
     return run_cli(

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tcurlora.adapters.config import METHODS
+from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
+from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
-RANKED_METHODS = ("tcur", "lora")
+RANKED_METHODS = tuple(name for name in METHODS if method_info(name).ranked)  # rank means something
 TABLE_RANKS = (4, 8, 16)
 COLUMNS = [
     ("method", "method"),
@@ -52,8 +53,8 @@ def register(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     target = Path(args.target)
-    if (target / "adapter_config.json").is_file() or (
-        target.is_dir() and (target / "adapter.safetensors").exists()
+    if (target / ADAPTER_CONFIG_FILE).is_file() or (
+        target.is_dir() and (target / ADAPTER_WEIGHTS_FILE).exists()
     ):
         result: Any = adapter_info(target)
         rows = [result]
@@ -106,7 +107,7 @@ def model_info(
 ) -> dict:
     """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
     from tcurlora.adapters.config import AdapterConfig, default_train_modules, expand_train_modules
-    from tcurlora.adapters.counts import counts_for
+    from tcurlora.adapters.model import counts_for
     from tcurlora.adapters.targets import configure_targets
 
     config = AdapterConfig(
@@ -124,10 +125,10 @@ def model_info(
 
 def adapter_info(folder: Path) -> dict:
     """What an adapter folder says about itself, plus its weight file size (weights verified first)."""
-    from tcurlora.adapters.io import WEIGHTS_FILE, read_adapter_config, read_adapter_weights
+    from tcurlora.adapters.io import read_adapter_config, read_adapter_weights
 
     record = read_adapter_config(folder)
-    weights = folder / WEIGHTS_FILE
+    weights = folder / ADAPTER_WEIGHTS_FILE
     read_adapter_weights(folder, record)  # InputError when missing, empty, corrupt or not the recorded SHA-256
     counts = dict(record.get("parameter_counts") or {})
     return {

@@ -82,8 +82,8 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     train = run_pretrain
-    if launched():  # torchrun with N > 1 processes: data-parallel (tcurlora.distributed)
-        from tcurlora.distributed import run_pretrain as train
+    if launched():  # torchrun with N > 1 processes: data-parallel (tcurlora.distributed_runs)
+        from tcurlora.distributed_runs import run_pretrain as train
     train(config, data_root, args.output, device_name=args.device, force=args.force, log=main_log,
           resume_from=args.resume, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
           stop_after=args.stop_after, cache_dir=cache_dir)  # fmt: skip

@@ -12,7 +12,8 @@ from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import is_image_file, split_extension
 from tcurlora.jobs.runner import Handler, run_cli
 from tcurlora.jobs.schema import SegmentJob
-from tcurlora.remote import RemoteSegment, add_remote_arguments, remote_handler
+from tcurlora.remote.cli import add_remote_arguments, remote_handler
+from tcurlora.remote.run import RemoteSegment
 from tcurlora.settings import add_arguments, flag_values, job_flags
 from tcurlora.torchrun_env import launched
 
@@ -173,7 +174,8 @@ def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextI
     if handler is None and getattr(args, "remote", None):
         handler = remote_handler(args, RemoteSegment)
     elif handler is None and launched():
-        from tcurlora.distributed import rank_sink, run_segment  # the volumes split across the ranks
+        from tcurlora.distributed import rank_sink
+        from tcurlora.distributed_runs import run_segment  # the volumes split across the ranks
 
         handler, sink = run_segment, rank_sink()  # rank 0 alone reports; the others only errors, on stderr
     return run_cli(

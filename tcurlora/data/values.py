@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from tcurlora.data.io import count_nonfinite, read_image
 from tcurlora.errors import InputError
-from tcurlora.jobs.schema import MAX_SPACING_MM, MIN_SPACING_MM
+from tcurlora.models.spec import MAX_SPACING_MM, MIN_SPACING_MM
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _COMPLEX = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}

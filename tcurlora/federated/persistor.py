@@ -17,19 +17,24 @@ from tcurlora.federated.checks import identity
 from tcurlora.federated.client import IDENTITY_KEY
 from tcurlora.federated.server import ROUND_KEY
 from tcurlora.federated.tensors import merged_state, shared_tensors
-
-STATE_DIR = "state"  # under <output>.federation/: global.safetensors + state.json of the last finished round
+from tcurlora.filenames import (
+    FEDERATION_STATE_DIR,
+    FEDERATION_STATE_FILE,
+    FEDERATION_SUFFIX,
+    FEDERATION_WEIGHTS_FILE,
+    TRAINING_LOG_FILE,
+)
 
 
 def federation_dir(output: str | Path) -> Path:
     """Where a federation keeps its state and FLARE workspace: a sibling of the adapter folder."""
     output = Path(output)
-    return output.with_name(output.name + ".federation")
+    return output.with_name(output.name + FEDERATION_SUFFIX)
 
 
 def read_state(output: str | Path) -> dict[str, Any] | None:
     """The last finished round's state.json, or None when no round has finished."""
-    path = federation_dir(output) / STATE_DIR / "state.json"
+    path = federation_dir(output) / FEDERATION_STATE_DIR / FEDERATION_STATE_FILE
     if not path.is_file():
         return None
     from tcurlora.jsonio import read_json_object
@@ -71,7 +76,7 @@ class AdapterPersistor(ModelPersistor):
         weights = shared_tensors(self.adapted.adapter_state_dict())
         state = read_state(self.output) if self.resume else None
         if state is not None:
-            saved = load_file(str(federation_dir(self.output) / STATE_DIR / "global.safetensors"))
+            saved = load_file(str(federation_dir(self.output) / FEDERATION_STATE_DIR / FEDERATION_WEIGHTS_FILE))
             weights = shared_tensors(saved)
             self.history = list(state.get("history", []))
             self.log_info(fl_ctx, f"resumed the global adapter of round {state['rounds_done']}")
@@ -91,17 +96,17 @@ class AdapterPersistor(ModelPersistor):
         state = merged_state(adapted.adapter_state_dict(), model[ModelLearnableKey.WEIGHTS], "server")
         adapted.load_adapter_state_dict(state)
         self.history = [h for h in self.history if h["round"] < record["round"]] + [record]
-        folder = federation_dir(self.output) / STATE_DIR
+        folder = federation_dir(self.output) / FEDERATION_STATE_DIR
         folder.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_sibling_dir(folder)
         save_file({k: v.contiguous() for k, v in adapted.adapter_state_dict().items()},
-                  str(temp / "global.safetensors"))
-        atomic_write_json(temp / "state.json", {"rounds_done": record["round"], "rounds": self.rounds,
+                  str(temp / FEDERATION_WEIGHTS_FILE))
+        atomic_write_json(temp / FEDERATION_STATE_FILE, {"rounds_done": record["round"], "rounds": self.rounds,
                                                 "history": self.history})
         replace_dir(temp, folder)
         adapted.eval()
         save_adapter(self.output, adapted, extra=self.extra(record), force=True,
-                     extra_files={"training_log.jsonl": "".join(json.dumps(h) + "\n" for h in self.history)})
+                     extra_files={TRAINING_LOG_FILE: "".join(json.dumps(h) + "\n" for h in self.history)})
         self.log_info(fl_ctx, f"round {record['round']}: global adapter written to {self.output}")
 
     def extra(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Where the worker's events go: JSON lines for programs, a progress bar or plain lines for people.
 
 Handlers call the `EventSink` methods; every sink builds the same event dicts ("tcurlora.events/1",
-see `tcurlora.jobs.schema.EVENT_SCHEMA`) and validates them, so a handler that emits a bad event
+see `tcurlora.jobs.event_schema.EVENT_SCHEMA`) and validates them, so a handler that emits a bad event
 fails in every test, not only in the Slicer module.
 """
 
@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
-from tcurlora.jobs.schema import validate_event
+from tcurlora.jobs.event_schema import validate_event
 
 
 @runtime_checkable

@@ -1,5 +1,6 @@
-"""The worker protocol's two schemas, defined once: job files in ("tcurlora.job/1"), events out
-("tcurlora.events/1").
+"""The worker protocol's job schema, defined once: job files in ("tcurlora.job/1"); the events out
+("tcurlora.events/1") are in tcurlora.jobs.event_schema, the fields' bounds and parsers in
+tcurlora.jobs.fields, their command-line converters in tcurlora.jobs.cli_args.
 
 A job file is a JSON object with `"command"` ("finetune", "segment" or "suggest") and optional
 `"schema": "tcurlora.job/1"`; every other key is a field of `FinetuneJob`, `SegmentJob` or `SuggestJob`, declared
@@ -11,325 +12,54 @@ these declarations. Relative paths are resolved against the job file's folder. E
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcurlora.adapters.methods.registry import METHODS, conv_targets_on
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import case_id_from_path, segmentation_output_name
-from tcurlora.jsonio import JSONProblem, loads_strict
-from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
-from tcurlora.settings import (
-    SettingError,
-    check_keys,
-    expect,
-    read_fields,
-    resolve_path,
-    setting,
+from tcurlora.filenames import JOB_SCHEMA, segmentation_output_name
+from tcurlora.jobs.cli_args import (
+    cases_from_flags,
+    names_from_flags,
+    patch_size_arg,
+    spacing_arg,
+    threads_arg,
 )
+from tcurlora.jobs.fields import (
+    MAX_ALPHA,
+    MAX_BATCH_SIZE,
+    MAX_ITERATIONS,
+    MAX_PATCH_SIDE,
+    MAX_SEED,
+    MAX_THREADS,
+    PATH_SCHEMA,
+    SELECTIONS,
+    SUGGEST_SCORES,
+    channels_out,
+    check_alpha,
+    check_label_names,
+    check_regexes,
+    check_seed,
+    dump_cases,
+    parse_cases,
+    parse_colors,
+    parse_inputs,
+    parse_patch_size,
+    parse_paths,
+    parse_spacing,
+    parse_threads,
+    parse_unlabeled,
+)
+from tcurlora.jsonio import JSONProblem, loads_strict
+from tcurlora.settings import SettingError, check_keys, expect, read_fields, setting
 from tcurlora.settings import dump_fields as _dump_fields
-
-JOB_SCHEMA = "tcurlora.job/1"
-EVENT_SCHEMA_NAME = "tcurlora.events/1"
-
-# "scratch" is the control group: the base's architecture, randomly initialised (seeded by the job's seed),
-# every weight trained as by "full"; what a method reaches above it is what the pretrained base contributes.
-METHODS = ("tcur", "lora", "decoder", "full", "head", "scratch")
-# Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
-SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
-# How `tcurlora suggest` scores a volume's uncertainty (tcurlora.suggest).
-SUGGEST_SCORES = ("entropy", "flips")
-MAX_SEED = 2**63 - 1  # torch and numpy seed generators take signed 64-bit values
-MAX_ALPHA = 1e4
-# Bounds on what no one can mean (a typo, or a crafted job): 1,000,000 steps are days of GPU time.
-MAX_ITERATIONS = 1_000_000
-MAX_BATCH_SIZE = 1024
-MAX_THREADS = 4096
-MAX_PATCH_SIDE = 1024  # voxels; one 1024^3 float patch is already 4 GiB
 
 _MISSING = object()
 
 
-def conv_targets_on(method: str, asked: bool | None) -> bool:
-    """Whether Conv3d kernels are adapted: as asked, else the default (on for tcur, measured best in docs/benchmarks.md)."""
-    return asked if asked is not None else method == "tcur"
-
-
-# ------------------------------------------------------------------------- value checks and parsers
-def check_seed(key: str, seed: int) -> int:
-    if seed > MAX_SEED:
-        raise SettingError(key, f"must be at most 2^63 - 1 = {MAX_SEED}, got {seed}")
-    return seed
-
-
-def check_alpha(key: str, alpha: float) -> float:
-    if not 0.0 < alpha <= MAX_ALPHA:
-        raise SettingError(key, f"must be > 0 and <= {MAX_ALPHA:g} (the adapter's scale), got {alpha:g}")
-    return alpha
-
-
-def check_label_names(key: str, names: list[str]) -> list[str]:
-    if not names:
-        raise SettingError(key, "needs at least one class name")
-    seen: set[str] = set()
-    for index, name in enumerate(names):
-        if not name.strip():
-            raise SettingError(f"{key}[{index}]", "must not be empty")
-        if name in seen:
-            raise SettingError(f"{key}[{index}]", f"duplicate class name {name!r} (each class needs its own name)")
-        seen.add(name)
-    return names
-
-
-# Voxel spacings (mm) a scan or a working grid can have: 10 um (micro-CT) to 10 cm. Outside, a header is
-# wrong or a value is a typo, and resampling to it would ask for absurd grids.
-MIN_SPACING_MM = 0.01
-MAX_SPACING_MM = 100.0
-
-
-def check_regexes(key: str, patterns: list[str]) -> list[str]:
-    """Module-name regexes: valid, and matchable in linear time (an adapter config can come from anyone;
-    tcurlora.namepatterns says what is refused)."""
-    for index, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except (re.error, RecursionError, OverflowError) as error:
-            raise SettingError(f"{key}[{index}]", f"invalid regular expression {pattern!r}: {error}") from None
-        try:
-            compile_pattern(pattern)
-        except PatternError as error:
-            shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
-            raise SettingError(f"{key}[{index}]", f"module-name pattern {shown!r} refused: {error}") from None
-    try:
-        check_pattern_list(patterns)
-    except PatternError as error:
-        raise SettingError(key, f"refused: {error}") from None
-    return patterns
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def parse_patch_size(key: str, value: Any, base_dir: Path | None) -> list[int]:
-    label = "a list of 3 positive integers"
-    expect(key, value, (list,), label)
-    if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise SettingError(key, f"expected {label}, got {value!r}")
-    if max(value) > MAX_PATCH_SIDE:
-        raise SettingError(key, f"each side must be <= {MAX_PATCH_SIDE} voxels, got {value!r}")
-    return list(value)
-
-
-def spacing_problem(values: Any) -> str | None:
-    """Why `values` is not a spacing tcurlora works at (3 numbers within MIN..MAX_SPACING_MM), or None."""
-    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) and v > 0 for v in values):
-        return f"expected a list of 3 positive numbers (mm), got {values!r}"
-    if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
-        return f"spacing {list(values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"
-    return None
-
-
-def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | str:
-    expect(key, value, (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"')
-    if isinstance(value, str) and value not in ("auto", "base"):
-        raise SettingError(key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}')
-    if isinstance(value, list):
-        problem = spacing_problem(value)
-        if problem:
-            raise SettingError(key, problem)
-        return [float(v) for v in value]
-    return value
-
-
-def parse_colors(key: str, value: Any, base_dir: Path | None) -> list[list[float]]:
-    expect(key, value, (list,), "a list of [r, g, b] values in 0..1")
-    out = []
-    for index, color in enumerate(value):
-        if not (isinstance(color, list) and len(color) == 3 and all(_is_number(c) and 0.0 <= c <= 1.0 for c in color)):
-            raise SettingError(f"{key}[{index}]", f"expected [r, g, b] with values in 0..1, got {color!r}")
-        out.append([float(c) for c in color])
-    return out
-
-
-def parse_channels(key: str, value: Any, base_dir: Path | None) -> list[Path]:
-    """One path or a non-empty list of channel paths -> list of resolved paths."""
-    if isinstance(value, list):
-        if not value:
-            raise SettingError(key, "needs at least one image path")
-        return [resolve_path(f"{key}[{i}]", item, base_dir) for i, item in enumerate(value)]
-    return [resolve_path(key, value, base_dir)]
-
-
-def channels_out(paths: list[Path]) -> str | list[str]:
-    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
-
-
-def _parse_label_map(key: str, mapping: Any) -> dict[int, int]:
-    """{"file label value": class index} of one case (unlisted values become background)."""
-    expect(key, mapping, (dict,), "an object of label value -> class index")
-    out: dict[int, int] = {}
-    for source, target in mapping.items():
-        where = f"{key}[{source}]"
-        if not isinstance(source, str) or not re.fullmatch(r"\d+", source.strip()):
-            raise SettingError(where, f"label values must be whole numbers >= 0 (as JSON keys: \"1\"), got {source!r}")
-        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-            raise SettingError(where, f"class index must be a whole number >= 0, got {type(target).__name__} {target!r}")
-        out[int(source)] = target
-    return out
-
-
-CASE_KEYS = ("id", "image", "label", "label_map")
-
-
-def parse_cases(key: str, items: Any, base_dir: Path | None) -> list[Case]:
-    expect(key, items, (list,), "a list of {id, image, label} objects")
-    if not items:
-        raise SettingError(key, "needs at least one case")
-    cases, seen = [], set()
-    for index, item in enumerate(items):
-        where = f"{key}[{index}]"
-        if not isinstance(item, dict):
-            raise SettingError(where, f"expected an object with id, image and label, got {type(item).__name__}")
-        extra = sorted(set(item) - set(CASE_KEYS))
-        if extra:
-            raise SettingError(f"{where}.{extra[0]}", f"unknown key (allowed keys: {', '.join(CASE_KEYS)})")
-        for name in ("image", "label"):
-            if name not in item:
-                raise SettingError(f"{where}.{name}", "missing (required)")
-        images = parse_channels(f"{where}.image", item["image"], base_dir)
-        label = resolve_path(f"{where}.label", item["label"], base_dir)
-        case_id = expect(f"{where}.id", item.get("id", case_id_from_path(images[0])), (str,), "a string")
-        if case_id in seen:
-            raise SettingError(f"{where}.id", f"duplicate case id {case_id!r}")
-        seen.add(case_id)
-        mapping = item.get("label_map")
-        label_map = None if mapping is None else _parse_label_map(f"{where}.label_map", mapping)
-        cases.append(Case(id=case_id, images=images, label=label, label_map=label_map))
-    return cases
-
-
-def dump_cases(cases: list[Case]) -> list[dict[str, Any]]:
-    out = []
-    for c in cases:
-        item: dict[str, Any] = {"id": c.id, "image": channels_out(c.images), "label": str(c.label)}
-        if c.label_map is not None:
-            item["label_map"] = {str(k): v for k, v in c.label_map.items()}
-        out.append(item)
-    return out
-
-
-def parse_inputs(key: str, items: Any, base_dir: Path | None) -> list[list[Path]]:
-    expect(key, items, (list,), "a list of image paths (each a path or a list of channel paths)")
-    if not items:
-        raise SettingError(key, "needs at least one input volume")
-    return [parse_channels(f"{key}[{i}]", item, base_dir) for i, item in enumerate(items)]
-
-
-def parse_paths(key: str, items: Any, base_dir: Path | None) -> list[Path]:
-    expect(key, items, (list,), "a list of output file paths")
-    return [resolve_path(f"{key}[{i}]", p, base_dir) for i, p in enumerate(items)]
-
-
-def parse_unlabeled(key: str, items: Any, base_dir: Path | None) -> list[Path]:
-    expect(key, items, (list,), "a list of image files or folders")
-    return [resolve_path(f"{key}[{i}]", p, base_dir) for i, p in enumerate(items)]
-
-
-# ----------------------------------------------------------------------------- command-line values
-def _triple(text: str, cast: type, what: str, kind: str) -> list:
-    """ "v" -> [v, v, v]; "a,b,c" or "axbxc" -> [a, b, c], each cast and positive; else an argparse error."""
-    parts = [p for p in text.lower().replace("x", ",").split(",") if p.strip()]
-    try:
-        values = [cast(p) for p in parts]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{what} must be {kind}s, got {text!r}") from error
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{what} needs 1 or 3 positive {kind}s, got {text!r}")
-    return values
-
-
-def parse_threads(key: str, value: Any, base_dir: Path | None) -> int | str:
-    expect(key, value, (int, str), 'a positive integer or "auto"')
-    if value != "auto" and not (isinstance(value, int) and value >= 1):
-        raise SettingError(key, f'expected a positive integer or "auto", got {value!r}')
-    if isinstance(value, int) and value > MAX_THREADS:
-        raise SettingError(key, f"must be <= {MAX_THREADS}, got {value}")
-    return value
-
-
-def threads_arg(text: str) -> int | str:
-    """ "auto" or a positive integer."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer or "auto", got {text!r}')
-    return value
-
-
-def patch_size_arg(text: str) -> list[int]:
-    """ "96" -> [96, 96, 96]; "96,96,64" or "96x96x64" -> [96, 96, 64]."""
-    return _triple(text, int, "patch size", "integer")
-
-
-def spacing_arg(text: str) -> list[float] | str:
-    """ "1" -> [1.0, 1.0, 1.0]; "1,1,1.5" or "1x1x1.5" -> [1.0, 1.0, 1.5]; "auto" and "base" as they are."""
-    return text if text in ("auto", "base") else _triple(text, float, "spacing", "number")
-
-
-def _split_channels(text: str) -> str | list[str]:
-    parts = [p for p in text.split(",") if p]
-    return parts[0] if len(parts) == 1 else parts
-
-
-def cases_from_flags(pairs: list[list[str]]) -> list[dict[str, Any]]:
-    """--case IMAGE LABEL pairs -> job cases (IMAGE may list channel files separated by commas)."""
-    return [
-        {"id": case_id_from_path(image.split(",")[0]), "image": _split_channels(image), "label": label}
-        for image, label in pairs
-    ]
-
-
-def names_from_flags(items: list[str]) -> list[str]:
-    """--labels A B or --labels A,B -> [A, B]."""
-    return [name for item in items for name in item.split(",") if name]
-
-
-# ------------------------------------------------------------------------------ shared JSON Schemas
-_PATH = {"type": "string", "minLength": 1, "pattern": r"\S"}
-CHANNELS_SCHEMA = {"anyOf": [_PATH, {"type": "array", "items": _PATH, "minItems": 1}]}
-CASE_SCHEMA = {
-    "type": "object",
-    "description": "one labeled case: image (one path, or one path per channel), label, optional id and label_map",
-    "properties": {
-        "id": {"type": "string"},
-        "image": CHANNELS_SCHEMA,
-        "label": _PATH,
-        "label_map": {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "patternProperties": {r"^\s*\d+\s*$": {"type": "integer", "minimum": 0}},
-                    "additionalProperties": False,
-                },
-                {"type": "null"},
-            ]
-        },
-    },
-    "required": ["image", "label"],
-    "additionalProperties": False,
-}
 _RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 _THREADS = {
@@ -488,7 +218,7 @@ class FinetuneJob:
         help="clip the gradient norm to NORM before each step (default: no clipping)",
     )  # fmt: skip
     unlabeled: list[Path] | None = setting(
-        None, "custom", parse=parse_unlabeled, schema={"type": "array", "items": _PATH},
+        None, "custom", parse=parse_unlabeled, schema={"type": "array", "items": PATH_SCHEMA},
         flag="--unlabeled", cli={"nargs": "+", "metavar": "PATH"},
         help="unlabeled volumes for semi-supervised (mean teacher) training: image files, or folders of "
         "them (a Decathlon folder: its imagesTr)",
@@ -577,7 +307,7 @@ class SegmentJob:
         None, "reference", help="adapter folder (default: the base model alone)", flag="--adapter"
     )
     outputs: list[Path] | None = setting(
-        None, "custom", parse=parse_paths, schema={"type": "array", "items": _PATH},
+        None, "custom", parse=parse_paths, schema={"type": "array", "items": PATH_SCHEMA},
         help="one output file per input (or give output_dir)",
     )  # fmt: skip
     output_dir: Path | None = setting(
@@ -739,121 +469,3 @@ def load_job(path: str | Path) -> FinetuneJob | SegmentJob | SuggestJob:
     if command not in JOB_CLASSES:
         raise ConfigError(f"key 'command': must be one of {', '.join(JOB_CLASSES)}; got {command!r}", path)
     return JOB_CLASSES[command].from_dict(data, path.parent, path)
-
-
-# ----------------------------------------------------------------------------------------- events
-# Per event kind: required keys -> allowed JSON types. Every event also has "event" and "time".
-# JSON types: "string", "integer" (no booleans), "number" (integers too), "boolean", "object",
-# "array", "null". Non-finite numbers are not JSON: sinks write them as null.
-EVENT_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
-    "started": {
-        "command": ("string",),
-        "device": ("string",),
-        "total": ("integer",),
-        "parameters": ("object", "null"),
-    },
-    "progress": {
-        "iteration": ("integer",),
-        "total": ("integer",),
-        "loss": ("number", "null"),
-        "val_dice": ("object", "null"),
-        "eta_s": ("number", "null"),
-        "lr": ("number", "null"),
-        "message": ("string", "null"),
-    },
-    "checkpoint": {"iteration": ("integer",), "path": ("string",)},
-    "log": {"level": ("string",), "message": ("string",)},
-    "done": {"outputs": ("object",), "metrics": ("object",)},
-    "error": {
-        "kind": ("string",),
-        "message": ("string",),
-        "path": ("string", "null"),
-        "exit_code": ("integer",),
-    },
-}
-# Keys an event may omit (the contract gives "parameters" only for finetune).
-EVENT_OPTIONAL: dict[str, frozenset[str]] = {"started": frozenset({"parameters"})}
-PARAMETERS_KEYS = {
-    "total": ("integer",),
-    "trainable": ("integer",),
-    "trainable_percent": ("number",),
-    "head": ("integer",),
-}
-LOG_LEVELS = ("info", "warning")
-COMMANDS = ("finetune", "segment", "suggest")
-
-
-def json_type_ok(value: Any, kind: str) -> bool:
-    """Whether `value` is of the JSON type named `kind`."""
-    if kind == "null":
-        return value is None
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind == "string":
-        return isinstance(value, str)
-    if kind == "object":
-        return isinstance(value, dict)
-    if kind == "array":
-        return isinstance(value, list)
-    raise ValueError(f"unknown JSON type {kind!r}")
-
-
-def _check_fields(obj: dict, spec: dict[str, tuple[str, ...]], optional: frozenset[str], where: str) -> None:
-    for key, kinds in spec.items():
-        if key not in obj:
-            if key in optional:
-                continue
-            raise ValueError(f"{where}: missing key {key!r}")
-        if not any(json_type_ok(obj[key], k) for k in kinds):
-            raise ValueError(f"{where}: key {key!r} must be {' or '.join(kinds)}, got {obj[key]!r}")
-
-
-def validate_event(obj: dict) -> None:
-    """Raise ValueError with the reason when `obj` is not a valid "tcurlora.events/1" event."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"an event must be a JSON object, got {type(obj).__name__}")
-    kind = obj.get("event")
-    if kind not in EVENT_SCHEMA:
-        raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(EVENT_SCHEMA)}")
-    where = f"{kind} event"
-    if "time" not in obj or not json_type_ok(obj["time"], "number"):
-        raise ValueError(f"{where}: key 'time' must be a number (unix seconds), got {obj.get('time')!r}")
-    spec = EVENT_SCHEMA[kind]
-    unknown = sorted(set(obj) - set(spec) - {"event", "time"})
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}")
-    _check_fields(obj, spec, EVENT_OPTIONAL.get(kind, frozenset()), where)
-    if kind == "started":
-        if obj["command"] not in COMMANDS:
-            raise ValueError(f"{where}: command must be one of {', '.join(COMMANDS)}, got {obj['command']!r}")
-        if obj.get("parameters") is not None:
-            _check_fields(obj["parameters"], PARAMETERS_KEYS, frozenset(), f"{where} parameters")
-    elif kind == "progress":
-        if obj["iteration"] < 0 or obj["total"] < 0 or obj["iteration"] > obj["total"]:
-            raise ValueError(f"{where}: need 0 <= iteration <= total, got {obj['iteration']}/{obj['total']}")
-        for name, score in (obj["val_dice"] or {}).items():
-            if not (json_type_ok(score, "number") or score is None):
-                raise ValueError(f"{where}: val_dice[{name!r}] must be a number or null, got {score!r}")
-    elif kind == "log" and obj["level"] not in LOG_LEVELS:
-        raise ValueError(f"{where}: level must be one of {', '.join(LOG_LEVELS)}, got {obj['level']!r}")
-
-
-def parse_event_line(line: str) -> dict | None:
-    """The event on one stdout line; None for lines that are not JSON objects (stray library output).
-
-    A line that is a JSON object but not a valid event raises ValueError: the worker and its reader
-    disagree, which is a bug to surface, not to skip.
-    """
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    validate_event(obj)
-    return obj

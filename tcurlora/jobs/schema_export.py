@@ -1,6 +1,6 @@
-"""JSON Schemas (draft 2020-12) of the worker protocol, derived from its one definition in schema.py: the
-job file (tcurlora.job/1) and one line of the event stream (tcurlora.events/1), so that another client
-can write jobs and read events. `tcurlora schema job|events` prints them; docs/schemas/ holds copies.
+"""JSON Schemas (draft 2020-12) of the worker protocol, derived from its one definition (schema.py and
+event_schema.py): the job file (tcurlora.job/1) and one line of the event stream (tcurlora.events/1), so
+that another client can write jobs and read events. `tcurlora schema job|events` prints them; docs/schemas/ holds copies.
 
 What a JSON Schema cannot say is still checked by the worker and by `validate_event`: the number of
 label colors equals the number of label names, a train_modules entry is a valid regular expression,
@@ -11,20 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tcurlora.jobs.schema import (
-    CASE_SCHEMA,
-    CHANNELS_SCHEMA,
+from tcurlora.filenames import EVENT_SCHEMA_NAME, JOB_SCHEMA
+from tcurlora.jobs.event_schema import (
     COMMANDS,
     EVENT_OPTIONAL,
     EVENT_SCHEMA,
-    EVENT_SCHEMA_NAME,
-    JOB_SCHEMA,
     LOG_LEVELS,
     PARAMETERS_KEYS,
-    FinetuneJob,
-    SegmentJob,
-    SuggestJob,
 )
+from tcurlora.jobs.fields import CASE_SCHEMA, CHANNELS_SCHEMA
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob, SuggestJob
 from tcurlora.settings import JSON_SCHEMA_DIALECT, object_schema
 
 SCHEMA_BASE = "https://raw.githubusercontent.com/tcurlora/SlicerTCURLoRA/main/docs/schemas/"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SPEC_FILE = "model.json"
+from tcurlora.filenames import MODEL_SPEC_FILE
 
 
 def builtin_models_dir() -> Path:
@@ -19,4 +19,4 @@ def list_builtin_models() -> list[str]:
     root = builtin_models_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file())
+    return sorted(p.name for p in root.iterdir() if (p / MODEL_SPEC_FILE).is_file())

@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import BUNDLE_SAFETENSORS_FILE, BUNDLE_TORCH_FILE, BUNDLE_WEIGHT_FILES
 from tcurlora.fsutil import replace_dir, temp_sibling_dir
+from tcurlora.models.base_model import BaseModel, finish_base_model, load_weights
 from tcurlora.models.build_budget import BuildBudgetExceeded, build_budget, network_budget
 from tcurlora.models.config_files import read_config_file
-from tcurlora.models.fingerprint import state_dict_fingerprint
-from tcurlora.models.registry import BaseModel, load_weights
 from tcurlora.models.safe_config import (
     Component,
     build_item,
@@ -41,7 +41,6 @@ from tcurlora.models.spec import IntensitySpec, ModelSpec
 from tcurlora.models.weight_files import check_weight_file
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml")
-WEIGHT_NAMES = ("model.safetensors", "model.pt")
 SPEC_KEY = "tcurlora_spec"
 log = logging.getLogger(__name__)
 
@@ -246,11 +245,11 @@ def load_bundle(folder: str | Path) -> BaseModel:
     config, meta, config_path = read_bundle_configs(folder)
     plan_item(config, "network_def", config_path)  # refuses what the config must not run; builds nothing
     # The weight file is found and checked before building: its size bounds what network_def may build.
-    weights = next((folder / "models" / n for n in WEIGHT_NAMES if (folder / "models" / n).exists()
-                    or (folder / "models" / n).is_symlink()), None)
+    weights = next((folder / n for n in BUNDLE_WEIGHT_FILES if (folder / n).exists()
+                    or (folder / n).is_symlink()), None)
     if weights is None:
         raise InputError(
-            f"MONAI bundle without weights (looked for models/{' or models/'.join(WEIGHT_NAMES)})", folder
+            f"MONAI bundle without weights (looked for {' or '.join(BUNDLE_WEIGHT_FILES)})", folder
         )
     check_weight_file(weights, folder)
     plan, model = _build(config, meta, config_path, network_budget(weights.stat().st_size))
@@ -259,13 +258,10 @@ def load_bundle(folder: str | Path) -> BaseModel:
     name = str(meta.get("name") or folder.name)
     spec = spec_from_bundle(config, meta, model, name, config_path, plan, notes)
     version = meta.get("version")
-    model.eval()
     for note in notes:
         log.info("%s: %s", folder, note)
-    return BaseModel(
-        model=model, spec=spec, model_id=str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name)),
-        fingerprint=state_dict_fingerprint(model), source=str(folder), notes=notes,
-    )  # fmt: skip
+    model_id = str(meta.get("tcurlora_model_id") or (f"{name}@{version}" if version else name))
+    return finish_base_model(model, spec, model_id=model_id, source=str(folder), notes=notes)
 
 
 def _is_our_bundle(folder: Path) -> bool:
@@ -351,8 +347,8 @@ def export_bundle(
     (temp / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in base.model.state_dict().items()}
     if weights_format == "safetensors":
-        save_file(state, str(temp / "models" / "model.safetensors"))
+        save_file(state, str(temp / BUNDLE_SAFETENSORS_FILE))
     else:
-        torch.save(state, str(temp / "models" / "model.pt"))
+        torch.save(state, str(temp / BUNDLE_TORCH_FILE))
     (temp / "LICENSE").write_text("See the TCURLoRA model card (MODEL_CARD.md) for data licences.\n")
     return replace_dir(temp, folder)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import DOWNLOAD_RECORD_FILE
 from tcurlora.fsutil import atomic_write_json, replace_dir, temp_sibling_dir
 
 ZOO_URL = (
     "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/{name}_v{version}.zip"
 )
-DOWNLOAD_RECORD = "tcurlora_download.json"
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def download_bundle(
     unpacked = next((p for p in temp.iterdir() if p.is_dir() and (p / "configs").is_dir()), None)
     if unpacked is None:
         raise InputError("the downloaded archive holds no bundle folder with configs/", archive)
-    atomic_write_json(unpacked / DOWNLOAD_RECORD, {"name": name, "version": version, "url": url,
+    atomic_write_json(unpacked / DOWNLOAD_RECORD_FILE, {"name": name, "version": version, "url": url,
                                                    "hash_type": hash_type, "digest": digest})  # fmt: skip
     replace_dir(unpacked, final)
     archive.unlink(missing_ok=True)

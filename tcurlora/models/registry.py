@@ -6,7 +6,6 @@ A model folder holds `model.json` (the ModelSpec, format "tcurlora.model/1") and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -14,32 +13,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tcurlora.errors import InputError
+from tcurlora.filenames import MODEL_FORMAT, MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE
 from tcurlora.fsutil import atomic_dir
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network, build_preset
+from tcurlora.models.base_model import BaseModel, finish_base_model, load_weights
 from tcurlora.models.build_budget import build_budget, network_budget
-from tcurlora.models.builtin import SPEC_FILE, builtin_models_dir, list_builtin_models
-from tcurlora.models.fingerprint import state_dict_fingerprint
+from tcurlora.models.builtin import builtin_models_dir, list_builtin_models
 from tcurlora.models.spec import ModelSpec
 from tcurlora.models.weight_files import check_weight_file
 from tcurlora.outputs import check_model_output
-
-MODEL_FORMAT = "tcurlora.model/1"
-WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass
-class BaseModel:
-    """A loaded base model: the network in eval mode, its spec, and what identifies its weights."""
-
-    model: nn.Module
-    spec: ModelSpec
-    model_id: str
-    fingerprint: str
-    source: str
-    # What was changed or assumed to load it (an argument a newer MONAI removed, a preprocessing step
-    # read differently): logged when loaded, printed by `info`, logged by finetune.
-    notes: list[str] = field(default_factory=list)
 
 
 def load_base_model(reference: str | Path) -> BaseModel:
@@ -47,25 +30,25 @@ def load_base_model(reference: str | Path) -> BaseModel:
     text = str(reference)
     if text.startswith("preset:"):
         model, spec = build_preset(text.removeprefix("preset:"))
-        return _finish(model, spec, model_id=text, source=text)
+        return finish_base_model(model, spec, model_id=text, source=text)
     folder = Path(text)
-    if not folder.exists() and (builtin_models_dir() / text / SPEC_FILE).is_file():
+    if not folder.exists() and (builtin_models_dir() / text / MODEL_SPEC_FILE).is_file():
         folder = builtin_models_dir() / text
     if not folder.exists():
         known = ", ".join(list_builtin_models() + ["preset:unetr-tiny", "preset:unetr-base"])
         raise InputError(f"no such base model (not a folder, not a built-in name; built-in: {known})", text)
-    if (folder / SPEC_FILE).is_file():
+    if (folder / MODEL_SPEC_FILE).is_file():
         return load_model_folder(folder)
     if (folder / "configs").is_dir():
         from tcurlora.models.bundle import load_bundle
 
         return load_bundle(folder)
-    raise InputError(f"not a model folder: expected {SPEC_FILE} + {WEIGHTS_FILE}, or a MONAI bundle", folder)
+    raise InputError(f"not a model folder: expected {MODEL_SPEC_FILE} + {MODEL_WEIGHTS_FILE}, or a MONAI bundle", folder)
 
 
 def load_model_folder(folder: Path) -> BaseModel:
     """Load a model folder written by `save_model_folder`."""
-    spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
+    spec_path, weights_path = folder / MODEL_SPEC_FILE, folder / MODEL_WEIGHTS_FILE
     data = read_json_object(spec_path, "model spec")
     if data.get("format") != MODEL_FORMAT:
         raise InputError(f"unknown model format {data.get('format')!r}, expected {MODEL_FORMAT!r}", spec_path)
@@ -81,25 +64,7 @@ def load_model_folder(folder: Path) -> BaseModel:
     except (SafetensorError, OSError, ValueError) as error:
         raise InputError(f"corrupt or unreadable safetensors file: {error}", weights_path) from error
     load_weights(model, state, weights_path)
-    return _finish(model, spec, model_id=data.get("id", spec.name), source=str(folder))
-
-
-def load_weights(model: nn.Module, state: dict, path: Path | str) -> None:
-    """Load a state dict strictly (upcasting fp16 storage), naming the file on any mismatch."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise InputError(
-            f"weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}", path
-        )
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise InputError(
-                f"weight {name} has shape {tuple(tensor.shape)}, the architecture needs {tuple(expected[name].shape)}",
-                path,
-            )
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return finish_base_model(model, spec, model_id=data.get("id", spec.name), source=str(folder))
 
 
 def save_model_folder(
@@ -122,11 +87,6 @@ def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_
     """`model.json` + `model.safetensors` into an existing (temporary) folder."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    save_file(state, str(folder / MODEL_WEIGHTS_FILE))
     record = {"format": MODEL_FORMAT, "id": model_id or spec.name, "spec": spec.to_dict(), "card": card or {}}
-    (folder / SPEC_FILE).write_text(json.dumps(record, indent=2))
-
-
-def _finish(model: nn.Module, spec: ModelSpec, *, model_id: str, source: str) -> BaseModel:
-    model.eval()
-    return BaseModel(model=model, spec=spec, model_id=model_id, fingerprint=state_dict_fingerprint(model), source=source)
+    (folder / MODEL_SPEC_FILE).write_text(json.dumps(record, indent=2))

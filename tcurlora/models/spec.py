@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tcurlora.errors import ConfigError
+from tcurlora.jsonio import is_finite_number
 from tcurlora.settings import (
     SettingError,
     dump_fields,
@@ -16,6 +17,22 @@ from tcurlora.settings import (
     setting,
     triple_schema,
 )
+
+# Voxel spacings (mm) a scan, a working grid or a spec can have (checked alike where a scan is read, where a
+# job asks for a working spacing and here): 10 um (micro-CT) to 10 cm. Outside, a header is
+# wrong or a value is a typo, and resampling to it would ask for absurd grids.
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 100.0
+
+
+def spacing_problem(values: Any) -> str | None:
+    """Why `values` is not a spacing tcurlora works at (3 numbers within MIN..MAX_SPACING_MM), or None."""
+    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(is_finite_number(v) and v > 0 for v in values):
+        return f"expected a list of 3 positive numbers (mm), got {values!r}"
+    if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
+        return f"spacing {list(values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"
+    return None
+
 
 INTENSITY_KINDS = ("zscore", "percentile", "range")
 OUTPUTS = ("softmax", "sigmoid")
@@ -89,8 +106,6 @@ class ModelSpec:
         """This spec with another working spacing in mm (a fine-tune's `spacing`); itself when None."""
         if spacing is None:
             return self
-        from tcurlora.jobs.schema import spacing_problem
-
         problem = spacing_problem(list(spacing) if isinstance(spacing, (list, tuple)) else spacing)
         if problem:  # an adapter's recorded spacing, too: bounded like a job's
             raise ConfigError(f"working spacing: {problem}")

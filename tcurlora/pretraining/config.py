@@ -9,7 +9,8 @@ from typing import Any
 
 from tcurlora.data.cases import dataset_label_names
 from tcurlora.errors import ConfigError
-from tcurlora.jobs.schema import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_THREADS
+from tcurlora.filenames import PRETRAIN_RECIPE_FORMAT
+from tcurlora.jobs.fields import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_THREADS
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.spec import IntensitySpec, ModelSpec
 from tcurlora.pretraining.tissue import tissue_class_names
@@ -24,7 +25,6 @@ from tcurlora.settings import (
 )
 from tcurlora.training.schedule import warmup_cosine
 
-RECIPE_FORMAT = "tcurlora.pretrain/1"
 PRETRAIN_ARCHS = ("UNETR", "SwinUNETR", "SegResNet")
 # The 1x1x1 output convolution of each architecture (replaced by a fresh head when adapting).
 HEAD_MODULES = {"UNETR": "out.conv.conv", "SwinUNETR": "out.conv.conv", "SegResNet": "conv_final.2.conv"}
@@ -112,9 +112,9 @@ class PretrainConfig:
     def from_file(cls, path: str | Path) -> PretrainConfig:
         """Read and check a recipe JSON file: ConfigError naming the file and the key."""
         data = read_json_object(path, "pretrain recipe")
-        if data.get("format") != RECIPE_FORMAT:
+        if data.get("format") != PRETRAIN_RECIPE_FORMAT:
             raise ConfigError(
-                f"unknown recipe format {data.get('format')!r}, expected {RECIPE_FORMAT!r}", path
+                f"unknown recipe format {data.get('format')!r}, expected {PRETRAIN_RECIPE_FORMAT!r}", path
             )
         try:
             return cls(**read_object(cls, data, "a pretrain recipe", extra=("format",)))
@@ -122,7 +122,7 @@ class PretrainConfig:
             raise ConfigError(str(error), path) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": RECIPE_FORMAT, **dump_fields(self)}
+        return {"format": PRETRAIN_RECIPE_FORMAT, **dump_fields(self)}
 
 
     @classmethod

@@ -17,7 +17,13 @@ import torch
 from tcurlora import distributed  # torchrun: no-ops without it
 from tcurlora.device import describe_device, resolve_device
 from tcurlora.errors import ConfigError
-from tcurlora.filenames import checkpoint_dir
+from tcurlora.filenames import (
+    MODEL_CARD_FILE,
+    MODEL_SPEC_FILE,
+    PRETRAIN_STATE_FILE,
+    TRAINING_LOG_FILE,
+    checkpoint_dir,
+)
 from tcurlora.jsonio import read_json_object
 from tcurlora.models.architectures import build_network
 from tcurlora.models.fingerprint import state_dict_fingerprint
@@ -31,8 +37,6 @@ from tcurlora.pretraining.evaluation import evaluate_sources
 from tcurlora.pretraining.hooks import PretrainHooks
 from tcurlora.pretraining.sampling import pretrain_batches
 from tcurlora.training.checkpoint import (
-    STATE_FILE,
-    TRAINING_LOG,
     PretrainState,
     check_same_recipe,
     load_pretrain_checkpoint,
@@ -74,7 +78,7 @@ def run_pretrain(
     check_model_output(output, force)  # before any work: free, or (force) a model folder tcurlora wrote
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be a positive number of iterations, got {stop_after}")
-    exact = resume_from is not None and (Path(resume_from) / STATE_FILE).is_file()
+    exact = resume_from is not None and (Path(resume_from) / PRETRAIN_STATE_FILE).is_file()
     if exact:
         meta = read_training_state(Path(resume_from))  # refuse another recipe before loading any data
         check_same_recipe(meta, config.to_dict(), meta.get("train_volumes", {}), Path(resume_from))
@@ -148,7 +152,7 @@ def continue_from_model(folder: Path, model: torch.nn.Module) -> PretrainState:
     """Warm start from a model folder (or a weights-only checkpoint of an older tcurlora): its weights,
     iteration and log; not the optimizer or sampler state, which the caller restarts."""
     model.load_state_dict(load_model_folder(folder).model.state_dict())
-    first = int(read_json_object(folder / "model.json", "model").get("card", {}).get("iterations", 0))
+    first = int(read_json_object(folder / MODEL_SPEC_FILE, "model").get("card", {}).get("iterations", 0))
     return PretrainState(iteration=first, records=read_training_log(folder)[:first])
 
 
@@ -179,7 +183,7 @@ def finish_model(
     if distributed.is_writer():  # torchrun: rank 0 alone writes the model folder
         card_text = render_card(spec, card, state_dict_fingerprint(model))
         save_model_folder(output, model, spec, model_id=spec.name, half=True, card=card, force=force,
-                          extra_files={TRAINING_LOG: training_log_text(records), "MODEL_CARD.md": card_text})  # fmt: skip
+                          extra_files={TRAINING_LOG_FILE: training_log_text(records), MODEL_CARD_FILE: card_text})  # fmt: skip
     return card
 
 
@@ -196,7 +200,7 @@ def finish_from_checkpoint(
     """Turn a checkpoint of an interrupted run into the final model folder (the card says where it stopped)."""
     torch.set_num_threads(config.threads)
     base = load_model_folder(Path(checkpoint))
-    record = read_json_object(Path(checkpoint) / "model.json", "checkpoint model.json")
+    record = read_json_object(Path(checkpoint) / MODEL_SPEC_FILE, f"checkpoint {MODEL_SPEC_FILE}")
     card = record.get("card", {})
     records = read_training_log(Path(checkpoint))
     sources = load_sources(config, data_root, base.spec, log, val_only=True, cache_dir=cache_dir)

@@ -22,27 +22,29 @@ from typing import Any
 import torch
 
 from tcurlora.errors import ConfigError, InputError, OutputExistsError
+from tcurlora.filenames import (
+    ADAPTER_WEIGHTS_FILE,
+    BEST_WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    MODEL_FILES,
+    MODEL_WEIGHTS_FILE,
+    OPTIMIZER_FILE,
+    PRETRAIN_STATE_FILE,
+    PRETRAIN_STATE_FORMAT,
+    TEACHER_WEIGHTS_FILE,
+    TRAINING_LOG_FILE,
+)
 from tcurlora.fsutil import atomic_dir, atomic_write_json, atomic_write_text, write_torch_file
 from tcurlora.jsonio import loads_strict
-from tcurlora.models.registry import load_weights, write_model_files
+from tcurlora.models.base_model import load_weights
+from tcurlora.models.registry import write_model_files
 from tcurlora.models.spec import ModelSpec
-from tcurlora.outputs import MODEL_FILES
 
-OPTIMIZER_FILE = "optimizer.pt"
-# Fine-tuning checkpoints.
-CHECKPOINT_FILE = "checkpoint.json"
-WEIGHTS_FILE = "adapter.safetensors"
-BEST_WEIGHTS_FILE = "best_adapter.safetensors"
-TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # the mean teacher's EMA tensors (semi-supervised)
-# Job keys that may differ between the run that wrote a checkpoint and the run resuming it.
+# Fine-tuning: job keys that may differ between the run that wrote a checkpoint and the run resuming it.
 RUN_KEYS = frozenset({"iterations", "output", "force", "resume", "checkpoint_every", "threads"})
-# Pretraining checkpoints.
-STATE_FILE = "training_state.json"
-TRAINING_LOG = "training_log.jsonl"  # one JSON record per iteration, beside the weights
-STATE_FORMAT = "tcurlora.pretrain-state/1"
-# Recipe keys a resumed run may change: they do not change what is trained (iterations: train longer).
+# Pretraining: recipe keys a resumed run may change; they do not change what is trained (iterations: train longer).
 RESUMABLE_KEYS = frozenset({"iterations", "checkpoint_every", "threads", "eval_every", "description"})
-PRETRAIN_FILES = MODEL_FILES | {STATE_FILE, OPTIMIZER_FILE}
+PRETRAIN_FILES = MODEL_FILES | {PRETRAIN_STATE_FILE, OPTIMIZER_FILE}
 
 
 # --- shared by both kinds -------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[
         raise InputError("cannot resume: corrupt checkpoint (iteration / losses missing)", meta_path)
     if meta["iteration"] < 0:
         raise InputError(f"cannot resume: corrupt checkpoint (iteration {meta['iteration']} < 0)", meta_path)
-    weights = read_weights(folder / WEIGHTS_FILE)
+    weights = read_weights(folder / ADAPTER_WEIGHTS_FILE)
     optimizer_path = folder / OPTIMIZER_FILE
     optimizer = read_state_file(optimizer_path)
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("optimizer"), dict):
@@ -174,7 +176,7 @@ def restore(adapted: Any, step: Any, weights: dict, optimizer_state: dict, folde
     try:
         adapted.load_adapter_state_dict(weights)
     except (ConfigError, RuntimeError, KeyError, ValueError) as error:
-        raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / WEIGHTS_FILE) from error
+        raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / ADAPTER_WEIGHTS_FILE) from error
     restore_step(step, optimizer_state, folder / OPTIMIZER_FILE)
 
 
@@ -188,7 +190,7 @@ def save_finetune_checkpoint(folder: Path, adapted: Any, step: Any, progress: di
     with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
         if teacher is not None:
             save_tensors(teacher, temp / TEACHER_WEIGHTS_FILE)
-        save_tensors(adapted.adapter_state_dict(), temp / WEIGHTS_FILE)
+        save_tensors(adapted.adapter_state_dict(), temp / ADAPTER_WEIGHTS_FILE)
         if best is not None:
             save_tensors(best, temp / BEST_WEIGHTS_FILE)
         write_torch_file(temp / OPTIMIZER_FILE, step.state())
@@ -255,7 +257,7 @@ def training_log_text(records: list[dict[str, Any]]) -> str:
 def read_training_log(folder: Path, *, resuming: bool = False) -> list[dict[str, Any]]:
     """The records of a model or checkpoint folder's training log: [] when it has none, unless `resuming`
     (an exact resume needs it); InputError naming the file when it is missing there or unreadable."""
-    path = Path(folder) / TRAINING_LOG
+    path = Path(folder) / TRAINING_LOG_FILE
     if not resuming and not path.is_file():
         return []
     try:
@@ -281,9 +283,9 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
     with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
         write_model_files(temp, model, spec, model_id=spec.name, card=card)
         write_torch_file(temp / OPTIMIZER_FILE, step.state())
-        atomic_write_text(temp / TRAINING_LOG, training_log_text(state.records))
-        atomic_write_json(temp / STATE_FILE, {
-            "format": STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
+        atomic_write_text(temp / TRAINING_LOG_FILE, training_log_text(state.records))
+        atomic_write_json(temp / PRETRAIN_STATE_FILE, {
+            "format": PRETRAIN_STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
             "recipe": recipe_record(recipe), "train_volumes": train_volumes,
         })  # fmt: skip
     return folder
@@ -291,7 +293,7 @@ def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSp
 
 def read_training_state(folder: Path) -> dict[str, Any]:
     """training_state.json of a checkpoint; InputError naming the file when missing or damaged."""
-    path = Path(folder) / STATE_FILE
+    path = Path(folder) / PRETRAIN_STATE_FILE
     if not path.is_file():
         raise InputError(
             "cannot resume: this folder holds no training state (a checkpoint of an older tcurlora keeps the "
@@ -299,9 +301,9 @@ def read_training_state(folder: Path) -> dict[str, Any]:
             path,
         )
     meta = read_record(path, "training state")
-    if (not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT or not is_iteration(meta.get("iteration"))
+    if (not isinstance(meta, dict) or meta.get("format") != PRETRAIN_STATE_FORMAT or not is_iteration(meta.get("iteration"))
             or not isinstance(meta.get("sampler"), dict) or not isinstance(meta.get("recipe"), dict)):  # fmt: skip
-        raise InputError(f"cannot resume: corrupt training state (expected format {STATE_FORMAT!r} with "
+        raise InputError(f"cannot resume: corrupt training state (expected format {PRETRAIN_STATE_FORMAT!r} with "
                          "iteration, sampler and recipe)", path)  # fmt: skip
     return meta
 
@@ -324,8 +326,8 @@ def load_pretrain_checkpoint(folder: Path, model: torch.nn.Module, step: Any, *,
     """Check the checkpoint is of this recipe, then restore weights, the step's state and the log."""
     folder = Path(folder)
     meta = read_training_state(folder)
-    check_same_recipe(meta, recipe, train_volumes, folder / STATE_FILE)
-    weights_path = folder / "model.safetensors"
+    check_same_recipe(meta, recipe, train_volumes, folder / PRETRAIN_STATE_FILE)
+    weights_path = folder / MODEL_WEIGHTS_FILE
     load_weights(model, read_weights(weights_path), weights_path)
     optimizer_path = folder / OPTIMIZER_FILE
     restore_step(step, read_state_file(optimizer_path), optimizer_path)

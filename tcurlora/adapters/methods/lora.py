@@ -1,4 +1,5 @@
-"""LoRA through HuggingFace PEFT on a plain MONAI network, targeting the same layers as tCURLoRA.
+"""LoRA as a registered method: HuggingFace PEFT on a plain MONAI network, targeting the same layers as
+tCURLoRA.
 
 The segmentation head is not given to PEFT (`modules_to_save` suffix-matches LoRA's own module
 names); the adapter layer handles it.
@@ -9,11 +10,13 @@ from __future__ import annotations
 import re
 import types
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
 
 from tcurlora.adapters.config import AdapterConfig
+from tcurlora.adapters.methods.base import LowRankMethod
 from tcurlora.adapters.tcur import find_targets
 from tcurlora.errors import ConfigError
 
@@ -74,14 +77,42 @@ def _fix_conv3d_merge(lora_model: nn.Module) -> None:
                 module.get_delta_weight = types.MethodType(_conv3d_delta_weight, module)
 
 
-def lora_merge(lora_model: nn.Module) -> None:
-    lora_model.merge_adapter()
+class LoRAMethod(LowRankMethod):
+    """W' = W + (alpha / r) * B A on each target layer, through PEFT (its LoraModel wraps the network)."""
+
+    def install(self, adapted: Any, model: nn.Module) -> nn.Module:
+        return inject_lora(model, adapted.config)
+
+    def merge(self, adapted: Any) -> None:
+        adapted.model.merge_adapter()
+
+    def unmerge(self, adapted: Any) -> None:
+        adapted.model.unmerge_adapter()
+
+    def unload(self, adapted: Any) -> nn.Module:
+        """The plain network with LoRA merged into its weights and no PEFT layers left."""
+        if adapted.merged:
+            adapted.unmerge()
+        return adapted.model.merge_and_unload()
+
+    def target_names(self, adapted: Any) -> list[str]:
+        return sorted(
+            name.removeprefix("model.")
+            for name, module in adapted.model.named_modules()
+            if hasattr(module, "lora_A") and name
+        )
+
+    def rank_limits(self, adapted: Any) -> dict[str, int]:
+        limits = {}
+        for name, module in adapted.model.named_modules():
+            base = getattr(module, "base_layer", None)
+            if hasattr(module, "lora_A") and base is not None and hasattr(base, "weight"):
+                shape = tuple(base.weight.shape)
+                columns = 1
+                for size in shape[1:]:
+                    columns *= int(size)
+                limits[name] = min(int(shape[0]), columns)
+        return limits
 
 
-def lora_unmerge(lora_model: nn.Module) -> None:
-    lora_model.unmerge_adapter()
-
-
-def lora_merge_and_unload(lora_model: nn.Module) -> nn.Module:
-    """The plain network with LoRA merged into its weights and no PEFT layers left."""
-    return lora_model.merge_and_unload()
+IMPLEMENTS = {"lora": LoRAMethod()}
