@@ -94,12 +94,12 @@ def test_refuses_missing_data_and_a_used_output_folder(tmp_path):
 
 def test_cuda_out_of_memory_in_training_exits_4_with_its_message(tmp_path, hippocampus_dir, capsys, monkeypatch):
     """torch.cuda.OutOfMemoryError raised inside the real training step, through the real CLI."""
-    import tcurlora.train_step
+    import tcurlora.training.step
 
     def out_of_memory(self, image, label, loss_fn, iteration):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 GiB")
 
-    monkeypatch.setattr(tcurlora.train_step.OptimStep, "__call__", out_of_memory)
+    monkeypatch.setattr(tcurlora.training.step.OptimStep, "__call__", out_of_memory)
     job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter"))
     code, events, _, _ = run(capsys, "finetune", "--job", str(job), "--events")
     assert code == 4
@@ -143,7 +143,8 @@ def test_memory_fraction_variable(monkeypatch):
 
 
 def test_pretraining_for_a_fixed_time_with_timed_checkpoints(tmp_path):
-    from tcurlora.pretrain import PretrainConfig, SourceConfig, run_pretrain
+    from tcurlora.pretraining.config import PretrainConfig, SourceConfig
+    from tcurlora.pretraining.run import run_pretrain
     from tcurlora.synthetic import write_dataset
 
     write_dataset(tmp_path / "a", 2, seed=1, shape=(24, 28, 28))

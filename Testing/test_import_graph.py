@@ -44,28 +44,22 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", (
         "tcurlora", "tcurlora.errors", "tcurlora.filenames", "tcurlora.jsonio", "tcurlora.fsutil",
         "tcurlora.namepatterns", "tcurlora.settings", "tcurlora.outputs", "tcurlora.output_lock",
-        "tcurlora.checkpoint_check", "tcurlora.adapter_integrity", "tcurlora.torchrun_env", "tcurlora.device",
-        "tcurlora.tensor_algebra", "tcurlora.dice", "tcurlora.tissue_classes", "tcurlora.intensity_randomisation",
-        "tcurlora.library", "tcurlora.synthetic",
+        "tcurlora.adapter_integrity", "tcurlora.torchrun_env", "tcurlora.device",
+        "tcurlora.tensor_algebra", "tcurlora.dice", "tcurlora.library", "tcurlora.synthetic",
     )),
     ("models", ("tcurlora.models",)),
     ("data", ("tcurlora.data",)),
     ("protocol", ("tcurlora.jobs",)),
     ("adapters", ("tcurlora.adapters",)),
     ("training", (
-        "tcurlora.train_step", "tcurlora.train_loop", "tcurlora.training", "tcurlora.mean_teacher",
-        "tcurlora.distributed", "tcurlora.finetuning_setup", "tcurlora.finetuning", "tcurlora.pretrain",
-        "tcurlora.pretraining", "tcurlora.pretrain_cache", "tcurlora.pretrain_checkpoint", "tcurlora.infer",
-        "tcurlora.segmentation", "tcurlora.evaluate", "tcurlora.suggest",
+        "tcurlora.training", "tcurlora.mean_teacher", "tcurlora.distributed", "tcurlora.finetuning_setup",
+        "tcurlora.finetuning", "tcurlora.pretraining", "tcurlora.infer", "tcurlora.segmentation",
+        "tcurlora.evaluate", "tcurlora.suggest",
     )),
     ("jobs", ("tcurlora.jobs.schema", "tcurlora.jobs.schema_export", "tcurlora.distributed_runs", "tcurlora.remote")),
     ("apps", ("tcurlora.bench", "tcurlora.federated", "tcurlora.demo", "tcurlora.commands")),
     ("cli", ("tcurlora.cli", "tcurlora.__main__")),
 ]
-
-# Modules over MAX_LINES that another branch splits (pretrain.py into a package); remove once merged.
-OVERSIZED_UNTIL_PRETRAIN_SPLIT: frozenset[str] = frozenset({"tcurlora/pretrain.py"})
-
 
 def module_files(package: Path = PACKAGE) -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name, for its __init__.py)."""
@@ -211,16 +205,8 @@ def test_no_import_runs_back_up_the_layers(graph) -> None:
 def test_no_module_over_500_lines() -> None:
     long = {str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
             for path in module_files().values()}
-    over = {name: lines for name, lines in long.items()
-            if lines > MAX_LINES and name not in OVERSIZED_UNTIL_PRETRAIN_SPLIT}
+    over = {name: lines for name, lines in long.items() if lines > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines (split them by job): {over}"
-
-
-def test_known_exceptions_are_still_needed(graph) -> None:
-    """An exception that no longer applies is removed, so that it cannot hide a new problem."""
-    stale_files = sorted(name for name in OVERSIZED_UNTIL_PRETRAIN_SPLIT if not (ROOT / name).is_file()
-                         or len((ROOT / name).read_text(encoding="utf-8").splitlines()) <= MAX_LINES)
-    assert not stale_files, f"remove from OVERSIZED_UNTIL_PRETRAIN_SPLIT (gone or short now): {stale_files}"
 
 
 def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:

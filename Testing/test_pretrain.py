@@ -18,19 +18,11 @@ from tcurlora.filenames import (
     PRETRAIN_RECIPE_FORMAT,
     TRAINING_LOG_FILE,
 )
-from tcurlora.pretrain import (
-    PretrainConfig,
-    SourceConfig,
-    SourceData,
-    Volume,
-    finish_from_checkpoint,
-    learning_rate,
-    model_spec,
-    run_pretrain,
-    sample_batch,
-    union_labels,
-    union_loss,
-)
+from tcurlora.pretraining.config import PretrainConfig, SourceConfig, learning_rate, model_spec, union_labels
+from tcurlora.pretraining.data import SourceData, Volume
+from tcurlora.pretraining.loss import union_loss
+from tcurlora.pretraining.run import finish_from_checkpoint, run_pretrain
+from tcurlora.pretraining.sampling import sample_batch
 from tcurlora.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,10 +21,13 @@ from tcurlora.filenames import (
     MODEL_WEIGHTS_FILE,
     OPTIMIZER_FILE,
     PRETRAIN_STATE_FILE,
+    PRETRAIN_STATE_FORMAT,
     TRAINING_LOG_FILE,
 )
-from tcurlora.pretrain import PretrainConfig, SourceConfig, _load_volume, _preprocess, run_pretrain
-from tcurlora.pretrain_cache import key_digest, volume_key
+from tcurlora.pretraining.cache import key_digest, volume_key
+from tcurlora.pretraining.config import PretrainConfig, SourceConfig, model_spec
+from tcurlora.pretraining.data import load_volume, preprocess
+from tcurlora.pretraining.run import finish_from_checkpoint, run_pretrain
 from tcurlora.synthetic import write_dataset
 
 ARCH = {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "proj_type": "conv",
@@ -152,23 +155,19 @@ def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data,
 
 
 def test_finish_from_a_resumable_checkpoint(runs, data, tmp_path):
-    from tcurlora.pretrain import finish_from_checkpoint
-
     card = finish_from_checkpoint(recipe(), data, runs["checkpoint"], tmp_path / "finished", log=quiet)
     assert card["iterations"] == 3 and card["complete"] is False
     assert len(losses(tmp_path / "finished")) == 3
 
 
 def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_again(data, tmp_path):
-    from tcurlora.pretrain import model_spec
-
     folder = tmp_path / "c"
     shutil.copytree(data / "a", folder)
     case = cases_from_decathlon(folder)[0]
     spec = model_spec(recipe(), {1: "organ", 2: "lesion"})
     cache = tmp_path / "cache"
-    fresh_image, fresh_label = _preprocess(case, 0, 2, spec)
-    first = _load_volume(case, 0, 0, 2, spec, cache)
+    fresh_image, fresh_label = preprocess(case, 0, 2, spec)
+    first = load_volume(case, 0, 0, 2, spec, cache)
     entries = list(cache.iterdir())
     assert len(entries) == 1 and entries[0].name == f"{key_digest(volume_key(case.images[0], case.label, 0, 2, spec))}.safetensors"
     assert torch.equal(first.image, fresh_image) and torch.equal(first.label, fresh_label)
@@ -178,10 +177,10 @@ def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_agai
     text = json.dumps(volume_key(case.images[0], case.label, 0, 2, spec), sort_keys=True)
     save_file({"image": torch.zeros_like(stored["image"]), "label": stored["label"]}, str(entries[0]),
               metadata={"key": text})  # fmt: skip
-    assert not _load_volume(case, 0, 0, 2, spec, cache).image.any()
+    assert not load_volume(case, 0, 0, 2, spec, cache).image.any()
     # A damaged entry is computed again and replaced.
     entries[0].write_bytes(b"\x00" * 16)
-    assert torch.equal(_load_volume(case, 0, 0, 2, spec, cache).image, fresh_image)
+    assert torch.equal(load_volume(case, 0, 0, 2, spec, cache).image, fresh_image)
     # A changed label file (new content, new mtime) has another key: preprocessed again, not the old entry.
     label = sitk.ReadImage(str(case.label))
     array = sitk.GetArrayFromImage(label)
@@ -191,10 +190,22 @@ def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_agai
     before = case.label.stat().st_mtime_ns
     sitk.WriteImage(changed, str(case.label))
     os.utime(case.label, ns=(before + 10**9, before + 10**9))
-    again = _load_volume(case, 0, 0, 2, spec, cache)
+    again = load_volume(case, 0, 0, 2, spec, cache)
     assert len(list(cache.iterdir())) == 2
     assert int((fresh_label == 4).sum()) > 0 and int((again.label == 4).sum()) == 0
-    assert np.array_equal(again.label.numpy(), _preprocess(case, 0, 2, spec)[1].numpy())
+    assert np.array_equal(again.label.numpy(), preprocess(case, 0, 2, spec)[1].numpy())
     # Another preprocessing (spacing) is another entry too.
-    _load_volume(case, 0, 0, 2, model_spec(recipe(spacing=(2.0, 2.0, 2.0)), {1: "organ", 2: "lesion"}), cache)
+    load_volume(case, 0, 0, 2, model_spec(recipe(spacing=(2.0, 2.0, 2.0)), {1: "organ", 2: "lesion"}), cache)
     assert len(list(cache.iterdir())) == 3
+
+
+def test_a_pretraining_checkpoint_keeps_the_files_and_record_older_versions_wrote(runs):
+    """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
+    folder = runs["checkpoint"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE, OPTIMIZER_FILE, TRAINING_LOG_FILE, PRETRAIN_STATE_FILE])
+    state = json.loads((folder / PRETRAIN_STATE_FILE).read_text())
+    assert list(state) == ["format", "iteration", "sampler", "recipe", "train_volumes"]
+    assert state["format"] == PRETRAIN_STATE_FORMAT and state["train_volumes"] == {
+        "a": ["synthetic_000_0000", "synthetic_001_0000"], "b": ["synthetic_000_0000", "synthetic_001_0000"]}  # fmt: skip
+    assert set(torch.load(str(folder / OPTIMIZER_FILE), weights_only=True)) == {"optimizer", "scaler", "torch_rng"}

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from tcurlora.filenames import PRETRAIN_RECIPE_FORMAT
-from tcurlora.intensity_randomisation import bias_field, random_contrast_curve, randomise_intensity
-from tcurlora.pretrain import PretrainConfig, load_sources, model_spec, run_pretrain, union_labels
+from tcurlora.pretraining.config import PretrainConfig, model_spec, union_labels
+from tcurlora.pretraining.contrast import bias_field, random_contrast_curve, randomise_intensity
+from tcurlora.pretraining.data import load_sources
+from tcurlora.pretraining.run import run_pretrain
+from tcurlora.pretraining.tissue import tissue_class_names, tissue_classes
 from tcurlora.synthetic import write_dataset
-from tcurlora.tissue_classes import tissue_class_names, tissue_classes
 
 
 def test_random_contrast_keeps_range_and_is_seeded():

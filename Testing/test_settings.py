@@ -15,7 +15,7 @@ import pytest
 from tcurlora.errors import ConfigError
 from tcurlora.filenames import MODEL_SPEC_FILE
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob
-from tcurlora.pretrain import PretrainConfig, SourceConfig
+from tcurlora.pretraining.config import PretrainConfig, SourceConfig
 from tcurlora.settings import (
     SettingError,
     add_arguments,

@@ -1,4 +1,4 @@
-"""The one training loop and step (tcurlora.train_loop, tcurlora.train_step): iteration counting, hooks,
+"""The one training loop and step (tcurlora.training.loop, tcurlora.training.step): iteration counting, hooks,
 the schedule, gradient clipping, and the `grad_clip` setting of a job and a recipe."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from tcurlora.cli import build_parser
 from tcurlora.errors import ConfigError
 from tcurlora.filenames import PRETRAIN_RECIPE_FORMAT
 from tcurlora.jobs.schema import FinetuneJob
-from tcurlora.pretrain import PretrainConfig
-from tcurlora.train_loop import Batch, LoopHooks, run_loop
-from tcurlora.train_step import OptimStep, grad_scaler
+from tcurlora.pretraining.config import PretrainConfig
+from tcurlora.training.loop import Batch, LoopHooks, run_loop
+from tcurlora.training.step import OptimStep, grad_scaler
 
 CPU = torch.device("cpu")
 

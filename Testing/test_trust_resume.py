@@ -225,3 +225,16 @@ def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, check
         assert "weights_only=False" not in events[-1]["message"] and "Traceback" not in err
         assert "progress" not in kinds(events) and not output.exists()
     assert not mark.exists(), "the pickle payload ran"
+
+
+def test_a_checkpoint_keeps_the_files_and_record_older_versions_wrote(checkpoint):
+    """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
+    _, folder = checkpoint
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, OPTIMIZER_FILE])
+    record = json.loads((folder / CHECKPOINT_FILE).read_text())
+    assert list(record) == ["iteration", "losses", "val_history", "elapsed_s", "job", "sampler", "consistency",
+                            "unlabeled_sampler"]  # fmt: skip
+    assert record["iteration"] == 2 and len(record["losses"]) == 2 and record["unlabeled_sampler"] is None
+    assert set(record["job"]) == {"base_fingerprint", "label_names", "settings", "iterations"}
+    state = torch.load(str(folder / OPTIMIZER_FILE), map_location="cpu", weights_only=True)
+    assert set(state) == {"optimizer", "scaler", "torch_rng"}

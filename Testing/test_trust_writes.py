@@ -215,7 +215,7 @@ def test_duplicate_keys_in_an_adapter_config_are_refused(tmp_path, tiny_adapter)
 
 
 def test_a_checkpoint_at_a_negative_iteration_is_refused(tmp_path, capsys, hippocampus_dir):
-    from tcurlora.checkpoint_check import read_checkpoint
+    from tcurlora.training.checkpoint import read_checkpoint
 
     folder = tmp_path / "adapter.checkpoint"
     folder.mkdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 from tcurlora.filenames import MODEL_CARD_FILE, MODEL_SPEC_FILE
 from tcurlora.fsutil import atomic_write_text
 from tcurlora.models.registry import load_base_model
-from tcurlora.pretrain import render_card
+from tcurlora.pretraining.card import render_card
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Dice overlap: the one definition behind fine-tune validation (finetuning.py), pretraining's held-out
-score (pretrain.py), `tcurlora evaluate` (evaluate.py), the bench (through evaluate.py) and the demo.
+score (pretraining/evaluation.py), `tcurlora evaluate` (evaluate.py), the bench (through evaluate.py) and the demo.
 
 Empty-mask rule: when prediction and reference are both empty the Dice is 1.0 (nothing to find,
 nothing found); when only one is empty it is 0.0. Before this module, pretraining instead left out

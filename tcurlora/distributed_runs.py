@@ -95,11 +95,11 @@ def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
 
 def run_pretrain(config: Any, data_root: Path, output: Path, *, device_name: str = "auto",
                  log: Any = print, **options: Any) -> dict[str, Any]:  # fmt: skip
-    """`tcurlora pretrain` on one rank of a torchrun run (tcurlora.pretrain.run_pretrain does the sharding);
+    """`tcurlora pretrain` on one rank of a torchrun run (tcurlora.pretraining.run.run_pretrain does the sharding);
     rank 0 alone logs and writes checkpoints and the model folder."""
     from types import SimpleNamespace
 
-    from tcurlora.pretrain import run_pretrain as pretrain
+    from tcurlora.pretraining.run import run_pretrain as pretrain
 
     consequence = "; no model folder was written, the last checkpoint is kept"
     job = SimpleNamespace(device=device_name, batch_size=config.batch_size)

@@ -8,7 +8,6 @@ The one entry point is `run_finetune(job, sink, token)`, driven by `tcurlora fin
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -18,23 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from tcurlora import distributed  # torchrun; no-ops in a run not started by it
 from tcurlora.adapters.methods.registry import method_info
-from tcurlora.checkpoint_check import check_resume, read_checkpoint, restore, resume_record
 from tcurlora.dice import dice_by_class
 from tcurlora.errors import ConfigError, InputError
-from tcurlora.filenames import (
-    ADAPTER_WEIGHTS_FILE,
-    BEST_WEIGHTS_FILE,
-    CHECKPOINT_FILE,
-    OPTIMIZER_FILE,
-    TEACHER_WEIGHTS_FILE,
-    TRAINING_LOG_FILE,
-    checkpoint_dir,
-)
-from tcurlora.fsutil import atomic_dir, atomic_write_json, write_torch_file
+from tcurlora.filenames import CHECKPOINT_FILE, TRAINING_LOG_FILE, checkpoint_dir
 from tcurlora.jobs.events import eta_seconds
 from tcurlora.mean_teacher import (
     RAMPUP_FRACTION,
@@ -45,14 +33,22 @@ from tcurlora.mean_teacher import (
 )
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
-from tcurlora.train_loop import Batch, LoopHooks, run_loop
-from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
+from tcurlora.training.checkpoint import (
+    load_best_weights,
+    load_finetune_checkpoint,
+    restore_sampler,
+    restore_teacher,
+    resume_record,
+    save_finetune_checkpoint,
+)
+from tcurlora.training.loop import Batch, LoopHooks, run_loop
+from tcurlora.training.schedule import finetuning_factor
+from tcurlora.training.step import OptimStep, autocast_context, grad_scaler
 
 # The new segmentation head and the extra `train_modules` learn at these rates whatever the method,
 # so methods are compared on what they adapt, not on how fast their head learns (docs/benchmarks.md).
 DEFAULT_HEAD_LEARNING_RATE = 5e-2
 DEFAULT_MODULES_LEARNING_RATE = 1e-3
-WARMUP_FRACTION = 0.05
 # With a validation split: validations per run, and how many without improvement end it early.
 VALIDATIONS_PER_RUN = 10
 DEFAULT_PATIENCE = 4
@@ -60,7 +56,7 @@ DEFAULT_PATIENCE = 4
 
 @dataclass
 class TrainingState:
-    """What a checkpoint restores besides the weights."""
+    """What a checkpoint restores besides the weights (`progress()` is what it stores)."""
 
     iteration: int = 0
     losses: list[float] = field(default_factory=list)
@@ -79,18 +75,21 @@ class TrainingState:
         best = self.best_validation()
         return 0 if best is None else sum(1 for v in self.val_history if v["iteration"] > best["iteration"])
 
+    def progress(self) -> dict[str, Any]:
+        """The entries a checkpoint's checkpoint.json records."""
+        return {"iteration": self.iteration, "losses": self.losses, "val_history": self.val_history,
+                "elapsed_s": self.elapsed_s, "consistency": self.consistency}  # fmt: skip
+
+    @classmethod
+    def from_checkpoint(cls, meta: dict[str, Any]) -> TrainingState:
+        """The state a checkpoint.json records (older ones have no val_history, elapsed_s, consistency)."""
+        return cls(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
+                   val_history=list(meta.get("val_history", [])), elapsed_s=float(meta.get("elapsed_s", 0.0)),
+                   consistency=list(meta.get("consistency") or []))  # fmt: skip
+
 
 def mean_dice(per_class: dict[str, float]) -> float:
     return sum(per_class.values()) / len(per_class) if per_class else 0.0
-
-
-def learning_rate_factor(iteration: int, total: int) -> float:
-    """Linear warm-up over the first 5% of iterations, then cosine decay to zero."""
-    warmup = max(1, int(total * WARMUP_FRACTION))
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    progress = (iteration - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def learning_rates(job) -> dict[str, float]:
@@ -116,75 +115,6 @@ def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.opti
             groups.append({"params": parameters, "lr": rates[role], "initial_lr": rates[role],
                            "weight_decay": decay, "role": role})
     return torch.optim.AdamW(groups)
-
-
-def save_checkpoint(folder: Path, adapted, optimizer: OptimStep, state: TrainingState, job_record: dict,
-                    *, sampler: dict | None = None, best: dict[str, torch.Tensor] | None = None,
-                    teacher: dict[str, torch.Tensor] | None = None, unlabeled_sampler: dict | None = None) -> Path:
-    """Write adapter weights, the step's state (optimizer, scaler, torch RNG: `OptimStep.state`), the data
-    sampler's state, the best validated adapter, the mean teacher (its EMA tensors and unlabeled sampler,
-    semi-supervised runs only) and the progress to `folder`, replacing the old one atomically."""
-    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
-        if teacher is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in teacher.items()}, str(temp / TEACHER_WEIGHTS_FILE))
-        save_file({k: v.detach().cpu().contiguous() for k, v in adapted.adapter_state_dict().items()},
-                  str(temp / ADAPTER_WEIGHTS_FILE))
-        if best is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(temp / BEST_WEIGHTS_FILE))
-        write_torch_file(temp / OPTIMIZER_FILE, optimizer.state())
-        atomic_write_json(temp / CHECKPOINT_FILE, {
-            "iteration": state.iteration, "losses": state.losses, "val_history": state.val_history,
-            "elapsed_s": state.elapsed_s, "job": job_record, "sampler": sampler,
-            "consistency": state.consistency, "unlabeled_sampler": unlabeled_sampler,
-        })
-    return folder
-
-
-def load_checkpoint(folder: Path, adapted, optimizer: OptimStep, job_record: dict) -> tuple[TrainingState, dict]:
-    """Restore a checkpoint written by `save_checkpoint` for the same job (checkpoint_check.py): the
-    training state, and checkpoint.json (its "sampler" entry is the data sampler's state, or None)."""
-    meta, weights, opt_state = read_checkpoint(folder)
-    check_resume(meta, job_record, job_record["iterations"], folder / CHECKPOINT_FILE)
-    restore(adapted, optimizer, weights, opt_state, folder)
-    state = TrainingState(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
-                          val_history=list(meta.get("val_history", [])),
-                          elapsed_s=float(meta.get("elapsed_s", 0.0)),
-                          consistency=list(meta.get("consistency") or []))  # fmt: skip
-    return state, meta
-
-
-def load_best_weights(folder: Path, name: str = BEST_WEIGHTS_FILE) -> dict[str, torch.Tensor] | None:
-    """The best validated adapter a checkpoint holds (or its other weights file `name`), or None."""
-    from safetensors.torch import load_file
-
-    path = folder / name
-    if not path.is_file():
-        return None
-    try:
-        return load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as error:
-        raise InputError(f"cannot resume: corrupt checkpoint weights ({error})", path) from error
-
-
-def restore_sampler(stream, sampler: dict, folder: Path, what: str = "data sampler") -> None:
-    """Continue the data sampler from a checkpoint's state; InputError when it does not fit."""
-    try:
-        stream.restore(sampler)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"cannot resume: the {what} state does not fit ({error})",
-                         folder / CHECKPOINT_FILE) from error
-
-
-def restore_teacher(teacher, folder: Path) -> None:
-    """Load the mean teacher's EMA tensors of a checkpoint; InputError when missing or not fitting."""
-    weights = load_best_weights(folder, TEACHER_WEIGHTS_FILE)
-    if weights is None:
-        raise InputError("cannot resume: the checkpoint holds no mean teacher", folder / TEACHER_WEIGHTS_FILE)
-    try:
-        teacher.load_state_dict(weights)
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise InputError(f"cannot resume: the teacher weights do not fit ({error})",
-                         folder / TEACHER_WEIGHTS_FILE) from error
 
 
 def validate_output(output: Path, force: bool, resume: bool) -> None:
@@ -242,7 +172,8 @@ class Trainer(LoopHooks):
         ckpt = checkpoint_dir(output)
         stream = self.setup.batches(seed_offset=0)
         if job.resume:
-            self.state, meta = load_checkpoint(ckpt, self.adapted, self.optim_step, self.job_record())
+            meta = load_finetune_checkpoint(ckpt, self.adapted, self.optim_step, self.job_record())
+            self.state = TrainingState.from_checkpoint(meta)
             self.best_state = load_best_weights(ckpt)
             if meta.get("sampler") is not None:
                 restore_sampler(stream, meta["sampler"], ckpt)
@@ -260,7 +191,7 @@ class Trainer(LoopHooks):
                 restore_sampler(self.unlabeled_stream, meta["unlabeled_sampler"], ckpt, "unlabeled sampler")
         self.stream = stream
         total = job.iterations
-        self.optim_step.schedule = partial(learning_rate_factor, total=total)
+        self.optim_step.schedule = partial(finetuning_factor, total=total)
         self.eval_every = max(1, total // VALIDATIONS_PER_RUN)
         self.patience = getattr(job, "early_stopping", DEFAULT_PATIENCE)
         self.previous_elapsed = self.state.elapsed_s  # time spent before a resume
@@ -328,10 +259,10 @@ class Trainer(LoopHooks):
         if job.checkpoint_every and done % job.checkpoint_every == 0 and done < total and distributed.is_writer():
             state.elapsed_s = elapsed
             teacher = self.teacher
-            path = save_checkpoint(self.checkpoint_folder, self.adapted, self.optim_step, state, self.job_record(),
-                                   sampler=self.stream.state(), best=self.best_state,
-                                   teacher=teacher.state_dict() if teacher else None,
-                                   unlabeled_sampler=self.unlabeled_stream.state() if teacher else None)  # fmt: skip
+            path = save_finetune_checkpoint(self.checkpoint_folder, self.adapted, self.optim_step, state.progress(),
+                                            self.job_record(), sampler=self.stream.state(), best=self.best_state,
+                                            teacher=teacher.state_dict() if teacher else None,
+                                            unlabeled_sampler=self.unlabeled_stream.state() if teacher else None)  # fmt: skip
             sink.checkpoint(iteration=done, path=str(path))
         if self.patience and state.validations_since_best() >= self.patience and done < total:
             state.stopped_early = True
@@ -420,5 +351,4 @@ class Trainer(LoopHooks):
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 
 
-__all__ = ["run_finetune", "Trainer", "learning_rate_factor", "ConfigError",
-           "checkpoint_dir"]
+__all__ = ["run_finetune", "Trainer", "ConfigError", "checkpoint_dir"]

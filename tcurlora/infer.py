@@ -23,7 +23,7 @@ from tcurlora.data.transforms import inference_transforms, ras_affine
 from tcurlora.device import resolve_device
 from tcurlora.errors import DeviceOutOfMemoryError
 from tcurlora.models.spec import ModelSpec
-from tcurlora.train_step import autocast_context
+from tcurlora.training.step import autocast_context
 
 ImagePaths = str | Path | Sequence[str | Path]
 # What to do when segmenting runs out of memory (segment has no patch or batch size to lower).

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from tcurlora.bench.measure import peak_memory, peak_rss_bytes
-from tcurlora.train_loop import Batch, LoopHooks, run_loop
+from tcurlora.training.loop import Batch, LoopHooks, run_loop
 
 
 def cost_network(base_model: str, img_size: int, num_classes: int):
@@ -69,7 +69,7 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     from tcurlora.adapters.methods.registry import method_info
     from tcurlora.adapters.model import apply_adapter
     from tcurlora.device import describe_device, resolve_device
-    from tcurlora.train_step import OptimStep, autocast_context, grad_scaler
+    from tcurlora.training.step import OptimStep, autocast_context, grad_scaler
 
     device = resolve_device(settings["device"])
     model, spec = cost_network(settings["base_model"], settings["img_size"], settings["num_classes"])

@@ -54,8 +54,9 @@ def register(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from tcurlora.errors import ConfigError
-    from tcurlora.pretrain import PretrainConfig, finish_from_checkpoint, main_log, run_pretrain
-    from tcurlora.pretrain_cache import default_cache_dir
+    from tcurlora.pretraining.cache import default_cache_dir
+    from tcurlora.pretraining.config import PretrainConfig
+    from tcurlora.pretraining.run import finish_from_checkpoint, main_log, run_pretrain
     from tcurlora.torchrun_env import launched
 
     config = PretrainConfig.from_file(args.config)

@@ -30,7 +30,7 @@ from tcurlora.errors import TCURLoRAError
 from tcurlora.federated.checks import check_identity, identity
 from tcurlora.federated.tensors import merged_state, payload_bytes, shared_tensors
 from tcurlora.jobs.events import BaseSink
-from tcurlora.train_loop import LoopHooks, run_loop
+from tcurlora.training.loop import LoopHooks, run_loop
 
 DATA_ENV = "TCURLORA_SITE_DATA"  # a deployed site's Decathlon folder, when its job config names none
 IDENTITY_KEY = "tcurlora_identity"  # model meta: what every site must share (checks.identity)
@@ -133,8 +133,9 @@ class SiteExecutor(Executor):
     def train_round(self, site: str, model: FLModel, abort_signal: Signal | None = None) -> FLModel | None:
         """Load the global adapter, validate it (with a validation split), train the local steps; the
         site's trained tensors with its case count, or None when FLARE aborted the round."""
-        from tcurlora.finetuning import build_optimizer, learning_rate_factor
-        from tcurlora.train_step import OptimStep
+        from tcurlora.finetuning import build_optimizer
+        from tcurlora.training.schedule import finetuning_factor
+        from tcurlora.training.step import OptimStep
 
         check_identity(site, self.local_identity, (model.meta or {}).get(IDENTITY_KEY, {}))
         trainer = self.trainer
@@ -153,7 +154,7 @@ class SiteExecutor(Executor):
         trainer.optimizer = build_optimizer(adapted, trainer.learning_rates, trainer.job.method)
         step = OptimStep(trainer.forward, trainer.optimizer, trainer.scaler, amp=trainer.amp,
                          clip=trainer.job.grad_clip)
-        step.schedule = partial(learning_rate_factor, total=total)
+        step.schedule = partial(finetuning_factor, total=total)
         first = int(model.current_round or 0) * self.local_steps
         hooks = RoundHooks(trainer.sink, total, abort_signal)
         batches = (trainer.to_batch(b) for b in self.stream)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tcurlora.train_step import OptimStep
+from tcurlora.training.step import OptimStep
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A scan without labels still says which voxels look alike. Its lightly smoothed grey levels are cut at
 their quartiles into four classes (0 the darkest, the "background" of the softmax; 1-3 brighter ones).
-Pretraining shows each patch under a random contrast (tcurlora.intensity_randomisation), which scrambles
+Pretraining shows each patch under a random contrast (tcurlora.pretraining.contrast), which scrambles
 the grey levels but not these classes, so the network has to recover them from shape and context: a
 pretext task on the very domains a base is later adapted to, without reading any label file.
 """

@@ -4,18 +4,26 @@ Cine, LGE, T1, FLAIR: the same anatomy with other grey-level curves, another coi
 and sharpness. Pretraining on a few sequences learns their statistics unless each patch is shown under a
 random one: a monotone or non-monotone grey-level curve (random gamma, or a random smooth curve through
 control points, as MONAI's RandHistogramShift), a smooth multiplicative bias field (as RandBiasField), a
-blur or sharpening, and noise. Every draw comes from the caller's numpy Generator, so a resumed
+blur or sharpening, and noise. Every draw comes from the caller's numpy random source (a Generator, or
+the RandomState of the MONAI transform `RandMRIContrastd`, seeded by the patch sampler), so a resumed
 pretraining run sees the same patches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import MapTransform, Randomizable
+
+# Anything with numpy's random(), uniform() and standard_normal(): a Generator or a RandomState.
+Random = np.random.Generator | np.random.RandomState
 
 
-def random_contrast_curve(image: torch.Tensor, rng: np.random.Generator, control_points: int = 5) -> torch.Tensor:
+def random_contrast_curve(image: torch.Tensor, rng: Random, control_points: int = 5) -> torch.Tensor:
     """Map grey levels through a random curve: gamma in [0.6, 1.6] (half the time) or a piecewise-linear
     curve through shuffled control points (RandHistogramShift's idea; not monotone, so contrast can invert
     locally, as between sequences). Output keeps the patch's range."""
@@ -40,7 +48,7 @@ def _interpolate(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.T
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def bias_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float = 0.3) -> torch.Tensor:
+def bias_field(shape: tuple[int, ...], rng: Random, strength: float = 0.3) -> torch.Tensor:
     """exp(a smooth random polynomial of degree 2 in normalised coordinates): a coil shading field."""
     grids = torch.meshgrid(*[torch.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
     x, y, z = grids
@@ -50,14 +58,14 @@ def bias_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float
     return torch.exp(field)
 
 
-def blur_or_sharpen(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def blur_or_sharpen(image: torch.Tensor, rng: Random) -> torch.Tensor:
     """A 3x3x3 box-blur of (C, X, Y, Z), mixed in with a random weight: > 0 blurs, < 0 sharpens."""
     smooth = F.avg_pool3d(image[None], kernel_size=3, stride=1, padding=1, count_include_pad=False)[0]
     weight = float(rng.uniform(-0.5, 1.0))
     return image + weight * (smooth - image)
 
 
-def randomise_intensity(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def randomise_intensity(image: torch.Tensor, rng: Random) -> torch.Tensor:
     """Apply each randomisation with its probability to one (C, X, Y, Z) float patch; keep its mean and sd."""
     out = image
     if rng.random() < 0.8:
@@ -72,3 +80,17 @@ def randomise_intensity(image: torch.Tensor, rng: np.random.Generator) -> torch.
         out = out + float(rng.uniform(0.0, 0.1)) * out.std() * noise
     std = float(out.std())
     return (out - out.mean()) / (std if std > 1e-6 else 1.0) * image.std() + image.mean()
+
+
+class RandMRIContrastd(Randomizable, MapTransform):
+    """MONAI dictionary transform: `randomise_intensity` of each key's (C, X, Y, Z) float patch, drawn from
+    this transform's RandomState (set_random_state seeds it, as every MONAI random transform)."""
+
+    def randomize(self, data: Any = None) -> None:
+        """Nothing to draw ahead: `randomise_intensity` draws as it goes."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = randomise_intensity(torch.as_tensor(out[key]).as_subclass(torch.Tensor), self.R)
+        return out
