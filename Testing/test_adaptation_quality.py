@@ -22,6 +22,8 @@ from tcurlora.jobs.cancel import CancelToken
 from tcurlora.jobs.events import RecordingSink
 from tcurlora.jobs.schema import FinetuneJob
 
+pytestmark = pytest.mark.slow
+
 TRAIN, HELD_OUT = slice(0, 6), slice(6, 8)
 
 

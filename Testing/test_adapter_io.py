@@ -61,6 +61,7 @@ def saved_tcur(base, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     return folder, adapted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)  # every registered method
 def test_round_trip_gives_identical_outputs(base, batch, tmp_path, method):
     adapted = trained(base, method)

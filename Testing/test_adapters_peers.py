@@ -75,6 +75,7 @@ def test_lora_trains_only_lora_and_new_head_and_keeps_base(batch64):
         assert torch.equal(live[live_key], value), key
 
 
+@pytest.mark.slow
 def test_lora_merge_unmerge_unload(base64, batch64):
     adapted = adapted_copy(base64, method="lora", rank=4, conv_target_modules=CONV_TARGETS)
     with torch.no_grad():

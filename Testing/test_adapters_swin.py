@@ -73,6 +73,7 @@ def test_groups_stack_per_stage_shape_and_counts_are_right(swin):
     assert counts.head == counts.modules == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tcur", "lora"])
 def test_exact_identity_at_init_with_conv_targets_and_default_modules(swin, x, swin_out, method):
     adapted = adapt(swin, method=method, rank=4, conv_target_modules=CONV_TARGETS,
@@ -121,6 +122,7 @@ def test_delta_of_a_stage_group_matches_the_naive_t_product(swin):
         torch.testing.assert_close(got, reference[:, :, index], atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_merge_equals_unmerged_and_unmerge_restores_the_base(swin, x, swin_out):
     adapted = adapt(swin, method="tcur", rank=4, conv_target_modules=CONV_TARGETS)
     randomize_cores(adapted, scale=2.0)
@@ -162,6 +164,7 @@ def train_steps(base: nn.Module, method: str, steps: int = 1):
     return adapted.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tcur", "lora"])
 def test_default_train_modules_train_and_save_load_reproduces_outputs(swin, x, tmp_path, method):
     assert default_train_modules("tcur", "SwinUNETR") == ["encoder1", "decoder1"]

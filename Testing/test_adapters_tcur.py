@@ -115,6 +115,7 @@ def test_delta_matches_naive_t_product(base64):
     )
 
 
+@pytest.mark.slow
 def test_training_dU_alone_lowers_loss_and_keeps_base_weights():
     model = small_unetr(torch.float32)
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
@@ -145,6 +146,7 @@ def test_training_dU_alone_lowers_loss_and_keeps_base_weights():
     assert state_dict_fingerprint(frozen) == fingerprint
 
 
+@pytest.mark.slow
 def test_one_delta_per_group_per_pass_and_gradient_accumulation(base64, batch64, monkeypatch):
     adapted = adapted_copy(base64, method="tcur", rank=4)
     calls = []
@@ -177,6 +179,7 @@ def test_autocast_keeps_delta_in_float32_and_runs_in_the_autocast_dtype():
     assert float(group.dU.grad.abs().max()) > 0
 
 
+@pytest.mark.slow
 def test_merge_unmerge_and_unload(base64, batch64, base_out):
     adapted = adapted_copy(base64, method="tcur", rank=6, conv_target_modules=CONV_TARGETS)
     randomize_cores(adapted, scale=2.0)

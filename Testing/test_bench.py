@@ -206,6 +206,7 @@ def tiny_bench(tmp_path_factory, hippocampus_dir) -> dict:
     return {"code": code, "output": output, "config": config, "report": report, "data": hippocampus_dir}
 
 
+@pytest.mark.slow
 def test_report_records_environment_base_and_split(tiny_bench):
     assert tiny_bench["code"] == 0
     report = tiny_bench["report"]
@@ -227,6 +228,7 @@ def test_report_records_environment_base_and_split(tiny_bench):
         assert [c["id"] for c in run["test"]["cases"]] == quality["test_case_ids"]
 
 
+@pytest.mark.slow
 def test_runs_measure_parameters_sizes_times_memory(tiny_bench):
     runs = {r["method"]["label"]: r for r in tiny_bench["report"]["quality"]["runs"]}
     assert set(runs) == {"tcur-r2-topnorm", "lora-r2", "full"}
@@ -253,6 +255,7 @@ def test_runs_measure_parameters_sizes_times_memory(tiny_bench):
             assert mean["dice"] == pytest.approx(sum(per_case) / len(per_case))
 
 
+@pytest.mark.slow
 def test_markdown_tables_findings_and_plots(tiny_bench):
     from tcurlora.bench.summary import quality_rows
 
@@ -284,6 +287,7 @@ def test_markdown_tables_findings_and_plots(tiny_bench):
         assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 0.01  # not blank
 
 
+@pytest.mark.slow
 def test_cost_runs_on_synthetic_batches(tiny_bench):
     cost = {r["method"]["label"]: r for r in tiny_bench["report"]["cost"]}
     assert set(cost) == {"tcur-r2-topnorm", "full"}
@@ -297,6 +301,7 @@ def test_cost_runs_on_synthetic_batches(tiny_bench):
     assert tcur["peak_memory"]["isolated"] is True and tcur["peak_memory"]["bytes"] > 50 * 2**20
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force_and_report_only_rewrites(tiny_bench):
     output = tiny_bench["output"]
     with pytest.raises(OutputExistsError, match="use --force"):

@@ -57,6 +57,7 @@ def test_builtin_model_loads_by_name_with_its_fingerprint(base):
     assert head.out_channels == 8
 
 
+@pytest.mark.slow
 def test_builtin_model_segments_a_held_out_acdc_case(base, acdc_dir):
     from tcurlora.infer import predict_volume
 

@@ -25,6 +25,7 @@ def base():
     return load_base_model(BUILTIN if BUILTIN in list_builtin_models() else "preset:unetr-tiny")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights_format", ["safetensors", "pt"])
 def test_export_then_load_gives_identical_outputs(base, tmp_path, weights_format):
     folder = export_bundle(base, tmp_path / "bundle", weights_format=weights_format)

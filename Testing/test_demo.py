@@ -31,6 +31,7 @@ def demo_run(tmp_path_factory):
     return output, json.loads((output / DEMO_SUMMARY_FILE).read_text())
 
 
+@pytest.mark.slow
 def test_demo_adaptation_raises_dice(demo_run):
     output, summary = demo_run
     assert summary["base_model"] == "unetr-small-acdc-brats" and summary["synthetic"] is True
@@ -41,6 +42,7 @@ def test_demo_adaptation_raises_dice(demo_run):
     assert 0 < counts["trainable"] < 0.01 * counts["total"]
 
 
+@pytest.mark.slow
 def test_demo_writes_adapter_segmentations_and_figure(demo_run):
     output, summary = demo_run
     assert (output / "adapter" / ADAPTER_CONFIG_FILE).is_file()
@@ -55,6 +57,7 @@ def test_demo_writes_adapter_segmentations_and_figure(demo_run):
     assert set(summary["train_cases"]).isdisjoint(summary["test_cases"])
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_used_output_folder_without_force(demo_run):
     output, _ = demo_run
     args = demo_parser().parse_args(["demo", "--quick", "--output", str(output)])

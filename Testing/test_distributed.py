@@ -47,6 +47,7 @@ def events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     one = start("finetune", "--job", str(job_file(tmp_path / "one.json", hippocampus_dir, tmp_path / "one")))
     two = start("finetune", "--job", str(job_file(tmp_path / "two.json", hippocampus_dir, tmp_path / "two")), nproc=2)
@@ -83,6 +84,7 @@ def kill_rank(run: subprocess.Popen, rank: int) -> None:
     workers[0].kill()
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_run(hippocampus_dir: Path, tmp_path: Path) -> None:
     job = job_file(tmp_path / "job.json", hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2)
     run = start("finetune", "--job", str(job), nproc=2)
@@ -118,6 +120,7 @@ def test_batch_must_split_over_processes(monkeypatch) -> None:
     assert not distributed.active()
 
 
+@pytest.mark.slow
 def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     import nibabel as nib
 

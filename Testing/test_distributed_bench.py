@@ -15,6 +15,8 @@ from test_distributed import ENV, REPO_ROOT, TORCHRUN
 
 from tcurlora.filenames import BENCH_MARKDOWN_FILE, BENCH_REPORT_FILE, BENCH_SCHEMA
 
+pytestmark = pytest.mark.slow
+
 METHODS = [{"method": "tcur", "rank": 2}, {"method": "head"}, {"method": "full"}]
 RUN_IDS = ["k2-s0-tcur-r2-topnorm", "k2-s0-head", "k2-s0-full"]
 

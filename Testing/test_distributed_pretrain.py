@@ -84,6 +84,7 @@ def runs(hippocampus_dir: Path, tmp_path_factory) -> dict:
     return {"work": work, "stdout": outputs}
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_and_rank0_alone_writes(runs: dict) -> None:
     from tcurlora.models.registry import load_base_model
 
@@ -114,6 +115,7 @@ def test_two_processes_follow_one_and_rank0_alone_writes(runs: dict) -> None:
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")], "no temporary folder is left"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "stopped", "processes"), [("resumed1", "stopped2", "1"), ("resumed2", "stopped1", "2")],
                          ids=["2-then-1", "1-then-2"])  # fmt: skip
 def test_resume_with_another_number_of_processes(runs: dict, name: str, stopped: str, processes: str) -> None:
@@ -136,6 +138,7 @@ def test_resume_with_another_number_of_processes(runs: dict, name: str, stopped:
     assert np.allclose(x, y, rtol=1e-3, atol=1e-3) and np.abs(x - y).mean() < 2e-5, np.abs(x - y).mean()
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_run_without_model_folder(hippocampus_dir: Path, tmp_path: Path) -> None:
     write_recipe(tmp_path / "recipe.json")
     run = pretrain(tmp_path, hippocampus_dir.parent, "model", "--iterations", "100000", nproc=2)

@@ -16,6 +16,8 @@ from test_distributed import events, job_file, start
 
 from tcurlora.filenames import ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, TRAINING_LOG_FILE
 
+pytestmark = pytest.mark.slow
+
 ITERATIONS, EVERY = 6, 2
 
 

@@ -161,6 +161,7 @@ def federated(sites) -> Path:
     return sites / "out"
 
 
+@pytest.mark.slow
 def test_federate_writes_one_adapter_with_rounds_sites_and_case_counts(federated):
     config = json.loads((federated / ADAPTER_CONFIG_FILE).read_text())
     assert config["method"] == "tcur" and config["label_names"] == ["Anterior", "Posterior"]
@@ -178,6 +179,7 @@ def test_federate_writes_one_adapter_with_rounds_sites_and_case_counts(federated
     assert config["training"]["iterations"] == 4 and config["preprocessing"]["spacing"] == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_info_and_segment_accept_the_federated_adapter(federated, sites, hippocampus_dir):
     import SimpleITK as sitk
 
@@ -195,6 +197,7 @@ def test_info_and_segment_accept_the_federated_adapter(federated, sites, hippoca
     assert set(np.unique(sitk.GetArrayFromImage(result))) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_a_resumed_federation_continues_from_the_last_finished_round(federated, sites):
     before = json.loads((federated / ADAPTER_CONFIG_FILE).read_text())["federation"]["history"]
     again = tcurlora(*FEDERATE, "--rounds", "2", "--resume", cwd=sites)
@@ -239,6 +242,7 @@ simulate(fed, Path("dropped.federation") / "workspace", list(sites))
 """
 
 
+@pytest.mark.slow
 def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, tmp_path):
     from tcurlora.jobs.schema import FinetuneJob
 

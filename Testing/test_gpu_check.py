@@ -120,6 +120,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_forced_small_memory_limit_exits_4_with_the_cpu_message(tmp_path, hippocampus_dir):
     """A real allocation failure: 100 MB of address space above what the imports took, batch 64."""
     job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter", batch_size=64))
@@ -142,6 +143,7 @@ def test_memory_fraction_variable(monkeypatch):
             memory_fraction()
 
 
+@pytest.mark.slow
 def test_pretraining_for_a_fixed_time_with_timed_checkpoints(tmp_path):
     from tcurlora.pretraining.config import PretrainConfig, SourceConfig
     from tcurlora.pretraining.run import run_pretrain

@@ -76,6 +76,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
+@pytest.mark.slow
 def test_unetr_on_real_and_repositioned_volume(tmp_path, hippo_image):
     spec = ModelSpec(name="unetr", patch_size=(32, 32, 32), labels={1: "Anterior", 2: "Posterior"})
     model = small_unetr()

@@ -26,6 +26,7 @@ def unetr_base() -> nn.Module:
                  mlp_dim=3072, num_heads=12, proj_type="conv", norm_name="instance", res_block=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
     plain_total = sum(p.numel() for p in unetr_base.parameters())
     adapted = apply_adapter(
@@ -42,6 +43,7 @@ def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
     assert counts.trainable_percent < 0.1  # the paper's "under 0.1%"
 
 
+@pytest.mark.slow
 def test_info_unetr_base_json(capsys):
     assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--no-conv-targets", "--no-train-modules",
                  "--json"]) == 0  # fmt: skip
@@ -52,6 +54,7 @@ def test_info_unetr_base_json(capsys):
     assert data["total"] > 90_000_000
 
 
+@pytest.mark.slow
 def test_info_table_matches_apply_adapter(capsys):
     assert main(["info", "unetr-tiny", "--table", "--num-classes", "4", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -128,6 +131,7 @@ def test_info_errors_name_the_problem(tmp_path, capsys):
     assert "corrupt adapter config" in err and str(broken / ADAPTER_CONFIG_FILE) in err
 
 
+@pytest.mark.slow
 def test_info_conv_flags_follow_finetune_for_every_method(capsys):
     def trainable(*flags: str) -> int:
         assert main(["info", "unetr-tiny", "--json", *flags]) == 0

@@ -40,6 +40,7 @@ def test_committed_schema_is_what_the_command_prints(which, capsys):
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
+@pytest.mark.slow
 def test_schema_command_runs_as_a_process_and_refuses_unknown_names():
     done = subprocess.run([sys.executable, "-m", "tcurlora", "schema", "job"], capture_output=True, text=True,
                           timeout=120, check=False)  # fmt: skip

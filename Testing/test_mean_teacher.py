@@ -136,6 +136,7 @@ def test_unlabeled_paths_stand_for_files_folders_and_decathlon_folders(tmp_path)
         unlabeled_files([tmp_path / "plain" / "notes.txt"])
 
 
+@pytest.mark.slow
 def test_a_three_step_finetune_with_unlabeled_volumes_records_them(tmp_path, capsys, hippocampus_dir):
     images = hippocampus_dir / "imagesTr"
     output = tmp_path / "adapter"
@@ -159,6 +160,7 @@ def test_a_three_step_finetune_with_unlabeled_volumes_records_them(tmp_path, cap
     assert all(r["consistency"] > 0 for r in steps)
 
 
+@pytest.mark.slow
 def test_keep_teacher_saves_the_teacher_not_the_student(tmp_path, capsys, hippocampus_dir):
     """With one step and decay 0.5 the teacher is halfway between the initial and the trained weights."""
     from safetensors.torch import load_file

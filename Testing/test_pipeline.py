@@ -72,6 +72,7 @@ def trained(tmp_path_factory, hippocampus_dir) -> dict:
     return {"folder": folder, "work": work, "result": result, "events": read_events(result.stdout)}
 
 
+@pytest.mark.slow
 def test_finetune_lowers_loss_and_writes_loadable_adapter(trained):
     result, events = trained["result"], trained["events"]
     assert result.returncode == 0, result.stderr[-2000:]
@@ -93,6 +94,7 @@ def test_finetune_lowers_loss_and_writes_loadable_adapter(trained):
     assert adapted.parameter_counts().trainable > 0
 
 
+@pytest.mark.slow
 def test_segment_held_out_case_keeps_geometry_and_evaluate_matches(trained):
     folder, work = trained["folder"], trained["work"]
     assert trained["result"].returncode == 0
@@ -127,6 +129,7 @@ def test_segment_held_out_case_keeps_geometry_and_evaluate_matches(trained):
     assert output.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_checkpoint_and_resume_finishes(tmp_path, hippocampus_dir):
     output = tmp_path / "adapter"
     job = write_job(
@@ -270,6 +273,7 @@ def test_segment_missing_and_corrupt_inputs_name_the_file(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.nii.gz"]
 
 
+@pytest.mark.slow
 def test_eta_counts_only_this_run_and_shrinks(trained):
     """ETA = time per iteration of this run x iterations left: non-increasing within noise, 0 at the end."""
     progress = [e for e in trained["events"] if e["event"] == "progress"]

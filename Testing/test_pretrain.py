@@ -126,6 +126,7 @@ def tiny_run(tmp_path_factory):
     return {"root": root, "config": config, "card": card}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_a_loadable_fp16_model_with_card(tiny_run):
     from tcurlora.models.registry import load_base_model
 
@@ -148,6 +149,7 @@ def test_tiny_run_writes_a_loadable_fp16_model_with_card(tiny_run):
     assert model_json["card"]["recipe"]["seed"] == 0
 
 
+@pytest.mark.slow
 def test_tiny_run_refuses_overwrite_and_checkpoint_can_be_finished(tiny_run):
     root, config = tiny_run["root"], tiny_run["config"]
     with pytest.raises(OutputExistsError):

@@ -93,6 +93,7 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
     return {"work": work, "checkpoint": work / "saved.checkpoint"}
 
 
+@pytest.mark.slow
 def test_a_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_one(runs):
     work = runs["work"]
     assert losses(work / "resumed") == losses(work / "straight") and len(losses(work / "straight")) == 6
@@ -110,6 +111,7 @@ def test_a_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_one(run
     assert "Resumed at iteration 3" in card["notes"][0]
 
 
+@pytest.mark.slow
 def test_the_stopped_run_differs_from_the_finished_one(runs):
     """The comparison above can fail: three iterations fewer give other weights."""
     work = runs["work"]
@@ -118,6 +120,7 @@ def test_the_stopped_run_differs_from_the_finished_one(runs):
     assert any(not torch.equal(stopped[k], straight[k]) for k in stopped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "named"),
     [({"learning_rate": 1e-3}, "learning_rate: 0.0003 in the checkpoint, 0.001 now"),
@@ -133,6 +136,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(runs, data, tmp_path, cha
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data, tmp_path):
     shutil.copytree(data, tmp_path / "data")
     listing = tmp_path / "data" / "a" / "dataset.json"
@@ -154,6 +158,7 @@ def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data,
     assert losses(tmp_path / "legacy")[:3] == losses(runs["work"] / "straight")[:3]
 
 
+@pytest.mark.slow
 def test_finish_from_a_resumable_checkpoint(runs, data, tmp_path):
     card = finish_from_checkpoint(recipe(), data, runs["checkpoint"], tmp_path / "finished", log=quiet)
     assert card["iterations"] == 3 and card["complete"] is False

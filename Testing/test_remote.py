@@ -147,6 +147,7 @@ def test_option_like_remote_is_refused(hippocampus_dir: Path, tmp_path: Path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]
 
 
+@pytest.mark.slow
 def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "local").mkdir()
     (tmp_path / "remote").mkdir()
@@ -169,6 +170,7 @@ def test_remote_adapter_equals_local(sshd, hippocampus_dir: Path, tmp_path: Path
     assert list(remote_folder.iterdir()) == [], "the remote run folder was not removed"
 
 
+@pytest.mark.slow
 def test_cancel_stops_remote_keeps_checkpoint(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
     """Cancel as the Slicer panels do it: WorkerProcess.cancel() terminates the local worker's whole tree."""
     from TCURLoRACommon.worker import CANCEL_EXIT_CODES, WorkerProcess
@@ -201,6 +203,7 @@ def test_cancel_stops_remote_keeps_checkpoint(sshd, hippocampus_dir: Path, tmp_p
     assert (tmp_path / "adapter.checkpoint" / CHECKPOINT_FILE).is_file(), "the checkpoint did not come back"
 
 
+@pytest.mark.slow
 def test_lost_connection_is_reported_and_resumable(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
     remote_folder = tmp_path / "remote-runs"
     job = job_file(tmp_path, hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2)
@@ -226,6 +229,7 @@ def test_lost_connection_is_reported_and_resumable(sshd, hippocampus_dir: Path, 
     assert resumed.returncode == 130
 
 
+@pytest.mark.slow
 def test_host_key_mismatch_is_refused(sshd, hippocampus_dir: Path, tmp_path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other = (tmp_path / "other.pub").read_text().split()[:2]
@@ -244,6 +248,7 @@ def test_host_key_mismatch_is_refused(sshd, hippocampus_dir: Path, tmp_path: Pat
     assert not remote_folder.exists() and not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     """Also for a file whose name begins with "-": remote tar once read `-Ihippocampus_001_seg.nii.gz` as
     its -I option, so the output never came back and the remote run folder stayed."""
@@ -266,6 +271,7 @@ def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: 
     assert list(remote_folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_outputs_that_do_not_come_back_leave_no_remote_folder(
     sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path
 ) -> None:
@@ -289,6 +295,7 @@ def test_outputs_that_do_not_come_back_leave_no_remote_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["remote-runs", "worker.sh"]
 
 
+@pytest.mark.slow
 def test_force_replaces_only_what_tcurlora_wrote(sshd, hippocampus_dir: Path, tiny_adapter: Path,
                                                  tmp_path: Path, capsys) -> None:  # fmt: skip
     """`--force --remote` once replaced whatever was at the output when the results came back (a folder of

@@ -62,6 +62,7 @@ def test_scratch_starts_from_seeded_random_weights_not_the_base(data, tmp_path):
     assert any(not torch.equal(first[k], other[k]) for k in body)  # another seed, another start
 
 
+@pytest.mark.slow
 def test_scratch_adapter_holds_every_weight_and_reloads_exactly_whatever_the_base(data, tmp_path):
     output = tmp_path / "adapter"
     job = scratch_job(data, output)

@@ -83,6 +83,7 @@ def test_threads_setting_in_jobs_and_flags(tmp_path):
         build_parser().parse_args(["finetune", "--job", str(job_file), "--threads", "0"])
 
 
+@pytest.mark.slow
 def test_the_worker_waits_passively_unless_told_otherwise():
     probe = ("import runpy, sys, os; sys.argv = ['tcurlora', '--version']\n"
              "try:\n    runpy.run_module('tcurlora', run_name='__main__')\n"

@@ -86,6 +86,7 @@ def test_optimizer_has_one_group_per_role_at_its_rate(base):
     assert by_role["adapter"]["weight_decay"] == 0.0 and by_role["modules"]["weight_decay"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tcur", "lora"])
 def test_save_load_merge_reproduces_the_trained_loss(base, data, tmp_path, method):
     # decoder2's convolutions are both Conv3d targets of the adapter and trained in full.
@@ -100,6 +101,7 @@ def test_save_load_merge_reproduces_the_trained_loss(base, data, tmp_path, metho
     assert loss_of(merged, data) == pytest.approx(trained_loss, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_factors_rebuilt_from_trained_weights_would_change_the_model(base, data, tmp_path):
     """The pitfall the load order avoids: C and R taken from the trained decoder2 kernels."""
     adapted = train(base, data, "tcur", conv_target_modules=CONV_TARGETS, train_modules=["decoder2"])

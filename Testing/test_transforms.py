@@ -122,6 +122,7 @@ def test_intensity_normalisations(hippo_cases):
         inference_transforms(ModelSpec(name="x", intensity=IntensitySpec(kind="histogram")))
 
 
+@pytest.mark.slow
 def test_two_channel_brats_batch(brats_dir):
     case = cases_from_decathlon(brats_dir, num_cases=1)[0]
     spec = ModelSpec(name="brats", arch_params={"in_channels": 2})

@@ -200,6 +200,7 @@ def test_real_zoo_bundle_loads_with_random_weights(tmp_path):
     assert base.spec.labels == {1: "spleen"} and base.spec.spacing == (1.5, 1.5, 2.0)
 
 
+@pytest.mark.slow
 def test_bundle_code_in_scripts_is_never_imported(tmp_path):
     folder = _zoo("wholeBrainSeg_Large_UNEST_segmentation", tmp_path)
     script = (

@@ -62,6 +62,7 @@ def test_force_never_deletes_a_folder_tcurlora_did_not_write(tmp_path, capsys, h
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"], "no lock, checkpoint or temporary left"
 
 
+@pytest.mark.slow
 def test_force_replaces_a_clean_adapter_but_not_one_holding_user_files(
     tmp_path, capsys, hippocampus_dir, tiny_adapter
 ):
@@ -104,6 +105,7 @@ def test_unwritable_output_is_found_before_training(tmp_path, capsys, hippocampu
     assert blocker.read_text() == "a file where a folder should be"
 
 
+@pytest.mark.slow
 def test_segment_and_evaluate_check_their_outputs_before_work(
     tmp_path, capsys, hippocampus_dir, unwritable_dir
 ):
@@ -155,6 +157,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "the refused run left nothing"
 
 
+@pytest.mark.slow
 def test_a_run_sweeps_its_own_stale_temporaries_only_and_modes_follow_the_umask(
     tmp_path, capsys, hippocampus_dir
 ):

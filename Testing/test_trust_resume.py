@@ -91,6 +91,7 @@ def straight_and_resumed(job: dict, saved, tmp_path, capsys):
     return straight, resumed, events
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     tmp_path, capsys, hippocampus_dir, checkpoint
 ):
@@ -111,6 +112,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     assert record["seed"] == SEED and record["training"]["seed"] == SEED
 
 
+@pytest.mark.slow
 def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupted_one(
     tmp_path, capsys, hippocampus_dir
 ):
@@ -133,6 +135,7 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
     assert losses(resumed) == losses(straight)
 
 
+@pytest.mark.slow
 def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_does(
     tmp_path, capsys, hippocampus_dir
 ):
@@ -157,6 +160,7 @@ def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_d
     assert record["unlabeled_volumes"] == 2 and record["saved"] == "teacher"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -183,6 +187,7 @@ def test_resume_refuses_a_checkpoint_of_another_job(
     assert (tmp_path / "other.checkpoint" / CHECKPOINT_FILE).read_bytes() == before, "checkpoint kept"
 
 
+@pytest.mark.slow
 def test_resume_may_change_the_iteration_count(tmp_path, capsys, checkpoint):
     job, saved = checkpoint
     job_file, output = resume_copy(job, saved, tmp_path, "longer", iterations=5)
@@ -201,6 +206,7 @@ class Payload:
         return (os.makedirs, (self.mark,))
 
 
+@pytest.mark.slow
 def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, checkpoint):
     job, saved = checkpoint
     mark = tmp_path / "pwned"

@@ -51,6 +51,7 @@ def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 def test_segment_on_a_full_disk_exits_3_and_leaves_no_file(tmp_path, hippocampus_dir):
     image = hippo_case(hippocampus_dir)["image"]
@@ -97,6 +98,7 @@ for extension in (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha"):
     assert names(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 def test_a_full_disk_while_writing_a_checkpoint_or_adapter_exits_3_and_leaves_no_temporary(
     tmp_path, hippocampus_dir

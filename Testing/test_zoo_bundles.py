@@ -69,6 +69,7 @@ def finetune_and_segment(capsys, tmp_path: Path, folder: Path, case: dict, label
     return {"record": record, "events": events, "stderr": err}
 
 
+@pytest.mark.slow
 def test_swin_unetr_bundle_for_an_older_monai_loads_adapts_and_segments(capsys, tmp_path, hippocampus_dir):
     # feature_size 12 instead of the zoo's 48 keeps this a CPU test; img_size (gone in MONAI >= 1.5) stays.
     folder = zoo_copy("swin_unetr_btcv_segmentation", tmp_path, feature_size=12)
@@ -89,6 +90,7 @@ def test_swin_unetr_bundle_for_an_older_monai_loads_adapts_and_segments(capsys, 
     assert any("img_size=96 dropped" in json.dumps(e) for e in result["events"])  # logged by finetune
 
 
+@pytest.mark.slow
 def test_spleen_unet_bundle_adapts_its_conv_kernels(capsys, tmp_path, hippocampus_dir):
     folder = zoo_copy("spleen_ct_segmentation", tmp_path, weights="pt")
     base = load_base_model(folder)
@@ -144,6 +146,7 @@ def write_four_channel_case(folder: Path, seed: int) -> dict:
     return {"id": f"case{seed}", "image": [str(p) for p in paths], "label": str(folder / f"case{seed}_label.nii.gz")}
 
 
+@pytest.mark.slow
 def test_brats_segresnet_bundle_with_sigmoid_outputs(capsys, tmp_path):
     folder = zoo_copy("brats_mri_segmentation", tmp_path)
     base = load_base_model(folder)
@@ -164,6 +167,7 @@ def test_brats_segresnet_bundle_with_sigmoid_outputs(capsys, tmp_path):
     assert record["conv_target_modules"] == [".+"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "changes", "expected"),
     [

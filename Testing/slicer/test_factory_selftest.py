@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from TCURFineTuneLib import testing as finetune_bodies
 from TCURSegmenterLib import testing as segmenter_bodies
 
@@ -72,6 +73,7 @@ def test_selection_with_and_without_the_backend() -> None:
     assert missing_backend() == [], "this test environment has the backend: every body runs here"
 
 
+@pytest.mark.slow
 def test_no_backend_bodies_pass_without_the_backend(tmp_path: Path) -> None:
     search = [str(ROOT), str(ROOT / "TCURFineTune"), str(ROOT / "TCURSegmenter"), str(ROOT / "Testing" / "slicer")]
     env = {k: v for k, v in os.environ.items() if k != "TCURLORA_DATA"}  # generated cases, as on the factory

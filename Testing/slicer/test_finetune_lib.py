@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from TCURFineTuneLib import testing as bodies
 
 
@@ -23,14 +24,17 @@ def test_segmentation_on_other_grid_is_resampled(mrml, hippocampus_dir: Path, tm
     bodies.test_segmentation_on_other_grid_is_resampled(hippocampus_dir, tmp_path)
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     bodies.test_finetune_end_to_end(hippocampus_dir, tmp_path)
 
 
+@pytest.mark.slow
 def test_cancel_leaves_nothing(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     bodies.test_cancel_leaves_nothing(hippocampus_dir, tmp_path)
 
 
+@pytest.mark.slow
 def test_resume_after_cancel(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     bodies.test_resume_after_cancel(hippocampus_dir, tmp_path)
 

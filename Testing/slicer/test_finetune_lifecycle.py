@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import slicer
 from TCURFineTuneLib.interrupted import interrupted_runs, resume_candidate, sweep_stale_staging
 from TCURFineTuneLib.run import (
@@ -39,6 +40,7 @@ def no_question(question: str) -> bool:
     raise AssertionError(f"nothing should be asked here: {question}")
 
 
+@pytest.mark.slow
 def test_cpu_retry_after_scene_close_leaves_nothing(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     """Out of memory on the GPU, the scene closed meanwhile: "retry on CPU" runs the same exported job
     (no scene node needed) and the work folder with every exported case is removed at the end."""
@@ -77,6 +79,7 @@ def test_declined_cpu_retry_shows_the_error_and_cleans_up(mrml, hippocampus_dir:
     assert outcome.resume_job == "" and not run.workdir.exists() and library_leftovers() == []
 
 
+@pytest.mark.slow
 def test_cancel_after_scene_close_keeps_resume(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     """The scene closed during the run (the panel's parameter node is gone): the cancelled run's job is
     still offered for Resume, remembered beyond the scene."""
@@ -96,6 +99,7 @@ def test_cancel_after_scene_close_keeps_resume(mrml, hippocampus_dir: Path, tmp_
     assert interrupted_runs() == [] and resume_candidate("") == "" and library_leftovers() == []
 
 
+@pytest.mark.slow
 def test_closing_slicer_keeps_the_run_resumable(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
     """Closing Slicer (or reloading) during training: asked first; the job, cases and checkpoint stay and
     are offered next time; the killed worker's lock and staging folder are swept when the panel opens."""

@@ -124,6 +124,7 @@ def fresh_slicer(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"names": names, **json.loads(completed.stdout.strip().splitlines()[-1])}
 
 
+@pytest.mark.slow
 def test_the_check_covers_the_panels_imports(fresh_slicer: dict) -> None:
     names = fresh_slicer["names"]
     assert fresh_slicer["blocked_works"], "the child could still import nibabel: the check proves nothing"
@@ -141,11 +142,13 @@ def test_the_check_covers_the_panels_imports(fresh_slicer: dict) -> None:
         assert expected in names, f"{expected} is not among the modules checked: {names}"
 
 
+@pytest.mark.slow
 def test_panel_imports_need_no_backend_packages(fresh_slicer: dict) -> None:
     assert fresh_slicer["failed"] == {}, "\n".join(f"{k}: {v}" for k, v in fresh_slicer["failed"].items())
     assert fresh_slicer["loaded"] == []
 
 
+@pytest.mark.slow
 def test_setup_code_runs_on_a_fresh_slicer(fresh_slicer: dict) -> None:
     setup = fresh_slicer["setup"]
     assert isinstance(setup, dict), setup

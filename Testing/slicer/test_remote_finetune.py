@@ -48,6 +48,7 @@ def test_run_on_parameters() -> None:
                                  "--remote-folder=./-runs"]
 
 
+@pytest.mark.slow
 def test_remote_run_equals_local(mrml, hippocampus_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the local worker computes as the remote one does
     server = start_sshd(tmp_path / "sshd")

@@ -93,6 +93,7 @@ def test_segmenter_parameters_choose_where_to_run() -> None:
         remote_from_parameters(node)
 
 
+@pytest.mark.slow
 def test_remote_segmentation_equals_local(
     mrml, sshd: LoopbackSshd, adapter: AdapterEntry, hippocampus_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -148,6 +149,7 @@ def start_long_run(server: LoopbackSshd, adapter: AdapterEntry, data: Path, fold
     return run, remote_pid(folder)
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_remote_run(
     mrml, sshd: LoopbackSshd, adapter: AdapterEntry, hippocampus_dir: Path, tmp_path: Path
 ) -> None:
@@ -168,6 +170,7 @@ def test_cancel_stops_the_remote_run(
         run.remove_workdir()
 
 
+@pytest.mark.slow
 def test_lost_connection_fails_with_a_clear_message(
     mrml, sshd: LoopbackSshd, adapter: AdapterEntry, hippocampus_dir: Path, tmp_path: Path
 ) -> None:
@@ -190,6 +193,7 @@ def test_lost_connection_fails_with_a_clear_message(
         run.remove_workdir()
 
 
+@pytest.mark.slow
 def test_refused_host_fails_with_a_clear_message(
     mrml, sshd: LoopbackSshd, adapter: AdapterEntry, hippocampus_dir: Path, tmp_path: Path
 ) -> None:

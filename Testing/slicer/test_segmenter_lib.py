@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from TCURSegmenterLib import testing as bodies
 
 
@@ -16,6 +17,7 @@ def test_rejects_unusable_adapter(mrml, hippocampus_dir: Path, tmp_path: Path) -
     bodies.test_rejects_unusable_adapter(hippocampus_dir, tmp_path)
 
 
+@pytest.mark.slow
 def test_segment_volumes_end_to_end(mrml, hippocampus_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Also: the self-test removes the run's work folder (exported volumes, labelmaps) from the temp folder."""
     temp = tmp_path / "tmp"

@@ -11,7 +11,17 @@ from TCURSegmenterLib import testing as segmenter_bodies
 
 from TCURLoRACommon.testdata import decathlon_cases, self_test_data
 
-BODIES = [*finetune_bodies.ALL_TESTS, *segmenter_bodies.ALL_TESTS]
+# The bodies that train or segment for real take seconds each; the others check scene handling quickly.
+SLOW_BODIES = {
+    "test_finetune_end_to_end",
+    "test_cancel_leaves_nothing",
+    "test_resume_after_cancel",
+    "test_segment_volumes_end_to_end",
+}
+BODIES = [
+    pytest.param(body, marks=pytest.mark.slow) if body.__name__ in SLOW_BODIES else body
+    for body in [*finetune_bodies.ALL_TESTS, *segmenter_bodies.ALL_TESTS]
+]
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ def scene_with_adapter(mrml, hippocampus_dir: Path, tmp_path: Path, tiny_adapter
     return pairs, tiny_adapter, clean, noisy, cases[2][0], tmp_path / "noisy.nii.gz"
 
 
+@pytest.mark.slow
 def test_ranks_the_unlabeled_volumes_with_the_backends_scores(scene_with_adapter, tmp_path: Path) -> None:
     from tcurlora.segmentation import load_segmentation_model
     from tcurlora.suggest import volume_uncertainty
@@ -87,6 +88,7 @@ def test_ranks_the_unlabeled_volumes_with_the_backends_scores(scene_with_adapter
     assert not run.workdir.exists(), "the exported volumes must not be left behind"
 
 
+@pytest.mark.slow
 def test_volume_removed_while_ranking_fails_by_name(scene_with_adapter, tmp_path: Path) -> None:
     pairs, adapter, clean, _, _, _ = scene_with_adapter
     run = suggestion_run(pairs, adapter, TEST_BASE_MODEL, "cpu", tmp_path / "suggest").start()

@@ -45,6 +45,7 @@ def wait_until(predicate, timeout: float, poll=None) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_cancel_returns_at_once_and_kills_after_the_grace_time() -> None:
     worker = child(STUBBORN)
     worker.start()
@@ -77,6 +78,7 @@ def test_a_cooperative_worker_exits_with_a_cancel_code() -> None:
     assert -signal.SIGTERM in CANCEL_EXIT_CODES  # what PythonSlicer's launcher reports on POSIX
 
 
+@pytest.mark.slow
 def test_shutdown_is_bounded() -> None:
     worker = child(STUBBORN)
     worker.start()
