@@ -22,6 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCES = ("tcurlora", "TCURLoRACommon", "TCURFineTune", "TCURSegmenter")
 SKIP_PARTS = {"__pycache__", "Testing", "Resources"}
+# Modules no test here can import, with the reason; everything they call lives in checked modules.
+NOT_CHECKED = {
+    "TCURFineTune/TCURFineTune.py": "the Qt panel: needs Slicer's GUI (its logic is TCURFineTuneLib)",
+    "TCURSegmenter/TCURSegmenter.py": "the Qt panel: needs Slicer's GUI (its logic is TCURSegmenterLib)",
+}
 
 
 def function_bodies(path: Path) -> list[tuple[str, int, int]]:
@@ -37,7 +42,12 @@ def function_bodies(path: Path) -> list[tuple[str, int, int]]:
 def module_files(source: Path) -> list[Path]:
     """The Python files of a package or module folder, without caches, tests and resources."""
     files = [source] if source.is_file() else sorted(source.rglob("*.py"))
-    return [f for f in files if not SKIP_PARTS.intersection(f.relative_to(source.parent).parts)]
+    names = [(f, f.relative_to(source.parent)) for f in files]
+    return [
+        f
+        for f, name in names
+        if not SKIP_PARTS.intersection(name.parts) and name.as_posix() not in NOT_CHECKED
+    ]
 
 
 def unreached(sources: list[Path], executed: dict[str, set[int]]) -> list[str]:
@@ -54,7 +64,7 @@ def unreached(sources: list[Path], executed: dict[str, set[int]]) -> list[str]:
             else:
                 reached = bool(lines) or not path.read_text(encoding="utf-8").strip()
             if not reached:
-                missing.append(str(path.relative_to(source.parent)))
+                missing.append(path.relative_to(source.parent).as_posix())
     return missing
 
 
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}")
         return 1
     print(f"fast_coverage: every module of {', '.join(s.name for s in sources)} is reached by a fast test")
+    for name, reason in NOT_CHECKED.items():
+        print(f"  not checked: {name} ({reason})")
     return 0
 
 
