@@ -26,6 +26,7 @@ SKIP_PARTS = {"__pycache__", "Testing", "Resources"}
 NOT_CHECKED = {
     "TCURFineTune/TCURFineTune.py": "the Qt panel: needs Slicer's GUI (its logic is TCURFineTuneLib)",
     "TCURSegmenter/TCURSegmenter.py": "the Qt panel: needs Slicer's GUI (its logic is TCURSegmenterLib)",
+    "TCURLoRACommon/panelwidget.py": "the panels' Qt lifecycle: needs qt and slicer.i18n (its decisions are lifecycle.py)",
 }
 
 
