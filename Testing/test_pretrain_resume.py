@@ -204,6 +204,7 @@ def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_agai
     assert len(list(cache.iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_a_pretraining_checkpoint_keeps_the_files_and_record_older_versions_wrote(runs):
     """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
     folder = runs["checkpoint"]

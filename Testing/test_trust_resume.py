@@ -233,6 +233,7 @@ def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, check
     assert not mark.exists(), "the pickle payload ran"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_keeps_the_files_and_record_older_versions_wrote(checkpoint):
     """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
     _, folder = checkpoint
