@@ -56,7 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "tcurlora.finetuning", "tcurlora.pretraining", "tcurlora.infer", "tcurlora.segmentation",
         "tcurlora.evaluate", "tcurlora.suggest",
     )),
-    ("jobs", ("tcurlora.jobs.schema", "tcurlora.jobs.schema_export", "tcurlora.distributed_runs", "tcurlora.remote")),
+    ("jobs", ("tcurlora.jobs.schema", "tcurlora.jobs.finetune_job", "tcurlora.jobs.segment_job", "tcurlora.jobs.job_reading", "tcurlora.jobs.schema_export", "tcurlora.distributed_runs", "tcurlora.remote")),
     ("apps", ("tcurlora.bench", "tcurlora.federated", "tcurlora.demo", "tcurlora.commands")),
     ("cli", ("tcurlora.cli", "tcurlora.__main__")),
 ]

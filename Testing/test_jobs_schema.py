@@ -10,7 +10,8 @@ import pytest
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import JOB_SCHEMA
 from tcurlora.jobs.event_schema import EVENT_SCHEMA, parse_event_line, validate_event
-from tcurlora.jobs.schema import FinetuneJob, JobCase, SegmentJob, load_job
+from tcurlora.jobs.job_reading import JobCase
+from tcurlora.jobs.schema import FinetuneJob, SegmentJob, load_job
 
 
 def write_job(folder: Path, data: dict, name: str = "job.json") -> Path:
