@@ -53,7 +53,10 @@ def hippocampus_cases(hippocampus_dir):
     return cases_from_decathlon(hippocampus_dir)[:8]
 
 
-ITERATIONS = 150
+# The anterior class appears around step 150-180 of this recipe (the loss drops there), so 150 steps were on the
+# edge: the fp16 base predicted it on both held-out cases, the int8 base (weights within 1% of it) not yet on one.
+# 200 steps clear that edge with either.
+ITERATIONS = 200
 
 
 def test_default_recipe_predicts_the_hippocampus(hippocampus_cases, tmp_path):
@@ -67,5 +70,5 @@ def test_default_recipe_predicts_the_hippocampus(hippocampus_cases, tmp_path):
         for label in (1, 2):
             assert (prediction == label).sum() > 0, f"class {label} not predicted"  # the issue: empty output
             scores.append(dice(prediction, reference, label))
-    # 150 steps are a fraction of the default 500 (mean Dice 0.81 on the test split): a start, not the end
+    # 200 steps are a fraction of the default 500 (mean Dice 0.81 on the test split): a start, not the end
     assert sum(scores) / len(scores) > 0.15, scores

@@ -111,3 +111,9 @@ def checkpoint_dir(output: str | Path) -> Path:
     """The checkpoint folder of a fine-tuning (an adapter) or a pretraining (a model folder): OUTPUT.checkpoint."""
     output = Path(output)
     return output.with_name(output.name + CHECKPOINT_SUFFIX)
+
+# Model weights stored as int8: the safetensors metadata key that names the storage format, its one value,
+# and the suffix of the float32 scale tensor stored beside each quantized tensor.
+WEIGHTS_FORMAT_KEY = "tcurlora_weights"
+INT8_WEIGHTS_FORMAT = "tcurlora.int8/1"
+INT8_SCALE_SUFFIX = ".int8_scale"

@@ -11,8 +11,9 @@ import torch
 def state_dict_fingerprint(state: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
     """Hash names, shapes and float32 values of every tensor, in sorted name order.
 
-    Weights stored in fp16 and loaded as fp32 hash the same as their fp32 load, so a fingerprint
-    identifies the weights a user actually runs, not the file they came in.
+    Weights stored in fp16 and loaded as fp32 hash the same as their fp32 load, and int8 files hash as
+    their dequantized float32 values, so a fingerprint identifies the weights a user actually runs, not
+    the file they came in (re-encoding a base in int8 changes its values, hence its fingerprint).
     """
     tensors = state.state_dict() if isinstance(state, torch.nn.Module) else state
     digest = hashlib.sha256()

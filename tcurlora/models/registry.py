@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tcurlora.errors import InputError
@@ -20,6 +19,7 @@ from tcurlora.models.architectures import build_network, build_preset
 from tcurlora.models.base_model import BaseModel, finish_base_model, load_weights
 from tcurlora.models.build_budget import build_budget, network_budget
 from tcurlora.models.builtin import builtin_models_dir, list_builtin_models
+from tcurlora.models.int8_weights import read_model_weights
 from tcurlora.models.spec import ModelSpec
 from tcurlora.models.weight_files import check_weight_file
 from tcurlora.outputs import check_model_output
@@ -59,10 +59,7 @@ def load_model_folder(folder: Path) -> BaseModel:
     check_weight_file(weights_path, folder)
     with build_budget(network_budget(weights_path.stat().st_size), f"the {spec.arch} of the spec", spec_path):
         model = build_network(spec)
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise InputError(f"corrupt or unreadable safetensors file: {error}", weights_path) from error
+    state = read_model_weights(weights_path)  # int8 files come back dequantized to float32
     load_weights(model, state, weights_path)
     return finish_base_model(model, spec, model_id=data.get("id", spec.name), source=str(folder))
 

@@ -69,7 +69,8 @@ def render_card(spec: ModelSpec, card: dict[str, Any], fingerprint: str) -> str:
         f"MONAI {arch['arch']}: " + ", ".join(f"{k} {v}" for k, v in arch.items()
                                            if k not in ("arch", "in_channels", "out_channels")) + ", "
         f"{arch['in_channels']} input channel, {arch['out_channels']} output classes (background + union).",
-        f"Weights: model.safetensors (fp16). SHA-256 fingerprint of the fp32 weights: `{fingerprint}`.", "",
+        f"Weights: model.safetensors ({card.get('weights_storage', 'fp16')}). SHA-256 fingerprint of the fp32 "
+        f"weights: `{fingerprint}`.", "",
         "## Preprocessing",
         f"Orientation RAS, resampled to {card['preprocessing']['spacing_mm']} mm (bilinear; labels nearest), "
         f"intensity {card['preprocessing']['intensity']}. Patch / sliding window {spec.patch_size}.", "",
