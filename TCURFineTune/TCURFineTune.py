@@ -308,8 +308,12 @@ class TCURFineTuneWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObserva
             adapter = self.ui.prefillAdapterComboBox.currentData
             if not ensure_for_method(read_adapter(adapter).method if adapter else None):
                 return
-            self.suggestRun = suggestion_run(self.pairs(), self.ui.prefillAdapterComboBox.currentData,
-                                             self._parameterNode.baseModel, self._parameterNode.device).start()
+            self.suggestRun = suggestion_run(
+                self.pairs(),
+                self.ui.prefillAdapterComboBox.currentData,
+                self._parameterNode.baseModel,
+                self._parameterNode.device,
+            ).start()
             self.ui.suggestButton.text = _("Cancel suggestion")
             self.ui.logTextEdit.appendPlainText(_("Ranking the volumes without a segmentation..."))
             self.suggestTimer.start()

@@ -122,7 +122,9 @@ def _unpack(source: Path, staging: Path) -> dict[str, str]:
                 with archive.open(info) as reader, open(staging / info.filename, "xb") as writer:
                     digests[info.filename] = _copy(reader, writer, info, source)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
-        raise InputError(f"not an adapter file (not a zip archive, or a damaged one: {error})", source) from error
+        raise InputError(
+            f"not an adapter file (not a zip archive, or a damaged one: {error})", source
+        ) from error
     except OSError as error:
         raise OutputNotWritableError(
             f"cannot write the adapter into the model library: {error.strerror or error}", staging.parent

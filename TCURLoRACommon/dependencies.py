@@ -155,7 +155,9 @@ class InstallCancelled(RuntimeError):
 
 def is_declined(error: BaseException) -> bool:
     """True when the user said no: slicer.packaging.pip_ensure's "declined", or Cancel during the install."""
-    return isinstance(error, InstallCancelled) or (isinstance(error, RuntimeError) and "declined" in str(error).lower())
+    return isinstance(error, InstallCancelled) or (
+        isinstance(error, RuntimeError) and "declined" in str(error).lower()
+    )
 
 
 def run_pip(
@@ -291,7 +293,9 @@ def _pip_install_with_progress(arguments: list[str], requester: str) -> None:
 
     def report(line: str) -> bool:
         if line:
-            dialog.labelText = f"Installing the Python packages {requester} needs (about 200 MB)...\n{line[:120]}"
+            dialog.labelText = (
+                f"Installing the Python packages {requester} needs (about 200 MB)...\n{line[:120]}"
+            )
         slicer.app.processEvents()
         return not dialog.wasCanceled
 

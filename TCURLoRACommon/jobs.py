@@ -22,7 +22,11 @@ def _settings_class() -> type:
     for f, s in settings_of(FinetuneJob):
         if s.slicer:
             default = default_of(f)
-            fields.append((f.name, f.type) if default is REQUIRED else (f.name, f.type, dataclasses.field(default=default)))
+            fields.append(
+                (f.name, f.type)
+                if default is REQUIRED
+                else (f.name, f.type, dataclasses.field(default=default))
+            )
 
     def to_job(self) -> dict[str, Any]:
         """The job keys these settings stand for."""
@@ -39,7 +43,9 @@ FineTuneSettings = _settings_class()
 
 def _declared_defaults(cls: type) -> types.SimpleNamespace:
     """The default of each of a job class's settings that has one, by job key."""
-    return types.SimpleNamespace(**{f.name: default_of(f) for f, _ in settings_of(cls) if default_of(f) is not REQUIRED})
+    return types.SimpleNamespace(
+        **{f.name: default_of(f) for f, _ in settings_of(cls) if default_of(f) is not REQUIRED}
+    )
 
 
 # The job defaults the parameter nodes start from (TCURFineTune.py, TCURSegmenter.py): declared once, in the job.

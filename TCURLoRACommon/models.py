@@ -25,7 +25,9 @@ def library_models() -> list[Path]:
     folder = library_root() / "models"
     if not folder.is_dir():
         return []
-    return [p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC_FILE).is_file() or (p / "configs").is_dir()]
+    return [
+        p for p in sorted(folder.iterdir()) if (p / MODEL_SPEC_FILE).is_file() or (p / "configs").is_dir()
+    ]
 
 
 def added_model_folders() -> list[Path]:

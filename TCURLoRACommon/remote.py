@@ -41,8 +41,11 @@ class RemoteSettings:
         if not isinstance(data, dict) or not data.get("host"):
             return None
         return remote_settings(
-            REMOTE_HOST, str(data["host"]), str(data.get("command") or DEFAULT_COMMAND),
-            str(data.get("ssh_config") or ""), str(data.get("folder") or ""),
+            REMOTE_HOST,
+            str(data["host"]),
+            str(data.get("command") or DEFAULT_COMMAND),
+            str(data.get("ssh_config") or ""),
+            str(data.get("folder") or ""),
         )
 
 
@@ -64,7 +67,9 @@ def remote_settings(
         RemoteHost.parse(host, command.strip() or DEFAULT_COMMAND, folder or None, ssh_config or None)
     except RemoteError as error:
         raise InputError(error.problem) from None
-    return RemoteSettings(host.strip(), command.strip() or DEFAULT_COMMAND, ssh_config.strip(), folder.strip())
+    return RemoteSettings(
+        host.strip(), command.strip() or DEFAULT_COMMAND, ssh_config.strip(), folder.strip()
+    )
 
 
 def remote_from_parameters(node: Any) -> RemoteSettings | None:

@@ -34,7 +34,9 @@ def missing_backend() -> list[str]:
     return [name for name in BACKEND_PACKAGES if importlib.util.find_spec(name) is None]
 
 
-def select_bodies(bodies: Sequence[Callable], missing: Sequence[str]) -> tuple[list[Callable], list[Callable]]:
+def select_bodies(
+    bodies: Sequence[Callable], missing: Sequence[str]
+) -> tuple[list[Callable], list[Callable]]:
     """(bodies to run, bodies skipped): everything with the backend installed; without it (the extension
     factory's ctest) only the bodies that need no worker: scene pairing, export, geometry, input checks."""
     if not missing:
@@ -55,7 +57,9 @@ def skipped_text(skipped: Sequence[Callable], missing: Sequence[str]) -> str:
 
 
 def run_self_tests(
-    bodies: Sequence[Callable], set_up: Callable[[], None], say: Callable[[str], None],
+    bodies: Sequence[Callable],
+    set_up: Callable[[], None],
+    say: Callable[[str], None],
     missing: Sequence[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Run a module's Qt-free self-test bodies as "Reload and Test" does: each on a fresh scene (`set_up`) and

@@ -17,8 +17,15 @@ CONV_TARGETS = [r".*(encoder|decoder)\d+\..*conv\d?\.conv"]
 def small_unetr(dtype: torch.dtype = torch.float64) -> nn.Module:
     """UNETR img 32^3, hidden 48, 12 blocks: the paper's structure at a size tests can run."""
     torch.manual_seed(0)
-    model = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 32), feature_size=8, hidden_size=48,
-                  mlp_dim=96, num_heads=4)  # fmt: skip
+    model = UNETR(
+        in_channels=1,
+        out_channels=3,
+        img_size=(32, 32, 32),
+        feature_size=8,
+        hidden_size=48,
+        mlp_dim=96,
+        num_heads=4,
+    )
     return model.to(dtype).eval()
 
 
@@ -32,8 +39,9 @@ def small_swin(dtype: torch.dtype = torch.float64, norm_name: str = "batch") -> 
     inputs. Batch norm: MONAI's default instance norm cannot normalise the 1^3 bottleneck of a 32^3
     input, and 64^3 in float64 costs seconds per forward on CPU; the attention layers are the same."""
     torch.manual_seed(0)
-    model = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, use_v2=True, spatial_dims=3,
-                      norm_name=norm_name)  # fmt: skip
+    model = SwinUNETR(
+        in_channels=1, out_channels=3, feature_size=12, use_v2=True, spatial_dims=3, norm_name=norm_name
+    )
     return model.to(dtype).eval()
 
 

@@ -88,5 +88,7 @@ def tiny_adapter(tmp_path_factory, hippocampus_dir) -> Path:
 
     work = tmp_path_factory.mktemp("tiny_adapter")
     output = work / "adapter"
-    assert main(["finetune", "--job", str(write_job(work / "job.json", tiny_job(hippocampus_dir, output)))]) == 0
+    assert (
+        main(["finetune", "--job", str(write_job(work / "job.json", tiny_job(hippocampus_dir, output)))]) == 0
+    )
     return output

@@ -71,8 +71,14 @@ class LoopbackSshd:
 
     def remote_args(self, folder: Path) -> list[str]:
         return [
-            "--remote", self.target, "--remote-command", self.remote_command,
-            "--remote-folder", str(folder), "--ssh-config", str(self.ssh_config),
+            "--remote",
+            self.target,
+            "--remote-command",
+            self.remote_command,
+            "--remote-folder",
+            str(folder),
+            "--ssh-config",
+            str(self.ssh_config),
         ]
 
     def session_processes(self) -> list:
@@ -100,20 +106,23 @@ def start_sshd(folder: Path) -> LoopbackSshd:
     port = _free_port()
     config = folder / "sshd_config"
     config.write_text(
-        "\n".join([
-            f"Port {port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {folder / 'host_ed25519'}",
-            f"PidFile {folder / 'sshd.pid'}",
-            f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "PermitRootLogin prohibit-password",
-            "LogLevel ERROR",
-        ]) + "\n"
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {folder / 'host_ed25519'}",
+                f"PidFile {folder / 'sshd.pid'}",
+                f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "PermitRootLogin prohibit-password",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation folder
@@ -121,14 +130,17 @@ def start_sshd(folder: Path) -> LoopbackSshd:
     known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}\n")
     ssh_config = folder / "ssh_config"
     ssh_config.write_text(
-        "\n".join([
-            "Host 127.0.0.1",
-            f"  IdentityFile {folder / 'client_ed25519'}",
-            "  IdentitiesOnly yes",
-            f"  UserKnownHostsFile {known_hosts}",
-            "  GlobalKnownHostsFile /dev/null",
-            "  StrictHostKeyChecking yes",
-        ]) + "\n"
+        "\n".join(
+            [
+                "Host 127.0.0.1",
+                f"  IdentityFile {folder / 'client_ed25519'}",
+                "  IdentitiesOnly yes",
+                f"  UserKnownHostsFile {known_hosts}",
+                "  GlobalKnownHostsFile /dev/null",
+                "  StrictHostKeyChecking yes",
+            ]
+        )
+        + "\n"
     )
     process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=open(folder / "sshd.log", "w"))
     deadline = time.monotonic() + 20

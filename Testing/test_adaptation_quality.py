@@ -34,9 +34,16 @@ def adapt_and_predict(cases, tmp_path: Path, name: str, **settings) -> tuple[lis
     from tcurlora.infer import predict_volume
     from tcurlora.segmentation import load_segmentation_model
 
-    job = FinetuneJob(base_model="unetr-small-acdc-brats", output=tmp_path / name, cases=cases[TRAIN],
-                      label_names=["Anterior", "Posterior"], checkpoint_every=0, device="cpu", seed=0,
-                      **settings)  # fmt: skip
+    job = FinetuneJob(
+        base_model="unetr-small-acdc-brats",
+        output=tmp_path / name,
+        cases=cases[TRAIN],
+        label_names=["Anterior", "Posterior"],
+        checkpoint_every=0,
+        device="cpu",
+        seed=0,
+        **settings,
+    )
     run_finetune(job, RecordingSink(), CancelToken())
     model, spec, _, _ = load_segmentation_model(job.base_model, str(job.output))
     predictions = [predict_volume(model, case.images, spec, overlap=0.25)[0] for case in cases[HELD_OUT]]

@@ -24,8 +24,15 @@ from tcurlora.models.fingerprint import state_dict_fingerprint
 
 def small_unetr(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 32), feature_size=8, hidden_size=48,
-                  mlp_dim=96, num_heads=4)  # fmt: skip
+    model = UNETR(
+        in_channels=1,
+        out_channels=3,
+        img_size=(32, 32, 32),
+        feature_size=8,
+        hidden_size=48,
+        mlp_dim=96,
+        num_heads=4,
+    )
     return model.double().eval()
 
 
@@ -41,8 +48,16 @@ def batch() -> torch.Tensor:
 
 def trained(base: nn.Module, method: str, **kwargs):
     """An adapter with nonzero trained weights (random values stand in for training)."""
-    config = AdapterConfig(method=method, rank=4, num_classes=2, label_names=["hippocampus"], base_model_id="tiny",
-                           selection="inverse", seed=3, **kwargs)  # fmt: skip
+    config = AdapterConfig(
+        method=method,
+        rank=4,
+        num_classes=2,
+        label_names=["hippocampus"],
+        base_model_id="tiny",
+        selection="inverse",
+        seed=3,
+        **kwargs,
+    )
     adapted = apply_adapter(copy.deepcopy(base), config)
     gen = torch.Generator().manual_seed(9)
     with torch.no_grad():
@@ -168,7 +183,9 @@ def test_missing_corrupt_and_truncated_files(base, saved_tcur, tmp_path):
     record = read_adapter_config(folder)
     record["method"] = "dora"
     (bad_config / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(record)))
-    with pytest.raises(ConfigError, match="adapter config key 'method': must be one of .*; got 'dora'") as info:
+    with pytest.raises(
+        ConfigError, match="adapter config key 'method': must be one of .*; got 'dora'"
+    ) as info:
         load_adapter(bad_config, copy.deepcopy(base))
     assert info.value.path == str(bad_config / ADAPTER_CONFIG_FILE)
     truncated = copy_adapter(folder, tmp_path / "truncated")

@@ -14,7 +14,9 @@ from tcurlora.adapters.tcur import TCURConv3d, TCURLinear
 
 def adapted_with_delta(relative: float, dtype: torch.dtype = torch.float32):
     """A tCUR-adapted UNETR whose dW is about `relative` times |W| in every group."""
-    adapted = apply_adapter(small_unetr(dtype), AdapterConfig(method="tcur", rank=8, conv_target_modules=CONV_TARGETS))
+    adapted = apply_adapter(
+        small_unetr(dtype), AdapterConfig(method="tcur", rank=8, conv_target_modules=CONV_TARGETS)
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for group in adapted.tcur.groups.values():

@@ -76,8 +76,13 @@ def test_groups_stack_per_stage_shape_and_counts_are_right(swin):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["tcur", "lora"])
 def test_exact_identity_at_init_with_conv_targets_and_default_modules(swin, x, swin_out, method):
-    adapted = adapt(swin, method=method, rank=4, conv_target_modules=CONV_TARGETS,
-                    train_modules=default_train_modules("tcur", "SwinUNETR"))  # fmt: skip
+    adapted = adapt(
+        swin,
+        method=method,
+        rank=4,
+        conv_target_modules=CONV_TARGETS,
+        train_modules=default_train_modules("tcur", "SwinUNETR"),
+    )
     with torch.no_grad():
         out = adapted(x)
     assert out.shape == (1, 3, 32, 32, 32)
@@ -88,8 +93,18 @@ def test_conv_targets_are_the_encoder_and_decoder_blocks(swin):
     adapted = adapt(swin, method="tcur", rank=4, conv_target_modules=CONV_TARGETS)
     convs = {name for name, layer in adapted.tcur.layers.items() if not re.fullmatch(SWIN_TARGETS, name)}
     blocks = {name.split(".")[0] for name in convs}
-    assert blocks == {"encoder1", "encoder2", "encoder3", "encoder4", "encoder10",
-                      "decoder1", "decoder2", "decoder3", "decoder4", "decoder5"}  # fmt: skip
+    assert blocks == {
+        "encoder1",
+        "encoder2",
+        "encoder3",
+        "encoder4",
+        "encoder10",
+        "decoder1",
+        "decoder2",
+        "decoder3",
+        "decoder4",
+        "decoder5",
+    }
     assert not any(name.startswith(("out.", "swinViT.")) for name in convs)
     group = adapted.tcur.groups["conv_decoder1_conv_block_conv1_conv"]  # Conv3d(24 -> 12, k=3)
     assert (group.n1, group.n2, group.m, group.rank) == (12, 24, 27, 4)
@@ -112,8 +127,9 @@ def test_delta_of_a_stage_group_matches_the_naive_t_product(swin):
         slices.append(swin.get_submodule(f"{prefix}.proj").weight.detach())
         owners.append((f"{prefix}.proj", 0))
     w = torch.stack(slices, dim=-1)
-    reference = alpha * naive_t_product(naive_t_product(w[:, group.cols, :], group.dU.detach()),
-                                        w[group.rows, :, :])  # fmt: skip
+    reference = alpha * naive_t_product(
+        naive_t_product(w[:, group.cols, :], group.dU.detach()), w[group.rows, :, :]
+    )
     torch.testing.assert_close(group.delta().detach(), reference, atol=1e-10, rtol=1e-8)
     for index, (name, part) in enumerate(owners):
         layer = adapted.tcur.layers[name]
@@ -146,9 +162,15 @@ def test_merge_equals_unmerged_and_unmerge_restores_the_base(swin, x, swin_out):
 
 def train_steps(base: nn.Module, method: str, steps: int = 1):
     """Real optimiser steps with the default train_modules and a fresh 2-class head."""
-    config = AdapterConfig(method=method, rank=4, num_classes=2, label_names=["blob"], new_head=True,
-                           conv_target_modules=CONV_TARGETS,
-                           train_modules=default_train_modules("tcur", "SwinUNETR"))  # fmt: skip
+    config = AdapterConfig(
+        method=method,
+        rank=4,
+        num_classes=2,
+        label_names=["blob"],
+        new_head=True,
+        conv_target_modules=CONV_TARGETS,
+        train_modules=default_train_modules("tcur", "SwinUNETR"),
+    )
     adapted = apply_adapter(copy.deepcopy(base), config)
     gen = torch.Generator().manual_seed(5)
     image = torch.randn(2, 1, 32, 32, 32, generator=gen, dtype=torch.float64)  # batch 2: batch norm trains
@@ -182,8 +204,12 @@ def test_default_train_modules_train_and_save_load_reproduces_outputs(swin, x, t
     frozen = getattr(frozen, "base_layer", frozen)
     assert torch.equal(frozen.weight, swin.decoder3.conv_block.conv2.conv.weight)  # a target: base kept
     # Frozen batch norm keeps its running statistics (the adapter does not save them); a trained one's move.
-    assert torch.equal(adapted.model.encoder2.layer.norm1.running_mean, swin.encoder2.layer.norm1.running_mean)
-    assert not torch.equal(adapted.model.encoder1.layer.norm1.running_mean, swin.encoder1.layer.norm1.running_mean)
+    assert torch.equal(
+        adapted.model.encoder2.layer.norm1.running_mean, swin.encoder2.layer.norm1.running_mean
+    )
+    assert not torch.equal(
+        adapted.model.encoder1.layer.norm1.running_mean, swin.encoder1.layer.norm1.running_mean
+    )
     with torch.no_grad():
         trained = adapted(x)
     save_adapter(tmp_path / "a", adapted)

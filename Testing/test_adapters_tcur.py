@@ -29,8 +29,9 @@ def randomize_cores(adapted, scale: float = 0.5, seed: int = 3) -> None:
 @pytest.mark.parametrize("selection", ["topnorm", "leverage", "inverse", "uniform"])
 @pytest.mark.parametrize("conv", [False, True])
 def test_identity_at_init(base64, batch64, base_out, selection, conv):
-    adapted = adapted_copy(base64, method="tcur", rank=4, selection=selection,
-                           conv_target_modules=CONV_TARGETS if conv else [])  # fmt: skip
+    adapted = adapted_copy(
+        base64, method="tcur", rank=4, selection=selection, conv_target_modules=CONV_TARGETS if conv else []
+    )
     with torch.no_grad():
         out = adapted(batch64)
     assert out.shape == (1, 3, 32, 32, 32)
@@ -100,16 +101,20 @@ def test_delta_matches_naive_t_product(base64):
             torch.testing.assert_close(got, reference[:, :, index], atol=1e-10, rtol=1e-8)
     layer = adapted.tcur.layers["vit.blocks.4.attn.out_proj"]
     base_layer = base64.get_submodule("vit.blocks.4.attn.out_proj")
-    expected = F.linear(x, base_layer.weight + reference[:, :, owners.index(("vit.blocks.4.attn.out_proj", 0))],
-                        base_layer.bias)  # fmt: skip
+    expected = F.linear(
+        x,
+        base_layer.weight + reference[:, :, owners.index(("vit.blocks.4.attn.out_proj", 0))],
+        base_layer.bias,
+    )
     torch.testing.assert_close(layer(x).detach(), expected, atol=1e-10, rtol=1e-8)
     # A conv group: (out x in x k^3), dW reshaped back to the kernel.
     conv_layer = adapted.tcur.layers["decoder2.conv_block.conv1.conv"]
     conv_group = conv_layer.group
     kernel = base64.get_submodule("decoder2.conv_block.conv1.conv").weight.detach()
     wc = kernel.reshape(kernel.shape[0], kernel.shape[1], -1)
-    ref_c = alpha * naive_t_product(naive_t_product(wc[:, conv_group.cols, :], conv_group.dU.detach()),
-                                    wc[conv_group.rows, :, :])  # fmt: skip
+    ref_c = alpha * naive_t_product(
+        naive_t_product(wc[:, conv_group.cols, :], conv_group.dU.detach()), wc[conv_group.rows, :, :]
+    )
     torch.testing.assert_close(
         conv_layer.delta_weight().detach(), ref_c.reshape(kernel.shape), atol=1e-10, rtol=1e-8
     )
@@ -230,11 +235,17 @@ def test_config_validation_and_round_trip():
     assert AdapterConfig.from_dict(data) == AdapterConfig(**{**data})
     assert AdapterConfig(method="tcur").resolved_alpha == 1.0
     for bad, message in [
-        ({"method": "dora"}, "adapter config key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'dora'"),
+        (
+            {"method": "dora"},
+            "adapter config key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'dora'",
+        ),
         ({"rank": 0}, "adapter config key 'rank': must be >= 1, got 0"),
         ({"rank": 2.5}, "adapter config key 'rank': expected an integer, got float 2.5"),
         ({"selection": "random"}, "adapter config key 'selection': must be one of topnorm"),
-        ({"target_modules": ["vit.(blocks"]}, "adapter config key 'target_modules[0]': invalid regular expression"),
+        (
+            {"target_modules": ["vit.(blocks"]},
+            "adapter config key 'target_modules[0]': invalid regular expression",
+        ),
         ({"num_classes": 3, "label_names": ["only one"]}, "1 label_names for num_classes=3"),
         ({"alpha": float("nan")}, "adapter config key 'alpha': expected a number, got float nan"),
         ({"fused_splits": {"qkv": 0}}, "adapter config key 'fused_splits.qkv': must be >= 1, got 0"),

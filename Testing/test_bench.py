@@ -49,8 +49,16 @@ def run_cli(argv: list[str]) -> int:
 def test_repository_configs_load_and_expand_the_issue_grid():
     names = sorted(p.stem for p in CONFIGS.glob("*.json"))
     assert names == [
-        "design-hippocampus-val", "design-left_atrium-val", "hippocampus", "hippocampus-cpu", "hippocampus-default",
-        "left_atrium", "left_atrium-cpu", "left_atrium-default", "paper-size-gpu", "quick-cpu",
+        "design-hippocampus-val",
+        "design-left_atrium-val",
+        "hippocampus",
+        "hippocampus-cpu",
+        "hippocampus-default",
+        "left_atrium",
+        "left_atrium-cpu",
+        "left_atrium-default",
+        "paper-size-gpu",
+        "quick-cpu",
     ]
     hippocampus = load_config(CONFIGS / "hippocampus.json")
     labels = [m.label for m in hippocampus.methods]
@@ -70,23 +78,34 @@ def test_repository_configs_load_and_expand_the_issue_grid():
     for name, full in (("hippocampus-cpu", hippocampus), ("left_atrium-cpu", atrium)):
         cut = load_config(CONFIGS / f"{name}.json")  # the CPU cut keeps the full grid's test split
         assert cut.test_cases == full.test_cases and cut.data == full.data and set(cut.k) <= set(full.k)
-        assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {m.label for m in cut.methods}
+        assert {"tcur-r8-topnorm", "tcur-r8-topnorm+conv", "lora-r8", "full"} <= {
+            m.label for m in cut.methods
+        }
     for name, full, k in (("design-hippocampus-val", hippocampus, 10), ("design-left_atrium-val", atrium, 8)):
         design = load_config(CONFIGS / f"{name}.json")  # designs are compared on validation cases only
         assert design.held_out_cases == full.test_cases and design.data == full.data and design.k == [k]
         assert [m.method for m in design.methods] == ["tcur"]
     for name, full, k in (("hippocampus-default", hippocampus, 10), ("left_atrium-default", atrium, 8)):
-        acceptance = load_config(CONFIGS / f"{name}.json")  # the default recipe against its peers, on the test split
-        assert acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
+        acceptance = load_config(
+            CONFIGS / f"{name}.json"
+        )  # the default recipe against its peers, on the test split
+        assert (
+            acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
+        )
         assert acceptance.iterations == 500 and acceptance.spacing == "auto"
         expected = ["tcur-r8-topnorm+conv", "scratch", "decoder", "full-lr0.001"]
-        if name.startswith("left_atrium"):  # the default again, with the test split's images as unlabeled scans
+        if name.startswith(
+            "left_atrium"
+        ):  # the default again, with the test split's images as unlabeled scans
             expected.append("tcur-r8-topnorm+conv+unlabeled-test")
         assert [m.label for m in acceptance.methods] == expected
 
 
 def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
-    entries = [{"method": "tcur", "conv_targets": True}, {"method": "tcur", "conv_targets": True, "learning_rate": 0.002}]
+    entries = [
+        {"method": "tcur", "conv_targets": True},
+        {"method": "tcur", "conv_targets": True, "learning_rate": 0.002},
+    ]
     config = load_config(write_config(tmp_path, methods=entries, data="x"))
     assert [m.label for m in config.methods] == ["tcur-r8-topnorm+conv", "tcur-r8-topnorm+conv-lr0.002"]
     assert config.methods[1].learning_rate == 0.002
@@ -344,14 +363,33 @@ def test_a_failing_run_is_recorded_not_fatal(tmp_path, hippocampus_dir):
 def _fake_run(label: str, method: str, rank: int, dice: float, adapter: int, step: float) -> dict:
     """A minimal ok run record (one class, one test case) for the summary logic."""
     return {
-        "status": "ok", "k": 5, "seed": 0, "adapter_bytes": 4 * adapter, "adapt_wall_s": 1.0, "latency": {},
-        "method": {"label": label, "method": method, "rank": rank, "selection": "topnorm", "conv_targets": False},
-        "parameters": {"total": 10**6, "trainable": adapter + 10, "adapter": adapter, "head": 10,
-                       "trainable_percent": (adapter + 10) / 10**4},
-        "step_time_s": {"median": step}, "peak_memory": {"kind": "cpu_peak_rss", "bytes": 100},
-        "test": {"cases": [{"id": "c", "classes": {"A": {"dice": dice, "hd95": 1.0}}}],
-                 "mean": {"A": {"dice": dice, "hd95": 1.0, "hd95_infinite": 0}}},
-    }  # fmt: skip
+        "status": "ok",
+        "k": 5,
+        "seed": 0,
+        "adapter_bytes": 4 * adapter,
+        "adapt_wall_s": 1.0,
+        "latency": {},
+        "method": {
+            "label": label,
+            "method": method,
+            "rank": rank,
+            "selection": "topnorm",
+            "conv_targets": False,
+        },
+        "parameters": {
+            "total": 10**6,
+            "trainable": adapter + 10,
+            "adapter": adapter,
+            "head": 10,
+            "trainable_percent": (adapter + 10) / 10**4,
+        },
+        "step_time_s": {"median": step},
+        "peak_memory": {"kind": "cpu_peak_rss", "bytes": 100},
+        "test": {
+            "cases": [{"id": "c", "classes": {"A": {"dice": dice, "hd95": 1.0}}}],
+            "mean": {"A": {"dice": dice, "hd95": 1.0, "hd95_infinite": 0}},
+        },
+    }
 
 
 def test_findings_compare_at_equal_parameters_and_say_win_loss_or_tie():
@@ -395,7 +433,10 @@ def test_findings_name_the_finetune_default_when_another_tcur_setting_is_best():
     ]
     lines = findings({"quality": {"runs": runs, "label_names": ["A"]}})
     assert DEFAULT_SETTING == "tcur-r8-topnorm+conv"
-    assert lines[0] == "k=5: the default setting tcur-r8-topnorm+conv reaches 95.0% of full fine-tuning's mean Dice (0.570)."
+    assert (
+        lines[0]
+        == "k=5: the default setting tcur-r8-topnorm+conv reaches 95.0% of full fine-tuning's mean Dice (0.570)."
+    )
     assert lines[1].startswith("k=5: best tCURLoRA (tcur-r16-topnorm, 16,010 trainable) reaches 100.0%")
 
 
@@ -407,12 +448,19 @@ def test_report_says_what_the_base_contributes_over_scratch():
         return {**_fake_run(label, method, 8, dice, 1_000, 1.0), "seed": seed, "k": k}
 
     runs = [
-        run(DEFAULT_SETTING, "tcur", 0.70, 0), run("full", "full", 0.65, 0), run("scratch", "scratch", 0.60, 0),
-        run(DEFAULT_SETTING, "tcur", 0.50, 1), run("full", "full", 0.58, 1), run("scratch", "scratch", 0.55, 1),
-        run(DEFAULT_SETTING, "tcur", 0.40, 0, k=2), run("scratch", "scratch", 0.45, 0, k=2),
-    ]  # fmt: skip
-    report = {"config": {"methods": [{"label": DEFAULT_SETTING}, {"label": "full"}, {"label": "scratch"}]},
-              "quality": {"runs": runs, "label_names": ["A"]}}  # fmt: skip
+        run(DEFAULT_SETTING, "tcur", 0.70, 0),
+        run("full", "full", 0.65, 0),
+        run("scratch", "scratch", 0.60, 0),
+        run(DEFAULT_SETTING, "tcur", 0.50, 1),
+        run("full", "full", 0.58, 1),
+        run("scratch", "scratch", 0.55, 1),
+        run(DEFAULT_SETTING, "tcur", 0.40, 0, k=2),
+        run("scratch", "scratch", 0.45, 0, k=2),
+    ]
+    report = {
+        "config": {"methods": [{"label": DEFAULT_SETTING}, {"label": "full"}, {"label": "scratch"}]},
+        "quality": {"runs": runs, "label_names": ["A"]},
+    }
     rows = {(r["k"], r["seed"], r["label"]): r for r in base_contribution(report)}
     assert rows[(5, 0, DEFAULT_SETTING)]["difference"] == pytest.approx(0.10)
     assert rows[(5, 1, DEFAULT_SETTING)]["difference"] == pytest.approx(-0.05)
@@ -426,9 +474,14 @@ def test_report_says_what_the_base_contributes_over_scratch():
     assert f"| 5 | 0 | {DEFAULT_SETTING} | 0.700 | 0.600 | +0.100 | above scratch |" in lines
     assert f"| 5 | 1 | {DEFAULT_SETTING} | 0.500 | 0.550 | -0.050 | {LOSS_TO_SCRATCH} |" in lines
     assert "| 5 | mean | full | 0.615 | 0.575 | +0.040 |  |" in lines
-    assert f"- k=5: the default method {DEFAULT_SETTING} is above scratch by +0.025 mean Dice (over 2 seeds)." in lines
-    assert (f"- k=2: the default method {DEFAULT_SETTING} is not above scratch by -0.050 mean Dice (over 1 seed): "
-            f"{LOSS_TO_SCRATCH}.") in lines  # fmt: skip
+    assert (
+        f"- k=5: the default method {DEFAULT_SETTING} is above scratch by +0.025 mean Dice (over 2 seeds)."
+        in lines
+    )
+    assert (
+        f"- k=2: the default method {DEFAULT_SETTING} is not above scratch by -0.050 mean Dice (over 1 seed): "
+        f"{LOSS_TO_SCRATCH}."
+    ) in lines
     assert LOSS_TO_SCRATCH == "**LOSS: the base does not beat scratch**"
     # no scratch run, no section
     report["quality"]["runs"] = [r for r in runs if r["method"]["method"] != "scratch"]
@@ -438,12 +491,24 @@ def test_report_says_what_the_base_contributes_over_scratch():
 
 def _report_markdown(report: dict, to_markdown) -> str:
     """report.md of a report.json-like structure (header fields filled in)."""
-    env = {"device": "cpu", "cpu": "x", "cpu_count": 2, "torch_threads": 1, "versions": {}, "python": "3",
-           "platform": "linux"}  # fmt: skip
-    quality = {**report["quality"], "base_model": {"reference": "b", "arch": "UNETR", "fingerprint": "f" * 64,
-                                                   "pretrained": True},
-               "settings": {"iterations": 1, "batch_size": 1, "patch_size": None}, "data": "d",
-               "test_case_ids": ["c"], "pool_size": 3}  # fmt: skip
+    env = {
+        "device": "cpu",
+        "cpu": "x",
+        "cpu_count": 2,
+        "torch_threads": 1,
+        "versions": {},
+        "python": "3",
+        "platform": "linux",
+    }
+    quality = {
+        **report["quality"],
+        "base_model": {"reference": "b", "arch": "UNETR", "fingerprint": "f" * 64, "pretrained": True},
+        "settings": {"iterations": 1, "batch_size": 1, "patch_size": None},
+        "data": "d",
+        "test_case_ids": ["c"],
+        "pool_size": 3,
+    }
     config = {"k": [2, 5], "seeds": [0, 1], **report["config"]}
-    return to_markdown({"name": "t", "command": "tcurlora bench", "environment": env, "config": config,
-                        "quality": quality})  # fmt: skip
+    return to_markdown(
+        {"name": "t", "command": "tcurlora bench", "environment": env, "config": config, "quality": quality}
+    )

@@ -50,16 +50,32 @@ def _foreign_bundle(folder, state, network_def=None):
     """A bundle as the Model Zoo writes one: short `_target_` name, Spacingd, channel_def, model.pt."""
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
-    network_def = network_def or {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-                                  "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}  # fmt: skip
+    network_def = network_def or {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
+    }
     config = {
         "network_def": network_def,
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]}]},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [{"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]}],
+        },
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 1},
-    }  # fmt: skip
-    meta = {"name": "toy_seg", "version": "0.2.0", "network_data_format": {"outputs": {"pred": {
-        "num_channels": 3, "channel_def": {"0": "background", "1": "liver", "2": "tumor"}}}}}  # fmt: skip
+    }
+    meta = {
+        "name": "toy_seg",
+        "version": "0.2.0",
+        "network_data_format": {
+            "outputs": {
+                "pred": {"num_channels": 3, "channel_def": {"0": "background", "1": "liver", "2": "tumor"}}
+            }
+        },
+    }
     (folder / "configs" / "inference.json").write_text(json.dumps(config))
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
     torch.save(state, str(folder / "models" / "model.pt"))
@@ -104,8 +120,14 @@ def test_pickled_non_weights_payload_is_refused(tmp_path):
 
 
 def test_config_expressions_are_not_evaluated(tmp_path):
-    network_def = {"_target_": "UNet", "spatial_dims": "$__import__('os').getpid() and 3", "in_channels": 1,
-                   "out_channels": 3, "channels": [4, 8], "strides": [2]}  # fmt: skip
+    network_def = {
+        "_target_": "UNet",
+        "spatial_dims": "$__import__('os').getpid() and 3",
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [4, 8],
+        "strides": [2],
+    }
     folder = _foreign_bundle(tmp_path / "expr", {}, network_def=network_def)
     with pytest.raises(InputError, match="config expressions"):
         load_bundle(folder)

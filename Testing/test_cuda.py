@@ -75,8 +75,15 @@ def test_a_real_cuda_out_of_memory_exits_4(tmp_path, hippocampus_dir, capsys, mo
     from tcurlora.jobs.runner import CUDA_OOM_MESSAGE
 
     free, _ = torch.cuda.mem_get_info()
-    job = tiny_job(hippocampus_dir, tmp_path / "adapter", device="cuda", base_model="preset:unetr-base",
-                   method="full", batch_size=2, iterations=1)  # fmt: skip
+    job = tiny_job(
+        hippocampus_dir,
+        tmp_path / "adapter",
+        device="cuda",
+        base_model="preset:unetr-base",
+        method="full",
+        batch_size=2,
+        iterations=1,
+    )
     monkeypatch.setenv("TCURLORA_CUDA_MEMORY_FRACTION", "0.01")  # ~1% of the GPU: UNETR-base cannot train
     code, events, _, err = run(capsys, "finetune", "--job", str(write_job(tmp_path / "job.json", job)))
     torch.cuda.set_per_process_memory_fraction(1.0)

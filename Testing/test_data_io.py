@@ -192,9 +192,7 @@ def test_existing_output_is_kept_without_force(tmp_path, hippocampus_dir):
     assert target.read_bytes() == b"keep me"
     ours = write_labelmap(np.zeros_like(sitk.GetArrayFromImage(label)), image, tmp_path / "ours.nii.gz")
     write_labelmap(sitk.GetArrayFromImage(label), image, ours, force=True)
-    np.testing.assert_array_equal(
-        sitk.GetArrayFromImage(read_label(ours)[0]), sitk.GetArrayFromImage(label)
-    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_label(ours)[0]), sitk.GetArrayFromImage(label))
     with pytest.raises(InputError, match="detached-header"):
         write_labelmap(sitk.GetArrayFromImage(label), image, tmp_path / "seg.nhdr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.nii.gz", "seg.nii.gz"]

@@ -60,7 +60,12 @@ def test_label_with_other_geometry(tmp_path, real_case):
         case = Case(real_case.id, real_case.images, label)
         expect_error(case, 3, label, f"label geometry differs from image hippocampus_001.nii.gz: {what}")
     cropped = write(sitk.ReadImage(str(real_case.label))[:, :, :-1], tmp_path / "label_size.nii.gz")
-    expect_error(Case("c", real_case.images, cropped), 3, cropped, r"size \(35, 51, 35\) in the image vs \(35, 51, 34\) in the label")
+    expect_error(
+        Case("c", real_case.images, cropped),
+        3,
+        cropped,
+        r"size \(35, 51, 35\) in the image vs \(35, 51, 34\) in the label",
+    )
 
 
 def test_tolerance_is_relative_1e_4():

@@ -24,7 +24,10 @@ def test_dice_by_class_skips_classes_absent_from_reference_only_when_asked():
     prediction = torch.tensor([[0, 1, 1, 3]])
     reference = torch.tensor([[0, 1, 2, 0]])
     assert dice_by_class(prediction, reference, [1, 2, 3, 4]) == {
-        1: 2 / 3, 2: 0.0, 3: 0.0, 4: 1.0,
-    }  # fmt: skip
+        1: 2 / 3,
+        2: 0.0,
+        3: 0.0,
+        4: 1.0,
+    }
     assert dice_by_class(prediction, reference, [1, 2, 3, 4], skip_absent=True) == {1: 2 / 3, 2: 0.0}
     assert dice_by_class(prediction.numpy(), reference.numpy(), [1, 2]) == {1: 2 / 3, 2: 0.0}

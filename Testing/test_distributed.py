@@ -27,10 +27,20 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA
 
 def job_file(path: Path, folder: Path, output: Path, **changes) -> Path:
     job = {
-        "command": "finetune", "base_model": "preset:unetr-tiny",
-        "cases": [hippo_case(folder, 1), hippo_case(folder, 3)], "label_names": ["anterior", "posterior"],
-        "rank": 4, "iterations": 3, "batch_size": 2, "patch_size": [32, 32, 32], "seed": 3,
-        "device": "cpu", "amp": False, "checkpoint_every": 0, "output": str(output), **changes,
+        "command": "finetune",
+        "base_model": "preset:unetr-tiny",
+        "cases": [hippo_case(folder, 1), hippo_case(folder, 3)],
+        "label_names": ["anterior", "posterior"],
+        "rank": 4,
+        "iterations": 3,
+        "batch_size": 2,
+        "patch_size": [32, 32, 32],
+        "seed": 3,
+        "device": "cpu",
+        "amp": False,
+        "checkpoint_every": 0,
+        "output": str(output),
+        **changes,
     }
     path.write_text(json.dumps(job))
     return path
@@ -39,8 +49,14 @@ def job_file(path: Path, folder: Path, output: Path, **changes) -> Path:
 def start(*argv: str, nproc: int = 0) -> subprocess.Popen:
     assert TORCHRUN, "torchrun is part of torch"
     prefix = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"] if nproc else [sys.executable]
-    return subprocess.Popen([*prefix, "-m", "tcurlora", *argv], env=ENV, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*prefix, "-m", "tcurlora", *argv],
+        env=ENV,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def events(text: str) -> list[dict]:
@@ -50,7 +66,9 @@ def events(text: str) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     one = start("finetune", "--job", str(job_file(tmp_path / "one.json", hippocampus_dir, tmp_path / "one")))
-    two = start("finetune", "--job", str(job_file(tmp_path / "two.json", hippocampus_dir, tmp_path / "two")), nproc=2)
+    two = start(
+        "finetune", "--job", str(job_file(tmp_path / "two.json", hippocampus_dir, tmp_path / "two")), nproc=2
+    )
     out_one, err_one = one.communicate(timeout=300)
     out_two, err_two = two.communicate(timeout=300)
     assert one.returncode == 0, err_one
@@ -65,7 +83,10 @@ def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     assert len([e for e in e2 if e["event"] == "progress"]) == 3, "rank 1 must not report progress"
     losses = [[e["loss"] for e in ev if e["event"] == "progress"] for ev in (e1, e2)]
     assert np.allclose(losses[0], losses[1], rtol=1e-5), losses
-    a, b = load_file(str(tmp_path / "one" / ADAPTER_WEIGHTS_FILE)), load_file(str(tmp_path / "two" / ADAPTER_WEIGHTS_FILE))
+    a, b = (
+        load_file(str(tmp_path / "one" / ADAPTER_WEIGHTS_FILE)),
+        load_file(str(tmp_path / "two" / ADAPTER_WEIGHTS_FILE)),
+    )
     assert sorted(a) == sorted(b) and a
     # AdamW's first steps move a weight by about lr * sign(gradient): on near-zero gradients the rounding of
     # DDP's average (two half batches vs one batch) can move it by a fraction of that step. On this machine
@@ -73,20 +94,28 @@ def test_two_processes_match_one(hippocampus_dir: Path, tmp_path: Path) -> None:
     # wrong gradient average moves whole tensors by whole steps and the losses above.
     for key in a:
         difference = np.abs(a[key] - b[key])
-        assert difference.max() <= 1e-2 and difference.mean() <= 1e-3, (key, difference.max(), difference.mean())
+        assert difference.max() <= 1e-2 and difference.mean() <= 1e-3, (
+            key,
+            difference.max(),
+            difference.mean(),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.json", "two", "two.json"]
 
 
 def kill_rank(run: subprocess.Popen, rank: int) -> None:
     """Kill the worker of `rank` among the processes torchrun (`run`) started."""
-    workers = [p for p in psutil.Process(run.pid).children(recursive=True) if p.environ().get("RANK") == str(rank)]
+    workers = [
+        p for p in psutil.Process(run.pid).children(recursive=True) if p.environ().get("RANK") == str(rank)
+    ]
     assert workers, f"rank {rank} not found"
     workers[0].kill()
 
 
 @pytest.mark.slow
 def test_killed_rank_ends_the_run(hippocampus_dir: Path, tmp_path: Path) -> None:
-    job = job_file(tmp_path / "job.json", hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2)
+    job = job_file(
+        tmp_path / "job.json", hippocampus_dir, tmp_path / "adapter", iterations=100000, checkpoint_every=2
+    )
     run = start("finetune", "--job", str(job), nproc=2)
     deadline = time.monotonic() + 180
     for line in run.stdout:
@@ -121,12 +150,23 @@ def test_batch_must_split_over_processes(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+def test_segment_splits_volumes_across_ranks(
+    hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path
+) -> None:
     import nibabel as nib
 
     images = [str(hippocampus_dir / "imagesTr" / f"hippocampus_{n:03d}.nii.gz") for n in (1, 3, 6)]
-    common = ["segment", *images, "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
-              "--device", "cpu", "--events"]
+    common = [
+        "segment",
+        *images,
+        "--base-model",
+        "preset:unetr-tiny",
+        "--adapter",
+        str(tiny_adapter),
+        "--device",
+        "cpu",
+        "--events",
+    ]
     two = start(*common, "--output", str(tmp_path / "two"), nproc=2)
     one = start(*common, "--output", str(tmp_path / "one"))
     for process in (one, two):
@@ -135,7 +175,9 @@ def test_segment_splits_volumes_across_ranks(hippocampus_dir: Path, tiny_adapter
     assert "done:" not in err and "tcurlora rank" not in err, err  # rank 1 is silent; rank 0 reports all
     done = [e for e in events(out) if e["event"] == "done"]
     names = [Path(p).name.replace(".nii.gz", "_seg.nii.gz") for p in images]
-    assert len(done) == 1 and done[0]["outputs"]["segmentations"] == [str(tmp_path / "two" / n) for n in names]
+    assert len(done) == 1 and done[0]["outputs"]["segmentations"] == [
+        str(tmp_path / "two" / n) for n in names
+    ]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(names)
     for name in names:
         a, b = (nib.load(str(tmp_path / folder / name)).get_fdata() for folder in ("one", "two"))
@@ -204,4 +246,6 @@ def test_other_ranks_report_only_errors(monkeypatch, capsys) -> None:
     assert capsys.readouterr() == ("", "")
     assert run_cli(lambda: None, True, fails, sink=rank_sink()) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err == "tcurlora rank 1: error (input_error): /data/a.nii.gz: cannot read the image\n", err
+    assert (
+        out == "" and err == "tcurlora rank 1: error (input_error): /data/a.nii.gz: cannot read the image\n"
+    ), err

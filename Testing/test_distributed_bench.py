@@ -22,23 +22,56 @@ RUN_IDS = ["k2-s0-tcur-r2-topnorm", "k2-s0-head", "k2-s0-full"]
 
 
 def bench_config(path: Path, data: Path, isolate: bool) -> Path:
-    path.write_text(json.dumps({
-        "schema": BENCH_SCHEMA, "name": "ranks", "data": str(data), "base_model": "preset:unetr-tiny",
-        "k": [2], "seeds": [0], "test_cases": 1, "iterations": 2, "batch_size": 1, "device": "cpu",
-        "latency_cases": 0, "warmup_steps": 1, "isolate": isolate, "threads": 1, "methods": METHODS,
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "schema": BENCH_SCHEMA,
+                "name": "ranks",
+                "data": str(data),
+                "base_model": "preset:unetr-tiny",
+                "k": [2],
+                "seeds": [0],
+                "test_cases": 1,
+                "iterations": 2,
+                "batch_size": 1,
+                "device": "cpu",
+                "latency_cases": 0,
+                "warmup_steps": 1,
+                "isolate": isolate,
+                "threads": 1,
+                "methods": METHODS,
+            }
+        )
+    )
     return path
 
 
 def start(config: Path, output: Path, nproc: int = 0) -> subprocess.Popen:
     prefix = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"] if nproc else [sys.executable]
-    return subprocess.Popen([*prefix, "-m", "tcurlora", "bench", str(config), "--output", str(output)], env=ENV,
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*prefix, "-m", "tcurlora", "bench", str(config), "--output", str(output)],
+        env=ENV,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def quality_numbers(run: dict) -> dict:
     """What a run measured that does not depend on timing or on the process that ran it."""
-    keys = ("run_id", "status", "method", "k", "seed", "train_cases", "parameters", "adapter_bytes", "losses", "test")
+    keys = (
+        "run_id",
+        "status",
+        "method",
+        "k",
+        "seed",
+        "train_cases",
+        "parameters",
+        "adapter_bytes",
+        "losses",
+        "test",
+    )
     return {key: run[key] for key in keys}
 
 
@@ -61,8 +94,9 @@ def test_two_processes_split_the_runs_and_report_like_one(
     assert two.returncode == 0, err_two
     # each run executed once: one progress line per run, from the rank that owns it (runs r, r+2, ...)
     owners = [m.group(1) for m in re.finditer(r"^(rank \d: \[\d/3\] [^:\s]+):", out_two, re.MULTILINE)]
-    assert sorted(owners) == sorted([f"rank 0: [1/3] {RUN_IDS[0]}", f"rank 1: [2/3] {RUN_IDS[1]}",
-                                     f"rank 0: [3/3] {RUN_IDS[2]}"]), out_two  # fmt: skip
+    assert sorted(owners) == sorted(
+        [f"rank 0: [1/3] {RUN_IDS[0]}", f"rank 1: [2/3] {RUN_IDS[1]}", f"rank 0: [3/3] {RUN_IDS[2]}"]
+    ), out_two
     assert "2 processes: rank 0 executes 2 of the 3 quality runs" in out_two
     assert out_two.count("wrote ") == 1, "rank 0 alone writes the report"
     report = json.loads((tmp_path / "two" / BENCH_REPORT_FILE).read_text())

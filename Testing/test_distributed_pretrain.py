@@ -32,14 +32,37 @@ MODEL_FILES = [MODEL_CARD_FILE, MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE, TRAINING_LO
 def write_recipe(path: Path) -> Path:
     """A tiny UNETR on 3 hippocampus training volumes (2 held out), batch 2, 1 thread per process."""
     recipe = {
-        "format": PRETRAIN_RECIPE_FORMAT, "name": "tiny-ddp", "arch": "UNETR",
-        "sources": [{"name": "hippo", "folder": "hippocampus", "num_cases": 3,
-                     "val_case_ids": ["hippocampus_001", "hippocampus_003"]}],
-        "arch_params": {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "proj_type": "conv",
-                        "norm_name": "instance", "res_block": True, "dropout_rate": 0.0},
-        "patch_size": [32, 32, 32], "iterations": ITERATIONS, "batch_size": 2, "warmup": 2, "threads": 1,
-        "checkpoint_every": 2, "eval_every": 2, "precision": "fp32", "seed": 0,
-    }  # fmt: skip
+        "format": PRETRAIN_RECIPE_FORMAT,
+        "name": "tiny-ddp",
+        "arch": "UNETR",
+        "sources": [
+            {
+                "name": "hippo",
+                "folder": "hippocampus",
+                "num_cases": 3,
+                "val_case_ids": ["hippocampus_001", "hippocampus_003"],
+            }
+        ],
+        "arch_params": {
+            "feature_size": 8,
+            "hidden_size": 48,
+            "mlp_dim": 96,
+            "num_heads": 4,
+            "proj_type": "conv",
+            "norm_name": "instance",
+            "res_block": True,
+            "dropout_rate": 0.0,
+        },
+        "patch_size": [32, 32, 32],
+        "iterations": ITERATIONS,
+        "batch_size": 2,
+        "warmup": 2,
+        "threads": 1,
+        "checkpoint_every": 2,
+        "eval_every": 2,
+        "precision": "fp32",
+        "seed": 0,
+    }
     path.write_text(json.dumps(recipe))
     return path
 
@@ -47,9 +70,21 @@ def write_recipe(path: Path) -> Path:
 def pretrain(work: Path, data: Path, output: str, *extra: str, nproc: int = 0) -> subprocess.Popen:
     """`tcurlora pretrain` of the recipe in `work` on the Decathlon folders in `data` into work/output (nproc
     0: plain python)."""
-    return start("pretrain", "--config", str(work / "recipe.json"), "--data-root", str(data),
-                 "--cache-dir", str(work / "cache"), "--device", "cpu", "--output", str(work / output),
-                 *extra, nproc=nproc)  # fmt: skip
+    return start(
+        "pretrain",
+        "--config",
+        str(work / "recipe.json"),
+        "--data-root",
+        str(data),
+        "--cache-dir",
+        str(work / "cache"),
+        "--device",
+        "cpu",
+        "--output",
+        str(work / output),
+        *extra,
+        nproc=nproc,
+    )
 
 
 def finished(process: subprocess.Popen) -> str:
@@ -75,11 +110,16 @@ def runs(hippocampus_dir: Path, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("ddp_pretrain")
     write_recipe(work / "recipe.json")
     data = hippocampus_dir.parent
-    first = {"one": pretrain(work, data, "one"), "stopped1": pretrain(work, data, "stopped1", "--stop-after", str(STOP)),
-             "stopped2": pretrain(work, data, "stopped2", "--stop-after", str(STOP), nproc=2)}
+    first = {
+        "one": pretrain(work, data, "one"),
+        "stopped1": pretrain(work, data, "stopped1", "--stop-after", str(STOP)),
+        "stopped2": pretrain(work, data, "stopped2", "--stop-after", str(STOP), nproc=2),
+    }
     outputs = {name: finished(process) for name, process in first.items()}
-    second = {"resumed1": pretrain(work, data, "resumed1", "--resume", str(work / "stopped2.checkpoint")),
-              "resumed2": pretrain(work, data, "resumed2", "--resume", str(work / "stopped1.checkpoint"), nproc=2)}
+    second = {
+        "resumed1": pretrain(work, data, "resumed1", "--resume", str(work / "stopped2.checkpoint")),
+        "resumed2": pretrain(work, data, "resumed2", "--resume", str(work / "stopped1.checkpoint"), nproc=2),
+    }
     outputs.update({name: finished(process) for name, process in second.items()})
     return {"work": work, "stdout": outputs}
 
@@ -111,13 +151,19 @@ def test_two_processes_follow_one_and_rank0_alone_writes(runs: dict) -> None:
     # magnifies that on near-zero gradients: max 3.7e-4, mean 2.0e-6 (measured); an unscaled Dice
     # gradient gives a mean of 4.8e-5 already at iteration 2
     x, y = weights(work / "stopped1.checkpoint"), weights(work / "stopped2.checkpoint")
-    assert np.abs(x - y).max() < 1e-3 and np.abs(x - y).mean() < 1e-5, (np.abs(x - y).max(), np.abs(x - y).mean())
+    assert np.abs(x - y).max() < 1e-3 and np.abs(x - y).mean() < 1e-5, (
+        np.abs(x - y).max(),
+        np.abs(x - y).mean(),
+    )
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")], "no temporary folder is left"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "stopped", "processes"), [("resumed1", "stopped2", "1"), ("resumed2", "stopped1", "2")],
-                         ids=["2-then-1", "1-then-2"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "stopped", "processes"),
+    [("resumed1", "stopped2", "1"), ("resumed2", "stopped1", "2")],
+    ids=["2-then-1", "1-then-2"],
+)
 def test_resume_with_another_number_of_processes(runs: dict, name: str, stopped: str, processes: str) -> None:
     from tcurlora.models.registry import load_base_model
 
@@ -130,8 +176,12 @@ def test_resume_with_another_number_of_processes(runs: dict, name: str, stopped:
     assert card["iterations"] == ITERATIONS and card["complete"] is True
     assert card["device"] == ("cpu" if processes == "1" else "2 processes (rank 0 on cpu)")
     assert [r["iteration"] for r in log_records(resumed)] == list(range(1, ITERATIONS + 1))
-    assert np.allclose([r["loss"] for r in log_records(resumed)], [r["loss"] for r in log_records(straight)],
-                       rtol=1e-5, atol=0)  # fmt: skip
+    assert np.allclose(
+        [r["loss"] for r in log_records(resumed)],
+        [r["loss"] for r in log_records(straight)],
+        rtol=1e-5,
+        atol=0,
+    )
     # fp16 weights of the finished models: one fp16 step (9.8e-4 in [1, 2)) apart at most, mean 4.7e-6
     # (measured, both directions); the model of iteration 3 is 6.9e-5 away from that of iteration 4
     x, y = weights(resumed), weights(straight)
@@ -152,13 +202,17 @@ def test_killed_rank_ends_the_run_without_model_folder(hippocampus_dir: Path, tm
     assert run.returncode != 0
     # rank 0 notices the closed connection, or torchrun's SIGTERM reaches it first: either way it says so
     assert "tcurlora pretrain: error: process 0 of 2 " in err, err
-    assert ("another process of the run failed or was killed" in err
-            or "torchrun stops every process when one of them fails" in err), err  # fmt: skip
+    assert (
+        "another process of the run failed or was killed" in err
+        or "torchrun stops every process when one of them fails" in err
+    ), err
     assert "no model folder was written, the last checkpoint is kept" in err, err
     assert not (tmp_path / "model").exists(), "no model folder may be written when a rank dies"
     state = json.loads((tmp_path / "model.checkpoint" / PRETRAIN_STATE_FILE).read_text())
     assert state["iteration"] >= 2 and state["iteration"] % 2 == 0, state["iteration"]
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")], "no temporary model folder"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")], (
+        "no temporary model folder"
+    )
 
 
 def test_finish_checkpoint_is_refused_under_torchrun(monkeypatch, tmp_path: Path, capsys) -> None:
@@ -166,8 +220,17 @@ def test_finish_checkpoint_is_refused_under_torchrun(monkeypatch, tmp_path: Path
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    code = main(["pretrain", "--config", str(write_recipe(tmp_path / "recipe.json")), "--output",
-                 str(tmp_path / "model"), "--finish-checkpoint", str(tmp_path / "ckpt")])  # fmt: skip
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            str(write_recipe(tmp_path / "recipe.json")),
+            "--output",
+            str(tmp_path / "model"),
+            "--finish-checkpoint",
+            str(tmp_path / "ckpt"),
+        ]
+    )
     assert code != 0
     assert "--finish-checkpoint trains nothing: run it without torchrun" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()

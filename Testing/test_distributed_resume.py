@@ -30,8 +30,19 @@ def logged_losses(adapter: Path) -> list[float]:
 def straight(hippocampus_dir: Path, tmp_path_factory) -> Path:
     """The uninterrupted 1-process run of the job (its adapter folder)."""
     work = tmp_path_factory.mktemp("straight")
-    run = start("finetune", "--job", str(job_file(work / "job.json", hippocampus_dir, work / "adapter",
-                                                  iterations=ITERATIONS, checkpoint_every=EVERY)))
+    run = start(
+        "finetune",
+        "--job",
+        str(
+            job_file(
+                work / "job.json",
+                hippocampus_dir,
+                work / "adapter",
+                iterations=ITERATIONS,
+                checkpoint_every=EVERY,
+            )
+        ),
+    )
     out, err = run.communicate(timeout=900)  # a loaded machine starves DDP
     assert run.returncode == 0, err
     return work / "adapter"
@@ -60,24 +71,36 @@ def test_resume_with_another_number_of_processes(
     hippocampus_dir: Path, tmp_path: Path, straight: Path, before: int, after: int
 ) -> None:
     output = tmp_path / "adapter"
-    job = job_file(tmp_path / "job.json", hippocampus_dir, output, iterations=ITERATIONS, checkpoint_every=EVERY)
+    job = job_file(
+        tmp_path / "job.json", hippocampus_dir, output, iterations=ITERATIONS, checkpoint_every=EVERY
+    )
     stopped_at = interrupted(job, output, before)
-    resume = job_file(tmp_path / "resume.json", hippocampus_dir, output, iterations=ITERATIONS,
-                      checkpoint_every=EVERY, resume=True)
+    resume = job_file(
+        tmp_path / "resume.json",
+        hippocampus_dir,
+        output,
+        iterations=ITERATIONS,
+        checkpoint_every=EVERY,
+        resume=True,
+    )
     run = start("finetune", "--job", str(resume), nproc=after)
     out, err = run.communicate(timeout=900)  # a loaded machine starves DDP
     assert run.returncode == 0, err
     record = events(out)
     assert any(e["event"] == "log" and f"at iteration {stopped_at}" in e["message"] for e in record), record
     progress = [e["iteration"] for e in record if e["event"] == "progress"]
-    assert progress == list(range(stopped_at + 1, ITERATIONS + 1)), "rank 0 alone reports, from the checkpoint on"
+    assert progress == list(range(stopped_at + 1, ITERATIONS + 1)), (
+        "rank 0 alone reports, from the checkpoint on"
+    )
     assert [e["event"] for e in record].count("done") == 1
     assert not (tmp_path / "adapter.checkpoint").exists(), "a finished run removes its checkpoint"
     from tcurlora.adapters.io import load_adapter, read_adapter_config
     from tcurlora.models.registry import load_base_model
 
     assert read_adapter_config(output)["metrics"]["iterations"] == ITERATIONS
-    load_adapter(output, load_base_model("preset:unetr-tiny").model)  # checks the digest and every tensor fits
+    load_adapter(
+        output, load_base_model("preset:unetr-tiny").model
+    )  # checks the digest and every tensor fits
     assert np.allclose(logged_losses(output), logged_losses(straight), rtol=1e-4, atol=1e-6)
     a, b = load_file(str(output / ADAPTER_WEIGHTS_FILE)), load_file(str(straight / ADAPTER_WEIGHTS_FILE))
     assert sorted(a) == sorted(b) and a
@@ -87,4 +110,8 @@ def test_resume_with_another_number_of_processes(
     # batch stream, other weights) already fails the loss check above and moves whole tensors
     for key in a:
         difference = np.abs(a[key] - b[key])
-        assert difference.max() <= 1e-2 and difference.mean() <= 1e-3, (key, difference.max(), difference.mean())
+        assert difference.max() <= 1e-2 and difference.mean() <= 1e-3, (
+            key,
+            difference.max(),
+            difference.mean(),
+        )

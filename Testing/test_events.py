@@ -397,7 +397,9 @@ def test_finetune_flags_build_the_same_job_as_a_job_file(tmp_path, monkeypatch):
     assert job == expected
 
 
-@pytest.mark.parametrize(("flag", "expected"), [([], None), (["--conv-targets"], True), (["--no-conv-targets"], False)])
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], None), (["--conv-targets"], True), (["--no-conv-targets"], False)]
+)
 def test_finetune_conv_target_flags(tmp_path, monkeypatch, flag, expected):
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", "--base-model", "b", "--data", "dec", "-o", "out", *flag]

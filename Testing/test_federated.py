@@ -36,7 +36,9 @@ def make_site(data: Path, folder: Path, entries: list[dict], labels: dict | None
     meta = {k: v for k, v in dataset.items() if k != "training"}
     if labels is not None:
         meta["labels"] = labels
-    (folder / "dataset.json").write_text(json.dumps({**meta, "numTraining": len(entries), "training": entries}))
+    (folder / "dataset.json").write_text(
+        json.dumps({**meta, "numTraining": len(entries), "training": entries})
+    )
     return folder
 
 
@@ -67,8 +69,12 @@ def federated_gap(method: str, **config) -> tuple[float, list[str]]:
     sites, deltas = [], []
     for cases in CASES:
         site = adapted_copy(base, method=method, rank=4, **config)
-        state = {k: v + 0.05 * torch.randn(v.shape, generator=generator, dtype=v.dtype) if v.is_floating_point()
-                 else v for k, v in start_state.items()}  # fmt: skip
+        state = {
+            k: v + 0.05 * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+            if v.is_floating_point()
+            else v
+            for k, v in start_state.items()
+        }
         site.load_adapter_state_dict(state)
         sites.append((cases, shared_tensors(site.adapter_state_dict())))
         deltas.append((cases, delta_w(site, base_state)))
@@ -94,7 +100,9 @@ def test_averaged_lora_factors_are_not_the_average_of_the_sites_updates():
 
 
 def test_payload_counts_only_floating_tensors():
-    params = shared_tensors({"a": torch.zeros(3, dtype=torch.bfloat16), "rows": torch.zeros(4, dtype=torch.long)})
+    params = shared_tensors(
+        {"a": torch.zeros(3, dtype=torch.bfloat16), "rows": torch.zeros(4, dtype=torch.long)}
+    )
     assert list(params) == ["a"] and params["a"].dtype == np.float32
     assert payload_bytes(params) == 12
     with pytest.raises(ValueError, match="site-2: the global adapter does not fit"):
@@ -126,8 +134,14 @@ def test_site_with_another_base_refuses_the_global_adapter():
 
 def tcurlora(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tcurlora", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tcurlora", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tcurlora_here(*args: str, cwd: Path, capsys, monkeypatch) -> tuple[int, str, str]:
@@ -149,8 +163,24 @@ def sites(hippocampus_dir, tmp_path_factory) -> Path:
     return root
 
 
-FEDERATE = ["federate", "--site", "A", "--site", "B", "--labels", "Anterior", "Posterior", "--local-steps", "2",
-            "--base-model", "unetr-small-acdc-brats", "--threads", "1", "-o", "out"]
+FEDERATE = [
+    "federate",
+    "--site",
+    "A",
+    "--site",
+    "B",
+    "--labels",
+    "Anterior",
+    "Posterior",
+    "--local-steps",
+    "2",
+    "--base-model",
+    "unetr-small-acdc-brats",
+    "--threads",
+    "1",
+    "-o",
+    "out",
+]
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +218,26 @@ def test_info_and_segment_accept_the_federated_adapter(federated, sites, hippoca
     assert "tcur" in info.stdout and "63,567" in info.stdout
     image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
     out = sites / "seg.nii.gz"
-    seg = tcurlora("segment", str(image), "--base-model", "unetr-small-acdc-brats", "--adapter", str(federated),
-                   "-o", str(out), "--threads", "1", cwd=sites, timeout=300)
+    seg = tcurlora(
+        "segment",
+        str(image),
+        "--base-model",
+        "unetr-small-acdc-brats",
+        "--adapter",
+        str(federated),
+        "-o",
+        str(out),
+        "--threads",
+        "1",
+        cwd=sites,
+        timeout=300,
+    )
     assert seg.returncode == 0, seg.stderr
     source, result = sitk.ReadImage(str(image)), sitk.ReadImage(str(out))
     assert result.GetSize() == source.GetSize()
-    assert np.allclose(result.GetSpacing(), source.GetSpacing()) and np.allclose(result.GetOrigin(), source.GetOrigin())
+    assert np.allclose(result.GetSpacing(), source.GetSpacing()) and np.allclose(
+        result.GetOrigin(), source.GetOrigin()
+    )
     assert set(np.unique(sitk.GetArrayFromImage(result))) <= {0, 1, 2}
 
 
@@ -209,25 +253,56 @@ def test_a_resumed_federation_continues_from_the_last_finished_round(federated, 
     assert json.loads((federated / ADAPTER_CONFIG_FILE).read_text())["training"]["iterations"] == 6
 
 
-def test_federate_refuses_a_site_with_other_labels_before_round_1(sites, hippocampus_dir, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_federate_refuses_a_site_with_other_labels_before_round_1(
+    sites, hippocampus_dir, tmp_path, capsys, monkeypatch
+):
     entries = json.loads((hippocampus_dir / "dataset.json").read_text())["training"]
-    other = make_site(hippocampus_dir, tmp_path / "C", entries[4:6], labels={"0": "background", "1": "Head", "2": "Tail"})
+    other = make_site(
+        hippocampus_dir, tmp_path / "C", entries[4:6], labels={"0": "background", "1": "Head", "2": "Tail"}
+    )
     shutil.copytree(sites / "A", tmp_path / "A", symlinks=True)
-    code, _, err = tcurlora_here("federate", "--site", "A", "--site", str(other), "--rounds", "1", "--local-steps",
-                                 "1", "--base-model", "unetr-small-acdc-brats", "-o", "refused", cwd=tmp_path,
-                                 capsys=capsys, monkeypatch=monkeypatch)  # fmt: skip
+    code, _, err = tcurlora_here(
+        "federate",
+        "--site",
+        "A",
+        "--site",
+        str(other),
+        "--rounds",
+        "1",
+        "--local-steps",
+        "1",
+        "--base-model",
+        "unetr-small-acdc-brats",
+        "-o",
+        "refused",
+        cwd=tmp_path,
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert code == 2
     assert f"site-2 ({other}) has labels ['Head', 'Tail']" in err
     assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.federation").exists()
 
 
 def test_federate_rejects_finetune_only_flags(tmp_path, capsys, monkeypatch):
-    code, _, err = tcurlora_here(*FEDERATE, "--rounds", "1", "--iterations", "5", cwd=tmp_path, capsys=capsys,
-                                 monkeypatch=monkeypatch)
+    code, _, err = tcurlora_here(
+        *FEDERATE, "--rounds", "1", "--iterations", "5", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch
+    )
     assert code == 2 and "iterations does not apply to a federation: use --rounds/--local-steps" in err
-    code, _, err = tcurlora_here(*FEDERATE[:3], "--rounds", "1", "--local-steps", "1", "--base-model", "x", "-o",
-                                 "y", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    code, _, err = tcurlora_here(
+        *FEDERATE[:3],
+        "--rounds",
+        "1",
+        "--local-steps",
+        "1",
+        "--base-model",
+        "x",
+        "-o",
+        "y",
+        cwd=tmp_path,
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert code == 2 and "a federation needs at least 2 --site folders" in err
 
 
@@ -246,13 +321,28 @@ simulate(fed, Path("dropped.federation") / "workspace", list(sites))
 def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, tmp_path):
     from tcurlora.jobs.schema import FinetuneJob
 
-    job = FinetuneJob.from_dict({"command": "finetune", "base_model": "unetr-small-acdc-brats", "data": str(sites / "A"),
-                                 "output": "x", "label_names": ["Anterior", "Posterior"], "spacing": [1, 1, 1],
-                                 "threads": 1}, tmp_path).to_dict()  # fmt: skip
+    job = FinetuneJob.from_dict(
+        {
+            "command": "finetune",
+            "base_model": "unetr-small-acdc-brats",
+            "data": str(sites / "A"),
+            "output": "x",
+            "label_names": ["Anterior", "Posterior"],
+            "spacing": [1, 1, 1],
+            "threads": 1,
+        },
+        tmp_path,
+    ).to_dict()
     gone = tmp_path / "B-unmounted"  # passed the checks, then its disk went away: setup fails in round 1
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", DROP_SCRIPT, json.dumps(job), str(sites / "A"), str(gone)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", DROP_SCRIPT, json.dumps(job), str(sites / "A"), str(gone)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     log = (tmp_path / "dropped.federation" / "workspace" / "server" / "log.txt").read_text()
     assert "round 1: site-2 dropped (no valid result); averaged over ['site-1']" in log
@@ -261,13 +351,38 @@ def test_a_failing_site_is_dropped_from_the_round_and_the_log_says_which(sites, 
 
 
 def test_export_writes_a_flare_job_with_each_sites_own_data_path(tmp_path, capsys, monkeypatch):
-    common = ["federate", "--site", "/data/h1", "--site", "/srv/h2", "--rounds", "3", "--local-steps", "4",
-              "--base-model", "unetr-small-acdc-brats", "-o", "/srv/adapter", "--export-job", "jobs"]
-    code, _, err = tcurlora_here(*common, "--labels", "Anterior", "Posterior", cwd=tmp_path, capsys=capsys,
-                                 monkeypatch=monkeypatch)
+    common = [
+        "federate",
+        "--site",
+        "/data/h1",
+        "--site",
+        "/srv/h2",
+        "--rounds",
+        "3",
+        "--local-steps",
+        "4",
+        "--base-model",
+        "unetr-small-acdc-brats",
+        "-o",
+        "/srv/adapter",
+        "--export-job",
+        "jobs",
+    ]
+    code, _, err = tcurlora_here(
+        *common, "--labels", "Anterior", "Posterior", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch
+    )
     assert code == 2 and "give --labels and --spacing" in err
-    code, out, err = tcurlora_here(*common, "--labels", "Anterior", "Posterior", "--spacing", "1", cwd=tmp_path,
-                                   capsys=capsys, monkeypatch=monkeypatch)
+    code, out, err = tcurlora_here(
+        *common,
+        "--labels",
+        "Anterior",
+        "Posterior",
+        "--spacing",
+        "1",
+        cwd=tmp_path,
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
     assert "FLARE job written to" in out
     job = tmp_path / "jobs" / "tcurlora-federate"

@@ -107,7 +107,9 @@ def test_every_name_and_tag_is_spelled_out_only_in_filenames_py():
     names = named_strings()
     assert set(PUBLISHED) <= set(names), sorted(set(PUBLISHED) - set(names))
     assert len(set(names.values())) == len(names), "two constants of filenames.py share a value"
-    files = [p for folder in SCANNED for p in sorted((ROOT / folder).rglob("*.py")) if "__pycache__" not in p.parts]
+    files = [
+        p for folder in SCANNED for p in sorted((ROOT / folder).rglob("*.py")) if "__pycache__" not in p.parts
+    ]
     assert len(files) > 100, "the scan found too few files to be looking at the repository"
     own = (HOME, Path(__file__).resolve())
     strays = [hit for p in files if p not in own for hit in stray_literals(p, policed(names))]

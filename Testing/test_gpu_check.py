@@ -21,21 +21,48 @@ from tcurlora.jobs.runner import CPU_OOM_MESSAGE, CUDA_OOM_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ["env", "install", "cuda-tests", "finetune-tcur", "finetune-lora", "finetune-decoder", "finetune-head",
-         "finetune-full", "segment", "oom", "bench", "pretrain"]  # fmt: skip
+STEPS = [
+    "env",
+    "install",
+    "cuda-tests",
+    "finetune-tcur",
+    "finetune-lora",
+    "finetune-decoder",
+    "finetune-head",
+    "finetune-full",
+    "segment",
+    "oom",
+    "bench",
+    "pretrain",
+]
 
 
 def script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("OUT", "TCURLORA_WHEELS", "TCURLORA_DATA")}
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
-                          env={**environment, **(env or {})}, cwd=ROOT)  # fmt: skip
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("OUT", "TCURLORA_WHEELS", "TCURLORA_DATA")
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environment, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def test_help_documents_the_steps_and_how_to_build_the_wheel_folder():
     result = script("--help")
     assert result.returncode == 0 and result.stderr == ""
-    for text in ["Usage: scripts/gpu_check.sh", "--wheels DIR", "--dry-run", "pip download --only-binary=:all:",
-                 "--no-index --find-links", "scripts/gpu_check_requirements.txt", "exits with code 4"]:  # fmt: skip
+    for text in [
+        "Usage: scripts/gpu_check.sh",
+        "--wheels DIR",
+        "--dry-run",
+        "pip download --only-binary=:all:",
+        "--no-index --find-links",
+        "scripts/gpu_check_requirements.txt",
+        "exits with code 4",
+    ]:
         assert text in result.stdout
 
 
@@ -59,8 +86,14 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 
 def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
     out = tmp_path / "out"
-    result = script("--dry-run", "--pretrain-minutes", "3", "--iterations", "7", env={"OUT": str(out),
-                    "TCURLORA_WHEELS": "/carried/wheels", "TCURLORA_DATA": "/data"})  # fmt: skip
+    result = script(
+        "--dry-run",
+        "--pretrain-minutes",
+        "3",
+        "--iterations",
+        "7",
+        env={"OUT": str(out), "TCURLORA_WHEELS": "/carried/wheels", "TCURLORA_DATA": "/data"},
+    )
     assert result.returncode == 0, result.stderr
     plan = [line for line in result.stdout.splitlines() if line.startswith("[plan] ")]
     assert [line.split()[1] for line in plan[:-1]] == STEPS
@@ -76,7 +109,10 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
     assert "preset:unetr-base" in by_step["oom"] and "--batch-size 8" in by_step["oom"]
     assert "configs/bench/paper-size-gpu.json --device cuda" in by_step["bench"]
     assert "configs/pretrain/unetr-gpu.json" in by_step["pretrain"]
-    assert "--max-minutes 3 --checkpoint-minutes 1" in by_step["pretrain"] and "limit  420s" in by_step["pretrain"]
+    assert (
+        "--max-minutes 3 --checkpoint-minutes 1" in by_step["pretrain"]
+        and "limit  420s" in by_step["pretrain"]
+    )
     assert str(out) in plan[-1] and not out.exists()
 
 
@@ -92,7 +128,9 @@ def test_refuses_missing_data_and_a_used_output_folder(tmp_path):
     assert [p.name for p in (tmp_path / "used").iterdir()] == ["keep.txt"]
 
 
-def test_cuda_out_of_memory_in_training_exits_4_with_its_message(tmp_path, hippocampus_dir, capsys, monkeypatch):
+def test_cuda_out_of_memory_in_training_exits_4_with_its_message(
+    tmp_path, hippocampus_dir, capsys, monkeypatch
+):
     """torch.cuda.OutOfMemoryError raised inside the real training step, through the real CLI."""
     import tcurlora.training.step
 
@@ -103,8 +141,13 @@ def test_cuda_out_of_memory_in_training_exits_4_with_its_message(tmp_path, hippo
     job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter"))
     code, events, _, _ = run(capsys, "finetune", "--job", str(job), "--events")
     assert code == 4
-    assert events[-1] == {**events[-1], "event": "error", "kind": "out_of_memory", "message": CUDA_OOM_MESSAGE,
-                          "exit_code": 4}  # fmt: skip
+    assert events[-1] == {
+        **events[-1],
+        "event": "error",
+        "kind": "out_of_memory",
+        "message": CUDA_OOM_MESSAGE,
+        "exit_code": 4,
+    }
     assert not (tmp_path / "adapter").exists()
 
 
@@ -124,9 +167,14 @@ sys.exit(main(sys.argv[1:]))
 def test_a_forced_small_memory_limit_exits_4_with_the_cpu_message(tmp_path, hippocampus_dir):
     """A real allocation failure: 100 MB of address space above what the imports took, batch 64."""
     job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter", batch_size=64))
-    result = subprocess.run([sys.executable, "-c", LIMITED, "finetune", "--job", str(job)], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", LIMITED, "finetune", "--job", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["kind"] == "out_of_memory" and final["message"] == CPU_OOM_MESSAGE
@@ -151,20 +199,36 @@ def test_pretraining_for_a_fixed_time_with_timed_checkpoints(tmp_path):
 
     write_dataset(tmp_path / "a", 2, seed=1, shape=(24, 28, 28))
     config = PretrainConfig(
-        name="tiny-timed", sources=[SourceConfig("a", "a", val_case_ids=["synthetic_001"])],
-        arch_params={"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "proj_type": "conv",
-                     "norm_name": "instance", "res_block": True, "dropout_rate": 0.0},
-        spacing=(1.5, 1.5, 1.5), patch_size=(32, 32, 32), iterations=3, batch_size=1, warmup=1,
-        checkpoint_every=1000, threads=1,
-    )  # fmt: skip
+        name="tiny-timed",
+        sources=[SourceConfig("a", "a", val_case_ids=["synthetic_001"])],
+        arch_params={
+            "feature_size": 8,
+            "hidden_size": 48,
+            "mlp_dim": 96,
+            "num_heads": 4,
+            "proj_type": "conv",
+            "norm_name": "instance",
+            "res_block": True,
+            "dropout_rate": 0.0,
+        },
+        spacing=(1.5, 1.5, 1.5),
+        patch_size=(32, 32, 32),
+        iterations=3,
+        batch_size=1,
+        warmup=1,
+        checkpoint_every=1000,
+        threads=1,
+    )
     # A checkpoint "every minute" scaled down: every 1e-6 minutes, so after each step but the last.
-    card = run_pretrain(config, tmp_path, tmp_path / "timed", device_name="cpu", log=lambda m: None,
-                        checkpoint_minutes=1e-6)  # fmt: skip
+    card = run_pretrain(
+        config, tmp_path, tmp_path / "timed", device_name="cpu", log=lambda m: None, checkpoint_minutes=1e-6
+    )
     assert card["iterations"] == 3 and card["complete"] is True
     checkpoint = json.loads((tmp_path / "timed.checkpoint" / MODEL_SPEC_FILE).read_text())
     assert checkpoint["card"]["iterations"] == 2
     # A fixed time: stopped after the first step, finished as a (non-final) model at iteration 1.
-    card = run_pretrain(config, tmp_path, tmp_path / "short", device_name="cpu", log=lambda m: None,
-                        max_minutes=1e-6)  # fmt: skip
+    card = run_pretrain(
+        config, tmp_path, tmp_path / "short", device_name="cpu", log=lambda m: None, max_minutes=1e-6
+    )
     assert card["iterations"] == 1 and card["complete"] is False
     assert (tmp_path / "short" / MODEL_WEIGHTS_FILE).is_file()

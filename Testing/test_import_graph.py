@@ -41,25 +41,62 @@ MAX_LINES = 500
 # Each entry names a module, or a package and everything under it; the longest matching name decides, so
 # `tcurlora.jobs.schema` (jobs) overrides `tcurlora.jobs` (protocol). The root package matches itself only.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", (
-        "tcurlora", "tcurlora.errors", "tcurlora.filenames", "tcurlora.jsonio", "tcurlora.fsutil",
-        "tcurlora.namepatterns", "tcurlora.settings", "tcurlora.outputs", "tcurlora.output_lock",
-        "tcurlora.adapter_integrity", "tcurlora.torchrun_env", "tcurlora.device",
-        "tcurlora.tensor_algebra", "tcurlora.dice", "tcurlora.library", "tcurlora.synthetic",
-    )),
+    (
+        "base",
+        (
+            "tcurlora",
+            "tcurlora.errors",
+            "tcurlora.filenames",
+            "tcurlora.jsonio",
+            "tcurlora.fsutil",
+            "tcurlora.namepatterns",
+            "tcurlora.settings",
+            "tcurlora.outputs",
+            "tcurlora.output_lock",
+            "tcurlora.adapter_integrity",
+            "tcurlora.torchrun_env",
+            "tcurlora.device",
+            "tcurlora.tensor_algebra",
+            "tcurlora.dice",
+            "tcurlora.library",
+            "tcurlora.synthetic",
+        ),
+    ),
     ("models", ("tcurlora.models",)),
     ("data", ("tcurlora.data",)),
     ("protocol", ("tcurlora.jobs",)),
     ("adapters", ("tcurlora.adapters",)),
-    ("training", (
-        "tcurlora.training", "tcurlora.mean_teacher", "tcurlora.distributed", "tcurlora.finetuning_setup",
-        "tcurlora.finetuning", "tcurlora.pretraining", "tcurlora.infer", "tcurlora.segmentation",
-        "tcurlora.evaluate", "tcurlora.suggest",
-    )),
-    ("jobs", ("tcurlora.jobs.schema", "tcurlora.jobs.finetune_job", "tcurlora.jobs.segment_job", "tcurlora.jobs.job_reading", "tcurlora.jobs.schema_export", "tcurlora.distributed_runs", "tcurlora.remote")),
+    (
+        "training",
+        (
+            "tcurlora.training",
+            "tcurlora.mean_teacher",
+            "tcurlora.distributed",
+            "tcurlora.finetuning_setup",
+            "tcurlora.finetuning",
+            "tcurlora.pretraining",
+            "tcurlora.infer",
+            "tcurlora.segmentation",
+            "tcurlora.evaluate",
+            "tcurlora.suggest",
+        ),
+    ),
+    (
+        "jobs",
+        (
+            "tcurlora.jobs.schema",
+            "tcurlora.jobs.finetune_job",
+            "tcurlora.jobs.segment_job",
+            "tcurlora.jobs.job_reading",
+            "tcurlora.jobs.schema_export",
+            "tcurlora.distributed_runs",
+            "tcurlora.remote",
+        ),
+    ),
     ("apps", ("tcurlora.bench", "tcurlora.federated", "tcurlora.demo", "tcurlora.commands")),
     ("cli", ("tcurlora.cli", "tcurlora.__main__")),
 ]
+
 
 def module_files(package: Path = PACKAGE) -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name, for its __init__.py)."""
@@ -107,7 +144,9 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
             names = _imported_names(node, module, is_package)
-            if isinstance(node, ast.ImportFrom):  # `from pkg import mod` is mod when mod is a module, else pkg
+            if isinstance(
+                node, ast.ImportFrom
+            ):  # `from pkg import mod` is mod when mod is a module, else pkg
                 named = [n for n in names[:-1] if n in modules]
                 names = named if len(named) == len(names) - 1 else [*named, names[-1]]
             for name in names:
@@ -203,8 +242,10 @@ def test_no_import_runs_back_up_the_layers(graph) -> None:
 
 
 def test_no_module_over_500_lines() -> None:
-    long = {str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
-            for path in module_files().values()}
+    long = {
+        str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in module_files().values()
+    }
     over = {name: lines for name, lines in long.items() if lines > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines (split them by job): {over}"
 

@@ -22,8 +22,18 @@ from tcurlora.filenames import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 def unetr_base() -> nn.Module:
     """MONAI UNETR as in the paper: img 128^3, patch 16, hidden 768, MLP 3072, 12 heads, feature 16."""
     torch.manual_seed(0)
-    return UNETR(in_channels=1, out_channels=2, img_size=(128, 128, 128), feature_size=16, hidden_size=768,
-                 mlp_dim=3072, num_heads=12, proj_type="conv", norm_name="instance", res_block=True)  # fmt: skip
+    return UNETR(
+        in_channels=1,
+        out_channels=2,
+        img_size=(128, 128, 128),
+        feature_size=16,
+        hidden_size=768,
+        mlp_dim=3072,
+        num_heads=12,
+        proj_type="conv",
+        norm_name="instance",
+        res_block=True,
+    )
 
 
 @pytest.mark.slow
@@ -33,8 +43,11 @@ def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
         unetr_base, AdapterConfig(method="tcur", rank=8, base_fingerprint="not needed here")
     )
     groups = {k: (g.n1, g.n2, g.m) for k, g in adapted.tcur.groups.items()}
-    assert groups == {"linear_768x768": (768, 768, 48), "linear_3072x768": (3072, 768, 12),
-                      "linear_768x3072": (768, 3072, 12)}  # fmt: skip
+    assert groups == {
+        "linear_768x768": (768, 768, 48),
+        "linear_3072x768": (3072, 768, 12),
+        "linear_768x3072": (768, 3072, 12),
+    }
     counts = adapted.parameter_counts()
     assert counts.trainable == counts.adapter == 64 * 48 + 64 * 12 + 64 * 12 == 4608
     assert counts.head == 0
@@ -45,8 +58,22 @@ def test_tcur_rank8_trains_4608_parameters_in_unetr_base(unetr_base):
 
 @pytest.mark.slow
 def test_info_unetr_base_json(capsys):
-    assert main(["info", "unetr-base", "--method", "tcur", "--rank", "8", "--no-conv-targets", "--no-train-modules",
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "info",
+                "unetr-base",
+                "--method",
+                "tcur",
+                "--rank",
+                "8",
+                "--no-conv-targets",
+                "--no-train-modules",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["method"] == "tcur" and data["rank"] == 8
     assert data["trainable"] == data["adapter"] == 4608 and data["head"] == 0
@@ -59,9 +86,17 @@ def test_info_table_matches_apply_adapter(capsys):
     assert main(["info", "unetr-tiny", "--table", "--num-classes", "4", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["method"], r["rank"]) for r in rows] == [
-        ("tcur", 4), ("tcur", 8), ("tcur", 16), ("lora", 4), ("lora", 8), ("lora", 16),
-        ("decoder", None), ("full", None), ("head", None), ("scratch", None),
-    ]  # fmt: skip
+        ("tcur", 4),
+        ("tcur", 8),
+        ("tcur", 16),
+        ("lora", 4),
+        ("lora", 8),
+        ("lora", 16),
+        ("decoder", None),
+        ("full", None),
+        ("head", None),
+        ("scratch", None),
+    ]
     from tcurlora.models.architectures import build_preset
 
     model, _ = build_preset("unetr-tiny")
@@ -74,15 +109,28 @@ def test_info_table_matches_apply_adapter(capsys):
             config.train_modules = ["encoder1", "decoder2"]
         counts = apply_adapter(copy.deepcopy(model), config).parameter_counts()
         assert {k: row[k] for k in ("total", "trainable", "adapter", "head")} == {
-            "total": counts.total, "trainable": counts.trainable, "adapter": counts.adapter, "head": counts.head
-        }  # fmt: skip
+            "total": counts.total,
+            "trainable": counts.trainable,
+            "adapter": counts.adapter,
+            "head": counts.head,
+        }
         assert row["head"] == 8 * 4 + 4
     assert main(["info", "unetr-tiny", "--table", "--no-conv-targets", "--no-train-modules"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert lines[0] == "preset:unetr-tiny" and lines[1].split() == [
-        "method", "rank", "total", "trainable", "trainable", "%", "adapter", "core", "train", "modules", "head"
-    ]  # fmt: skip
+        "method",
+        "rank",
+        "total",
+        "trainable",
+        "trainable",
+        "%",
+        "adapter",
+        "core",
+        "train",
+        "modules",
+        "head",
+    ]
     tcur8 = next(line for line in lines if line.split()[:2] == ["tcur", "8"])
     assert tcur8.split()[3] == "4,608"
 
@@ -93,8 +141,21 @@ def test_info_counts_train_modules(capsys):
 
     model, _ = build_preset("unetr-tiny")
     decoder_blocks = sum(p.numel() for n, p in model.named_parameters() if re.match(r"decoder\d+\.", n))
-    assert main(["info", "unetr-tiny", "--method", "tcur", "--no-conv-targets", "--train-modules", "decoder",
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "info",
+                "unetr-tiny",
+                "--method",
+                "tcur",
+                "--no-conv-targets",
+                "--train-modules",
+                "decoder",
+                "--json",
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out)
     assert row["modules"] == decoder_blocks > 0
     assert row["trainable"] == row["adapter"] + row["modules"] + row["head"]

@@ -89,7 +89,9 @@ def test_loading_dequantizes_to_float32_and_the_fingerprint_is_of_those_weights(
     with torch.no_grad():
         a, b = fp32.model(image), quantized.model(image)
     assert float((a - b).norm() / a.norm()) < 0.05
-    assert (int8 / MODEL_SPEC_FILE).read_text() == (source / MODEL_SPEC_FILE).read_text()  # no card to record it in
+    assert (int8 / MODEL_SPEC_FILE).read_text() == (
+        source / MODEL_SPEC_FILE
+    ).read_text()  # no card to record it in
 
 
 def malformed(folder: Path, tmp_path: Path, change) -> Path:

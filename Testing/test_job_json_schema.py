@@ -42,17 +42,31 @@ def test_committed_schema_is_what_the_command_prints(which, capsys):
 
 @pytest.mark.slow
 def test_schema_command_runs_as_a_process_and_refuses_unknown_names():
-    done = subprocess.run([sys.executable, "-m", "tcurlora", "schema", "job"], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tcurlora", "schema", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["title"] == JOB_SCHEMA
-    bad = subprocess.run([sys.executable, "-m", "tcurlora", "schema", "jobs"], capture_output=True, text=True,
-                         timeout=120, check=False)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "tcurlora", "schema", "jobs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 2 and "invalid choice: 'jobs'" in bad.stderr
 
 
 def test_the_docs_have_example_jobs():
-    assert {p.name for p in EXAMPLES} >= {"finetune-cases.job.json", "finetune-decathlon.job.json", "segment.job.json"}
+    assert {p.name for p in EXAMPLES} >= {
+        "finetune-cases.job.json",
+        "finetune-decathlon.job.json",
+        "segment.job.json",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -68,7 +82,9 @@ def test_jobs_the_worker_writes_and_reads_validate(tmp_path):
     variants = [
         finetune_data(),
         finetune_data(cases=None, data="dec", num_cases=3, label_names=["a"], label_colors=[[1, 0, 0]]),
-        finetune_data(spacing=[1, 1, 1.5], train_modules=[], alpha=16, val_case_ids=["a"], conv_targets=False),
+        finetune_data(
+            spacing=[1, 1, 1.5], train_modules=[], alpha=16, val_case_ids=["a"], conv_targets=False
+        ),
         segment_data(),
         segment_data(output_dir=None, outputs=["o1.nii.gz", "o2.nrrd"], adapter=None),
     ]

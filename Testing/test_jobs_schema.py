@@ -142,7 +142,10 @@ BAD_FINETUNE = [
     ({"rank": "eight"}, "key 'rank': expected an integer, got str 'eight'"),
     ({"rank": True}, "key 'rank': expected an integer, got bool True"),
     ({"rank": 0}, "key 'rank': must be >= 1, got 0"),
-    ({"method": "qlora"}, "key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'qlora'"),
+    (
+        {"method": "qlora"},
+        "key 'method': must be one of tcur, lora, decoder, full, head, scratch; got 'qlora'",
+    ),
     ({"selection": "best"}, "key 'selection': must be one of"),
     ({"device": "tpu"}, "key 'device': must be auto, cpu, cuda or cuda:N; got 'tpu'"),
     ({"amp": "yes"}, "key 'amp': expected true or false, got str 'yes'"),
@@ -154,7 +157,10 @@ BAD_FINETUNE = [
     ({"train_modules": ["decoder(["]}, "key 'train_modules[0]': invalid regular expression 'decoder(['"),
     ({"spacing": [1, 1]}, "key 'spacing': expected a list of 3 positive numbers (mm), got [1, 1]"),
     ({"spacing": [1, 0, 1]}, "key 'spacing': expected a list of 3 positive numbers (mm)"),
-    ({"spacing": "native"}, "key 'spacing': expected a list of 3 positive numbers (mm), \"auto\" or \"base\", got 'native'"),
+    (
+        {"spacing": "native"},
+        "key 'spacing': expected a list of 3 positive numbers (mm), \"auto\" or \"base\", got 'native'",
+    ),
     ({"early_stopping": -1}, "key 'early_stopping': must be >= 0, got -1"),
     ({"val_fraction": 1.0}, "key 'val_fraction': must be in [0.0, 1.0), got 1.0"),
     ({"val_fraction": 0.2, "val_case_ids": ["a"]}, "key 'val_case_ids': give either 'val_fraction'"),
@@ -242,7 +248,9 @@ def test_load_job_file_level_errors(tmp_path):
         load_job(write_job(tmp_path, [1, 2]))
     with pytest.raises(ConfigError, match=r"key 'command': missing"):
         load_job(write_job(tmp_path, {"base_model": "x"}))
-    with pytest.raises(ConfigError, match=r"key 'command': must be one of finetune, segment, suggest; got 'train'"):
+    with pytest.raises(
+        ConfigError, match=r"key 'command': must be one of finetune, segment, suggest; got 'train'"
+    ):
         load_job(write_job(tmp_path, {"command": "train"}))
 
 
@@ -341,10 +349,20 @@ def test_parse_event_line_skips_stray_output_but_not_bad_events():
 
 @pytest.mark.parametrize(
     ("method", "conv_targets", "expected"),
-    [("tcur", None, True), ("tcur", False, False), ("lora", None, False), ("full", None, False), ("tcur", True, True)],
+    [
+        ("tcur", None, True),
+        ("tcur", False, False),
+        ("lora", None, False),
+        ("full", None, False),
+        ("tcur", True, True),
+    ],
 )
-def test_conv_targets_default_is_per_method_and_survives_a_round_trip(tmp_path, method, conv_targets, expected):
-    overrides = {"method": method} if conv_targets is None else {"method": method, "conv_targets": conv_targets}
+def test_conv_targets_default_is_per_method_and_survives_a_round_trip(
+    tmp_path, method, conv_targets, expected
+):
+    overrides = (
+        {"method": method} if conv_targets is None else {"method": method, "conv_targets": conv_targets}
+    )
     job = load_job(write_job(tmp_path, finetune_data(**overrides)))
     assert job.conv_targets is conv_targets and job.uses_conv_targets is expected
     again = FinetuneJob.from_dict(job.to_dict(), tmp_path, None)
@@ -353,11 +371,20 @@ def test_conv_targets_default_is_per_method_and_survives_a_round_trip(tmp_path, 
 
 @pytest.mark.parametrize("spacing", [[1, 1, 1.5], "auto", "base", None])
 def test_new_finetune_settings_round_trip(tmp_path, spacing):
-    data = finetune_data(spacing=spacing, train_modules=["decoder", r"encoder1"], head_learning_rate=0.05,
-                         modules_learning_rate=1e-3, early_stopping=2)  # fmt: skip
+    data = finetune_data(
+        spacing=spacing,
+        train_modules=["decoder", r"encoder1"],
+        head_learning_rate=0.05,
+        modules_learning_rate=1e-3,
+        early_stopping=2,
+    )
     job = FinetuneJob.from_file(write_job(tmp_path, data))
     assert job.spacing == ([1.0, 1.0, 1.5] if isinstance(spacing, list) else spacing)
     assert (job.train_modules, job.head_learning_rate, job.modules_learning_rate, job.early_stopping) == (
-        ["decoder", "encoder1"], 0.05, 1e-3, 2)  # fmt: skip
+        ["decoder", "encoder1"],
+        0.05,
+        1e-3,
+        2,
+    )
     again = FinetuneJob.from_dict(job.to_dict(), tmp_path)
     assert again == job

@@ -127,8 +127,12 @@ def test_unlabeled_paths_stand_for_files_folders_and_decathlon_folders(tmp_path)
     single = tmp_path / "d.mha"
     single.write_bytes(b"x")
     found = unlabeled_files([tmp_path / "plain", tmp_path / "dec", single, single])
-    assert found == [tmp_path / "plain" / "a.nrrd", tmp_path / "plain" / "b.nii.gz",
-                     tmp_path / "dec" / "imagesTr" / "c.nii.gz", single]  # fmt: skip
+    assert found == [
+        tmp_path / "plain" / "a.nrrd",
+        tmp_path / "plain" / "b.nii.gz",
+        tmp_path / "dec" / "imagesTr" / "c.nii.gz",
+        single,
+    ]
     with pytest.raises(InputError) as missing:
         unlabeled_files([tmp_path / "nowhere.nii.gz"])
     assert missing.value.path == tmp_path / "nowhere.nii.gz" or "nowhere.nii.gz" in str(missing.value)
@@ -141,12 +145,33 @@ def test_a_three_step_finetune_with_unlabeled_volumes_records_them(tmp_path, cap
     images = hippocampus_dir / "imagesTr"
     output = tmp_path / "adapter"
     code, events, _, _ = run(
-        capsys, "finetune", "--base-model", "preset:unetr-tiny", "--labels", "Anterior", "Posterior",
-        "--case", images / "hippocampus_001.nii.gz", hippocampus_dir / "labelsTr" / "hippocampus_001.nii.gz",
-        "--rank", "4", "--iterations", "3", "--batch-size", "1", "--device", "cpu", "--events",
-        "--unlabeled", images / "hippocampus_003.nii.gz", images / "hippocampus_006.nii.gz",
-        "--unlabeled-weight", "0.5", "-o", output,
-    )  # fmt: skip
+        capsys,
+        "finetune",
+        "--base-model",
+        "preset:unetr-tiny",
+        "--labels",
+        "Anterior",
+        "Posterior",
+        "--case",
+        images / "hippocampus_001.nii.gz",
+        hippocampus_dir / "labelsTr" / "hippocampus_001.nii.gz",
+        "--rank",
+        "4",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--events",
+        "--unlabeled",
+        images / "hippocampus_003.nii.gz",
+        images / "hippocampus_006.nii.gz",
+        "--unlabeled-weight",
+        "0.5",
+        "-o",
+        output,
+    )
     assert code == 0, events[-1]
     assert [e["iteration"] for e in events if e["event"] == "progress"] == [1, 2, 3]
     config = json.loads((output / ADAPTER_CONFIG_FILE).read_text())
@@ -169,16 +194,29 @@ def test_keep_teacher_saves_the_teacher_not_the_student(tmp_path, capsys, hippoc
     common = {"iterations": 1, "unlabeled": [str(images / "hippocampus_003.nii.gz")], "ema_decay": 0.5}
     student, teacher = tmp_path / "student", tmp_path / "teacher"
     for output, keep in ((student, False), (teacher, True)):
-        job = write_job(tmp_path / f"{output.name}.json",
-                        tiny_job(hippocampus_dir, output, keep_teacher=keep, **common))  # fmt: skip
+        job = write_job(
+            tmp_path / f"{output.name}.json", tiny_job(hippocampus_dir, output, keep_teacher=keep, **common)
+        )
         code, events, _, _ = run(capsys, "finetune", "--job", job)
         assert code == 0, events[-1]
     initial = tmp_path / "initial"
-    job = write_job(tmp_path / "initial.json", tiny_job(hippocampus_dir, initial, iterations=1, learning_rate=1e-30,
-                                                        head_learning_rate=1e-30, modules_learning_rate=1e-30))  # fmt: skip
+    job = write_job(
+        tmp_path / "initial.json",
+        tiny_job(
+            hippocampus_dir,
+            initial,
+            iterations=1,
+            learning_rate=1e-30,
+            head_learning_rate=1e-30,
+            modules_learning_rate=1e-30,
+        ),
+    )
     assert run(capsys, "finetune", "--job", job)[0] == 0
     s, t, i = (load_file(str(p / ADAPTER_WEIGHTS_FILE)) for p in (student, teacher, initial))
-    assert json.loads((teacher / ADAPTER_CONFIG_FILE).read_text())["training"]["semi_supervised"]["saved"] == "teacher"
+    assert (
+        json.loads((teacher / ADAPTER_CONFIG_FILE).read_text())["training"]["semi_supervised"]["saved"]
+        == "teacher"
+    )
     moved = [k for k in s if not torch.allclose(s[k], i[k])]
     assert moved, "one step moves the student"
     for k in moved:
@@ -186,11 +224,15 @@ def test_keep_teacher_saves_the_teacher_not_the_student(tmp_path, capsys, hippoc
 
 
 @pytest.mark.parametrize("bad", ["missing", "garbage"])
-def test_a_bad_unlabeled_path_fails_before_the_first_step_naming_the_file(tmp_path, capsys, hippocampus_dir, bad):
+def test_a_bad_unlabeled_path_fails_before_the_first_step_naming_the_file(
+    tmp_path, capsys, hippocampus_dir, bad
+):
     path = tmp_path / "scan_17.nii.gz"
     if bad == "garbage":
         path.write_bytes(b"not a volume at all")
-    job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter", unlabeled=[str(path)]))
+    job = write_job(
+        tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter", unlabeled=[str(path)])
+    )
     code, events, _, _ = run(capsys, "finetune", "--job", job)
     assert code == 2 and events[-1]["kind"] == "input_error", events[-1]
     assert "scan_17.nii.gz" in (events[-1]["path"] or "") + events[-1]["message"]
@@ -203,7 +245,11 @@ def test_unlabeled_job_keys_are_checked(tmp_path, hippocampus_dir):
 
     job = tiny_job(hippocampus_dir, tmp_path / "a", unlabeled=["x.nii.gz"])
     parsed = FinetuneJob.from_dict(job, tmp_path)
-    assert parsed.unlabeled == [tmp_path / "x.nii.gz"] and parsed.unlabeled_weight == 0.1 and parsed.ema_decay == 0.99
+    assert (
+        parsed.unlabeled == [tmp_path / "x.nii.gz"]
+        and parsed.unlabeled_weight == 0.1
+        and parsed.ema_decay == 0.99
+    )
     assert FinetuneJob.from_dict(parsed.to_dict(), tmp_path) == parsed
     for key, value in (("unlabeled", "x.nii.gz"), ("unlabeled_weight", -1), ("ema_decay", 1.0)):
         with pytest.raises(ConfigError, match=key):

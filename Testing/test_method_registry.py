@@ -37,11 +37,31 @@ LAYOUTS = {
     "scratch": (194, "32925b792b97a338", "3e34a2fc723f9f9d"),
 }
 RECORD_KEYS = [
-    "alpha", "base_fingerprint", "base_model_id", "config_sha256", "conv_target_modules", "decoder_modules",
-    "format", "fused_splits", "head_module", "initialisation", "label_colors", "label_names", "method",
-    "new_head", "num_classes", "parameter_counts", "rank", "seed", "selection", "target_modules", "targets",
-    "train_modules", "versions", "weights_sha256",
-]  # fmt: skip
+    "alpha",
+    "base_fingerprint",
+    "base_model_id",
+    "config_sha256",
+    "conv_target_modules",
+    "decoder_modules",
+    "format",
+    "fused_splits",
+    "head_module",
+    "initialisation",
+    "label_colors",
+    "label_names",
+    "method",
+    "new_head",
+    "num_classes",
+    "parameter_counts",
+    "rank",
+    "seed",
+    "selection",
+    "target_modules",
+    "targets",
+    "train_modules",
+    "versions",
+    "weights_sha256",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +72,13 @@ def base() -> nn.Module:
 def config_for(method: str) -> AdapterConfig:
     """The config the layouts above were written with."""
     return AdapterConfig(
-        method=method, rank=2, num_classes=3, new_head=True, conv_target_modules=CONV_TARGETS if method == "tcur" else [],
+        method=method,
+        rank=2,
+        num_classes=3,
+        new_head=True,
+        conv_target_modules=CONV_TARGETS if method == "tcur" else [],
         train_modules=["encoder1"] if method in ("tcur", "lora") else [],
-    )  # fmt: skip
+    )
 
 
 def test_the_registry_lists_every_method_with_its_facts():
@@ -65,27 +89,40 @@ def test_the_registry_lists_every_method_with_its_facts():
     assert [m for m in METHODS if method_info(m).random_init] == ["scratch"]
     assert [m for m in METHODS if method_info(m).trains_head] == ["head"]
     assert {m: REGISTRY[m].learning_rate for m in METHODS} == {
-        "tcur": 1e-2, "lora": 2e-3, "decoder": 1e-3, "full": 2e-4, "head": 5e-3, "scratch": 1e-3
-    }  # fmt: skip
+        "tcur": 1e-2,
+        "lora": 2e-3,
+        "decoder": 1e-3,
+        "full": 2e-4,
+        "head": 5e-3,
+        "scratch": 1e-3,
+    }
     assert AdapterConfig(method="lora", rank=4).resolved_alpha == 4.0
     assert AdapterConfig(method="tcur", rank=4).resolved_alpha == 1.0
 
 
 def test_an_unknown_method_is_refused_with_the_same_words_everywhere(capsys):
-    for refuse in (lambda: AdapterConfig(method="dora"), lambda: method_info("dora"), lambda: get_method("dora")):
+    for refuse in (
+        lambda: AdapterConfig(method="dora"),
+        lambda: method_info("dora"),
+        lambda: get_method("dora"),
+    ):
         with pytest.raises(ConfigError) as info:
             refuse()
         assert str(info.value) == UNKNOWN
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["finetune", "--method", "dora"])
     assert exit_info.value.code == 2
-    assert ("argument --method: invalid choice: 'dora' (choose from 'tcur', 'lora', 'decoder', 'full', 'head', "
-            "'scratch')") in capsys.readouterr().err  # fmt: skip
+    assert (
+        "argument --method: invalid choice: 'dora' (choose from 'tcur', 'lora', 'decoder', 'full', 'head', "
+        "'scratch')"
+    ) in capsys.readouterr().err
 
 
 def test_the_registry_and_the_job_schema_need_no_torch():
-    code = ("import sys, tcurlora.jobs.schema, tcurlora.adapters.methods.registry as r; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(r.METHODS))")  # fmt: skip
+    code = (
+        "import sys, tcurlora.jobs.schema, tcurlora.adapters.methods.registry as r; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(r.METHODS))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "tcur,lora,decoder,full,head,scratch"
@@ -101,8 +138,10 @@ def test_adapter_folders_keep_their_layout(base, tmp_path: Path, method: str):
     assert record["initialisation"] == ("random" if method == "scratch" else "base")
     with safe_open(str(folder / ADAPTER_WEIGHTS_FILE), "pt") as weights:
         assert weights.metadata() == {"format": ADAPTER_FORMAT}
-        lines = sorted(f"{k}:{weights.get_slice(k).get_dtype()}:{weights.get_slice(k).get_shape()}"
-                       for k in weights.keys())  # fmt: skip
+        lines = sorted(
+            f"{k}:{weights.get_slice(k).get_dtype()}:{weights.get_slice(k).get_shape()}"
+            for k in weights.keys()
+        )
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
     assert (len(lines), digest, record["weights_sha256"][:16]) == LAYOUTS[method]
 
@@ -128,5 +167,7 @@ def test_every_method_merges_unmerges_and_unloads(base, method: str):
         plain = adapted.merge_and_unload()
         torch.testing.assert_close(plain(batch), unmerged, atol=1e-5, rtol=0)
     assert type(plain) is type(base)
-    wrappers = [n for n, m in plain.named_modules() if hasattr(m, "lora_A") or type(m).__name__.startswith("TCUR")]
+    wrappers = [
+        n for n, m in plain.named_modules() if hasattr(m, "lora_A") or type(m).__name__.startswith("TCUR")
+    ]
     assert wrappers == []

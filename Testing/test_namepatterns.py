@@ -15,17 +15,43 @@ from tcurlora.adapters.config import CONV_TARGETS, DEFAULT_DECODER_MODULES, DEFA
 from tcurlora.adapters.methods.baselines import CNN_DECODERS
 from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern, full_match
 
-PATTERNS = DEFAULT_TARGETS + DEFAULT_DECODER_MODULES + CONV_TARGETS + CNN_DECODERS["SegResNet"] + [
-    r"decoder\d+", r".+", r"encoder1|decoder2", r"(?=.*conv).*\.\w+\b", r"^vit\.\B.*$", r"a{2,3}",
-    r"[^a-c0-9]*", r"\W+", r".*?conv", r"(a|b)*c?", r"(?:x|)+", r"\s?\S+", r"[\d_a-z]+\.\d+",
-    r"(?!.*norm).*\.conv", r"^(?=vit)(?!.*norm)(?=(?=v).*)vit.*", r"(?x) decoder \d", r"model\.\d+(\.submodule\.\d+){2,}.*", r"\Aup_\w+\Z",
-]  # fmt: skip
+PATTERNS = (
+    DEFAULT_TARGETS
+    + DEFAULT_DECODER_MODULES
+    + CONV_TARGETS
+    + CNN_DECODERS["SegResNet"]
+    + [
+        r"decoder\d+",
+        r".+",
+        r"encoder1|decoder2",
+        r"(?=.*conv).*\.\w+\b",
+        r"^vit\.\B.*$",
+        r"a{2,3}",
+        r"[^a-c0-9]*",
+        r"\W+",
+        r".*?conv",
+        r"(a|b)*c?",
+        r"(?:x|)+",
+        r"\s?\S+",
+        r"[\d_a-z]+\.\d+",
+        r"(?!.*norm).*\.conv",
+        r"^(?=vit)(?!.*norm)(?=(?=v).*)vit.*",
+        r"(?x) decoder \d",
+        r"model\.\d+(\.submodule\.\d+){2,}.*",
+        r"\Aup_\w+\Z",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
 def names() -> list[str]:
     found: set[str] = {"", "a", "aaab", "x\n", "é1", "a_b.c"}
-    for model in (small_unetr(), small_swin(), UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=2), SegResNet()):
+    for model in (
+        small_unetr(),
+        small_swin(),
+        UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=2),
+        SegResNet(),
+    ):
         found |= {name for name, _ in model.named_modules()}
     return sorted(found)
 
@@ -44,7 +70,14 @@ def test_no_pattern_can_hang():
     signal.setitimer(signal.ITIMER_REAL, 10)
     try:
         started = time.monotonic()
-        for pattern in ["(.|.)*(.|.)*Z", "(a+)+$", "(a|aa)*b", ".*.*.*.*.*.*.*.*Z", "(x+x+)+y", "(?=(a*)*b)a*"]:
+        for pattern in [
+            "(.|.)*(.|.)*Z",
+            "(a+)+$",
+            "(a|aa)*b",
+            ".*.*.*.*.*.*.*.*Z",
+            "(x+x+)+y",
+            "(?=(a*)*b)a*",
+        ]:
             assert not full_match(pattern, "a" * 3000 + "!"), pattern
         assert full_match("(.|.)*(.|.)*Z", "x" * 3000 + "Z")
         assert time.monotonic() - started < 10
@@ -79,7 +112,9 @@ def test_what_a_linear_matcher_cannot_do_is_refused(pattern, problem):
 
 def test_a_list_costlier_than_the_bound_is_refused_and_the_costliest_allowed_is_quick():
     check_pattern_list(["(?:.?){127}X"])  # 128 positions: the most one list may have
-    with pytest.raises(PatternError, match="129 character positions once repeats are unrolled, more than 128"):
+    with pytest.raises(
+        PatternError, match="129 character positions once repeats are unrolled, more than 128"
+    ):
         check_pattern_list(["(?:.?){127}X", "a"])
     with pytest.raises(PatternError, match="101 patterns, more than 100"):
         check_pattern_list([f"layer{i}" for i in range(101)])

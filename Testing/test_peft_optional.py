@@ -68,7 +68,9 @@ def test_adapters_save_and_load_without_peft(tmp_path: Path) -> None:
         [sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0 and lines, (
+        f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    )
     result = json.loads(lines[0][len("RESULT ") :])
     for method, outcome in result["methods"].items():
         assert outcome["same"], f"{method}: the loaded adapter computes something else"

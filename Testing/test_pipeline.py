@@ -101,8 +101,16 @@ def test_segment_held_out_case_keeps_geometry_and_evaluate_matches(trained):
     image = folder / "imagesTr/hippocampus_007.nii.gz"
     reference = folder / "labelsTr/hippocampus_007.nii.gz"
     output = work / "seg" / "hippocampus_007_seg.nii.gz"
-    segment = ["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(work / "adapter"),
-               "--output", str(output)]  # fmt: skip
+    segment = [
+        "segment",
+        str(image),
+        "--base-model",
+        "preset:unetr-tiny",
+        "--adapter",
+        str(work / "adapter"),
+        "--output",
+        str(output),
+    ]
     assert main([*segment, "--events"]) == 0
     source, written = sitk.ReadImage(str(image)), sitk.ReadImage(str(output))
     assert written.GetSize() == source.GetSize()

@@ -37,7 +37,9 @@ def test_shipped_recipes_parse_and_keep_adaptation_targets_out(path):
     config = PretrainConfig.from_file(path)
     supervised = {s.folder for s in config.sources if s.objective == "segment"}
     assert supervised == {"acdc", "brats2013"}  # never the labels of a structure we adapt to
-    assert all(s.val_case_ids and s.licence and s.reference for s in config.sources if s.objective == "segment")
+    assert all(
+        s.val_case_ids and s.licence and s.reference for s in config.sources if s.objective == "segment"
+    )
     for source in config.sources:
         if source.objective == "tissue":  # images only, and never our own test splits (the last cases)
             assert source.folder in NON_TEST_CASES and source.num_cases <= NON_TEST_CASES[source.folder]
@@ -116,12 +118,28 @@ def tiny_run(tmp_path_factory):
     (root / "b" / "dataset.json").write_text(json.dumps(dataset))
     config = PretrainConfig(
         name="tiny-union",
-        sources=[SourceConfig("a", "a", val_case_ids=["synthetic_002"]), SourceConfig("b", "b", val_case_ids=["synthetic_002"])],
-        arch_params={"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "proj_type": "conv",
-                     "norm_name": "instance", "res_block": True, "dropout_rate": 0.0},
-        spacing=(1.5, 1.5, 1.5), patch_size=(32, 32, 32), iterations=6, batch_size=1, warmup=2,
-        checkpoint_every=4, threads=1,
-    )  # fmt: skip
+        sources=[
+            SourceConfig("a", "a", val_case_ids=["synthetic_002"]),
+            SourceConfig("b", "b", val_case_ids=["synthetic_002"]),
+        ],
+        arch_params={
+            "feature_size": 8,
+            "hidden_size": 48,
+            "mlp_dim": 96,
+            "num_heads": 4,
+            "proj_type": "conv",
+            "norm_name": "instance",
+            "res_block": True,
+            "dropout_rate": 0.0,
+        },
+        spacing=(1.5, 1.5, 1.5),
+        patch_size=(32, 32, 32),
+        iterations=6,
+        batch_size=1,
+        warmup=2,
+        checkpoint_every=4,
+        threads=1,
+    )
     card = run_pretrain(config, root, root / "model", device_name="cpu", log=lambda m: None)
     return {"root": root, "config": config, "card": card}
 

@@ -30,8 +30,16 @@ from tcurlora.pretraining.data import load_volume, preprocess
 from tcurlora.pretraining.run import finish_from_checkpoint, run_pretrain
 from tcurlora.synthetic import write_dataset
 
-ARCH = {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "proj_type": "conv",
-        "norm_name": "instance", "res_block": True, "dropout_rate": 0.0}  # fmt: skip
+ARCH = {
+    "feature_size": 8,
+    "hidden_size": 48,
+    "mlp_dim": 96,
+    "num_heads": 4,
+    "proj_type": "conv",
+    "norm_name": "instance",
+    "res_block": True,
+    "dropout_rate": 0.0,
+}
 
 
 def quiet(_message: str) -> None:
@@ -49,10 +57,20 @@ def data(tmp_path_factory) -> Path:
 def recipe(**changes) -> PretrainConfig:
     values = dict(
         name="tiny-resume",
-        sources=[SourceConfig("a", "a", val_case_ids=["synthetic_002"]), SourceConfig("b", "b", val_case_ids=[])],
-        arch_params=ARCH, spacing=(1.5, 1.5, 1.5), patch_size=(32, 32, 32), iterations=6, batch_size=1,
-        warmup=2, checkpoint_every=4, threads=1, foreground_fraction=0.5,
-    )  # fmt: skip
+        sources=[
+            SourceConfig("a", "a", val_case_ids=["synthetic_002"]),
+            SourceConfig("b", "b", val_case_ids=[]),
+        ],
+        arch_params=ARCH,
+        spacing=(1.5, 1.5, 1.5),
+        patch_size=(32, 32, 32),
+        iterations=6,
+        batch_size=1,
+        warmup=2,
+        checkpoint_every=4,
+        threads=1,
+        foreground_fraction=0.5,
+    )
     values.update(changes)
     return PretrainConfig(**values)
 
@@ -87,8 +105,14 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
     state = json.loads((work / "stopped.checkpoint" / PRETRAIN_STATE_FILE).read_text())
     assert state["iteration"] == 3 and state["sampler"]["bit_generator"] == "PCG64"
     shutil.copytree(work / "stopped.checkpoint", work / "saved.checkpoint")  # a pristine copy for other tests
-    card = run_pretrain(recipe(), data, work / "resumed", device_name="cpu", log=quiet,
-                        resume_from=work / "stopped.checkpoint")  # fmt: skip
+    card = run_pretrain(
+        recipe(),
+        data,
+        work / "resumed",
+        device_name="cpu",
+        log=quiet,
+        resume_from=work / "stopped.checkpoint",
+    )
     assert card["iterations"] == 6 and card["complete"] is True
     return {"work": work, "checkpoint": work / "saved.checkpoint"}
 
@@ -97,8 +121,10 @@ def runs(tmp_path_factory, data) -> dict[str, Path]:
 def test_a_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_one(runs):
     work = runs["work"]
     assert losses(work / "resumed") == losses(work / "straight") and len(losses(work / "straight")) == 6
-    assert_same_tensors(load_file(str(work / "straight" / MODEL_WEIGHTS_FILE)),
-                        load_file(str(work / "resumed" / MODEL_WEIGHTS_FILE)))  # fmt: skip
+    assert_same_tensors(
+        load_file(str(work / "straight" / MODEL_WEIGHTS_FILE)),
+        load_file(str(work / "resumed" / MODEL_WEIGHTS_FILE)),
+    )
     # The fp32 checkpoints at iteration 4 (after the resume at 3): weights, optimizer moments and RNG agree.
     for name in ("straight", "resumed"):
         assert json.loads((work / f"{name}.checkpoint" / PRETRAIN_STATE_FILE).read_text())["iteration"] == 4
@@ -123,15 +149,23 @@ def test_the_stopped_run_differs_from_the_finished_one(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "named"),
-    [({"learning_rate": 1e-3}, "learning_rate: 0.0003 in the checkpoint, 0.001 now"),
-     ({"seed": 1}, "seed: 0 in the checkpoint, 1 now"),
-     ({"patch_size": (24, 24, 24)}, "patch_size: [32, 32, 32] in the checkpoint, [24, 24, 24] now")],
+    [
+        ({"learning_rate": 1e-3}, "learning_rate: 0.0003 in the checkpoint, 0.001 now"),
+        ({"seed": 1}, "seed: 0 in the checkpoint, 1 now"),
+        ({"patch_size": (24, 24, 24)}, "patch_size: [32, 32, 32] in the checkpoint, [24, 24, 24] now"),
+    ],
     ids=["lr", "seed", "patch"],
-)  # fmt: skip
+)
 def test_resume_refuses_a_checkpoint_of_another_recipe(runs, data, tmp_path, change, named):
     with pytest.raises(InputError, match="cannot resume: the checkpoint was made for another recipe") as info:
-        run_pretrain(recipe(**change), data, tmp_path / "other", device_name="cpu", log=quiet,
-                     resume_from=runs["checkpoint"])  # fmt: skip
+        run_pretrain(
+            recipe(**change),
+            data,
+            tmp_path / "other",
+            device_name="cpu",
+            log=quiet,
+            resume_from=runs["checkpoint"],
+        )
     assert named in str(info.value) and str(runs["checkpoint"]) in str(info.value)
     assert not (tmp_path / "other").exists()
 
@@ -144,16 +178,26 @@ def test_resume_refuses_other_data_and_warm_starts_from_weights_only(runs, data,
     dataset["training"], dataset["numTraining"] = dataset["training"][1:], 2  # one training case fewer
     listing.write_text(json.dumps(dataset))
     with pytest.raises(InputError, match=r"training volumes of a differ \(2 in the checkpoint, 1 now\)"):
-        run_pretrain(recipe(), tmp_path / "data", tmp_path / "fewer", device_name="cpu", log=quiet,
-                     resume_from=runs["checkpoint"])  # fmt: skip
+        run_pretrain(
+            recipe(),
+            tmp_path / "data",
+            tmp_path / "fewer",
+            device_name="cpu",
+            log=quiet,
+            resume_from=runs["checkpoint"],
+        )
     # A folder without training state (a model, or a checkpoint of an older tcurlora) is a warm start.
     legacy = tmp_path / "legacy.checkpoint"
     shutil.copytree(runs["checkpoint"], legacy)
     (legacy / PRETRAIN_STATE_FILE).unlink()
     messages: list[str] = []
-    card = run_pretrain(recipe(), data, tmp_path / "legacy", device_name="cpu", log=messages.append,
-                        resume_from=legacy)  # fmt: skip
-    assert card["iterations"] == 6 and "Continued at iteration 3 from the weights of legacy.checkpoint" in card["notes"][0]
+    card = run_pretrain(
+        recipe(), data, tmp_path / "legacy", device_name="cpu", log=messages.append, resume_from=legacy
+    )
+    assert (
+        card["iterations"] == 6
+        and "Continued at iteration 3 from the weights of legacy.checkpoint" in card["notes"][0]
+    )
     assert any("optimizer and patch sampler restart" in m for m in messages)
     assert losses(tmp_path / "legacy")[:3] == losses(runs["work"] / "straight")[:3]
 
@@ -174,14 +218,24 @@ def test_cached_volumes_equal_fresh_ones_and_a_changed_file_is_preprocessed_agai
     fresh_image, fresh_label = preprocess(case, 0, 2, spec)
     first = load_volume(case, 0, 0, 2, spec, cache)
     entries = list(cache.iterdir())
-    assert len(entries) == 1 and entries[0].name == f"{key_digest(volume_key(case.images[0], case.label, 0, 2, spec))}.safetensors"
+    assert (
+        len(entries) == 1
+        and entries[0].name == f"{key_digest(volume_key(case.images[0], case.label, 0, 2, spec))}.safetensors"
+    )
     assert torch.equal(first.image, fresh_image) and torch.equal(first.label, fresh_label)
-    assert first.image.dtype == torch.float16 and first.label.dtype == torch.uint8 and int(first.label.max()) == 4
+    assert (
+        first.image.dtype == torch.float16
+        and first.label.dtype == torch.uint8
+        and int(first.label.max()) == 4
+    )
     # A second load reads the entry: an entry holding other voxels under the same key is what comes back.
     stored = load_file(str(entries[0]))
     text = json.dumps(volume_key(case.images[0], case.label, 0, 2, spec), sort_keys=True)
-    save_file({"image": torch.zeros_like(stored["image"]), "label": stored["label"]}, str(entries[0]),
-              metadata={"key": text})  # fmt: skip
+    save_file(
+        {"image": torch.zeros_like(stored["image"]), "label": stored["label"]},
+        str(entries[0]),
+        metadata={"key": text},
+    )
     assert not load_volume(case, 0, 0, 2, spec, cache).image.any()
     # A damaged entry is computed again and replaced.
     entries[0].write_bytes(b"\x00" * 16)
@@ -209,9 +263,16 @@ def test_a_pretraining_checkpoint_keeps_the_files_and_record_older_versions_wrot
     """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
     folder = runs["checkpoint"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE, OPTIMIZER_FILE, TRAINING_LOG_FILE, PRETRAIN_STATE_FILE])
+        [MODEL_SPEC_FILE, MODEL_WEIGHTS_FILE, OPTIMIZER_FILE, TRAINING_LOG_FILE, PRETRAIN_STATE_FILE]
+    )
     state = json.loads((folder / PRETRAIN_STATE_FILE).read_text())
     assert list(state) == ["format", "iteration", "sampler", "recipe", "train_volumes"]
     assert state["format"] == PRETRAIN_STATE_FORMAT and state["train_volumes"] == {
-        "a": ["synthetic_000_0000", "synthetic_001_0000"], "b": ["synthetic_000_0000", "synthetic_001_0000"]}  # fmt: skip
-    assert set(torch.load(str(folder / OPTIMIZER_FILE), weights_only=True)) == {"optimizer", "scaler", "torch_rng"}
+        "a": ["synthetic_000_0000", "synthetic_001_0000"],
+        "b": ["synthetic_000_0000", "synthetic_001_0000"],
+    }
+    assert set(torch.load(str(folder / OPTIMIZER_FILE), weights_only=True)) == {
+        "optimizer",
+        "scaler",
+        "torch_rng",
+    }

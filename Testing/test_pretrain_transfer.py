@@ -25,7 +25,10 @@ def test_random_contrast_keeps_range_and_is_seeded():
     assert torch.equal(first, again)
     assert first.min() >= -2.0 - 1e-5 and first.max() <= 3.0 + 1e-5
     assert not torch.allclose(first, image)  # the grey levels did change
-    curves = {tuple(random_contrast_curve(image, np.random.default_rng(s)).flatten()[::97].tolist()) for s in range(6)}
+    curves = {
+        tuple(random_contrast_curve(image, np.random.default_rng(s)).flatten()[::97].tolist())
+        for s in range(6)
+    }
     assert len(curves) == 6
 
 
@@ -54,7 +57,11 @@ def test_tissue_classes_are_quartiles_of_the_smoothed_image():
     assert classes.dtype == torch.int64 and classes.shape == image.shape
     for k in range(4):  # slab interiors (away from the smoothing at the slab borders) get their own class
         assert bool((classes[4 * k + 1 : 4 * k + 3] == k).all())
-    assert tissue_class_names("la") == ["la intensity class 1", "la intensity class 2", "la intensity class 3"]
+    assert tissue_class_names("la") == [
+        "la intensity class 1",
+        "la intensity class 2",
+        "la intensity class 3",
+    ]
     with pytest.raises(ValueError, match="3D"):
         tissue_classes(torch.zeros(1, 4, 4, 4))
 
@@ -66,13 +73,28 @@ def _tiny_recipe(root: Path) -> PretrainConfig:
     for label in (root / "unl" / "labelsTr").iterdir():
         label.write_bytes(b"not a volume")
     recipe = {
-        "format": PRETRAIN_RECIPE_FORMAT, "name": "t", "arch": "SegResNet",
-        "arch_params": {"spatial_dims": 3, "init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_up": [1, 1, 1]},
-        "sources": [{"name": "seg", "folder": "seg", "val_case_ids": ["synthetic_002"]},
-                    {"name": "unl", "folder": "unl", "objective": "tissue"}],
-        "spacing": [1.5, 1.5, 1.5], "patch_size": [16, 16, 16], "iterations": 3, "batch_size": 1, "warmup": 1,
-        "threads": 1, "checkpoint_every": 10, "intensity_randomisation": True,
-    }  # fmt: skip
+        "format": PRETRAIN_RECIPE_FORMAT,
+        "name": "t",
+        "arch": "SegResNet",
+        "arch_params": {
+            "spatial_dims": 3,
+            "init_filters": 8,
+            "blocks_down": [1, 1, 1, 1],
+            "blocks_up": [1, 1, 1],
+        },
+        "sources": [
+            {"name": "seg", "folder": "seg", "val_case_ids": ["synthetic_002"]},
+            {"name": "unl", "folder": "unl", "objective": "tissue"},
+        ],
+        "spacing": [1.5, 1.5, 1.5],
+        "patch_size": [16, 16, 16],
+        "iterations": 3,
+        "batch_size": 1,
+        "warmup": 1,
+        "threads": 1,
+        "checkpoint_every": 10,
+        "intensity_randomisation": True,
+    }
     path = root / "recipe.json"
     path.write_text(json.dumps(recipe))
     return PretrainConfig.from_file(path)
@@ -104,8 +126,14 @@ def test_segresnet_base_pretrains_and_adapts_with_tcur(tmp_path):
     assert card["iterations"] == 3 and card["recipe"]["intensity_randomisation"] is True
     base = load_base_model(tmp_path / "base")
     assert type(base.model).__name__ == "SegResNet" and base.spec.labels[5] == "unl intensity class 3"
-    adapter = AdapterConfig(method="tcur", rank=2, num_classes=2, label_names=["x"], new_head=True,
-                            head_module=base.spec.head_module)  # fmt: skip
+    adapter = AdapterConfig(
+        method="tcur",
+        rank=2,
+        num_classes=2,
+        label_names=["x"],
+        new_head=True,
+        head_module=base.spec.head_module,
+    )
     configure_targets(adapter, base.model, None)
     adapter.train_modules = expand_train_modules(default_train_modules("tcur", "SegResNet"))
     adapted = apply_adapter(base.model, adapter)

@@ -57,8 +57,12 @@ def job_file(folder: Path, hippocampus_dir: Path, output: Path, **changes) -> Pa
 
 def tcurlora(*argv: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tcurlora", *argv], env=ENV, cwd=REPO_ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "tcurlora", *argv],
+        env=ENV,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -101,7 +105,12 @@ def remote_pid(remote_folder: Path) -> int:
 
 def test_parse_targets() -> None:
     host = RemoteHost.parse("ana@gpu.lab.org:2222", "/opt/venv/bin/tcurlora")
-    assert (host.user, host.host, host.port, host.command) == ("ana", "gpu.lab.org", 2222, "/opt/venv/bin/tcurlora")
+    assert (host.user, host.host, host.port, host.command) == (
+        "ana",
+        "gpu.lab.org",
+        2222,
+        "/opt/venv/bin/tcurlora",
+    )
     assert str(RemoteHost.parse("gpu")) == "gpu" and RemoteHost.parse("gpu").command == "tcurlora"
     for bad in ("", "a@b@c", "host:99999", "host:port", "user@"):
         with pytest.raises(RemoteError, match="remote host"):
@@ -138,8 +147,11 @@ def test_option_like_remote_is_refused(hippocampus_dir: Path, tmp_path: Path, ca
     with exit 2 before any ssh is started; so does a remote folder that remote commands would take for a flag."""
     job = job_file(tmp_path, hippocampus_dir, tmp_path / "adapter")
     marker = tmp_path / "MARK"
-    for flag in ("--remote=-V", f"--remote=-oProxyCommand=touch${{IFS}}{marker}@127.0.0.1",
-                 "--remote=gpu --remote-folder=-rf"):  # fmt: skip
+    for flag in (
+        "--remote=-V",
+        f"--remote=-oProxyCommand=touch${{IFS}}{marker}@127.0.0.1",
+        "--remote=gpu --remote-folder=-rf",
+    ):
         assert in_process("finetune", "--job", str(job), *flag.split()) == 2, flag
         final = events(capsys.readouterr().out)[-1]
         assert final["event"] == "error" and final["kind"] == "config_error", final
@@ -256,8 +268,17 @@ def test_remote_segment_equals_local(sshd, hippocampus_dir: Path, tiny_adapter: 
 
     image = tmp_path / "-Ihippocampus_001.nii.gz"
     shutil.copyfile(hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz", image)
-    common = ["segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
-              "--device", "cpu", "--events"]
+    common = [
+        "segment",
+        str(image),
+        "--base-model",
+        "preset:unetr-tiny",
+        "--adapter",
+        str(tiny_adapter),
+        "--device",
+        "cpu",
+        "--events",
+    ]
     remote_folder = tmp_path / "remote-runs"
     remote = tcurlora(*common, "--output", str(tmp_path / "remote"), *sshd.remote_args(remote_folder))
     assert in_process(*common, "--output", str(tmp_path / "local")) == 0
@@ -284,20 +305,34 @@ def test_outputs_that_do_not_come_back_leave_no_remote_folder(
     args = sshd.remote_args(remote_folder)
     args[args.index("--remote-command") + 1] = f"sh {worker}"
     image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
-    run = tcurlora("segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
-                   "--device", "cpu", "--events", "--output", str(tmp_path / "seg"), *args)
+    run = tcurlora(
+        "segment",
+        str(image),
+        "--base-model",
+        "preset:unetr-tiny",
+        "--adapter",
+        str(tiny_adapter),
+        "--device",
+        "cpu",
+        "--events",
+        "--output",
+        str(tmp_path / "seg"),
+        *args,
+    )
     out, err = run.communicate(timeout=120)
     assert run.returncode == 5, (out, err)
     final = events(out)[-1]
     assert final["event"] == "error" and final["message"].endswith(
-        "the remote run reported success but wrote no hippocampus_001_seg.nii.gz"), final
+        "the remote run reported success but wrote no hippocampus_001_seg.nii.gz"
+    ), final
     assert list(remote_folder.iterdir()) == [], "the remote run folder was left behind"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["remote-runs", "worker.sh"]
 
 
 @pytest.mark.slow
-def test_force_replaces_only_what_tcurlora_wrote(sshd, hippocampus_dir: Path, tiny_adapter: Path,
-                                                 tmp_path: Path, capsys) -> None:  # fmt: skip
+def test_force_replaces_only_what_tcurlora_wrote(
+    sshd, hippocampus_dir: Path, tiny_adapter: Path, tmp_path: Path, capsys
+) -> None:
     """`--force --remote` once replaced whatever was at the output when the results came back (a folder of
     the user's was deleted); it refuses, before connecting, what a local run refuses (exit 3)."""
     remote_folder = tmp_path / "remote-runs"
@@ -307,15 +342,30 @@ def test_force_replaces_only_what_tcurlora_wrote(sshd, hippocampus_dir: Path, ti
     job = job_file(tmp_path, hippocampus_dir, mine, force=True)
     assert in_process("finetune", "--job", str(job), *sshd.remote_args(remote_folder)) == 3
     final = events(capsys.readouterr().out)[-1]
-    assert final["kind"] == "output_exists" and "not an adapter written by tcurlora" in final["message"], final
+    assert final["kind"] == "output_exists" and "not an adapter written by tcurlora" in final["message"], (
+        final
+    )
     image = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
     scan = tmp_path / "scan.nii.gz"  # an image of the user's where the segmentation would go
     shutil.copyfile(image, scan)
-    code = in_process("segment", str(image), "--base-model", "preset:unetr-tiny", "--adapter", str(tiny_adapter),
-                      "--output", str(scan), "--force", "--events", *sshd.remote_args(remote_folder))
+    code = in_process(
+        "segment",
+        str(image),
+        "--base-model",
+        "preset:unetr-tiny",
+        "--adapter",
+        str(tiny_adapter),
+        "--output",
+        str(scan),
+        "--force",
+        "--events",
+        *sshd.remote_args(remote_folder),
+    )
     assert code == 3
     final = events(capsys.readouterr().out)[-1]
     assert final["kind"] == "output_exists" and "not a segmentation written by tcurlora" in final["message"]
-    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt"
+    ]
     assert scan.read_bytes() == image.read_bytes()
     assert not remote_folder.exists(), "nothing may be staged on the host"

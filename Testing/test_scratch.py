@@ -30,11 +30,22 @@ def data(tmp_path_factory):
 
 
 def scratch_job(data, output, seed: int = 0, iterations: int = 2) -> FinetuneJob:
-    return FinetuneJob.from_dict({
-        "command": "finetune", "base_model": BASE, "data": str(data), "method": "scratch", "seed": seed,
-        "iterations": iterations, "batch_size": 1, "checkpoint_every": 0, "device": "cpu", "spacing": "base",
-        "output": str(output),
-    }, output.parent)  # fmt: skip
+    return FinetuneJob.from_dict(
+        {
+            "command": "finetune",
+            "base_model": BASE,
+            "data": str(data),
+            "method": "scratch",
+            "seed": seed,
+            "iterations": iterations,
+            "batch_size": 1,
+            "checkpoint_every": 0,
+            "device": "cpu",
+            "spacing": "base",
+            "output": str(output),
+        },
+        output.parent,
+    )
 
 
 def initial_weights(data, tmp_path, seed: int) -> dict[str, torch.Tensor]:
@@ -45,8 +56,9 @@ def initial_weights(data, tmp_path, seed: int) -> dict[str, torch.Tensor]:
 def test_scratch_is_a_method_with_its_own_learning_rate():
     assert "scratch" in METHODS
     assert method_info("scratch").learning_rate == SCRATCH_LEARNING_RATE
-    job = FinetuneJob.from_dict({"command": "finetune", "base_model": BASE, "data": "x", "method": "scratch",
-                                 "output": "out"}, ".")  # fmt: skip
+    job = FinetuneJob.from_dict(
+        {"command": "finetune", "base_model": BASE, "data": "x", "method": "scratch", "output": "out"}, "."
+    )
     assert learning_rates(job)["adapter"] == SCRATCH_LEARNING_RATE
 
 

@@ -37,8 +37,9 @@ class Toy:
 
     name: str = setting(kind="string", help="its name", flag="--name")
     count: int = setting(3, "integer", minimum=1, maximum=9, help="how many", flag="--count")
-    rate: float | None = setting(None, "number", minimum=0.0, exclusive_minimum=True, help="a rate",
-                                 flag="--rate", dest="r")  # fmt: skip
+    rate: float | None = setting(
+        None, "number", minimum=0.0, exclusive_minimum=True, help="a rate", flag="--rate", dest="r"
+    )
     mode: str = setting("a", "choice", choices=("a", "b"), help="the mode", flag="--mode")
     quiet: bool = setting(False, "boolean", help="say less", flag="--quiet")
     tags: list[str] = setting([], "strings", help="labels", flag="--tags")
@@ -72,8 +73,16 @@ def test_the_generic_validator_names_the_key_and_the_problem(data, message):
 
 def test_defaults_conversions_and_fresh_list_defaults():
     values = read_fields(Toy, {"name": "x", "rate": 1, "where": "sub", "note": ""}, Path("/base"))
-    assert values == {"name": "x", "count": 3, "rate": 1.0, "mode": "a", "quiet": False, "tags": [], "note": "",
-                      "where": Path("/base/sub")}  # fmt: skip
+    assert values == {
+        "name": "x",
+        "count": 3,
+        "rate": 1.0,
+        "mode": "a",
+        "quiet": False,
+        "tags": [],
+        "note": "",
+        "where": Path("/base/sub"),
+    }
     assert isinstance(values["rate"], float)
     a, b = Toy(name="a"), Toy(name="b")
     a.tags.append("t")
@@ -85,12 +94,34 @@ def test_the_json_schema_agrees_with_the_validator():
     jsonschema.Draft202012Validator.check_schema(schema)
     check = jsonschema.Draft202012Validator(schema)
     assert schema["required"] == ["name"] and schema["description"] == "A toy model."
-    assert schema["properties"]["count"] == {"type": "integer", "minimum": 1, "maximum": 9, "description": "how many",
-                                             "default": 3}  # fmt: skip
-    good = {"name": "x", "count": 9, "rate": 0.5, "mode": "b", "quiet": True, "tags": ["t"], "note": "", "where": None}
+    assert schema["properties"]["count"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 9,
+        "description": "how many",
+        "default": 3,
+    }
+    good = {
+        "name": "x",
+        "count": 9,
+        "rate": 0.5,
+        "mode": "b",
+        "quiet": True,
+        "tags": ["t"],
+        "note": "",
+        "where": None,
+    }
     check.validate(good)
-    for key, bad in [("count", 10), ("count", "3"), ("rate", 0), ("mode", "c"), ("quiet", 1), ("name", " "),
-                     ("tags", ["a", 2]), ("other", 1)]:  # fmt: skip
+    for key, bad in [
+        ("count", 10),
+        ("count", "3"),
+        ("rate", 0),
+        ("mode", "c"),
+        ("quiet", 1),
+        ("name", " "),
+        ("tags", ["a", 2]),
+        ("other", 1),
+    ]:
         assert list(check.iter_errors({**good, key: bad})), (key, bad)
         with pytest.raises(SettingError):
             check_keys({**good, key: bad}, set(Toy.__dataclass_fields__))
@@ -100,8 +131,14 @@ def test_the_json_schema_agrees_with_the_validator():
 def test_flags_helps_and_values_come_from_the_declaration():
     parser = argparse.ArgumentParser()
     add_arguments(parser, Toy)
-    assert job_flags(Toy) == {"name": "--name", "count": "--count", "r": "--rate", "mode": "--mode",
-                              "quiet": "--quiet", "tags": "--tags"}  # fmt: skip
+    assert job_flags(Toy) == {
+        "name": "--name",
+        "count": "--count",
+        "r": "--rate",
+        "mode": "--mode",
+        "quiet": "--quiet",
+        "tags": "--tags",
+    }
     args = parser.parse_args(["--name", "n", "--rate", "0.5", "--quiet", "--tags", "a", "b"])
     assert flag_values(args, Toy) == {"name": "n", "rate": 0.5, "quiet": True, "tags": ["a", "b"]}
     helps = {a.dest: a.help for a in parser._actions}
@@ -142,8 +179,14 @@ def recipe(tmp_path: Path, **changes) -> Path:
         ({"checkpoint_every": 0}, "key 'checkpoint_every': must be >= 1, got 0"),
         ({"iteration": 5}, "key 'iteration': unknown key"),
         ({"sources": [{"name": "a"}]}, "key 'sources[0].folder': missing (required)"),
-        ({"sources": [{"name": "a", "folder": "f", "channels": ["0"]}]}, "key 'sources[0].channels': expected"),
-        ({"sources": [{"name": "a", "folder": "f", "num_cases": 0}]}, "key 'sources[0].num_cases': must be >= 1"),
+        (
+            {"sources": [{"name": "a", "folder": "f", "channels": ["0"]}]},
+            "key 'sources[0].channels': expected",
+        ),
+        (
+            {"sources": [{"name": "a", "folder": "f", "num_cases": 0}]},
+            "key 'sources[0].num_cases': must be >= 1",
+        ),
         ({"sources": [{"name": "a", "folder": "f", "val_ids": []}]}, "key 'sources[0].val_ids': unknown key"),
         ({"sources": "acdc"}, "key 'sources': expected a list of source objects, got str 'acdc'"),
         ({"arch_params": None}, "key 'arch_params': expected an object, got NoneType None"),
@@ -170,9 +213,15 @@ def test_a_recipe_round_trips_through_to_dict(tmp_path):
 def test_the_builtin_model_spec_round_trips_and_bad_specs_name_the_key():
     from tcurlora.models.spec import IntensitySpec, ModelSpec
 
-    record = json.loads((REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / MODEL_SPEC_FILE).read_text())
+    record = json.loads(
+        (REPO / "Resources" / "Models" / "unetr-small-acdc-brats" / MODEL_SPEC_FILE).read_text()
+    )
     spec = ModelSpec.from_dict(record["spec"])
-    assert spec.spacing == (1.5, 1.5, 1.5) and spec.patch_size == (48, 48, 48) and spec.labels[1] == "RightVentricle"
+    assert (
+        spec.spacing == (1.5, 1.5, 1.5)
+        and spec.patch_size == (48, 48, 48)
+        and spec.labels[1] == "RightVentricle"
+    )
     assert isinstance(spec.intensity, IntensitySpec) and ModelSpec.from_dict(spec.to_dict()) == spec
     assert ModelSpec("x").intensity is not ModelSpec("y").intensity  # a fresh default per spec
     for change, message in [

@@ -51,8 +51,13 @@ def test_resolve_working_spacing(tmp_path):
     cases = []
     for i, s in enumerate((1.1, 1.2, 1.3)):
         image = write_volume(tmp_path / f"{i}.nii.gz", (s, s, s))
-        cases.append(Case(id=str(i), images=[image], label=write_volume(tmp_path / f"l{i}.nii.gz", (s, s, s),
-                                                                         array=array)))  # fmt: skip
+        cases.append(
+            Case(
+                id=str(i),
+                images=[image],
+                label=write_volume(tmp_path / f"l{i}.nii.gz", (s, s, s), array=array),
+            )
+        )
     base = (1.5, 1.5, 1.5)
     assert resolve_working_spacing(None, cases, base, (48, 48, 48)) == (1.2, 1.2, 1.2)  # the median
     assert resolve_working_spacing("auto", cases, base, (48, 48, 48)) == (1.2, 1.2, 1.2)

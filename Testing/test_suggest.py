@@ -51,7 +51,11 @@ def test_flip_disagreement_zero_for_the_same_prediction_one_for_disjoint_foregro
 
 
 def test_rank_sorts_most_uncertain_first_and_keeps_input_order_on_ties():
-    entries = [{"volume": "a", "entropy": 0.2}, {"volume": "b", "entropy": 0.9}, {"volume": "c", "entropy": 0.2}]
+    entries = [
+        {"volume": "a", "entropy": 0.2},
+        {"volume": "b", "entropy": 0.9},
+        {"volume": "c", "entropy": 0.2},
+    ]
     ranked = rank(entries, "entropy")
     assert [e["volume"] for e in ranked] == ["b", "a", "c"]
     assert [e["rank"] for e in ranked] == [1, 2, 3] and [e["score"] for e in ranked] == [0.9, 0.2, 0.2]
@@ -81,8 +85,21 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_json_ranking_on_real_volumes(volumes, capsys):
-    code, out, err = run(["suggest", str(volumes[0]), str(volumes[1]), "--base-model", BASE, "--json",
-                          "--threads", "1", "--device", "cpu"], capsys)  # fmt: skip
+    code, out, err = run(
+        [
+            "suggest",
+            str(volumes[0]),
+            str(volumes[1]),
+            "--base-model",
+            BASE,
+            "--json",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     document = json.loads(out)  # stdout holds the JSON document alone; progress went to stderr
     assert document["schema"] == RANKING_SCHEMA and document["score"] == "entropy"
@@ -97,18 +114,45 @@ def test_json_ranking_on_real_volumes(volumes, capsys):
         assert entry["foreground_voxels"] > 0  # the base predicts some of its classes on these MRIs
     assert "scored hippocampus_001.nii.gz" in err
 
-    code, table, _ = run(["suggest", str(volumes[1]), str(volumes[0]), "--base-model", BASE, "--top", "1",
-                          "--threads", "1", "--device", "cpu"], capsys)  # fmt: skip
+    code, table, _ = run(
+        [
+            "suggest",
+            str(volumes[1]),
+            str(volumes[0]),
+            "--base-model",
+            BASE,
+            "--top",
+            "1",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     lines = table.strip().splitlines()
     assert code == 0 and len(lines) == 2 and lines[0].split()[:2] == ["rank", "entropy"]
-    assert lines[1].split()[0] == "1" and lines[1].endswith(ranking[0]["volume"])  # the same order, any input order
+    assert lines[1].split()[0] == "1" and lines[1].endswith(
+        ranking[0]["volume"]
+    )  # the same order, any input order
     assert float(lines[1].split()[1]) == pytest.approx(scores[0], abs=1e-4)
 
 
 def test_job_file_runs_through_the_worker_protocol(volumes, tmp_path, capsys):
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"schema": JOB_SCHEMA, "command": "suggest", "base_model": BASE,
-                               "inputs": [str(volumes[0])], "score": "flips", "device": "cpu", "threads": 1}))
+    job.write_text(
+        json.dumps(
+            {
+                "schema": JOB_SCHEMA,
+                "command": "suggest",
+                "base_model": BASE,
+                "inputs": [str(volumes[0])],
+                "score": "flips",
+                "device": "cpu",
+                "threads": 1,
+            }
+        )
+    )
     code, out, _ = run(["suggest", "--job", str(job)], capsys)
     events = [parse_event_line(line) for line in out.splitlines()]  # each one validated against the schema
     assert code == 0 and [e["event"] for e in events] == ["started", "log", "progress", "done"]

@@ -21,11 +21,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "cores, load, threads",
     [
-        (2, None, 2), (2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 1.4, 1), (2, 3.7, 1),
-        (16, 0.0, 16), (16, 3.2, 13), (16, 15.9, 1), (16, 40.0, 1), (1, 0.0, 1), (4, -1.0, 4),
+        (2, None, 2),
+        (2, 0.0, 2),
+        (2, 0.4, 2),
+        (2, 0.6, 1),
+        (2, 1.0, 1),
+        (2, 1.4, 1),
+        (2, 3.7, 1),
+        (16, 0.0, 16),
+        (16, 3.2, 13),
+        (16, 15.9, 1),
+        (16, 40.0, 1),
+        (1, 0.0, 1),
+        (4, -1.0, 4),
         (4, float("nan"), 4),
     ],
-)  # fmt: skip
+)
 def test_threads_leave_the_cores_other_work_keeps_busy(cores, load, threads):
     assert choose_threads(cores, load) == threads
 
@@ -67,7 +78,13 @@ def test_threads_setting_in_jobs_and_flags(tmp_path):
     for bad in (0, "two", 1.5, True):
         with pytest.raises(ConfigError, match="threads"):
             FinetuneJob.from_dict({**base, "threads": bad}, tmp_path)
-    segment = {"command": "segment", "base_model": "b", "inputs": ["a.nii.gz"], "output_dir": "x", "threads": 1}
+    segment = {
+        "command": "segment",
+        "base_model": "b",
+        "inputs": ["a.nii.gz"],
+        "output_dir": "x",
+        "threads": 1,
+    }
     assert SegmentJob.from_dict(segment, tmp_path).threads == 1
 
     from tcurlora.cli import build_parser
@@ -77,7 +94,9 @@ def test_threads_setting_in_jobs_and_flags(tmp_path):
     job_file.write_text(json.dumps({**base, "threads": 2}))
     args = build_parser().parse_args(["finetune", "--job", str(job_file), "--threads", "1"])
     assert build_job(args).threads == 1  # the flag may accompany --job: how to run it, not what
-    args = build_parser().parse_args(["finetune", "--base-model", "b", "--data", "d", "-o", "o", "--threads", "3"])
+    args = build_parser().parse_args(
+        ["finetune", "--base-model", "b", "--data", "d", "-o", "o", "--threads", "3"]
+    )
     assert build_job(args).threads == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["finetune", "--job", str(job_file), "--threads", "0"])
@@ -85,11 +104,19 @@ def test_threads_setting_in_jobs_and_flags(tmp_path):
 
 @pytest.mark.slow
 def test_the_worker_waits_passively_unless_told_otherwise():
-    probe = ("import runpy, sys, os; sys.argv = ['tcurlora', '--version']\n"
-             "try:\n    runpy.run_module('tcurlora', run_name='__main__')\n"
-             "except SystemExit:\n    print(os.environ['OMP_WAIT_POLICY'])")  # fmt: skip
+    probe = (
+        "import runpy, sys, os; sys.argv = ['tcurlora', '--version']\n"
+        "try:\n    runpy.run_module('tcurlora', run_name='__main__')\n"
+        "except SystemExit:\n    print(os.environ['OMP_WAIT_POLICY'])"
+    )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}
     for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
-        done = subprocess.run([sys.executable, "-c", probe], env={**env, **({"OMP_WAIT_POLICY": given} if given else {})},
-                              capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, **({"OMP_WAIT_POLICY": given} if given else {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
         assert done.stdout.strip().splitlines()[-1] == expected, done.stderr

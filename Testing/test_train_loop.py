@@ -38,11 +38,15 @@ class Recorder(LoopHooks):
         return done == self.stop_at
 
 
-def linear_step(lr: float = 0.1, clip: float | None = None, schedule=None) -> tuple[torch.nn.Linear, OptimStep]:
+def linear_step(
+    lr: float = 0.1, clip: float | None = None, schedule=None
+) -> tuple[torch.nn.Linear, OptimStep]:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return model, OptimStep(model, optimizer, grad_scaler(CPU, False), amp=False, clip=clip, schedule=schedule)
+    return model, OptimStep(
+        model, optimizer, grad_scaler(CPU, False), amp=False, clip=clip, schedule=schedule
+    )
 
 
 def batches(count: int | None = None):
@@ -112,8 +116,13 @@ def test_clipping_bounds_the_update_to_the_clipped_gradient():
 
 
 def finetune_job(tmp_path, **overrides) -> dict:
-    return {"command": "finetune", "base_model": "unetr-small-acdc-brats", "output": str(tmp_path / "out"),
-            "cases": [{"id": "c1", "image": "i.nrrd", "label": "l.nrrd"}], **overrides}  # fmt: skip
+    return {
+        "command": "finetune",
+        "base_model": "unetr-small-acdc-brats",
+        "output": str(tmp_path / "out"),
+        "cases": [{"id": "c1", "image": "i.nrrd", "label": "l.nrrd"}],
+        **overrides,
+    }
 
 
 def test_grad_clip_is_a_job_setting_and_a_flag(tmp_path):
@@ -127,8 +136,13 @@ def test_grad_clip_is_a_job_setting_and_a_flag(tmp_path):
 
 
 def test_grad_clip_is_a_recipe_setting(tmp_path):
-    data = {"format": PRETRAIN_RECIPE_FORMAT, "name": "n", "sources": [{"name": "a", "folder": "a"}],
-            "arch_params": {}, "grad_clip": 2.0}  # fmt: skip
+    data = {
+        "format": PRETRAIN_RECIPE_FORMAT,
+        "name": "n",
+        "sources": [{"name": "a", "folder": "a"}],
+        "arch_params": {},
+        "grad_clip": 2.0,
+    }
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(data))
     assert PretrainConfig.from_file(path).grad_clip == 2.0

@@ -40,7 +40,9 @@ def loss_of(model: nn.Module, data) -> float:
 
 
 def train(base: nn.Module, data, method: str, steps: int = 4, **kwargs):
-    config = AdapterConfig(method=method, rank=4, num_classes=2, label_names=["blob"], new_head=True, **kwargs)
+    config = AdapterConfig(
+        method=method, rank=4, num_classes=2, label_names=["blob"], new_head=True, **kwargs
+    )
     adapted = apply_adapter(copy.deepcopy(base), config)
     optimizer = build_optimizer(adapted, {"adapter": 5e-2, "modules": 1e-2, "head": 5e-2}, method)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -71,8 +73,11 @@ def test_train_modules_train_are_counted_and_keep_the_rest_frozen(base, method):
     assert counts.trainable == counts.adapter + counts.modules + counts.head
     state = adapted.adapter_state_dict()
     assert any(".decoder2." in key and key.endswith("weight") for key in state)
-    assert not any(".decoder3." in key and "lora" not in key and "base_layer" not in key and key.endswith("weight")
-                   for key in state if "dU" not in key)
+    assert not any(
+        ".decoder3." in key and "lora" not in key and "base_layer" not in key and key.endswith("weight")
+        for key in state
+        if "dU" not in key
+    )
     frozen = [name for name, p in adapted.named_parameters() if ".vit.patch_embedding" in name]
     assert frozen and not any(p.requires_grad for n, p in adapted.named_parameters() if n in frozen)
 
@@ -82,7 +87,11 @@ def test_optimizer_has_one_group_per_role_at_its_rate(base):
     adapted = apply_adapter(copy.deepcopy(base), config)
     optimizer = build_optimizer(adapted, {"adapter": 1e-2, "modules": 1e-3, "head": 5e-2}, "tcur")
     by_role = {group["role"]: group for group in optimizer.param_groups}
-    assert {role: group["lr"] for role, group in by_role.items()} == {"adapter": 1e-2, "modules": 1e-3, "head": 5e-2}
+    assert {role: group["lr"] for role, group in by_role.items()} == {
+        "adapter": 1e-2,
+        "modules": 1e-3,
+        "head": 5e-2,
+    }
     assert by_role["adapter"]["weight_decay"] == 0.0 and by_role["modules"]["weight_decay"] > 0
 
 

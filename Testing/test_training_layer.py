@@ -45,8 +45,11 @@ def test_fine_tuning_and_pretraining_follow_the_one_warm_up_cosine_schedule():
 
 def test_no_other_module_computes_a_cosine_schedule():
     """The schedule is written once: no second warm-up/cosine in the package."""
-    found = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
-             if re.search(r"math\.cos\(math\.pi", path.read_text(encoding="utf-8"))]  # fmt: skip
+    found = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"math\.cos\(math\.pi", path.read_text(encoding="utf-8"))
+    ]
     assert found == ["training/schedule.py"]
 
 

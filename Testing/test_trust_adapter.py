@@ -37,8 +37,9 @@ def test_a_tampered_adapter_is_refused_by_segment_and_info(tmp_path, capsys, hip
     weights.write_bytes(bytes(data))
     image = hippo_case(hippocampus_dir)["image"]
     output = tmp_path / "seg.nii.gz"
-    code, events, _, _ = run(capsys, "segment", image, "--base-model", TINY, "--adapter", tampered, "-o", output,
-                             "--events")  # fmt: skip
+    code, events, _, _ = run(
+        capsys, "segment", image, "--base-model", TINY, "--adapter", tampered, "-o", output, "--events"
+    )
     assert code == 2 and events[-1]["kind"] == "input_error", events[-1]
     assert "recorded in adapter_config.json" in events[-1]["message"] and events[-1]["path"] == str(weights)
     assert not output.exists()
@@ -84,21 +85,25 @@ def time_limit(seconds: float):
 
 
 def test_a_crafted_pattern_cannot_hang_segment(tmp_path, capsys, hippocampus_dir, tiny_adapter):
-    crafted = edited_copy(tiny_adapter, tmp_path / "crafted", train_modules=["(.|.)*(.|.)*Z"],
-                          target_modules=["(.|.)*(.|.)*Z"])  # fmt: skip
+    crafted = edited_copy(
+        tiny_adapter, tmp_path / "crafted", train_modules=["(.|.)*(.|.)*Z"], target_modules=["(.|.)*(.|.)*Z"]
+    )
     output = tmp_path / "seg.nii.gz"
     image = hippo_case(hippocampus_dir)["image"]
     started = time.monotonic()
     with time_limit(60):
-        code, events, _, _ = run(capsys, "segment", image, "--base-model", TINY, "--adapter", crafted, "-o", output,
-                                 "--events")  # fmt: skip
+        code, events, _, _ = run(
+            capsys, "segment", image, "--base-model", TINY, "--adapter", crafted, "-o", output, "--events"
+        )
     assert time.monotonic() - started < 30
     assert code == 2 and events[-1]["kind"] == "config_error", events[-1]
     assert "'(.|.)*(.|.)*Z' matches no module" in events[-1]["message"]
     assert not output.exists()
     job = tiny_job(hippocampus_dir, tmp_path / "adapter", train_modules=["(.|.)*(.|.)*Z"])
     with time_limit(60):
-        code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "job.json", job), "--events")
+        code, events, _, _ = run(
+            capsys, "finetune", "--job", write_job(tmp_path / "job.json", job), "--events"
+        )
     assert code == 2 and "'(.|.)*(.|.)*Z' matches no module" in events[-1]["message"], events[-1]
     assert not (tmp_path / "adapter").exists()
 
@@ -127,14 +132,27 @@ def test_a_missing_integrity_key_is_an_error(tmp_path, capsys, hippocampus_dir, 
     code, _, out, err = run(capsys, "info", stripped)
     assert code == 2 and out == "" and f"adapter_config.json has no {key}" in err, err
     output = tmp_path / "seg.nii.gz"
-    code, events, _, _ = run(capsys, "segment", hippo_case(hippocampus_dir)["image"], "--base-model", TINY,
-                             "--adapter", stripped, "-o", output, "--events")  # fmt: skip
+    code, events, _, _ = run(
+        capsys,
+        "segment",
+        hippo_case(hippocampus_dir)["image"],
+        "--base-model",
+        TINY,
+        "--adapter",
+        stripped,
+        "-o",
+        output,
+        "--events",
+    )
     assert code == 2 and f"has no {key}" in events[-1]["message"]
     assert events[-1]["path"] == str(stripped / ADAPTER_CONFIG_FILE) and not output.exists()
 
 
 def test_patterns_a_linear_matcher_cannot_run_are_refused_naming_the_key():
-    with pytest.raises(ConfigError, match=r"key 'train_modules\[1\]': module-name pattern '\(a\)\\\\1' refused: uses a backreference"):
+    with pytest.raises(
+        ConfigError,
+        match=r"key 'train_modules\[1\]': module-name pattern '\(a\)\\\\1' refused: uses a backreference",
+    ):
         AdapterConfig(train_modules=["decoder2", r"(a)\1"])
     with pytest.raises(ConfigError, match=r"key 'target_modules\[0\]'.*lookbehind"):
         AdapterConfig(target_modules=[r"(?<=vit)\.x"])

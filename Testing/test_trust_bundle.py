@@ -19,8 +19,15 @@ from tcurlora.filenames import BUNDLE_SAFETENSORS_FILE, MODEL_SPEC_FILE
 from tcurlora.models.bundle import build_bundle_network, load_bundle, read_bundle_configs
 from tcurlora.models.registry import load_base_model
 
-UNET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-        "channels": [4, 8], "strides": [2], "num_res_units": 0}  # fmt: skip
+UNET = {
+    "_target_": "UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 0,
+}
 
 
 def _bundle(folder: Path, config: dict, weights: dict | None = None) -> Path:
@@ -209,8 +216,13 @@ def test_bundle_code_in_scripts_is_never_imported(tmp_path):
         "try:\n    load_bundle(folder)\nexcept Exception as error:\n    print(type(error).__name__, error)\n"
         "print('imported' if any(m.startswith('scripts') for m in sys.modules) else 'not imported')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0, result.stderr
     assert "InputError" in result.stdout and "'scripts.networks.unest_base_patch_4.UNesT'" in result.stdout
     assert result.stdout.strip().endswith("not imported")
@@ -254,18 +266,46 @@ def offline(tmp_path, monkeypatch) -> list:
 @pytest.mark.parametrize(
     ("network", "message"),
     [
-        ({"_target_": "EfficientNetBN", "model_name": "efficientnet-b0", "spatial_dims": 3, "in_channels": 1,
-          "num_classes": 2}, "argument 'pretrained' = True (EfficientNetBN's default, not set in the config"),
-        ({"_target_": "monai.networks.nets.resnet.ResNetFeatures", "model_name": "resnet10", "spatial_dims": 3,
-          "in_channels": 1}, "argument 'pretrained' = True (monai.networks.nets.resnet.ResNetFeatures's default"),
-        ({"_target_": "Transchex", "in_channels": 1, "img_size": [32, 32], "num_classes": 2, "patch_size": [16, 16],
-          "num_language_layers": 1, "num_vision_layers": 1, "num_mixed_layers": 1, "path_or_repo_id": "OTHER"},
-         "network class 'Transchex' (it loads BERT weights from Hugging Face or a folder"),
+        (
+            {
+                "_target_": "EfficientNetBN",
+                "model_name": "efficientnet-b0",
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "num_classes": 2,
+            },
+            "argument 'pretrained' = True (EfficientNetBN's default, not set in the config",
+        ),
+        (
+            {
+                "_target_": "monai.networks.nets.resnet.ResNetFeatures",
+                "model_name": "resnet10",
+                "spatial_dims": 3,
+                "in_channels": 1,
+            },
+            "argument 'pretrained' = True (monai.networks.nets.resnet.ResNetFeatures's default",
+        ),
+        (
+            {
+                "_target_": "Transchex",
+                "in_channels": 1,
+                "img_size": [32, 32],
+                "num_classes": 2,
+                "patch_size": [16, 16],
+                "num_language_layers": 1,
+                "num_vision_layers": 1,
+                "num_mixed_layers": 1,
+                "path_or_repo_id": "OTHER",
+            },
+            "network class 'Transchex' (it loads BERT weights from Hugging Face or a folder",
+        ),
         ({**UNET, "act": {"_target_": "torch.nn.Identity", "cache_dir": "OTHER"}}, "argument 'cache_dir' = "),
     ],
     ids=["efficientnet-default", "resnetfeatures-default", "transchex-folder", "nested-cache-dir"],
-)  # fmt: skip
-def test_classes_whose_defaults_fetch_are_refused_before_anything_is_built(tmp_path, offline, network, message):
+)
+def test_classes_whose_defaults_fetch_are_refused_before_anything_is_built(
+    tmp_path, offline, network, message
+):
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text("{}")
@@ -282,8 +322,14 @@ def test_classes_whose_defaults_fetch_are_refused_before_anything_is_built(tmp_p
 def test_a_fetching_default_switched_off_in_the_config_is_allowed(tmp_path, offline):
     from tcurlora.models.safe_config import plan_item
 
-    network = {"_target_": "EfficientNetBN", "model_name": "efficientnet-b0", "spatial_dims": 3,
-               "in_channels": 1, "num_classes": 2, "pretrained": False}  # fmt: skip
+    network = {
+        "_target_": "EfficientNetBN",
+        "model_name": "efficientnet-b0",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "num_classes": 2,
+        "pretrained": False,
+    }
     plan = plan_item({"network_def": network}, "network_def", tmp_path / "inference.json")
     assert plan.cls.__name__ == "EfficientNetBN" and plan.kwargs["pretrained"] is False
     assert offline == []
@@ -316,7 +362,10 @@ def _billion_laughs() -> str:
     [
         (_billion_laughs(), "line 2: YAML alias *a refused"),
         ("network_def: &net {_target_: UNet, act: *net}\n", "line 1: YAML alias *net refused"),
-        ("network_def: {_target_: UNet}\npad: '" + "x" * (1024**2) + "'\n", "more than the limit of 1,048,576"),
+        (
+            "network_def: {_target_: UNet}\npad: '" + "x" * (1024**2) + "'\n",
+            "more than the limit of 1,048,576",
+        ),
         ("network_def: " + "[" * 200 + "]" * 200 + "\n", "nests deeper than 64 levels"),
     ],
     ids=["billion-laughs", "recursive-anchor", "oversized", "deep"],
@@ -339,14 +388,18 @@ def test_a_json_config_nested_100k_levels_exits_2(capsys, tmp_path):
     from trust_testing import run
 
     folder = _bundle(tmp_path / "deep", {"network_def": UNET}, _unet_weights())
-    (folder / "configs" / "inference.json").write_text('{"network_def": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (folder / "configs" / "inference.json").write_text(
+        '{"network_def": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    )
     code, _, _, err = run(capsys, "info", str(folder))
     assert code == 2 and "nests deeper than 64 levels" in err and "inference.json" in err
 
 
 def test_plain_yaml_without_aliases_still_builds(tmp_path):
-    text = "network_def:\n  _target_: UNet\n  spatial_dims: 3\n  in_channels: 1\n  out_channels: 2\n" \
-           "  channels: [4, 8]\n  strides: [2]\n  num_res_units: 0\n"  # fmt: skip
+    text = (
+        "network_def:\n  _target_: UNet\n  spatial_dims: 3\n  in_channels: 1\n  out_channels: 2\n"
+        "  channels: [4, 8]\n  strides: [2]\n  num_res_units: 0\n"
+    )
     folder = _yaml_bundle(tmp_path / "plain", text)
     (folder / "models").mkdir()
     save_file(_unet_weights(), str(folder / BUNDLE_SAFETENSORS_FILE))
@@ -388,7 +441,9 @@ def test_a_model_spec_larger_than_its_weights_is_refused_before_it_is_allocated(
     (folder / MODEL_SPEC_FILE).write_text(json.dumps(record))
     _imported()
     start = time.monotonic()
-    with pytest.raises(InputError, match="refused: building the UNETR of the spec would need more than") as info:
+    with pytest.raises(
+        InputError, match="refused: building the UNETR of the spec would need more than"
+    ) as info:
         load_base_model(folder)
     assert time.monotonic() - start < 10 and str(folder / MODEL_SPEC_FILE) in str(info.value)
 
@@ -399,9 +454,14 @@ def test_the_build_budget_counts_before_allocating():
     with build_budget(10_000, "a test"):
         torch.zeros(100, 10)  # 4,000 bytes
         torch.nn.Linear(10, 10)  # 440 bytes
-        with pytest.raises(BuildBudgetExceeded, match=r"more than 10,000 bytes of tensors \(at least 4,004,440\)"):
+        with pytest.raises(
+            BuildBudgetExceeded, match=r"more than 10,000 bytes of tensors \(at least 4,004,440\)"
+        ):
             torch.empty((1000, 1000))
-    with build_budget(1_000_000, "a test"), pytest.raises(BuildBudgetExceeded, match="stopped at the first tensor"):
+    with (
+        build_budget(1_000_000, "a test"),
+        pytest.raises(BuildBudgetExceeded, match="stopped at the first tensor"),
+    ):
         torch.arange(1000).reshape(1000, 1).expand(1000, 1000).contiguous()  # 8 MB from a non-constructor
     torch.empty((1000, 1000))  # outside: no budget
     assert network_budget(1000) == 4000 + 64 * 1024**2
@@ -414,7 +474,9 @@ def test_a_unet_bundle_ending_in_a_transposed_conv_gets_info_and_a_new_head(caps
     from tcurlora.adapters.config import AdapterConfig
     from tcurlora.adapters.model import apply_adapter
 
-    folder = _bundle(tmp_path / "transposed", {"network_def": UNET}, _unet_weights())  # no num_channels in metadata
+    folder = _bundle(
+        tmp_path / "transposed", {"network_def": UNET}, _unet_weights()
+    )  # no num_channels in metadata
     base = load_bundle(folder)
     assert base.spec.head_module == "model.2.conv" and base.spec.out_channels == 2
     assert isinstance(base.model.get_submodule("model.2.conv"), torch.nn.ConvTranspose3d)
@@ -423,7 +485,9 @@ def test_a_unet_bundle_ending_in_a_transposed_conv_gets_info_and_a_new_head(caps
     rows = json.loads(out)
     head_row = next(row for row in rows if row["method"] == "head")
     assert head_row["head"] == head_row["trainable"] == 12 * 3 * 27 + 3  # ConvTranspose3d(4 + 8 -> 3, k 3)
-    adapted = apply_adapter(base.model, AdapterConfig(method="head", num_classes=3, head_module="model.2.conv"))
+    adapted = apply_adapter(
+        base.model, AdapterConfig(method="head", num_classes=3, head_module="model.2.conv")
+    )
     new = adapted.model.get_submodule("model.2.conv")
     assert isinstance(new, torch.nn.ConvTranspose3d) and new.out_channels == 3 and new.stride == (2, 2, 2)
     assert adapted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)

@@ -90,9 +90,12 @@ def test_killed_runs_leave_no_temporary_folder_once_the_next_run_has_started(tmp
     final = write_job(tmp_path / "final.json", tiny_job(hippocampus_dir, output, checkpoint_every=0))
     result = subprocess.run(
         [sys.executable, "-c", HELPER, str(job), str(final), str(folder), "14"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert any(report["left"]), f"no kill hit a write, the test proves nothing: {report['left']}"

@@ -20,9 +20,29 @@ from tcurlora.output_lock import OutputLock, lock_path
 
 def finetune_args(folder: Path, output: Path, *extra: str) -> list[str]:
     case = hippo_case(folder)
-    return ["finetune", "--base-model", TINY, "--case", case["image"], case["label"], "--labels", "Anterior",
-            "Posterior", "--iterations", "2", "--batch-size", "1", "--rank", "4", "--device", "cpu", "--events",
-            "-o", str(output), *extra]  # fmt: skip
+    return [
+        "finetune",
+        "--base-model",
+        TINY,
+        "--case",
+        case["image"],
+        case["label"],
+        "--labels",
+        "Anterior",
+        "Posterior",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "1",
+        "--rank",
+        "4",
+        "--device",
+        "cpu",
+        "--events",
+        "-o",
+        str(output),
+        *extra,
+    ]
 
 
 def assert_refused_before_work(
@@ -162,8 +182,11 @@ def test_a_run_sweeps_its_own_stale_temporaries_only_and_modes_follow_the_umask(
     tmp_path, capsys, hippocampus_dir
 ):
     output = tmp_path / "adapter"
-    stale = [tmp_path / ".adapter.k3j2h1g0.tmp", tmp_path / ".adapter.checkpoint.a1b2c3d4.tmp",
-             tmp_path / ".adapter.checkpoint.old-4242"]  # fmt: skip
+    stale = [
+        tmp_path / ".adapter.k3j2h1g0.tmp",
+        tmp_path / ".adapter.checkpoint.a1b2c3d4.tmp",
+        tmp_path / ".adapter.checkpoint.old-4242",
+    ]
     others = [
         tmp_path / ".adapter.b.k3j2h1g0.tmp",
         tmp_path / ".other.k3j2h1g0.tmp",

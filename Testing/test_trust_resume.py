@@ -83,7 +83,9 @@ def straight_and_resumed(job: dict, saved, tmp_path, capsys):
     """The same job run uninterrupted, and resumed from the checkpoint `saved`: both output folders and
     the resumed run's events."""
     straight = tmp_path / "straight"
-    code, events, _, _ = run(capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)}))
+    code, events, _, _ = run(
+        capsys, "finetune", "--job", write_job(tmp_path / "s.json", {**job, "output": str(straight)})
+    )
     assert code == 0, events[-1]
     job_file, resumed = resume_copy(job, saved, tmp_path, "resumed")
     code, events, _, _ = run(capsys, "finetune", "--job", job_file, "--resume")
@@ -129,7 +131,9 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
     straight, resumed, events = straight_and_resumed(job, saved, tmp_path, capsys)
     a, b = load_file(str(straight / ADAPTER_WEIGHTS_FILE)), load_file(str(resumed / ADAPTER_WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    first, second = (json.loads((p / ADAPTER_CONFIG_FILE).read_text())["metrics"] for p in (straight, resumed))
+    first, second = (
+        json.loads((p / ADAPTER_CONFIG_FILE).read_text())["metrics"] for p in (straight, resumed)
+    )
     assert first["best_iteration"] <= 2, "the best adapter comes from before the interruption (seeded run)"
     assert first["best_iteration"] == second["best_iteration"] and first["val_dice"] == second["val_dice"]
     assert losses(resumed) == losses(straight)
@@ -143,8 +147,14 @@ def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_d
     sampler, so the resumed run's teacher targets, losses and (teacher) adapter are the uninterrupted one's."""
     images = hippocampus_dir / "imagesTr"
     unlabeled = [str(images / "hippocampus_003.nii.gz"), str(images / "hippocampus_006.nii.gz")]
-    job = base_job(hippocampus_dir, tmp_path / "adapter", unlabeled=unlabeled, unlabeled_weight=1.0,
-                   ema_decay=0.9, keep_teacher=True)  # fmt: skip
+    job = base_job(
+        hippocampus_dir,
+        tmp_path / "adapter",
+        unlabeled=unlabeled,
+        unlabeled_weight=1.0,
+        ema_decay=0.9,
+        keep_teacher=True,
+    )
     saved = interrupted(job, tmp_path)
     assert (saved / TEACHER_WEIGHTS_FILE).is_file()
     meta = json.loads((saved / CHECKPOINT_FILE).read_text())
@@ -237,10 +247,20 @@ def test_a_damaged_or_pickled_checkpoint_is_a_user_error(tmp_path, capsys, check
 def test_a_checkpoint_keeps_the_files_and_record_older_versions_wrote(checkpoint):
     """The on-disk format is pinned: checkpoints written before the training layer was shared still resume."""
     _, folder = checkpoint
-    assert sorted(p.name for p in folder.iterdir()) == sorted([ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, OPTIMIZER_FILE])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [ADAPTER_WEIGHTS_FILE, CHECKPOINT_FILE, OPTIMIZER_FILE]
+    )
     record = json.loads((folder / CHECKPOINT_FILE).read_text())
-    assert list(record) == ["iteration", "losses", "val_history", "elapsed_s", "job", "sampler", "consistency",
-                            "unlabeled_sampler"]  # fmt: skip
+    assert list(record) == [
+        "iteration",
+        "losses",
+        "val_history",
+        "elapsed_s",
+        "job",
+        "sampler",
+        "consistency",
+        "unlabeled_sampler",
+    ]
     assert record["iteration"] == 2 and len(record["losses"]) == 2 and record["unlabeled_sampler"] is None
     assert set(record["job"]) == {"base_fingerprint", "label_names", "settings", "iterations"}
     state = torch.load(str(folder / OPTIMIZER_FILE), map_location="cpu", weights_only=True)

@@ -76,8 +76,20 @@ def test_a_label_map_fault_is_blamed_on_the_label_map(tmp_path, capsys, hippocam
 
 def test_seed_flag_beyond_64_bits_and_a_non_utf8_job_file(tmp_path, capsys, hippocampus_dir):
     case = hippo_case(hippocampus_dir)
-    code, events, out, err = run(capsys, "finetune", "--base-model", TINY, "--case", case["image"], case["label"],
-                                 "--seed", str(2**64), "-o", tmp_path / "a", "--events")  # fmt: skip
+    code, events, out, err = run(
+        capsys,
+        "finetune",
+        "--base-model",
+        TINY,
+        "--case",
+        case["image"],
+        case["label"],
+        "--seed",
+        str(2**64),
+        "-o",
+        tmp_path / "a",
+        "--events",
+    )
     assert_user_error(code, events, "key 'seed'")
     job = tmp_path / "latin1.json"
     job.write_bytes(
@@ -142,8 +154,9 @@ def test_segment_refuses_what_finetune_refuses_and_odd_output_names(tmp_path, ca
         capsys, "segment", image, "--base-model", TINY, "-o", tmp_path / "x.txt", "--events"
     )
     assert_user_error(code, events, "'.txt', which is not a label format")
-    code, events, _, _ = run(capsys, "segment", image, image, "--base-model", TINY, "-o", tmp_path / "y.nii.gz",
-                             "--events")  # fmt: skip
+    code, events, _, _ = run(
+        capsys, "segment", image, image, "--base-model", TINY, "-o", tmp_path / "y.nii.gz", "--events"
+    )
     assert_user_error(code, events, "names one image file but there are 2 inputs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.nii.gz"], "no folder made"
 
@@ -151,8 +164,15 @@ def test_segment_refuses_what_finetune_refuses_and_odd_output_names(tmp_path, ca
 def two_channel_bundle(folder: Path) -> Path:
     from monai.networks.nets import UNet
 
-    network = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 2, "out_channels": 3,
-               "channels": [4, 8], "strides": [2], "num_res_units": 0}  # fmt: skip
+    network = {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 2,
+        "out_channels": 3,
+        "channels": [4, 8],
+        "strides": [2],
+        "num_res_units": 0,
+    }
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
     meta = {"name": "two", "network_data_format": {"inputs": {"image": {"spatial_shape": [32, 32, 32]}}}}
@@ -175,12 +195,19 @@ def test_segment_writes_the_names_the_job_schema_promises(tmp_path, capsys, hipp
         shutil.copy(image, inputs / f"c2_{channel}.nii.gz")
     bundle = two_channel_bundle(tmp_path / "bundle")
     out = tmp_path / "out"
-    code, events, _, _ = run(capsys, "segment", inputs, "--channels", "2", "--base-model", bundle, "-o", out,
-                             "--events")  # fmt: skip
+    code, events, _, _ = run(
+        capsys, "segment", inputs, "--channels", "2", "--base-model", bundle, "-o", out, "--events"
+    )
     assert code == 0, events[-1]
     promised = SegmentJob.from_dict(
-        {"command": "segment", "base_model": str(bundle), "inputs": [[str(inputs / "c2_0000.nii.gz"),
-         str(inputs / "c2_0001.nii.gz")]], "output_dir": str(out)}, tmp_path)  # fmt: skip
+        {
+            "command": "segment",
+            "base_model": str(bundle),
+            "inputs": [[str(inputs / "c2_0000.nii.gz"), str(inputs / "c2_0001.nii.gz")]],
+            "output_dir": str(out),
+        },
+        tmp_path,
+    )
     assert promised.output_paths() == [out / "c2_seg.nii.gz"]
     assert events[-1]["outputs"]["segmentations"] == [str(out / "c2_seg.nii.gz")]
     assert sorted(p.name for p in out.iterdir()) == ["c2_seg.nii.gz"]
@@ -197,15 +224,19 @@ def changed_image(image: str, path: Path, change) -> Path:
 
 def test_segment_refuses_complex_overflowing_and_absurdly_spaced_images(tmp_path, capsys, hippocampus_dir):
     image = hippo_case(hippocampus_dir)["image"]
-    complex_image = changed_image(image, tmp_path / "complex.nii.gz", lambda a: (a + 1j * a).astype(np.complex64))
+    complex_image = changed_image(
+        image, tmp_path / "complex.nii.gz", lambda a: (a + 1j * a).astype(np.complex64)
+    )
     huge = changed_image(image, tmp_path / "huge.nii.gz", lambda a: a * 1e300)
     tiny_spacing = changed_image(image, tmp_path / "tiny.mha", lambda a: a)
     volume = sitk.ReadImage(str(tiny_spacing))
     volume.SetSpacing((1e-300, 1.0, 1.0))
     sitk.WriteImage(volume, str(tiny_spacing))
-    for path, part in [(complex_image, "image has complex voxels (complex of 32-bit float)"),
-                       (huge, "beyond the float32 range"),
-                       (tiny_spacing, "image spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm")]:  # fmt: skip
+    for path, part in [
+        (complex_image, "image has complex voxels (complex of 32-bit float)"),
+        (huge, "beyond the float32 range"),
+        (tiny_spacing, "image spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm"),
+    ]:
         output = tmp_path / "seg.nii.gz"
         code, events, _, _ = run(capsys, "segment", path, "--base-model", TINY, "-o", output, "--events")
         assert_user_error(code, events, part, path=path)
@@ -222,15 +253,33 @@ def test_finetune_refuses_a_constant_image_naming_it(tmp_path, capsys, hippocamp
 
 def test_absurd_working_spacings_are_refused(tmp_path, capsys, hippocampus_dir, tiny_adapter):
     for spacing in ([1e-300, 1, 1], [1, 1, 1e6]):
-        code, events, _ = finetune_job(capsys, tmp_path, tiny_job(hippocampus_dir, tmp_path / "a", spacing=spacing))
-        assert_user_error(code, events, "key 'spacing'", "is outside 0.01..100 mm", path=tmp_path / "job.json")
+        code, events, _ = finetune_job(
+            capsys, tmp_path, tiny_job(hippocampus_dir, tmp_path / "a", spacing=spacing)
+        )
+        assert_user_error(
+            code, events, "key 'spacing'", "is outside 0.01..100 mm", path=tmp_path / "job.json"
+        )
     crafted = shutil.copytree(tiny_adapter, tmp_path / "crafted")
     record = json.loads((crafted / ADAPTER_CONFIG_FILE).read_text())
     record["preprocessing"]["spacing"] = [1e-300, 1.0, 1.0]
     (crafted / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(record)))
     output = tmp_path / "seg.nii.gz"
-    code, events, _, _ = run(capsys, "segment", hippo_case(hippocampus_dir)["image"], "--base-model", TINY,
-                             "--adapter", crafted, "-o", output, "--events")  # fmt: skip
-    assert_user_error(code, events, "working spacing: spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm",
-                      path=crafted / ADAPTER_CONFIG_FILE)  # fmt: skip
+    code, events, _, _ = run(
+        capsys,
+        "segment",
+        hippo_case(hippocampus_dir)["image"],
+        "--base-model",
+        TINY,
+        "--adapter",
+        crafted,
+        "-o",
+        output,
+        "--events",
+    )
+    assert_user_error(
+        code,
+        events,
+        "working spacing: spacing [1e-300, 1.0, 1.0] mm is outside 0.01..100 mm",
+        path=crafted / ADAPTER_CONFIG_FILE,
+    )
     assert not output.exists()

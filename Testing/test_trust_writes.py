@@ -41,8 +41,12 @@ def run_on_full_disk(limit: int, *argv: object) -> tuple[int, list[dict], str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", FULL_DISK, str(limit), *map(str, argv)],
-        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return done.returncode, events, done.stderr
 
@@ -89,8 +93,9 @@ for extension in (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha"):
         print(extension, error.exit_code, error.kind)
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
     for extension in (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha"):
@@ -173,9 +178,12 @@ def test_a_folder_segmented_into_itself_does_not_segment_its_own_segmentations(t
     image = shutil.copy(hippo_case(hippocampus_dir)["image"], folder / "c1.nii.gz")
     shutil.copy(hippo_case(hippocampus_dir)["label"], folder / "c1_label.nii.gz")  # the user's, unmarked
     reference = sitk.ReadImage(str(image))
-    write_labelmap(np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8), reference,
-                   folder / "c1_seg.nii.gz")  # fmt: skip
-    args = build_parser().parse_args(["segment", str(folder), "--base-model", TINY, "-o", str(folder), "--force"])
+    write_labelmap(
+        np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8), reference, folder / "c1_seg.nii.gz"
+    )
+    args = build_parser().parse_args(
+        ["segment", str(folder), "--base-model", TINY, "-o", str(folder), "--force"]
+    )
     job = segment_cmd.build_job(args)
     assert [p[0].name for p in job.inputs] == ["c1.nii.gz", "c1_label.nii.gz"]
 
@@ -232,16 +240,32 @@ def test_a_checkpoint_at_a_negative_iteration_is_refused(tmp_path, capsys, hippo
 def test_a_symlink_loop_as_input_is_refused_with_exit_2(tmp_path, capsys, hippocampus_dir):
     (tmp_path / "loop.nii.gz").symlink_to("loop.nii.gz")
     label = hippo_case(hippocampus_dir)["label"]
-    job = write_job(tmp_path / "job.json", tiny_job(hippocampus_dir, tmp_path / "adapter",
-                                                    cases=[{"image": "loop.nii.gz", "label": label}]))  # fmt: skip
+    job = write_job(
+        tmp_path / "job.json",
+        tiny_job(hippocampus_dir, tmp_path / "adapter", cases=[{"image": "loop.nii.gz", "label": label}]),
+    )
     code, events, _, err = run(capsys, "finetune", "--job", job)
     assert code == 2 and "leads back to itself" in events[-1]["message"] and "Traceback" not in err
-    segment = write_job(tmp_path / "seg.json", {"command": "segment", "base_model": TINY, "inputs": ["loop.nii.gz"],
-                                                "output_dir": "out"})  # fmt: skip
+    segment = write_job(
+        tmp_path / "seg.json",
+        {"command": "segment", "base_model": TINY, "inputs": ["loop.nii.gz"], "output_dir": "out"},
+    )
     code, events, _, _ = run(capsys, "segment", "--job", segment)
-    assert code == 2 and "'inputs[0]'" in events[-1]["message"] and "leads back to itself" in events[-1]["message"]
-    code, events, _, _ = run(capsys, "segment", tmp_path / "loop.nii.gz", "--base-model", TINY, "-o",
-                             tmp_path / "s.nii.gz", "--events")  # fmt: skip
+    assert (
+        code == 2
+        and "'inputs[0]'" in events[-1]["message"]
+        and "leads back to itself" in events[-1]["message"]
+    )
+    code, events, _, _ = run(
+        capsys,
+        "segment",
+        tmp_path / "loop.nii.gz",
+        "--base-model",
+        TINY,
+        "-o",
+        tmp_path / "s.nii.gz",
+        "--events",
+    )
     assert code == 2 and "symbolic link to nothing" in events[-1]["message"]
 
 
@@ -255,7 +279,9 @@ def test_segment_out_of_memory_advice_names_what_segment_can_change(tmp_path, hi
         """Stands for a network too large for the memory left: the allocator's own error."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+            )
 
     spec = load_base_model(TINY).spec
     image = hippo_case(hippocampus_dir)["image"]

@@ -48,19 +48,48 @@ def zoo_copy(name: str, tmp_path: Path, weights: str = "safetensors", **network_
     return folder
 
 
-def finetune_and_segment(capsys, tmp_path: Path, folder: Path, case: dict, labels: list[str],
-                         patch: int, image: list[str] | str, iterations: int = 2) -> dict:  # fmt: skip
+def finetune_and_segment(
+    capsys,
+    tmp_path: Path,
+    folder: Path,
+    case: dict,
+    labels: list[str],
+    patch: int,
+    image: list[str] | str,
+    iterations: int = 2,
+) -> dict:
     """`tcurlora finetune` (tcur, a few iterations) then `tcurlora segment` with the adapter: the labelmap."""
-    job = {"schema": JOB_SCHEMA, "command": "finetune", "base_model": str(folder), "cases": [case],
-           "label_names": labels, "rank": 4, "iterations": iterations, "batch_size": 1, "device": "cpu",
-           "patch_size": [patch] * 3, "output": str(tmp_path / "adapter")}  # fmt: skip
+    job = {
+        "schema": JOB_SCHEMA,
+        "command": "finetune",
+        "base_model": str(folder),
+        "cases": [case],
+        "label_names": labels,
+        "rank": 4,
+        "iterations": iterations,
+        "batch_size": 1,
+        "device": "cpu",
+        "patch_size": [patch] * 3,
+        "output": str(tmp_path / "adapter"),
+    }
     code, events, _, err = run(capsys, "finetune", "--job", str(write_job(tmp_path / "job.json", job)))
     assert code == 0, err
     record = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG_FILE).read_text())
     output = tmp_path / "seg.nii.gz"
     inputs = ",".join(image) if isinstance(image, list) else image
-    code, _, _, err = run(capsys, "segment", inputs, "--base-model", str(folder), "--adapter",
-                          str(tmp_path / "adapter"), "--device", "cpu", "-o", str(output))  # fmt: skip
+    code, _, _, err = run(
+        capsys,
+        "segment",
+        inputs,
+        "--base-model",
+        str(folder),
+        "--adapter",
+        str(tmp_path / "adapter"),
+        "--device",
+        "cpu",
+        "-o",
+        str(output),
+    )
     assert code == 0, err
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
     reference = sitk.ReadImage(image[0] if isinstance(image, list) else image)
@@ -78,14 +107,28 @@ def test_swin_unetr_bundle_for_an_older_monai_loads_adapts_and_segments(capsys, 
     assert len(base.notes) == 1 and "img_size=96 dropped" in base.notes[0] and "MONAI" in base.notes[0]
     intensity = base.spec.intensity
     assert (intensity.kind, intensity.a_min, intensity.a_max) == ("range", -175.0, 250.0)
-    assert base.spec.spacing == (1.5, 1.5, 2.0) and base.spec.labels[1] == "spleen" and len(base.spec.labels) == 13
-    config = configure_targets(AdapterConfig(method="tcur", rank=4, head_module=base.spec.head_module), base.model, None)
+    assert (
+        base.spec.spacing == (1.5, 1.5, 2.0)
+        and base.spec.labels[1] == "spleen"
+        and len(base.spec.labels) == 13
+    )
+    config = configure_targets(
+        AdapterConfig(method="tcur", rank=4, head_module=base.spec.head_module), base.model, None
+    )
     adapted = apply_adapter(copy.deepcopy(base.model), config)
     assert "linear_12x12" in adapted.tcur.groups and "linear_96x384" in adapted.tcur.groups
     assert "swinViT.layers1.0.blocks.0.attn.qkv" in adapted.tcur.layers
     assert "decoder1.conv_block.conv1.conv" in adapted.tcur.layers  # conv targets on for tcur
-    result = finetune_and_segment(capsys, tmp_path, folder, hippo_case(hippocampus_dir, 1),
-                                  ["Anterior", "Posterior"], 64, hippo_case(hippocampus_dir, 3)["image"], 1)  # fmt: skip
+    result = finetune_and_segment(
+        capsys,
+        tmp_path,
+        folder,
+        hippo_case(hippocampus_dir, 1),
+        ["Anterior", "Posterior"],
+        64,
+        hippo_case(hippocampus_dir, 3)["image"],
+        1,
+    )
     assert result["record"]["train_modules"] == ["encoder1", "decoder1"]
     assert any("img_size=96 dropped" in json.dumps(e) for e in result["events"])  # logged by finetune
 
@@ -95,37 +138,72 @@ def test_spleen_unet_bundle_adapts_its_conv_kernels(capsys, tmp_path, hippocampu
     folder = zoo_copy("spleen_ct_segmentation", tmp_path, weights="pt")
     base = load_base_model(folder)
     assert base.notes == [] and base.spec.labels == {1: "spleen"} and base.spec.output == "softmax"
-    assert (base.spec.intensity.kind, base.spec.intensity.a_min, base.spec.intensity.a_max) == ("range", -57.0, 164.0)
-    config = configure_targets(AdapterConfig(method="tcur", rank=4, head_module=base.spec.head_module), base.model, None)
+    assert (base.spec.intensity.kind, base.spec.intensity.a_min, base.spec.intensity.a_max) == (
+        "range",
+        -57.0,
+        164.0,
+    )
+    config = configure_targets(
+        AdapterConfig(method="tcur", rank=4, head_module=base.spec.head_module), base.model, None
+    )
     adapted = apply_adapter(copy.deepcopy(base.model), config)
-    convs = [m for n, m in base.model.named_modules() if isinstance(m, torch.nn.Conv3d) and n != base.spec.head_module]
-    assert len(adapted.tcur.layers) == len(convs) == 18 and all(k.startswith("conv_") for k in adapted.tcur.groups)
+    convs = [
+        m
+        for n, m in base.model.named_modules()
+        if isinstance(m, torch.nn.Conv3d) and n != base.spec.head_module
+    ]
+    assert len(adapted.tcur.layers) == len(convs) == 18 and all(
+        k.startswith("conv_") for k in adapted.tcur.groups
+    )
     assert base.spec.head_module not in adapted.tcur.layers
-    for method, conv, message in [("decoder", None, "UNet names none"), ("tcur", False, "leaves nothing to adapt")]:
+    for method, conv, message in [
+        ("decoder", None, "UNet names none"),
+        ("tcur", False, "leaves nothing to adapt"),
+    ]:
         with pytest.raises(ConfigError, match=message) as info:
             configure_targets(AdapterConfig(method=method), base.model, conv)
         assert "Methods for UNet: tcur (Conv3d kernels), lora (Conv3d kernels), head, full" in str(info.value)
-    lora = configure_targets(AdapterConfig(method="lora", rank=2, head_module=base.spec.head_module), base.model, None)
+    lora = configure_targets(
+        AdapterConfig(method="lora", rank=2, head_module=base.spec.head_module), base.model, None
+    )
     assert apply_adapter(copy.deepcopy(base.model), lora).parameter_counts().adapter > 0
     # Its head sits in a residual unit whose skip connection (an Identity) carries the base's 2 channels:
     # for 3 classes the skip connection is lifted with the head (a fresh 1x1 conv), and both train.
-    head = apply_adapter(copy.deepcopy(base.model), AdapterConfig(method="head", num_classes=3,
-                                                                  head_module=base.spec.head_module))  # fmt: skip
+    head = apply_adapter(
+        copy.deepcopy(base.model),
+        AdapterConfig(method="head", num_classes=3, head_module=base.spec.head_module),
+    )
     unit = head.model.get_submodule("model.2.1")
     assert base.spec.head_module == "model.2.1.conv.unit0.conv" and head.head_replaced
     assert isinstance(unit.residual, torch.nn.Conv3d) and unit.residual.kernel_size == (1, 1, 1)
-    assert (unit.residual.in_channels, unit.residual.out_channels, unit.conv.unit0.conv.out_channels) == (2, 3, 3)
+    assert (unit.residual.in_channels, unit.residual.out_channels, unit.conv.unit0.conv.out_channels) == (
+        2,
+        3,
+        3,
+    )
     state = head.adapter_state_dict()
-    assert {f"model.model.2.1.{k}" for k in ("residual.weight", "residual.bias", "conv.unit0.conv.weight")} <= set(state)
+    assert {
+        f"model.model.2.1.{k}" for k in ("residual.weight", "residual.bias", "conv.unit0.conv.weight")
+    } <= set(state)
     counts = head.parameter_counts()
     assert counts.head == counts.trainable == 2 * 3 + 3 + 2 * 3 * 27 + 3
     assert head(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
-    tcur3 = configure_targets(AdapterConfig(method="tcur", rank=4, num_classes=3, head_module=base.spec.head_module),
-                              base.model, None)  # fmt: skip
+    tcur3 = configure_targets(
+        AdapterConfig(method="tcur", rank=4, num_classes=3, head_module=base.spec.head_module),
+        base.model,
+        None,
+    )
     assert "model.2.1.residual" not in apply_adapter(copy.deepcopy(base.model), tcur3).tcur.layers
     # ... and both hippocampus labels fine-tune and segment through the CLI.
-    result = finetune_and_segment(capsys, tmp_path, folder, hippo_case(hippocampus_dir, 1),
-                                  ["anterior", "posterior"], 32, hippo_case(hippocampus_dir, 3)["image"])  # fmt: skip
+    result = finetune_and_segment(
+        capsys,
+        tmp_path,
+        folder,
+        hippo_case(hippocampus_dir, 1),
+        ["anterior", "posterior"],
+        32,
+        hippo_case(hippocampus_dir, 3)["image"],
+    )
     assert result["record"]["conv_target_modules"] == [".+"] and result["record"]["train_modules"] == []
     assert result["record"]["new_head"] is True and result["record"]["num_classes"] == 3
 
@@ -143,7 +221,11 @@ def write_four_channel_case(folder: Path, seed: int) -> dict:
         paths.append(folder / f"case{seed}_{channel:04d}.nii.gz")
         sitk.WriteImage(sitk.GetImageFromArray(image), str(paths[-1]))
     sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / f"case{seed}_label.nii.gz"))
-    return {"id": f"case{seed}", "image": [str(p) for p in paths], "label": str(folder / f"case{seed}_label.nii.gz")}
+    return {
+        "id": f"case{seed}",
+        "image": [str(p) for p in paths],
+        "label": str(folder / f"case{seed}_label.nii.gz"),
+    }
 
 
 @pytest.mark.slow
@@ -152,16 +234,35 @@ def test_brats_segresnet_bundle_with_sigmoid_outputs(capsys, tmp_path):
     base = load_base_model(folder)
     spec = base.spec
     assert spec.arch == "SegResNet" and spec.in_channels == 4 and spec.output == "sigmoid"
-    assert spec.labels == {1: "Tumor core", 2: "Whole tumor", 3: "Enhancing tumor"} and spec.intensity.kind == "zscore"
+    assert (
+        spec.labels == {1: "Tumor core", 2: "Whole tumor", 3: "Enhancing tumor"}
+        and spec.intensity.kind == "zscore"
+    )
     assert any("sigmoid" in note for note in base.notes) and any("Spacingd" in note for note in base.notes)
     decoder = configure_targets(AdapterConfig(method="decoder"), base.model, None)
     assert decoder.decoder_modules == ["up_layers", "up_samples", "conv_final"]
     case = write_four_channel_case(tmp_path / "data", 1)
-    code, _, _, err = run(capsys, "segment", ",".join(case["image"]), "--base-model", str(folder),
-                          "--device", "cpu", "-o", str(tmp_path / "base_only.nii.gz"))  # fmt: skip
+    code, _, _, err = run(
+        capsys,
+        "segment",
+        ",".join(case["image"]),
+        "--base-model",
+        str(folder),
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "base_only.nii.gz"),
+    )
     assert code == 2 and "sigmoid (multi-label) outputs" in err and "--adapter" in err
-    result = finetune_and_segment(capsys, tmp_path, folder, case, ["core", "rim"], 32,
-                                  write_four_channel_case(tmp_path / "data", 2)["image"])  # fmt: skip
+    result = finetune_and_segment(
+        capsys,
+        tmp_path,
+        folder,
+        case,
+        ["core", "rim"],
+        32,
+        write_four_channel_case(tmp_path / "data", 2)["image"],
+    )
     record = result["record"]
     assert record["new_head"] is True and record["num_classes"] == 3
     assert record["conv_target_modules"] == [".+"]
@@ -171,7 +272,11 @@ def test_brats_segresnet_bundle_with_sigmoid_outputs(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("name", "changes", "expected"),
     [
-        ("swin_unetr_btcv_segmentation", {"feature_size": 12}, "note: SwinUNETR: argument img_size=96 dropped"),
+        (
+            "swin_unetr_btcv_segmentation",
+            {"feature_size": 12},
+            "note: SwinUNETR: argument img_size=96 dropped",
+        ),
         ("spleen_ct_segmentation", {}, "note: decoder does not apply"),
         ("brats_mri_segmentation", {}, "note: sigmoid (multi-label) outputs"),
     ],
@@ -199,6 +304,8 @@ def test_a_removed_argument_a_class_still_needs_is_explained(tmp_path):
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
     from tcurlora.errors import InputError
 
-    with pytest.raises(InputError, match="written for MONAI " + meta["monai_version"].replace(".", r"\.")) as info:
+    with pytest.raises(
+        InputError, match="written for MONAI " + meta["monai_version"].replace(".", r"\.")
+    ) as info:
         load_base_model(folder)
     assert "unexpected keyword argument 'dimensions'" in str(info.value)

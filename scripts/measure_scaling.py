@@ -47,29 +47,48 @@ def tree_cpu_s(process: psutil.Process) -> float:
 
 def job(args: argparse.Namespace, output: Path) -> dict:
     data = args.data.resolve()
-    names = sorted(p.name for p in (data / "labelsTr").glob("*.nii.gz") if not p.name.startswith("."))[: args.cases]
+    names = sorted(p.name for p in (data / "labelsTr").glob("*.nii.gz") if not p.name.startswith("."))[
+        : args.cases
+    ]
     return {
-        "command": "finetune", "base_model": args.base_model, "label_names": args.labels,
-        "cases": [{"id": n.split(".")[0], "image": str(data / "imagesTr" / n), "label": str(data / "labelsTr" / n)}
-                  for n in names],
-        "iterations": args.iterations, "batch_size": args.batch_size, "seed": 0, "device": args.device,
-        "checkpoint_every": 0, "output": str(output), "force": True,
-    }  # fmt: skip
+        "command": "finetune",
+        "base_model": args.base_model,
+        "label_names": args.labels,
+        "cases": [
+            {"id": n.split(".")[0], "image": str(data / "imagesTr" / n), "label": str(data / "labelsTr" / n)}
+            for n in names
+        ],
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "seed": 0,
+        "device": args.device,
+        "checkpoint_every": 0,
+        "output": str(output),
+        "force": True,
+    }
 
 
 def measure(args: argparse.Namespace, nproc: int, work: Path) -> dict:
     job_path = work / f"job-{nproc}.json"
     job_path.write_text(json.dumps(job(args, work / f"adapter-{nproc}")))
     threads = args.threads_per_process or max(1, args.threads // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = "-1"  # one GPU per process otherwise (torchrun's LOCAL_RANK)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     prefix = [torchrun, "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
     started = time.perf_counter()
-    run = subprocess.Popen([*prefix, "-m", "tcurlora", "finetune", "--job", str(job_path)], env=env, cwd=REPO_ROOT,
-                           stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [*prefix, "-m", "tcurlora", "finetune", "--job", str(job_path)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     tree = psutil.Process(run.pid)
     samples: dict[int, tuple[float, float]] = {}  # iteration -> (wall s, tree CPU s)
     for line in run.stdout:
@@ -83,9 +102,15 @@ def measure(args: argparse.Namespace, nproc: int, work: Path) -> dict:
     steps = last - first
     wall = (samples[last][0] - samples[first][0]) / steps
     cpu = (samples[last][1] - samples[first][1]) / steps
-    return {"processes": nproc, "threads_per_process": threads, "steps_measured": steps,
-            "wall_s_per_step": round(wall, 3), "cpu_s_per_step": round(cpu, 3),
-            "cpu_s_per_sample": round(cpu / args.batch_size, 3), "total_wall_s": round(time.perf_counter() - started, 1)}
+    return {
+        "processes": nproc,
+        "threads_per_process": threads,
+        "steps_measured": steps,
+        "wall_s_per_step": round(wall, 3),
+        "cpu_s_per_step": round(cpu, 3),
+        "cpu_s_per_sample": round(cpu / args.batch_size, 3),
+        "total_wall_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> int:
@@ -94,19 +119,38 @@ def main() -> int:
     parser.add_argument("--base-model", default="unetr-small-acdc-brats")
     parser.add_argument("--labels", nargs="+", default=["Anterior", "Posterior"])
     parser.add_argument("--cases", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=2, help="the effective batch (split over the processes)")
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="the effective batch (split over the processes)"
+    )
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the per-step figures")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads in all")
-    parser.add_argument("--threads-per-process", type=int, help="instead of --threads split over the processes")
+    parser.add_argument(
+        "--threads-per-process", type=int, help="instead of --threads split over the processes"
+    )
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: each process its own GPU (NCCL), as many GPUs as the largest --nproc")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: each process its own GPU (NCCL), as many GPUs as the largest --nproc",
+    )
     args = parser.parse_args()
-    results = {"conditions": {"cpu_count": os.cpu_count(), "nice": os.nice(0), "load_average_start": os.getloadavg(),
-                              "base_model": args.base_model, "batch_size": args.batch_size, "data": str(args.data),
-                              "iterations": args.iterations, "warmup": args.warmup, "device": args.device}, "runs": []}
+    results = {
+        "conditions": {
+            "cpu_count": os.cpu_count(),
+            "nice": os.nice(0),
+            "load_average_start": os.getloadavg(),
+            "base_model": args.base_model,
+            "batch_size": args.batch_size,
+            "data": str(args.data),
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "device": args.device,
+        },
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory(prefix="tcur-scaling-") as work:
         for nproc in args.nproc:
             results["runs"].append(measure(args, nproc, Path(work)))

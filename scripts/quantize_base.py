@@ -55,9 +55,14 @@ def quantize_folder(source: Path, output: Path, *, force: bool = False) -> dict:
         size = (temp / WEIGHTS_FILE).stat().st_size
     errors = relative_errors(original, restored)
     return {
-        "source": str(source), "output": str(output), "bytes": size, "fingerprint": fingerprint,
-        "source_fingerprint": base.fingerprint, "tensors": len(original),
-        "max_relative_error": max(errors.values()), "worst_tensor": max(errors, key=errors.__getitem__),
+        "source": str(source),
+        "output": str(output),
+        "bytes": size,
+        "fingerprint": fingerprint,
+        "source_fingerprint": base.fingerprint,
+        "tensors": len(original),
+        "max_relative_error": max(errors.values()),
+        "worst_tensor": max(errors, key=errors.__getitem__),
         "mean_relative_error": sum(errors.values()) / len(errors),
     }
 

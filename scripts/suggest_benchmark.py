@@ -51,9 +51,9 @@ def split(cases: list, args: argparse.Namespace, seed: int) -> tuple[list, list,
     order = list(range(len(non_test)))
     random.Random(12345).shuffle(order)
     validation = [non_test[i] for i in order[: args.val]]
-    rest = [non_test[i] for i in order[args.val:]]
+    rest = [non_test[i] for i in order[args.val :]]
     random.Random(seed).shuffle(rest)
-    start, pool = rest[: args.start], rest[args.start: args.start + args.pool]
+    start, pool = rest[: args.start], rest[args.start : args.start + args.pool]
     if len(pool) < args.pool:
         raise SystemExit(f"only {len(rest)} non-test, non-validation cases; need {args.start + args.pool}")
     return validation, start, pool
@@ -63,17 +63,53 @@ def train(cases: list, out: Path, args: argparse.Namespace, seed: int, log: Path
     """Fine-tune from the base on `cases` (--method, --iterations); returns wall seconds."""
     started = time.monotonic()
     pairs = [x for c in cases for x in ("--case", str(c.images[0]), str(c.label))]
-    tcurlora("finetune", "--base-model", args.base_model, *pairs, "--labels", *args.labels, "--method", args.method,
-             "--iterations", str(args.iterations), "--seed", str(seed), "--threads", "1",
-             "--checkpoint-every", "0", "--device", "cpu", "--force", "-o", str(out), log=log)
+    tcurlora(
+        "finetune",
+        "--base-model",
+        args.base_model,
+        *pairs,
+        "--labels",
+        *args.labels,
+        "--method",
+        args.method,
+        "--iterations",
+        str(args.iterations),
+        "--seed",
+        str(seed),
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--device",
+        "cpu",
+        "--force",
+        "-o",
+        str(out),
+        log=log,
+    )
     return time.monotonic() - started
 
 
 def validate(adapter: Path, validation: list, out: Path, args: argparse.Namespace, log: Path) -> dict:
     """Segment the validation cases with the adapter; mean Dice over cases and classes, per class."""
-    tcurlora("segment", *[str(c.images[0]) for c in validation], "--base-model", args.base_model,
-             "--adapter", str(adapter), "--overlap", "0.25", "--threads", "1", "--device", "cpu",
-             "--force", "-o", str(out), log=log)
+    tcurlora(
+        "segment",
+        *[str(c.images[0]) for c in validation],
+        "--base-model",
+        args.base_model,
+        "--adapter",
+        str(adapter),
+        "--overlap",
+        "0.25",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--force",
+        "-o",
+        str(out),
+        log=log,
+    )
     pairs = [(out / (c.images[0].name.replace(".nii.gz", "_seg.nii.gz")), c.label) for c in validation]
     result = evaluate_pairs(pairs, args.labels)
     per_class = {name: value["dice"] for name, value in result["mean"].items()}
@@ -87,13 +123,30 @@ def pool_dice(seed: int, pool: list, args: argparse.Namespace, log: Path) -> dic
 
     work = args.output / f"seed{seed}"
     out = work / "val-pool"
-    tcurlora("segment", *[str(c.images[0]) for c in pool], "--base-model", args.base_model,
-             "--adapter", str(work / "initial"), "--overlap", "0.25", "--threads", "1", "--device", "cpu",
-             "--force", "-o", str(out), log=log)
+    tcurlora(
+        "segment",
+        *[str(c.images[0]) for c in pool],
+        "--base-model",
+        args.base_model,
+        "--adapter",
+        str(work / "initial"),
+        "--overlap",
+        "0.25",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--force",
+        "-o",
+        str(out),
+        log=log,
+    )
     ranking = {e["volume"]: e for e in json.loads((work / "ranking.json").read_text())["ranking"]}
     rows = []
     for c in pool:
-        result = evaluate_pairs([(out / c.images[0].name.replace(".nii.gz", "_seg.nii.gz"), c.label)], args.labels)
+        result = evaluate_pairs(
+            [(out / c.images[0].name.replace(".nii.gz", "_seg.nii.gz"), c.label)], args.labels
+        )
         dice = statistics.mean(v["dice"] for v in result["mean"].values())
         entry = ranking[str(c.images[0])]
         rows.append({"case": c.id, "dice": dice, "entropy": entry["entropy"], "flips": entry.get("flips")})
@@ -108,7 +161,10 @@ def pool_dice(seed: int, pool: list, args: argparse.Namespace, log: Path) -> dic
 
 def summarize(rows: list[dict], output: Path) -> None:
     """summary.md: each run's Dice, and per arm the mean gain over the seed's initial adapter."""
-    lines = ["| seed | arm | cases added | mean Dice | gain over initial | train s |", "|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| seed | arm | cases added | mean Dice | gain over initial | train s |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     initial = {r["seed"]: r["mean_dice"] for r in rows if r["arm"] == "initial"}
     gains: dict[str, list[float]] = {}
     for r in rows:
@@ -116,15 +172,19 @@ def summarize(rows: list[dict], output: Path) -> None:
         if gain is not None:
             gains.setdefault(r["arm"], []).append(gain)
         added = ", ".join(Path(p).name.split(".")[0] for p in r.get("added", []))
-        lines.append(f"| {r['seed']} | {r['arm']} | {added} | {r['mean_dice']:.4f} | "
-                     f"{'' if gain is None else f'{gain:+.4f}'} | {r['train_s']:.0f} |")
+        lines.append(
+            f"| {r['seed']} | {r['arm']} | {added} | {r['mean_dice']:.4f} | "
+            f"{'' if gain is None else f'{gain:+.4f}'} | {r['train_s']:.0f} |"
+        )
     lines += ["", "| arm | seeds | mean Dice | mean gain over initial (sd) |", "|---|---:|---:|---:|"]
     for arm in sorted({r["arm"] for r in rows}):
         dice = [r["mean_dice"] for r in rows if r["arm"] == arm]
         g = gains.get(arm, [])
         sd = f" ({statistics.stdev(g):.4f})" if len(g) > 1 else ""
-        lines.append(f"| {arm} | {len(dice)} | {statistics.mean(dice):.4f} | "
-                     f"{f'{statistics.mean(g):+.4f}' if g else ''}{sd} |")
+        lines.append(
+            f"| {arm} | {len(dice)} | {statistics.mean(dice):.4f} | "
+            f"{f'{statistics.mean(g):+.4f}' if g else ''}{sd} |"
+        )
     (output / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -140,11 +200,19 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--method", default="tcur", help="adaptation method of every run (default: tcur)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=["entropy", "random"], choices=["entropy", "flips", "random", *(f"random{k}" for k in range(1, 10))],
-                   help="random: one draw of --add pool cases; random1..random9: further draws")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=["entropy", "random"],
+        choices=["entropy", "flips", "random", *(f"random{k}" for k in range(1, 10))],
+        help="random: one draw of --add pool cases; random1..random9: further draws",
+    )
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--pool-dice", action="store_true",
-                   help="only score the initial adapters' Dice on their pools against the ranking (after a run)")
+    p.add_argument(
+        "--pool-dice",
+        action="store_true",
+        help="only score the initial adapters' Dice on their pools against the ranking (after a run)",
+    )
     args = p.parse_args()
     args.labels = dataset_label_names(args.data)
     cases = cases_from_decathlon(args.data)
@@ -170,29 +238,64 @@ def main() -> int:
         initial = work / "initial"
         if (seed, "initial") not in finished:
             seconds = train(start, initial, args, seed, log)
-            record({"seed": seed, "arm": "initial", "start": [c.id for c in start], "train_s": seconds,
-                    "validation": [c.id for c in validation], **validate(initial, validation, work / "val-initial", args, log)})
+            record(
+                {
+                    "seed": seed,
+                    "arm": "initial",
+                    "start": [c.id for c in start],
+                    "train_s": seconds,
+                    "validation": [c.id for c in validation],
+                    **validate(initial, validation, work / "val-initial", args, log),
+                }
+            )
         ranking_file = work / "ranking.json"
         if not ranking_file.exists():
-            text = tcurlora("suggest", *[str(c.images[0]) for c in pool], "--base-model", args.base_model,
-                            "--adapter", str(initial), "--score", "flips", "--threads", "1", "--device", "cpu",
-                            "--overlap", "0.25", "--json", log=log)
+            text = tcurlora(
+                "suggest",
+                *[str(c.images[0]) for c in pool],
+                "--base-model",
+                args.base_model,
+                "--adapter",
+                str(initial),
+                "--score",
+                "flips",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--overlap",
+                "0.25",
+                "--json",
+                log=log,
+            )
             ranking_file.write_text(text)
         ranking = json.loads(ranking_file.read_text())["ranking"]
         by_image = {str(c.images[0]): c for c in pool}
         picks = {
             "flips": [by_image[e["volume"]] for e in ranking[: args.add]],
-            "entropy": [by_image[e["volume"]] for e in sorted(ranking, key=lambda e: -e["entropy"])[: args.add]],
+            "entropy": [
+                by_image[e["volume"]] for e in sorted(ranking, key=lambda e: -e["entropy"])[: args.add]
+            ],
             "random": random.Random(1000 + seed).sample(pool, args.add),
-            **{f"random{k}": random.Random(1000 + seed + 7919 * k).sample(pool, args.add) for k in range(1, 10)},
+            **{
+                f"random{k}": random.Random(1000 + seed + 7919 * k).sample(pool, args.add)
+                for k in range(1, 10)
+            },
         }
         for arm in args.arms:
             if (seed, arm) in finished:
                 continue
             out = work / arm
             seconds = train(start + picks[arm], out, args, seed, log)
-            record({"seed": seed, "arm": arm, "added": [str(c.images[0]) for c in picks[arm]], "train_s": seconds,
-                    **validate(out, validation, work / f"val-{arm}", args, log)})
+            record(
+                {
+                    "seed": seed,
+                    "arm": arm,
+                    "added": [str(c.images[0]) for c in picks[arm]],
+                    "train_s": seconds,
+                    **validate(out, validation, work / f"val-{arm}", args, log),
+                }
+            )
     return 0
 
 

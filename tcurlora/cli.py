@@ -11,7 +11,18 @@ from tcurlora import __version__
 from tcurlora.errors import EXIT_INTERNAL, TCURLoRAError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
-COMMAND_MODULES = ("finetune", "federate", "segment", "suggest", "evaluate", "info", "bench", "pretrain", "demo", "schema")
+COMMAND_MODULES = (
+    "finetune",
+    "federate",
+    "segment",
+    "suggest",
+    "evaluate",
+    "info",
+    "bench",
+    "pretrain",
+    "demo",
+    "schema",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

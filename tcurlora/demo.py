@@ -62,8 +62,9 @@ def prepare_cases(options: DemoOptions) -> tuple[list, list, list[str], Path]:
         )
     folder = options.data
     if folder is None:
-        folder = write_dataset(options.output / "data", options.num_train + options.num_test, seed=options.seed,
-                               force=True)  # fmt: skip
+        folder = write_dataset(
+            options.output / "data", options.num_train + options.num_test, seed=options.seed, force=True
+        )
     cases = cases_from_decathlon(folder)
     if len(cases) < options.num_train + options.num_test:
         raise InputError(
@@ -91,10 +92,16 @@ def unadapted_predictions(options: DemoOptions, names: list[str], test: list) ->
     seed_everything(options.seed)
     base = load_base_model(options.base_model)
     config = AdapterConfig(
-        method="tcur", rank=options.rank, seed=options.seed, num_classes=len(names) + 1, label_names=names,
-        new_head=True, base_model_id=base.model_id, base_fingerprint=base.fingerprint,
+        method="tcur",
+        rank=options.rank,
+        seed=options.seed,
+        num_classes=len(names) + 1,
+        label_names=names,
+        new_head=True,
+        base_model_id=base.model_id,
+        base_fingerprint=base.fingerprint,
         head_module=base.spec.head_module,
-    )  # fmt: skip
+    )
     if options.conv_targets:
         config.conv_target_modules = list(CONV_TARGETS)
     model = apply_adapter(copy.deepcopy(base.model), config).merge_and_unload()
@@ -132,33 +139,63 @@ def run_demo(options: DemoOptions, sink: Any) -> dict[str, Any]:
     sink.log("info", f"Dice before adaptation: {_fmt(_mean(before))}")
     record = RecordingSink()
     token = CancelToken()
-    job = FinetuneJob(base_model=options.base_model, output=output / "adapter", cases=train, label_names=names,
-                      method="tcur", rank=options.rank, iterations=options.iterations, batch_size=options.batch_size,
-                      seed=options.seed, learning_rate=options.learning_rate, conv_targets=options.conv_targets,
-                      checkpoint_every=0, device=options.device, force=True)  # fmt: skip
+    job = FinetuneJob(
+        base_model=options.base_model,
+        output=output / "adapter",
+        cases=train,
+        label_names=names,
+        method="tcur",
+        rank=options.rank,
+        iterations=options.iterations,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        learning_rate=options.learning_rate,
+        conv_targets=options.conv_targets,
+        checkpoint_every=0,
+        device=options.device,
+        force=True,
+    )
     trained = run_finetune(job, TeeSink(record, sink), token)
     seg_dir = output / "segmentations"
-    segment = SegmentJob(base_model=options.base_model, inputs=[list(case.images) for case in test],
-                         adapter=str(output / "adapter"), output_dir=seg_dir, device=options.device, force=True)  # fmt: skip
-    outputs = segment.output_paths()  # the names `tcurlora segment` gives (filenames.segmentation_output_name)
+    segment = SegmentJob(
+        base_model=options.base_model,
+        inputs=[list(case.images) for case in test],
+        adapter=str(output / "adapter"),
+        output_dir=seg_dir,
+        device=options.device,
+        force=True,
+    )
+    outputs = (
+        segment.output_paths()
+    )  # the names `tcurlora segment` gives (filenames.segmentation_output_name)
     run_segment(segment, sink, token)
     after = [class_dice(read_array(p), r, names) for p, r in zip(outputs, references)]
     sink.log("info", f"Dice after adaptation: {_fmt(_mean(after))}")
     losses = [e["loss"] for e in record.of_kind("progress") if e.get("loss") is not None]
     figure = write_figure(output / "demo.png", test, references, outputs, losses, names)
     summary = {
-        "base_model": options.base_model, "data": str(data), "synthetic": options.data is None,
-        "method": "tcur", "rank": options.rank, "iterations": options.iterations,
-        "train_cases": [c.id for c in train], "test_cases": [c.id for c in test], "label_names": names,
-        "dice_before": _mean(before), "dice_after": _mean(after),
+        "base_model": options.base_model,
+        "data": str(data),
+        "synthetic": options.data is None,
+        "method": "tcur",
+        "rank": options.rank,
+        "iterations": options.iterations,
+        "train_cases": [c.id for c in train],
+        "test_cases": [c.id for c in test],
+        "label_names": names,
+        "dice_before": _mean(before),
+        "dice_after": _mean(after),
         "mean_dice_before": float(np.mean(list(_mean(before).values()))),
         "mean_dice_after": float(np.mean(list(_mean(after).values()))),
         "per_case_before": dict(zip([c.id for c in test], before)),
         "per_case_after": dict(zip([c.id for c in test], after)),
         "parameter_counts": (record.of_kind("started") or [{}])[0].get("parameters"),
-        "adapter": str(output / "adapter"), "segmentations": [str(p) for p in outputs], "figure": str(figure),
-        "finetune_metrics": trained["metrics"], "wall_time_s": round(time.monotonic() - started, 1),
-    }  # fmt: skip
+        "adapter": str(output / "adapter"),
+        "segmentations": [str(p) for p in outputs],
+        "figure": str(figure),
+        "finetune_metrics": trained["metrics"],
+        "wall_time_s": round(time.monotonic() - started, 1),
+    }
     atomic_write_json(output / DEMO_SUMMARY_FILE, summary)
     return summary
 

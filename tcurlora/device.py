@@ -28,7 +28,7 @@ def memory_fraction() -> float | None:
 
 
 def resolve_device(name: str = "auto", warn: Callable[[str], None] | None = None) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without CUDA falls back to CPU with a warning."""
+    """ "auto" -> CUDA when available, else CPU; "cuda" without CUDA falls back to CPU with a warning."""
     name = (name or "auto").lower()
     if name not in {"auto", "cpu", "cuda", "gpu"} and not name.startswith("cuda:"):
         raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda")
@@ -46,7 +46,7 @@ def resolve_device(name: str = "auto", warn: Callable[[str], None] | None = None
 
 
 def describe_device(device: torch.device) -> str:
-    """"cpu" or "cuda:0 (NVIDIA H200)"."""
+    """ "cpu" or "cuda:0 (NVIDIA H200)"."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -68,8 +68,10 @@ def init(job: Any) -> None:
         job.device = f"cuda:{local_rank}"
     size = int(os.environ["WORLD_SIZE"])
     if getattr(job, "batch_size", 0) % size:
-        raise ConfigError(f"batch_size {job.batch_size} does not split over {size} processes: use a multiple "
-                          f"of {size} (batch_size is the effective batch, shared by the processes)")
+        raise ConfigError(
+            f"batch_size {job.batch_size} does not split over {size} processes: use a multiple "
+            f"of {size} (batch_size is the effective batch, shared by the processes)"
+        )
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
 
 
@@ -84,8 +86,11 @@ def wrap(module: torch.nn.Module, device: torch.device, *, find_unused: bool = F
     for parameter in module.parameters():
         if parameter.requires_grad:
             parameter.register_hook(_laid_out_like(parameter))
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=find_unused)  # fmt: skip
+    return DistributedDataParallel(
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused,
+    )
 
 
 def _laid_out_like(parameter: torch.Tensor) -> Any:
@@ -98,7 +103,9 @@ def _laid_out_like(parameter: torch.Tensor) -> Any:
     def hook(gradient: torch.Tensor) -> torch.Tensor:
         if gradient.layout != torch.strided or (gradient.shape, gradient.stride()) == (shape, strides):
             return gradient
-        return torch.empty_strided(shape, strides, dtype=gradient.dtype, device=gradient.device).copy_(gradient)
+        return torch.empty_strided(shape, strides, dtype=gradient.dtype, device=gradient.device).copy_(
+            gradient
+        )
 
     return hook
 
@@ -175,12 +182,18 @@ def raise_if_cancelled(token: Any) -> None:
         token.raise_if_cancelled()
         return
     if any_rank(bool(token.cancelled)):
-        raise CancelledError(f"{token.reason or 'cancelled on another process'}: stopped before finishing; "
-                             "the last checkpoint is kept")
+        raise CancelledError(
+            f"{token.reason or 'cancelled on another process'}: stopped before finishing; "
+            "the last checkpoint is kept"
+        )
 
 
 def _collective_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 class RankSink(BaseSink):

@@ -69,14 +69,19 @@ def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
     try:
         result: dict[str, Any] = {"outputs": {"segmentations": []}, "metrics": {"seconds_per_volume": []}}
         if mine:
-            part = dataclasses.replace(job, inputs=[job.inputs[i] for i in mine],
-                                       outputs=[outputs[i] for i in mine], output_dir=None)
+            part = dataclasses.replace(
+                job, inputs=[job.inputs[i] for i in mine], outputs=[outputs[i] for i in mine], output_dir=None
+            )
             if is_writer():
-                sink.log("info", f"{world()} processes: rank 0 segments {len(mine)} of {len(job.inputs)} volumes")
+                sink.log(
+                    "info", f"{world()} processes: rank 0 segments {len(mine)} of {len(job.inputs)} volumes"
+                )
             result = segment_all(part, sink if is_writer() else RankSink(), token)
         shares: list[Any] = [None] * world()
-        dist.all_gather_object(shares, (mine, result["outputs"]["segmentations"],
-                                        result["metrics"].get("seconds_per_volume", [])))
+        dist.all_gather_object(
+            shares,
+            (mine, result["outputs"]["segmentations"], result["metrics"].get("seconds_per_volume", [])),
+        )
     except (RuntimeError, dist.DistBackendError) as error:
         raise _lost_peers(error) from error
     finally:
@@ -89,12 +94,15 @@ def run_segment(job: Any, sink: Any, token: Any) -> dict[str, Any]:
     for indices, paths, times in shares:
         for index, path, spent in zip(indices, paths, times):
             written[index], seconds[index] = path, spent
-    return {"outputs": {"segmentations": written},
-            "metrics": {**result["metrics"], "seconds_per_volume": seconds, "processes": world()}}
+    return {
+        "outputs": {"segmentations": written},
+        "metrics": {**result["metrics"], "seconds_per_volume": seconds, "processes": world()},
+    }
 
 
-def run_pretrain(config: Any, data_root: Path, output: Path, *, device_name: str = "auto",
-                 log: Any = print, **options: Any) -> dict[str, Any]:  # fmt: skip
+def run_pretrain(
+    config: Any, data_root: Path, output: Path, *, device_name: str = "auto", log: Any = print, **options: Any
+) -> dict[str, Any]:
     """`tcurlora pretrain` on one rank of a torchrun run (tcurlora.pretraining.run.run_pretrain does the sharding);
     rank 0 alone logs and writes checkpoints and the model folder."""
     from types import SimpleNamespace
@@ -106,8 +114,14 @@ def run_pretrain(config: Any, data_root: Path, output: Path, *, device_name: str
     init(job)
     try:
         with _sigterm_raises(consequence):
-            result = pretrain(config, data_root, output, device_name=job.device,
-                              log=log if is_writer() else _quiet, **options)  # fmt: skip
+            result = pretrain(
+                config,
+                data_root,
+                output,
+                device_name=job.device,
+                log=log if is_writer() else _quiet,
+                **options,
+            )
             dist.barrier()  # leave together (see run_finetune)
         return result
     except (RuntimeError, dist.DistBackendError) as error:

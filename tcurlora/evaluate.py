@@ -81,8 +81,10 @@ def check_same_geometry(prediction: LabelVolume, reference: LabelVolume) -> None
     """InputError naming both files when size, spacing, origin or direction differ (data/geometry.py)."""
     difference = geometry_difference(prediction.grid, reference.grid)
     if difference:
-        raise InputError(f"prediction and reference {reference.path} have different geometry: {difference}",
-                         prediction.path)  # fmt: skip
+        raise InputError(
+            f"prediction and reference {reference.path} have different geometry: {difference}",
+            prediction.path,
+        )
 
 
 def surface(mask: np.ndarray) -> np.ndarray:

@@ -41,7 +41,9 @@ FEDERATION_STATE_FILE = "state.json"  # rounds done, the history of rounds
 FEDERATION_WEIGHTS_FILE = "global.safetensors"  # the global adapter tensors after that round
 
 # The model library ($TCURLORA_HOME) and the panels' own records.
-DOWNLOAD_RECORD_FILE = "tcurlora_download.json"  # in a downloaded Model Zoo bundle: what was fetched from where
+DOWNLOAD_RECORD_FILE = (
+    "tcurlora_download.json"  # in a downloaded Model Zoo bundle: what was fetched from where
+)
 MODEL_FOLDERS_FILE = "model_folders.json"  # base-model folders added from the panel
 INTERRUPTED_RUNS_FILE = "interrupted_runs.json"  # fine-tuning runs the panel offers to resume
 RUN_INFO_FILE = "run.json"  # next to a run's job.json: what the panel needs to resume it (the adapter's name)
@@ -111,6 +113,7 @@ def checkpoint_dir(output: str | Path) -> Path:
     """The checkpoint folder of a fine-tuning (an adapter) or a pretraining (a model folder): OUTPUT.checkpoint."""
     output = Path(output)
     return output.with_name(output.name + CHECKPOINT_SUFFIX)
+
 
 # Model weights stored as int8: the safetensors metadata key that names the storage format, its one value,
 # and the suffix of the float32 scale tensor stored beside each quantized tensor.

@@ -77,15 +77,24 @@ class TrainingState:
 
     def progress(self) -> dict[str, Any]:
         """The entries a checkpoint's checkpoint.json records."""
-        return {"iteration": self.iteration, "losses": self.losses, "val_history": self.val_history,
-                "elapsed_s": self.elapsed_s, "consistency": self.consistency}  # fmt: skip
+        return {
+            "iteration": self.iteration,
+            "losses": self.losses,
+            "val_history": self.val_history,
+            "elapsed_s": self.elapsed_s,
+            "consistency": self.consistency,
+        }
 
     @classmethod
     def from_checkpoint(cls, meta: dict[str, Any]) -> TrainingState:
         """The state a checkpoint.json records (older ones have no val_history, elapsed_s, consistency)."""
-        return cls(iteration=int(meta["iteration"]), losses=list(meta["losses"]),
-                   val_history=list(meta.get("val_history", [])), elapsed_s=float(meta.get("elapsed_s", 0.0)),
-                   consistency=list(meta.get("consistency") or []))  # fmt: skip
+        return cls(
+            iteration=int(meta["iteration"]),
+            losses=list(meta["losses"]),
+            val_history=list(meta.get("val_history", [])),
+            elapsed_s=float(meta.get("elapsed_s", 0.0)),
+            consistency=list(meta.get("consistency") or []),
+        )
 
 
 def mean_dice(per_class: dict[str, float]) -> float:
@@ -98,9 +107,11 @@ def learning_rates(job) -> dict[str, float]:
     modules = getattr(job, "modules_learning_rate", None)
     method = method_info(job.method)
     return {
-        "adapter": job.learning_rate or method.learning_rate,  # measured (docs/benchmarks.md); a job may override
+        "adapter": job.learning_rate
+        or method.learning_rate,  # measured (docs/benchmarks.md); a job may override
         "modules": modules or DEFAULT_MODULES_LEARNING_RATE,
-        "head": head or (job.learning_rate if method.trains_head and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
+        "head": head
+        or (job.learning_rate if method.trains_head and job.learning_rate else DEFAULT_HEAD_LEARNING_RATE),
     }
 
 
@@ -112,8 +123,15 @@ def build_optimizer(adapted, rates: dict[str, float], method: str) -> torch.opti
     for role, parameters in adapted.parameter_groups().items():
         if parameters:
             decay = 0.0 if role == "adapter" and method_info(method).ranked else 1e-5
-            groups.append({"params": parameters, "lr": rates[role], "initial_lr": rates[role],
-                           "weight_decay": decay, "role": role})
+            groups.append(
+                {
+                    "params": parameters,
+                    "lr": rates[role],
+                    "initial_lr": rates[role],
+                    "weight_decay": decay,
+                    "role": role,
+                }
+            )
     return torch.optim.AdamW(groups)
 
 
@@ -153,19 +171,24 @@ class Trainer(LoopHooks):
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(job.amp) and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device, self.amp)
-        self.optim_step = OptimStep(self.forward, self.optimizer, self.scaler, amp=self.amp,
-                                    clip=job.grad_clip)  # schedule: step()
+        self.optim_step = OptimStep(
+            self.forward, self.optimizer, self.scaler, amp=self.amp, clip=job.grad_clip
+        )  # schedule: step()
         self.state = TrainingState()
         self.best_state: dict[str, torch.Tensor] | None = None  # adapter at the best validation Dice
         # Semi-supervised (job.unlabeled): the mean teacher, and whether it (not the student) is validated
         # and saved (job.keep_teacher; default the student).
-        self.teacher = EMATeacher(self.adapted, job.ema_decay) if setup.unlabeled_batches is not None else None
+        self.teacher = (
+            EMATeacher(self.adapted, job.ema_decay) if setup.unlabeled_batches is not None else None
+        )
         self.keep_teacher = self.teacher is not None and bool(getattr(job, "keep_teacher", False))
         self.unlabeled_stream = None
 
     def job_record(self) -> dict:
-        return {**resume_record(self.job, self.setup.base.fingerprint, self.setup.label_names),
-                "iterations": self.job.iterations}
+        return {
+            **resume_record(self.job, self.setup.base.fingerprint, self.setup.label_names),
+            "iterations": self.job.iterations,
+        }
 
     def run(self, output: Path) -> dict[str, Any]:
         job, sink = self.job, self.sink
@@ -182,12 +205,16 @@ class Trainer(LoopHooks):
                     next(stream)
             sink.log("info", f"resumed from {ckpt} at iteration {self.state.iteration}")
         if self.teacher is not None:
-            self.unlabeled_stream = self.setup.unlabeled_batches(seed_offset=0)  # loads them: errors before step 1
+            self.unlabeled_stream = self.setup.unlabeled_batches(
+                seed_offset=0
+            )  # loads them: errors before step 1
             if job.resume:
                 restore_teacher(self.teacher, ckpt)
                 if meta.get("unlabeled_sampler") is None:
-                    raise InputError("cannot resume: the checkpoint holds no unlabeled sampler state",
-                                     ckpt / CHECKPOINT_FILE)
+                    raise InputError(
+                        "cannot resume: the checkpoint holds no unlabeled sampler state",
+                        ckpt / CHECKPOINT_FILE,
+                    )
                 restore_sampler(self.unlabeled_stream, meta["unlabeled_sampler"], ckpt, "unlabeled sampler")
         self.stream = stream
         total = job.iterations
@@ -213,7 +240,9 @@ class Trainer(LoopHooks):
     def semi_supervised_batch(self, image: torch.Tensor, label: torch.Tensor) -> Batch:
         """[labeled; noisy unlabeled] patches in one batch, with the teacher's logits of the clean unlabeled
         patches (drawn just before the step of iteration `state.iteration`, with the current EMA)."""
-        unlabeled = distributed.local_part(next(self.unlabeled_stream))["image"].to(self.device, non_blocking=True)
+        unlabeled = distributed.local_part(next(self.unlabeled_stream))["image"].to(
+            self.device, non_blocking=True
+        )
         with torch.no_grad(), self.teacher.swapped() as teacher:
             teacher.eval()
             with autocast_context(self.device, self.amp):
@@ -221,7 +250,9 @@ class Trainer(LoopHooks):
             teacher.train()
         weight = consistency_weight(self.state.iteration, self.job.iterations, self.job.unlabeled_weight)
         loss = SemiSupervisedLoss(self.loss_fn, image.shape[0], teacher_logits, weight)
-        return Batch(torch.cat([image, add_noise(unlabeled)]), label, loss, info={"consistency_weight": weight})
+        return Batch(
+            torch.cat([image, add_noise(unlabeled)]), label, loss, info={"consistency_weight": weight}
+        )
 
     @contextmanager
     def kept_weights(self):
@@ -253,22 +284,42 @@ class Trainer(LoopHooks):
                 if state.best_validation()["iteration"] == done:
                     self.best_state = self.adapted.adapter_state_dict()
         elapsed = time.monotonic() - self.started
-        sink.progress(iteration=done, total=total, loss=value, val_dice=val,
-                      eta_s=eta_seconds(elapsed - self.previous_elapsed, done - self.start_iteration, total - done),
-                      lr=self.optimizer.param_groups[0]["lr"])  # fmt: skip
-        if job.checkpoint_every and done % job.checkpoint_every == 0 and done < total and distributed.is_writer():
+        sink.progress(
+            iteration=done,
+            total=total,
+            loss=value,
+            val_dice=val,
+            eta_s=eta_seconds(elapsed - self.previous_elapsed, done - self.start_iteration, total - done),
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+        if (
+            job.checkpoint_every
+            and done % job.checkpoint_every == 0
+            and done < total
+            and distributed.is_writer()
+        ):
             state.elapsed_s = elapsed
             teacher = self.teacher
-            path = save_finetune_checkpoint(self.checkpoint_folder, self.adapted, self.optim_step, state.progress(),
-                                            self.job_record(), sampler=self.stream.state(), best=self.best_state,
-                                            teacher=teacher.state_dict() if teacher else None,
-                                            unlabeled_sampler=self.unlabeled_stream.state() if teacher else None)  # fmt: skip
+            path = save_finetune_checkpoint(
+                self.checkpoint_folder,
+                self.adapted,
+                self.optim_step,
+                state.progress(),
+                self.job_record(),
+                sampler=self.stream.state(),
+                best=self.best_state,
+                teacher=teacher.state_dict() if teacher else None,
+                unlabeled_sampler=self.unlabeled_stream.state() if teacher else None,
+            )
             sink.checkpoint(iteration=done, path=str(path))
         if self.patience and state.validations_since_best() >= self.patience and done < total:
             state.stopped_early = True
-            sink.log("info", f"early stop at iteration {done}: validation Dice has not improved for "
-                             f"{self.patience} validations; keeping the adapter of iteration "
-                             f"{state.best_validation()['iteration']}")  # fmt: skip
+            sink.log(
+                "info",
+                f"early stop at iteration {done}: validation Dice has not improved for "
+                f"{self.patience} validations; keeping the adapter of iteration "
+                f"{state.best_validation()['iteration']}",
+            )
             return True
         return False
 
@@ -282,8 +333,9 @@ class Trainer(LoopHooks):
         for volume in self.setup.val_volumes:
             image = volume["image"].unsqueeze(0).to(self.device)
             with autocast_context(self.device, self.amp):
-                logits = sliding_window_inference(image, self.setup.patch_size, 2, self.adapted,
-                                                  overlap=0.25, mode="gaussian")
+                logits = sliding_window_inference(
+                    image, self.setup.patch_size, 2, self.adapted, overlap=0.25, mode="gaussian"
+                )
             prediction = logits.argmax(1)[0].cpu()
             scores = dice_by_class(prediction, volume["label"][0].long(), range(1, len(names) + 1))
             for index, score in enumerate(scores.values()):
@@ -297,7 +349,7 @@ class Trainer(LoopHooks):
         setup, state = self.setup, self.state
         if not distributed.is_writer():  # torchrun: rank 0 alone writes the adapter
             return {"outputs": {}, "metrics": {}}
-        tail = state.losses[-max(1, min(10, len(state.losses))):]
+        tail = state.losses[-max(1, min(10, len(state.losses))) :]
         metrics: dict[str, Any] = {
             "final_loss": sum(tail) / len(tail),
             "first_loss": state.losses[0] if state.losses else None,
@@ -315,11 +367,15 @@ class Trainer(LoopHooks):
             metrics["stopped_early"] = state.stopped_early
         semi = None
         if self.teacher is not None:
-            semi = {"unlabeled_volumes": len(setup.unlabeled_files), "unlabeled_weight": self.job.unlabeled_weight,
-                    "ema_decay": self.job.ema_decay, "rampup_fraction": RAMPUP_FRACTION,
-                    "saved": "teacher" if self.keep_teacher else "student"}  # fmt: skip
+            semi = {
+                "unlabeled_volumes": len(setup.unlabeled_files),
+                "unlabeled_weight": self.job.unlabeled_weight,
+                "ema_decay": self.job.ema_decay,
+                "rampup_fraction": RAMPUP_FRACTION,
+                "saved": "teacher" if self.keep_teacher else "student",
+            }
             metrics["unlabeled_volumes"] = len(setup.unlabeled_files)
-            recent = state.consistency[-len(tail):]
+            recent = state.consistency[-len(tail) :]
             if recent:
                 metrics["final_consistency"] = sum(recent) / len(recent)
         if self.keep_teacher:
@@ -332,9 +388,14 @@ class Trainer(LoopHooks):
             "preprocessing": setup.spec.to_dict(),
             "patch_size": list(setup.patch_size),
             "metrics": metrics,
-            "training": {"iterations": self.job.iterations, "batch_size": self.job.batch_size,
-                         "learning_rate": self.learning_rate, "learning_rates": self.learning_rates,
-                         "seed": self.job.seed, "amp": self.amp},
+            "training": {
+                "iterations": self.job.iterations,
+                "batch_size": self.job.batch_size,
+                "learning_rate": self.learning_rate,
+                "learning_rates": self.learning_rates,
+                "seed": self.job.seed,
+                "amp": self.amp,
+            },
         }
         if semi is not None:
             extra["training"]["semi_supervised"] = semi
@@ -342,11 +403,19 @@ class Trainer(LoopHooks):
         if semi is not None:
             log_lines = [json.dumps({"semi_supervised": semi})] + [
                 json.dumps({"iteration": i + 1, "loss": loss, "consistency": c})
-                for i, (loss, c) in enumerate(zip(state.losses, state.consistency))]
-        log_lines += [json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history]
+                for i, (loss, c) in enumerate(zip(state.losses, state.consistency))
+            ]
+        log_lines += [
+            json.dumps({"iteration": v["iteration"], "val_dice": v["dice"]}) for v in state.val_history
+        ]
         self.adapted.eval()
-        save_adapter(output, self.adapted.to("cpu"), extra=extra, force=self.job.force,
-                     extra_files={TRAINING_LOG_FILE: "\n".join(log_lines) + "\n"})
+        save_adapter(
+            output,
+            self.adapted.to("cpu"),
+            extra=extra,
+            force=self.job.force,
+            extra_files={TRAINING_LOG_FILE: "\n".join(log_lines) + "\n"},
+        )
         shutil.rmtree(ckpt, ignore_errors=True)
         return {"outputs": {"adapter": str(output)}, "metrics": metrics}
 

@@ -21,8 +21,14 @@ UNLABELED_SEED_OFFSET = 7919
 
 # Colors for classes 1..N when neither the job nor the data set gives any (Slicer's generic anatomy tints).
 DEFAULT_COLORS = [
-    (0.87, 0.51, 0.39), (0.50, 0.68, 0.50), (0.70, 0.47, 0.78), (0.85, 0.85, 0.35), (0.39, 0.63, 0.87),
-    (0.92, 0.63, 0.70), (0.44, 0.80, 0.80), (0.95, 0.65, 0.30),
+    (0.87, 0.51, 0.39),
+    (0.50, 0.68, 0.50),
+    (0.70, 0.47, 0.78),
+    (0.85, 0.85, 0.35),
+    (0.39, 0.63, 0.87),
+    (0.92, 0.63, 0.70),
+    (0.44, 0.80, 0.80),
+    (0.95, 0.65, 0.30),
 ]
 
 
@@ -101,11 +107,17 @@ def adapt_base(job, base, label_names: list[str]):
 
     num_classes = len(label_names) + 1
     config = AdapterConfig(
-        method=job.method, rank=job.rank, selection=job.selection, seed=job.seed,
-        num_classes=num_classes, label_names=label_names,
-        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)] or base.spec.output != "softmax",
+        method=job.method,
+        rank=job.rank,
+        selection=job.selection,
+        seed=job.seed,
+        num_classes=num_classes,
+        label_names=label_names,
+        new_head=label_names != [base.spec.labels[k] for k in sorted(base.spec.labels)]
+        or base.spec.output != "softmax",
         base_model_id=base.model_id,
-        base_fingerprint=base.fingerprint, head_module=base.spec.head_module,
+        base_fingerprint=base.fingerprint,
+        head_module=base.spec.head_module,
     )
     if job.alpha is not None:
         config.alpha = float(job.alpha)
@@ -134,12 +146,16 @@ def prepare_training(job, sink) -> TrainingSetup:
     base = load_base_model(job.base_model)
     for note in base.notes:
         sink.log("warning", f"base model: {note}")
-    if method_info(job.method).random_init:  # "scratch", the control group: the base's architecture, not its weights
+    if method_info(
+        job.method
+    ).random_init:  # "scratch", the control group: the base's architecture, not its weights
         from tcurlora.models.architectures import randomly_initialise, scratch_seed
 
         randomly_initialise(base.model, base.spec, job.seed)
-        notes.append(f"scratch: {base.spec.arch} of {base.model_id} trained from random initialisation "
-                     f"(torch seed {scratch_seed(job.seed)}); the base's pretrained weights are not used")
+        notes.append(
+            f"scratch: {base.spec.arch} of {base.model_id} trained from random initialisation "
+            f"(torch seed {scratch_seed(job.seed)}); the base's pretrained weights are not used"
+        )
     cases = resolve_cases(job)
     if not cases:
         raise InputError("the case list is empty: give at least one (image, label) pair")
@@ -151,15 +167,21 @@ def prepare_training(job, sink) -> TrainingSetup:
     train_cases, val_cases = split_validation(cases, job)
     patch_size = tuple(int(p) for p in (job.patch_size or base.spec.patch_size))
     if tuple(base.spec.arch_params.get("img_size", patch_size)) != patch_size and base.spec.arch == "UNETR":
-        raise ConfigError(f"UNETR {base.model_id} is built for patches of {base.spec.patch_size}; "
-                          f"patch_size {list(patch_size)} is not supported for it")
+        raise ConfigError(
+            f"UNETR {base.model_id} is built for patches of {base.spec.patch_size}; "
+            f"patch_size {list(patch_size)} is not supported for it"
+        )
     colors = [list(c) for c in (job.label_colors or [])]
     colors += [list(DEFAULT_COLORS[i % len(DEFAULT_COLORS)]) for i in range(len(colors), len(label_names))]
 
     adapted = adapt_base(job, base, label_names)
     counts = adapted.parameter_counts()
-    sink.started(command="finetune", device=describe_device(device), total=job.iterations,
-                 parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)))
+    sink.started(
+        command="finetune",
+        device=describe_device(device),
+        total=job.iterations,
+        parameters=counts.to_dict() if hasattr(counts, "to_dict") else dict(vars(counts)),
+    )
     for note in notes:
         sink.log("info", note)
     spacing = resolve_working_spacing(job.spacing, train_cases, base.spec.spacing, patch_size)
@@ -167,19 +189,46 @@ def prepare_training(job, sink) -> TrainingSetup:
     sink.log("info", f"working spacing {list(spacing)} mm (base model: {list(base.spec.spacing)} mm)")
 
     def batches(seed_offset: int = 0) -> Iterator[dict]:
-        return training_batches(train_cases, spec, patch_size=patch_size, num_classes=num_classes,
-                                batch_size=job.batch_size, seed=job.seed + seed_offset, augment=True)
+        return training_batches(
+            train_cases,
+            spec,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            batch_size=job.batch_size,
+            seed=job.seed + seed_offset,
+            augment=True,
+        )
 
     def unlabeled_stream(seed_offset: int = 0):
-        return unlabeled_batches(unlabeled, spec, patch_size=patch_size, batch_size=job.batch_size,
-                                 seed=(job.seed + UNLABELED_SEED_OFFSET + seed_offset) % 2**63)  # fmt: skip
+        return unlabeled_batches(
+            unlabeled,
+            spec,
+            patch_size=patch_size,
+            batch_size=job.batch_size,
+            seed=(job.seed + UNLABELED_SEED_OFFSET + seed_offset) % 2**63,
+        )
 
     if unlabeled:
-        sink.log("info", f"semi-supervised: {len(unlabeled)} unlabeled volume(s), consistency weight "
-                         f"{job.unlabeled_weight}, teacher EMA decay {job.ema_decay}")  # fmt: skip
+        sink.log(
+            "info",
+            f"semi-supervised: {len(unlabeled)} unlabeled volume(s), consistency weight "
+            f"{job.unlabeled_weight}, teacher EMA decay {job.ema_decay}",
+        )
     val_volumes = validation_volumes(val_cases, spec) if val_cases else []
-    return TrainingSetup(base=base, adapted=adapted, device=device, device_name=describe_device(device),
-                         train_cases=train_cases, val_cases=val_cases, label_names=label_names,
-                         label_colors=colors, patch_size=patch_size, spec=spec, batches=batches,
-                         val_volumes=val_volumes, unlabeled_files=unlabeled,
-                         unlabeled_batches=unlabeled_stream if unlabeled else None, threads=threads)
+    return TrainingSetup(
+        base=base,
+        adapted=adapted,
+        device=device,
+        device_name=describe_device(device),
+        train_cases=train_cases,
+        val_cases=val_cases,
+        label_names=label_names,
+        label_colors=colors,
+        patch_size=patch_size,
+        spec=spec,
+        batches=batches,
+        val_volumes=val_volumes,
+        unlabeled_files=unlabeled,
+        unlabeled_batches=unlabeled_stream if unlabeled else None,
+        threads=threads,
+    )

@@ -101,7 +101,9 @@ class EMATeacher:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore `state_dict`; KeyError / ValueError when it belongs to other parameters."""
         if set(state) != set(self.shadow):
-            raise KeyError(f"teacher tensors {sorted(set(state) ^ set(self.shadow))[:3]} do not fit this model")
+            raise KeyError(
+                f"teacher tensors {sorted(set(state) ^ set(self.shadow))[:3]} do not fit this model"
+            )
         with torch.no_grad():
             for name, tensor in state.items():
                 if tuple(tensor.shape) != tuple(self.shadow[name].shape):
@@ -115,11 +117,16 @@ class SemiSupervisedLoss:
     teacher's logits (computed beforehand, without gradient)."""
 
     def __init__(self, supervised, labeled: int, teacher_logits: torch.Tensor, weight: float):
-        self.supervised, self.labeled, self.teacher_logits, self.weight = supervised, labeled, teacher_logits, weight
+        self.supervised, self.labeled, self.teacher_logits, self.weight = (
+            supervised,
+            labeled,
+            teacher_logits,
+            weight,
+        )
         self.last: dict[str, float] = {}
 
     def __call__(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         supervised = self.supervised(logits[: self.labeled], label)
-        consistency = consistency_loss(logits[self.labeled:], self.teacher_logits)
+        consistency = consistency_loss(logits[self.labeled :], self.teacher_logits)
         self.last = {"supervised": float(supervised.detach()), "consistency": float(consistency.detach())}
         return supervised + self.weight * consistency

@@ -113,7 +113,9 @@ def check_adapter_output(folder: str | Path, force: bool) -> Path:
         return folder
     kind = "a file" if folder.is_file() else "a link" if folder.is_symlink() else "a folder"
     if not force:
-        what = "adapter folder exists" if kind == "a folder" else f"exists and is {kind}, not an adapter folder"
+        what = (
+            "adapter folder exists" if kind == "a folder" else f"exists and is {kind}, not an adapter folder"
+        )
         raise OutputExistsError(f"{what} (use --force to replace an adapter folder)", folder)
     if kind != "a folder":
         raise OutputExistsError(f"exists and is {kind}, not an adapter folder; {NOT_OURS}", folder)

@@ -100,13 +100,32 @@ def run_segment(job, sink, token) -> dict[str, Any]:
     for index, (channels, output) in enumerate(zip(inputs, outputs), start=1):
         token.raise_if_cancelled()
         started = time.monotonic()
-        path = segment_file(model, channels, output, spec, device=str(device), overlap=job.overlap,
-                            largest_component=job.largest_component, force=job.force,
-                            amp=device.type == "cuda", names=label_names, colors=label_colors)
+        path = segment_file(
+            model,
+            channels,
+            output,
+            spec,
+            device=str(device),
+            overlap=job.overlap,
+            largest_component=job.largest_component,
+            force=job.force,
+            amp=device.type == "cuda",
+            names=label_names,
+            colors=label_colors,
+        )
         seconds.append(time.monotonic() - started)
         written.append(str(path))
         eta = eta_seconds(sum(seconds), len(seconds), len(inputs) - index)
-        sink.progress(iteration=index, total=len(inputs), loss=None, val_dice=None, eta_s=eta, lr=None,
-                      message=f"segmented {Path(channels[0]).name} -> {path}")
-    return {"outputs": {"segmentations": written},
-            "metrics": {"label_names": names, "seconds_per_volume": seconds, "device": describe_device(device)}}
+        sink.progress(
+            iteration=index,
+            total=len(inputs),
+            loss=None,
+            val_dice=None,
+            eta_s=eta,
+            lr=None,
+            message=f"segmented {Path(channels[0]).name} -> {path}",
+        )
+    return {
+        "outputs": {"segmentations": written},
+        "metrics": {"label_names": names, "seconds_per_volume": seconds, "device": describe_device(device)},
+    }

@@ -80,8 +80,9 @@ class Setting:
     slicer: bool = False  # one of the settings of the Slicer FineTune panel
 
 
-def setting(default: Any = REQUIRED, kind: str = "string", factory: Callable[[], Any] | None = None,
-            **options: Any) -> Any:  # fmt: skip
+def setting(
+    default: Any = REQUIRED, kind: str = "string", factory: Callable[[], Any] | None = None, **options: Any
+) -> Any:
     """A dataclass field declaring one setting; list and dict defaults are copied per instance, `factory`
     makes the default of each instance (a nested declared dataclass)."""
     meta = {"setting": Setting(kind=kind, **options)}
@@ -189,12 +190,22 @@ def positive_triple(cast: type) -> Callable[[str, Any, Any], tuple]:
     kind = "integers" if cast is int else "numbers"
 
     def parse(key: str, value: Any, base_dir: Any = None) -> tuple:
-        ok = isinstance(value, list) and len(value) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-            and (cast is float or isinstance(v, int)) for v in value
-        )  # fmt: skip
+        ok = (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+                and (cast is float or isinstance(v, int))
+                for v in value
+            )
+        )
         if not ok:
-            raise SettingError(key, f"expected a list of 3 positive {kind}, got {type(value).__name__} {value!r}")
+            raise SettingError(
+                key, f"expected a list of 3 positive {kind}, got {type(value).__name__} {value!r}"
+            )
         return tuple(cast(v) for v in value)
 
     return parse
@@ -346,7 +357,9 @@ def add_arguments(parser: Any, cls: Any) -> None:
             continue
         options: dict[str, Any] = {"dest": s.dest or f.name, "help": _help(f, s)}
         if s.kind == "boolean":
-            options.update(action="store_const", const=not default_of(f) if default_of(f) is not None else True)
+            options.update(
+                action="store_const", const=not default_of(f) if default_of(f) is not None else True
+            )
         elif s.kind == "choice":
             options["choices"] = s.choices
         elif s.kind == "integer":

@@ -67,8 +67,17 @@ def flip_disagreement(reference: Any, flipped: Sequence[Any]) -> float:
     return sum(values) / len(values)
 
 
-def volume_uncertainty(model, image_paths: Sequence[str | Path], spec, *, device, overlap: float,
-                       flips: bool, amp: bool = False, sw_batch_size: int = 2) -> dict[str, float | int]:
+def volume_uncertainty(
+    model,
+    image_paths: Sequence[str | Path],
+    spec,
+    *,
+    device,
+    overlap: float,
+    flips: bool,
+    amp: bool = False,
+    sw_batch_size: int = 2,
+) -> dict[str, float | int]:
     """Uncertainty of one volume: its entropy score and, with `flips`, the flip disagreement."""
     import torch
 
@@ -83,8 +92,9 @@ def volume_uncertainty(model, image_paths: Sequence[str | Path], spec, *, device
     if flips:
         mirrored = []
         for axis in (1, 2, 3):  # the spatial axes of (C, X, Y, Z); probabilities are (K, X, Y, Z)
-            flipped = _sliding_window(model, torch.flip(image, dims=[axis]), spec, device, overlap,
-                                      sw_batch_size, amp)
+            flipped = _sliding_window(
+                model, torch.flip(image, dims=[axis]), spec, device, overlap, sw_batch_size, amp
+            )
             mirrored.append(torch.flip(flipped, dims=[axis]))
         result["flips"] = flip_disagreement(probabilities, mirrored)
     return result
@@ -93,8 +103,10 @@ def volume_uncertainty(model, image_paths: Sequence[str | Path], spec, *, device
 def rank(entries: list[dict[str, Any]], score: str) -> list[dict[str, Any]]:
     """Entries sorted most uncertain first (ties: by input order), each with its 1-based `rank` and `score`."""
     ordered = sorted(enumerate(entries), key=lambda item: (-item[1][score], item[0]))
-    return [{"rank": position, "score": entry[score], **entry}
-            for position, (_, entry) in enumerate(ordered, start=1)]
+    return [
+        {"rank": position, "score": entry[score], **entry}
+        for position, (_, entry) in enumerate(ordered, start=1)
+    ]
 
 
 def run_suggest(job, sink, token) -> dict[str, Any]:
@@ -102,7 +114,9 @@ def run_suggest(job, sink, token) -> dict[str, Any]:
     from tcurlora.device import describe_device, resolve_device, resolve_threads
     from tcurlora.segmentation import check_input_volumes, load_segmentation_model
 
-    inputs = [[Path(p) for p in item] if isinstance(item, (list, tuple)) else [Path(item)] for item in job.inputs]
+    inputs = [
+        [Path(p) for p in item] if isinstance(item, (list, tuple)) else [Path(item)] for item in job.inputs
+    ]
     check_input_volumes(inputs)
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
     threads, why = resolve_threads(getattr(job, "threads", "auto"), device)
@@ -113,18 +127,40 @@ def run_suggest(job, sink, token) -> dict[str, Any]:
     entries, started = [], time.monotonic()
     for index, channels in enumerate(inputs, start=1):
         token.raise_if_cancelled()
-        values = volume_uncertainty(model, channels, spec, device=device, overlap=job.overlap,
-                                    flips=job.score == "flips", amp=device.type == "cuda")
-        entries.append({"volume": str(channels[0]) if len(channels) == 1 else [str(c) for c in channels],
-                        **values})
+        values = volume_uncertainty(
+            model,
+            channels,
+            spec,
+            device=device,
+            overlap=job.overlap,
+            flips=job.score == "flips",
+            amp=device.type == "cuda",
+        )
+        entries.append(
+            {"volume": str(channels[0]) if len(channels) == 1 else [str(c) for c in channels], **values}
+        )
         elapsed = time.monotonic() - started
         eta = elapsed / index * (len(inputs) - index)
-        sink.progress(iteration=index, total=len(inputs), loss=None, val_dice=None, eta_s=eta, lr=None,
-                      message=f"scored {channels[0].name}: {job.score} {values[job.score]:.4f}")
+        sink.progress(
+            iteration=index,
+            total=len(inputs),
+            loss=None,
+            val_dice=None,
+            eta_s=eta,
+            lr=None,
+            message=f"scored {channels[0].name}: {job.score} {values[job.score]:.4f}",
+        )
     ranking = rank(entries, job.score)
     if job.top is not None:
         ranking = ranking[: job.top]
-    return {"outputs": {"ranking": ranking},
-            "metrics": {"schema": RANKING_SCHEMA, "score": job.score, "label_names": names,
-                        "volumes": len(inputs), "seconds": time.monotonic() - started,
-                        "device": describe_device(device)}}
+    return {
+        "outputs": {"ranking": ranking},
+        "metrics": {
+            "schema": RANKING_SCHEMA,
+            "score": job.score,
+            "label_names": names,
+            "volumes": len(inputs),
+            "seconds": time.monotonic() - started,
+            "device": describe_device(device),
+        },
+    }

@@ -195,13 +195,17 @@ def unlabeled_volumes(pairs: Sequence[TrainingPair]) -> list[slicer.vtkMRMLScala
     return [
         v
         for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        if v.GetClassName() == "vtkMRMLScalarVolumeNode" and v.GetID() not in used and v.GetImageData() is not None
+        if v.GetClassName() == "vtkMRMLScalarVolumeNode"
+        and v.GetID() not in used
+        and v.GetImageData() is not None
     ]
 
 
 def export_unlabeled(volumes: Sequence[Any], folder: Path) -> list[str]:
     """Write each unlabeled volume as NRRD (exact geometry) under `folder`; the files, for the job's `unlabeled`."""
-    return [str(scene.write_volume(v, folder / f"{name}.nrrd")) for name, v in zip(_file_ids(volumes), volumes)]
+    return [
+        str(scene.write_volume(v, folder / f"{name}.nrrd")) for name, v in zip(_file_ids(volumes), volumes)
+    ]
 
 
 def unlabeled_for_job(pairs: Sequence[TrainingPair], enabled: bool) -> list[slicer.vtkMRMLScalarVolumeNode]:

@@ -35,12 +35,14 @@ def parse_train_modules(text: str) -> list[str] | None:
         try:
             re.compile(part)
         except re.error as error:
-            raise InputError(f"extra trained modules: {part!r} is not a regular expression ({error})") from None
+            raise InputError(
+                f"extra trained modules: {part!r} is not a regular expression ({error})"
+            ) from None
     return parts
 
 
 def parse_spacing(text: str) -> list[float] | str:
-    """"auto" (also for an empty field), "base", or three (or one) positive numbers in mm."""
+    """ "auto" (also for an empty field), "base", or three (or one) positive numbers in mm."""
     value = text.strip().lower()
     if value in ("", "auto", "base"):
         return value or "auto"
@@ -77,4 +79,3 @@ def settings_from_parameters(node: Any) -> FineTuneSettings:
         train_modules=parse_train_modules(getattr(node, "trainModules", "") or ""),
         spacing=parse_spacing(getattr(node, "spacing", "") or ""),
     )
-

@@ -89,7 +89,11 @@ class FineTuneRun(WorkerRun):
         cases, names = export_cases(pairs, workdir / "cases")
         unlabeled_files = export_unlabeled(unlabeled, workdir / "cases" / "unlabeled") if unlabeled else None
         job = finetune_job(
-            settings, cases, names, class_colors(pairs, names), library.staging_path(adapter_name),
+            settings,
+            cases,
+            names,
+            class_colors(pairs, names),
+            library.staging_path(adapter_name),
             unlabeled=unlabeled_files,
         )
         info = {"adapter_name": adapter_name, "remote": remote.to_dict() if remote else None}
@@ -97,7 +101,12 @@ class FineTuneRun(WorkerRun):
         self._setup(job, workdir, adapter_name, curves, remote)
 
     def _setup(
-        self, job: dict[str, Any], workdir: Path, adapter_name: str, curves: bool, remote: RemoteSettings | None
+        self,
+        job: dict[str, Any],
+        workdir: Path,
+        adapter_name: str,
+        curves: bool,
+        remote: RemoteSettings | None,
     ) -> None:
         self.remote = remote  # None: on this computer
         self.label_names = list(job["label_names"])
@@ -157,7 +166,12 @@ class FineTuneRun(WorkerRun):
         shutil.rmtree(self.checkpoint, ignore_errors=True)
         self.worker.remove_partial_outputs()
         forget_interrupted(self.job_path)
-        job = {**self.job, "device": "cpu", "resume": False, "output": str(library.staging_path(self.adapter_name))}
+        job = {
+            **self.job,
+            "device": "cpu",
+            "resume": False,
+            "output": str(library.staging_path(self.adapter_name)),
+        }
         run = FineTuneRun.__new__(FineTuneRun)
         run._setup(job, self.workdir, self.adapter_name, self.curves is not None, self.remote)
         return run
@@ -198,7 +212,9 @@ def finish_run(run: FineTuneRun, confirm: Callable[[str], bool]) -> FinishOutcom
         run.remove_workdir()
     if run.state == CANCELLED:
         kept = " Resume continues from the last checkpoint." if resume else ""
-        return FinishOutcome(CANCELLED, "Cancelled; nothing was added to the model library." + kept, resume_job=resume)
+        return FinishOutcome(
+            CANCELLED, "Cancelled; nothing was added to the model library." + kept, resume_job=resume
+        )
     return FinishOutcome(FAILED, error=run.error_text() or "the run failed", resume_job=resume)
 
 

@@ -1,4 +1,4 @@
-""""Suggest next case": rank the scene's unlabeled volumes by the adapter's uncertainty in the worker
+""" "Suggest next case": rank the scene's unlabeled volumes by the adapter's uncertainty in the worker
 (`tcurlora suggest`, in the background like the other runs); the panel then labels the top one through
 its "label a new case" path (a new segmentation, pre-filled with the adapter's prediction)."""
 
@@ -69,7 +69,9 @@ class SuggestRun(WorkerRun):
             ranking.append((volume, float(entry["score"])))
         gone = [v for v, _ in ranking if v.GetScene() is not slicer.mrmlScene]
         if gone:  # the scene was closed (or the volume deleted) while the worker ran
-            raise InputError(f"volume '{gone[0].GetName()}' was removed from the scene while the volumes were ranked")
+            raise InputError(
+                f"volume '{gone[0].GetName()}' was removed from the scene while the volumes were ranked"
+            )
         self.ranking = ranking
 
     @property
@@ -80,8 +82,10 @@ class SuggestRun(WorkerRun):
     def ranking_lines(self) -> list[str]:
         """The ranking for the panel's log: one line per volume, most uncertain first."""
         score = self.job.get("score", "entropy")
-        return [f"{rank}. {volume.GetName()}: {score} {value:.4f}"
-                for rank, (volume, value) in enumerate(self.ranking, start=1)]
+        return [
+            f"{rank}. {volume.GetName()}: {score} {value:.4f}"
+            for rank, (volume, value) in enumerate(self.ranking, start=1)
+        ]
 
 
 def suggestion_run(
@@ -97,7 +101,11 @@ def suggestion_run(
     from TCURLoRACommon.models import resolve_base_model
 
     if not adapter_path:
-        raise InputError("choose the adapter to ask under 'Label a new case' (train one first if the list is empty)")
+        raise InputError(
+            "choose the adapter to ask under 'Label a new case' (train one first if the list is empty)"
+        )
     volumes = suggestion_candidates(pairs)  # before reading anything: the commonest mistake first
     entry = read_adapter(adapter_path)
-    return SuggestRun(volumes, resolve_base_model(entry.base_model_id, [base_model]), entry.path, device, workdir)
+    return SuggestRun(
+        volumes, resolve_base_model(entry.base_model_id, [base_model]), entry.path, device, workdir
+    )

@@ -248,7 +248,9 @@ def test_unlabeled_scene_volumes_join_the_job(data_dir: Path, workdir: Path) -> 
         assert not {c["image"] for c in job["cases"]} & set(job["unlabeled"])
         written = scene.read_volume(expected)
         assert scene.same_geometry(written, extra)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(written), slicer.util.arrayFromVolume(extra))
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromVolume(written), slicer.util.arrayFromVolume(extra)
+        )
         slicer.mrmlScene.RemoveNode(written)
         assert FinetuneJob.from_file(run.job_path).unlabeled == [expected]
     assert library_leftovers() == [], library_leftovers()

@@ -61,7 +61,9 @@ def start_segmentation(
 ) -> SegmentVolumesRun:
     """Export the volumes and start the worker (on `remote` over SSH, else here); the run imports one
     segmentation per volume when done."""
-    run = segmentation_run(volumes, adapter, device, targets, overlap, largest_component, extra_models, remote)
+    run = segmentation_run(
+        volumes, adapter, device, targets, overlap, largest_component, extra_models, remote
+    )
     return run.start()
 
 

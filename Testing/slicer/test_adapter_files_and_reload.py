@@ -31,8 +31,14 @@ def make_adapter(folder: Path, names=("liver", "tumour")) -> library.AdapterEntr
     """An adapter folder as the worker writes it (sealed config JSON + weights file)."""
     folder.mkdir(parents=True)
     weights = bytes(range(256)) * 40
-    config = {"method": "tcur", "rank": 4, "label_names": list(names), "base_model_id": "preset:unetr-tiny",
-              "base_fingerprint": "f" * 16, "weights_sha256": hashlib.sha256(weights).hexdigest()}  # fmt: skip
+    config = {
+        "method": "tcur",
+        "rank": 4,
+        "label_names": list(names),
+        "base_model_id": "preset:unetr-tiny",
+        "base_fingerprint": "f" * 16,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
     (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(seal(config)))
     (folder / ADAPTER_WEIGHTS_FILE).write_bytes(weights)
     (folder / TRAINING_LOG_FILE).write_text('{"iteration": 1}\n')
@@ -129,11 +135,13 @@ def test_import_takes_only_a_checked_adapter(tmp_path: Path, monkeypatch) -> Non
         "'.hidden/run.sh', which is not part": good[:2] + [(".hidden/run.sh", b"rm -rf ~")],
         "holds 20000 entries": good + [(f"f{i}.txt", b"") for i in range(19997)],
         "differs from the": [(n, bytes(tampered) if n == weights else d) for n, d in good],
-        "adapter_config.json was changed after training": [(n, json.dumps(unsealed).encode() if n == config else d)
-                                                           for n, d in good],
-        "has no weights_sha256": [(n, json.dumps(dict(record, weights_sha256=None)).encode() if n == config else d)
-                                  for n, d in good],
-    }  # fmt: skip
+        "adapter_config.json was changed after training": [
+            (n, json.dumps(unsealed).encode() if n == config else d) for n, d in good
+        ],
+        "has no weights_sha256": [
+            (n, json.dumps(dict(record, weights_sha256=None)).encode() if n == config else d) for n, d in good
+        ],
+    }
     for expected, entries in cases.items():
         with pytest.raises(InputError, match=expected) as info:
             import_adapter(zipped(tmp_path / f"bad{ADAPTER_ARCHIVE_SUFFIX}", entries))
@@ -177,12 +185,18 @@ except OutputNotWritableError as error:
 
 def test_a_full_disk_leaves_nothing_in_the_library(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TCURLORA_HOME", str(tmp_path / "home"))
-    shared = zipped(tmp_path / f"liver{ADAPTER_ARCHIVE_SUFFIX}", own_files(make_adapter(tmp_path / "liver").path))
+    shared = zipped(
+        tmp_path / f"liver{ADAPTER_ARCHIVE_SUFFIX}", own_files(make_adapter(tmp_path / "liver").path)
+    )
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, str(shared)], capture_output=True, text=True, timeout=60, cwd=root,
+        [sys.executable, "-c", FULL_DISK, str(shared)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
         env={**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"},
-    )  # fmt: skip
+    )
     assert result.returncode == 2, result.stderr
     assert "cannot write the adapter into the model library: File too large" in result.stdout
     assert_library_untouched()

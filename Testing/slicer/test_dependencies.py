@@ -93,7 +93,9 @@ def test_missing_and_unreadable() -> None:
 def test_requirements_file_follows_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     wanted = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in project}
-    shipped = {deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.needed_requirements(lora=True)}
+    shipped = {
+        deps.parse_requirement(r)[0].lower(): r.replace(" ", "") for r in deps.needed_requirements(lora=True)
+    }
     for name in NOT_PIP_INSTALLED_IN_SLICER:
         assert name in wanted, f"{name} is no longer a dependency: drop it from the exceptions"
         assert name not in shipped
@@ -170,7 +172,9 @@ def test_peft_only_for_lora() -> None:
     assert "peft" not in names and {"monai", "safetensors", "numpy"} <= names
     with_lora = [deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements(lora=True)]
     assert with_lora == [*[deps.parse_requirement(r)[0].lower() for r in deps.needed_requirements()], "peft"]
-    assert deps.missing_requirements(deps.needed_requirements(), lambda n: None if n == "peft" else "99") == []
+    assert (
+        deps.missing_requirements(deps.needed_requirements(), lambda n: None if n == "peft" else "99") == []
+    )
 
 
 @pytest.mark.parametrize("module", ["TCURFineTune", "TCURSegmenter"])
@@ -181,10 +185,13 @@ def test_panels_ask_for_peft_only_for_lora(module: str) -> None:
     tree = ast.parse((ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
     names = {"ensure_dependencies", "ensure_for_method"}
     calls = [
-        c for c in ast.walk(tree)
+        c
+        for c in ast.walk(tree)
         if isinstance(c, ast.Call) and getattr(c.func, "id", getattr(c.func, "attr", "")) in names
     ]
-    assert calls and all(c.func.id == "ensure_for_method" and len(c.args) == 1 for c in calls), ast.dump(calls[0])
+    assert calls and all(c.func.id == "ensure_for_method" and len(c.args) == 1 for c in calls), ast.dump(
+        calls[0]
+    )
     assert deps.needs_lora("lora") and not deps.needs_lora("tcur") and not deps.needs_lora(None)
 
 
@@ -211,7 +218,9 @@ def test_run_pip_cancel_stops_it() -> None:
 
     start = time.monotonic()
     with pytest.raises(deps.InstallCancelled) as raised:
-        deps.run_pip([], lambda line: "started" not in line, command=[
-            sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"
-        ])  # fmt: skip
+        deps.run_pip(
+            [],
+            lambda line: "started" not in line,
+            command=[sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+        )
     assert time.monotonic() - start < 20 and deps.is_declined(raised.value)

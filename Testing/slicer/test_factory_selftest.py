@@ -75,15 +75,26 @@ def test_selection_with_and_without_the_backend() -> None:
 
 @pytest.mark.slow
 def test_no_backend_bodies_pass_without_the_backend(tmp_path: Path) -> None:
-    search = [str(ROOT), str(ROOT / "TCURFineTune"), str(ROOT / "TCURSegmenter"), str(ROOT / "Testing" / "slicer")]
+    search = [
+        str(ROOT),
+        str(ROOT / "TCURFineTune"),
+        str(ROOT / "TCURSegmenter"),
+        str(ROOT / "Testing" / "slicer"),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TCURLORA_DATA"}  # generated cases, as on the factory
     env["TCURLORA_HOME"] = str(tmp_path / "home")
     done = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps([list(BACKEND_PACKAGES), search])],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0 and lines, (
+        f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    )
     result = json.loads(lines[-1][len("RESULT ") :])
     assert set(result["skipped"]) == WORKER_BODIES
     expected = [b.__name__ for b in (*finetune_bodies.ALL_TESTS, *segmenter_bodies.ALL_TESTS)]

@@ -67,7 +67,9 @@ def test_cpu_retry_after_scene_close_leaves_nothing(mrml, hippocampus_dir: Path,
     assert interrupted_runs() == []
 
 
-def test_declined_cpu_retry_shows_the_error_and_cleans_up(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
+def test_declined_cpu_retry_shows_the_error_and_cleans_up(
+    mrml, hippocampus_dir: Path, tmp_path: Path
+) -> None:
     pairs, _ = load_training_scene(hippocampus_dir, 1)
     settings = fast_settings(2)
     settings.device = "auto"
@@ -167,7 +169,10 @@ def test_widget_uses_the_tested_paths() -> None:
     mixin_script = root / "TCURLoRACommon" / "panelwidget.py"
     sources = {p: p.read_text(encoding="utf-8") for p in (mixin_script, script)}
     methods: dict[str, tuple[ast.FunctionDef, str]] = {}
-    for path, name in ((mixin_script, "RunPanelMixin"), (script, "TCURFineTuneWidget")):  # the widget's own win
+    for path, name in (
+        (mixin_script, "RunPanelMixin"),
+        (script, "TCURFineTuneWidget"),
+    ):  # the widget's own win
         cls = next(n for n in ast.parse(sources[path]).body if isinstance(n, ast.ClassDef) and n.name == name)
         methods |= {n.name: (n, sources[path]) for n in cls.body if isinstance(n, ast.FunctionDef)}
 
@@ -186,4 +191,6 @@ def test_widget_uses_the_tested_paths() -> None:
     for name in ("finishRun", "pollRun", "onTimer", "startRun", "startPolling", "showRunDetails"):
         node, text = methods[name]
         source = ast.get_source_segment(text, node) or ""
-        assert "self._parameterNode." not in source, f"{name} reads the parameter node, None after a scene close"
+        assert "self._parameterNode." not in source, (
+            f"{name} reads the parameter node, None after a scene close"
+        )

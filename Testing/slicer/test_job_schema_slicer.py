@@ -50,8 +50,14 @@ def test_finetune_runs_write_jobs_the_schema_accepts(mrml, hippocampus_dir: Path
     check = job_validator()
     choices = {
         "defaults": panel_settings(),
-        "advanced": panel_settings(headLearningRate=0.02, trainModules="decoder, encoder1", spacing="1",
-                                   patchSize="32,32,16", valFraction=0.5, learningRate=0.001),  # fmt: skip
+        "advanced": panel_settings(
+            headLearningRate=0.02,
+            trainModules="decoder, encoder1",
+            spacing="1",
+            patchSize="32,32,16",
+            valFraction=0.5,
+            learningRate=0.001,
+        ),
         "self-test": fast_settings(),
     }
     for name, settings in choices.items():
@@ -72,8 +78,16 @@ def test_segment_runs_write_jobs_the_schema_accepts(mrml, tmp_path: Path) -> Non
         volumes.append(node)
     runs = [
         SegmentVolumesRun(volumes[:1], BUILTIN, None, ["a"], workdir=tmp_path / "one"),
-        SegmentVolumesRun(volumes, BUILTIN, tmp_path / "adapters" / "x", ["a", "b"], device="cpu",
-                          workdir=tmp_path / "two", overlap=0.25, largest_component=True),  # fmt: skip
+        SegmentVolumesRun(
+            volumes,
+            BUILTIN,
+            tmp_path / "adapters" / "x",
+            ["a", "b"],
+            device="cpu",
+            workdir=tmp_path / "two",
+            overlap=0.25,
+            largest_component=True,
+        ),
     ]
     for run in runs:
         data = json.loads(run.job_path.read_text(encoding="utf-8"))

@@ -23,8 +23,18 @@ MODULES = ("TCURFineTune", "TCURSegmenter")
 MIXIN = ROOT / "TCURLoRACommon" / "panelwidget.py"
 # The lifecycle both widgets share: neither may define these again.
 SHARED = (
-    "cleanup", "enter", "exit", "onReload", "onSceneEndClose", "setParameterNode", "parameterNode",
-    "updateRemoteRows", "startOrCancel", "startPolling", "onTimer", "pollRun",
+    "cleanup",
+    "enter",
+    "exit",
+    "onReload",
+    "onSceneEndClose",
+    "setParameterNode",
+    "parameterNode",
+    "updateRemoteRows",
+    "startOrCancel",
+    "startPolling",
+    "onTimer",
+    "pollRun",
 )
 
 # A worker that speaks the real event protocol (tcurlora.jobs.events): what a segmentation of two volumes sends.
@@ -53,7 +63,9 @@ def test_poll_shows_each_event_once_and_the_end(tmp_path: Path) -> None:
         assert len(ticks) < 1200, "the worker did not finish within a minute"
         time.sleep(0.05)  # the panel's timer ticks every POLL_MS
     lines = [line for tick in ticks for line in tick.lines]
-    assert lines == ["Running on cpu", "Loading the model", "Volume 2 of 2"], lines  # the empty log line is skipped
+    assert lines == ["Running on cpu", "Loading the model", "Volume 2 of 2"], (
+        lines
+    )  # the empty log line is skipped
     assert ticks[-1].progress == (100, 100) and run.state == DONE and not is_active(run)
     assert all(not tick.finished for tick in ticks[:-1])
 
@@ -78,7 +90,9 @@ def test_peft_is_asked_for_only_for_lora() -> None:
 
 
 def _classes(path: Path) -> dict[str, ast.ClassDef]:
-    return {n.name: n for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)}
+    return {
+        n.name: n for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)
+    }
 
 
 def _method_names(node: ast.ClassDef) -> set[str]:
@@ -89,7 +103,9 @@ def _method_names(node: ast.ClassDef) -> set[str]:
 def test_widgets_keep_only_their_wiring(module: str) -> None:
     widget = _classes(ROOT / module / f"{module}.py")[f"{module}Widget"]
     bases = [getattr(b, "id", "") for b in widget.bases]
-    assert bases[0] == "RunPanelMixin", f"{module}Widget must list RunPanelMixin first (its cleanup/enter win): {bases}"
+    assert bases[0] == "RunPanelMixin", (
+        f"{module}Widget must list RunPanelMixin first (its cleanup/enter win): {bases}"
+    )
     again = sorted(set(SHARED) & _method_names(widget) - {"cleanup"})
     assert again == [], f"{module}Widget defines the shared lifecycle again: {again}"
     mixin = _method_names(_classes(MIXIN)["RunPanelMixin"])
@@ -106,7 +122,9 @@ def test_widget_check_can_fail(tmp_path: Path) -> None:
     script = tmp_path / "M.py"
     script.write_text("class MWidget(ScriptedLoadableModuleWidget):\n    def enter(self):\n        pass\n")
     widget = _classes(script)["MWidget"]
-    assert [getattr(b, "id", "") for b in widget.bases] != ["RunPanelMixin"] and "enter" in _method_names(widget)
+    assert [getattr(b, "id", "") for b in widget.bases] != ["RunPanelMixin"] and "enter" in _method_names(
+        widget
+    )
 
 
 def test_what_the_module_scripts_import_first_needs_no_backend() -> None:
@@ -118,6 +136,8 @@ def test_what_the_module_scripts_import_first_needs_no_backend() -> None:
         "import TCURLoRACommon.panelwidget, TCURLoRACommon.lifecycle\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tcurlora', 'qt', 'torch'))))\n"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == []

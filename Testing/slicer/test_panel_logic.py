@@ -53,24 +53,36 @@ def parameter_defaults(script: Path) -> types.SimpleNamespace:
     """The fields of a module's parameter node with their defaults (None if none), evaluated with the names
     the module imports from TCURLoRACommon.jobs: what a fresh scene's parameter node holds."""
     names = module_imports(script)
-    return types.SimpleNamespace(**{
-        name: eval(compile(ast.Expression(value), str(script), "eval"), names) if value else None  # noqa: S307
-        for name, value in parameter_node_fields(script).items()
-    })  # fmt: skip
+    return types.SimpleNamespace(
+        **{
+            name: eval(compile(ast.Expression(value), str(script), "eval"), names) if value else None  # noqa: S307
+            for name, value in parameter_node_fields(script).items()
+        }
+    )
 
 
 # Parameter node field -> the FinetuneJob setting whose default it shows.
-JOB_BACKED_FIELDS = {"method": "method", "rank": "rank", "iterations": "iterations", "device": "device",
-                     "batchSize": "batch_size", "valFraction": "val_fraction", "seed": "seed"}  # fmt: skip
+JOB_BACKED_FIELDS = {
+    "method": "method",
+    "rank": "rank",
+    "iterations": "iterations",
+    "device": "device",
+    "batchSize": "batch_size",
+    "valFraction": "val_fraction",
+    "seed": "seed",
+}
 
 
 SEGMENT_BACKED_FIELDS = {"device": "device", "overlap": "overlap", "largestComponent": "largest_component"}
 
 
-@pytest.mark.parametrize(("module", "job", "backed", "namespace"), [
-    ("TCURFineTune", FinetuneJob, JOB_BACKED_FIELDS, "JOB_DEFAULTS"),
-    ("TCURSegmenter", SegmentJob, SEGMENT_BACKED_FIELDS, "SEGMENT_DEFAULTS"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("module", "job", "backed", "namespace"),
+    [
+        ("TCURFineTune", FinetuneJob, JOB_BACKED_FIELDS, "JOB_DEFAULTS"),
+        ("TCURSegmenter", SegmentJob, SEGMENT_BACKED_FIELDS, "SEGMENT_DEFAULTS"),
+    ],
+)
 def test_the_parameter_nodes_take_their_defaults_from_the_job_declaration(module, job, backed, namespace):
     script = ROOT / module / f"{module}.py"
     fields, node = parameter_node_fields(script), parameter_defaults(script)
@@ -79,7 +91,10 @@ def test_the_parameter_nodes_take_their_defaults_from_the_job_declaration(module
         assert ast.unparse(fields[field]) == f"{namespace}.{key}", f"{field} states its own default"
         assert getattr(node, field) == job_defaults[key]
     # Run on: the remote settings' own defaults, named, not restated
-    assert (ast.unparse(fields["runOn"]), ast.unparse(fields["remoteCommand"])) == ("THIS_COMPUTER", "DEFAULT_COMMAND")
+    assert (ast.unparse(fields["runOn"]), ast.unparse(fields["remoteCommand"])) == (
+        "THIS_COMPUTER",
+        "DEFAULT_COMMAND",
+    )
     assert (node.runOn, node.remoteCommand) == ("this computer", "tcurlora")
 
 
@@ -121,16 +136,23 @@ def test_advanced_recipe_fields_reach_the_job(mrml, tmp_path: Path) -> None:
     node.baseModel = BUILTIN
     node.headLearningRate, node.trainModules, node.spacing = 0.02, "decoder, encoder1", "1"
     settings = settings_from_parameters(node)
-    job = finetune_job(settings, [{"id": "c1", "image": "i.nrrd", "label": "l.nrrd"}], ["a"], None, tmp_path / "o")
+    job = finetune_job(
+        settings, [{"id": "c1", "image": "i.nrrd", "label": "l.nrrd"}], ["a"], None, tmp_path / "o"
+    )
     parsed = FinetuneJob.from_dict(json.loads(json.dumps(job)), tmp_path)
-    assert (parsed.head_learning_rate, parsed.train_modules, parsed.spacing) == (0.02, ["decoder", "encoder1"],
-                                                                                  [1.0, 1.0, 1.0])
+    assert (parsed.head_learning_rate, parsed.train_modules, parsed.spacing) == (
+        0.02,
+        ["decoder", "encoder1"],
+        [1.0, 1.0, 1.0],
+    )
     node.trainModules, node.spacing = "none", "base"
     settings = settings_from_parameters(node)
     assert settings.train_modules == [] and settings.spacing == "base"
-    for field, value, message in (("trainModules", "decoder([", "not a regular expression"),
-                                  ("spacing", "1,2", "one or three positive numbers"),
-                                  ("spacing", "fine", "use auto, base or numbers")):
+    for field, value, message in (
+        ("trainModules", "decoder([", "not a regular expression"),
+        ("spacing", "1,2", "one or three positive numbers"),
+        ("spacing", "fine", "use auto, base or numbers"),
+    ):
         setattr(node, field, value)
         with pytest.raises(InputError, match=message):
             settings_from_parameters(node)

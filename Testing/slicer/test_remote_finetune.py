@@ -30,8 +30,7 @@ def test_run_on_parameters() -> None:
     assert remote_from_parameters(node(remoteHost="ignored@here")) is None
     settings = remote_from_parameters(node(runOn="remote host", remoteHost=" ana@gpu:2222 ", sshConfig="/c"))
     assert settings == RemoteSettings("ana@gpu:2222", "tcurlora", "/c")
-    assert settings.worker_args() == ["--remote=ana@gpu:2222", "--remote-command=tcurlora",
-                                      "--ssh-config=/c"]
+    assert settings.worker_args() == ["--remote=ana@gpu:2222", "--remote-command=tcurlora", "--ssh-config=/c"]
     with pytest.raises(InputError, match="give the remote host"):
         remote_from_parameters(node(runOn="remote host"))
     with pytest.raises(InputError, match="user@host"):
@@ -44,8 +43,12 @@ def test_run_on_parameters() -> None:
         RemoteSettings.from_dict({"host": "-oProxyCommand=sh@gpu", "command": "tcurlora"})
     # Values that begin with "-" reach the worker as values, never as flags of their own
     odd = RemoteSettings("gpu", "-x", "-F.conf", "./-runs")
-    assert odd.worker_args() == ["--remote=gpu", "--remote-command=-x", "--ssh-config=-F.conf",
-                                 "--remote-folder=./-runs"]
+    assert odd.worker_args() == [
+        "--remote=gpu",
+        "--remote-command=-x",
+        "--ssh-config=-F.conf",
+        "--remote-folder=./-runs",
+    ]
 
 
 @pytest.mark.slow
@@ -54,12 +57,16 @@ def test_remote_run_equals_local(mrml, hippocampus_dir: Path, tmp_path: Path, mo
     server = start_sshd(tmp_path / "sshd")
     try:
         remote_folder = tmp_path / "remote-runs"
-        remote = RemoteSettings(server.target, server.remote_command, str(server.ssh_config), str(remote_folder))
+        remote = RemoteSettings(
+            server.target, server.remote_command, str(server.ssh_config), str(remote_folder)
+        )
         pairs, _ = load_training_scene(hippocampus_dir, 2)
         settings = fast_settings(3)
         settings.seed = 5
         local_run = FineTuneRun(pairs, settings, "local", tmp_path / "w1", curves=False).start()
-        remote_run = FineTuneRun(pairs, settings, "remote", tmp_path / "w2", curves=False, remote=remote).start()
+        remote_run = FineTuneRun(
+            pairs, settings, "remote", tmp_path / "w2", curves=False, remote=remote
+        ).start()
         assert read_json_object(tmp_path / "w2" / RUN_INFO_FILE, "run info")["remote"] == remote.to_dict()
         for run in (local_run, remote_run):
             run.wait(timeout=300)

@@ -78,14 +78,20 @@ def test_segmenter_parameters_choose_where_to_run() -> None:
     """The Segmenter's parameter node has the fields the shared remote_from_parameters reads."""
     node = parameter_defaults(SEGMENTER)
     assert (node.runOn, node.remoteHost, node.remoteCommand, node.sshConfig) == (
-        "this computer", "", "tcurlora", ""
+        "this computer",
+        "",
+        "tcurlora",
+        "",
     )
     assert remote_from_parameters(node) is None
     node.runOn, node.remoteHost, node.sshConfig = REMOTE_HOST, " ana@gpu:2222 ", "/etc/ssh_gpu"
     remote = remote_from_parameters(node)
     assert remote == RemoteSettings("ana@gpu:2222", "tcurlora", "/etc/ssh_gpu")
-    assert remote.worker_args() == ["--remote=ana@gpu:2222", "--remote-command=tcurlora",
-                                    "--ssh-config=/etc/ssh_gpu"]
+    assert remote.worker_args() == [
+        "--remote=ana@gpu:2222",
+        "--remote-command=tcurlora",
+        "--ssh-config=/etc/ssh_gpu",
+    ]
     from tcurlora.errors import InputError
 
     node.remoteHost = ""

@@ -134,7 +134,9 @@ TEMPLATE_CMAKE_MINIMUM = "cmake_minimum_required(VERSION 3.28.0...3.28.0 FATAL_E
 
 def test_cmake_minimum_follows_the_current_template() -> None:
     first = (ROOT / "CMakeLists.txt").read_text().splitlines()[0]
-    assert first == TEMPLATE_CMAKE_MINIMUM, f"CMakeLists.txt line 1 is {first!r}, the template has {TEMPLATE_CMAKE_MINIMUM!r}"
+    assert first == TEMPLATE_CMAKE_MINIMUM, (
+        f"CMakeLists.txt line 1 is {first!r}, the template has {TEMPLATE_CMAKE_MINIMUM!r}"
+    )
     others = [p for p in ROOT.glob("*/CMakeLists.txt") if "cmake_minimum_required" in p.read_text()]
     assert others == [], f"only the top-level CMakeLists.txt sets the CMake range: {others}"
 
@@ -226,7 +228,11 @@ def _methods(script: Path) -> dict[str, ast.FunctionDef]:
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Widget"))
     if "RunPanelMixin" not in [getattr(b, "id", "") for b in widget.bases]:
         return _class_methods(widget)
-    mixin = next(n for n in ast.parse(MIXIN.read_text()).body if isinstance(n, ast.ClassDef) and n.name == "RunPanelMixin")
+    mixin = next(
+        n
+        for n in ast.parse(MIXIN.read_text()).body
+        if isinstance(n, ast.ClassDef) and n.name == "RunPanelMixin"
+    )
     return {**_class_methods(mixin), **_class_methods(widget)}
 
 
@@ -278,8 +284,13 @@ def test_screenshots_are_not_renderings() -> None:
     scripts = [(ROOT / name).read_text(encoding="utf-8") for name in tree_files(ROOT) if name.endswith(".py")]
     for url in urls:
         name = url.rsplit("/", 1)[-1]
-        assert "layout" not in name and not any(name in s for s in scripts), f"{url} is a rendering, not a screenshot"
-    for text in ((ROOT / "README.md").read_text(encoding="utf-8"), (ROOT / "docs/slicer_extension.md").read_text()):
+        assert "layout" not in name and not any(name in s for s in scripts), (
+            f"{url} is a rendering, not a screenshot"
+        )
+    for text in (
+        (ROOT / "README.md").read_text(encoding="utf-8"),
+        (ROOT / "docs/slicer_extension.md").read_text(),
+    ):
         assert "_layout.png" not in text, "the docs still show the wireframe renderings"
 
 
@@ -296,10 +307,13 @@ def tree_files(root: Path) -> list[str]:
     try:
         listed = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True, check=True,
+            capture_output=True,
+            check=True,
         ).stdout.decode("utf-8", "replace")
     except (OSError, subprocess.CalledProcessError):
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
+        return sorted(
+            p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts
+        )
     return sorted(name for name in listed.split("\0") if name)
 
 
@@ -342,4 +356,6 @@ def test_remote_rows_follow_run_on(module: str) -> None:
     assert "remote_row_visibility" in _calls(methods["updateRemoteRows"])
     assert "updateRemoteRows" in _calls(methods["setParameterNode"]), "a loaded scene must set the rows too"
     assert "self.ui.runOnComboBox.currentTextChanged.connect(self.updateRemoteRows)" in MIXIN.read_text()
-    assert "setupPanel" in _calls(methods["setup"]), "setup must make that connection (RunPanelMixin.setupPanel)"
+    assert "setupPanel" in _calls(methods["setup"]), (
+        "setup must make that connection (RunPanelMixin.setupPanel)"
+    )

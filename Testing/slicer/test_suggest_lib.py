@@ -1,4 +1,4 @@
-""""Suggest next case" of TCUR Fine-Tune, headless on real MRML and real hippocampus MRI: the scene's
+""" "Suggest next case" of TCUR Fine-Tune, headless on real MRML and real hippocampus MRI: the scene's
 volumes without a segmentation are exported, ranked by the worker (`tcurlora suggest`) with an adapter
 trained here, and mapped back to their nodes with the scores the backend computes."""
 
@@ -40,11 +40,35 @@ def tiny_adapter(hippocampus_dir: Path, tmp_path_factory) -> Path:
     settings = fast_settings(3)
     pairs = [x for image, label in cases[:2] for x in ("--case", str(image), str(label))]
     done = subprocess.run(
-        [sys.executable, "-m", "tcurlora", "finetune", "--base-model", TEST_BASE_MODEL, *pairs, "--labels", *names,
-         "--iterations", str(settings.iterations), "--patch-size", ",".join(map(str, settings.patch_size)),
-         "--batch-size", "1", "--device", "cpu", "--checkpoint-every", "0", "--threads", "1", "-o", str(output)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tcurlora",
+            "finetune",
+            "--base-model",
+            TEST_BASE_MODEL,
+            *pairs,
+            "--labels",
+            *names,
+            "--iterations",
+            str(settings.iterations),
+            "--patch-size",
+            ",".join(map(str, settings.patch_size)),
+            "--batch-size",
+            "1",
+            "--device",
+            "cpu",
+            "--checkpoint-every",
+            "0",
+            "--threads",
+            "1",
+            "-o",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return output
 
@@ -77,8 +101,9 @@ def test_ranks_the_unlabeled_volumes_with_the_backends_scores(scene_with_adapter
     import torch
 
     expected = {
-        volume.GetID(): volume_uncertainty(model, [path], spec, device=torch.device("cpu"), overlap=0.5,
-                                           flips=False)["entropy"]
+        volume.GetID(): volume_uncertainty(
+            model, [path], spec, device=torch.device("cpu"), overlap=0.5, flips=False
+        )["entropy"]
         for volume, path in ((clean, clean_file), (noisy, noisy_file))
     }
     for volume, score in run.ranking:
@@ -100,7 +125,9 @@ def test_volume_removed_while_ranking_fails_by_name(scene_with_adapter, tmp_path
     assert not run.workdir.exists()
 
 
-def test_nothing_to_rank_or_no_adapter_is_said_before_any_work(mrml, hippocampus_dir: Path, tmp_path: Path) -> None:
+def test_nothing_to_rank_or_no_adapter_is_said_before_any_work(
+    mrml, hippocampus_dir: Path, tmp_path: Path
+) -> None:
     pairs, _ = load_training_scene(hippocampus_dir, 2)
     with pytest.raises(InputError, match="every volume in the scene already has a segmentation"):
         suggestion_candidates(pairs)

@@ -157,9 +157,18 @@ def test_cancelled_state(tmp_path: Path) -> None:
 def test_progress_bar_is_busy_until_the_first_progress(tmp_path: Path) -> None:
     started = json.dumps({"event": "started", "time": 1.0, "command": "segment", "device": "cpu", "total": 2})
     progress = json.dumps(
-        {"event": "progress", "time": 2.0, "iteration": 1, "total": 2, "loss": None, "val_dice": None,
-         "eta_s": None, "lr": None, "message": None}
-    )  # fmt: skip
+        {
+            "event": "progress",
+            "time": 2.0,
+            "iteration": 1,
+            "total": 2,
+            "loss": None,
+            "val_dice": None,
+            "eta_s": None,
+            "lr": None,
+            "message": None,
+        }
+    )
     flag = tmp_path / "go"
     code = (
         "import os, time\n"

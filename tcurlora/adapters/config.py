@@ -65,8 +65,10 @@ def _parse_colors(key: str, value: Any, base_dir: Any = None) -> list[list[float
 
 
 _REGEXES = {"kind": "strings", "check": check_regexes}
-_COLORS_SCHEMA = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 3,
-                                             "maxItems": 3}}  # fmt: skip
+_COLORS_SCHEMA = {
+    "type": "array",
+    "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+}
 
 
 @dataclass
@@ -86,9 +88,12 @@ class AdapterConfig:
     alpha: float | None = setting(None, "number", help="adapter scale (null: the method's default)")
     target_modules: list[str] = setting(DEFAULT_TARGETS, **_REGEXES, help="Linear layers adapted (regexes)")
     fused_splits: dict[str, int] = setting(
-        {"qkv": 3}, "custom", parse=_parse_fused_splits, schema={"type": "object"},
+        {"qkv": 3},
+        "custom",
+        parse=_parse_fused_splits,
+        schema={"type": "object"},
         help="fused Linear layers (last name part) -> number of row blocks",
-    )  # fmt: skip
+    )
     conv_target_modules: list[str] = setting([], **_REGEXES, help="Conv3d layers adapted (regexes)")
     selection: str = setting("topnorm", "choice", choices=SELECTIONS, help="tCUR index selection")
     seed: int = setting(0, "integer", help="seed of the random index selections")
@@ -162,4 +167,3 @@ class AdapterConfig:
         if unknown and not ignore_unknown:
             raise ConfigError(f"unknown adapter config keys: {', '.join(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})
-

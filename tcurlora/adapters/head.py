@@ -59,14 +59,28 @@ def _resized(old: nn.Module, outputs: int) -> nn.Module:
         return nn.Linear(old.in_features, outputs, bias=bias, **factory)
     if isinstance(old, _TRANSPOSED):
         return type(old)(
-            old.in_channels, outputs, old.kernel_size, stride=old.stride, padding=old.padding,
-            output_padding=old.output_padding, dilation=old.dilation, bias=bias, padding_mode=old.padding_mode,
+            old.in_channels,
+            outputs,
+            old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            output_padding=old.output_padding,
+            dilation=old.dilation,
+            bias=bias,
+            padding_mode=old.padding_mode,
             **factory,
-        )  # fmt: skip
+        )
     return type(old)(
-        old.in_channels, outputs, old.kernel_size, stride=old.stride, padding=old.padding,
-        dilation=old.dilation, bias=bias, padding_mode=old.padding_mode, **factory,
-    )  # fmt: skip
+        old.in_channels,
+        outputs,
+        old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        bias=bias,
+        padding_mode=old.padding_mode,
+        **factory,
+    )
 
 
 def _lifted_residual(unit: nn.Module, head: nn.Module, outputs: int) -> nn.Module:
@@ -75,8 +89,10 @@ def _lifted_residual(unit: nn.Module, head: nn.Module, outputs: int) -> nn.Modul
     if isinstance(residual, _CONVS):
         return _resized(residual, outputs)
     if not isinstance(residual, nn.Identity) or not isinstance(head, _CONVS):
-        raise ConfigError(f"the head's residual unit has a {type(residual).__name__} skip connection, "
-                          "which tcurlora cannot give another number of classes")  # fmt: skip
+        raise ConfigError(
+            f"the head's residual unit has a {type(residual).__name__} skip connection, "
+            "which tcurlora cannot give another number of classes"
+        )
     factory = {"device": head.weight.device, "dtype": head.weight.dtype}
     return type(head)(unit.in_channels, outputs, 1, bias=head.bias is not None, **factory)
 
@@ -86,7 +102,9 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def replace_head(model: nn.Module, head_module: str, num_classes: int | None, new_head: bool, seed: int) -> bool:
+def replace_head(
+    model: nn.Module, head_module: str, num_classes: int | None, new_head: bool, seed: int
+) -> bool:
     """Put a fresh, seeded head with `num_classes` outputs at `head_module` (and lift the skip connection
     of a residual unit it sits in); True when replaced."""
     try:

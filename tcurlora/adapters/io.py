@@ -95,7 +95,11 @@ def save_adapter(
     folder = Path(folder)
     check_adapter_output(folder, force)  # with force: only an adapter folder tcurlora wrote is replaced
     for name in extra_files or {}:
-        if Path(name).name != name or name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE) or name.startswith("."):
+        if (
+            Path(name).name != name
+            or name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
+            or name.startswith(".")
+        ):
             raise ConfigError(f"extra file name {name!r} is not a plain, free file name")
     record = adapter_record(adapted, extra)
     state = adapted.adapter_state_dict()
@@ -119,7 +123,9 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
         raise InputError(f"not an adapter folder: {ADAPTER_CONFIG_FILE} is missing", path)
     if path.is_symlink() or not path.is_file():
-        raise InputError(f"refused: {ADAPTER_CONFIG_FILE} is not a regular file (a link, a folder or a special file)", path)
+        raise InputError(
+            f"refused: {ADAPTER_CONFIG_FILE} is not a regular file (a link, a folder or a special file)", path
+        )
     data = read_json_object(path, "adapter config")
     if data.get("format", ADAPTER_FORMAT) != ADAPTER_FORMAT:
         raise InputError(f"unknown adapter format {data.get('format')!r}, expected {ADAPTER_FORMAT!r}", path)
@@ -142,7 +148,9 @@ def read_adapter_weights(folder: str | Path, record: dict[str, Any] | None = Non
     path = folder / ADAPTER_WEIGHTS_FILE
     if not path.exists() and not path.is_symlink():
         raise InputError(f"not a complete adapter folder: {ADAPTER_WEIGHTS_FILE} is missing", path)
-    weights = check_weight_file(path, folder)  # a link, a folder, a FIFO: named as such, before anything opens it
+    weights = check_weight_file(
+        path, folder
+    )  # a link, a folder, a FIFO: named as such, before anything opens it
     record = read_adapter_config(folder) if record is None else record
     data = weights.read_bytes()
     check_weights(data, record, path)

@@ -24,7 +24,9 @@ def has_linear_targets(model: nn.Module, config: AdapterConfig) -> bool:
 def methods_for(model: nn.Module, config: AdapterConfig) -> list[str]:
     """The methods that can adapt `model`, as a user reads them."""
     transformer = has_linear_targets(model, config)
-    order = sorted(METHODS, key=lambda m: _LISTED_FIRST.index(m) if m in _LISTED_FIRST else len(_LISTED_FIRST))
+    order = sorted(
+        METHODS, key=lambda m: _LISTED_FIRST.index(m) if m in _LISTED_FIRST else len(_LISTED_FIRST)
+    )
     labels = (get_method(name).label_for(name, model, config, transformer) for name in order)
     return [label for label in labels if label is not None]
 

@@ -86,7 +86,9 @@ class TCURGroup(nn.Module):
         r_hat = to_fourier(weight[rows, :, :]).permute(2, 0, 1)  # (f, r, n2) complex
         self.c_freq = torch.view_as_real(c_hat.contiguous()).to(device)
         real, imag = r_hat.real, r_hat.imag
-        self.r_blocks = torch.stack([torch.cat([real, -imag], 1), torch.cat([imag, real], 1)]).contiguous().to(device)
+        self.r_blocks = (
+            torch.stack([torch.cat([real, -imag], 1), torch.cat([imag, real], 1)]).contiguous().to(device)
+        )
         self.inverse_dft = (self.alpha * inverse_rdft_matrix(self.m, dtype=weight.dtype)).to(device)
         self.clear_cache()
 
@@ -127,8 +129,10 @@ class TCURGroup(nn.Module):
             p = torch.bmm(_as_complex(self.c_freq.to(compute)), du_hat)  # (f, n1, r)
             p_real = torch.cat([p.real, p.imag], dim=-1)  # (f, n1, 2r): [Pr, Pi]
             f = p.shape[0]
-            spectrum = torch.bmm(p_real.expand(2, -1, -1, -1).reshape(2 * f, self.n1, 2 * self.rank),
-                                 self.r_blocks.to(compute).reshape(2 * f, 2 * self.rank, self.n2))  # fmt: skip
+            spectrum = torch.bmm(
+                p_real.expand(2, -1, -1, -1).reshape(2 * f, self.n1, 2 * self.rank),
+                self.r_blocks.to(compute).reshape(2 * f, 2 * self.rank, self.n2),
+            )
             spectrum = spectrum.reshape(2 * f, self.n1 * self.n2)  # rows: Re of each frequency, then Im
             whole = (self.inverse_dft.to(compute) @ spectrum).reshape(self.m, self.n1, self.n2)
         sizes = [layer.n_slices for layer in self._members] or [self.m]
@@ -248,7 +252,9 @@ class AdaptedLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, delta: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    def forward(
+        ctx, x: Tensor, weight: Tensor, delta: Tensor, bias: Tensor | None, dtype: torch.dtype
+    ) -> Tensor:
         x_cast = x.to(dtype)
         ctx.x_dtype, ctx.dtype = x.dtype, dtype
         ctx.save_for_backward(x_cast, weight, delta, bias)
@@ -287,7 +293,9 @@ class TCURLinear(TCURLayer):
         if self.merged or self._group is None:
             return self.base_layer(x)
         weight = self.base_layer.weight
-        return AdaptedLinear.apply(x, weight, self.delta_weight(), self.base_layer.bias, compute_dtype(weight))
+        return AdaptedLinear.apply(
+            x, weight, self.delta_weight(), self.base_layer.bias, compute_dtype(weight)
+        )
 
 
 class TCURConv3d(TCURLayer):

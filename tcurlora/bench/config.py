@@ -71,7 +71,9 @@ class MethodSpec:
 def _int_list(minimum: int):
     def parse(key: str, value: Any, base_dir: Path | None) -> list[int]:
         expect(key, value, (list,), "a list of integers")
-        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value):
+        if not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value
+        ):
             raise SettingError(key, f"expected a non-empty list of integers >= {minimum}, got {value!r}")
         return list(value)
 
@@ -117,7 +119,10 @@ class BenchConfig:
     name: str = setting(kind="string", help="the benchmark's name")
     base_model: str = setting(BUILTIN, "string", help="the base model adapted")
     fallback_base_model: str | None = setting(
-        "preset:unetr-tiny", "string", nullable=True, help="used when the base model is unavailable (null: none)"
+        "preset:unetr-tiny",
+        "string",
+        nullable=True,
+        help="used when the base model is unavailable (null: none)",
     )
     data: Path | None = setting(None, "string", help="the Decathlon folder (needed by quality runs)")
     description: str = setting("", "text", help="what the benchmark measures")
@@ -132,8 +137,10 @@ class BenchConfig:
     iterations: int = setting(100, "integer", minimum=1, help="training steps per run")
     batch_size: int = setting(2, "integer", minimum=1, help="patches per step")
     patch_size: list[int] | None = setting(None, "custom", parse=parse_patch_size, help="voxels")
-    spacing: list[float] | str | None = setting(  # the fine-tunes' working spacing: mm, "auto" (None) or "base"
-        None, "custom", parse=parse_spacing, help="the fine-tunes' working spacing"
+    spacing: list[float] | str | None = (
+        setting(  # the fine-tunes' working spacing: mm, "auto" (None) or "base"
+            None, "custom", parse=parse_spacing, help="the fine-tunes' working spacing"
+        )
     )
     device: str = setting("auto", "device", help="auto, cpu, cuda or cuda:N")
     amp: bool = setting(True, "boolean", help="mixed precision on CUDA")
@@ -169,8 +176,17 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
     """Method entries -> MethodSpecs; list-valued rank/selection/conv_targets expand to all combinations."""
     if not isinstance(entries, list) or not entries:
         raise SettingError(where, "expected a non-empty list of method entries")
-    allowed = {"method", "rank", "selection", "conv_targets", "learning_rate", "alpha", "head_learning_rate",
-               "train_modules", "unlabeled"}
+    allowed = {
+        "method",
+        "rank",
+        "selection",
+        "conv_targets",
+        "learning_rate",
+        "alpha",
+        "head_learning_rate",
+        "train_modules",
+        "unlabeled",
+    }
     specs: list[MethodSpec] = []
     for index, entry in enumerate(entries):
         at = f"{where}[{index}]"
@@ -186,14 +202,18 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         selections = _as_list(entry.get("selection", "topnorm"))
         convs = _as_list(entry.get("conv_targets", False))
         if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks) or not ranks:
-            raise SettingError(f"{at}.rank", f"expected a positive integer or a list of them, got {entry.get('rank')!r}")
+            raise SettingError(
+                f"{at}.rank", f"expected a positive integer or a list of them, got {entry.get('rank')!r}"
+            )
         if not selections or any(s not in SELECTIONS for s in selections):
             raise SettingError(
-                f"{at}.selection", f"expected one or a list of {', '.join(SELECTIONS)}; got {entry.get('selection')!r}"
+                f"{at}.selection",
+                f"expected one or a list of {', '.join(SELECTIONS)}; got {entry.get('selection')!r}",
             )
         if not convs or not all(isinstance(c, bool) for c in convs):
             raise SettingError(
-                f"{at}.conv_targets", f"expected true/false or a list of them, got {entry.get('conv_targets')!r}"
+                f"{at}.conv_targets",
+                f"expected true/false or a list of them, got {entry.get('conv_targets')!r}",
             )
         rates = {}
         for key in ("learning_rate", "alpha", "head_learning_rate"):
@@ -206,17 +226,30 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         modules = entry.get("train_modules") or []
         expect(f"{at}.train_modules", modules, (list,), "a list of strings")
         if not all(isinstance(m, str) and m for m in modules):
-            raise SettingError(f"{at}.train_modules", f"expected a list of non-empty strings, got {modules!r}")
+            raise SettingError(
+                f"{at}.train_modules", f"expected a list of non-empty strings, got {modules!r}"
+            )
         unlabeled = entry.get("unlabeled")
         if unlabeled not in UNLABELED_CHOICES:
             raise SettingError(f"{at}.unlabeled", f"expected one of {UNLABELED_CHOICES}, got {unlabeled!r}")
-        if not method_info(method).index_selection:  # selection and conv targets only mean something for tCURLoRA
+        if not method_info(
+            method
+        ).index_selection:  # selection and conv targets only mean something for tCURLoRA
             selections, convs = selections[:1], [False]
         if not method_info(method).ranked:
             ranks = ranks[:1]
         for rank, selection, conv in itertools.product(ranks, selections, convs):
-            spec = MethodSpec(method, rank, selection, conv, rates["learning_rate"], rates["alpha"],
-                              rates["head_learning_rate"], tuple(modules), unlabeled)  # fmt: skip
+            spec = MethodSpec(
+                method,
+                rank,
+                selection,
+                conv,
+                rates["learning_rate"],
+                rates["alpha"],
+                rates["head_learning_rate"],
+                tuple(modules),
+                unlabeled,
+            )
             if spec.label in {s.label for s in specs}:
                 raise SettingError(f"{at}.method", f"the setting {spec.label!r} appears twice")
             specs.append(spec)
@@ -230,7 +263,9 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> B
         if data.get("schema", BENCH_SCHEMA) != BENCH_SCHEMA:
             raise SettingError("schema", f"expected {BENCH_SCHEMA!r}, got {data.get('schema')!r}")
         if not values["methods"] and values["cost"] is None:
-            raise SettingError("methods", "give `methods` (quality runs), `cost` (synthetic cost runs) or both")
+            raise SettingError(
+                "methods", "give `methods` (quality runs), `cost` (synthetic cost runs) or both"
+            )
         if values["methods"] and values["data"] is None:
             raise SettingError("data", "quality runs need a Decathlon folder")
     except SettingError as error:

@@ -85,7 +85,8 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     adapted = apply_adapter(model, config).to(device)
     counts = adapted.parameter_counts().to_dict()
     optimizer = torch.optim.AdamW(
-        adapted.trainable_parameters(), lr=method["learning_rate"] or method_info(method["method"]).learning_rate
+        adapted.trainable_parameters(),
+        lr=method["learning_rate"] or method_info(method["method"]).learning_rate,
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     amp = bool(settings["amp"]) and device.type == "cuda"
@@ -117,9 +118,19 @@ def measure_cost(method: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
                 runs.append(time.perf_counter() - started)
             latency[f"{state}_s"] = float(statistics.median(runs[1:]))
     return {
-        "method": method, "device": describe_device(device), "img_size": settings["img_size"],
-        "batch_size": settings["batch_size"], "arch_params": spec.arch_params, "parameters": counts,
-        "step_time_s": {"median": float(statistics.median(times)), "min": min(times), "all": times,
-                        "warmup": settings["warmup"]},
-        "peak_memory": memory, "forward_latency": latency, "final_rss_bytes": peak_rss_bytes(),
-    }  # fmt: skip
+        "method": method,
+        "device": describe_device(device),
+        "img_size": settings["img_size"],
+        "batch_size": settings["batch_size"],
+        "arch_params": spec.arch_params,
+        "parameters": counts,
+        "step_time_s": {
+            "median": float(statistics.median(times)),
+            "min": min(times),
+            "all": times,
+            "warmup": settings["warmup"],
+        },
+        "peak_memory": memory,
+        "forward_latency": latency,
+        "final_rss_bytes": peak_rss_bytes(),
+    }

@@ -78,8 +78,9 @@ def fixed_split(cases: list[Case], config: BenchConfig) -> Split:
     sweeps) then validates on cases before them and never sees the real test split."""
     if config.held_out_cases:
         if config.held_out_cases >= len(cases):
-            raise ConfigError(f"held_out_cases {config.held_out_cases} leaves no case out of {len(cases)}",
-                              config.source)
+            raise ConfigError(
+                f"held_out_cases {config.held_out_cases} leaves no case out of {len(cases)}", config.source
+            )
         cases = cases[: -config.held_out_cases]
     if config.test_case_ids:
         by_id = {c.id: c for c in cases}

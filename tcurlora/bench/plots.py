@@ -10,8 +10,14 @@ from typing import Any
 from tcurlora.bench.summary import quality_rows
 from tcurlora.fsutil import atomic_file
 
-COLORS = {"tcur": "tab:red", "lora": "tab:blue", "decoder": "tab:green", "full": "black", "head": "tab:gray",
-          "scratch": "tab:brown"}
+COLORS = {
+    "tcur": "tab:red",
+    "lora": "tab:blue",
+    "decoder": "tab:green",
+    "full": "black",
+    "head": "tab:gray",
+    "scratch": "tab:brown",
+}
 
 
 def _save(figure, path: Path) -> Path:

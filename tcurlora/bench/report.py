@@ -47,8 +47,13 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"- device: {env['device']} ({env['cpu']}, {env['cpu_count']} CPU cores, {env['torch_threads']} torch threads)",
         f"- versions: {versions}; Python {env['python']}; {env['platform']}",
         f"- git commit: {env.get('git_commit') or 'unknown'}",
-        *([f"- processes: {report['processes']} (torchrun; the quality runs split across them, each run by one)"]
-          if report.get("processes") else []),
+        *(
+            [
+                f"- processes: {report['processes']} (torchrun; the quality runs split across them, each run by one)"
+            ]
+            if report.get("processes")
+            else []
+        ),
         f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(report.get('finished', time.time())))}",
     ]
     quality = report.get("quality")
@@ -134,12 +139,14 @@ def contribution_table(report: dict[str, Any]) -> list[str]:
         return []
     default = default_label(report)
     lines = [
-        "## What the base contributes (each method's mean Dice minus scratch's)", "",
+        "## What the base contributes (each method's mean Dice minus scratch's)",
+        "",
         "`scratch` is the base's architecture trained from random initialisation (seeded by the run's seed), "
-        "every weight trained: a difference above 0 is what the pretrained weights add.", "",
+        "every weight trained: a difference above 0 is what the pretrained weights add.",
+        "",
         "| k | seed | method | mean Dice | scratch mean Dice | difference | verdict |",
         "|---:|---:|---|---:|---:|---:|---|",
-    ]  # fmt: skip
+    ]
     verdicts = []
     for row in rows:
         seed = "mean" if row["seed"] is None else str(row["seed"])
@@ -232,7 +239,9 @@ def write_report(report: dict[str, Any], output: Path) -> dict[str, Path]:
         )
     }
     plots = write_plots(report, output)
-    paths["markdown"] = atomic_write_text(output / BENCH_MARKDOWN_FILE, to_markdown(report, [str(p) for p in plots]))
+    paths["markdown"] = atomic_write_text(
+        output / BENCH_MARKDOWN_FILE, to_markdown(report, [str(p) for p in plots])
+    )
     return paths
 
 

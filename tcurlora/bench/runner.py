@@ -71,12 +71,19 @@ def _reuse(workdir: Path) -> dict[str, Any] | None:
 
 def quality_settings(config: BenchConfig, base_model: str, label_names: list[str]) -> dict[str, Any]:
     return {
-        "base_model": base_model, "label_names": label_names, "iterations": config.iterations,
-        "batch_size": config.batch_size, "patch_size": config.patch_size, "spacing": config.spacing,
+        "base_model": base_model,
+        "label_names": label_names,
+        "iterations": config.iterations,
+        "batch_size": config.batch_size,
+        "patch_size": config.patch_size,
+        "spacing": config.spacing,
         "device": config.device,
-        "amp": config.amp, "overlap": config.overlap, "latency_cases": config.latency_cases,
-        "warmup_steps": config.warmup_steps, "threads": config.threads,
-    }  # fmt: skip
+        "amp": config.amp,
+        "overlap": config.overlap,
+        "latency_cases": config.latency_cases,
+        "warmup_steps": config.warmup_steps,
+        "threads": config.threads,
+    }
 
 
 def run_quality(
@@ -115,18 +122,30 @@ def run_quality(
             result.setdefault("seed", run.seed)
             if ranks.launched():
                 result["rank"] = ranks.rank()  # which process executed it (torchrun)
-            log(f"{prefix}[{index}/{len(runs)}] {run.run_id}: {_brief(result)} ({time.monotonic() - started:.0f} s)")
+            log(
+                f"{prefix}[{index}/{len(runs)}] {run.run_id}: {_brief(result)} ({time.monotonic() - started:.0f} s)"
+            )
         done[position] = result
     results = ranks.gather(done, len(runs))
     if results is None:  # torchrun, rank > 0: rank 0 has this rank's results and writes the report
         return {}
     return {
-        "base_model": {"reference": base_ref, "model_id": base.model_id, "fingerprint": base.fingerprint,
-                       "pretrained": not base_ref.startswith("preset:"), "note": note,
-                       "arch": base.spec.arch, "arch_params": base.spec.arch_params},
-        "data": str(config.data), "label_names": label_names, "test_case_ids": [c.id for c in split.test],
-        "pool_size": len(split.pool), "settings": settings, "runs": results,
-    }  # fmt: skip
+        "base_model": {
+            "reference": base_ref,
+            "model_id": base.model_id,
+            "fingerprint": base.fingerprint,
+            "pretrained": not base_ref.startswith("preset:"),
+            "note": note,
+            "arch": base.spec.arch,
+            "arch_params": base.spec.arch_params,
+        },
+        "data": str(config.data),
+        "label_names": label_names,
+        "test_case_ids": [c.id for c in split.test],
+        "pool_size": len(split.pool),
+        "settings": settings,
+        "runs": results,
+    }
 
 
 def run_cost(
@@ -216,10 +235,14 @@ def run_benchmark(
         )
     output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "schema": BENCH_REPORT_SCHEMA, "name": config.name, "description": config.description,
-        "command": command or " ".join(["tcurlora", *sys.argv[1:]]), "config": config.to_dict(),
-        "environment": environment(resolve_device(config.device), config.threads), "started": time.time(),
-    }  # fmt: skip
+        "schema": BENCH_REPORT_SCHEMA,
+        "name": config.name,
+        "description": config.description,
+        "command": command or " ".join(["tcurlora", *sys.argv[1:]]),
+        "config": config.to_dict(),
+        "environment": environment(resolve_device(config.device), config.threads),
+        "started": time.time(),
+    }
     if ranks.launched():
         report["processes"] = ranks.world()
     earlier = _earlier_report(output) if resume else {}

@@ -24,19 +24,32 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
 
     method = run["method"]
     job = {
-        "command": "finetune", "base_model": settings["base_model"], "output": str(output), "force": True,
+        "command": "finetune",
+        "base_model": settings["base_model"],
+        "output": str(output),
+        "force": True,
         "cases": [{"id": c["id"], "image": c["image"], "label": c["label"]} for c in run["train"]],
-        "label_names": settings["label_names"], "method": method["method"], "rank": method["rank"],
-        "alpha": method["alpha"], "selection": method["selection"], "conv_targets": method["conv_targets"],
-        "learning_rate": method["learning_rate"], "iterations": settings["iterations"],
-        "head_learning_rate": method.get("head_learning_rate"), "train_modules": method.get("train_modules") or None,
+        "label_names": settings["label_names"],
+        "method": method["method"],
+        "rank": method["rank"],
+        "alpha": method["alpha"],
+        "selection": method["selection"],
+        "conv_targets": method["conv_targets"],
+        "learning_rate": method["learning_rate"],
+        "iterations": settings["iterations"],
+        "head_learning_rate": method.get("head_learning_rate"),
+        "train_modules": method.get("train_modules") or None,
         "spacing": settings.get("spacing"),
-        "batch_size": settings["batch_size"], "patch_size": settings["patch_size"], "seed": run["seed"],
-        "checkpoint_every": 0, "device": settings["device"], "amp": settings["amp"],
+        "batch_size": settings["batch_size"],
+        "patch_size": settings["patch_size"],
+        "seed": run["seed"],
+        "checkpoint_every": 0,
+        "device": settings["device"],
+        "amp": settings["amp"],
         # the worker already set the config's threads (or kept torch's default): not chosen by load here,
         # so the runs of a benchmark are timed with the same thread count
         "threads": torch.get_num_threads(),
-    }  # fmt: skip
+    }
     if method.get("unlabeled") == "test":  # the test split's images only; their labels are never given
         job["unlabeled"] = [path for c in run["test"] for path in _as_paths(c["image"])]
     return FinetuneJob.from_dict(job, output.parent)
@@ -107,8 +120,10 @@ def evaluate_adapter(
         cases.append({"id": case.id, "classes": evaluate_pair(prediction, reference, classes)})
     return {
         "cases": cases,
-        "mean": {name: {**m, "hd95": None if math.isnan(m["hd95"]) else m["hd95"]}  # JSON: no NaN
-                 for name, m in class_means(cases, label_names).items()},  # fmt: skip
+        "mean": {
+            name: {**m, "hd95": None if math.isnan(m["hd95"]) else m["hd95"]}  # JSON: no NaN
+            for name, m in class_means(cases, label_names).items()
+        },
         "latency": latency,
         "merge_agreement": agreement,
     }
@@ -143,16 +158,27 @@ def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) ->
         settings["latency_cases"],
     )
     result = {
-        "run_id": run["run_id"], "status": "ok", "method": run["method"], "k": run["k"], "seed": run["seed"],
-        "train_cases": [c["id"] for c in run["train"]], "parameters": parameters,
+        "run_id": run["run_id"],
+        "status": "ok",
+        "method": run["method"],
+        "k": run["k"],
+        "seed": run["seed"],
+        "train_cases": [c["id"] for c in run["train"]],
+        "parameters": parameters,
         "adapter_bytes": (adapter / ADAPTER_WEIGHTS_FILE).stat().st_size,
-        "step_time_s": {"median": median_or_none(steps), "steps_timed": len(steps),
-                        "warmup": settings["warmup_steps"]},
-        "peak_memory": memory, "adapt_wall_s": adapt_wall,
-        "train_time_s": outcome["metrics"].get("train_time_s"), "losses": sink.losses(),
+        "step_time_s": {
+            "median": median_or_none(steps),
+            "steps_timed": len(steps),
+            "warmup": settings["warmup_steps"],
+        },
+        "peak_memory": memory,
+        "adapt_wall_s": adapt_wall,
+        "train_time_s": outcome["metrics"].get("train_time_s"),
+        "losses": sink.losses(),
         "test": {"cases": evaluation["cases"], "mean": evaluation["mean"]},
-        "latency": evaluation["latency"], "merge_agreement": evaluation["merge_agreement"],
-    }  # fmt: skip
+        "latency": evaluation["latency"],
+        "merge_agreement": evaluation["merge_agreement"],
+    }
     if not settings.get("keep_adapters", False):
         shutil.rmtree(adapter, ignore_errors=True)
     return result

@@ -58,23 +58,27 @@ def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
         if ok:
             names = quality["label_names"]
             latency = [r.get("latency", {}) for r in ok]
-            row.update({
-                "parameters": ok[0]["parameters"],
-                "dice": {n: _mean([r["test"]["mean"][n]["dice"] for r in ok]) for n in names},
-                "hd95": {n: _mean([r["test"]["mean"][n]["hd95"] for r in ok]) for n in names},
-                "hd95_infinite": {n: sum(r["test"]["mean"][n]["hd95_infinite"] for r in ok) for n in names},
-                "test_cases": sum(len(r["test"]["cases"]) for r in ok),
-                "mean_dice": _mean([run_mean_dice(r) for r in ok]),
-                "mean_dice_sd": _sd([run_mean_dice(r) for r in ok]),
-                "adapter_bytes": ok[0]["adapter_bytes"],
-                "step_time_s": _median([r["step_time_s"]["median"] for r in ok]),
-                "peak_memory_bytes": _median([r["peak_memory"].get("bytes") for r in ok]),
-                "peak_memory_kind": ok[0]["peak_memory"].get("kind"),
-                "adapt_wall_s": _mean([r["adapt_wall_s"] for r in ok]),
-                "latency_unmerged_s": _median([x.get("unmerged_median_s") for x in latency]),
-                "latency_merged_s": _median([x.get("merged_median_s") for x in latency]),
-                "case_dice": [d for r in ok for d in case_dice(r)],
-            })  # fmt: skip
+            row.update(
+                {
+                    "parameters": ok[0]["parameters"],
+                    "dice": {n: _mean([r["test"]["mean"][n]["dice"] for r in ok]) for n in names},
+                    "hd95": {n: _mean([r["test"]["mean"][n]["hd95"] for r in ok]) for n in names},
+                    "hd95_infinite": {
+                        n: sum(r["test"]["mean"][n]["hd95_infinite"] for r in ok) for n in names
+                    },
+                    "test_cases": sum(len(r["test"]["cases"]) for r in ok),
+                    "mean_dice": _mean([run_mean_dice(r) for r in ok]),
+                    "mean_dice_sd": _sd([run_mean_dice(r) for r in ok]),
+                    "adapter_bytes": ok[0]["adapter_bytes"],
+                    "step_time_s": _median([r["step_time_s"]["median"] for r in ok]),
+                    "peak_memory_bytes": _median([r["peak_memory"].get("bytes") for r in ok]),
+                    "peak_memory_kind": ok[0]["peak_memory"].get("kind"),
+                    "adapt_wall_s": _mean([r["adapt_wall_s"] for r in ok]),
+                    "latency_unmerged_s": _median([x.get("unmerged_median_s") for x in latency]),
+                    "latency_merged_s": _median([x.get("merged_median_s") for x in latency]),
+                    "case_dice": [d for r in ok for d in case_dice(r)],
+                }
+            )
         rows.append(row)
     for row in rows:
         full = next(
@@ -139,7 +143,11 @@ def _quality_findings(rows: list[dict[str, Any]]) -> list[str]:
         if not tcur:
             continue
         best = max(tcur, key=lambda r: r["mean_dice"])
-        if best["ratio_to_full"] is not None and DEFAULT_SETTING in by_label and best["label"] != DEFAULT_SETTING:
+        if (
+            best["ratio_to_full"] is not None
+            and DEFAULT_SETTING in by_label
+            and best["label"] != DEFAULT_SETTING
+        ):
             default = by_label[DEFAULT_SETTING]
             lines.append(
                 f"k={k}: the default setting {DEFAULT_SETTING} reaches {_pct(default['ratio_to_full'])} of full "
@@ -217,16 +225,31 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
         if run["method"]["method"] == "scratch" or key not in scratch:
             continue
         dice = run_mean_dice(run)
-        rows.append({"k": run["k"], "seed": run["seed"], "label": run["method"]["label"], "mean_dice": dice,
-                     "scratch_dice": scratch[key], "difference": dice - scratch[key]})  # fmt: skip
+        rows.append(
+            {
+                "k": run["k"],
+                "seed": run["seed"],
+                "label": run["method"]["label"],
+                "mean_dice": dice,
+                "scratch_dice": scratch[key],
+                "difference": dice - scratch[key],
+            }
+        )
     means = []
     for k in sorted({r["k"] for r in rows}):
         for label in dict.fromkeys(r["label"] for r in rows if r["k"] == k):
             group = [r for r in rows if r["k"] == k and r["label"] == label]
-            means.append({"k": k, "seed": None, "label": label, "seeds": len(group),
-                          "mean_dice": _mean([r["mean_dice"] for r in group]),
-                          "scratch_dice": _mean([r["scratch_dice"] for r in group]),
-                          "difference": _mean([r["difference"] for r in group])})  # fmt: skip
+            means.append(
+                {
+                    "k": k,
+                    "seed": None,
+                    "label": label,
+                    "seeds": len(group),
+                    "mean_dice": _mean([r["mean_dice"] for r in group]),
+                    "scratch_dice": _mean([r["scratch_dice"] for r in group]),
+                    "difference": _mean([r["difference"] for r in group]),
+                }
+            )
     return rows + means
 
 

@@ -39,12 +39,26 @@ def main(args: argparse.Namespace) -> int:
     from tcurlora.errors import ConfigError
     from tcurlora.jobs.events import make_sink
 
-    given = {k: v for k, v in {"num_train": args.num_train, "num_test": args.num_test,
-                               "iterations": args.iterations}.items() if v is not None}  # fmt: skip
+    given = {
+        k: v
+        for k, v in {
+            "num_train": args.num_train,
+            "num_test": args.num_test,
+            "iterations": args.iterations,
+        }.items()
+        if v is not None
+    }
     if any(v < 1 for v in given.values()):
         raise ConfigError(f"--num-train, --num-test and --iterations must be positive, got {given}")
-    common = dict(data=args.data, base_model=args.base_model or DEFAULT_BASE, rank=args.rank, seed=args.seed,
-                  device=args.device, force=args.force, **given)  # fmt: skip
+    common = dict(
+        data=args.data,
+        base_model=args.base_model or DEFAULT_BASE,
+        rank=args.rank,
+        seed=args.seed,
+        device=args.device,
+        force=args.force,
+        **given,
+    )
     options = (
         DemoOptions.quick(args.output, **common) if args.quick else DemoOptions(output=args.output, **common)
     )

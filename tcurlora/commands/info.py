@@ -38,14 +38,32 @@ def register(subparsers: Any) -> None:
     p.add_argument("--method", choices=METHODS, default="tcur", help="method to count (default tcur)")
     p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
     p.add_argument("--num-classes", type=int, help="classes of a new head (default: keep the base head)")
-    p.add_argument("--conv-targets", action="store_const", const=True,
-                   help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur, as in finetune)")
-    p.add_argument("--no-conv-targets", dest="conv_targets", action="store_const", const=False,
-                   help="only the transformer's linear layers (tCURLoRA as in the paper)")
-    p.add_argument("--train-modules", nargs="+", metavar="REGEX",
-                   help="extra modules trained in full, as in finetune ('decoder' = every decoderN block)")
-    p.add_argument("--no-train-modules", dest="train_modules", action="store_const", const=[],
-                   help="no extra modules (tcur's default trains the full-resolution blocks)")
+    p.add_argument(
+        "--conv-targets",
+        action="store_const",
+        const=True,
+        help="adapt the encoder/decoder Conv3d kernels too (tcur, lora; the default for tcur, as in finetune)",
+    )
+    p.add_argument(
+        "--no-conv-targets",
+        dest="conv_targets",
+        action="store_const",
+        const=False,
+        help="only the transformer's linear layers (tCURLoRA as in the paper)",
+    )
+    p.add_argument(
+        "--train-modules",
+        nargs="+",
+        metavar="REGEX",
+        help="extra modules trained in full, as in finetune ('decoder' = every decoderN block)",
+    )
+    p.add_argument(
+        "--no-train-modules",
+        dest="train_modules",
+        action="store_const",
+        const=[],
+        help="no extra modules (tcur's default trains the full-resolution blocks)",
+    )
     p.add_argument("--table", action="store_true", help="every method x ranks 4/8/16")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=main)
@@ -71,8 +89,16 @@ def main(args: argparse.Namespace) -> int:
         rows = []
         for m, r in plans:
             try:
-                rows.append(model_info(base, m, r, num_classes=args.num_classes, conv=args.conv_targets,
-                                       train_modules=args.train_modules))  # fmt: skip
+                rows.append(
+                    model_info(
+                        base,
+                        m,
+                        r,
+                        num_classes=args.num_classes,
+                        conv=args.conv_targets,
+                        train_modules=args.train_modules,
+                    )
+                )
             except ConfigError as error:
                 if not args.table:
                     raise
@@ -102,7 +128,12 @@ def _load_base(reference: str):
 
 
 def model_info(
-    base: Any, method: str, rank: int | None, *, num_classes: int | None, conv: bool | None,
+    base: Any,
+    method: str,
+    rank: int | None,
+    *,
+    num_classes: int | None,
+    conv: bool | None,
     train_modules: list[str] | None = None,
 ) -> dict:
     """Counts of `method` at `rank` on the base model (a deep copy is adapted); conv None: finetune's default."""
@@ -111,9 +142,13 @@ def model_info(
     from tcurlora.adapters.targets import configure_targets
 
     config = AdapterConfig(
-        method=method, rank=rank or 8, num_classes=num_classes, base_fingerprint=base.fingerprint,
-        base_model_id=base.model_id, head_module=base.spec.head_module,
-    )  # fmt: skip
+        method=method,
+        rank=rank or 8,
+        num_classes=num_classes,
+        base_fingerprint=base.fingerprint,
+        base_model_id=base.model_id,
+        head_module=base.spec.head_module,
+    )
     configure_targets(config, base.model, conv)
     if train_modules is None:  # as finetune: the method's default
         train_modules = default_train_modules(method, type(base.model).__name__)
@@ -129,7 +164,9 @@ def adapter_info(folder: Path) -> dict:
 
     record = read_adapter_config(folder)
     weights = folder / ADAPTER_WEIGHTS_FILE
-    read_adapter_weights(folder, record)  # InputError when missing, empty, corrupt or not the recorded SHA-256
+    read_adapter_weights(
+        folder, record
+    )  # InputError when missing, empty, corrupt or not the recorded SHA-256
     counts = dict(record.get("parameter_counts") or {})
     return {
         "target": str(folder),
@@ -138,7 +175,10 @@ def adapter_info(folder: Path) -> dict:
         "base_model_id": record.get("base_model_id"),
         "label_names": record.get("label_names"),
         "train_modules": record.get("train_modules") or [],
-        **{k: counts.get(k) for k in ("total", "trainable", "trainable_percent", "adapter", "modules", "head")},
+        **{
+            k: counts.get(k)
+            for k in ("total", "trainable", "trainable_percent", "adapter", "modules", "head")
+        },
         "file_size": weights.stat().st_size,
     }
 

@@ -35,13 +35,22 @@ def register(subparsers: Any) -> None:
         "checkpoint_every, threads, eval_every may change), or warm-start from a model FOLDER's weights",
     )
     p.add_argument("--checkpoint-every", type=int, help="override the recipe's checkpoint interval")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training and finish the model")
+    p.add_argument(
+        "--max-minutes", type=float, help="stop after this many minutes of training and finish the model"
+    )
     p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint every this many minutes")
-    p.add_argument("--stop-after", type=int, metavar="N",
-                   help="stop after iteration N of the recipe's schedule, checkpoint there and finish the model")
-    p.add_argument("--cache-dir", type=Path,
-                   help="where preprocessed volumes are cached (default $TCURLORA_CACHE_DIR, else "
-                        "$XDG_CACHE_HOME/tcurlora/volumes or ~/.cache/tcurlora/volumes)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop after iteration N of the recipe's schedule, checkpoint there and finish the model",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where preprocessed volumes are cached (default $TCURLORA_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/tcurlora/volumes or ~/.cache/tcurlora/volumes)",
+    )
     p.add_argument("--no-cache", action="store_true", help="preprocess every volume again, cache nothing")
     p.add_argument(
         "--finish-checkpoint",
@@ -66,7 +75,10 @@ def main(args: argparse.Namespace) -> int:
         config.iterations = args.iterations
     if args.checkpoint_every is not None:
         config.checkpoint_every = max(1, args.checkpoint_every)
-    for flag, value in (("--max-minutes", args.max_minutes), ("--checkpoint-minutes", args.checkpoint_minutes)):
+    for flag, value in (
+        ("--max-minutes", args.max_minutes),
+        ("--checkpoint-minutes", args.checkpoint_minutes),
+    ):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag} must be a positive number of minutes, got {value}")
     if args.stop_after is not None and args.stop_after < 1:
@@ -77,14 +89,29 @@ def main(args: argparse.Namespace) -> int:
         if launched():
             raise ConfigError("--finish-checkpoint trains nothing: run it without torchrun (one process)")
         finish_from_checkpoint(
-            config, data_root, args.finish_checkpoint, args.output, force=args.force, log=main_log,
+            config,
+            data_root,
+            args.finish_checkpoint,
+            args.output,
+            force=args.force,
+            log=main_log,
             cache_dir=cache_dir,
         )
         return 0
     train = run_pretrain
     if launched():  # torchrun with N > 1 processes: data-parallel (tcurlora.distributed_runs)
         from tcurlora.distributed_runs import run_pretrain as train
-    train(config, data_root, args.output, device_name=args.device, force=args.force, log=main_log,
-          resume_from=args.resume, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
-          stop_after=args.stop_after, cache_dir=cache_dir)  # fmt: skip
+    train(
+        config,
+        data_root,
+        args.output,
+        device_name=args.device,
+        force=args.force,
+        log=main_log,
+        resume_from=args.resume,
+        max_minutes=args.max_minutes,
+        checkpoint_minutes=args.checkpoint_minutes,
+        stop_after=args.stop_after,
+        cache_dir=cache_dir,
+    )
     return 0

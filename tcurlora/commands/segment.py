@@ -120,8 +120,13 @@ def check_output_folder_name(output: Path, count: int) -> None:
         )
 
 
-def job_file_or_checked_flags(args: argparse.Namespace, job_type: Any, flags: dict[str, str], input_flag: str,
-                              required: tuple[tuple[str, str], ...]) -> Any | None:
+def job_file_or_checked_flags(
+    args: argparse.Namespace,
+    job_type: Any,
+    flags: dict[str, str],
+    input_flag: str,
+    required: tuple[tuple[str, str], ...],
+) -> Any | None:
     """The job from --job (no job flag may stand beside it), or None once the flags a job needs are given."""
     given = [flag for dest, flag in flags.items() if getattr(args, dest, None) is not None]
     if args.inputs:
@@ -141,8 +146,11 @@ def job_file_or_checked_flags(args: argparse.Namespace, job_type: Any, flags: di
 def volumes_job_data(args: argparse.Namespace, job_type: Any) -> dict[str, Any]:
     """A job dict from the flags and the expanded input volumes (a case of one channel as a plain path)."""
     inputs = expand_inputs(args.inputs, args.channels)
-    return {"command": job_type.command, **flag_values(args, job_type),
-            "inputs": [c[0] if len(c) == 1 else c for c in inputs]}  # fmt: skip
+    return {
+        "command": job_type.command,
+        **flag_values(args, job_type),
+        "inputs": [c[0] if len(c) == 1 else c for c in inputs],
+    }
 
 
 def build_job(args: argparse.Namespace) -> SegmentJob:

@@ -25,14 +25,25 @@ def register(subparsers: Any) -> None:
         description="Rank volumes (files or folders) by how unsure the base model + adapter is about them, "
         "most uncertain first. Give either --job job.json or PATHs and flags.",
     )
-    p.add_argument("inputs", nargs="*", metavar="PATH",
-                   help="volume file, channel files joined by commas, or a folder (every volume in it)")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="PATH",
+        help="volume file, channel files joined by commas, or a folder (every volume in it)",
+    )
     p.add_argument("--job", type=Path, help="job file (tcurlora.job/1); events are printed as JSON lines")
     add_arguments(p, SuggestJob)
-    p.add_argument("--channels", type=int, default=1,
-                   help="for folder inputs: channels per case, files named CASE_0000, CASE_0001, ... (default 1)")
-    p.add_argument("--json", action="store_true",
-                   help="print the ranking as one JSON document (tcurlora.suggest/1) on stdout")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="for folder inputs: channels per case, files named CASE_0000, CASE_0001, ... (default 1)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the ranking as one JSON document (tcurlora.suggest/1) on stdout",
+    )
     p.add_argument("--events", action="store_true", help="print JSON-lines events (tcurlora.events/1)")
     p.set_defaults(func=main)
 
@@ -45,8 +56,12 @@ def build_job(args: argparse.Namespace) -> SuggestJob:
 
 def ranking_document(outputs: dict, metrics: dict) -> dict[str, Any]:
     """What --json prints: the schema name, how it was scored, and the ranking, most uncertain first."""
-    return {"schema": metrics.get("schema"), "score": metrics.get("score"),
-            "label_names": metrics.get("label_names"), "ranking": outputs["ranking"]}
+    return {
+        "schema": metrics.get("schema"),
+        "score": metrics.get("score"),
+        "label_names": metrics.get("label_names"),
+        "ranking": outputs["ranking"],
+    }
 
 
 def format_table(ranking: list[dict[str, Any]], score: str) -> str:
@@ -69,7 +84,9 @@ def main(args: argparse.Namespace, handler: Handler | None = None, stream: TextI
     events = bool(args.events or args.job is not None)
     out = stream if stream is not None else sys.stdout
     if args.json and events:
-        raise ConfigError("--json cannot be combined with --events or --job (the done event carries the ranking)")
+        raise ConfigError(
+            "--json cannot be combined with --events or --job (the done event carries the ranking)"
+        )
     result: dict[str, Any] = {}
 
     def keep(job, sink, token) -> dict:

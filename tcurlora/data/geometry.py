@@ -29,8 +29,12 @@ class Grid:
     @classmethod
     def of(cls, image: Any) -> Grid:
         """The grid of a SimpleITK image (its first three axes)."""
-        return cls(tuple(image.GetSize()[:3]), tuple(image.GetSpacing()[:3]), tuple(image.GetOrigin()[:3]),
-                   tuple(image.GetDirection()))  # fmt: skip
+        return cls(
+            tuple(image.GetSize()[:3]),
+            tuple(image.GetSpacing()[:3]),
+            tuple(image.GetOrigin()[:3]),
+            tuple(image.GetDirection()),
+        )
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], scale: float) -> bool:

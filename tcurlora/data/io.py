@@ -29,7 +29,9 @@ def file_extension(path: str | Path) -> str:
     """The supported extension of `path` in lower case (".nii.gz", ".seg.nrrd", ...), or InputError."""
     if not is_image_file(path):
         supported = ", ".join(IMAGE_EXTENSIONS)
-        raise InputError(f"unsupported file type {Path(path).suffix or '(none)'!r}; use one of {supported}", path)
+        raise InputError(
+            f"unsupported file type {Path(path).suffix or '(none)'!r}; use one of {supported}", path
+        )
     return split_extension(path)[1].lower()
 
 

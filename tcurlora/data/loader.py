@@ -77,7 +77,9 @@ def unlabeled_files(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(given)
         if path.is_dir():
             folder = path / "imagesTr" if (path / "imagesTr").is_dir() else path
-            found = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+            found = sorted(
+                p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith(".")
+            )
             if not found:
                 raise InputError("unlabeled folder holds no image files", folder)
             files += found
@@ -101,8 +103,13 @@ def unlabeled_batches(
     transform = unlabeled_transforms(spec, patch_size=patch_size)
     transform.set_random_state(seed=seed)
     with user_errors():
-        dataset = CacheDataset([{"image": [str(f)]} for f in files], transform=transform, num_workers=0,
-                               progress=False, copy_cache=False)  # fmt: skip
+        dataset = CacheDataset(
+            [{"image": [str(f)]} for f in files],
+            transform=transform,
+            num_workers=0,
+            progress=False,
+            copy_cache=False,
+        )
     return BatchStream(dataset, transform, batch_size, np.random.default_rng(seed))
 
 
@@ -124,8 +131,10 @@ class BatchStream(Iterator[dict[str, torch.Tensor]]):
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable: the sampler Generator's state and each transform RandomState's state."""
-        return {"sampler": self.rng.bit_generator.state,
-                "transforms": [random_state_to_json(r) for r in random_states(self.transform)]}  # fmt: skip
+        return {
+            "sampler": self.rng.bit_generator.state,
+            "transforms": [random_state_to_json(r) for r in random_states(self.transform)],
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from `state()`; ValueError when it belongs to other transforms."""

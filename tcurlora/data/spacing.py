@@ -27,7 +27,9 @@ def ras_spacing(path: str | Path) -> tuple[float, float, float]:
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     spacing = reader.GetSpacing()[:3]
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(len(reader.GetSpacing()), -1)[:3, :3]
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(len(reader.GetSpacing()), -1)[
+        :3, :3
+    ]
     out = [0.0, 0.0, 0.0]
     for index_axis in range(3):  # the world axis each index axis runs along most
         out[int(np.argmax(np.abs(direction[:, index_axis])))] = float(spacing[index_axis])

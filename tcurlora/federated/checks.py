@@ -30,8 +30,14 @@ def site_names(count: int) -> list[str]:
     return [f"site-{i}" for i in range(1, count + 1)]
 
 
-def inspect_site(name: str, data: Path, spacing_request: Any, base_spacing: Sequence[float],
-                 patch: Sequence[int], num_cases: int | None = None) -> Site:
+def inspect_site(
+    name: str,
+    data: Path,
+    spacing_request: Any,
+    base_spacing: Sequence[float],
+    patch: Sequence[int],
+    num_cases: int | None = None,
+) -> Site:
     """Read a site's Decathlon folder (labels, cases, working spacing); InputError naming the site."""
     from tcurlora.data.cases import cases_from_decathlon, dataset_label_names
     from tcurlora.data.spacing import resolve_working_spacing
@@ -53,21 +59,31 @@ def check_sites(sites: list[Site], label_names: list[str] | None) -> tuple[list[
     names = list(label_names) if label_names else sites[0].label_names
     for site in sites:
         if site.label_names != names:
-            raise ConfigError(f"{site.name} ({site.data}) has labels {site.label_names}, the federation "
-                              f"{names}: every site must label the same structures with the same names")
+            raise ConfigError(
+                f"{site.name} ({site.data}) has labels {site.label_names}, the federation "
+                f"{names}: every site must label the same structures with the same names"
+            )
     spacing = sites[0].spacing
     for site in sites[1:]:
         if site.spacing != spacing:
-            raise ConfigError(f"{site.name} ({site.data}) works at spacing {list(site.spacing)} mm, "
-                              f"{sites[0].name} at {list(spacing)} mm: give one --spacing for all sites")
+            raise ConfigError(
+                f"{site.name} ({site.data}) works at spacing {list(site.spacing)} mm, "
+                f"{sites[0].name} at {list(spacing)} mm: give one --spacing for all sites"
+            )
     return names, spacing
 
 
-def identity(fingerprint: str, label_names: list[str], spacing: Sequence[float], method: str,
-             rank: int) -> dict[str, Any]:
+def identity(
+    fingerprint: str, label_names: list[str], spacing: Sequence[float], method: str, rank: int
+) -> dict[str, Any]:
     """What the server sends with the global adapter and each site compares with its own."""
-    return {"base_fingerprint": fingerprint, "label_names": list(label_names),
-            "spacing": [round(float(s), 3) for s in spacing], "method": method, "rank": int(rank)}
+    return {
+        "base_fingerprint": fingerprint,
+        "label_names": list(label_names),
+        "spacing": [round(float(s), 3) for s in spacing],
+        "method": method,
+        "rank": int(rank),
+    }
 
 
 def check_identity(site: str, local: dict[str, Any], remote: dict[str, Any]) -> None:
@@ -75,8 +91,15 @@ def check_identity(site: str, local: dict[str, Any], remote: dict[str, Any]) -> 
     if local["base_fingerprint"] != remote.get("base_fingerprint"):
         raise FingerprintMismatchError(
             f"{site}: its base model (fingerprint {local['base_fingerprint'][:12]}) is not the federation's "
-            f"({str(remote.get('base_fingerprint'))[:12]}); every site must hold the same base model")
-    for key, what in (("label_names", "label names"), ("spacing", "working spacing"), ("method", "method"),
-                      ("rank", "rank")):
+            f"({str(remote.get('base_fingerprint'))[:12]}); every site must hold the same base model"
+        )
+    for key, what in (
+        ("label_names", "label names"),
+        ("spacing", "working spacing"),
+        ("method", "method"),
+        ("rank", "rank"),
+    ):
         if local[key] != remote.get(key):
-            raise ConfigError(f"{site}: its {what} {local[key]} differ from the federation's {remote.get(key)}")
+            raise ConfigError(
+                f"{site}: its {what} {local[key]} differ from the federation's {remote.get(key)}"
+            )

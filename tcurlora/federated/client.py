@@ -54,8 +54,15 @@ def site_job(job: dict[str, Any], data: str, iterations: int, workdir: Path):
     """The site's FinetuneJob: the federation's settings on this site's Decathlon folder."""
     from tcurlora.jobs.schema import FinetuneJob
 
-    values = {**job, "data": data, "output": str(workdir / "local-adapter"), "iterations": iterations,
-              "checkpoint_every": 0, "resume": False, "force": False}
+    values = {
+        **job,
+        "data": data,
+        "output": str(workdir / "local-adapter"),
+        "iterations": iterations,
+        "checkpoint_every": 0,
+        "resume": False,
+        "force": False,
+    }
     return FinetuneJob.from_dict(values, Path.cwd())
 
 
@@ -80,10 +87,17 @@ class SiteExecutor(Executor):
     `job` holds the federation's fine-tuning settings (a finetune job without data/output); `data` is this
     site's Decathlon folder, unless the environment variable `data_env` names another."""
 
-    def __init__(self, job: dict, data: str = "", rounds: int = 1, local_steps: int = 1,
-                 data_env: str = DATA_ENV):
+    def __init__(
+        self, job: dict, data: str = "", rounds: int = 1, local_steps: int = 1, data_env: str = DATA_ENV
+    ):
         super().__init__()
-        self.job, self.data, self.rounds, self.local_steps, self.data_env = job, data, rounds, local_steps, data_env
+        self.job, self.data, self.rounds, self.local_steps, self.data_env = (
+            job,
+            data,
+            rounds,
+            local_steps,
+            data_env,
+        )
         self.trainer = None
         self.stream = None
         self.local_identity: dict[str, Any] | None = None
@@ -94,26 +108,38 @@ class SiteExecutor(Executor):
         from tcurlora.finetuning import Trainer
         from tcurlora.finetuning_setup import prepare_training
 
-        data = os.environ.get(self.data_env) or self.data  # a site may keep its data elsewhere than the job says
+        data = (
+            os.environ.get(self.data_env) or self.data
+        )  # a site may keep its data elsewhere than the job says
         key = (site, json.dumps(self.job, sort_keys=True, default=str), data, self.rounds, self.local_steps)
         if key in _PREPARED:
             self.trainer, self.stream, self.local_identity = _PREPARED[key]
             return
         if not data:
-            raise TCURLoRAError(f"{site}: no data folder: give the site's Decathlon folder in the job "
-                                f"(data) or in ${self.data_env}")
+            raise TCURLoRAError(
+                f"{site}: no data folder: give the site's Decathlon folder in the job "
+                f"(data) or in ${self.data_env}"
+            )
         job = site_job(self.job, data, self.rounds * self.local_steps, workdir)
         sink = LogSink(site)
         setup = prepare_training(job, sink)
         self.trainer = Trainer(job, setup, sink, None)
         self.stream = setup.batches(seed_offset=first_round)
-        self.local_identity = identity(setup.base.fingerprint, setup.label_names, setup.spec.spacing,
-                                       job.method, job.rank)
+        self.local_identity = identity(
+            setup.base.fingerprint, setup.label_names, setup.spec.spacing, job.method, job.rank
+        )
         _PREPARED[key] = (self.trainer, self.stream, self.local_identity)
-        LOG.info("%s: %d training case(s), %d validation case(s) from %s", site, len(setup.train_cases),
-                 len(setup.val_cases), data)
+        LOG.info(
+            "%s: %d training case(s), %d validation case(s) from %s",
+            site,
+            len(setup.train_cases),
+            len(setup.val_cases),
+            data,
+        )
 
-    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+    def execute(
+        self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Shareable:
         if task_name != AppConstants.TASK_TRAIN:
             return make_reply(ReturnCode.TASK_UNKNOWN)
         site = fl_ctx.get_identity_name()
@@ -152,8 +178,9 @@ class SiteExecutor(Executor):
             metrics["global_val_dice"] = sum(dice.values()) / len(dice)
         total = self.rounds * self.local_steps
         trainer.optimizer = build_optimizer(adapted, trainer.learning_rates, trainer.job.method)
-        step = OptimStep(trainer.forward, trainer.optimizer, trainer.scaler, amp=trainer.amp,
-                         clip=trainer.job.grad_clip)
+        step = OptimStep(
+            trainer.forward, trainer.optimizer, trainer.scaler, amp=trainer.amp, clip=trainer.job.grad_clip
+        )
         step.schedule = partial(finetuning_factor, total=total)
         first = int(model.current_round or 0) * self.local_steps
         hooks = RoundHooks(trainer.sink, total, abort_signal)
@@ -165,9 +192,26 @@ class SiteExecutor(Executor):
         params = shared_tensors(adapted.adapter_state_dict())
         cases = len(setup.train_cases)
         metrics["loss"] = sum(hooks.losses) / max(1, len(hooks.losses))
-        meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: cases, "site": site, "cases": cases,
-                "payload_bytes": payload_bytes(params), "seconds": round(time.monotonic() - started, 3)}
-        LOG.info("%s round %s: %d case(s), %d local step(s), loss %.4f, sends %d bytes", site,
-                 int(model.current_round or 0) + 1, cases, len(hooks.losses), metrics["loss"], meta["payload_bytes"])
-        return FLModel(params_type=ParamsType.FULL, params=params, metrics=metrics, meta=meta,
-                       current_round=model.current_round)
+        meta = {
+            FLMetaKey.NUM_STEPS_CURRENT_ROUND: cases,
+            "site": site,
+            "cases": cases,
+            "payload_bytes": payload_bytes(params),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        LOG.info(
+            "%s round %s: %d case(s), %d local step(s), loss %.4f, sends %d bytes",
+            site,
+            int(model.current_round or 0) + 1,
+            cases,
+            len(hooks.losses),
+            metrics["loss"],
+            meta["payload_bytes"],
+        )
+        return FLModel(
+            params_type=ParamsType.FULL,
+            params=params,
+            metrics=metrics,
+            meta=meta,
+            current_round=model.current_round,
+        )

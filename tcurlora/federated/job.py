@@ -12,8 +12,15 @@ JOB_NAME = "tcurlora-federate"
 ALLOW_PREFIX = "tcurlora.federated."
 
 
-def build_fed_job(job: dict[str, Any], sites: dict[str, str], rounds: int, local_steps: int, output: Path,
-                  case_counts: dict[str, int], start_round: int = 0):
+def build_fed_job(
+    job: dict[str, Any],
+    sites: dict[str, str],
+    rounds: int,
+    local_steps: int,
+    output: Path,
+    case_counts: dict[str, int],
+    start_round: int = 0,
+):
     """The FedJob: rounds `start_round`..`rounds`-1 over `sites` (name -> Decathlon folder at that site)."""
     from nvflare.job_config.api import FedJob
 
@@ -23,10 +30,18 @@ def build_fed_job(job: dict[str, Any], sites: dict[str, str], rounds: int, local
 
     fed = FedJob(name=JOB_NAME, min_clients=len(sites))
     fed.set_app_packages(["tcurlora"])  # installed at every site: no copy of our code in the job folder
-    fed.to_server(AdapterPersistor(job, str(output), rounds, local_steps, case_counts, resume=start_round > 0),
-                  id="persistor")
-    fed.to_server(CaseWeightedFedAvg(num_clients=len(sites), num_rounds=rounds - start_round,
-                                     start_round=start_round, persistor_id="persistor"))
+    fed.to_server(
+        AdapterPersistor(job, str(output), rounds, local_steps, case_counts, resume=start_round > 0),
+        id="persistor",
+    )
+    fed.to_server(
+        CaseWeightedFedAvg(
+            num_clients=len(sites),
+            num_rounds=rounds - start_round,
+            start_round=start_round,
+            persistor_id="persistor",
+        )
+    )
     for name, data in sites.items():
         fed.to(SiteExecutor(job, data, rounds, local_steps), name, tasks=["train"])
     return fed

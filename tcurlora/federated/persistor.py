@@ -48,8 +48,15 @@ class AdapterPersistor(ModelPersistor):
     `job` is the federation's finetune settings (label names and spacing resolved); `sites` maps each
     site name to its case count as checked before round 1 (recorded in the adapter's config)."""
 
-    def __init__(self, job: dict, output: str, rounds: int, local_steps: int, sites: dict | None = None,
-                 resume: bool = False):
+    def __init__(
+        self,
+        job: dict,
+        output: str,
+        rounds: int,
+        local_steps: int,
+        sites: dict | None = None,
+        resume: bool = False,
+    ):
         super().__init__()
         self.job, self.output, self.rounds, self.local_steps = job, output, rounds, local_steps
         self.sites, self.resume = sites or {}, resume
@@ -76,7 +83,9 @@ class AdapterPersistor(ModelPersistor):
         weights = shared_tensors(self.adapted.adapter_state_dict())
         state = read_state(self.output) if self.resume else None
         if state is not None:
-            saved = load_file(str(federation_dir(self.output) / FEDERATION_STATE_DIR / FEDERATION_WEIGHTS_FILE))
+            saved = load_file(
+                str(federation_dir(self.output) / FEDERATION_STATE_DIR / FEDERATION_WEIGHTS_FILE)
+            )
             weights = shared_tensors(saved)
             self.history = list(state.get("history", []))
             self.log_info(fl_ctx, f"resumed the global adapter of round {state['rounds_done']}")
@@ -99,14 +108,23 @@ class AdapterPersistor(ModelPersistor):
         folder = federation_dir(self.output) / FEDERATION_STATE_DIR
         folder.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_sibling_dir(folder)
-        save_file({k: v.contiguous() for k, v in adapted.adapter_state_dict().items()},
-                  str(temp / FEDERATION_WEIGHTS_FILE))
-        atomic_write_json(temp / FEDERATION_STATE_FILE, {"rounds_done": record["round"], "rounds": self.rounds,
-                                                "history": self.history})
+        save_file(
+            {k: v.contiguous() for k, v in adapted.adapter_state_dict().items()},
+            str(temp / FEDERATION_WEIGHTS_FILE),
+        )
+        atomic_write_json(
+            temp / FEDERATION_STATE_FILE,
+            {"rounds_done": record["round"], "rounds": self.rounds, "history": self.history},
+        )
         replace_dir(temp, folder)
         adapted.eval()
-        save_adapter(self.output, adapted, extra=self.extra(record), force=True,
-                     extra_files={TRAINING_LOG_FILE: "".join(json.dumps(h) + "\n" for h in self.history)})
+        save_adapter(
+            self.output,
+            adapted,
+            extra=self.extra(record),
+            force=True,
+            extra_files={TRAINING_LOG_FILE: "".join(json.dumps(h) + "\n" for h in self.history)},
+        )
         self.log_info(fl_ctx, f"round {record['round']}: global adapter written to {self.output}")
 
     def extra(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -124,15 +142,30 @@ class AdapterPersistor(ModelPersistor):
             "label_colors": colors,
             "preprocessing": self.spec.to_dict(),
             "patch_size": patch,
-            "metrics": {"rounds": record["round"], "final_loss": _weighted_loss(record),
-                        "sites": sorted(cases), "train_cases": sum(cases.values())},
-            "training": {"iterations": record["round"] * self.local_steps, "batch_size": job.batch_size,
-                         "learning_rate": learning_rates(job)["adapter"], "learning_rates": learning_rates(job),
-                         "seed": job.seed, "amp": job.amp},
-            "federation": {"framework": "nvflare", "workflow": "FedAvg weighted by case count",
-                           "rounds_done": record["round"], "rounds": self.rounds,
-                           "local_steps": self.local_steps, "sites": self.sites or cases,
-                           "case_counts": cases, "history": self.history},
+            "metrics": {
+                "rounds": record["round"],
+                "final_loss": _weighted_loss(record),
+                "sites": sorted(cases),
+                "train_cases": sum(cases.values()),
+            },
+            "training": {
+                "iterations": record["round"] * self.local_steps,
+                "batch_size": job.batch_size,
+                "learning_rate": learning_rates(job)["adapter"],
+                "learning_rates": learning_rates(job),
+                "seed": job.seed,
+                "amp": job.amp,
+            },
+            "federation": {
+                "framework": "nvflare",
+                "workflow": "FedAvg weighted by case count",
+                "rounds_done": record["round"],
+                "rounds": self.rounds,
+                "local_steps": self.local_steps,
+                "sites": self.sites or cases,
+                "case_counts": cases,
+                "history": self.history,
+            },
         }
 
 

@@ -46,11 +46,14 @@ class CaseWeightedFedAvg(FedAvg):
         meta = result.meta or {}
         if accepted:
             entry = {key: meta.get(key) for key in ("site", "cases", "payload_bytes", "seconds")}
-            entry.update({key: float(v) for key, v in (result.metrics or {}).items()
-                          if isinstance(v, int | float)})  # fmt: skip
+            entry.update(
+                {key: float(v) for key, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+            )
             self._contributed.append(entry)
-            self.info(f"round {self.current_round + 1}: {entry['site']} contributed {entry['cases']} case(s), "
-                      f"{entry['payload_bytes']} bytes")
+            self.info(
+                f"round {self.current_round + 1}: {entry['site']} contributed {entry['cases']} case(s), "
+                f"{entry['payload_bytes']} bytes"
+            )
         return accepted
 
     def update_model(self, model: FLModel, aggr_result: FLModel) -> FLModel:
@@ -64,13 +67,23 @@ class CaseWeightedFedAvg(FedAvg):
         contributed = {entry["site"] for entry in self._contributed}
         dropped = [site for site in self._sampled if site not in contributed]
         for site in dropped:
-            self.warning(f"round {self.current_round + 1}: {site} dropped (no valid result); "
-                         f"averaged over {sorted(contributed)}")
+            self.warning(
+                f"round {self.current_round + 1}: {site} dropped (no valid result); "
+                f"averaged over {sorted(contributed)}"
+            )
         if not self._contributed:
-            self.error(f"round {self.current_round + 1}: no site returned a result; the global adapter stays "
-                       "as after the previous round")
+            self.error(
+                f"round {self.current_round + 1}: no site returned a result; the global adapter stays "
+                "as after the previous round"
+            )
             return
-        model.meta = {**(model.meta or {}), ROUND_KEY: {
-            "round": int(self.current_round) + 1, "sites": sorted(self._contributed, key=lambda e: e["site"]),
-            "dropped": dropped, "seconds": round(time.monotonic() - self._round_started, 3)}}
+        model.meta = {
+            **(model.meta or {}),
+            ROUND_KEY: {
+                "round": int(self.current_round) + 1,
+                "sites": sorted(self._contributed, key=lambda e: e["site"]),
+                "dropped": dropped,
+                "seconds": round(time.monotonic() - self._round_started, 3),
+            },
+        }
         super().save_model(model)

@@ -33,8 +33,10 @@ def merged_state(local: dict[str, torch.Tensor], received: dict[str, np.ndarray]
     expected = {k for k, v in local.items() if v.is_floating_point()}
     missing, unexpected = sorted(expected - set(received)), sorted(set(received) - expected)
     if missing or unexpected:
-        raise ValueError(f"{where}: the global adapter does not fit this site's adapter: missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{where}: the global adapter does not fit this site's adapter: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}"
+        )
     out = dict(local)
     for key in expected:
         out[key] = torch.as_tensor(np.asarray(received[key])).to(local[key].dtype)

@@ -52,7 +52,9 @@ def check_label_names(key: str, names: list[str]) -> list[str]:
         if not name.strip():
             raise SettingError(f"{key}[{index}]", "must not be empty")
         if name in seen:
-            raise SettingError(f"{key}[{index}]", f"duplicate class name {name!r} (each class needs its own name)")
+            raise SettingError(
+                f"{key}[{index}]", f"duplicate class name {name!r} (each class needs its own name)"
+            )
         seen.add(name)
     return names
 
@@ -64,7 +66,9 @@ def check_regexes(key: str, patterns: list[str]) -> list[str]:
         try:
             re.compile(pattern)
         except (re.error, RecursionError, OverflowError) as error:
-            raise SettingError(f"{key}[{index}]", f"invalid regular expression {pattern!r}: {error}") from None
+            raise SettingError(
+                f"{key}[{index}]", f"invalid regular expression {pattern!r}: {error}"
+            ) from None
         try:
             compile_pattern(pattern)
         except PatternError as error:
@@ -90,7 +94,9 @@ def parse_patch_size(key: str, value: Any, base_dir: Path | None) -> list[int]:
 def parse_spacing(key: str, value: Any, base_dir: Path | None) -> list[float] | str:
     expect(key, value, (list, str), 'a list of 3 positive numbers (mm), "auto" or "base"')
     if isinstance(value, str) and value not in ("auto", "base"):
-        raise SettingError(key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}')
+        raise SettingError(
+            key, f'expected a list of 3 positive numbers (mm), "auto" or "base", got {value!r}'
+        )
     if isinstance(value, list):
         problem = spacing_problem(value)
         if problem:
@@ -103,7 +109,11 @@ def parse_colors(key: str, value: Any, base_dir: Path | None) -> list[list[float
     expect(key, value, (list,), "a list of [r, g, b] values in 0..1")
     out = []
     for index, color in enumerate(value):
-        if not (isinstance(color, list) and len(color) == 3 and all(is_finite_number(c) and 0.0 <= c <= 1.0 for c in color)):
+        if not (
+            isinstance(color, list)
+            and len(color) == 3
+            and all(is_finite_number(c) and 0.0 <= c <= 1.0 for c in color)
+        ):
             raise SettingError(f"{key}[{index}]", f"expected [r, g, b] with values in 0..1, got {color!r}")
         out.append([float(c) for c in color])
     return out
@@ -129,9 +139,13 @@ def _parse_label_map(key: str, mapping: Any) -> dict[int, int]:
     for source, target in mapping.items():
         where = f"{key}[{source}]"
         if not isinstance(source, str) or not re.fullmatch(r"\d+", source.strip()):
-            raise SettingError(where, f"label values must be whole numbers >= 0 (as JSON keys: \"1\"), got {source!r}")
+            raise SettingError(
+                where, f'label values must be whole numbers >= 0 (as JSON keys: "1"), got {source!r}'
+            )
         if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-            raise SettingError(where, f"class index must be a whole number >= 0, got {type(target).__name__} {target!r}")
+            raise SettingError(
+                where, f"class index must be a whole number >= 0, got {type(target).__name__} {target!r}"
+            )
         out[int(source)] = target
     return out
 
@@ -147,7 +161,9 @@ def parse_cases(key: str, items: Any, base_dir: Path | None) -> list[Case]:
     for index, item in enumerate(items):
         where = f"{key}[{index}]"
         if not isinstance(item, dict):
-            raise SettingError(where, f"expected an object with id, image and label, got {type(item).__name__}")
+            raise SettingError(
+                where, f"expected an object with id, image and label, got {type(item).__name__}"
+            )
         extra = sorted(set(item) - set(CASE_KEYS))
         if extra:
             raise SettingError(f"{where}.{extra[0]}", f"unknown key (allowed keys: {', '.join(CASE_KEYS)})")

@@ -26,11 +26,14 @@ MISSING = object()
 RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 THREADS = {
-    "kind": "custom", "parse": parse_threads, "flag": "--threads", "cli": {"type": threads_arg, "metavar": "N"},
+    "kind": "custom",
+    "parse": parse_threads,
+    "flag": "--threads",
+    "cli": {"type": threads_arg, "metavar": "N"},
     "schema": {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": MAX_THREADS}]},
     "help": "torch CPU threads, or 'auto' (default): on the CPU the cores not kept busy by other work "
     "(1-minute load average), at least 1; CUDA runs keep torch's default",
-}  # fmt: skip
+}
 BASE_HELP = "built-in base model name, model folder or MONAI bundle folder"
 
 

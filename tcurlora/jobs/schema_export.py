@@ -43,17 +43,25 @@ def _job_schema(cls: Any) -> dict[str, Any]:
     )
     rules = []
     for first, second, problem in cls.ONE_OF:
-        with_first = {"required": [first], "properties": {first: {"not": {"type": "null"}}, **_absent_or_null(second)}}
-        with_second = {"required": [second], "properties": {second: {"not": {"type": "null"}}, **_absent_or_null(first)}}
+        with_first = {
+            "required": [first],
+            "properties": {first: {"not": {"type": "null"}}, **_absent_or_null(second)},
+        }
+        with_second = {
+            "required": [second],
+            "properties": {second: {"not": {"type": "null"}}, **_absent_or_null(first)},
+        }
         if first == "cases":  # num_cases and case_ids choose among the cases of 'data' only
             with_first["properties"].update(_absent_or_null(*cls.DATA_ONLY))
         rules.append({"oneOf": [with_first, with_second], "description": problem})
     for key, other, other_value, problem in getattr(cls, "REPLACES", ()):
-        rules.append({
-            "if": {"required": [key], "properties": {key: {"not": {"type": "null"}}}},
-            "then": {"properties": {other: {"const": other_value}}},
-            "description": problem,
-        })  # fmt: skip
+        rules.append(
+            {
+                "if": {"required": [key], "properties": {key: {"not": {"type": "null"}}}},
+                "then": {"properties": {other: {"const": other_value}}},
+                "description": problem,
+            }
+        )
     if rules:  # an empty allOf is not valid JSON Schema
         schema["allOf"] = rules
     return schema
@@ -61,29 +69,35 @@ def _job_schema(cls: Any) -> dict[str, Any]:
 
 def _document(name: str, title: str, description: str, **body: Any) -> dict[str, Any]:
     """A top-level schema document: dialect, $id (the committed file docs/schemas/<name>), title, description."""
-    return {"$schema": JSON_SCHEMA_DIALECT, "$id": SCHEMA_BASE + SCHEMA_FILES[name], "title": title,
-            "description": description, **body}  # fmt: skip
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": SCHEMA_BASE + SCHEMA_FILES[name],
+        "title": title,
+        "description": description,
+        **body,
+    }
 
 
 def job_json_schema() -> dict[str, Any]:
     """The JSON Schema of a job file: a finetune, segment or suggest job."""
     return _document(
-        "job", JOB_SCHEMA,
+        "job",
+        JOB_SCHEMA,
         "A tcurlora worker job (`tcurlora finetune|segment|suggest --job job.json`). Relative paths are "
         "resolved against the job file's folder.",
         type="object",
         required=["command"],
         oneOf=[{"$ref": "#/$defs/finetune"}, {"$ref": "#/$defs/segment"}, {"$ref": "#/$defs/suggest"}],
-        **{"$defs": {
-            "finetune": _job_schema(FinetuneJob),
-            "segment": _job_schema(SegmentJob),
-            "suggest": _job_schema(SuggestJob),
-            "case": CASE_SCHEMA,
-            "channels": CHANNELS_SCHEMA,
-        }},
-    )  # fmt: skip
-
-
+        **{
+            "$defs": {
+                "finetune": _job_schema(FinetuneJob),
+                "segment": _job_schema(SegmentJob),
+                "suggest": _job_schema(SuggestJob),
+                "case": CASE_SCHEMA,
+                "channels": CHANNELS_SCHEMA,
+            }
+        },
+    )
 
 
 def _typed(kinds: tuple[str, ...]) -> dict[str, Any]:
@@ -93,7 +107,10 @@ def _typed(kinds: tuple[str, ...]) -> dict[str, Any]:
 
 def _event_schema(kind: str) -> dict[str, Any]:
     spec = EVENT_SCHEMA[kind]
-    properties: dict[str, Any] = {"event": {"const": kind}, "time": {"type": "number", "description": "unix seconds"}}
+    properties: dict[str, Any] = {
+        "event": {"const": kind},
+        "time": {"type": "number", "description": "unix seconds"},
+    }
     properties.update({key: _typed(kinds) for key, kinds in spec.items()})
     if kind == "started":
         properties["command"] = {"enum": list(COMMANDS)}
@@ -130,12 +147,13 @@ def _event_schema(kind: str) -> dict[str, Any]:
 def events_json_schema() -> dict[str, Any]:
     """The JSON Schema of one line of the event stream."""
     return _document(
-        "events", EVENT_SCHEMA_NAME,
+        "events",
+        EVENT_SCHEMA_NAME,
         "One JSON-lines event of a tcurlora worker on stdout (non-finite numbers are written as "
         "null). Lines that are not JSON objects are stray library output, not events.",
         oneOf=[{"$ref": f"#/$defs/{kind}"} for kind in EVENT_SCHEMA],
         **{"$defs": {kind: _event_schema(kind) for kind in EVENT_SCHEMA}},
-    )  # fmt: skip
+    )
 
 
 SCHEMAS = {"job": job_json_schema, "events": events_json_schema}

@@ -32,35 +32,52 @@ class SegmentJob:
 
     base_model: str = setting(kind="reference", help=BASE_HELP, flag="--base-model")
     inputs: list[list[Path]] = setting(
-        kind="custom", parse=parse_inputs,
+        kind="custom",
+        parse=parse_inputs,
         schema={"type": "array", "items": {"$ref": "#/$defs/channels"}, "minItems": 1},
         help="the volumes to segment, each one path or a list of channel paths",
-    )  # fmt: skip
+    )
     adapter: str | None = setting(
         None, "reference", help="adapter folder (default: the base model alone)", flag="--adapter"
     )
     outputs: list[Path] | None = setting(
-        None, "custom", parse=parse_paths, schema={"type": "array", "items": PATH_SCHEMA},
+        None,
+        "custom",
+        parse=parse_paths,
+        schema={"type": "array", "items": PATH_SCHEMA},
         help="one output file per input (or give output_dir)",
-    )  # fmt: skip
+    )
     output_dir: Path | None = setting(
         None, "path", help="folder for the outputs, named INPUT_seg + extension (or give outputs)"
     )
     overlap: float = setting(
-        0.5, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, flag="--overlap",
+        0.5,
+        "number",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_maximum=True,
+        flag="--overlap",
         help="sliding-window overlap in [0, 1)",
-    )  # fmt: skip
+    )
     largest_component: bool = setting(
-        False, "boolean", flag="--largest-component",
+        False,
+        "boolean",
+        flag="--largest-component",
         help="keep only the largest connected component of each class",
-    )  # fmt: skip
+    )
     device: str = setting("auto", "device", help=DEVICE_HELP, flag="--device")
     threads: int | str = setting("auto", **THREADS)
     force: bool = setting(False, "boolean", help="overwrite existing outputs", flag="--force")
     job_file: Path | None = field(default=None, compare=False, repr=False)
 
     command = "segment"
-    ONE_OF = (("outputs", "output_dir", "give exactly one of 'outputs' (a list of files) or 'output_dir' (a folder)"),)
+    ONE_OF = (
+        (
+            "outputs",
+            "output_dir",
+            "give exactly one of 'outputs' (a list of files) or 'output_dir' (a folder)",
+        ),
+    )
 
     @classmethod
     def from_dict(
@@ -113,24 +130,39 @@ class SuggestJob:
 
     base_model: str = setting(kind="reference", help=BASE_HELP, flag="--base-model")
     inputs: list[list[Path]] = setting(
-        kind="custom", parse=parse_inputs,
+        kind="custom",
+        parse=parse_inputs,
         schema={"type": "array", "items": {"$ref": "#/$defs/channels"}, "minItems": 1},
         help="the volumes to rank, each one path or a list of channel paths",
-    )  # fmt: skip
+    )
     adapter: str | None = setting(
         None, "reference", help="adapter folder (default: the base model alone)", flag="--adapter"
     )
     score: str = setting(
-        "entropy", "choice", choices=SUGGEST_SCORES, flag="--score",
+        "entropy",
+        "choice",
+        choices=SUGGEST_SCORES,
+        flag="--score",
         help="entropy: mean predictive entropy inside the predicted foreground (one pass); flips: share of "
         "the predicted foreground whose label changes under mirroring along each axis (four passes)",
-    )  # fmt: skip
-    top: int | None = setting(None, "integer", minimum=1, help="report only the K most uncertain volumes",
-                              flag="--top", cli={"metavar": "K"})
+    )
+    top: int | None = setting(
+        None,
+        "integer",
+        minimum=1,
+        help="report only the K most uncertain volumes",
+        flag="--top",
+        cli={"metavar": "K"},
+    )
     overlap: float = setting(
-        0.5, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, flag="--overlap",
+        0.5,
+        "number",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_maximum=True,
+        flag="--overlap",
         help="sliding-window overlap in [0, 1)",
-    )  # fmt: skip
+    )
     device: str = setting("auto", "device", help=DEVICE_HELP, flag="--device")
     threads: int | str = setting("auto", **THREADS)
     job_file: Path | None = field(default=None, compare=False, repr=False)

@@ -15,7 +15,12 @@ def build_network(spec: ModelSpec) -> nn.Module:
     """Instantiate the (untrained) MONAI network that `spec` describes."""
     from monai.networks import nets
 
-    builders = {"UNETR": nets.UNETR, "SwinUNETR": nets.SwinUNETR, "SegResNet": nets.SegResNet, "UNet": nets.UNet}
+    builders = {
+        "UNETR": nets.UNETR,
+        "SwinUNETR": nets.SwinUNETR,
+        "SegResNet": nets.SegResNet,
+        "UNet": nets.UNet,
+    }
     if spec.arch not in builders:
         raise ConfigError(f"unknown architecture {spec.arch!r}; known: {', '.join(sorted(builders))}")
     try:

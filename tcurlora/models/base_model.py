@@ -46,9 +46,16 @@ def load_weights(model: nn.Module, state: dict, path: Path | str) -> None:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
-def finish_base_model(model: nn.Module, spec: ModelSpec, *, model_id: str, source: str,
-                      notes: list[str] | None = None) -> BaseModel:
+def finish_base_model(
+    model: nn.Module, spec: ModelSpec, *, model_id: str, source: str, notes: list[str] | None = None
+) -> BaseModel:
     """The network in eval mode, wrapped with its spec and the fingerprint of its weights."""
     model.eval()
-    return BaseModel(model=model, spec=spec, model_id=model_id, fingerprint=state_dict_fingerprint(model),
-                     source=source, notes=list(notes or []))
+    return BaseModel(
+        model=model,
+        spec=spec,
+        model_id=model_id,
+        fingerprint=state_dict_fingerprint(model),
+        source=source,
+        notes=list(notes or []),
+    )

@@ -32,9 +32,23 @@ SLACK_BYTES = 64 * 1024**2
 BYTES_PER_STORED_VALUE = 4
 
 # Constructors whose size is an argument: checked before anything is allocated.
-_SIZED = {torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.empty_strided, torch.full,
-          torch.randint, torch.eye}  # fmt: skip
-_SIZED_METHODS = {torch.Tensor.new_empty, torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full}
+_SIZED = {
+    torch.empty,
+    torch.zeros,
+    torch.ones,
+    torch.rand,
+    torch.randn,
+    torch.empty_strided,
+    torch.full,
+    torch.randint,
+    torch.eye,
+}
+_SIZED_METHODS = {
+    torch.Tensor.new_empty,
+    torch.Tensor.new_zeros,
+    torch.Tensor.new_ones,
+    torch.Tensor.new_full,
+}
 _CONSTRUCTORS = {torch.tensor, torch.as_tensor, torch.arange, torch.linspace, torch.logspace, torch.randperm}
 
 
@@ -85,7 +99,11 @@ class _Budget(TorchFunctionMode):
                 f"refused: building {self.what} would need more than {self.limit:,} bytes of tensors "
                 f"(at least {self.used:,}): more than its weight file can hold (4 bytes per stored byte) "
                 f"or the limit ${MAX_BYTES_VARIABLE}; "
-                + ("stopped at the first tensor beyond it" if allocated else "nothing that large was allocated"),
+                + (
+                    "stopped at the first tensor beyond it"
+                    if allocated
+                    else "nothing that large was allocated"
+                ),
                 self.path,
             )
 
@@ -102,7 +120,9 @@ class _Budget(TorchFunctionMode):
             nbytes = result.numel() * result.element_size()
             if func in _SIZED or func in _SIZED_METHODS or func in _CONSTRUCTORS:
                 self._charge(nbytes)
-            elif nbytes > self.limit:  # any other operation: not counted, but no single result beyond the limit
+            elif (
+                nbytes > self.limit
+            ):  # any other operation: not counted, but no single result beyond the limit
                 self._charge(nbytes, allocated=True)
         return result
 

@@ -123,9 +123,10 @@ def head_module_name(model: nn.Module, out_channels: int) -> str:
     """Name of the last Conv3d or ConvTranspose3d that maps to `out_channels` (the segmentation head: a
     MONAI UNet without residual units ends in a transposed conv)."""
     names = [
-        n for n, m in model.named_modules()
+        n
+        for n, m in model.named_modules()
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.out_channels == out_channels
-    ]  # fmt: skip
+    ]
     return names[-1] if names else ""
 
 
@@ -142,7 +143,10 @@ def intensity_from_bundle(config: dict[str, Any]) -> tuple[IntensitySpec, list[s
         if window is None:
             continue
         notes = []
-        if _numbers([item.get("b_min", 0), item.get("b_max", 1)], 2) != (0, 1) or item.get("clip") is not True:
+        if (
+            _numbers([item.get("b_min", 0), item.get("b_max", 1)], 2) != (0, 1)
+            or item.get("clip") is not True
+        ):
             notes.append(
                 f"ScaleIntensityRanged to [{item.get('b_min')}, {item.get('b_max')}] with clip={item.get('clip')} "
                 "is read as a clipped window scaled to [0, 1]"
@@ -158,12 +162,19 @@ def intensity_from_bundle(config: dict[str, Any]) -> tuple[IntensitySpec, list[s
 
 def _is_sigmoid(config: dict[str, Any]) -> bool:
     """True when the bundle's postprocessing applies a sigmoid (multi-label outputs)."""
-    return any(t.get("sigmoid") is True for t in _find_targets(config.get("postprocessing", {}), "Activationsd"))
+    return any(
+        t.get("sigmoid") is True for t in _find_targets(config.get("postprocessing", {}), "Activationsd")
+    )
 
 
 def spec_from_bundle(
-    config: dict[str, Any], meta: dict[str, Any], model: nn.Module, name: str, config_path: Path,
-    plan: Component | None = None, notes: list[str] | None = None,
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    model: nn.Module,
+    name: str,
+    config_path: Path,
+    plan: Component | None = None,
+    notes: list[str] | None = None,
 ) -> ModelSpec:
     """Our spec from the bundle: exact when we exported it, else read from metadata and config (what
     is assumed is appended to `notes`)."""
@@ -192,9 +203,7 @@ def spec_from_bundle(
         notes.append("no Spacingd in the bundle's preprocessing: images are resampled to 1 mm")
     intensity, intensity_notes = intensity_from_bundle(config)
     notes += intensity_notes
-    roi = next(
-        (s for t in _find_targets(config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None
-    )
+    roi = next((s for t in _find_targets(config, "Inferer") if (s := _numbers(t.get("roi_size"), 3))), None)
     patch = _numbers(image.get("spatial_shape"), 3) or roi or (96, 96, 96)
     declared = network_def.get("out_channels")  # what network_def says, when the metadata does not
     fallback = declared if isinstance(declared, int) and declared > 0 else len(labels) + (output != "sigmoid")
@@ -202,13 +211,17 @@ def spec_from_bundle(
     if not labels:
         labels = {c: f"class {c}" for c in range(1, out_channels)}
     return ModelSpec(
-        name=name, arch=arch,
+        name=name,
+        arch=arch,
         arch_params={k: v for k, v in network_def.items() if not str(k).startswith("_")},
-        spacing=spacing or (1.0, 1.0, 1.0), patch_size=tuple(int(p) for p in patch),
-        intensity=intensity, labels=labels,
-        head_module=head_module_name(model, out_channels), description=str(meta.get("description", "")),
+        spacing=spacing or (1.0, 1.0, 1.0),
+        patch_size=tuple(int(p) for p in patch),
+        intensity=intensity,
+        labels=labels,
+        head_module=head_module_name(model, out_channels),
+        description=str(meta.get("description", "")),
         output=output,
-    )  # fmt: skip
+    )
 
 
 def _build(
@@ -245,8 +258,9 @@ def load_bundle(folder: str | Path) -> BaseModel:
     config, meta, config_path = read_bundle_configs(folder)
     plan_item(config, "network_def", config_path)  # refuses what the config must not run; builds nothing
     # The weight file is found and checked before building: its size bounds what network_def may build.
-    weights = next((folder / n for n in BUNDLE_WEIGHT_FILES if (folder / n).exists()
-                    or (folder / n).is_symlink()), None)
+    weights = next(
+        (folder / n for n in BUNDLE_WEIGHT_FILES if (folder / n).exists() or (folder / n).is_symlink()), None
+    )
     if weights is None:
         raise InputError(
             f"MONAI bundle without weights (looked for {' or '.join(BUNDLE_WEIGHT_FILES)})", folder
@@ -317,14 +331,32 @@ def export_bundle(
         "tcurlora_fingerprint": base.fingerprint,
         SPEC_KEY: spec.to_dict(),
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "MR",
-                                 "num_channels": spec.in_channels, "spatial_shape": list(spec.patch_size),
-                                 "dtype": "float32", "value_range": [], "is_patch_data": True}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": spec.out_channels,
-                                 "spatial_shape": list(spec.patch_size), "dtype": "float32", "value_range": [0, 1],
-                                 "is_patch_data": True, "channel_def": channel_def}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "MR",
+                    "num_channels": spec.in_channels,
+                    "spatial_shape": list(spec.patch_size),
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": spec.out_channels,
+                    "spatial_shape": list(spec.patch_size),
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": True,
+                    "channel_def": channel_def,
+                }
+            },
         },
-    }  # fmt: skip
+    }
     inference = {
         "imports": [],
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
@@ -340,9 +372,14 @@ def export_bundle(
                 {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True},
             ],
         },
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(spec.patch_size), "sw_batch_size": 4,
-                    "overlap": 0.5, "mode": "gaussian"},
-    }  # fmt: skip
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": list(spec.patch_size),
+            "sw_batch_size": 4,
+            "overlap": 0.5,
+            "mode": "gaussian",
+        },
+    }
     (temp / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (temp / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in base.model.state_dict().items()}

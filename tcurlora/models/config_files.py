@@ -56,7 +56,8 @@ def read_config_file(path: Path) -> Any:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise InputError(
-                f"refused: the config file has {size:,} bytes, more than the limit of {MAX_CONFIG_BYTES:,}", path
+                f"refused: the config file has {size:,} bytes, more than the limit of {MAX_CONFIG_BYTES:,}",
+                path,
             )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

@@ -109,8 +109,10 @@ def download_bundle(
     unpacked = next((p for p in temp.iterdir() if p.is_dir() and (p / "configs").is_dir()), None)
     if unpacked is None:
         raise InputError("the downloaded archive holds no bundle folder with configs/", archive)
-    atomic_write_json(unpacked / DOWNLOAD_RECORD_FILE, {"name": name, "version": version, "url": url,
-                                                   "hash_type": hash_type, "digest": digest})  # fmt: skip
+    atomic_write_json(
+        unpacked / DOWNLOAD_RECORD_FILE,
+        {"name": name, "version": version, "url": url, "hash_type": hash_type, "digest": digest},
+    )
     replace_dir(unpacked, final)
     archive.unlink(missing_ok=True)
     import shutil

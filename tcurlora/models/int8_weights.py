@@ -65,7 +65,9 @@ def dequantize_state(stored: Mapping[str, torch.Tensor], path: Path | str) -> di
     scales = {name[: -len(suffix)]: t for name, t in stored.items() if name.endswith(suffix)}
     for owner in scales:
         if owner not in stored:
-            raise InputError(f"malformed int8 weights: scale tensor {owner}{suffix} has no tensor {owner}", path)
+            raise InputError(
+                f"malformed int8 weights: scale tensor {owner}{suffix} has no tensor {owner}", path
+            )
     state: dict[str, torch.Tensor] = {}
     for name, tensor in stored.items():
         if name.endswith(suffix):
@@ -75,7 +77,9 @@ def dequantize_state(stored: Mapping[str, torch.Tensor], path: Path | str) -> di
             continue
         scale = scales.get(name)
         if scale is None:
-            raise InputError(f"malformed int8 weights: int8 tensor {name} has no scale tensor {name}{suffix}", path)
+            raise InputError(
+                f"malformed int8 weights: int8 tensor {name} has no scale tensor {name}{suffix}", path
+            )
         rows = tensor.shape[0] if tensor.dim() else None
         if rows is None or not scale.is_floating_point() or tuple(scale.shape) != (rows,):
             raise InputError(
@@ -85,7 +89,8 @@ def dequantize_state(stored: Mapping[str, torch.Tensor], path: Path | str) -> di
             )
         if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
             raise InputError(
-                f"malformed int8 weights: scale of {name} is not finite and positive (NaN, inf, 0 or negative)", path
+                f"malformed int8 weights: scale of {name} is not finite and positive (NaN, inf, 0 or negative)",
+                path,
             )
         state[name] = dequantize_tensor(tensor, scale)
     return state
@@ -116,7 +121,9 @@ def save_int8_weights(state: Mapping[str, torch.Tensor], path: Path | str) -> No
     save_file(quantize_state(state), str(path), metadata={WEIGHTS_FORMAT_KEY: INT8_WEIGHTS_FORMAT})
 
 
-def relative_errors(state: Mapping[str, torch.Tensor], restored: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def relative_errors(
+    state: Mapping[str, torch.Tensor], restored: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
     """Per float tensor: ||restored - original|| / ||original|| (0 for an all-zero tensor kept exact)."""
     errors = {}
     for name, tensor in state.items():

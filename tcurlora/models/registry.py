@@ -43,7 +43,9 @@ def load_base_model(reference: str | Path) -> BaseModel:
         from tcurlora.models.bundle import load_bundle
 
         return load_bundle(folder)
-    raise InputError(f"not a model folder: expected {MODEL_SPEC_FILE} + {MODEL_WEIGHTS_FILE}, or a MONAI bundle", folder)
+    raise InputError(
+        f"not a model folder: expected {MODEL_SPEC_FILE} + {MODEL_WEIGHTS_FILE}, or a MONAI bundle", folder
+    )
 
 
 def load_model_folder(folder: Path) -> BaseModel:
@@ -65,25 +67,43 @@ def load_model_folder(folder: Path) -> BaseModel:
 
 
 def save_model_folder(
-    folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None, half: bool = False,
-    card: dict | None = None, force: bool = False, extra_files: dict[str, str] | None = None,
+    folder: Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    model_id: str | None = None,
+    half: bool = False,
+    card: dict | None = None,
+    force: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write `model.json` + `model.safetensors` (and `extra_files`, name -> text) atomically: a temporary
     sibling folder renamed into place, removed again when writing fails, so there is never half a folder."""
     folder = Path(folder)
     check_model_output(folder, force)  # with force: only a model folder tcurlora wrote is replaced
-    with atomic_dir(folder, "the model folder") as temp:  # a full disk: OutputWriteError (exit 3), nothing left
+    with atomic_dir(
+        folder, "the model folder"
+    ) as temp:  # a full disk: OutputWriteError (exit 3), nothing left
         write_model_files(temp, model, spec, model_id=model_id, half=half, card=card)
         for name, text in (extra_files or {}).items():
             (temp / name).write_text(text, encoding="utf-8")
     return folder
 
 
-def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, *, model_id: str | None = None,
-                      half: bool = False, card: dict | None = None) -> None:  # fmt: skip
+def write_model_files(
+    folder: Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    model_id: str | None = None,
+    half: bool = False,
+    card: dict | None = None,
+) -> None:
     """`model.json` + `model.safetensors` into an existing (temporary) folder."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(folder / MODEL_WEIGHTS_FILE))
     record = {"format": MODEL_FORMAT, "id": model_id or spec.name, "spec": spec.to_dict(), "card": card or {}}
     (folder / MODEL_SPEC_FILE).write_text(json.dumps(record, indent=2))

@@ -27,7 +27,11 @@ MAX_SPACING_MM = 100.0
 
 def spacing_problem(values: Any) -> str | None:
     """Why `values` is not a spacing tcurlora works at (3 numbers within MIN..MAX_SPACING_MM), or None."""
-    if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(is_finite_number(v) and v > 0 for v in values):
+    if (
+        not isinstance(values, (list, tuple))
+        or len(values) != 3
+        or not all(is_finite_number(v) and v > 0 for v in values)
+    ):
         return f"expected a list of 3 positive numbers (mm), got {values!r}"
     if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
         return f"spacing {list(values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm"

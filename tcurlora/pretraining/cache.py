@@ -38,18 +38,28 @@ def file_identity(path: Path) -> list[Any]:
 
 def volume_key(image: Path, label: Path | None, channel: int, offset: int, spec: ModelSpec) -> dict[str, Any]:
     """What a cached volume depends on (label None: a self-supervised source's own intensity classes)."""
-    preprocessing = {"spacing": list(spec.spacing), "intensity": spec.to_dict()["intensity"],
-                     "patch_size": list(spec.patch_size), "channel": channel, "label_offset": offset}  # fmt: skip
-    return {"version": CACHE_VERSION, "image": file_identity(image), "label": file_identity(label) if label is not None else "tissue-classes",
-            "preprocessing": preprocessing}  # fmt: skip
+    preprocessing = {
+        "spacing": list(spec.spacing),
+        "intensity": spec.to_dict()["intensity"],
+        "patch_size": list(spec.patch_size),
+        "channel": channel,
+        "label_offset": offset,
+    }
+    return {
+        "version": CACHE_VERSION,
+        "image": file_identity(image),
+        "label": file_identity(label) if label is not None else "tissue-classes",
+        "preprocessing": preprocessing,
+    }
 
 
 def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def cached_volume(cache_dir: Path, key: dict[str, Any],
-                  compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def cached_volume(
+    cache_dir: Path, key: dict[str, Any], compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(image, label) of the entry for `key`, or `compute()` stored under it. An unreadable entry, or one
     holding another key, is computed again and replaced."""
     from safetensors import SafetensorError, safe_open
@@ -67,5 +77,7 @@ def cached_volume(cache_dir: Path, key: dict[str, Any],
     image, label = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as temp:
-        save_file({"image": image.contiguous(), "label": label.contiguous()}, str(temp), metadata={"key": text})
+        save_file(
+            {"image": image.contiguous(), "label": label.contiguous()}, str(temp), metadata={"key": text}
+        )
     return image, label

@@ -37,9 +37,15 @@ OBJECTIVES = ("segment", "tissue")
 
 
 def _channels(key: str, value: Any, base_dir: Path | None) -> list[int]:
-    ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    )
     if not ok:
-        raise SettingError(key, f"expected a non-empty list of channel indices >= 0, got {type(value).__name__} {value!r}")
+        raise SettingError(
+            key, f"expected a non-empty list of channel indices >= 0, got {type(value).__name__} {value!r}"
+        )
     return list(value)
 
 
@@ -64,8 +70,12 @@ class SourceConfig:
     val_case_ids: list[str] = setting([], "strings", help="case ids held out for the evaluation")
     licence: str = setting("", "text", help="the data licence")
     reference: str = setting("", "text", help="where the data comes from")
-    objective: str = setting("segment", "choice", choices=OBJECTIVES,
-                             help="segment: its expert labels; tissue: self-supervised (no label is read)")
+    objective: str = setting(
+        "segment",
+        "choice",
+        choices=OBJECTIVES,
+        help="segment: its expert labels; tissue: self-supervised (no label is read)",
+    )
 
 
 @dataclass
@@ -87,7 +97,9 @@ class PretrainConfig:
     )
     iterations: int = setting(1800, "integer", minimum=1, maximum=MAX_ITERATIONS, help="training steps")
     batch_size: int = setting(2, "integer", minimum=1, maximum=MAX_BATCH_SIZE, help="patches per step")
-    learning_rate: float = setting(3e-4, "number", minimum=0.0, exclusive_minimum=True, help="AdamW peak rate")
+    learning_rate: float = setting(
+        3e-4, "number", minimum=0.0, exclusive_minimum=True, help="AdamW peak rate"
+    )
     weight_decay: float = setting(1e-5, "number", minimum=0.0, help="AdamW weight decay")
     warmup: int = setting(50, "integer", minimum=0, help="linear warm-up steps before the cosine decay")
     foreground_fraction: float = setting(
@@ -102,7 +114,11 @@ class PretrainConfig:
     precision: str = setting("fp32", "choice", choices=PRECISIONS, help="fp32, bf16 or auto")
     eval_every: int = setting(0, "integer", minimum=0, help="steps between held-out evaluations (0: none)")
     grad_clip: float | None = setting(
-        None, "number", minimum=0.0, exclusive_minimum=True, help="clip the gradient norm to this (null: none)"
+        None,
+        "number",
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="clip the gradient norm to this (null: none)",
     )
     intensity_randomisation: bool = setting(
         False, "boolean", help="show each patch under a random MRI contrast (tcurlora.pretraining.contrast)"
@@ -124,12 +140,13 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"format": PRETRAIN_RECIPE_FORMAT, **dump_fields(self)}
 
-
     @classmethod
     def from_record(cls, recipe: dict[str, Any]) -> PretrainConfig:
         """The recipe a model card records (`to_dict()`), as a config."""
         values = {k: v for k, v in recipe.items() if k != "format"}
-        values["sources"] = [SourceConfig(**x) if isinstance(x, dict) else x for x in values.get("sources", [])]
+        values["sources"] = [
+            SourceConfig(**x) if isinstance(x, dict) else x for x in values.get("sources", [])
+        ]
         return cls(**values)
 
 
@@ -178,4 +195,3 @@ def learning_rate_factor(config: PretrainConfig, step: int) -> float:
 def learning_rate(config: PretrainConfig, step: int) -> float:
     """The learning rate of (0-based) `step`: linear warm-up then cosine decay to 2% of the peak."""
     return config.learning_rate * learning_rate_factor(config, step)
-

@@ -37,7 +37,9 @@ def random_contrast_curve(image: torch.Tensor, rng: Random, control_points: int 
         xs = np.linspace(0.0, 1.0, control_points)
         ys = np.clip(xs + rng.uniform(-0.2, 0.2, control_points), 0.0, 1.0)
         ys[0], ys[-1] = 0.0, 1.0
-        mapped = _interpolate(unit, torch.as_tensor(xs, dtype=unit.dtype), torch.as_tensor(ys, dtype=unit.dtype))
+        mapped = _interpolate(
+            unit, torch.as_tensor(xs, dtype=unit.dtype), torch.as_tensor(ys, dtype=unit.dtype)
+        )
     return mapped * (high - low) + low
 
 

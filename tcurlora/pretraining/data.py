@@ -44,9 +44,15 @@ class SourceData:
     train_ids: list[str] = field(default_factory=list)
 
 
-
-def load_volume(case: Case, channel: int, source: int, offset: int, spec: ModelSpec,
-                cache_dir: Path | None = None, objective: str = "segment") -> Volume:  # fmt: skip
+def load_volume(
+    case: Case,
+    channel: int,
+    source: int,
+    offset: int,
+    spec: ModelSpec,
+    cache_dir: Path | None = None,
+    objective: str = "segment",
+) -> Volume:
     """One channel of a case as a Volume of source `source`, through the cache in `cache_dir` when given."""
     if channel >= len(case.images):
         raise InputError(f"case {case.id} has no channel {channel}", case.images[0])
@@ -58,9 +64,12 @@ def load_volume(case: Case, channel: int, source: int, offset: int, spec: ModelS
         key = volume_key(case.images[channel], label_file, channel, offset, spec)
         image, label = cached_volume(cache_dir, key, partial(prepare, case, channel, offset, spec))
     return Volume(
-        case_id=f"{case.id}_{channel:04d}", source=source, image=image, label=label,
+        case_id=f"{case.id}_{channel:04d}",
+        source=source,
+        image=image,
+        label=label,
         foreground=torch.nonzero(label.flatten() > 0).flatten(),
-    )  # fmt: skip
+    )
 
 
 def preprocess(case: Case, channel: int, offset: int, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +81,9 @@ def preprocess(case: Case, channel: int, offset: int, spec: ModelSpec) -> tuple[
     return image.half(), label
 
 
-def preprocess_tissue(case: Case, channel: int, offset: int, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def preprocess_tissue(
+    case: Case, channel: int, offset: int, spec: ModelSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(image, label) of a self-supervised source: the label is the image's own intensity classes (of the
     unpadded image), shifted to the source's global class indices; the case's label file is not read."""
     item = inference_transforms(spec)({"image": [str(case.images[channel])]})
@@ -83,8 +94,9 @@ def preprocess_tissue(case: Case, channel: int, offset: int, spec: ModelSpec) ->
     return image.half(), label
 
 
-def pad_to_patch(image: torch.Tensor, label: torch.Tensor,
-                 size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def pad_to_patch(
+    image: torch.Tensor, label: torch.Tensor, size: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad (C, X, Y, Z) `image` and (X, Y, Z) `label` symmetrically to at least `size` (MONAI
     SpatialPadd), so every patch lies inside the volume; plain tensors out."""
     padded = SpatialPadd(keys=["image", "label"], spatial_size=size, method="symmetric")(
@@ -117,8 +129,14 @@ def load_sources(
         val_cases = [c for c in cases if c.id in val_ids]
         offset = classes[0] - 1
         train_ids = [f"{c.id}_{ch:04d}" for c in train_cases for ch in source.channels]
-        load = partial(load_volume, source=index, offset=offset, spec=spec, cache_dir=cache_dir,
-                       objective=source.objective)
+        load = partial(
+            load_volume,
+            source=index,
+            offset=offset,
+            spec=spec,
+            cache_dir=cache_dir,
+            objective=source.objective,
+        )
         train = [] if val_only else [load(c, ch) for c in train_cases for ch in source.channels]
         val = [load(c, ch) for c in val_cases for ch in source.channels]
         log(f"{name}: {len(train_ids)} training and {len(val)} held-out volumes, classes {classes}")

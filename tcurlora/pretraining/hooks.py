@@ -57,11 +57,18 @@ class PretrainHooks(LoopHooks):
         config, records, log = self.config, self.records, self.log
         loss_value = distributed.mean(float(loss.detach()))  # torchrun: the loss of the whole effective batch
         elapsed = time.time() - self.started
-        record = {"iteration": done, "source": batch.info["source"], "loss": round(loss_value, 5),
-                  "lr": learning_rate(config, done - 1), "time_s": round(elapsed, 2),
-                  "cpu_s": round(self.cpu_before + time.process_time() - self.cpu_started, 2)}  # fmt: skip
+        record = {
+            "iteration": done,
+            "source": batch.info["source"],
+            "loss": round(loss_value, 5),
+            "lr": learning_rate(config, done - 1),
+            "time_s": round(elapsed, 2),
+            "cpu_s": round(self.cpu_before + time.process_time() - self.cpu_started, 2),
+        }
         if config.eval_every and done % config.eval_every == 0 and done < config.iterations:
-            record["val_dice"] = evaluate_sources(self.model, self.sources, self.spec, self.device)["val_dice"]
+            record["val_dice"] = evaluate_sources(self.model, self.sources, self.spec, self.device)[
+                "val_dice"
+            ]
             log(f"iteration {done}: held-out Dice {json.dumps(record['val_dice'])}")
         records.append(record)
         if done % 20 == 0:
@@ -69,13 +76,18 @@ class PretrainHooks(LoopHooks):
             recent = np.mean([r["loss"] for r in records[-20:]])
             log(f"iteration {done}/{config.iterations} loss {recent:.4f} ETA {format_duration(eta)}")
         now = time.monotonic()
-        out_of_time = self.deadline is not None and distributed.any_rank(now >= self.deadline)  # torchrun: together
+        out_of_time = self.deadline is not None and distributed.any_rank(
+            now >= self.deadline
+        )  # torchrun: together
         stopping = out_of_time or (self.stop_after is not None and done >= self.stop_after)
         timed = self.next_checkpoint is not None and now >= self.next_checkpoint
         if timed:
             self.next_checkpoint = now + 60 * self.checkpoint_minutes
-        if ((stopping or timed or done % config.checkpoint_every == 0) and done < config.iterations
-                and distributed.is_writer()):  # torchrun: rank 0 alone writes checkpoints
+        if (
+            (stopping or timed or done % config.checkpoint_every == 0)
+            and done < config.iterations
+            and distributed.is_writer()
+        ):  # torchrun: rank 0 alone writes checkpoints
             self.save_checkpoint(done, elapsed)
         if stopping:
             why = f"{self.max_minutes} minutes reached" if out_of_time else "as asked"
@@ -83,9 +95,25 @@ class PretrainHooks(LoopHooks):
         return stopping
 
     def save_checkpoint(self, done: int, elapsed: float) -> None:
-        card = build_card(self.config, self.spec, self.sources, iterations_done=done, device=self.described,
-                          wall_s=elapsed, metrics={}, final=False)  # fmt: skip
+        card = build_card(
+            self.config,
+            self.spec,
+            self.sources,
+            iterations_done=done,
+            device=self.described,
+            wall_s=elapsed,
+            metrics={},
+            final=False,
+        )
         saved = PretrainState(iteration=done, records=self.records, sampler=self.rng.bit_generator.state)
-        save_pretrain_checkpoint(self.checkpoint_dir, self.model, self.spec, card, self.step, saved,
-                                 recipe=self.config.to_dict(), train_volumes=self.train_volumes)  # fmt: skip
+        save_pretrain_checkpoint(
+            self.checkpoint_dir,
+            self.model,
+            self.spec,
+            card,
+            self.step,
+            saved,
+            recipe=self.config.to_dict(),
+            train_volumes=self.train_volumes,
+        )
         self.log(f"checkpoint {done} -> {self.checkpoint_dir}")

@@ -8,8 +8,12 @@ import torch
 import torch.nn.functional as F
 
 
-def union_loss(logits: torch.Tensor, label: torch.Tensor, classes: list[int],
-               pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+def union_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    classes: list[int],
+    pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Cross-entropy over the union softmax + soft Dice over background and the source's classes. The Dice
     is pooled over the whole batch; `pool` (torchrun: distributed.pooled_sum) sums its per-class sums over
     the ranks' shares of the effective batch."""

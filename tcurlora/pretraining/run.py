@@ -90,48 +90,86 @@ def run_pretrain(
     spec = model_spec(config, labels)
     loading = time.monotonic()
     sources = load_sources(config, data_root, spec, log, cache_dir=cache_dir)
-    log(f"loaded {sum(len(s.train) + len(s.val) for s in sources)} volumes in {time.monotonic() - loading:.1f} s"
-        + (f" (cache {cache_dir})" if cache_dir is not None else ""))
+    log(
+        f"loaded {sum(len(s.train) + len(s.val) for s in sources)} volumes in {time.monotonic() - loading:.1f} s"
+        + (f" (cache {cache_dir})" if cache_dir is not None else "")
+    )
     train_volumes = {s.config.name: list(s.train_ids) for s in sources}
     torch.manual_seed(config.seed)
     model = build_network(spec).to(device)
     forward = distributed.wrap(model, device, find_unused=True)  # torchrun: DDP (tcurlora.distributed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    use_amp = config.precision == "bf16" or (config.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
-    step_fn = OptimStep(forward, optimizer, grad_scaler(device, use_amp), amp=use_amp,
-                        schedule=partial(learning_rate_factor, config), clip=config.grad_clip)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    use_amp = config.precision == "bf16" or (
+        config.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16())
+    )
+    step_fn = OptimStep(
+        forward,
+        optimizer,
+        grad_scaler(device, use_amp),
+        amp=use_amp,
+        schedule=partial(learning_rate_factor, config),
+        clip=config.grad_clip,
+    )
     rng = np.random.default_rng(config.seed)
     state = PretrainState()
     if exact:
-        state = load_pretrain_checkpoint(Path(resume_from), model, step_fn, recipe=config.to_dict(),
-                                         train_volumes=train_volumes)  # fmt: skip
+        state = load_pretrain_checkpoint(
+            Path(resume_from), model, step_fn, recipe=config.to_dict(), train_volumes=train_volumes
+        )
         rng.bit_generator.state = state.sampler
-        log(f"resuming from {resume_from} at iteration {state.iteration} (the same run: optimizer, sampler, RNG)")
+        log(
+            f"resuming from {resume_from} at iteration {state.iteration} (the same run: optimizer, sampler, RNG)"
+        )
     elif resume_from is not None:
         state = continue_from_model(Path(resume_from), model)
         rng = np.random.default_rng(config.seed + state.iteration)
-        log(f"continuing from the weights of {resume_from} at iteration {state.iteration} (optimizer and patch "
-            f"sampler restart, seeded with seed + {state.iteration})")
+        log(
+            f"continuing from the weights of {resume_from} at iteration {state.iteration} (optimizer and patch "
+            f"sampler restart, seeded with seed + {state.iteration})"
+        )
     first, records = state.iteration, state.records
     checkpoint_folder = checkpoint_dir(output)
     started, described = time.time() - (records[-1]["time_s"] if records else 0.0), describe_device(device)
     if distributed.active():
         described = f"{distributed.world()} processes (rank 0 on {described})"
-    log(f"pretraining {spec.name} on {described}{' with bf16 autocast' if use_amp else ''}: "
-        f"{config.iterations} iterations")
-    hooks = PretrainHooks(config=config, spec=spec, sources=sources, model=model, device=device, step=step_fn,
-                          rng=rng, records=records, started=started, described=described,
-                          checkpoint_dir=checkpoint_folder, train_volumes=train_volumes, log=log,
-                          max_minutes=max_minutes, checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)  # fmt: skip
-    iterations_done = run_loop(step_fn, pretrain_batches(config, sources, rng, device, first), first,
-                               config.iterations, hooks)  # fmt: skip
+    log(
+        f"pretraining {spec.name} on {described}{' with bf16 autocast' if use_amp else ''}: "
+        f"{config.iterations} iterations"
+    )
+    hooks = PretrainHooks(
+        config=config,
+        spec=spec,
+        sources=sources,
+        model=model,
+        device=device,
+        step=step_fn,
+        rng=rng,
+        records=records,
+        started=started,
+        described=described,
+        checkpoint_dir=checkpoint_folder,
+        train_volumes=train_volumes,
+        log=log,
+        max_minutes=max_minutes,
+        checkpoint_minutes=checkpoint_minutes,
+        stop_after=stop_after,
+    )
+    iterations_done = run_loop(
+        step_fn, pretrain_batches(config, sources, rng, device, first), first, config.iterations, hooks
+    )
     notes = []
     if exact:
-        notes.append(f"Resumed at iteration {first} from a checkpoint (weights, optimizer, sampler and RNG state "
-                     "restored: the same run as an uninterrupted one), after the first run was stopped.")
+        notes.append(
+            f"Resumed at iteration {first} from a checkpoint (weights, optimizer, sampler and RNG state "
+            "restored: the same run as an uninterrupted one), after the first run was stopped."
+        )
     elif resume_from is not None:
-        notes.append(f"Continued at iteration {first} from the weights of {Path(resume_from).name} (the optimizer "
-                     f"state and the patch sampler restarted, seeded with seed + {first}).")
+        notes.append(
+            f"Continued at iteration {first} from the weights of {Path(resume_from).name} (the optimizer "
+            f"state and the patch sampler restarted, seeded with seed + {first})."
+        )
     return finish_model(
         config,
         spec,
@@ -177,13 +215,29 @@ def finish_model(
     model = model.cpu().half().float()
     metrics = evaluate_sources(model, sources, spec, torch.device("cpu"))
     log(f"held-out Dice: {json.dumps(metrics['val_dice'])}")
-    card = build_card(config, spec, sources, iterations_done=iterations_done, device=device,
-                      wall_s=wall_s, metrics=metrics, final=iterations_done >= config.iterations)  # fmt: skip
+    card = build_card(
+        config,
+        spec,
+        sources,
+        iterations_done=iterations_done,
+        device=device,
+        wall_s=wall_s,
+        metrics=metrics,
+        final=iterations_done >= config.iterations,
+    )
     card["notes"] = list(notes or [])
     if distributed.is_writer():  # torchrun: rank 0 alone writes the model folder
         card_text = render_card(spec, card, state_dict_fingerprint(model))
-        save_model_folder(output, model, spec, model_id=spec.name, half=True, card=card, force=force,
-                          extra_files={TRAINING_LOG_FILE: training_log_text(records), MODEL_CARD_FILE: card_text})  # fmt: skip
+        save_model_folder(
+            output,
+            model,
+            spec,
+            model_id=spec.name,
+            half=True,
+            card=card,
+            force=force,
+            extra_files={TRAINING_LOG_FILE: training_log_text(records), MODEL_CARD_FILE: card_text},
+        )
     return card
 
 
@@ -204,9 +258,19 @@ def finish_from_checkpoint(
     card = record.get("card", {})
     records = read_training_log(Path(checkpoint))
     sources = load_sources(config, data_root, base.spec, log, val_only=True, cache_dir=cache_dir)
-    return finish_model(config, base.spec, sources, base.model, output, iterations_done=int(card.get("iterations", 0)),
-                        device=str(card.get("device", "cpu")), wall_s=float(card.get("wall_time_s", 0.0)),
-                        records=records, force=force, log=log)  # fmt: skip
+    return finish_model(
+        config,
+        base.spec,
+        sources,
+        base.model,
+        output,
+        iterations_done=int(card.get("iterations", 0)),
+        device=str(card.get("device", "cpu")),
+        wall_s=float(card.get("wall_time_s", 0.0)),
+        records=records,
+        force=force,
+        log=log,
+    )
 
 
 def main_log(message: str) -> None:

@@ -54,8 +54,12 @@ class PatchTransforms:
         """(image (1, *patch) float32, label (*patch) int64) of one patch of `volume`, drawn with the
         transforms seeded from `rng`."""
         self.transforms.set_random_state(seed=int(rng.integers(MAX_SEED)))
-        data = {"image": volume.image, "label": volume.label[None],
-                "fg": volume.foreground, "bg": volume.foreground}  # fmt: skip
+        data = {
+            "image": volume.image,
+            "label": volume.label[None],
+            "fg": volume.foreground,
+            "bg": volume.foreground,
+        }
         with untracked_meta():
             out = self.transforms(data)
         out = out[0] if isinstance(out, list) else out
@@ -74,16 +78,25 @@ def untracked_meta() -> Iterator[None]:
 
 
 @lru_cache(maxsize=32)
-def patch_transforms(patch: tuple[int, int, int], foreground_fraction: float, randomise_contrast: bool,
-                     has_foreground: bool) -> PatchTransforms:  # fmt: skip
+def patch_transforms(
+    patch: tuple[int, int, int], foreground_fraction: float, randomise_contrast: bool, has_foreground: bool
+) -> PatchTransforms:
     """The transforms of one patch of a (1, X, Y, Z) float16 "image" and uint8 "label" at least `patch`
     large; "fg" (and "bg", the same indices: the centred crop never draws a background centre) are the flat
     indices of the labeled voxels, given so that MONAI does not search the whole volume at every patch. The
     patch is cast to float32 right after the crop (only the patch, not the volume)."""
     keys = list(KEYS)
     anywhere = RandSpatialCropd(keys=keys, roi_size=patch, random_size=False)
-    centred = RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch, pos=1.0, neg=0.0,
-                                     num_samples=1, fg_indices_key="fg", bg_indices_key="bg")  # fmt: skip
+    centred = RandCropByPosNegLabeld(
+        keys=keys,
+        label_key="label",
+        spatial_size=patch,
+        pos=1.0,
+        neg=0.0,
+        num_samples=1,
+        fg_indices_key="fg",
+        bg_indices_key="bg",
+    )
     crop: MapTransform | OneOf = anywhere
     if has_foreground and foreground_fraction >= 1.0:
         crop = centred
@@ -114,22 +127,39 @@ def sample_batch(
     images, labels = [], []
     for _ in range(batch_size):
         volume = source.train[int(rng.integers(len(source.train)))]
-        draw = patch_transforms(tuple(int(p) for p in patch), float(fg_fraction), bool(randomise_contrast),
-                                len(volume.foreground) > 0)  # fmt: skip
+        draw = patch_transforms(
+            tuple(int(p) for p in patch),
+            float(fg_fraction),
+            bool(randomise_contrast),
+            len(volume.foreground) > 0,
+        )
         image, label = draw(volume, rng)
         images.append(image)
         labels.append(label)
     return torch.stack(images), torch.stack(labels)
 
 
-def pretrain_batches(config: PretrainConfig, sources: list[SourceData], rng: np.random.Generator,
-                     device: torch.device, first: int) -> Iterator[Batch]:  # fmt: skip
+def pretrain_batches(
+    config: PretrainConfig,
+    sources: list[SourceData],
+    rng: np.random.Generator,
+    device: torch.device,
+    first: int,
+) -> Iterator[Batch]:
     """The batches of iterations `first`, `first` + 1, ...: the sources in turn, `batch_size` patches each
     (torchrun: this rank's patches of the global batch), with the union loss of the batch's source."""
     for iteration in itertools.count(first):
         source = sources[iteration % len(sources)]
-        image, label = sample_batch(source, config.batch_size, config.patch_size, config.foreground_fraction, rng,
-                                    config.intensity_randomisation)  # fmt: skip
+        image, label = sample_batch(
+            source,
+            config.batch_size,
+            config.patch_size,
+            config.foreground_fraction,
+            rng,
+            config.intensity_randomisation,
+        )
         mine = distributed.local_part({"image": image, "label": label})  # torchrun: this rank's patches
         loss_fn = partial(union_loss, classes=source.classes, pool=distributed.pooled_sum)
-        yield Batch(mine["image"].to(device), mine["label"].to(device), loss_fn, {"source": source.config.name})
+        yield Batch(
+            mine["image"].to(device), mine["label"].to(device), loss_fn, {"source": source.config.name}
+        )

@@ -15,16 +15,25 @@ from tcurlora.remote.run import RemoteRun
 
 def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
     """--remote and its companions, for `finetune` and `segment` (docs/scaling.md)."""
-    parser.add_argument("--remote", metavar="USER@HOST[:PORT]",
-                        help="run on this host over SSH (key login, known host key); outputs come back here")
-    parser.add_argument("--remote-command", metavar="CMD",
-                        help="the tcurlora command on the remote host (default: tcurlora)")
-    parser.add_argument("--remote-folder", metavar="DIR",
-                        help=f"where per-run folders go on the remote host (default: ~/{DEFAULT_REMOTE_FOLDER})")
+    parser.add_argument(
+        "--remote",
+        metavar="USER@HOST[:PORT]",
+        help="run on this host over SSH (key login, known host key); outputs come back here",
+    )
+    parser.add_argument(
+        "--remote-command", metavar="CMD", help="the tcurlora command on the remote host (default: tcurlora)"
+    )
+    parser.add_argument(
+        "--remote-folder",
+        metavar="DIR",
+        help=f"where per-run folders go on the remote host (default: ~/{DEFAULT_REMOTE_FOLDER})",
+    )
     parser.add_argument("--ssh-config", type=Path, metavar="FILE", help="ssh client config file (ssh -F)")
 
 
-def remote_handler(args: argparse.Namespace, kind: type[RemoteRun]) -> Callable[[Any, EventSink, CancelToken], dict]:
+def remote_handler(
+    args: argparse.Namespace, kind: type[RemoteRun]
+) -> Callable[[Any, EventSink, CancelToken], dict]:
     """The command handler that runs the job on `args.remote` (a bad host is reported as an error event)."""
 
     def handler(job: Any, sink: EventSink, token: CancelToken) -> dict:

@@ -92,7 +92,9 @@ class RemoteRun(ABC):
             f"exec {self.host.command} {self.command} --job job.json --events"
         )
         process = subprocess.Popen(
-            connection.command(script), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            connection.command(script),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         stderr_tail: list[str] = []
@@ -119,7 +121,9 @@ class RemoteRun(ABC):
             try:
                 self.collect(connection)
             except BaseException:
-                self._cleanup(connection, quietly=True)  # the outputs could not come back: nothing stays there
+                self._cleanup(
+                    connection, quietly=True
+                )  # the outputs could not come back: nothing stays there
                 raise
             self._cleanup(connection)
             return {"outputs": final["outputs"], "metrics": final["metrics"]}
@@ -127,8 +131,10 @@ class RemoteRun(ABC):
             self._stop_remote(connection)
             kept = self.keep(connection)
             self._cleanup(connection)
-            raise CancelledError(f"{token.reason or 'cancelled'}: the remote run on {self.host} was stopped"
-                                 + (f"; {self.kept_text()}" if kept else ""))
+            raise CancelledError(
+                f"{token.reason or 'cancelled'}: the remote run on {self.host} was stopped"
+                + (f"; {self.kept_text()}" if kept else "")
+            )
         if final is not None:  # the remote worker reported its own error
             self.keep(connection)
             self._cleanup(connection)

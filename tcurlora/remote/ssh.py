@@ -49,26 +49,44 @@ class SshConnection:
         if self.host.port:
             args += ["-p", str(self.host.port)]
         args += [
-            "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=15",
-            "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=3",
-            "-o", f"ControlPath={self.control_path}",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=15",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
+            "-o",
+            f"ControlPath={self.control_path}",
         ]
         return [*args, *extra]
 
     def open(self) -> None:
         """Connect (the master runs in the background until `close`); RemoteError when ssh fails."""
         if os.name == "nt":
-            raise RemoteError("running on a remote host needs OpenSSH connection sharing (ControlMaster), "
-                              "which the Windows OpenSSH client does not have: use Linux or macOS here")
+            raise RemoteError(
+                "running on a remote host needs OpenSSH connection sharing (ControlMaster), "
+                "which the Windows OpenSSH client does not have: use Linux or macOS here"
+            )
         if shutil.which("ssh") is None:
             raise RemoteError("the OpenSSH client (ssh) is not installed here")
         with tempfile.TemporaryFile() as err:
             result = subprocess.run(
-                self.ssh_args("-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-f", "-N",
-                              "--", self.host.destination),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=60,
+                self.ssh_args(
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPersist=600",
+                    "-f",
+                    "-N",
+                    "--",
+                    self.host.destination,
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                timeout=60,
             )
             err.seek(0)
             stderr = err.read().decode("utf-8", "replace")
@@ -95,7 +113,9 @@ class SshConnection:
     def close(self) -> None:
         """Stop the master connection and remove its control folder."""
         if self.control_path.exists():
-            subprocess.run(self.ssh_args("-O", "exit", "--", self.host.destination), capture_output=True, timeout=30)
+            subprocess.run(
+                self.ssh_args("-O", "exit", "--", self.host.destination), capture_output=True, timeout=30
+            )
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

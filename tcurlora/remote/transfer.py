@@ -20,8 +20,9 @@ def upload_tree(connection: SshConnection, local_dir: Path, remote_dir: str) -> 
     """Copy `local_dir`'s content (symlinks followed) into `remote_dir` over the connection."""
     tar = subprocess.Popen(["tar", "-C", str(local_dir), "-chf", "-", "."], stdout=subprocess.PIPE)
     try:
-        connection.run(f"mkdir -p {q(remote_dir)} && tar -C {q(remote_dir)} -xf -", timeout=3600,
-                       input=tar.stdout.read())
+        connection.run(
+            f"mkdir -p {q(remote_dir)} && tar -C {q(remote_dir)} -xf -", timeout=3600, input=tar.stdout.read()
+        )
     finally:
         tar.stdout.close()
         tar.wait()
@@ -38,8 +39,10 @@ def download(connection: SshConnection, remote_parent: str, name: str, local_par
     if result.returncode == 3:
         return False
     if result.returncode != 0:
-        raise RemoteError(f"{connection.host}: fetching {remote_parent}/{name} failed: "
-                          f"{result.stderr.decode('utf-8', 'replace').strip()}")
+        raise RemoteError(
+            f"{connection.host}: fetching {remote_parent}/{name} failed: "
+            f"{result.stderr.decode('utf-8', 'replace').strip()}"
+        )
     local_parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.fetch-", dir=local_parent))
     try:
@@ -95,7 +98,9 @@ def stage_finetune(job: FinetuneJob, stage: Path) -> dict[str, Any]:
     if data["data"] is not None:
         data["data"] = stager.link(data["data"], "data")
     if data.get("unlabeled") is not None:  # files or folders of unlabeled volumes (semi-supervised)
-        data["unlabeled"] = [stager.link(path, f"unlabeled{index}") for index, path in enumerate(data["unlabeled"])]
+        data["unlabeled"] = [
+            stager.link(path, f"unlabeled{index}") for index, path in enumerate(data["unlabeled"])
+        ]
     data["base_model"] = stager.reference(data["base_model"], "base")
     data["output"] = f"out/{job.output.name}"
     data["force"] = False
@@ -120,7 +125,7 @@ def rewrite_paths(value: Any, mapping: Sequence[tuple[str, str]]) -> Any:
     if isinstance(value, str):
         for remote, local in mapping:
             if value == remote or value.startswith(remote + "/"):
-                return local + value[len(remote):]
+                return local + value[len(remote) :]
         return value
     if isinstance(value, dict):
         return {k: rewrite_paths(v, mapping) for k, v in value.items()}

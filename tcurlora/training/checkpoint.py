@@ -89,9 +89,12 @@ def is_iteration(value: Any) -> bool:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """"key: old in the checkpoint, new now" for each key whose value differs."""
-    return [f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]  # fmt: skip
+    """ "key: old in the checkpoint, new now" for each key whose value differs."""
+    return [
+        f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
 
 
 def check_iteration(iteration: int, iterations: int, path: Path) -> None:
@@ -141,7 +144,8 @@ def check_resume(meta: dict[str, Any], current: dict[str, Any], iterations: int,
     found += differences(saved["settings"], current["settings"])
     if found:
         raise InputError(
-            "cannot resume: the checkpoint was made for another job (only iterations may change); " + "; ".join(found),
+            "cannot resume: the checkpoint was made for another job (only iterations may change); "
+            + "; ".join(found),
             path,
         )
     check_iteration(int(meta["iteration"]), iterations, path)
@@ -176,29 +180,49 @@ def restore(adapted: Any, step: Any, weights: dict, optimizer_state: dict, folde
     try:
         adapted.load_adapter_state_dict(weights)
     except (ConfigError, RuntimeError, KeyError, ValueError) as error:
-        raise InputError(f"cannot resume: checkpoint weights do not fit ({error})", folder / ADAPTER_WEIGHTS_FILE) from error
+        raise InputError(
+            f"cannot resume: checkpoint weights do not fit ({error})", folder / ADAPTER_WEIGHTS_FILE
+        ) from error
     restore_step(step, optimizer_state, folder / OPTIMIZER_FILE)
 
 
-def save_finetune_checkpoint(folder: Path, adapted: Any, step: Any, progress: dict[str, Any], job_record: dict,
-                             *, sampler: dict | None = None, best: dict[str, torch.Tensor] | None = None,
-                             teacher: dict[str, torch.Tensor] | None = None,
-                             unlabeled_sampler: dict | None = None) -> Path:  # fmt: skip
+def save_finetune_checkpoint(
+    folder: Path,
+    adapted: Any,
+    step: Any,
+    progress: dict[str, Any],
+    job_record: dict,
+    *,
+    sampler: dict | None = None,
+    best: dict[str, torch.Tensor] | None = None,
+    teacher: dict[str, torch.Tensor] | None = None,
+    unlabeled_sampler: dict | None = None,
+) -> Path:
     """Write adapter weights, the step's state, the data sampler's state, the best validated adapter, the
     mean teacher (its EMA tensors and unlabeled sampler, semi-supervised runs only) and the `progress`
     (iteration, losses, val_history, elapsed_s, consistency) to `folder`, replacing the old one atomically."""
-    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
+    with atomic_dir(
+        folder, "the checkpoint"
+    ) as temp:  # a full disk: OutputWriteError (exit 3), the previous checkpoint kept
         if teacher is not None:
             save_tensors(teacher, temp / TEACHER_WEIGHTS_FILE)
         save_tensors(adapted.adapter_state_dict(), temp / ADAPTER_WEIGHTS_FILE)
         if best is not None:
             save_tensors(best, temp / BEST_WEIGHTS_FILE)
         write_torch_file(temp / OPTIMIZER_FILE, step.state())
-        atomic_write_json(temp / CHECKPOINT_FILE, {
-            "iteration": progress["iteration"], "losses": progress["losses"],
-            "val_history": progress["val_history"], "elapsed_s": progress["elapsed_s"], "job": job_record,
-            "sampler": sampler, "consistency": progress["consistency"], "unlabeled_sampler": unlabeled_sampler,
-        })  # fmt: skip
+        atomic_write_json(
+            temp / CHECKPOINT_FILE,
+            {
+                "iteration": progress["iteration"],
+                "losses": progress["losses"],
+                "val_history": progress["val_history"],
+                "elapsed_s": progress["elapsed_s"],
+                "job": job_record,
+                "sampler": sampler,
+                "consistency": progress["consistency"],
+                "unlabeled_sampler": unlabeled_sampler,
+            },
+        )
     return folder
 
 
@@ -222,7 +246,9 @@ def restore_sampler(stream: Any, sampler: dict, folder: Path, what: str = "data 
     try:
         stream.restore(sampler)
     except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"cannot resume: the {what} state does not fit ({error})", folder / CHECKPOINT_FILE) from error
+        raise InputError(
+            f"cannot resume: the {what} state does not fit ({error})", folder / CHECKPOINT_FILE
+        ) from error
 
 
 def restore_teacher(teacher: Any, folder: Path) -> None:
@@ -233,8 +259,9 @@ def restore_teacher(teacher: Any, folder: Path) -> None:
     try:
         teacher.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError) as error:
-        raise InputError(f"cannot resume: the teacher weights do not fit ({error})",
-                         folder / TEACHER_WEIGHTS_FILE) from error  # fmt: skip
+        raise InputError(
+            f"cannot resume: the teacher weights do not fit ({error})", folder / TEACHER_WEIGHTS_FILE
+        ) from error
 
 
 # --- pretraining -------------------------------------------------------------------------------------------
@@ -263,7 +290,9 @@ def read_training_log(folder: Path, *, resuming: bool = False) -> list[dict[str,
     try:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, ValueError) as error:
-        raise InputError(f"{'cannot resume: ' if resuming else ''}unreadable training log ({error})", path) from error
+        raise InputError(
+            f"{'cannot resume: ' if resuming else ''}unreadable training log ({error})", path
+        ) from error
 
 
 def recipe_record(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -271,23 +300,43 @@ def recipe_record(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in RESUMABLE_KEYS}
 
 
-def save_pretrain_checkpoint(folder: Path, model: torch.nn.Module, spec: ModelSpec, card: dict[str, Any],
-                             step: Any, state: PretrainState, *, recipe: dict[str, Any],
-                             train_volumes: dict[str, list[str]]) -> Path:  # fmt: skip
+def save_pretrain_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    card: dict[str, Any],
+    step: Any,
+    state: PretrainState,
+    *,
+    recipe: dict[str, Any],
+    train_volumes: dict[str, list[str]],
+) -> Path:
     """Write the checkpoint to `folder`, replacing the previous one atomically."""
     folder = Path(folder)
     if folder.exists() or folder.is_symlink():
-        foreign = [] if not folder.is_dir() else [p.name for p in folder.iterdir() if p.name not in PRETRAIN_FILES]
+        foreign = (
+            [] if not folder.is_dir() else [p.name for p in folder.iterdir() if p.name not in PRETRAIN_FILES]
+        )
         if folder.is_symlink() or not folder.is_dir() or foreign:
-            raise OutputExistsError("the checkpoint folder holds files tcurlora did not write; move it away", folder)
-    with atomic_dir(folder, "the checkpoint") as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
+            raise OutputExistsError(
+                "the checkpoint folder holds files tcurlora did not write; move it away", folder
+            )
+    with atomic_dir(
+        folder, "the checkpoint"
+    ) as temp:  # a full disk: OutputWriteError, the previous checkpoint kept
         write_model_files(temp, model, spec, model_id=spec.name, card=card)
         write_torch_file(temp / OPTIMIZER_FILE, step.state())
         atomic_write_text(temp / TRAINING_LOG_FILE, training_log_text(state.records))
-        atomic_write_json(temp / PRETRAIN_STATE_FILE, {
-            "format": PRETRAIN_STATE_FORMAT, "iteration": state.iteration, "sampler": state.sampler,
-            "recipe": recipe_record(recipe), "train_volumes": train_volumes,
-        })  # fmt: skip
+        atomic_write_json(
+            temp / PRETRAIN_STATE_FILE,
+            {
+                "format": PRETRAIN_STATE_FORMAT,
+                "iteration": state.iteration,
+                "sampler": state.sampler,
+                "recipe": recipe_record(recipe),
+                "train_volumes": train_volumes,
+            },
+        )
     return folder
 
 
@@ -301,28 +350,50 @@ def read_training_state(folder: Path) -> dict[str, Any]:
             path,
         )
     meta = read_record(path, "training state")
-    if (not isinstance(meta, dict) or meta.get("format") != PRETRAIN_STATE_FORMAT or not is_iteration(meta.get("iteration"))
-            or not isinstance(meta.get("sampler"), dict) or not isinstance(meta.get("recipe"), dict)):  # fmt: skip
-        raise InputError(f"cannot resume: corrupt training state (expected format {PRETRAIN_STATE_FORMAT!r} with "
-                         "iteration, sampler and recipe)", path)  # fmt: skip
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != PRETRAIN_STATE_FORMAT
+        or not is_iteration(meta.get("iteration"))
+        or not isinstance(meta.get("sampler"), dict)
+        or not isinstance(meta.get("recipe"), dict)
+    ):
+        raise InputError(
+            f"cannot resume: corrupt training state (expected format {PRETRAIN_STATE_FORMAT!r} with "
+            "iteration, sampler and recipe)",
+            path,
+        )
     return meta
 
 
-def check_same_recipe(meta: dict[str, Any], recipe: dict[str, Any], train_volumes: dict[str, list[str]],
-                      path: Path) -> None:  # fmt: skip
+def check_same_recipe(
+    meta: dict[str, Any], recipe: dict[str, Any], train_volumes: dict[str, list[str]], path: Path
+) -> None:
     """InputError naming each difference between the checkpoint's recipe (and data) and the current one."""
     found = differences(meta["recipe"], json.loads(json.dumps(recipe_record(recipe))))
     saved_volumes = meta.get("train_volumes", {})
-    found += [f"training volumes of {name} differ ({len(saved_volumes.get(name, []))} in the checkpoint, "
-              f"{len(ids)} now)" for name, ids in train_volumes.items() if saved_volumes.get(name) != ids]  # fmt: skip
+    found += [
+        f"training volumes of {name} differ ({len(saved_volumes.get(name, []))} in the checkpoint, "
+        f"{len(ids)} now)"
+        for name, ids in train_volumes.items()
+        if saved_volumes.get(name) != ids
+    ]
     if found:
-        raise InputError("cannot resume: the checkpoint was made for another recipe (only "
-                         f"{', '.join(sorted(RESUMABLE_KEYS))} may change); " + "; ".join(found), path)  # fmt: skip
+        raise InputError(
+            "cannot resume: the checkpoint was made for another recipe (only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change); " + "; ".join(found),
+            path,
+        )
     check_iteration(meta["iteration"], recipe["iterations"], path)
 
 
-def load_pretrain_checkpoint(folder: Path, model: torch.nn.Module, step: Any, *, recipe: dict[str, Any],
-                             train_volumes: dict[str, list[str]]) -> PretrainState:  # fmt: skip
+def load_pretrain_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    step: Any,
+    *,
+    recipe: dict[str, Any],
+    train_volumes: dict[str, list[str]],
+) -> PretrainState:
     """Check the checkpoint is of this recipe, then restore weights, the step's state and the log."""
     folder = Path(folder)
     meta = read_training_state(folder)
@@ -332,4 +403,6 @@ def load_pretrain_checkpoint(folder: Path, model: torch.nn.Module, step: Any, *,
     optimizer_path = folder / OPTIMIZER_FILE
     restore_step(step, read_state_file(optimizer_path), optimizer_path)
     records = read_training_log(folder, resuming=True)
-    return PretrainState(iteration=meta["iteration"], records=records[: meta["iteration"]], sampler=meta["sampler"])
+    return PretrainState(
+        iteration=meta["iteration"], records=records[: meta["iteration"]], sampler=meta["sampler"]
+    )

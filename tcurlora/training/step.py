@@ -32,7 +32,9 @@ def autocast_context(device: torch.device, enabled: bool):
 
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     """A GradScaler that scales only under fp16 autocast (CUDA without bf16); a pass-through otherwise."""
-    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    return torch.amp.GradScaler(
+        "cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
 
 
 Schedule = Callable[[int], float]
@@ -43,8 +45,16 @@ class OptimStep:
     0-based iteration), autocast forward (`autocast_context`), loss on float32 logits, InputError on a
     non-finite loss, scaled backward, optional gradient-norm clipping (on unscaled gradients), step."""
 
-    def __init__(self, model: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
-                 amp: bool, schedule: Schedule | None = None, clip: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        *,
+        amp: bool,
+        schedule: Schedule | None = None,
+        clip: float | None = None,
+    ):
         if clip is not None and not clip > 0:
             raise ValueError(f"clip must be a positive gradient norm, got {clip}")
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
@@ -55,7 +65,9 @@ class OptimStep:
     def learning_rate_factor(self, iteration: int) -> float:
         return 1.0 if self.schedule is None else self.schedule(iteration)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor, loss_fn: Callable, iteration: int) -> torch.Tensor:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, loss_fn: Callable, iteration: int
+    ) -> torch.Tensor:
         """Train on one batch at 0-based `iteration`; the (float32) loss."""
         optimizer, scaler = self.optimizer, self.scaler
         factor = self.learning_rate_factor(iteration)
@@ -66,8 +78,10 @@ class OptimStep:
             logits = self.model(image)
         loss = loss_fn(logits.float(), label)
         if not torch.isfinite(loss):
-            raise InputError(f"the loss became {loss.item()} at iteration {iteration + 1}: "
-                             "lower the learning rate or check the images for extreme values")
+            raise InputError(
+                f"the loss became {loss.item()} at iteration {iteration + 1}: "
+                "lower the learning rate or check the images for extreme values"
+            )
         scaler.scale(loss).backward()
         if self.clip is not None:
             scaler.unscale_(optimizer)
@@ -80,8 +94,11 @@ class OptimStep:
     def state(self) -> dict[str, Any]:
         """Optimizer, GradScaler and torch RNG states: tensors and plain values only (torch.save with
         weights_only loading, no pickled objects)."""
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                                 "torch_rng": torch.get_rng_state()}  # fmt: skip
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state

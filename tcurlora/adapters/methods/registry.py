@@ -35,7 +35,9 @@ _PACKAGE = "tcurlora.adapters.methods"
 # "scratch" is the control group: the base's architecture, randomly initialised (seeded by the job's seed),
 # every weight trained as by "full"; what a method reaches above it is what the pretrained base contributes.
 REGISTRY: dict[str, MethodInfo] = {
-    "tcur": MethodInfo(f"{_PACKAGE}.tcur", 1e-2, ranked=True, index_selection=True, full_resolution_blocks=True),
+    "tcur": MethodInfo(
+        f"{_PACKAGE}.tcur", 1e-2, ranked=True, index_selection=True, full_resolution_blocks=True
+    ),
     "lora": MethodInfo(f"{_PACKAGE}.lora", 2e-3, ranked=True, alpha_is_rank=True),
     "decoder": MethodInfo(f"{_PACKAGE}.baselines", 1e-3),
     "full": MethodInfo(f"{_PACKAGE}.baselines", 2e-4),

@@ -17,7 +17,9 @@ class TCURMethod(LowRankMethod):
     column indices, as buffers) are saved."""
 
     def install(self, adapted: Any, model: nn.Module) -> nn.Module:
-        adapted.tcur = TCURAdapter(model, adapted.config)  # registered before the model: tensor names "tcur.*"
+        adapted.tcur = TCURAdapter(
+            model, adapted.config
+        )  # registered before the model: tensor names "tcur.*"
         return model
 
     def check_tensor(self, adapted: Any, key: str, tensor: Tensor) -> None:
@@ -32,12 +34,16 @@ class TCURMethod(LowRankMethod):
         # C and R come from the base weights: indices first, factors rebuilt where they changed, and only
         # then the trained tensors (a train_modules layer may also be a tCUR target).
         indices = [key for key in state if key.endswith((".rows", ".cols"))]
-        changed = {key.rpartition(".")[0] for key in indices if not torch.equal(live[key].cpu(), state[key].cpu())}
+        changed = {
+            key.rpartition(".")[0] for key in indices if not torch.equal(live[key].cpu(), state[key].cpu())
+        }
         for key in indices:
             live[key].copy_(state[key].to(live[key].device))
         if changed:
             adapted.tcur.rebuild_factors()
-        AdaptationMethod.load_tensors(self, adapted, live, {k: v for k, v in state.items() if k not in indices})
+        AdaptationMethod.load_tensors(
+            self, adapted, live, {k: v for k, v in state.items() if k not in indices}
+        )
 
     def merge(self, adapted: Any) -> None:
         adapted.tcur.merge()
