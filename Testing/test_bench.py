@@ -111,6 +111,42 @@ def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
     assert config.methods[1].learning_rate == 0.002
 
 
+def test_an_unlabeled_weight_reaches_the_finetune_job(tmp_path):
+    """The mean teacher's weight is a setting of its own, and the run's job carries it (only with unlabeled)."""
+    from tcurlora.bench.single import finetune_job
+
+    entries = [
+        {"method": "tcur", "unlabeled": "test"},
+        {"method": "tcur", "unlabeled": "test", "unlabeled_weight": 1},
+    ]
+    config = load_config(write_config(tmp_path, methods=entries, data="x"))
+    assert [m.label for m in config.methods] == [
+        "tcur-r8-topnorm+unlabeled-test",
+        "tcur-r8-topnorm+unlabeled-test-uw1",
+    ]
+    image = tmp_path / "a.nii.gz"
+    run = {
+        "method": config.methods[1].to_dict(),
+        "seed": 0,
+        "train": [{"id": "a", "image": [str(image)], "label": str(image)}],
+        "test": [{"id": "b", "image": [str(tmp_path / "b.nii.gz")], "label": str(image)}],
+    }
+    settings = {
+        "base_model": "builtin",
+        "label_names": ["x"],
+        "iterations": 2,
+        "batch_size": 1,
+        "patch_size": None,
+        "spacing": None,
+        "device": "cpu",
+        "amp": False,
+    }
+    job = finetune_job(run, settings, tmp_path / "out")
+    assert job.unlabeled_weight == 1.0 and [p.name for p in job.unlabeled] == ["b.nii.gz"]
+    with pytest.raises(ConfigError, match="'methods\\[0\\].unlabeled_weight': needs 'unlabeled'"):
+        load_config(write_config(tmp_path, methods=[{"method": "tcur", "unlabeled_weight": 1}], data="x"))
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pretrain_testing import TINY_UNETR_ARCH
 from safetensors.numpy import load_file
 from test_distributed import kill_rank, start
 
@@ -43,16 +44,7 @@ def write_recipe(path: Path) -> Path:
                 "val_case_ids": ["hippocampus_001", "hippocampus_003"],
             }
         ],
-        "arch_params": {
-            "feature_size": 8,
-            "hidden_size": 48,
-            "mlp_dim": 96,
-            "num_heads": 4,
-            "proj_type": "conv",
-            "norm_name": "instance",
-            "res_block": True,
-            "dropout_rate": 0.0,
-        },
+        "arch_params": dict(TINY_UNETR_ARCH),
         "patch_size": [32, 32, 32],
         "iterations": ITERATIONS,
         "batch_size": 2,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pretrain_testing import TINY_UNETR_ARCH
 from trust_testing import run, tiny_job, write_job
 
 from tcurlora.device import memory_fraction
@@ -201,16 +202,7 @@ def test_pretraining_for_a_fixed_time_with_timed_checkpoints(tmp_path):
     config = PretrainConfig(
         name="tiny-timed",
         sources=[SourceConfig("a", "a", val_case_ids=["synthetic_001"])],
-        arch_params={
-            "feature_size": 8,
-            "hidden_size": 48,
-            "mlp_dim": 96,
-            "num_heads": 4,
-            "proj_type": "conv",
-            "norm_name": "instance",
-            "res_block": True,
-            "dropout_rate": 0.0,
-        },
+        arch_params=dict(TINY_UNETR_ARCH),
         spacing=(1.5, 1.5, 1.5),
         patch_size=(32, 32, 32),
         iterations=3,

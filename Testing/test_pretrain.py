@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pretrain_testing import TINY_UNETR_ARCH
 from safetensors import safe_open
 
 from tcurlora.errors import ConfigError, OutputExistsError
@@ -122,16 +123,7 @@ def tiny_run(tmp_path_factory):
             SourceConfig("a", "a", val_case_ids=["synthetic_002"]),
             SourceConfig("b", "b", val_case_ids=["synthetic_002"]),
         ],
-        arch_params={
-            "feature_size": 8,
-            "hidden_size": 48,
-            "mlp_dim": 96,
-            "num_heads": 4,
-            "proj_type": "conv",
-            "norm_name": "instance",
-            "res_block": True,
-            "dropout_rate": 0.0,
-        },
+        arch_params=dict(TINY_UNETR_ARCH),
         spacing=(1.5, 1.5, 1.5),
         patch_size=(32, 32, 32),
         iterations=6,

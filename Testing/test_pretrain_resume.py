@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from pretrain_testing import TINY_UNETR_ARCH
 from safetensors.torch import load_file, save_file
 
 from tcurlora.data.cases import cases_from_decathlon
@@ -30,16 +31,7 @@ from tcurlora.pretraining.data import load_volume, preprocess
 from tcurlora.pretraining.run import finish_from_checkpoint, run_pretrain
 from tcurlora.synthetic import write_dataset
 
-ARCH = {
-    "feature_size": 8,
-    "hidden_size": 48,
-    "mlp_dim": 96,
-    "num_heads": 4,
-    "proj_type": "conv",
-    "norm_name": "instance",
-    "res_block": True,
-    "dropout_rate": 0.0,
-}
+ARCH = TINY_UNETR_ARCH
 
 
 def quiet(_message: str) -> None:

@@ -40,6 +40,7 @@ class MethodSpec:
     # Semi-supervised (finetune --unlabeled): "test" = the test split's images, without their labels (the
     # scans a user wants segmented are the unlabeled ones at hand: TCUR Fine-Tune's scene volumes).
     unlabeled: str | None = None
+    unlabeled_weight: float | None = None  # the mean teacher's consistency weight (None: finetune's default)
 
     @property
     def label(self) -> str:
@@ -60,6 +61,8 @@ class MethodSpec:
             text += f"-hlr{self.head_learning_rate:g}"
         if self.unlabeled:
             text += f"+unlabeled-{self.unlabeled}"
+        if self.unlabeled_weight is not None:
+            text += f"-uw{self.unlabeled_weight:g}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +189,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         "head_learning_rate",
         "train_modules",
         "unlabeled",
+        "unlabeled_weight",
     }
     specs: list[MethodSpec] = []
     for index, entry in enumerate(entries):
@@ -232,6 +236,12 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         unlabeled = entry.get("unlabeled")
         if unlabeled not in UNLABELED_CHOICES:
             raise SettingError(f"{at}.unlabeled", f"expected one of {UNLABELED_CHOICES}, got {unlabeled!r}")
+        unlabeled_weight = entry.get("unlabeled_weight")
+        if unlabeled_weight is not None:
+            expect(f"{at}.unlabeled_weight", unlabeled_weight, (int, float), "a number >= 0 or null")
+            if not unlabeled or unlabeled_weight < 0:
+                raise SettingError(f"{at}.unlabeled_weight", "needs 'unlabeled' and a value >= 0")
+            unlabeled_weight = float(unlabeled_weight)
         if not method_info(
             method
         ).index_selection:  # selection and conv targets only mean something for tCURLoRA
@@ -249,6 +259,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
                 rates["head_learning_rate"],
                 tuple(modules),
                 unlabeled,
+                unlabeled_weight,
             )
             if spec.label in {s.label for s in specs}:
                 raise SettingError(f"{at}.method", f"the setting {spec.label!r} appears twice")
