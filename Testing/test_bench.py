@@ -59,6 +59,7 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         "left_atrium-default",
         "paper-size-gpu",
         "quick-cpu",
+        "semi-left_atrium-val",
     ]
     hippocampus = load_config(CONFIGS / "hippocampus.json")
     labels = [m.label for m in hippocampus.methods]
@@ -85,18 +86,23 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         design = load_config(CONFIGS / f"{name}.json")  # designs are compared on validation cases only
         assert design.held_out_cases == full.test_cases and design.data == full.data and design.k == [k]
         assert [m.method for m in design.methods] == ["tcur"]
+    semi = load_config(
+        CONFIGS / "semi-left_atrium-val.json"
+    )  # tuned on validation cases only, never the test split
+    assert semi.held_out_cases == atrium.test_cases and semi.data == atrium.data and semi.k == [8]
+    assert [m.label for m in semi.methods] == [
+        "tcur-r8-topnorm+conv",
+        "tcur-r8-topnorm+conv+unlabeled-test-uw1",
+    ]
     for name, full, k in (("hippocampus-default", hippocampus, 10), ("left_atrium-default", atrium, 8)):
-        acceptance = load_config(
-            CONFIGS / f"{name}.json"
-        )  # the default recipe against its peers, on the test split
-        assert (
-            acceptance.test_cases == full.test_cases and acceptance.data == full.data and acceptance.k == [k]
-        )
+        # the default recipe against its peers, on the test split
+        acceptance = load_config(CONFIGS / f"{name}.json")
+        assert acceptance.test_cases == full.test_cases
+        assert acceptance.data == full.data and acceptance.k == [k]
         assert acceptance.iterations == 500 and acceptance.spacing == "auto"
         expected = ["tcur-r8-topnorm+conv", "scratch", "decoder", "full-lr0.001"]
-        if name.startswith(
-            "left_atrium"
-        ):  # the default again, with the test split's images as unlabeled scans
+        if name.startswith("left_atrium"):
+            # the default again, with the test split's images as unlabeled scans
             expected.append("tcur-r8-topnorm+conv+unlabeled-test")
         assert [m.label for m in acceptance.methods] == expected
 
