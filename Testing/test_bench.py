@@ -60,6 +60,8 @@ def test_repository_configs_load_and_expand_the_issue_grid():
         "paper-size-gpu",
         "quick-cpu",
         "semi-left_atrium-val",
+        "transfer-hippocampus-val",
+        "transfer-left_atrium-val",
     ]
     hippocampus = load_config(CONFIGS / "hippocampus.json")
     labels = [m.label for m in hippocampus.methods]

@@ -78,6 +78,8 @@ def test_help_documents_the_steps_and_how_to_build_the_wheel_folder():
         (["--oom-fraction", "2"], "--oom-fraction must be at most 1"),
         (["--out"], "--out needs a value"),
         (["--wheels", "--dry-run"], "--wheels needs a value"),
+        (["--only-transfer"], "--only-transfer needs --transfer-minutes N"),
+        (["--transfer-minutes", "0"], "--transfer-minutes needs a positive number"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):
@@ -115,6 +117,30 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
         and "limit  420s" in by_step["pretrain"]
     )
     assert str(out) in plan[-1] and not out.exists()
+
+
+def test_transfer_steps_pretrain_a_cnn_base_and_bench_it_on_validation_cases_only(tmp_path):
+    out = tmp_path / "out"
+    result = script(
+        "--dry-run",
+        "--only-transfer",
+        "--transfer-minutes",
+        "5",
+        env={"OUT": str(out), "TCURLORA_DATA": "/data"},
+    )
+    assert result.returncode == 0, result.stderr
+    plan = [line for line in result.stdout.splitlines() if line.startswith("[plan] ")]
+    names = [line.split()[1] for line in plan[:-1]]
+    assert names == ["env", "install", "transfer-pretrain", "transfer-left_atrium", "transfer-hippocampus"]
+    by_step = {line.split()[1]: line for line in plan}
+    base = f"{out}/transfer/segresnet-mri-gpu"
+    assert "configs/pretrain/segresnet-mri-gpu.json" in by_step["transfer-pretrain"]
+    assert f"--output {base} --device cuda --max-minutes 5" in by_step["transfer-pretrain"]
+    assert "limit  540s" in by_step["transfer-pretrain"]
+    for dataset in ("left_atrium", "hippocampus"):
+        line = by_step[f"transfer-{dataset}"]
+        assert f"configs/bench/transfer-{dataset}-val.json --data /data/{dataset} --base-model {base}" in line
+    assert not out.exists()
 
 
 def test_refuses_missing_data_and_a_used_output_folder(tmp_path):

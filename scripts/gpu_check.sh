@@ -21,6 +21,10 @@ Runs, on CUDA, each step with its own time limit, recording its exit code, time 
                 when tcurlora exits with code 4 and says "CUDA out of memory"
   7. bench      tcurlora bench configs/bench/paper-size-gpu.json (step time, peak memory per method)
   8. pretrain   configs/pretrain/unetr-gpu.json for PRETRAIN_MINUTES minutes, a checkpoint every minute
+  with --transfer-minutes N (does a pretrained base beat starting over?):
+  9. transfer-pretrain   configs/pretrain/segresnet-mri-gpu.json for N minutes (a CNN base)
+ 10. transfer-*          configs/bench/transfer-{left_atrium,hippocampus}-val.json on that base: tCURLoRA,
+                         decoder, full and scratch, scored on validation cases only (never a test split)
 
 Options:
   --wheels DIR            folder of wheels to install from (default: $TCURLORA_WHEELS)
@@ -32,6 +36,8 @@ Options:
   --iterations N          fine-tuning iterations per method (default 10)
   --pretrain-minutes N    minutes of pretraining (default 2)
   --oom-fraction F        share of GPU memory allowed in the oom step (default 0.02)
+  --transfer-minutes N    also pretrain the CNN base for N minutes and run the transfer benches (default: off)
+  --only-transfer         run only env, install and the transfer steps (needs --transfer-minutes)
   --dry-run               print the plan (every command and its limit) and exit; nothing runs
   -h, --help              this help
 
@@ -62,13 +68,16 @@ BASE="unetr-small-acdc-brats"
 ITERATIONS=10
 PRETRAIN_MINUTES=2
 OOM_FRACTION=0.02
+TRANSFER_MINUTES=0
+ONLY_TRANSFER=0
 DRY_RUN=0
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    --wheels|--out|--data|--python|--base-model|--iterations|--pretrain-minutes|--oom-fraction)
+    --only-transfer) ONLY_TRANSFER=1; shift ;;
+    --wheels|--out|--data|--python|--base-model|--iterations|--pretrain-minutes|--oom-fraction|--transfer-minutes)
       [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value (see --help)"
       case "$1" in
         --wheels) WHEELS="$2" ;;
@@ -79,6 +88,7 @@ while [[ $# -gt 0 ]]; do
         --iterations) positive_int "$1" "$2"; ITERATIONS="$2" ;;
         --pretrain-minutes) positive_number "$1" "$2"; PRETRAIN_MINUTES="$2" ;;
         --oom-fraction) positive_number "$1" "$2"; OOM_FRACTION="$2" ;;
+        --transfer-minutes) positive_number "$1" "$2"; TRANSFER_MINUTES="$2" ;;
       esac
       shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -87,6 +97,7 @@ done
 
 OUT_DIR="${OUT_DIR:-$PWD/gpu_check_out}"
 awk "BEGIN{exit !($OOM_FRACTION <= 1)}" || die "--oom-fraction must be at most 1, got '$OOM_FRACTION'"
+[[ $ONLY_TRANSFER -eq 0 || $TRANSFER_MINUTES != 0 ]] || die "--only-transfer needs --transfer-minutes N"
 HIPPO="$DATA/hippocampus"
 PRETRAIN_LIMIT=$(awk "BEGIN{printf \"%d\", $PRETRAIN_MINUTES * 60 + 240}")
 
@@ -137,6 +148,7 @@ if [[ $DRY_RUN -eq 1 ]] || ! "$PY" -c "import monai, SimpleITK, nibabel, pytest,
     -r "$ROOT/scripts/gpu_check_requirements.txt"
 fi
 
+if [[ $ONLY_TRANSFER -eq 0 ]]; then
 step cuda-tests 0 180 "$PY" -m pytest -q -m cuda -p no:cacheprovider "$ROOT/Testing/test_cuda.py"
 
 for method in tcur lora decoder head full; do
@@ -159,9 +171,22 @@ step bench 0 240 "${TCUR[@]}" bench "$ROOT/configs/bench/paper-size-gpu.json" --
 step pretrain 0 "$PRETRAIN_LIMIT" "${TCUR[@]}" pretrain --config "$ROOT/configs/pretrain/unetr-gpu.json" \
   --data-root "$DATA" --output "$OUT_DIR/pretrain/model" --device cuda \
   --max-minutes "$PRETRAIN_MINUTES" --checkpoint-minutes 1
+fi
+
+if [[ $TRANSFER_MINUTES != 0 ]]; then
+  TRANSFER_BASE="$OUT_DIR/transfer/segresnet-mri-gpu"
+  TRANSFER_LIMIT=$(awk "BEGIN{printf \"%d\", $TRANSFER_MINUTES * 60 + 240}")
+  step transfer-pretrain 0 "$TRANSFER_LIMIT" "${TCUR[@]}" pretrain \
+    --config "$ROOT/configs/pretrain/segresnet-mri-gpu.json" --data-root "$DATA" --output "$TRANSFER_BASE" \
+    --device cuda --max-minutes "$TRANSFER_MINUTES" --checkpoint-minutes 1
+  for dataset in left_atrium hippocampus; do
+    step "transfer-$dataset" 0 600 "${TCUR[@]}" bench "$ROOT/configs/bench/transfer-$dataset-val.json" \
+      --data "$DATA/$dataset" --base-model "$TRANSFER_BASE" --device cuda --output "$OUT_DIR/transfer/$dataset"
+  done
+fi
 
 if [[ $DRY_RUN -eq 1 ]]; then
-  echo "[plan] output: ${OUT_DIR} (summary.tsv, logs/, finetune/, segment/, oom/, bench/, pretrain/)"
+  echo "[plan] output: ${OUT_DIR} (summary.tsv, logs/, finetune/, segment/, oom/, bench/, pretrain/, transfer/)"
   exit 0
 fi
 echo "gpu_check: $([[ $FAILED -eq 0 ]] && echo 'every step passed' || echo 'a step FAILED'); see $OUT_DIR/summary.tsv"
