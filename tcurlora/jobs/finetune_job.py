@@ -8,12 +8,7 @@ from typing import Any
 
 from tcurlora.adapters.methods.registry import METHODS, conv_targets_on
 from tcurlora.filenames import JOB_SCHEMA
-from tcurlora.jobs.cli_args import (
-    cases_from_flags,
-    names_from_flags,
-    patch_size_arg,
-    spacing_arg,
-)
+from tcurlora.jobs.cli_args import cases_from_flags, names_from_flags, patch_size_arg, spacing_arg
 from tcurlora.jobs.fields import (
     MAX_ALPHA,
     MAX_BATCH_SIZE,

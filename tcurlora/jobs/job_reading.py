@@ -10,19 +10,12 @@ from typing import Any
 from tcurlora.data.cases import Case
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import JOB_SCHEMA
-from tcurlora.jobs.cli_args import (
-    threads_arg,
-)
-from tcurlora.jobs.fields import (
-    MAX_THREADS,
-    parse_threads,
-)
+from tcurlora.jobs.cli_args import threads_arg
+from tcurlora.jobs.fields import MAX_THREADS, parse_threads
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, check_keys, expect, read_fields
 
 MISSING = object()
-
-
 RATE = {"kind": "number", "minimum": 0.0, "exclusive_minimum": True}
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 THREADS = {
@@ -37,7 +30,6 @@ THREADS = {
 BASE_HELP = "built-in base model name, model folder or MONAI bundle folder"
 
 
-# ------------------------------------------------------------------------------------------- jobs
 # One labeled training case of a job is the data layer's Case (id, images, label, label_map).
 JobCase = Case
 

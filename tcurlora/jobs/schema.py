@@ -19,10 +19,7 @@ from pathlib import Path
 
 from tcurlora.errors import ConfigError
 from tcurlora.jobs.finetune_job import FinetuneJob
-from tcurlora.jobs.job_reading import (
-    MISSING,
-    read_job_json,
-)
+from tcurlora.jobs.job_reading import MISSING, read_job_json
 from tcurlora.jobs.segment_job import SegmentJob, SuggestJob
 
 __all__ = ["JOB_CLASSES", "FinetuneJob", "SegmentJob", "SuggestJob", "load_job"]

@@ -7,21 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.filenames import JOB_SCHEMA, segmentation_output_name
-from tcurlora.jobs.fields import (
-    PATH_SCHEMA,
-    SUGGEST_SCORES,
-    channels_out,
-    parse_inputs,
-    parse_paths,
-)
-from tcurlora.jobs.job_reading import (
-    BASE_HELP,
-    DEVICE_HELP,
-    THREADS,
-    fail,
-    read_job_json,
-    read_job_values,
-)
+from tcurlora.jobs.fields import PATH_SCHEMA, SUGGEST_SCORES, channels_out, parse_inputs, parse_paths
+from tcurlora.jobs.job_reading import BASE_HELP, DEVICE_HELP, THREADS, fail, read_job_json, read_job_values
 from tcurlora.settings import SettingError, setting
 from tcurlora.settings import dump_fields as _dump_fields
 
