@@ -119,18 +119,19 @@ def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
     assert config.methods[1].learning_rate == 0.002
 
 
-def test_an_unlabeled_weight_reaches_the_finetune_job(tmp_path):
-    """The mean teacher's weight is a setting of its own, and the run's job carries it (only with unlabeled)."""
+def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path):
+    """The mean teacher's weight and loss are settings of their own, and the run's job carries them (only
+    with unlabeled)."""
     from tcurlora.bench.single import finetune_job
 
     entries = [
         {"method": "tcur", "unlabeled": "test"},
-        {"method": "tcur", "unlabeled": "test", "unlabeled_weight": 1},
+        {"method": "tcur", "unlabeled": "test", "unlabeled_weight": 1, "unlabeled_loss": "pseudo_label"},
     ]
     config = load_config(write_config(tmp_path, methods=entries, data="x"))
     assert [m.label for m in config.methods] == [
         "tcur-r8-topnorm+unlabeled-test",
-        "tcur-r8-topnorm+unlabeled-test-uw1",
+        "tcur-r8-topnorm+unlabeled-test-uw1-pseudo_label",
     ]
     image = tmp_path / "a.nii.gz"
     run = {
@@ -151,8 +152,20 @@ def test_an_unlabeled_weight_reaches_the_finetune_job(tmp_path):
     }
     job = finetune_job(run, settings, tmp_path / "out")
     assert job.unlabeled_weight == 1.0 and [p.name for p in job.unlabeled] == ["b.nii.gz"]
+    assert job.unlabeled_loss == "pseudo_label"
+    assert finetune_job(
+        {**run, "method": config.methods[0].to_dict()}, settings, tmp_path / "o"
+    ).unlabeled_loss == ("consistency")
     with pytest.raises(ConfigError, match="'methods\\[0\\].unlabeled_weight': needs 'unlabeled'"):
         load_config(write_config(tmp_path, methods=[{"method": "tcur", "unlabeled_weight": 1}], data="x"))
+    for entry in (
+        {"method": "tcur", "unlabeled_loss": "pseudo_label"},
+        {**entries[1], "unlabeled_loss": "mse"},
+    ):
+        with pytest.raises(
+            ConfigError, match="'methods\\[0\\].unlabeled_loss': needs 'unlabeled' and one of"
+        ):
+            load_config(write_config(tmp_path, methods=[entry], data="x"))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,10 @@ from tcurlora.mean_teacher import (
     SemiSupervisedLoss,
     consistency_loss,
     consistency_weight,
+    pseudo_label_loss,
     sigmoid_rampup,
+    strong_view,
+    unlabeled_view_and_loss,
 )
 
 
@@ -114,6 +117,37 @@ def test_the_semi_supervised_loss_adds_the_weighted_consistency_of_the_unlabeled
     expected = supervised(logits[:1], label) + 5.0 * consistency_loss(logits[1:], other.teacher_logits)
     assert other(logits, label).item() == pytest.approx(expected.item())
     assert other.last["consistency"] > 0
+
+
+def test_pseudo_labels_take_the_teachers_confident_classes_each_weighted_equally():
+    # 4 voxels, 2 classes: the teacher is sure of background at voxels 0-2 and of class 1 at voxel 3
+    teacher = torch.tensor([[5.0, 5.0, 5.0, -5.0], [-5.0, -5.0, -5.0, 5.0]]).view(1, 2, 4, 1, 1)
+    student = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]).view(1, 2, 4, 1, 1)
+    ce = torch.nn.functional.cross_entropy(student, teacher.argmax(1), reduction="none").flatten()
+    expected = (ce[:3].mean() + ce[3]) / 2  # class-balanced: the one foreground voxel counts as much as all
+    assert pseudo_label_loss(student, teacher).item() == pytest.approx(expected.item())
+    unsure = teacher.clone()
+    unsure[0, :, 3] = 0.0  # the teacher is 50/50 at voxel 3: it is not pseudo-labeled
+    assert pseudo_label_loss(student, unsure).item() == pytest.approx(ce[:3].mean().item())
+    nothing = pseudo_label_loss(student.requires_grad_(), torch.zeros_like(teacher))
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    with pytest.raises(ValueError, match="unknown unlabeled loss 'mse'"):
+        unlabeled_view_and_loss("mse")
+    assert unlabeled_view_and_loss("pseudo_label") == (strong_view, pseudo_label_loss)
+
+
+def test_the_strong_view_keeps_geometry_varies_per_patch_and_repeats_with_its_seed():
+    image = torch.linspace(-1, 1, 2 * 4**3).view(2, 1, 4, 4, 4)
+    first = strong_view(image, torch.Generator().manual_seed(3))
+    again = strong_view(image, torch.Generator().manual_seed(3))
+    assert first.shape == image.shape and torch.equal(first, again)
+    assert not torch.equal(first, strong_view(image, torch.Generator().manual_seed(4)))
+    # the intensity changes are monotone in the voxel value (plus noise of at most 0.2): the order of the
+    # voxels, i.e. the anatomy, stays where it was
+    for n in range(2):
+        ranked = first[n].flatten()[image[n].flatten().argsort()]
+        assert (ranked[8:] - ranked[:-8] > -0.4).all()
+    assert (first - image).abs().mean() > 0.01
 
 
 def test_unlabeled_paths_stand_for_files_folders_and_decathlon_folders(tmp_path):
@@ -249,8 +283,17 @@ def test_unlabeled_job_keys_are_checked(tmp_path, hippocampus_dir):
         parsed.unlabeled == [tmp_path / "x.nii.gz"]
         and parsed.unlabeled_weight == 0.1
         and parsed.ema_decay == 0.99
+        and parsed.unlabeled_loss == "consistency"
+    )
+    assert FinetuneJob.from_dict({**job, "unlabeled_loss": "pseudo_label"}, tmp_path).unlabeled_loss == (
+        "pseudo_label"
     )
     assert FinetuneJob.from_dict(parsed.to_dict(), tmp_path) == parsed
-    for key, value in (("unlabeled", "x.nii.gz"), ("unlabeled_weight", -1), ("ema_decay", 1.0)):
+    for key, value in (
+        ("unlabeled", "x.nii.gz"),
+        ("unlabeled_weight", -1),
+        ("ema_decay", 1.0),
+        ("unlabeled_loss", "mse"),
+    ):
         with pytest.raises(ConfigError, match=key):
             FinetuneJob.from_dict({**job, key: value}, tmp_path)

@@ -28,8 +28,8 @@ from tcurlora.mean_teacher import (
     RAMPUP_FRACTION,
     EMATeacher,
     SemiSupervisedLoss,
-    add_noise,
     consistency_weight,
+    unlabeled_view_and_loss,
 )
 from tcurlora.output_lock import OutputLock
 from tcurlora.outputs import check_adapter_output
@@ -249,10 +249,9 @@ class Trainer(LoopHooks):
                 teacher_logits = teacher(unlabeled).float()
             teacher.train()
         weight = consistency_weight(self.state.iteration, self.job.iterations, self.job.unlabeled_weight)
-        loss = SemiSupervisedLoss(self.loss_fn, image.shape[0], teacher_logits, weight)
-        return Batch(
-            torch.cat([image, add_noise(unlabeled)]), label, loss, info={"consistency_weight": weight}
-        )
+        view, unlabeled_loss = unlabeled_view_and_loss(self.job.unlabeled_loss)
+        loss = SemiSupervisedLoss(self.loss_fn, image.shape[0], teacher_logits, weight, unlabeled_loss)
+        return Batch(torch.cat([image, view(unlabeled)]), label, loss, info={"consistency_weight": weight})
 
     @contextmanager
     def kept_weights(self):
@@ -370,6 +369,7 @@ class Trainer(LoopHooks):
             semi = {
                 "unlabeled_volumes": len(setup.unlabeled_files),
                 "unlabeled_weight": self.job.unlabeled_weight,
+                "unlabeled_loss": self.job.unlabeled_loss,
                 "ema_decay": self.job.ema_decay,
                 "rampup_fraction": RAMPUP_FRACTION,
                 "saved": "teacher" if self.keep_teacher else "student",

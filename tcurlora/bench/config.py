@@ -18,7 +18,7 @@ from typing import Any
 from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import BENCH_SCHEMA
-from tcurlora.jobs.fields import SELECTIONS, parse_patch_size, parse_spacing
+from tcurlora.jobs.fields import SELECTIONS, UNLABELED_LOSSES, parse_patch_size, parse_spacing
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 
@@ -41,6 +41,7 @@ class MethodSpec:
     # scans a user wants segmented are the unlabeled ones at hand: TCUR Fine-Tune's scene volumes).
     unlabeled: str | None = None
     unlabeled_weight: float | None = None  # the mean teacher's consistency weight (None: finetune's default)
+    unlabeled_loss: str | None = None  # consistency / pseudo_label (None: finetune's default)
 
     @property
     def label(self) -> str:
@@ -63,6 +64,8 @@ class MethodSpec:
             text += f"+unlabeled-{self.unlabeled}"
         if self.unlabeled_weight is not None:
             text += f"-uw{self.unlabeled_weight:g}"
+        if self.unlabeled_loss is not None:
+            text += f"-{self.unlabeled_loss}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +156,7 @@ class BenchConfig:
     latency_cases: int = setting(2, "integer", minimum=0, help="cases timed for the inference latency")
     warmup_steps: int = setting(3, "integer", minimum=1, help="training steps not timed")
     isolate: bool = setting(True, "boolean", help="one worker process per run")
+    keep_adapters: bool = setting(False, "boolean", help="keep each run's adapter in runs/RUN/adapter")
     threads: int | None = setting(None, "integer", minimum=1, help="torch CPU threads (default: torch's)")
     methods: list[MethodSpec] = setting([], "custom", parse=_methods, help="the method entries compared")
     cost: CostConfig | None = setting(None, "custom", parse=_cost, help="the synthetic cost measurement")
@@ -190,6 +194,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         "train_modules",
         "unlabeled",
         "unlabeled_weight",
+        "unlabeled_loss",
     }
     specs: list[MethodSpec] = []
     for index, entry in enumerate(entries):
@@ -242,6 +247,11 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
             if not unlabeled or unlabeled_weight < 0:
                 raise SettingError(f"{at}.unlabeled_weight", "needs 'unlabeled' and a value >= 0")
             unlabeled_weight = float(unlabeled_weight)
+        unlabeled_loss = entry.get("unlabeled_loss")
+        if unlabeled_loss is not None and (not unlabeled or unlabeled_loss not in UNLABELED_LOSSES):
+            raise SettingError(
+                f"{at}.unlabeled_loss", f"needs 'unlabeled' and one of {', '.join(UNLABELED_LOSSES)}"
+            )
         if not method_info(
             method
         ).index_selection:  # selection and conv targets only mean something for tCURLoRA
@@ -260,6 +270,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
                 tuple(modules),
                 unlabeled,
                 unlabeled_weight,
+                unlabeled_loss,
             )
             if spec.label in {s.label for s in specs}:
                 raise SettingError(f"{at}.method", f"the setting {spec.label!r} appears twice")

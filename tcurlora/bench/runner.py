@@ -83,6 +83,7 @@ def quality_settings(config: BenchConfig, base_model: str, label_names: list[str
         "latency_cases": config.latency_cases,
         "warmup_steps": config.warmup_steps,
         "threads": config.threads,
+        "keep_adapters": config.keep_adapters,
     }
 
 

@@ -52,8 +52,9 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
     }
     if method.get("unlabeled") == "test":  # the test split's images only; their labels are never given
         job["unlabeled"] = [path for c in run["test"] for path in _as_paths(c["image"])]
-        if method.get("unlabeled_weight") is not None:
-            job["unlabeled_weight"] = method["unlabeled_weight"]
+        for key in ("unlabeled_weight", "unlabeled_loss"):
+            if method.get(key) is not None:
+                job[key] = method[key]
     return FinetuneJob.from_dict(job, output.parent)
 
 

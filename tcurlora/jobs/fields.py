@@ -18,6 +18,8 @@ from tcurlora.models.spec import spacing_problem
 from tcurlora.namepatterns import PatternError, check_pattern_list, compile_pattern
 from tcurlora.settings import SettingError, expect, resolve_path
 
+UNLABELED_LOSSES = ("consistency", "pseudo_label")  # finetune --unlabeled-loss (see mean_teacher.py)
+
 # Index selection strategies of the tensor CUR adapter (docs/method.md, step 2).
 SELECTIONS = ("topnorm", "leverage", "inverse", "uniform")
 # How `tcurlora suggest` scores a volume's uncertainty (tcurlora.suggest).

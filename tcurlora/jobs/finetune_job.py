@@ -17,6 +17,7 @@ from tcurlora.jobs.fields import (
     MAX_SEED,
     PATH_SCHEMA,
     SELECTIONS,
+    UNLABELED_LOSSES,
     check_alpha,
     check_label_names,
     check_regexes,
@@ -276,6 +277,15 @@ class FinetuneJob:
         cli={"metavar": "W"},
         help="weight of the mean-teacher consistency loss on the unlabeled volumes (ramped up over the "
         "first 40 percent of the iterations)",
+    )
+    unlabeled_loss: str = setting(
+        "consistency",
+        "choice",
+        choices=UNLABELED_LOSSES,
+        flag="--unlabeled-loss",
+        help="with unlabeled volumes: consistency (mean squared difference of the student's and the "
+        "teacher's class probabilities, the student seeing noise) or pseudo_label (cross-entropy towards "
+        "the teacher's confident classes, the student seeing a strongly perturbed view)",
     )
     ema_decay: float = setting(
         0.99,
