@@ -140,11 +140,13 @@ def test_a_resumed_run_with_validation_keeps_the_best_adapter_of_an_uninterrupte
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("unlabeled_loss", ["consistency", "pseudo_label"])
 def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_does(
-    tmp_path, capsys, hippocampus_dir
+    tmp_path, capsys, hippocampus_dir, unlabeled_loss
 ):
     """With --unlabeled the checkpoint also holds the mean teacher (its EMA tensors) and the unlabeled
-    sampler, so the resumed run's teacher targets, losses and (teacher) adapter are the uninterrupted one's."""
+    sampler, so the resumed run's teacher targets, losses and (teacher) adapter are the uninterrupted one's;
+    the pseudo-labels' random perturbations come from the same restored RNG."""
     images = hippocampus_dir / "imagesTr"
     unlabeled = [str(images / "hippocampus_003.nii.gz"), str(images / "hippocampus_006.nii.gz")]
     job = base_job(
@@ -154,6 +156,7 @@ def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_d
         unlabeled_weight=1.0,
         ema_decay=0.9,
         keep_teacher=True,
+        unlabeled_loss=unlabeled_loss,
     )
     saved = interrupted(job, tmp_path)
     assert (saved / TEACHER_WEIGHTS_FILE).is_file()
@@ -168,6 +171,7 @@ def test_a_resumed_semi_supervised_run_ends_exactly_where_an_uninterrupted_one_d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     record = json.loads((resumed / ADAPTER_CONFIG_FILE).read_text())["training"]["semi_supervised"]
     assert record["unlabeled_volumes"] == 2 and record["saved"] == "teacher"
+    assert record["unlabeled_loss"] == unlabeled_loss
 
 
 @pytest.mark.slow
