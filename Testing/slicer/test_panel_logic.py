@@ -73,7 +73,12 @@ JOB_BACKED_FIELDS = {
 }
 
 
-SEGMENT_BACKED_FIELDS = {"device": "device", "overlap": "overlap", "largestComponent": "largest_component"}
+SEGMENT_BACKED_FIELDS = {
+    "device": "device",
+    "overlap": "overlap",
+    "largestComponent": "largest_component",
+    "testTimeAugmentation": "tta",
+}
 
 
 @pytest.mark.parametrize(
