@@ -23,6 +23,7 @@ from tcurlora.settings import dump_fields as _dump_fields
 TTA = {
     "kind": "boolean",
     "flag": "--no-tta",
+    "cli": {"help": "one plain pass: no mirror test-time augmentation (about half the time)"},
     "help": "average the predictions over the mirrorings the adapter was trained with (about 2x the "
     "inference time); false: one plain pass",
 }
@@ -67,7 +68,12 @@ class SegmentJob:
         parse=parse_largest_component,
         schema={"enum": ["auto", True, False]},
         flag="--largest-component",
-        cli={"action": "store_const", "const": True},
+        cli={
+            "action": "store_const",
+            "const": True,
+            "help": "keep only the largest connected component of every class (default: the classes that "
+            "were one piece in every training label of the adapter)",
+        },
         negation=("--no-largest-component", False, "keep every connected component of every class"),
         help="keep only the largest connected component of each class: true (every class), false (none) or "
         '"auto": the classes that were one connected piece in every training label of the adapter',
