@@ -15,9 +15,10 @@ import torch
 from trust_testing import TINY, run
 
 from tcurlora.adapter_integrity import seal
+from tcurlora.cli import main
 from tcurlora.data.cases import Case, cases_from_decathlon
 from tcurlora.data.components import piece_counts, single_piece_classes
-from tcurlora.data.transforms import TRAINING_FLIP_AXES
+from tcurlora.data.transforms import TRAINING_FLIP_AXES, inference_transforms
 from tcurlora.errors import ConfigError
 from tcurlora.filenames import ADAPTER_CONFIG_FILE
 from tcurlora.infer import (
@@ -28,6 +29,7 @@ from tcurlora.infer import (
     predict_volume,
 )
 from tcurlora.models.spec import IntensitySpec, ModelSpec
+from tcurlora.suggest import score_probabilities, volume_uncertainty
 
 SPEC = ModelSpec(
     name="one-window",
@@ -92,6 +94,24 @@ def test_inference_options_follow_the_adapter_record() -> None:
         inference_options({"training": {"flip_axes": [3]}})
     with pytest.raises(ConfigError, match="single_piece_classes must be a list of class indices >= 1"):
         inference_options({"single_piece_classes": [0]})
+
+
+def test_suggest_scores_the_probabilities_segment_averages(hippocampus_dir) -> None:
+    image = cases_from_decathlon(hippocampus_dir, num_cases=1)[0].images[0]
+    spec = ModelSpec(
+        name="one-window",
+        spacing=(1.0, 1.0, 1.0),
+        patch_size=(16, 16, 16),
+        intensity=IntensitySpec(kind="range", a_min=0.0, a_max=200.0),
+    )
+    model, cpu = lopsided_model(), torch.device("cpu")
+    plain = volume_uncertainty(model, [image], spec, device=cpu, overlap=0.5, flips=True)
+    mirrored = volume_uncertainty(model, [image], spec, device=cpu, overlap=0.5, flips=True, flip_axes=(0,))
+    volume = inference_transforms(spec)({"image": [str(image)]})["image"].as_tensor()
+    by_hand = score_probabilities(mirrored_probabilities(model, volume, spec, cpu, 0.5, 2, False, (0,)))
+    assert mirrored["entropy"] == pytest.approx(by_hand["entropy"], abs=1e-6)
+    assert abs(mirrored["entropy"] - plain["entropy"]) > 1e-4, "the mirroring must change the score"
+    assert mirrored["flips"] == pytest.approx(plain["flips"], abs=1e-6)  # flips: always of one plain pass
 
 
 # --- which classes are cleaned ----------------------------------------------------------------------
@@ -186,6 +206,16 @@ def test_adapter_records_flips_and_one_piece_classes_and_segment_applies_them(
     )
     assert np.array_equal(outputs["default"], keep_largest_components(outputs["mirrored"]))
     assert np.array_equal(outputs["every"], outputs["default"])  # auto = both recorded classes here
+
+    # suggest scores what segment predicts: mirrored by default, one plain pass with --no-tta
+    scores = {}
+    for name, flags in {"mirrored": [], "plain": ["--no-tta"]}.items():
+        capsys.readouterr()
+        code = main([str(a) for a in ("suggest", image, *base[2:], *flags, "--json")])
+        out, err = capsys.readouterr()  # the JSON document alone (run() reads events line by line)
+        assert code == 0, err
+        scores[name] = json.loads(out)["ranking"][0]["entropy"]
+    assert abs(scores["mirrored"] - scores["plain"]) > 1e-6
 
     # an adapter written before the records (resealed): mirrored along (0,), no component filtering
     old = tmp_path / "old-adapter"
