@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from trust_testing import TINY, run
+from trust_testing import LABELS, TINY, run
 
 from tcurlora.adapter_integrity import seal
 from tcurlora.cli import main
@@ -207,6 +207,16 @@ def test_adapter_records_flips_and_one_piece_classes_and_segment_applies_them(
     assert np.array_equal(outputs["default"], keep_largest_components(outputs["mirrored"]))
     assert np.array_equal(outputs["every"], outputs["default"])  # auto = both recorded classes here
 
+    # the bench evaluates exactly what segment writes by default
+    from tcurlora.bench.single import evaluate_adapter
+    from tcurlora.evaluate import evaluate_pair, read_labels
+
+    case = cases_from_decathlon(hippocampus_dir, num_cases=2)[1]
+    bench = evaluate_adapter(tiny_adapter, TINY, [case], LABELS, "cpu", 0.5, 0)
+    written = evaluate_pair(
+        read_labels(tmp_path / "default.nii.gz"), read_labels(case.label), {1: LABELS[0], 2: LABELS[1]}
+    )
+    assert bench["cases"][0]["classes"] == written
     # suggest scores what segment predicts: mirrored by default, one plain pass with --no-tta
     scores = {}
     for name, flags in {"mirrored": [], "plain": ["--no-tta"]}.items():

@@ -87,9 +87,12 @@ def evaluate_adapter(
     device: str,
     overlap: float,
     latency_cases: int,
+    *,
+    tta: bool = True,
+    largest_component: bool | str = "auto",
 ) -> dict[str, Any]:
     """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights;
-    every prediction made as `segment` makes it by default (mirroring, largest components)."""
+    every prediction made as `segment` makes it (by default: mirroring, largest components)."""
     from tcurlora.adapters.io import load_adapter, read_adapter_config
     from tcurlora.evaluate import LabelVolume, class_means, evaluate_pair, read_labels
     from tcurlora.infer import inference_options
@@ -100,7 +103,7 @@ def evaluate_adapter(
     adapted = load_adapter(adapter, base.model)
     config = read_adapter_config(adapter)
     spec = adapter_spec(base.spec, config)  # the working spacing it was trained at
-    options = inference_options(config)  # segment's defaults
+    options = inference_options(config, tta=tta, largest_component=largest_component)  # as segment's
     timing = test[: min(latency_cases, len(test))]
     latency: dict[str, Any] = {"volumes": len(timing)}
     agreement = None
@@ -164,6 +167,8 @@ def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) ->
         str(device),
         settings["overlap"],
         settings["latency_cases"],
+        tta=settings["tta"],
+        largest_component=settings["largest_component"],
     )
     result = {
         "run_id": run["run_id"],

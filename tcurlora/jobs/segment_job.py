@@ -8,11 +8,11 @@ from typing import Any
 
 from tcurlora.filenames import JOB_SCHEMA, segmentation_output_name
 from tcurlora.jobs.fields import (
+    LARGEST_COMPONENT,
     PATH_SCHEMA,
     SUGGEST_SCORES,
     channels_out,
     parse_inputs,
-    parse_largest_component,
     parse_paths,
 )
 from tcurlora.jobs.job_reading import BASE_HELP, DEVICE_HELP, THREADS, fail, read_job_json, read_job_values
@@ -64,9 +64,7 @@ class SegmentJob:
     )
     largest_component: bool | str = setting(
         "auto",
-        "custom",
-        parse=parse_largest_component,
-        schema={"enum": ["auto", True, False]},
+        **LARGEST_COMPONENT,
         flag="--largest-component",
         cli={
             "action": "store_const",
@@ -75,8 +73,6 @@ class SegmentJob:
             "were one piece in every training label of the adapter)",
         },
         negation=("--no-largest-component", False, "keep every connected component of every class"),
-        help="keep only the largest connected component of each class: true (every class), false (none) or "
-        '"auto": the classes that were one connected piece in every training label of the adapter',
     )
     tta: bool = setting(True, **TTA)
     device: str = setting("auto", "device", help=DEVICE_HELP, flag="--device")
