@@ -52,7 +52,8 @@ class TCURSegmenterParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(DEVICES))] = SEGMENT_DEFAULTS.device
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = SEGMENT_DEFAULTS.overlap
-    largestComponent: Annotated[str, Choice(list(LARGEST_COMPONENT_CHOICES))] = (
+    # a choice, not the former bool `largestComponent`: a scene saved with that one keeps it unread
+    largestComponentClasses: Annotated[str, Choice(list(LARGEST_COMPONENT_CHOICES))] = (
         SEGMENT_DEFAULTS.largest_component
     )
     testTimeAugmentation: bool = SEGMENT_DEFAULTS.tta
@@ -213,7 +214,7 @@ class TCURSegmenterWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObserv
             device or node.device,
             targets,
             node.overlap,
-            LARGEST_COMPONENT_CHOICES[node.largestComponent],
+            LARGEST_COMPONENT_CHOICES[node.largestComponentClasses],
             remote,
             node.testTimeAugmentation,
         )
