@@ -112,6 +112,11 @@ def test_suggest_scores_the_probabilities_segment_averages(hippocampus_dir) -> N
     assert mirrored["entropy"] == pytest.approx(by_hand["entropy"], abs=1e-6)
     assert abs(mirrored["entropy"] - plain["entropy"]) > 1e-4, "the mirroring must change the score"
     assert mirrored["flips"] == pytest.approx(plain["flips"], abs=1e-6)  # flips: always of one plain pass
+    alone = volume_uncertainty(model, [image], spec, device=cpu, overlap=0.5, flips=False, flip_axes=(0,))
+    assert alone == {k: v for k, v in mirrored.items() if k != "flips"}  # the flips' passes reused exactly
+    two = volume_uncertainty(model, [image], spec, device=cpu, overlap=0.5, flips=True, flip_axes=(0, 2))
+    by_hand = score_probabilities(mirrored_probabilities(model, volume, spec, cpu, 0.5, 2, False, (0, 2)))
+    assert two["entropy"] == pytest.approx(by_hand["entropy"], abs=1e-6)
 
 
 # --- which classes are cleaned ----------------------------------------------------------------------

@@ -90,21 +90,23 @@ def volume_uncertainty(
     with user_errors():
         image = inference_transforms(spec)({"image": [str(p) for p in image_paths]})["image"].as_tensor()
     model = model.to(device).eval()
-    averaged = mirrored_probabilities(model, image, spec, device, overlap, sw_batch_size, amp, flip_axes)
-    result = score_probabilities(averaged)
-    if flips:
-        probabilities = (
-            _sliding_window(model, image, spec, device, overlap, sw_batch_size, amp)
-            if flip_axes
-            else averaged
+    if not flips:
+        averaged = mirrored_probabilities(model, image, spec, device, overlap, sw_batch_size, amp, flip_axes)
+        return score_probabilities(averaged)
+    plain = _sliding_window(model, image, spec, device, overlap, sw_batch_size, amp)
+    mirrored = []
+    for axis in (1, 2, 3):  # the spatial axes of (C, X, Y, Z); probabilities are (K, X, Y, Z)
+        flipped = _sliding_window(
+            model, torch.flip(image, dims=[axis]), spec, device, overlap, sw_batch_size, amp
         )
-        mirrored = []
-        for axis in (1, 2, 3):  # the spatial axes of (C, X, Y, Z); probabilities are (K, X, Y, Z)
-            flipped = _sliding_window(
-                model, torch.flip(image, dims=[axis]), spec, device, overlap, sw_batch_size, amp
-            )
-            mirrored.append(torch.flip(flipped, dims=[axis]))
-        result["flips"] = flip_disagreement(probabilities, mirrored)
+        mirrored.append(torch.flip(flipped, dims=[axis]))
+    axes = sorted(set(flip_axes))
+    if len(axes) <= 1:  # the usual mirroring: its passes are among the four (summed as infer sums them)
+        averaged = (plain + mirrored[axes[0]]) / 2 if axes else plain
+    else:
+        averaged = mirrored_probabilities(model, image, spec, device, overlap, sw_batch_size, amp, flip_axes)
+    result = score_probabilities(averaged)
+    result["flips"] = flip_disagreement(plain, mirrored)
     return result
 
 
