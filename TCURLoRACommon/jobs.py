@@ -13,6 +13,8 @@ from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 from tcurlora.settings import REQUIRED, default_of, settings_of, to_json
 
 DEVICES = ("auto", "cuda", "cpu")
+# The Segmenter's "Largest component only" choices -> the segment job's largest_component value.
+LARGEST_COMPONENT_CHOICES = {"auto": "auto", "every class": True, "no class": False}
 
 
 def _settings_class() -> type:
@@ -87,7 +89,8 @@ def segment_job(
     outputs: Sequence[str | Path],
     device: str = "auto",
     overlap: float = 0.5,
-    largest_component: bool = False,
+    largest_component: bool | str = "auto",
+    tta: bool = True,
 ) -> dict[str, Any]:
     """A complete segment job: one output labelmap per input volume."""
     if len(inputs) != len(outputs):
@@ -101,6 +104,7 @@ def segment_job(
         "outputs": [str(p) for p in outputs],
         "overlap": overlap,
         "largest_component": largest_component,
+        "tta": tta,
         "device": device,
         "force": True,
     }

@@ -34,7 +34,8 @@ class SegmentVolumesRun(WorkerRun):
         targets: Sequence[slicer.vtkMRMLSegmentationNode | None] | None = None,
         workdir: Path | None = None,
         overlap: float = 0.5,
-        largest_component: bool = False,
+        largest_component: bool | str = "auto",
+        tta: bool = True,
         remote: RemoteSettings | None = None,
     ) -> None:
         if not volumes:
@@ -58,6 +59,7 @@ class SegmentVolumesRun(WorkerRun):
             device=device,
             overlap=overlap,
             largest_component=largest_component,
+            tta=tta,
         )
         extra_args = remote.worker_args() if remote else ()
         super().__init__(job, workdir, partial_outputs=[workdir / "outputs"], extra_args=extra_args)

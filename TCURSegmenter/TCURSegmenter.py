@@ -20,7 +20,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from TCURLoRACommon.jobs import DEVICES, SEGMENT_DEFAULTS  # standard library only, Python 3.9 safe
+from TCURLoRACommon.jobs import (  # standard library only, Python 3.9 safe
+    DEVICES,
+    LARGEST_COMPONENT_CHOICES,
+    SEGMENT_DEFAULTS,
+)
 from TCURLoRACommon.lifecycle import is_active
 from TCURLoRACommon.panelwidget import RunPanelMixin, describe_module
 from TCURLoRACommon.remote import DEFAULT_COMMAND, RUN_ON, THIS_COMPUTER
@@ -48,7 +52,11 @@ class TCURSegmenterParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(DEVICES))] = SEGMENT_DEFAULTS.device
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = SEGMENT_DEFAULTS.overlap
-    largestComponent: bool = SEGMENT_DEFAULTS.largest_component
+    # a choice, not the former bool `largestComponent`: a scene saved with that one keeps it unread
+    largestComponentClasses: Annotated[str, Choice(list(LARGEST_COMPONENT_CHOICES))] = (
+        SEGMENT_DEFAULTS.largest_component
+    )
+    testTimeAugmentation: bool = SEGMENT_DEFAULTS.tta
     runOn: Annotated[str, Choice(list(RUN_ON))] = THIS_COMPUTER
     remoteHost: str = ""
     remoteCommand: str = DEFAULT_COMMAND
@@ -201,7 +209,14 @@ class TCURSegmenterWidget(RunPanelMixin, ScriptedLoadableModuleWidget, VTKObserv
         if remote is not None:
             self.ui.logTextEdit.appendPlainText(_("Connecting to {host}...").format(host=remote.host))
         self.run = self.logic.start(
-            volumes, entry, device or node.device, targets, node.overlap, node.largestComponent, remote
+            volumes,
+            entry,
+            device or node.device,
+            targets,
+            node.overlap,
+            LARGEST_COMPONENT_CHOICES[node.largestComponentClasses],
+            remote,
+            node.testTimeAugmentation,
         )
         self.startPolling()
 
@@ -235,12 +250,30 @@ class TCURSegmenterLogic(ScriptedLoadableModuleLogic):
         return TCURSegmenterParameterNode(super().getParameterNode())
 
     def start(
-        self, volumes, adapter, device: str, targets=None, overlap=0.5, largestComponent=False, remote=None
+        self,
+        volumes,
+        adapter,
+        device: str,
+        targets=None,
+        overlap=0.5,
+        largestComponent="auto",
+        remote=None,
+        testTimeAugmentation=True,
     ):
-        """`remote`: TCURLoRACommon.remote.RemoteSettings to run on that host over SSH, None for here."""
+        """`remote`: TCURLoRACommon.remote.RemoteSettings to run on that host over SSH, None for here;
+        `largestComponent`: the segment job's largest_component (true, false or "auto")."""
         from TCURSegmenterLib.logic import start_segmentation
 
-        return start_segmentation(volumes, adapter, device, targets, overlap, largestComponent, remote=remote)
+        return start_segmentation(
+            volumes,
+            adapter,
+            device,
+            targets,
+            overlap,
+            largestComponent,
+            remote=remote,
+            tta=testTimeAugmentation,
+        )
 
 
 class TCURSegmenterTest(ScriptedLoadableModuleTest):

@@ -179,6 +179,11 @@ def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path):
         ({"methods": [{"method": "full"}], "data": "x", "iterations": 0}, "'iterations': must be >= 1"),
         ({"methods": [{"method": "full"}], "data": "x", "seed": 1}, "'seed': unknown key"),
         (
+            {"methods": [{"method": "full"}], "data": "x", "largest_component": "some"},
+            """'largest_component': expected true, false or "auto", got str 'some'""",
+        ),
+        ({"methods": [{"method": "full"}], "data": "x", "tta": 1}, "'tta': expected true or false"),
+        (
             {"cost": {"img_size": 64, "methods": [{"method": "full"}], "stepz": 3}},
             "'cost.stepz': unknown key",
         ),
@@ -258,6 +263,11 @@ def tiny_bench(tmp_path_factory, hippocampus_dir) -> dict:
         batch_size=1,
         device="cpu",
         latency_cases=1,
+        # a report test: 4 steps from random weights segment scattered voxels, and the mirrored mean or
+        # their largest piece misses the structure; the tables need a Dice above 0 (one plain pass, as
+        # `segment --no-tta --no-largest-component`; the post-processing is test_postprocessing's)
+        tta=False,
+        largest_component=False,
         warmup_steps=WARMUP,
         isolate=False,
         threads=1,
@@ -296,6 +306,8 @@ def test_report_records_environment_base_and_split(tiny_bench):
         and quality["base_model"]["pretrained"] is False
     )
     assert quality["label_names"] == ["Anterior", "Posterior"]
+    # evaluated as segment with these settings: one plain pass, no component cleanup (as configured)
+    assert (quality["settings"]["tta"], quality["settings"]["largest_component"]) == (False, False)
     all_ids = [c.id for c in cases_from_decathlon(tiny_bench["data"])]
     assert quality["test_case_ids"] == all_ids[-2:]
     for run in quality["runs"]:

@@ -491,6 +491,24 @@ def test_segment_folder_inputs_and_output_names(tmp_path):
         )
 
 
+@pytest.mark.parametrize(
+    ("flags", "largest_component", "tta"),
+    [
+        ([], "auto", True),
+        (["--no-tta"], "auto", False),
+        (["--largest-component"], True, True),
+        (["--no-largest-component", "--no-tta"], False, False),
+    ],
+)
+def test_segment_tta_and_largest_component_flags(tmp_path, flags, largest_component, tta):
+    image = tmp_path / "vol.nrrd"
+    image.write_bytes(b"")
+    argv = ["segment", str(image), "--base-model", "b", "-o", str(tmp_path / "seg.nrrd"), *flags]
+    job = segment_cmd.build_job(parse(segment_cmd, argv))
+    assert (job.largest_component, job.tta) == (largest_component, tta)
+    assert (job.to_dict()["largest_component"], job.to_dict()["tta"]) == (largest_component, tta)
+
+
 def test_segment_command_emits_events_through_handler(tmp_path):
     image = tmp_path / "vol.nrrd"
     image.write_bytes(b"")

@@ -125,7 +125,13 @@ def test_segment_round_trip_and_output_names(tmp_path):
         [tmp_path / "x/c2_0000.nii.gz", tmp_path / "x/c2_0001.nii.gz"],
     ]
     assert job.output_paths() == [tmp_path / "segs" / "case1_seg.nrrd", tmp_path / "segs" / "c2_seg.nii.gz"]
-    assert (job.overlap, job.largest_component, job.device, job.force) == (0.5, False, "auto", False)
+    assert (job.overlap, job.largest_component, job.tta, job.device, job.force) == (
+        0.5,
+        "auto",
+        True,
+        "auto",
+        False,
+    )
     assert SegmentJob.from_dict(job.to_dict(), tmp_path / "elsewhere") == job
 
     explicit = SegmentJob.from_dict(
@@ -135,6 +141,10 @@ def test_segment_round_trip_and_output_names(tmp_path):
     assert explicit.output_paths() == [tmp_path / "o1.nii.gz", Path("/abs/o2.nrrd")]
     assert explicit.adapter is None
     assert SegmentJob.from_dict(explicit.to_dict(), "/") == explicit
+    for value in (True, False, "auto"):  # every state of the tri-state survives the file
+        stated = SegmentJob.from_dict(segment_data(largest_component=value, tta=False), tmp_path)
+        assert (stated.largest_component, stated.tta) == (value, False)
+        assert SegmentJob.from_dict(stated.to_dict(), "/").largest_component == value
 
 
 BAD_FINETUNE = [
@@ -221,7 +231,12 @@ BAD_SEGMENT = [
     ({"output_dir": None}, "key 'outputs': give exactly one of 'outputs'"),
     ({"output_dir": None, "outputs": ["a.nrrd"]}, "key 'outputs': has 1 paths for 2 inputs"),
     ({"overlap": 1}, "key 'overlap': must be in [0.0, 1.0), got 1.0"),
-    ({"largest_component": 1}, "key 'largest_component': expected true or false, got int 1"),
+    ({"largest_component": 1}, """key 'largest_component': expected true, false or "auto", got int 1"""),
+    (
+        {"largest_component": "all"},
+        """key 'largest_component': expected true, false or "auto", got str 'all'""",
+    ),
+    ({"tta": "off"}, "key 'tta': expected true or false, got str 'off'"),
     ({"inputs": ["a/x.nrrd", "b/x.nrrd"]}, "key 'output_dir': two inputs would write the same file"),
     ({"adapter": ""}, "key 'adapter': must not be empty"),
     ({"output": "x"}, "key 'output': unknown key"),

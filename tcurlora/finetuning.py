@@ -344,6 +344,8 @@ class Trainer(LoopHooks):
 
     def finish(self, output: Path, ckpt: Path) -> dict[str, Any]:
         from tcurlora.adapters.io import save_adapter
+        from tcurlora.data.components import single_piece_classes
+        from tcurlora.data.transforms import TRAINING_FLIP_AXES
 
         setup, state = self.setup, self.state
         if not distributed.is_writer():  # torchrun: rank 0 alone writes the adapter
@@ -387,6 +389,8 @@ class Trainer(LoopHooks):
             "label_colors": setup.label_colors,
             "preprocessing": setup.spec.to_dict(),
             "patch_size": list(setup.patch_size),
+            # segment's default cleanup: only classes never in several pieces in a training label
+            "single_piece_classes": single_piece_classes(setup.train_cases, len(setup.label_names) + 1),
             "metrics": metrics,
             "training": {
                 "iterations": self.job.iterations,
@@ -395,6 +399,7 @@ class Trainer(LoopHooks):
                 "learning_rates": self.learning_rates,
                 "seed": self.job.seed,
                 "amp": self.amp,
+                "flip_axes": list(TRAINING_FLIP_AXES),  # segment mirrors along exactly these
             },
         }
         if semi is not None:

@@ -7,8 +7,10 @@ turned into labels, so a bright structure is segmented on the same voxels where 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,9 +21,9 @@ from monai.transforms import SpatialResample
 from scipy import ndimage
 
 from tcurlora.data.io import check_labelmap_output, reference_image, write_labelmap
-from tcurlora.data.transforms import inference_transforms, ras_affine
+from tcurlora.data.transforms import TRAINING_FLIP_AXES, inference_transforms, ras_affine
 from tcurlora.device import resolve_device
-from tcurlora.errors import DeviceOutOfMemoryError
+from tcurlora.errors import ConfigError, DeviceOutOfMemoryError
 from tcurlora.models.spec import ModelSpec
 from tcurlora.training.step import autocast_context
 
@@ -70,12 +72,13 @@ def _sliding_window(
     raise AssertionError("unreachable")
 
 
-def keep_largest_components(labels: np.ndarray) -> np.ndarray:
-    """Keep, for each class > 0, only its largest 26-connected component (the rest becomes 0)."""
+def keep_largest_components(labels: np.ndarray, classes: Collection[int] | None = None) -> np.ndarray:
+    """Keep, for each class > 0 (or each of `classes`), only its largest 26-connected component (the
+    rest becomes 0)."""
     out = labels.copy()
     structure = np.ones((3, 3, 3), dtype=bool)
     for value in np.unique(labels):
-        if value == 0:
+        if value == 0 or (classes is not None and int(value) not in classes):
             continue
         components, count = ndimage.label(labels == value, structure=structure)
         if count > 1:
@@ -83,6 +86,68 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
             sizes[0] = 0
             out[(components > 0) & (components != int(np.argmax(sizes)))] = 0
     return out
+
+
+def flip_combinations(flip_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial `flip_axes`, the empty one (the original) first."""
+    axes = sorted({int(a) for a in flip_axes})
+    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+def mirrored_probabilities(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    spec: ModelSpec,
+    device: torch.device,
+    overlap: float,
+    sw_batch_size: int,
+    amp: bool,
+    flip_axes: Sequence[int] = (),
+) -> torch.Tensor:
+    """Softmax probabilities (K, X, Y, Z) averaged over the original and each flip combination of the
+    spatial `flip_axes` (mirror test-time augmentation), each flipped back; () is one plain pass.
+
+    Only the flips the network was trained with help: others are inputs it has never seen.
+    """
+    total: torch.Tensor | None = None
+    combos = flip_combinations(flip_axes)
+    for combo in combos:
+        dims = [axis + 1 for axis in combo]  # spatial axis a is dim a + 1 of (C, X, Y, Z) and (K, X, Y, Z)
+        source = torch.flip(image, dims=dims) if dims else image
+        probabilities = _sliding_window(model, source, spec, device, overlap, sw_batch_size, amp)
+        if dims:
+            probabilities = torch.flip(probabilities, dims=dims)
+        total = probabilities if total is None else total + probabilities
+    assert total is not None
+    return total / len(combos)
+
+
+def inference_options(
+    config: Mapping[str, Any] | None, *, tta: bool = True, largest_component: bool | str = "auto"
+) -> dict[str, Any]:
+    """predict_volume's `flip_axes` and `largest_component` for an adapter record (None: a base model
+    alone, about whose training nothing is known: no flips, no cleanup under "auto").
+
+    Flips: the axes the adapter was trained flipping (`training.flip_axes`; older adapters: the training
+    default). Components: True / False for every class / none; "auto" for the classes recorded as one
+    piece in every training label (`single_piece_classes`; older adapters: none).
+    """
+    flip_axes: tuple[int, ...] = ()
+    classes: list[int] = []
+    if config is not None:
+        recorded = (config.get("training") or {}).get("flip_axes", list(TRAINING_FLIP_AXES))
+        if not (isinstance(recorded, list) and all(isinstance(a, int) and 0 <= a <= 2 for a in recorded)):
+            raise ConfigError(f"training.flip_axes must be a list of spatial axes 0..2, got {recorded!r}")
+        flip_axes = tuple(recorded)
+        pieces = config.get("single_piece_classes", [])
+        if not (isinstance(pieces, list) and all(isinstance(c, int) and c > 0 for c in pieces)):
+            raise ConfigError(f"single_piece_classes must be a list of class indices >= 1, got {pieces!r}")
+        classes = list(pieces)
+    if largest_component == "auto":
+        chosen: bool | list[int] = classes
+    else:
+        chosen = bool(largest_component)
+    return {"flip_axes": flip_axes if tta else (), "largest_component": chosen}
 
 
 def predict_volume(
@@ -94,13 +159,16 @@ def predict_volume(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     amp: bool = False,
-    largest_component: bool = False,
+    largest_component: bool | Collection[int] = False,
+    flip_axes: Sequence[int] = (),
 ) -> tuple[np.ndarray, sitk.Image]:
     """Segment one volume; returns (labels as a z, y, x uint8/uint16 array on the input grid, input grid image).
 
-    Sliding windows of spec.patch_size with gaussian blending; class probabilities are resampled
-    (trilinear) from the network grid back onto the input grid, then argmax. With
-    `largest_component`, each class keeps only its largest 26-connected component.
+    Sliding windows of spec.patch_size with gaussian blending, averaged over the mirrorings along
+    `flip_axes` (mirrored_probabilities); class probabilities are resampled (trilinear) from the
+    network grid back onto the input grid, then argmax. `largest_component`: True keeps only the
+    largest 26-connected component of every class, a collection of class indices of those classes.
+    (`inference_options` gives both as `segment` uses them.)
     """
     paths = [image_paths] if isinstance(image_paths, (str, Path)) else list(image_paths)
     reference = reference_image(paths)
@@ -109,8 +177,8 @@ def predict_volume(
     was_training = model.training
     model = model.to(torch_device).eval()
     try:
-        probabilities = _sliding_window(
-            model, image.as_tensor(), spec, torch_device, overlap, sw_batch_size, amp
+        probabilities = mirrored_probabilities(
+            model, image.as_tensor(), spec, torch_device, overlap, sw_batch_size, amp, flip_axes
         )
     finally:
         model.train(was_training)
@@ -124,8 +192,10 @@ def predict_volume(
     num_classes = probabilities.shape[0]
     dtype = np.uint8 if num_classes <= 256 else np.uint16
     array_xyz = labels[0].cpu().numpy().astype(dtype)
-    if largest_component:
+    if largest_component is True:
         array_xyz = keep_largest_components(array_xyz)
+    elif largest_component:
+        array_xyz = keep_largest_components(array_xyz, set(largest_component))
     array_zyx = np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0)))
     if array_zyx.shape != tuple(reversed(target_size)):
         raise AssertionError(f"segmentation grid {array_zyx.shape} differs from the input grid {target_size}")

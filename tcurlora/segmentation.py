@@ -80,6 +80,32 @@ def adapter_spec(base_spec, config: dict):
     return spec
 
 
+def recorded_inference_options(config: dict | None, job) -> dict[str, Any]:
+    """infer.inference_options for this adapter record and job; ConfigError naming the adapter's config."""
+    from tcurlora.infer import inference_options
+
+    try:
+        return inference_options(
+            config, tta=job.tta, largest_component=getattr(job, "largest_component", False)
+        )
+    except ConfigError as error:
+        raise ConfigError(error.problem, Path(job.adapter) / ADAPTER_CONFIG_FILE) from error
+
+
+def describe_inference_options(options: dict[str, Any], names: list[str]) -> str:
+    """One log line: the mirrorings averaged and the classes cleaned to their largest component."""
+    axes = options["flip_axes"]
+    mirror = f"mirrored along axes {list(axes)} ({2 ** len(axes)} passes)" if axes else "no mirroring"
+    chosen = options["largest_component"]
+    if chosen is True:
+        cleaned = "every class"
+    elif chosen:
+        cleaned = ", ".join(names[c - 1] if c <= len(names) else str(c) for c in chosen)
+    else:
+        cleaned = "no class"
+    return f"test-time augmentation: {mirror}; largest connected component only: {cleaned}"
+
+
 def run_segment(job, sink, token) -> dict[str, Any]:
     """Segment every input; returns {"outputs": {"segmentations": [...]}, "metrics": {...}}."""
     from tcurlora.device import describe_device, resolve_device, resolve_threads
@@ -93,9 +119,11 @@ def run_segment(job, sink, token) -> dict[str, Any]:
     label_names = {index: name for index, name in enumerate(names, start=1)}
     colors = (config or {}).get("label_colors") or []
     label_colors = {index: tuple(color) for index, color in enumerate(colors, start=1)}
+    options = recorded_inference_options(config, job)
     model.to(device)
     sink.started(command="segment", device=describe_device(device), total=len(inputs), parameters=None)
     sink.log("info", f"torch CPU threads: {threads} ({why})")
+    sink.log("info", describe_inference_options(options, names))
     written, seconds = [], []
     for index, (channels, output) in enumerate(zip(inputs, outputs), start=1):
         token.raise_if_cancelled()
@@ -107,7 +135,7 @@ def run_segment(job, sink, token) -> dict[str, Any]:
             spec,
             device=str(device),
             overlap=job.overlap,
-            largest_component=job.largest_component,
+            **options,
             force=job.force,
             amp=device.type == "cuda",
             names=label_names,

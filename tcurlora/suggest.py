@@ -4,8 +4,8 @@ Active learning as MONAI Label offers it: the user labels the volume the current
 least. Each volume goes through exactly what `tcurlora segment` does (the adapter's preprocessing,
 sliding window, the merged model); the softmax on the network grid is scored, not written:
 
-- `entropy` (default, one pass): the mean normalised predictive entropy, -sum p log p / log K, over
-  the predicted foreground (foreground probability 1 - p(background) >= 0.5). Background far from
+- `entropy` (default; one pass per mirroring the adapter was trained with, as `segment` averages
+  them): the mean normalised predictive entropy, -sum p log p / log K, over the predicted foreground (foreground probability 1 - p(background) >= 0.5). Background far from
   the structure is confidently background in every volume and would only dilute the score. Where the
   model predicts no foreground at all, the score is 1 - its highest foreground probability: a volume
   where the adapter finds nothing ranks high, and such volumes still have an order.
@@ -77,26 +77,36 @@ def volume_uncertainty(
     flips: bool,
     amp: bool = False,
     sw_batch_size: int = 2,
+    flip_axes: Sequence[int] = (),
 ) -> dict[str, float | int]:
-    """Uncertainty of one volume: its entropy score and, with `flips`, the flip disagreement."""
+    """Uncertainty of one volume: its entropy score (of the probabilities averaged over the mirrorings
+    along `flip_axes`, as `segment` predicts) and, with `flips`, the flip disagreement (of one plain pass
+    against each mirrored one)."""
     import torch
 
     from tcurlora.data.transforms import inference_transforms, user_errors
-    from tcurlora.infer import _sliding_window
+    from tcurlora.infer import _sliding_window, mirrored_probabilities
 
     with user_errors():
         image = inference_transforms(spec)({"image": [str(p) for p in image_paths]})["image"].as_tensor()
     model = model.to(device).eval()
-    probabilities = _sliding_window(model, image, spec, device, overlap, sw_batch_size, amp)
-    result = score_probabilities(probabilities)
-    if flips:
-        mirrored = []
-        for axis in (1, 2, 3):  # the spatial axes of (C, X, Y, Z); probabilities are (K, X, Y, Z)
-            flipped = _sliding_window(
-                model, torch.flip(image, dims=[axis]), spec, device, overlap, sw_batch_size, amp
-            )
-            mirrored.append(torch.flip(flipped, dims=[axis]))
-        result["flips"] = flip_disagreement(probabilities, mirrored)
+    if not flips:
+        averaged = mirrored_probabilities(model, image, spec, device, overlap, sw_batch_size, amp, flip_axes)
+        return score_probabilities(averaged)
+    plain = _sliding_window(model, image, spec, device, overlap, sw_batch_size, amp)
+    mirrored = []
+    for axis in (1, 2, 3):  # the spatial axes of (C, X, Y, Z); probabilities are (K, X, Y, Z)
+        flipped = _sliding_window(
+            model, torch.flip(image, dims=[axis]), spec, device, overlap, sw_batch_size, amp
+        )
+        mirrored.append(torch.flip(flipped, dims=[axis]))
+    axes = sorted(set(flip_axes))
+    if len(axes) <= 1:  # the usual mirroring: its passes are among the four (summed as infer sums them)
+        averaged = (plain + mirrored[axes[0]]) / 2 if axes else plain
+    else:
+        averaged = mirrored_probabilities(model, image, spec, device, overlap, sw_batch_size, amp, flip_axes)
+    result = score_probabilities(averaged)
+    result["flips"] = flip_disagreement(plain, mirrored)
     return result
 
 
@@ -112,7 +122,7 @@ def rank(entries: list[dict[str, Any]], score: str) -> list[dict[str, Any]]:
 def run_suggest(job, sink, token) -> dict[str, Any]:
     """Score every input and rank them; returns {"outputs": {"ranking": [...]}, "metrics": {...}}."""
     from tcurlora.device import describe_device, resolve_device, resolve_threads
-    from tcurlora.segmentation import check_input_volumes, load_segmentation_model
+    from tcurlora.segmentation import check_input_volumes, load_segmentation_model, recorded_inference_options
 
     inputs = [
         [Path(p) for p in item] if isinstance(item, (list, tuple)) else [Path(item)] for item in job.inputs
@@ -120,7 +130,8 @@ def run_suggest(job, sink, token) -> dict[str, Any]:
     check_input_volumes(inputs)
     device = resolve_device(job.device, warn=lambda m: sink.log("warning", m))
     threads, why = resolve_threads(getattr(job, "threads", "auto"), device)
-    model, spec, names, _config = load_segmentation_model(job.base_model, job.adapter)
+    model, spec, names, config = load_segmentation_model(job.base_model, job.adapter)
+    flip_axes = recorded_inference_options(config, job)["flip_axes"]
     model.to(device)
     sink.started(command="suggest", device=describe_device(device), total=len(inputs), parameters=None)
     sink.log("info", f"torch CPU threads: {threads} ({why}); score: {job.score}")
@@ -135,6 +146,7 @@ def run_suggest(job, sink, token) -> dict[str, Any]:
             overlap=job.overlap,
             flips=job.score == "flips",
             amp=device.type == "cuda",
+            flip_axes=flip_axes,
         )
         entries.append(
             {"volume": str(channels[0]) if len(channels) == 1 else [str(c) for c in channels], **values}

@@ -55,14 +55,15 @@ def start_segmentation(
     device: str = "auto",
     targets: Sequence[slicer.vtkMRMLSegmentationNode | None] | None = None,
     overlap: float = 0.5,
-    largest_component: bool = False,
+    largest_component: bool | str = "auto",
     extra_models: Sequence[str] = (),
     remote: RemoteSettings | None = None,
+    tta: bool = True,
 ) -> SegmentVolumesRun:
     """Export the volumes and start the worker (on `remote` over SSH, else here); the run imports one
     segmentation per volume when done."""
     run = segmentation_run(
-        volumes, adapter, device, targets, overlap, largest_component, extra_models, remote
+        volumes, adapter, device, targets, overlap, largest_component, extra_models, remote, tta
     )
     return run.start()
 
@@ -73,9 +74,10 @@ def segmentation_run(
     device: str = "auto",
     targets: Sequence[slicer.vtkMRMLSegmentationNode | None] | None = None,
     overlap: float = 0.5,
-    largest_component: bool = False,
+    largest_component: bool | str = "auto",
     extra_models: Sequence[str] = (),
     remote: RemoteSettings | None = None,
+    tta: bool = True,
 ) -> SegmentVolumesRun:
     """The run `start_segmentation` starts: inputs checked and exported, job written.
 
@@ -99,6 +101,7 @@ def segmentation_run(
         targets,
         overlap=overlap,
         largest_component=largest_component,
+        tta=tta,
         remote=remote,
     )
 

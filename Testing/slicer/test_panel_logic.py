@@ -21,7 +21,7 @@ from tcurlora.errors import InputError
 from tcurlora.jobs.schema import FinetuneJob, SegmentJob
 from tcurlora.library import AdapterEntry
 from TCURLoRACommon import scene
-from TCURLoRACommon.jobs import finetune_job
+from TCURLoRACommon.jobs import LARGEST_COMPONENT_CHOICES, finetune_job
 from TCURLoRACommon.models import base_model_choices, choose_base_model, resolve_base_model
 from TCURLoRACommon.runs import event_text
 
@@ -73,7 +73,12 @@ JOB_BACKED_FIELDS = {
 }
 
 
-SEGMENT_BACKED_FIELDS = {"device": "device", "overlap": "overlap", "largestComponent": "largest_component"}
+SEGMENT_BACKED_FIELDS = {
+    "device": "device",
+    "overlap": "overlap",
+    "largestComponentClasses": "largest_component",
+    "testTimeAugmentation": "tta",
+}
 
 
 @pytest.mark.parametrize(
@@ -246,10 +251,17 @@ def test_what_to_segment(mrml) -> None:
 def test_segmenter_job_carries_overlap_largest_component_and_a_loadable_base(mrml, tmp_path: Path) -> None:
     v1 = volume("v1")
     adapter = AdapterEntry(name="a", path=tmp_path / "a", label_names=["x"], base_model_id=BUILTIN)
-    run = segmentation_run([v1], adapter, "cpu", None, overlap=0.25, largest_component=True)
+    run = segmentation_run([v1], adapter, "cpu", None, overlap=0.25, largest_component=True, tta=False)
     parsed = SegmentJob.from_dict(json.loads(json.dumps(run.job)), tmp_path)
     assert parsed.base_model == BUILTIN and parsed.overlap == 0.25 and parsed.largest_component is True
+    assert parsed.tta is False
     run.remove_workdir()
+    # the panel's "Largest component only" choices become the job's values; the defaults are segment's
+    for choice, value in (("auto", "auto"), ("every class", True), ("no class", False)):
+        run = segmentation_run([v1], adapter, "cpu", largest_component=LARGEST_COMPONENT_CHOICES[choice])
+        parsed = SegmentJob.from_dict(json.loads(json.dumps(run.job)), tmp_path)
+        assert (parsed.largest_component, parsed.tta) == (value, True)
+        run.remove_workdir()
     assert parsed.device == "cpu" and [Path(p[0]).name for p in parsed.inputs] == ["volume0.nrrd"]
     with pytest.raises(InputError, match="overlap must be"):
         segmentation_run([v1], adapter, "cpu", overlap=1.0)

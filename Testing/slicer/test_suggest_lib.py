@@ -97,12 +97,16 @@ def test_ranks_the_unlabeled_volumes_with_the_backends_scores(scene_with_adapter
     scores = [score for _, score in run.ranking]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     assert run.top is run.ranking[0][0]
-    model, spec, _, _ = load_segmentation_model(TEST_BASE_MODEL, str(adapter))  # what the CLI computes
+    model, spec, _, config = load_segmentation_model(TEST_BASE_MODEL, str(adapter))  # what the CLI computes
     import torch
 
+    from tcurlora.infer import inference_options
+
+    flip_axes = inference_options(config)["flip_axes"]  # mirrored as the adapter was trained
+    assert flip_axes == (0,)
     expected = {
         volume.GetID(): volume_uncertainty(
-            model, [path], spec, device=torch.device("cpu"), overlap=0.5, flips=False
+            model, [path], spec, device=torch.device("cpu"), overlap=0.5, flips=False, flip_axes=flip_axes
         )["entropy"]
         for volume, path in ((clean, clean_file), (noisy, noisy_file))
     }

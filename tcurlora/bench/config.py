@@ -18,7 +18,13 @@ from typing import Any
 from tcurlora.adapters.methods.registry import METHODS, method_info
 from tcurlora.errors import ConfigError, InputError
 from tcurlora.filenames import BENCH_SCHEMA
-from tcurlora.jobs.fields import SELECTIONS, UNLABELED_LOSSES, parse_patch_size, parse_spacing
+from tcurlora.jobs.fields import (
+    LARGEST_COMPONENT,
+    SELECTIONS,
+    UNLABELED_LOSSES,
+    parse_patch_size,
+    parse_spacing,
+)
 from tcurlora.jsonio import JSONProblem, loads_strict
 from tcurlora.settings import SettingError, expect, read_object, setting
 
@@ -153,6 +159,8 @@ class BenchConfig:
     overlap: float = setting(
         0.25, "number", minimum=0.0, maximum=1.0, exclusive_maximum=True, help="sliding-window overlap"
     )
+    tta: bool = setting(True, "boolean", help="mirror test-time augmentation, as segment's tta")
+    largest_component: bool | str = setting("auto", **LARGEST_COMPONENT)
     latency_cases: int = setting(2, "integer", minimum=0, help="cases timed for the inference latency")
     warmup_steps: int = setting(3, "integer", minimum=1, help="training steps not timed")
     isolate: bool = setting(True, "boolean", help="one worker process per run")

@@ -80,6 +80,8 @@ def quality_settings(config: BenchConfig, base_model: str, label_names: list[str
         "device": config.device,
         "amp": config.amp,
         "overlap": config.overlap,
+        "tta": config.tta,
+        "largest_component": config.largest_component,
         "latency_cases": config.latency_cases,
         "warmup_steps": config.warmup_steps,
         "threads": config.threads,

@@ -64,8 +64,9 @@ def _as_paths(image: str | list[str]) -> list[str]:
 
 
 def _timed_predictions(
-    model, cases: list[Case], spec, device: str, overlap: float
+    model, cases: list[Case], spec, device: str, overlap: float, options: dict[str, Any]
 ) -> tuple[list, list[float]]:
+    """Predictions as `segment` makes them by default (`options`: infer.inference_options), timed."""
     from tcurlora.infer import predict_volume
 
     outputs, seconds = [], []
@@ -73,7 +74,7 @@ def _timed_predictions(
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        outputs.append(predict_volume(model, case.images, spec, device=device, overlap=overlap))
+        outputs.append(predict_volume(model, case.images, spec, device=device, overlap=overlap, **options))
         seconds.append(time.perf_counter() - started)
     return outputs, seconds
 
@@ -86,31 +87,38 @@ def evaluate_adapter(
     device: str,
     overlap: float,
     latency_cases: int,
+    *,
+    tta: bool = True,
+    largest_component: bool | str = "auto",
 ) -> dict[str, Any]:
-    """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights."""
+    """Dice/HD95 per test case and class (merged weights), and latency with unmerged vs merged weights;
+    every prediction made as `segment` makes it (by default: mirroring, largest components)."""
     from tcurlora.adapters.io import load_adapter, read_adapter_config
     from tcurlora.evaluate import LabelVolume, class_means, evaluate_pair, read_labels
+    from tcurlora.infer import inference_options
     from tcurlora.models.registry import load_base_model
     from tcurlora.segmentation import adapter_spec
 
     base = load_base_model(base_model)
     adapted = load_adapter(adapter, base.model)
-    spec = adapter_spec(base.spec, read_adapter_config(adapter))  # the working spacing it was trained at
+    config = read_adapter_config(adapter)
+    spec = adapter_spec(base.spec, config)  # the working spacing it was trained at
+    options = inference_options(config, tta=tta, largest_component=largest_component)  # as segment's
     timing = test[: min(latency_cases, len(test))]
     latency: dict[str, Any] = {"volumes": len(timing)}
     agreement = None
     if timing:
-        _timed_predictions(adapted, timing[:1], spec, device, overlap)  # warm-up
-        unmerged, latency["unmerged_s"] = _timed_predictions(adapted, timing, spec, device, overlap)
+        _timed_predictions(adapted, timing[:1], spec, device, overlap, options)  # warm-up
+        unmerged, latency["unmerged_s"] = _timed_predictions(adapted, timing, spec, device, overlap, options)
     adapted.merge()
     if timing:
-        merged, latency["merged_s"] = _timed_predictions(adapted, timing, spec, device, overlap)
+        merged, latency["merged_s"] = _timed_predictions(adapted, timing, spec, device, overlap, options)
         agreement = min(float(np.mean(a[0] == b[0])) for a, b in zip(unmerged, merged))
         for key in ("unmerged_s", "merged_s"):
             latency[key.replace("_s", "_median_s")] = float(statistics.median(latency[key]))
     classes = {i + 1: name for i, name in enumerate(label_names)}
     cases = []
-    predictions, _ = _timed_predictions(adapted, test, spec, device, overlap)
+    predictions, _ = _timed_predictions(adapted, test, spec, device, overlap, options)
     for case, (labels, grid) in zip(test, predictions):
         reference = read_labels(case.label)
         prediction = LabelVolume(
@@ -159,6 +167,8 @@ def execute_run(run: dict[str, Any], settings: dict[str, Any], workdir: Path) ->
         str(device),
         settings["overlap"],
         settings["latency_cases"],
+        tta=settings["tta"],
+        largest_component=settings["largest_component"],
     )
     result = {
         "run_id": run["run_id"],

@@ -43,6 +43,9 @@ from tcurlora.errors import ConfigError, InputError, TCURLoRAError
 from tcurlora.models.spec import ModelSpec
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# The spatial axes fine-tuning mirrors (left-right only, so anterior/posterior label names stay true);
+# segmenting averages over exactly these flips, since the network has seen no others.
+TRAINING_FLIP_AXES: tuple[int, ...] = (0,)
 
 
 @contextmanager
@@ -184,7 +187,7 @@ def preprocessing(spec: ModelSpec, *, with_label: bool) -> list[MapTransform]:
     ]
 
 
-def augmentation(flip_axes: Sequence[int] = (0,)) -> list[MapTransform]:
+def augmentation(flip_axes: Sequence[int] = TRAINING_FLIP_AXES) -> list[MapTransform]:
     """Standard seeded augmentation: flips, small rotation/scaling, intensity scale/shift, noise."""
     keys = ["image", "label"]
     steps: list[MapTransform] = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in flip_axes]
@@ -209,7 +212,7 @@ def training_transforms(
     patch_size: Sequence[int],
     num_classes: int,
     augment: bool = True,
-    flip_axes: Sequence[int] = (0,),
+    flip_axes: Sequence[int] = TRAINING_FLIP_AXES,
 ) -> Pipeline:
     """Preprocess, pad to at least `patch_size`, crop foreground-weighted patches (pos 2 : neg 1), augment.
 

@@ -129,6 +129,7 @@ class AdapterPersistor(ModelPersistor):
 
     def extra(self, record: dict[str, Any]) -> dict[str, Any]:
         """The adapter config's additions: what segment needs, and the federation's record."""
+        from tcurlora.data.transforms import TRAINING_FLIP_AXES
         from tcurlora.finetuning import learning_rates
         from tcurlora.finetuning_setup import DEFAULT_COLORS
 
@@ -155,6 +156,7 @@ class AdapterPersistor(ModelPersistor):
                 "learning_rates": learning_rates(job),
                 "seed": job.seed,
                 "amp": job.amp,
+                "flip_axes": list(TRAINING_FLIP_AXES),  # the sites train as finetune does
             },
             "federation": {
                 "framework": "nvflare",

@@ -220,6 +220,23 @@ def parse_threads(key: str, value: Any, base_dir: Path | None) -> int | str:
     return value
 
 
+def parse_largest_component(key: str, value: Any, base_dir: Path | None) -> bool | str:
+    """true (every class), false (none) or "auto" (the classes the adapter recorded as one piece)."""
+    if value != "auto" and not isinstance(value, bool):
+        raise SettingError(key, f'expected true, false or "auto", got {type(value).__name__} {value!r}')
+    return value
+
+
+# segment's largest_component, declared alike wherever predictions are cleaned (segment, bench)
+LARGEST_COMPONENT = {
+    "kind": "custom",
+    "parse": parse_largest_component,
+    "schema": {"enum": ["auto", True, False]},
+    "help": "keep only the largest connected component of each class: true (every class), false (none) or "
+    '"auto": the classes that were one connected piece in every training label of the adapter',
+}
+
+
 # ------------------------------------------------------------------------------ shared JSON Schemas
 PATH_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
 CHANNELS_SCHEMA = {"anyOf": [PATH_SCHEMA, {"type": "array", "items": PATH_SCHEMA, "minItems": 1}]}

@@ -7,10 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from tcurlora.filenames import JOB_SCHEMA, segmentation_output_name
-from tcurlora.jobs.fields import PATH_SCHEMA, SUGGEST_SCORES, channels_out, parse_inputs, parse_paths
+from tcurlora.jobs.fields import (
+    LARGEST_COMPONENT,
+    PATH_SCHEMA,
+    SUGGEST_SCORES,
+    channels_out,
+    parse_inputs,
+    parse_paths,
+)
 from tcurlora.jobs.job_reading import BASE_HELP, DEVICE_HELP, THREADS, fail, read_job_json, read_job_values
 from tcurlora.settings import SettingError, setting
 from tcurlora.settings import dump_fields as _dump_fields
+
+# Mirror test-time augmentation, declared alike for segment and suggest (their predictions are the same).
+TTA = {
+    "kind": "boolean",
+    "flag": "--no-tta",
+    "cli": {"help": "one plain pass: no mirror test-time augmentation (about half the time)"},
+    "help": "average the predictions over the mirrorings the adapter was trained with (about 2x the "
+    "inference time); false: one plain pass",
+}
 
 
 @dataclass
@@ -46,12 +62,19 @@ class SegmentJob:
         flag="--overlap",
         help="sliding-window overlap in [0, 1)",
     )
-    largest_component: bool = setting(
-        False,
-        "boolean",
+    largest_component: bool | str = setting(
+        "auto",
+        **LARGEST_COMPONENT,
         flag="--largest-component",
-        help="keep only the largest connected component of each class",
+        cli={
+            "action": "store_const",
+            "const": True,
+            "help": "keep only the largest connected component of every class (default: the classes that "
+            "were one piece in every training label of the adapter)",
+        },
+        negation=("--no-largest-component", False, "keep every connected component of every class"),
     )
+    tta: bool = setting(True, **TTA)
     device: str = setting("auto", "device", help=DEVICE_HELP, flag="--device")
     threads: int | str = setting("auto", **THREADS)
     force: bool = setting(False, "boolean", help="overwrite existing outputs", flag="--force")
@@ -150,6 +173,7 @@ class SuggestJob:
         flag="--overlap",
         help="sliding-window overlap in [0, 1)",
     )
+    tta: bool = setting(True, **TTA)
     device: str = setting("auto", "device", help=DEVICE_HELP, flag="--device")
     threads: int | str = setting("auto", **THREADS)
     job_file: Path | None = field(default=None, compare=False, repr=False)
