@@ -169,15 +169,32 @@ def test_info_on_an_adapter_folder(tmp_path, capsys):
     adapted = apply_adapter(
         model, AdapterConfig(method="tcur", rank=4, num_classes=2, label_names=["hippocampus"])
     )
-    folder = save_adapter(tmp_path / "hippo", adapted)
+    semi = {"unlabeled_loss": "pseudo_label", "weight": 1.0}
+    extra = {
+        "preprocessing": {"spacing": [1.0, 1.0, 1.5]},
+        "single_piece_classes": [1],
+        "training": {"flip_axes": [0], "semi_supervised": semi},
+    }
+    folder = save_adapter(tmp_path / "hippo", adapted, extra=extra)
     assert main(["info", str(folder), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     counts = adapted.parameter_counts()
     assert data["method"] == "tcur" and data["rank"] == 4 and data["label_names"] == ["hippocampus"]
     assert (data["trainable"], data["adapter"], data["head"]) == (counts.trainable, counts.adapter, 8 * 2 + 2)
     assert data["file_size"] == (folder / ADAPTER_WEIGHTS_FILE).stat().st_size
+    assert (data["spacing"], data["flip_axes"], data["single_piece_classes"]) == ([1.0, 1.0, 1.5], [0], [1])
+    assert data["semi_supervised"] == semi
     assert main(["info", str(folder)]) == 0
-    assert "file size" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "file size" in out and "flip axes: [0]" in out and "single piece classes: [1]" in out
+    assert 'semi supervised: {"unlabeled_loss": "pseudo_label", "weight": 1.0}' in out
+    # an adapter of an older tcurlora, without these records: "-" in the table, None in JSON
+    bare = save_adapter(tmp_path / "old", adapted)
+    assert main(["info", str(bare), "--json"]) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert (old["flip_axes"], old["single_piece_classes"], old["semi_supervised"]) == (None, None, None)
+    assert main(["info", str(bare)]) == 0
+    assert "flip axes: -" in capsys.readouterr().out
 
 
 def test_info_errors_name_the_problem(tmp_path, capsys):

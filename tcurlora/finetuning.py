@@ -183,6 +183,8 @@ class Trainer(LoopHooks):
         )
         self.keep_teacher = self.teacher is not None and bool(getattr(job, "keep_teacher", False))
         self.unlabeled_stream = None
+        if self.teacher is not None:  # the student's view of an unlabeled patch, and its loss
+            self.unlabeled_view, self.unlabeled_loss = unlabeled_view_and_loss(job.unlabeled_loss)
 
     def job_record(self) -> dict:
         return {
@@ -249,9 +251,13 @@ class Trainer(LoopHooks):
                 teacher_logits = teacher(unlabeled).float()
             teacher.train()
         weight = consistency_weight(self.state.iteration, self.job.iterations, self.job.unlabeled_weight)
-        view, unlabeled_loss = unlabeled_view_and_loss(self.job.unlabeled_loss)
-        loss = SemiSupervisedLoss(self.loss_fn, image.shape[0], teacher_logits, weight, unlabeled_loss)
-        return Batch(torch.cat([image, view(unlabeled)]), label, loss, info={"consistency_weight": weight})
+        loss = SemiSupervisedLoss(self.loss_fn, image.shape[0], teacher_logits, weight, self.unlabeled_loss)
+        return Batch(
+            torch.cat([image, self.unlabeled_view(unlabeled)]),
+            label,
+            loss,
+            info={"consistency_weight": weight},
+        )
 
     @contextmanager
     def kept_weights(self):

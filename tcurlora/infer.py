@@ -20,6 +20,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import SpatialResample
 from scipy import ndimage
 
+from tcurlora.data.components import CONNECTIVITY_26
 from tcurlora.data.io import check_labelmap_output, reference_image, write_labelmap
 from tcurlora.data.transforms import TRAINING_FLIP_AXES, inference_transforms, ras_affine
 from tcurlora.device import resolve_device
@@ -76,11 +77,10 @@ def keep_largest_components(labels: np.ndarray, classes: Collection[int] | None 
     """Keep, for each class > 0 (or each of `classes`), only its largest 26-connected component (the
     rest becomes 0)."""
     out = labels.copy()
-    structure = np.ones((3, 3, 3), dtype=bool)
     for value in np.unique(labels):
         if value == 0 or (classes is not None and int(value) not in classes):
             continue
-        components, count = ndimage.label(labels == value, structure=structure)
+        components, count = ndimage.label(labels == value, structure=CONNECTIVITY_26)
         if count > 1:
             sizes = np.bincount(components.ravel())
             sizes[0] = 0

@@ -112,8 +112,11 @@ def main(args: argparse.Namespace) -> int:
         result = rows if args.table else rows[0]
     if args.json:
         print(json.dumps(result, indent=2))
+    elif "file_size" in rows[0]:  # an adapter folder
+        print(format_table(rows, extra=("file_size",)))
+        print(format_records(rows[0]))
     else:
-        print(format_table(rows, extra=("file_size",) if "file_size" in rows[0] else ()))
+        print(format_table(rows))
     return 0
 
 
@@ -180,7 +183,32 @@ def adapter_info(folder: Path) -> dict:
             for k in ("total", "trainable", "trainable_percent", "adapter", "modules", "head")
         },
         "file_size": weights.stat().st_size,
+        **inference_records(record),
     }
+
+
+def inference_records(record: dict) -> dict:
+    """What `segment` and a reader of the adapter need beyond the counts: the working spacing, the mirror
+    axes of test-time augmentation, the classes the largest-component cleanup keeps in one piece, and the
+    semi-supervised settings (None where an older tcurlora did not record them)."""
+    training = record.get("training") if isinstance(record.get("training"), dict) else {}
+    preprocessing = record.get("preprocessing") if isinstance(record.get("preprocessing"), dict) else {}
+    return {
+        "spacing": preprocessing.get("spacing"),
+        "flip_axes": training.get("flip_axes"),
+        "single_piece_classes": record.get("single_piece_classes"),
+        "semi_supervised": training.get("semi_supervised"),
+    }
+
+
+def format_records(row: dict) -> str:
+    """The adapter's recorded inference and training settings, one "name: value" line each ("-": not
+    recorded, an adapter of an older tcurlora)."""
+    lines = []
+    for key in ("spacing", "flip_axes", "single_piece_classes", "semi_supervised"):
+        value = row.get(key)
+        lines.append(f"{key.replace('_', ' ')}: {'-' if value is None else json.dumps(value)}")
+    return "\n".join(lines)
 
 
 def _cell(key: str, value: Any) -> str:
