@@ -207,6 +207,10 @@ def test_federate_writes_one_adapter_with_rounds_sites_and_case_counts(federated
     log = [json.loads(line) for line in (federated / TRAINING_LOG_FILE).read_text().splitlines()]
     assert [r["round"] for r in log] == [1, 2]
     assert config["training"]["iterations"] == 4 and config["preprocessing"]["spacing"] == [1.0, 1.0, 1.0]
+    # each site said which classes its labels hold and which in several pieces; segment cleans the rest
+    for record in federation["history"]:
+        assert all(e["present_classes"] == [1, 2] and e["split_classes"] == [] for e in record["sites"])
+    assert config["single_piece_classes"] == [1, 2]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from trust_testing import LABELS, TINY, run
 from tcurlora.adapter_integrity import seal
 from tcurlora.cli import main
 from tcurlora.data.cases import Case, cases_from_decathlon
-from tcurlora.data.components import piece_counts, single_piece_classes
+from tcurlora.data.components import class_pieces, combine_pieces, piece_counts, single_piece_classes
 from tcurlora.data.transforms import TRAINING_FLIP_AXES, inference_transforms
 from tcurlora.errors import ConfigError
 from tcurlora.filenames import ADAPTER_CONFIG_FILE
@@ -145,6 +145,11 @@ def test_a_class_in_two_pieces_in_any_training_label_is_never_cut(tmp_path, hipp
     assert single_piece_classes([merged], 3) == [1]
     unlabeled = Case(id="none", images=cases[0].images, label=None)
     assert single_piece_classes([unlabeled], 3) == []
+    # federated: each site sends (present, split); the server keeps what no site has in pieces
+    site_a, site_b = class_pieces(cases[:1], 3), class_pieces([two_pieces], 3)
+    assert (site_a, site_b) == (([1, 2], []), ([1, 2], [2]))
+    assert combine_pieces([site_a, site_b]) == [1] and combine_pieces([site_a]) == [1, 2]
+    assert combine_pieces([([1], []), ([3], [])]) == [1, 3]  # a class only one site has still counts
 
 
 def two_class_threshold_model(low: float = 80.5, high: float = 100.5) -> torch.nn.Module:

@@ -25,9 +25,10 @@ def piece_counts(array: np.ndarray, classes: Sequence[int]) -> dict[int, int]:
     return {c: int(ndimage.label(array == c, structure=CONNECTIVITY_26)[1]) for c in classes}
 
 
-def single_piece_classes(cases: Sequence[Case], num_classes: int) -> list[int]:
-    """Classes 1..num_classes-1 present in some labeled case and never in more than one piece, with
-    the labels read (and remapped by each case's label_map) as training reads them."""
+def class_pieces(cases: Sequence[Case], num_classes: int) -> tuple[list[int], list[int]]:
+    """(present, split): the classes 1..num_classes-1 present in some labeled case, and those in more than
+    one piece in some label, with the labels read (and remapped by each case's label_map) as training reads
+    them. A federated site sends these two lists, so that the server can combine them (`combine_pieces`)."""
     classes = range(1, num_classes)
     present: set[int] = set()
     split: set[int] = set()
@@ -39,4 +40,16 @@ def single_piece_classes(cases: Sequence[Case], num_classes: int) -> list[int]:
         for c, count in piece_counts(array, classes).items():
             present.update([c] if count else [])
             split.update([c] if count > 1 else [])
+    return sorted(present), sorted(split)
+
+
+def combine_pieces(parts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[int]:
+    """The classes present in some part and split in none: one piece in every label of every part."""
+    present = {int(c) for part, _ in parts for c in part}
+    split = {int(c) for _, part in parts for c in part}
     return sorted(present - split)
+
+
+def single_piece_classes(cases: Sequence[Case], num_classes: int) -> list[int]:
+    """Classes 1..num_classes-1 present in some labeled case and never in more than one piece."""
+    return combine_pieces([class_pieces(cases, num_classes)])

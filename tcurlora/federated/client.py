@@ -37,7 +37,7 @@ IDENTITY_KEY = "tcurlora_identity"  # model meta: what every site must share (ch
 LOG = logging.getLogger("tcurlora.federated")
 # FLARE's simulator makes a new executor for every round of a site, in the same process: the site's
 # prepared training (base model, cases, patch stream) is kept here so that a round does not reload it.
-_PREPARED: dict[tuple, tuple[Any, Any, dict[str, Any]]] = {}
+_PREPARED: dict[tuple, tuple[Any, Any, dict[str, Any], dict[str, list[int]]]] = {}
 
 
 class LogSink(BaseSink):
@@ -101,10 +101,12 @@ class SiteExecutor(Executor):
         self.trainer = None
         self.stream = None
         self.local_identity: dict[str, Any] | None = None
+        self.pieces: dict[str, list[int]] = {}  # present_classes, split_classes of this site's labels
 
     def setup(self, site: str, workdir: Path, first_round: int = 0) -> None:
         """Load the base model, this site's cases and the adapter, as `tcurlora finetune` does; the patch
         stream is seeded by the first round this process trains (a resumed site draws new patches)."""
+        from tcurlora.data.components import class_pieces
         from tcurlora.finetuning import Trainer
         from tcurlora.finetuning_setup import prepare_training
 
@@ -113,7 +115,7 @@ class SiteExecutor(Executor):
         )  # a site may keep its data elsewhere than the job says
         key = (site, json.dumps(self.job, sort_keys=True, default=str), data, self.rounds, self.local_steps)
         if key in _PREPARED:
-            self.trainer, self.stream, self.local_identity = _PREPARED[key]
+            self.trainer, self.stream, self.local_identity, self.pieces = _PREPARED[key]
             return
         if not data:
             raise TCURLoRAError(
@@ -128,7 +130,9 @@ class SiteExecutor(Executor):
         self.local_identity = identity(
             setup.base.fingerprint, setup.label_names, setup.spec.spacing, job.method, job.rank
         )
-        _PREPARED[key] = (self.trainer, self.stream, self.local_identity)
+        present, split = class_pieces(setup.train_cases, len(setup.label_names) + 1)
+        self.pieces = {"present_classes": present, "split_classes": split}  # for segment's cleanup
+        _PREPARED[key] = (self.trainer, self.stream, self.local_identity, self.pieces)
         LOG.info(
             "%s: %d training case(s), %d validation case(s) from %s",
             site,
@@ -198,6 +202,7 @@ class SiteExecutor(Executor):
             "cases": cases,
             "payload_bytes": payload_bytes(params),
             "seconds": round(time.monotonic() - started, 3),
+            **self.pieces,
         }
         LOG.info(
             "%s round %s: %d case(s), %d local step(s), loss %.4f, sends %d bytes",

@@ -15,7 +15,7 @@ from nvflare.app_common.abstract.model_persistor import ModelPersistor
 
 from tcurlora.federated.checks import identity
 from tcurlora.federated.client import IDENTITY_KEY
-from tcurlora.federated.server import ROUND_KEY
+from tcurlora.federated.server import PIECE_KEYS, ROUND_KEY
 from tcurlora.federated.tensors import merged_state, shared_tensors
 from tcurlora.filenames import (
     FEDERATION_STATE_DIR,
@@ -140,6 +140,7 @@ class AdapterPersistor(ModelPersistor):
         patch = [int(p) for p in (job.patch_size or self.base.spec.patch_size)]
         cases = {e["site"]: e["cases"] for h in self.history for e in h["sites"]}
         return {
+            **single_piece_record(self.history),
             "label_colors": colors,
             "preprocessing": self.spec.to_dict(),
             "patch_size": patch,
@@ -169,6 +170,17 @@ class AdapterPersistor(ModelPersistor):
                 "history": self.history,
             },
         }
+
+
+def single_piece_record(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"single_piece_classes": [...]}: the classes one piece in every label of every site that contributed,
+    for segment's default cleanup; {} when a site did not say (a site of an older tcurlora)."""
+    from tcurlora.data.components import combine_pieces
+
+    entries = [e for h in history for e in h["sites"]]
+    if not entries or any(key not in e for e in entries for key in PIECE_KEYS):
+        return {}
+    return {"single_piece_classes": combine_pieces([(e[PIECE_KEYS[0]], e[PIECE_KEYS[1]]) for e in entries])}
 
 
 def _weighted_loss(record: dict[str, Any]) -> float | None:

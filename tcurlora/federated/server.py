@@ -13,6 +13,8 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 from tcurlora.federated.client import IDENTITY_KEY
 
 ROUND_KEY = "tcurlora_round"  # model meta: the record of the round just aggregated (persistor.py)
+# A site's label classes, and those in several pieces (client.py): the adapter's single_piece_classes.
+PIECE_KEYS = ("present_classes", "split_classes")
 
 
 class CaseWeightedFedAvg(FedAvg):
@@ -46,6 +48,7 @@ class CaseWeightedFedAvg(FedAvg):
         meta = result.meta or {}
         if accepted:
             entry = {key: meta.get(key) for key in ("site", "cases", "payload_bytes", "seconds")}
+            entry.update({key: meta[key] for key in PIECE_KEYS if key in meta})
             entry.update(
                 {key: float(v) for key, v in (result.metrics or {}).items() if isinstance(v, int | float)}
             )
