@@ -119,7 +119,7 @@ def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
     assert config.methods[1].learning_rate == 0.002
 
 
-def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path):
+def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path, monkeypatch):
     """The mean teacher's weight and loss are settings of their own, and the run's job carries them (only
     with unlabeled)."""
     from tcurlora.bench.single import finetune_job
@@ -151,6 +151,10 @@ def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path):
         "amp": False,
     }
     job = finetune_job(run, settings, tmp_path / "out")
+    # a relative `bench --output`: the adapter goes where the evaluation reads it (cwd/out/runs/RUN/adapter)
+    monkeypatch.chdir(tmp_path)
+    relative = finetune_job(run, settings, Path("out") / "runs" / "r1" / "adapter")
+    assert Path(relative.output) == tmp_path / "out" / "runs" / "r1" / "adapter"
     assert job.unlabeled_weight == 1.0 and [p.name for p in job.unlabeled] == ["b.nii.gz"]
     assert job.unlabeled_loss == "pseudo_label"
     assert finetune_job(

@@ -19,9 +19,13 @@ from tcurlora.filenames import ADAPTER_WEIGHTS_FILE
 
 
 def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
-    """The FinetuneJob of a run (no validation split: the test split is evaluated afterwards)."""
+    """The FinetuneJob of a run (no validation split: the test split is evaluated afterwards).
+
+    `output` is made absolute first: the job resolves relative paths against its own folder, so a
+    relative `bench --output` would otherwise put the adapter where the evaluation does not look."""
     from tcurlora.jobs.schema import FinetuneJob
 
+    output = Path(output).resolve()
     method = run["method"]
     job = {
         "command": "finetune",
