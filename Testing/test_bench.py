@@ -113,10 +113,20 @@ def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
     entries = [
         {"method": "tcur", "conv_targets": True},
         {"method": "tcur", "conv_targets": True, "learning_rate": 0.002},
+        {"method": "tcur", "conv_targets": True, "modules_learning_rate": 0.003},
     ]
     config = load_config(write_config(tmp_path, methods=entries, data="x"))
-    assert [m.label for m in config.methods] == ["tcur-r8-topnorm+conv", "tcur-r8-topnorm+conv-lr0.002"]
+    assert [m.label for m in config.methods] == [
+        "tcur-r8-topnorm+conv",
+        "tcur-r8-topnorm+conv-lr0.002",
+        "tcur-r8-topnorm+conv-mlr0.003",
+    ]
     assert config.methods[1].learning_rate == 0.002
+    assert config.methods[2].modules_learning_rate == 0.003 and config.methods[2].learning_rate is None
+    with pytest.raises(ConfigError, match="'methods\\[0\\].modules_learning_rate': must be > 0"):
+        load_config(
+            write_config(tmp_path, methods=[{"method": "tcur", "modules_learning_rate": 0}], data="x")
+        )
 
 
 def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path, monkeypatch):
@@ -151,6 +161,9 @@ def test_an_unlabeled_weight_and_loss_reach_the_finetune_job(tmp_path, monkeypat
         "amp": False,
     }
     job = finetune_job(run, settings, tmp_path / "out")
+    assert job.modules_learning_rate is None  # not set: finetune's default
+    with_rate = {**run, "method": {**run["method"], "modules_learning_rate": 0.003}}
+    assert finetune_job(with_rate, settings, tmp_path / "m").modules_learning_rate == 0.003
     # a relative `bench --output`: the adapter goes where the evaluation reads it (cwd/out/runs/RUN/adapter)
     monkeypatch.chdir(tmp_path)
     relative = finetune_job(run, settings, Path("out") / "runs" / "r1" / "adapter")

@@ -48,11 +48,13 @@ class MethodSpec:
     unlabeled: str | None = None
     unlabeled_weight: float | None = None  # the mean teacher's consistency weight (None: finetune's default)
     unlabeled_loss: str | None = None  # consistency / pseudo_label (None: finetune's default)
+    modules_learning_rate: float | None = None  # the train_modules' rate (None: finetune's default)
 
     @property
     def label(self) -> str:
         """E.g. `tcur-r8-topnorm+conv`, `lora-r8`, `full`; `+decoder2,encoder1` names train_modules,
-        `-lr0.002` / `-hlr0.05` are added when the entry sets the adapter's / the head's rate."""
+        `-lr0.002` / `-hlr0.05` / `-mlr0.003` are added when the entry sets the adapter's / the head's / the
+        train_modules' rate."""
         info = method_info(self.method)
         if info.index_selection:
             text = f"{self.method}-r{self.rank}-{self.selection}" + ("+conv" if self.conv_targets else "")
@@ -66,6 +68,8 @@ class MethodSpec:
             text += f"-lr{self.learning_rate:g}"
         if self.head_learning_rate is not None:
             text += f"-hlr{self.head_learning_rate:g}"
+        if self.modules_learning_rate is not None:
+            text += f"-mlr{self.modules_learning_rate:g}"
         if self.unlabeled:
             text += f"+unlabeled-{self.unlabeled}"
         if self.unlabeled_weight is not None:
@@ -199,6 +203,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
         "learning_rate",
         "alpha",
         "head_learning_rate",
+        "modules_learning_rate",
         "train_modules",
         "unlabeled",
         "unlabeled_weight",
@@ -233,7 +238,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
                 f"expected true/false or a list of them, got {entry.get('conv_targets')!r}",
             )
         rates = {}
-        for key in ("learning_rate", "alpha", "head_learning_rate"):
+        for key in ("learning_rate", "alpha", "head_learning_rate", "modules_learning_rate"):
             value = entry.get(key)
             if value is not None:
                 expect(f"{at}.{key}", value, (int, float), "a positive number or null")
@@ -279,6 +284,7 @@ def expand_methods(entries: Any, where: str) -> list[MethodSpec]:
                 unlabeled,
                 unlabeled_weight,
                 unlabeled_loss,
+                rates["modules_learning_rate"],
             )
             if spec.label in {s.label for s in specs}:
                 raise SettingError(f"{at}.method", f"the setting {spec.label!r} appears twice")

@@ -42,6 +42,7 @@ def finetune_job(run: dict[str, Any], settings: dict[str, Any], output: Path):
         "learning_rate": method["learning_rate"],
         "iterations": settings["iterations"],
         "head_learning_rate": method.get("head_learning_rate"),
+        "modules_learning_rate": method.get("modules_learning_rate"),
         "train_modules": method.get("train_modules") or None,
         "spacing": settings.get("spacing"),
         "batch_size": settings["batch_size"],
