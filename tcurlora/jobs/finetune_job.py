@@ -164,7 +164,7 @@ class FinetuneJob:
     modules_learning_rate: float | None = setting(
         None,
         **RATE,
-        help="learning rate of the train_modules (default 1e-3)",
+        help="learning rate of the train_modules (default 3e-3)",
         flag="--modules-lr",
         dest="modules_lr",
     )
