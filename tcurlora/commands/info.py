@@ -204,11 +204,10 @@ def inference_records(record: dict) -> dict:
 def format_records(row: dict) -> str:
     """The adapter's recorded inference and training settings, one "name: value" line each ("-": not
     recorded, an adapter of an older tcurlora)."""
-    lines = []
-    for key in ("spacing", "flip_axes", "single_piece_classes", "semi_supervised"):
-        value = row.get(key)
-        lines.append(f"{key.replace('_', ' ')}: {'-' if value is None else json.dumps(value)}")
-    return "\n".join(lines)
+    return "\n".join(
+        f"{key.replace('_', ' ')}: {'-' if row.get(key) is None else json.dumps(row[key])}"
+        for key in inference_records({})
+    )
 
 
 def _cell(key: str, value: Any) -> str:

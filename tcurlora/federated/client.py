@@ -34,6 +34,9 @@ from tcurlora.training.loop import LoopHooks, run_loop
 
 DATA_ENV = "TCURLORA_SITE_DATA"  # a deployed site's Decathlon folder, when its job config names none
 IDENTITY_KEY = "tcurlora_identity"  # model meta: what every site must share (checks.identity)
+# Result meta: a site's label classes, and those in several pieces (data.components.class_pieces), from which
+# the server writes the adapter's single_piece_classes (persistor.single_piece_record).
+PIECE_KEYS = ("present_classes", "split_classes")
 LOG = logging.getLogger("tcurlora.federated")
 # FLARE's simulator makes a new executor for every round of a site, in the same process: the site's
 # prepared training (base model, cases, patch stream) is kept here so that a round does not reload it.
@@ -130,8 +133,7 @@ class SiteExecutor(Executor):
         self.local_identity = identity(
             setup.base.fingerprint, setup.label_names, setup.spec.spacing, job.method, job.rank
         )
-        present, split = class_pieces(setup.train_cases, len(setup.label_names) + 1)
-        self.pieces = {"present_classes": present, "split_classes": split}  # for segment's cleanup
+        self.pieces = dict(zip(PIECE_KEYS, class_pieces(setup.train_cases, len(setup.label_names) + 1)))
         _PREPARED[key] = (self.trainer, self.stream, self.local_identity, self.pieces)
         LOG.info(
             "%s: %d training case(s), %d validation case(s) from %s",

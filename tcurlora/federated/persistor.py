@@ -14,8 +14,8 @@ from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey,
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 
 from tcurlora.federated.checks import identity
-from tcurlora.federated.client import IDENTITY_KEY
-from tcurlora.federated.server import PIECE_KEYS, ROUND_KEY
+from tcurlora.federated.client import IDENTITY_KEY, PIECE_KEYS
+from tcurlora.federated.server import ROUND_KEY
 from tcurlora.federated.tensors import merged_state, shared_tensors
 from tcurlora.filenames import (
     FEDERATION_STATE_DIR,
@@ -180,7 +180,7 @@ def single_piece_record(history: list[dict[str, Any]]) -> dict[str, Any]:
     entries = [e for h in history for e in h["sites"]]
     if not entries or any(key not in e for e in entries for key in PIECE_KEYS):
         return {}
-    return {"single_piece_classes": combine_pieces([(e[PIECE_KEYS[0]], e[PIECE_KEYS[1]]) for e in entries])}
+    return {"single_piece_classes": combine_pieces([tuple(e[key] for key in PIECE_KEYS) for e in entries])}
 
 
 def _weighted_loss(record: dict[str, Any]) -> float | None:

@@ -10,11 +10,9 @@ from typing import Any
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.fedavg import FedAvg
 
-from tcurlora.federated.client import IDENTITY_KEY
+from tcurlora.federated.client import IDENTITY_KEY, PIECE_KEYS
 
 ROUND_KEY = "tcurlora_round"  # model meta: the record of the round just aggregated (persistor.py)
-# A site's label classes, and those in several pieces (client.py): the adapter's single_piece_classes.
-PIECE_KEYS = ("present_classes", "split_classes")
 
 
 class CaseWeightedFedAvg(FedAvg):
