@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -557,9 +558,15 @@ def test_report_says_what_the_base_contributes_over_scratch():
 
     lines = _report_markdown(report, to_markdown).splitlines()
     assert "## What the base contributes (each method's mean Dice minus scratch's)" in lines
-    assert f"| 5 | 0 | {DEFAULT_SETTING} | 0.700 | 0.600 | +0.100 | above scratch |" in lines
-    assert f"| 5 | 1 | {DEFAULT_SETTING} | 0.500 | 0.550 | -0.050 | {LOSS_TO_SCRATCH} |" in lines
-    assert "| 5 | mean | full | 0.615 | 0.575 | +0.040 |  |" in lines
+    # one test case per run: its counts, no interval
+    assert (
+        f"| 5 | 0 | {DEFAULT_SETTING} | 0.700 | 0.600 | +0.100 | 1 / 0 of 1 | n/a | above scratch |" in lines
+    )
+    assert (
+        f"| 5 | 1 | {DEFAULT_SETTING} | 0.500 | 0.550 | -0.050 | 0 / 1 of 1 | n/a | {LOSS_TO_SCRATCH} |"
+        in lines
+    )
+    assert "| 5 | mean | full | 0.615 | 0.575 | +0.040 | 1 / 0 of 1 | n/a |  |" in lines
     assert (
         f"- k=5: the default method {DEFAULT_SETTING} is above scratch by +0.025 mean Dice (over 2 seeds)."
         in lines
@@ -573,6 +580,78 @@ def test_report_says_what_the_base_contributes_over_scratch():
     report["quality"]["runs"] = [r for r in runs if r["method"]["method"] != "scratch"]
     assert base_contribution(report) == []
     assert "What the base contributes" not in _report_markdown(report, to_markdown)
+
+
+def _cases_run(label: str, method: str, dice_by_case: dict[str, float], seed: int = 0) -> dict:
+    """An ok run record scored on several named test cases (one class)."""
+    run = _fake_run(label, method, 8, statistics.fmean(dice_by_case.values()), 1_000, 1.0)
+    run["seed"] = seed
+    run["test"]["cases"] = [
+        {"id": i, "classes": {"A": {"dice": d, "hd95": 1.0}}} for i, d in dice_by_case.items()
+    ]
+    return run
+
+
+def test_base_contribution_pairs_cases_by_id_and_bounds_the_mean_difference():
+    from tcurlora.bench.paired import bootstrap_interval
+    from tcurlora.bench.report import to_markdown
+    from tcurlora.bench.summary import DEFAULT_SETTING, base_contribution
+
+    scratch = {"a": 0.80, "b": 0.70, "c": 0.60, "d": 0.90}
+    # the same cases in another order: pairing is by id, not by position
+    tcur = {"d": 0.80, "c": 0.50, "b": 0.72, "a": 0.70}
+    scratch1 = {"a": 0.82, "b": 0.70, "c": 0.60, "d": 0.88}
+    tcur1 = {"a": 0.74, "b": 0.70, "c": 0.58, "d": 0.80}
+    runs = [
+        _cases_run(DEFAULT_SETTING, "tcur", tcur),
+        _cases_run("scratch", "scratch", scratch),
+        _cases_run(DEFAULT_SETTING, "tcur", tcur1, seed=1),
+        _cases_run("scratch", "scratch", scratch1, seed=1),
+    ]
+    report = {
+        "config": {"methods": [{"label": DEFAULT_SETTING}]},
+        "quality": {"runs": runs, "label_names": ["A"]},
+    }
+    rows = {(r["k"], r["seed"]): r for r in base_contribution(report)}
+    seed0 = rows[(5, 0)]
+    assert (seed0["cases"], seed0["better"], seed0["worse"]) == (4, 1, 3)
+    differences0 = [-0.10, 0.02, -0.10, -0.10]  # a, b, c, d
+    assert seed0["interval"] == pytest.approx(list(bootstrap_interval(differences0)))
+    assert seed0["difference"] == pytest.approx(statistics.fmean(differences0))
+    seed1 = rows[(5, 1)]
+    assert (seed1["better"], seed1["worse"]) == (0, 3)  # b is a tie
+    mean = rows[(5, None)]
+    per_case = [(-0.10 - 0.08) / 2, (0.02 + 0.0) / 2, (-0.10 - 0.02) / 2, (-0.10 - 0.08) / 2]
+    assert (mean["cases"], mean["better"], mean["worse"]) == (4, 1, 3)
+    assert mean["interval"] == pytest.approx(list(bootstrap_interval(per_case)))
+    low, high = mean["interval"]
+    assert min(per_case) <= low <= statistics.fmean(per_case) <= high <= max(per_case)
+    assert high < 0  # every resample of these cases is a loss
+
+    text = _report_markdown(report, to_markdown)
+    assert f"| 5 | mean | {DEFAULT_SETTING} | " in text
+    assert f"| 1 / 3 of 4 | [{low:+.3f}, {high:+.3f}] |" in text
+    assert "within noise" not in text
+    # a gap whose interval holds 0 is said to be within noise
+    runs[0]["test"]["cases"][1]["classes"]["A"]["dice"] = 0.60  # c: 0.50 -> 0.60, a tie with scratch
+    runs[0]["test"]["cases"][0]["classes"]["A"]["dice"] = 1.00  # d: 0.80 -> 1.00, a win
+    runs[0]["test"]["mean"]["A"]["dice"] = statistics.fmean([1.00, 0.60, 0.72, 0.70])
+    runs[2]["test"]["mean"]["A"]["dice"] = runs[3]["test"]["mean"]["A"]["dice"]
+    for case in runs[2]["test"]["cases"]:
+        case["classes"]["A"]["dice"] = scratch1[case["id"]]
+    assert "(within noise: the 95% interval holds 0)" in _report_markdown(report, to_markdown)
+
+
+def test_bootstrap_interval_is_exact_for_equal_differences_and_none_for_one_case():
+    from tcurlora.bench.paired import bootstrap_interval
+
+    assert bootstrap_interval([0.05] * 6) == pytest.approx((0.05, 0.05))
+    assert bootstrap_interval([0.05]) is None
+    values = [-0.3, 0.1, 0.2, 0.0, 0.05, -0.02, 0.4, 0.01]
+    low, high = bootstrap_interval(values)
+    assert low < statistics.fmean(values) < high
+    assert bootstrap_interval(values) == (low, high)  # seeded: the same every time
+    assert bootstrap_interval(values, level=0.5)[1] - bootstrap_interval(values, level=0.5)[0] < high - low
 
 
 def _report_markdown(report: dict, to_markdown) -> str:

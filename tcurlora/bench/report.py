@@ -130,10 +130,24 @@ def quality_table(quality: dict[str, Any]) -> list[str]:
 LOSS_TO_SCRATCH = "**LOSS: the base does not beat scratch**"
 
 
+def _paired(row: dict[str, Any]) -> tuple[str, str]:
+    """The 'cases better / worse' and '95% interval' cells of a contribution row."""
+    counts = f"{row['better']} / {row['worse']} of {row['cases']}"
+    interval = row.get("interval")
+    return counts, ("n/a" if not interval else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]")
+
+
+def _within_noise(row: dict[str, Any]) -> bool:
+    """Whether the interval of the mean per-case difference holds 0 (the gap is not told from noise)."""
+    interval = row.get("interval")
+    return bool(interval) and interval[0] <= 0.0 <= interval[1]
+
+
 def contribution_table(report: dict[str, Any]) -> list[str]:
     """'What the base contributes': each method's mean Dice minus scratch's (the base's architecture
-    trained from random initialisation), per (k, seed) and as means over seeds; the default method (the
-    config's first) not above scratch is a LOSS, in bold. Empty without a scratch run."""
+    trained from random initialisation), per (k, seed) and as means over seeds, with the cases each wins
+    and a bootstrap interval of the mean per-case difference; the default method (the config's first)
+    not above scratch is a LOSS, in bold. Empty without a scratch run."""
     rows = base_contribution(report)
     if not rows:
         return []
@@ -142,10 +156,14 @@ def contribution_table(report: dict[str, Any]) -> list[str]:
         "## What the base contributes (each method's mean Dice minus scratch's)",
         "",
         "`scratch` is the base's architecture trained from random initialisation (seeded by the run's seed), "
-        "every weight trained: a difference above 0 is what the pretrained weights add.",
+        "every weight trained: a difference above 0 is what the pretrained weights add. Cases better / worse: "
+        "test cases where the method's Dice is above / below scratch's; interval: 95% bootstrap interval of "
+        "the mean per-case difference (test cases resampled; the mean rows average each case over the seeds). "
+        "An interval that holds 0 is a difference this test split cannot tell from noise.",
         "",
-        "| k | seed | method | mean Dice | scratch mean Dice | difference | verdict |",
-        "|---:|---:|---|---:|---:|---:|---|",
+        "| k | seed | method | mean Dice | scratch mean Dice | difference | cases better / worse | 95% interval "
+        "| verdict |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     verdicts = []
     for row in rows:
@@ -154,15 +172,18 @@ def contribution_table(report: dict[str, Any]) -> list[str]:
         if row["label"] == default:
             verdict = "above scratch" if row["difference"] > 0 else LOSS_TO_SCRATCH
             if row["seed"] is None:
+                noise = " (within noise: the 95% interval holds 0)" if _within_noise(row) else ""
                 verdicts.append(
                     f"- k={row['k']}: the default method {default} "
                     f"{'is above' if row['difference'] > 0 else 'is not above'} scratch by "
                     f"{row['difference']:+.3f} mean Dice (over {row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
+                    + noise
                     + ("." if row["difference"] > 0 else f": {LOSS_TO_SCRATCH}.")
                 )
+        counts, interval = _paired(row)
         lines.append(
             f"| {row['k']} | {seed} | {row['label']} | {_num(row['mean_dice'])} | {_num(row['scratch_dice'])} | "
-            f"{row['difference']:+.3f} | {verdict} |"
+            f"{row['difference']:+.3f} | {counts} | {interval} | {verdict} |"
         )
     return lines + [""] + verdicts + ([""] if verdicts else [])
 

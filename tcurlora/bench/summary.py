@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 from tcurlora.bench.config import MethodSpec
+from tcurlora.bench.paired import case_dice_by_id, mean_over_seeds, paired_differences, paired_summary
 
 # What `tcurlora finetune --method tcur` does by default (rank 8, top-norm selection, Conv3d targets).
 DEFAULT_SETTING = MethodSpec("tcur", conv_targets=True).label
@@ -35,9 +36,7 @@ def run_mean_dice(run: dict[str, Any]) -> float:
 
 def case_dice(run: dict[str, Any]) -> list[float]:
     """Each test case's Dice averaged over classes."""
-    return [
-        float(statistics.fmean(c["dice"] for c in case["classes"].values())) for case in run["test"]["cases"]
-    ]
+    return list(case_dice_by_id(run).values())
 
 
 def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
@@ -213,10 +212,12 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
     """What the pretrained base contributes, where a `scratch` run (the base's architecture trained from
     random initialisation) is present: one row per (k, seed, method label) with the method's mean Dice,
     scratch's, and the difference, then one row per (k, method label) with seed None: the means over
-    the seeds both have. Empty without a scratch run."""
+    the seeds both have. Each row also compares the two case by case (`paired_summary`: cases better /
+    worse, a bootstrap interval of the mean difference; the mean rows average each case over the seeds).
+    Empty without a scratch run."""
     quality = report.get("quality") or {}
     ok = [r for r in quality.get("runs", []) if r.get("status") == "ok"]
-    scratch = {(r["k"], r["seed"]): run_mean_dice(r) for r in ok if r["method"]["method"] == "scratch"}
+    scratch = {(r["k"], r["seed"]): r for r in ok if r["method"]["method"] == "scratch"}
     if not scratch:
         return []
     rows: list[dict[str, Any]] = []
@@ -224,15 +225,18 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
         key = (run["k"], run["seed"])
         if run["method"]["method"] == "scratch" or key not in scratch:
             continue
-        dice = run_mean_dice(run)
+        dice, scratch_dice = run_mean_dice(run), run_mean_dice(scratch[key])
+        differences = paired_differences(run, scratch[key])
         rows.append(
             {
                 "k": run["k"],
                 "seed": run["seed"],
                 "label": run["method"]["label"],
                 "mean_dice": dice,
-                "scratch_dice": scratch[key],
-                "difference": dice - scratch[key],
+                "scratch_dice": scratch_dice,
+                "difference": dice - scratch_dice,
+                "case_differences": differences,
+                **paired_summary(differences),
             }
         )
     means = []
@@ -248,8 +252,11 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "mean_dice": _mean([r["mean_dice"] for r in group]),
                     "scratch_dice": _mean([r["scratch_dice"] for r in group]),
                     "difference": _mean([r["difference"] for r in group]),
+                    **paired_summary(mean_over_seeds([r["case_differences"] for r in group])),
                 }
             )
+    for row in rows:
+        del row["case_differences"]
     return rows + means
 
 
