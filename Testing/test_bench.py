@@ -52,6 +52,7 @@ def test_repository_configs_load_and_expand_the_issue_grid():
     assert names == [
         "design-hippocampus-val",
         "design-left_atrium-val",
+        "design-left_atrium-val-fold2",
         "hippocampus",
         "hippocampus-cpu",
         "hippocampus-default",
@@ -108,6 +109,25 @@ def test_repository_configs_load_and_expand_the_issue_grid():
             # the default again, with the test split's images as unlabeled scans
             expected.append("tcur-r8-topnorm+conv+unlabeled-test")
         assert [m.label for m in acceptance.methods] == expected
+
+
+def test_the_two_left_atrium_validation_folds_score_every_non_test_case_once(left_atrium_dir):
+    """design-left_atrium-val and its fold 2 swap training and validation cases; neither sees the test split."""
+    cases = cases_from_decathlon(left_atrium_dir)
+    folds = [
+        load_config(CONFIGS / f"{name}.json")
+        for name in ("design-left_atrium-val", "design-left_atrium-val-fold2")
+    ]
+    splits = [fixed_split(cases, config) for config in folds]
+    test_split = {c.id for c in cases[-folds[0].held_out_cases :]}
+    non_test = [c.id for c in cases[: -folds[0].held_out_cases]]
+    assert folds[1].held_out_cases == folds[0].held_out_cases == 24 and len(non_test) == 16
+    first, second = ({c.id for c in s.test} for s in splits)
+    assert first == set(non_test[8:]) and second == set(non_test[:8])
+    for split in splits:
+        assert {c.id for c in split.pool} == set(non_test) - {c.id for c in split.test}
+        assert not ({c.id for c in split.pool + split.test} & test_split)
+    assert [m.label for m in folds[1].methods] == ["tcur-r8-topnorm+conv", "scratch", "decoder"]
 
 
 def test_a_learning_rate_entry_is_its_own_setting(tmp_path):
