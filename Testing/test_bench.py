@@ -674,6 +674,14 @@ def test_bootstrap_interval_is_exact_for_equal_differences_and_none_for_one_case
     assert bootstrap_interval(values, level=0.5)[1] - bootstrap_interval(values, level=0.5)[0] < high - low
 
 
+def test_paired_differences_leave_out_cases_one_run_lacks_or_scored_nan():
+    from tcurlora.bench.paired import paired_differences
+
+    run = _cases_run("a", "tcur", {"x": 0.5, "y": float("nan"), "z": 0.9})
+    reference = _cases_run("b", "scratch", {"x": 0.4, "y": 0.7, "w": 0.1})
+    assert paired_differences(run, reference) == pytest.approx({"x": 0.1})
+
+
 def _report_markdown(report: dict, to_markdown) -> str:
     """report.md of a report.json-like structure (header fields filled in)."""
     env = {

@@ -8,6 +8,7 @@ per case first. Plain Python and seeded: the same numbers give the same interval
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from typing import Any
@@ -25,9 +26,10 @@ def case_dice_by_id(run: dict[str, Any]) -> dict[str, float]:
 
 
 def paired_differences(run: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
-    """Per case id both runs scored: the run's Dice minus the reference's."""
+    """Per case id both runs scored with a finite Dice: the run's Dice minus the reference's."""
     mine, theirs = case_dice_by_id(run), case_dice_by_id(reference)
-    return {case: mine[case] - theirs[case] for case in mine if case in theirs}
+    differences = {case: mine[case] - theirs[case] for case in mine if case in theirs}
+    return {case: value for case, value in differences.items() if math.isfinite(value)}
 
 
 def mean_over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
