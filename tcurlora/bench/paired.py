@@ -17,12 +17,14 @@ BOOTSTRAP_DRAWS = 2000
 INTERVAL_LEVEL = 0.95
 
 
+def case_mean_dice(case: dict[str, Any]) -> float:
+    """One test case's Dice averaged over classes."""
+    return float(statistics.fmean(c["dice"] for c in case["classes"].values()))
+
+
 def case_dice_by_id(run: dict[str, Any]) -> dict[str, float]:
     """Each test case's Dice averaged over classes, by case id."""
-    return {
-        case["id"]: float(statistics.fmean(c["dice"] for c in case["classes"].values()))
-        for case in run["test"]["cases"]
-    }
+    return {case["id"]: case_mean_dice(case) for case in run["test"]["cases"]}
 
 
 def paired_differences(run: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:

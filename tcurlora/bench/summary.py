@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 from tcurlora.bench.config import MethodSpec
-from tcurlora.bench.paired import case_dice_by_id, mean_over_seeds, paired_differences, paired_summary
+from tcurlora.bench.paired import case_mean_dice, mean_over_seeds, paired_differences, paired_summary
 
 # What `tcurlora finetune --method tcur` does by default (rank 8, top-norm selection, Conv3d targets).
 DEFAULT_SETTING = MethodSpec("tcur", conv_targets=True).label
@@ -36,7 +36,7 @@ def run_mean_dice(run: dict[str, Any]) -> float:
 
 def case_dice(run: dict[str, Any]) -> list[float]:
     """Each test case's Dice averaged over classes."""
-    return list(case_dice_by_id(run).values())
+    return [case_mean_dice(case) for case in run["test"]["cases"]]
 
 
 def quality_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,12 +221,14 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
     if not scratch:
         return []
     rows: list[dict[str, Any]] = []
+    case_differences: list[dict[str, float]] = []  # per row, for the mean rows' per-case means
     for run in ok:
         key = (run["k"], run["seed"])
         if run["method"]["method"] == "scratch" or key not in scratch:
             continue
         dice, scratch_dice = run_mean_dice(run), run_mean_dice(scratch[key])
         differences = paired_differences(run, scratch[key])
+        case_differences.append(differences)
         rows.append(
             {
                 "k": run["k"],
@@ -235,14 +237,14 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "mean_dice": dice,
                 "scratch_dice": scratch_dice,
                 "difference": dice - scratch_dice,
-                "case_differences": differences,
                 **paired_summary(differences),
             }
         )
     means = []
     for k in sorted({r["k"] for r in rows}):
         for label in dict.fromkeys(r["label"] for r in rows if r["k"] == k):
-            group = [r for r in rows if r["k"] == k and r["label"] == label]
+            members = [i for i, r in enumerate(rows) if r["k"] == k and r["label"] == label]
+            group = [rows[i] for i in members]
             means.append(
                 {
                     "k": k,
@@ -252,11 +254,9 @@ def base_contribution(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "mean_dice": _mean([r["mean_dice"] for r in group]),
                     "scratch_dice": _mean([r["scratch_dice"] for r in group]),
                     "difference": _mean([r["difference"] for r in group]),
-                    **paired_summary(mean_over_seeds([r["case_differences"] for r in group])),
+                    **paired_summary(mean_over_seeds([case_differences[i] for i in members])),
                 }
             )
-    for row in rows:
-        del row["case_differences"]
     return rows + means
 
 
